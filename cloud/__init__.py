@@ -1,0 +1,1 @@
+"""The offload service: the Open Inference Protocol (KServe v2) over HTTP."""

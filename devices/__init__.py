@@ -1,0 +1,57 @@
+"""Device profiles, board detection, power sensing and the energy model.
+
+The base layer of edgecut: ``partition`` and ``edge`` build on it; it imports neither.
+"""
+
+from __future__ import annotations
+
+from devices._detect import detect, detect_name
+from devices._profile import (
+    DeviceProfile,
+    PowerMode,
+    Radio,
+    TensorRTOptions,
+    list_profiles,
+    load_profile,
+    parse_profile,
+)
+from devices.errors import (
+    BackendError,
+    CloudUnavailable,
+    ConfigError,
+    DeadlineExceeded,
+    EdgecutError,
+    FleetError,
+    ModelError,
+    ModelInputError,
+    ModelUpdateError,
+    OffloadError,
+    OffloadRejected,
+    PartitionError,
+    UnknownProfileError,
+)
+
+__all__ = [
+    "BackendError",
+    "CloudUnavailable",
+    "ConfigError",
+    "DeadlineExceeded",
+    "DeviceProfile",
+    "EdgecutError",
+    "FleetError",
+    "ModelError",
+    "ModelInputError",
+    "ModelUpdateError",
+    "OffloadError",
+    "OffloadRejected",
+    "PartitionError",
+    "PowerMode",
+    "Radio",
+    "TensorRTOptions",
+    "UnknownProfileError",
+    "detect",
+    "detect_name",
+    "list_profiles",
+    "load_profile",
+    "parse_profile",
+]

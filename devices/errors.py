@@ -1,0 +1,96 @@
+"""The error tree shared by ``devices``, ``partition`` and ``edge``.
+
+``devices`` is the base layer, so the root lives here and the other packages re-export
+the leaves they raise. ``cloud`` stands alone and has its own tree in ``cloud.errors``.
+
+    EdgecutError
+    ├── ConfigError            a config file, profile or CLI value is invalid
+    │   └── UnknownProfileError    no device profile by that name
+    ├── ModelError             a model file cannot be read or is not a valid model
+    ├── ModelInputError        a tensor given to a session is missing, unknown or malformed
+    ├── BackendError           a runtime backend failed to load or run a model
+    ├── PartitionError         a graph cannot be analysed, cut or split
+    ├── OffloadError           the cloud leg of a request failed
+    │   ├── CloudUnavailable       the service cannot be reached or is unhealthy
+    │   ├── OffloadRejected        the service answered with an error status
+    │   └── DeadlineExceeded       the cloud leg would miss the request's deadline
+    ├── ModelUpdateError       a model deployment was rejected (checksum, warm-up, ...)
+    └── FleetError             the MQTT fleet link failed or got an invalid message
+
+Every message names the thing (file, key, tensor, model) and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class EdgecutError(Exception):
+    """Root of every error edgecut raises on purpose."""
+
+
+class ConfigError(EdgecutError):
+    """A config file, device profile or command-line value is invalid."""
+
+
+class UnknownProfileError(ConfigError):
+    """No device profile has the requested name."""
+
+
+class ModelError(EdgecutError):
+    """A model file is missing, unreadable or not a valid model."""
+
+
+class ModelInputError(EdgecutError, ValueError):
+    """An input tensor is missing, unknown, or has the wrong dtype, shape or values."""
+
+
+class BackendError(EdgecutError):
+    """A runtime backend failed to load or run a model."""
+
+
+class PartitionError(EdgecutError):
+    """A model graph cannot be analysed, cut or split."""
+
+
+class OffloadError(EdgecutError):
+    """The cloud leg of a request failed."""
+
+
+class CloudUnavailable(OffloadError):
+    """The cloud service cannot be reached, is not ready, or its circuit is open."""
+
+
+class OffloadRejected(OffloadError):
+    """The cloud service answered with an error status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeadlineExceeded(OffloadError):
+    """The cloud leg would finish after the request's deadline."""
+
+
+class ModelUpdateError(EdgecutError):
+    """A model deployment was rejected (download, checksum, signature, warm-up)."""
+
+
+class FleetError(EdgecutError):
+    """The MQTT fleet link failed or received an invalid message."""
+
+
+__all__ = [
+    "BackendError",
+    "CloudUnavailable",
+    "ConfigError",
+    "DeadlineExceeded",
+    "EdgecutError",
+    "FleetError",
+    "ModelError",
+    "ModelInputError",
+    "ModelUpdateError",
+    "OffloadError",
+    "OffloadRejected",
+    "PartitionError",
+    "UnknownProfileError",
+]
