@@ -1,0 +1,596 @@
+"""A pure codec for the Open Inference Protocol (KServe v2) REST inference messages.
+
+No I/O, no HTTP framework: bytes and headers in, NumPy arrays out (and back). Both sides
+use it: the service decodes requests and encodes responses, the edge offload client
+encodes requests and decodes responses.
+
+Two body forms exist. A JSON body carries tensors as (flat or nested) JSON lists. With the
+binary tensor data extension the body is a JSON header of ``Inference-Header-Content-Length``
+bytes followed by the raw little-endian tensor bytes, in the order of the tensors whose
+``parameters.binary_data_size`` is set. ``BYTES`` elements are each a 4-byte little-endian
+length followed by that many bytes. Decoding binary tensors makes read-only
+``np.frombuffer`` views over the body, never a copy.
+
+Every malformed message raises :class:`cloud.errors.ProtocolError` with a message that
+names the tensor and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cloud.errors import ProtocolError
+
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "InferRequest",
+    "RequestedOutput",
+    "datatype_of",
+    "decode_infer_request",
+    "decode_infer_response",
+    "dtype_of",
+    "encode_infer_request",
+    "encode_infer_response",
+]
+
+#: Header that carries the JSON part's length in a binary-extension body.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+#: v2 datatype -> NumPy dtype (little-endian, as the binary extension sends them).
+DATATYPES: Mapping[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(np.object_),
+}
+
+# The inverse, derived so that the two can never disagree. Keyed by (kind, itemsize) so
+# that a big-endian array still maps to its datatype (it is byte-swapped on encode).
+_DATATYPE_BY_KIND: dict[tuple[str, int], str] = {
+    (dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name != "BYTES"
+}
+
+_JSON_KINDS = {  # the NumPy kinds a JSON list may infer to, per datatype kind
+    "b": {"b"},
+    "i": {"i", "u"},
+    "u": {"i", "u"},
+    "f": {"i", "u", "f"},
+}
+
+
+def dtype_of(datatype: str) -> np.dtype:
+    """The NumPy dtype of a v2 datatype name; ``ProtocolError`` for an unknown one."""
+    try:
+        return DATATYPES[datatype]
+    except (KeyError, TypeError):
+        raise ProtocolError(
+            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def datatype_of(dtype: np.dtype | type) -> str:
+    """The v2 datatype name of a NumPy dtype (object, str and bytes arrays are BYTES)."""
+    dt = np.dtype(dtype)
+    if dt.kind in "OSU":
+        return "BYTES"
+    try:
+        return _DATATYPE_BY_KIND[(dt.kind, dt.itemsize)]
+    except KeyError:
+        raise ProtocolError(f"NumPy dtype {dt} has no Open Inference Protocol datatype") from None
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One entry of a request's ``outputs``: the name and whether to send it as binary."""
+
+    name: str
+    binary: bool = False
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded inference request.
+
+    ``outputs`` is ``None`` when the client asked for every output; ``binary_outputs`` is
+    the request-level default (Triton's ``binary_data_output`` parameter) for outputs not
+    listed explicitly.
+    """
+
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    input_parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    outputs: tuple[RequestedOutput, ...] | None = None
+    binary_outputs: bool = False
+
+    def output_names(self, available: Sequence[str]) -> list[str]:
+        """The outputs to return, in request order (or the model's order for all)."""
+        if self.outputs is None:
+            return list(available)
+        return [o.name for o in self.outputs]
+
+    def wants_binary(self, name: str) -> bool:
+        """Whether output ``name`` should be sent as binary data."""
+        if self.outputs is not None:
+            for o in self.outputs:
+                if o.name == name:
+                    return o.binary
+        return self.binary_outputs
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lname = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lname:
+            return val
+    return None
+
+
+def _split_body(body: bytes | memoryview, headers: Mapping[str, str]) -> tuple[dict, memoryview]:
+    """Parse the JSON header; return it and the binary tail (empty for a JSON body)."""
+    view = memoryview(body)
+    raw_length = _header(headers, HEADER_LENGTH)
+    if raw_length is None:
+        json_part, tail = view, view[len(view):]
+    else:
+        try:
+            length = int(raw_length)
+        except ValueError:
+            raise ProtocolError(
+                f"{HEADER_LENGTH} must be an integer, got {raw_length!r}"
+            ) from None
+        if length < 0 or length > len(view):
+            raise ProtocolError(
+                f"{HEADER_LENGTH} is {length} but the body has only {len(view)} bytes "
+                "(truncated body?)"
+            )
+        json_part, tail = view[:length], view[length:]
+    try:
+        message = json.loads(bytes(json_part))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"malformed JSON in the request header: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(
+            f"the JSON message must be an object, got {type(message).__name__}"
+        )
+    return message, tail
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise ProtocolError(
+            f"tensor {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}"
+        )
+    return tuple(shape)
+
+
+def _check_params(where: str, params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be an object, got {params!r}")
+    return params
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _decode_bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=np.object_)
+    pos, end = 0, len(raw)
+    for i in range(count):
+        if pos + 4 > end:
+            raise ProtocolError(
+                f"tensor {name!r}: BYTES data ends after {i} of {count} elements"
+            )
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > end:
+            raise ProtocolError(
+                f"tensor {name!r}: BYTES element {i} claims {n} bytes, only {end - pos} left"
+            )
+        out[i] = bytes(raw[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise ProtocolError(
+            f"tensor {name!r}: {end - pos} bytes left over after {count} BYTES elements"
+        )
+    return out
+
+
+def _encode_bytes_elements(name: str, array: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        elif not isinstance(item, (bytes, bytearray, memoryview)):
+            raise ProtocolError(
+                f"tensor {name!r}: BYTES elements must be bytes or str, got {type(item).__name__}"
+            )
+        parts.append(struct.pack("<I", len(item)))
+        parts.append(bytes(item))
+    return b"".join(parts)
+
+
+def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+    count = _count(shape)
+    if datatype == "BYTES":
+        return _decode_bytes_elements(name, raw, count).reshape(shape)
+    dtype = DATATYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise ProtocolError(
+            f"tensor {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, "
+            f"binary_data_size is {len(raw)}"
+        )
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if datatype == "BOOL" and array.size and np.any(array.view(np.uint8) > 1):
+        raise ProtocolError(f"tensor {name!r}: BOOL bytes must be 0 or 1")
+    return array
+
+
+def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    count = _count(shape)
+    if not isinstance(data, list):
+        data = [data]  # a bare scalar is the usual spelling of a single element
+    if datatype == "BYTES":
+        flat = _flatten_json(name, data)
+        if len(flat) != count:
+            raise ProtocolError(
+                f"tensor {name!r}: shape {list(shape)} needs {count} elements, data has {len(flat)}"
+            )
+        out = np.empty(count, dtype=np.object_)
+        for i, item in enumerate(flat):
+            if not isinstance(item, str):
+                raise ProtocolError(
+                    f"tensor {name!r}: BYTES data in JSON must be strings, got {item!r}"
+                )
+            out[i] = item.encode("utf-8")
+        return out.reshape(shape)
+    dtype = DATATYPES[datatype]
+    try:
+        inferred = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"tensor {name!r}: data is not a regular list of numbers ({exc})") from None
+    if dtype.kind in "iu" and inferred.dtype.kind in "fO":
+        # Mixed huge and small integers (UINT64 range) make NumPy infer float or object.
+        flat = _flatten_json(name, data)
+        if all(_is_int(v) for v in flat):
+            inferred = np.array(flat, dtype=object)
+            if flat and (min(flat) < np.iinfo(dtype).min or max(flat) > np.iinfo(dtype).max):
+                raise ProtocolError(
+                    f"tensor {name!r}: values {min(flat)}..{max(flat)} do not fit datatype {datatype}"
+                )
+            inferred = inferred.astype(dtype)
+    if inferred.size == 0:
+        inferred = inferred.astype(dtype)
+    elif inferred.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        raise ProtocolError(
+            f"tensor {name!r}: data of JSON type {_json_kind_name(inferred)} does not fit "
+            f"datatype {datatype}"
+        )
+    if inferred.size != count:
+        raise ProtocolError(
+            f"tensor {name!r}: shape {list(shape)} needs {count} elements, data has {inferred.size}"
+        )
+    if dtype.kind in "iu" and inferred.size:
+        info = np.iinfo(dtype)
+        lo, hi = int(inferred.min()), int(inferred.max())
+        if lo < info.min or hi > info.max:
+            raise ProtocolError(
+                f"tensor {name!r}: values {lo}..{hi} do not fit datatype {datatype}"
+            )
+    with np.errstate(over="ignore"):
+        return inferred.astype(dtype).reshape(shape)
+
+
+def _json_kind_name(array: np.ndarray) -> str:
+    return {"b": "boolean", "i": "integer", "u": "integer", "f": "number", "U": "string"}.get(
+        array.dtype.kind, "mixed"
+    )
+
+
+def _flatten_json(name: str, data: list) -> list:
+    flat: list = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+        if len(stack) > 64:
+            raise ProtocolError(f"tensor {name!r}: data is nested too deeply")
+    return flat
+
+
+def _to_json_data(name: str, array: np.ndarray) -> list:
+    if array.dtype.kind in "OSU":
+        out = []
+        for item in array.reshape(-1):
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                try:
+                    item = bytes(item).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ProtocolError(
+                        f"tensor {name!r}: BYTES element is not UTF-8; send it as binary data"
+                    ) from None
+            elif not isinstance(item, str):
+                raise ProtocolError(
+                    f"tensor {name!r}: BYTES elements must be bytes or str, got {type(item).__name__}"
+                )
+            out.append(item)
+        return out
+    return array.reshape(-1).tolist()
+
+
+def _binary_view(name: str, array: np.ndarray, datatype: str) -> bytes | memoryview:
+    if datatype == "BYTES":
+        return _encode_bytes_elements(name, array)
+    dt = DATATYPES[datatype]
+    if array.dtype != dt or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=dt)
+    return memoryview(array).cast("B")
+
+
+def _tensors(
+    items: Mapping[str, np.ndarray],
+    binary: Any,
+    kind: str,
+) -> tuple[list[dict], list[bytes | memoryview]]:
+    """JSON descriptions and binary chunks for ``items``; ``binary(name) -> bool``."""
+    described: list[dict] = []
+    chunks: list[bytes | memoryview] = []
+    for name, value in items.items():
+        array = np.asarray(value)
+        datatype = datatype_of(array.dtype)
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
+        if binary(name):
+            chunk = _binary_view(name, array, datatype)
+            entry["parameters"] = {"binary_data_size": len(chunk) if isinstance(chunk, bytes) else chunk.nbytes}
+            chunks.append(chunk)
+        else:
+            entry["data"] = _to_json_data(name, array)
+        described.append(entry)
+    return described, chunks
+
+
+def _assemble(message: dict, chunks: list[bytes | memoryview]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    if not chunks:
+        return header, {"Content-Type": "application/json"}
+    body = b"".join([header, *chunks])
+    return body, {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def encode_infer_request(
+    inputs: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None = None,
+    *,
+    binary: bool = True,
+    binary_outputs: bool = True,
+    parameters: dict | None = None,
+    request_id: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Encode an inference request; returns ``(body, headers)``.
+
+    ``binary`` sends the inputs with the binary tensor data extension (the headers then
+    include ``Inference-Header-Content-Length``); ``outputs`` selects outputs by name
+    (``None``: all); ``binary_outputs`` asks the server to send outputs as binary data.
+    """
+    if not inputs:
+        raise ProtocolError("an inference request needs at least one input")
+    described, chunks = _tensors(inputs, lambda _name: binary, "input")
+    message: dict[str, Any] = {}
+    if request_id is not None:
+        message["id"] = str(request_id)
+    params = dict(parameters or {})
+    if outputs is None:
+        if binary_outputs:
+            params["binary_data_output"] = True
+    else:
+        message["outputs"] = [
+            {"name": n, "parameters": {"binary_data": bool(binary_outputs)}} for n in outputs
+        ]
+    if params:
+        message["parameters"] = params
+    message["inputs"] = described
+    return _assemble(message, chunks)
+
+
+def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str]) -> InferRequest:
+    """Decode and validate an inference request body (JSON or binary extension)."""
+    message, tail = _split_body(body, headers)
+    request_id = message.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"'id' must be a string, got {request_id!r}")
+    parameters = _check_params("request", message.get("parameters"))
+    binary_outputs = parameters.get("binary_data_output", False)
+    if not isinstance(binary_outputs, bool):
+        raise ProtocolError(f"parameter 'binary_data_output' must be a boolean, got {binary_outputs!r}")
+
+    raw_inputs = message.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ProtocolError("'inputs' must be a non-empty list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    input_parameters: dict[str, dict] = {}
+    offset = 0
+    for index, entry in enumerate(raw_inputs):
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"inputs[{index}] must be an object, got {entry!r}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"inputs[{index}]: 'name' must be a non-empty string")
+        if name in inputs:
+            raise ProtocolError(f"tensor {name!r} appears twice in 'inputs'")
+        datatype = entry.get("datatype")
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
+            raise ProtocolError(
+                f"tensor {name!r}: unknown datatype {datatype!r}; expected one of "
+                f"{', '.join(DATATYPES)}"
+            )
+        shape = _check_shape(name, entry.get("shape"))
+        params = _check_params(f"tensor {name!r}", entry.get("parameters"))
+        size = params.get("binary_data_size")
+        if size is not None:
+            if "data" in entry:
+                raise ProtocolError(f"tensor {name!r}: has both 'data' and binary_data_size")
+            if not _is_int(size) or size < 0:
+                raise ProtocolError(
+                    f"tensor {name!r}: binary_data_size must be a non-negative integer, got {size!r}"
+                )
+            if offset + size > len(tail):
+                raise ProtocolError(
+                    f"tensor {name!r}: binary_data_size {size} at offset {offset} runs past the "
+                    f"{len(tail)} bytes of binary data (truncated body?)"
+                )
+            inputs[name] = _from_binary(name, datatype, shape, tail[offset : offset + size])
+            offset += size
+        else:
+            if "data" not in entry:
+                raise ProtocolError(f"tensor {name!r}: needs 'data' or a binary_data_size parameter")
+            inputs[name] = _from_json(name, datatype, shape, entry["data"])
+        input_parameters[name] = params
+    if offset != len(tail):
+        raise ProtocolError(
+            f"binary tensor sizes add up to {offset} bytes but the body carries {len(tail)} "
+            "bytes after the JSON header"
+        )
+
+    outputs: tuple[RequestedOutput, ...] | None = None
+    raw_outputs = message.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise ProtocolError("'outputs' must be a list")
+        seen: list[RequestedOutput] = []
+        for index, entry in enumerate(raw_outputs):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ProtocolError(f"outputs[{index}] must be an object with a string 'name'")
+            oname = entry["name"]
+            if any(o.name == oname for o in seen):
+                raise ProtocolError(f"output {oname!r} requested twice")
+            oparams = _check_params(f"output {oname!r}", entry.get("parameters"))
+            want = oparams.get("binary_data", binary_outputs)
+            if not isinstance(want, bool):
+                raise ProtocolError(f"output {oname!r}: binary_data must be a boolean, got {want!r}")
+            seen.append(RequestedOutput(oname, want, oparams))
+        outputs = tuple(seen)
+    return InferRequest(
+        inputs=inputs,
+        id=request_id,
+        parameters=parameters,
+        input_parameters=input_parameters,
+        outputs=outputs,
+        binary_outputs=binary_outputs,
+    )
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+def encode_infer_response(
+    model_name: str,
+    outputs: Mapping[str, np.ndarray],
+    *,
+    model_version: str | None = None,
+    request_id: str | None = None,
+    parameters: dict | None = None,
+    binary: bool | Sequence[str] = False,
+) -> tuple[bytes, dict[str, str]]:
+    """Encode an inference response; returns ``(body, headers)``.
+
+    ``binary`` is ``True`` for all outputs as binary data, or the names of those to send so.
+    """
+    chosen = frozenset(binary) if not isinstance(binary, bool) else frozenset()
+
+    def wants(name: str) -> bool:
+        return binary if isinstance(binary, bool) else name in chosen
+
+    described, chunks = _tensors(outputs, wants, "output")
+    message: dict[str, Any] = {"model_name": model_name}
+    if model_version is not None:
+        message["model_version"] = str(model_version)
+    if request_id is not None:
+        message["id"] = request_id
+    if parameters:
+        message["parameters"] = parameters
+    message["outputs"] = described
+    return _assemble(message, chunks)
+
+
+def decode_infer_response(body: bytes | memoryview, headers: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Decode an inference response into ``{output name: array}``.
+
+    Handles JSON and binary outputs (mixed too). An error body (``{"error": ...}``)
+    raises ``ProtocolError`` carrying the server's message.
+    """
+    message, tail = _split_body(body, headers)
+    if "error" in message and "outputs" not in message:
+        raise ProtocolError(f"server error: {message['error']}")
+    raw_outputs = message.get("outputs")
+    if not isinstance(raw_outputs, list):
+        raise ProtocolError("the response has no 'outputs' list")
+    result: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, entry in enumerate(raw_outputs):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ProtocolError(f"outputs[{index}] must be an object with a string 'name'")
+        name = entry["name"]
+        datatype = entry.get("datatype")
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
+            raise ProtocolError(f"output {name!r}: unknown datatype {datatype!r}")
+        shape = _check_shape(name, entry.get("shape"))
+        params = _check_params(f"output {name!r}", entry.get("parameters"))
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not _is_int(size) or size < 0 or offset + size > len(tail):
+                raise ProtocolError(
+                    f"output {name!r}: binary_data_size {size!r} does not fit the "
+                    f"{len(tail) - offset} bytes left in the body"
+                )
+            result[name] = _from_binary(name, datatype, shape, tail[offset : offset + size])
+            offset += size
+        else:
+            if "data" not in entry:
+                raise ProtocolError(f"output {name!r}: has neither 'data' nor binary_data_size")
+            result[name] = _from_json(name, datatype, shape, entry["data"])
+    return result
