@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -123,7 +122,7 @@ def random_inputs(session: Any, seed: int = 0, batch: int = 1) -> dict[str, Any]
 
     rng = np.random.default_rng(seed)
     feeds = {}
-    for i, spec in enumerate(session.inputs):
+    for spec in session.inputs:
         shape = tuple((batch if j == 0 else 1) if d is None else d for j, d in enumerate(spec.shape))
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
