@@ -120,7 +120,7 @@ def test_malformed_requests_name_the_problem():
     assert "'x'" in _bad({"inputs": [dict(t, datatype="FLOAT")]}) and "FLOAT" in _bad({"inputs": [dict(t, datatype="FLOAT")]})
     assert "needs 2 elements, data has 3" in _bad({"inputs": [dict(t, data=[1, 2, 3])]})
     assert "non-negative" in _bad({"inputs": [dict(t, shape=[-1])]})
-    assert "does not fit datatype INT8" in _bad({"inputs": [dict(t, datatype="INT8", data=[1, 300])]})
+    assert "do not fit datatype INT8" in _bad({"inputs": [dict(t, datatype="INT8", data=[1, 300])]})
     assert "does not fit datatype INT32" in _bad({"inputs": [dict(t, datatype="INT32", data=[1.5, 2])]})
     assert "BOOL" in _bad({"inputs": [dict(t, datatype="BOOL", data=[1, 0])]})
     assert "appears twice" in _bad({"inputs": [t, t]})
@@ -149,7 +149,10 @@ def test_encode_with_tritonclient_is_decoded():
     s = httpclient.InferInput("s", [1], "BYTES")
     s.set_data_from_numpy(np.array([b"hi"], dtype=object), binary_data=False)
     out = httpclient.InferRequestedOutput("y", binary_data=True)
-    body, json_size = _get_inference_request([inp, s], "7", [out], 0, 0, 0, False, None, None, None)
+    body, json_size = _get_inference_request(
+        inputs=[inp, s], request_id="7", outputs=[out], sequence_id=0, sequence_start=False,
+        sequence_end=False, priority=0, timeout=None, custom_parameters=None,
+    )
     headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
     request = decode_infer_request(body if isinstance(body, bytes) else body.encode(), headers)
     assert request.id == "7"
