@@ -51,3 +51,15 @@ def list_models() -> None:
         click.echo(f"zoo      {name}")
     for name, (spec, member) in z.TRAINED_MODELS.items():
         click.echo(f"trained  {name}  ({spec}: {member})")
+
+
+@zoo.command("path")
+@click.argument("name")
+def path(name: str) -> None:
+    """Print the path of a zoo or trained model, building or fetching it first."""
+    from partition import zoo as z
+
+    if name in z.TRAINED_MODELS:
+        click.echo(z.trained_model(name))
+    else:
+        click.echo(z.zoo_model(name))

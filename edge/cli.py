@@ -29,6 +29,7 @@ _LAZY_COMMANDS = {
     "demo": "edge._demo:demo",
     "export": "edge._export_cli:export",
     "devices": "edge._cli_devices:devices_cmd",
+    "health": "edge._cli_health:health",
 }
 
 

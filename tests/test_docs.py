@@ -1,0 +1,102 @@
+"""Every example in README.md and docs/*.md runs here, so the docs cannot rot.
+
+- ```console blocks: each ``$ command`` line (with ``\\`` continuations) runs, in order,
+  as one bash script per document in a scratch folder, with ``.venv/bin`` first on PATH.
+  A command ending in ``&`` runs in the background and is stopped when the document ends.
+  Lines without ``$`` are sample output and are not compared (timings differ per run).
+- ```toml blocks whose first line is ``# policy.toml``, ``# agent.toml`` or
+  ``# device profile`` are loaded by that file's own validating loader; others must parse.
+- ```json blocks must parse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def _blocks(path: Path, lang: str) -> list[str]:
+    return [body for kind, body in _FENCE.findall(path.read_text()) if kind == lang]
+
+
+def _commands(block: str) -> list[str]:
+    commands, current = [], ""
+    for line in block.splitlines():
+        if current:
+            current += "\n" + line
+        elif line.startswith("$ "):
+            current = line[2:]
+        else:
+            continue
+        if not current.endswith("\\"):
+            commands.append(current)
+            current = ""
+    return commands
+
+
+def _load_toml_example(text: str, where: str) -> None:
+    first = text.lstrip().splitlines()[0].strip() if text.strip() else ""
+    if first == "# policy.toml":
+        from edge.policy import load_policy_text
+
+        load_policy_text(text, where)
+    elif first == "# agent.toml":
+        from edge._agent_config import load_agent_config_text
+
+        load_agent_config_text(text, where)
+    elif first == "# device profile":
+        from devices import parse_profile
+        from devices.config import parse_toml
+
+        parse_profile(parse_toml(text, where), where)
+    else:
+        from devices.config import parse_toml
+
+        parse_toml(text, where)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
+def test_structured_examples_are_valid(doc: Path) -> None:
+    for i, block in enumerate(_blocks(doc, "toml")):
+        _load_toml_example(block, f"{doc.name} toml example {i + 1}")
+    for block in _blocks(doc, "json"):
+        json.loads(block)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
+def test_console_examples_run(doc: Path, tmp_path: Path) -> None:
+    commands = [c for block in _blocks(doc, "console") for c in _commands(block)]
+    if not commands:
+        # Nothing to run in this document: its examples are all checked above.
+        assert not _blocks(doc, "console")
+        return
+    script = ["set -euo pipefail", "trap 'jobs -p | xargs -r kill 2>/dev/null || true' EXIT"]
+    for command in commands:
+        script.append(f"echo '+ {command.splitlines()[0]}' >&2")
+        script.append(command)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["EDGECUT_DOCS_TEST"] = "1"
+    proc = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"{doc.name}: an example failed (exit {proc.returncode})\n"
+        f"--- stderr ---\n{proc.stderr[-4000:]}\n--- stdout ---\n{proc.stdout[-2000:]}"
+    )
