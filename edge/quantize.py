@@ -1,0 +1,541 @@
+"""Static INT8 quantization of ONNX models, with a report of what it cost and gained.
+
+:func:`quantize_model` runs ONNX Runtime's static quantizer in QDQ format with
+per-channel weights, calibrated on real sample inputs, and then compares the INT8 model
+with the FP32 one on a separate evaluation set: latency (interleaved, medians) and
+agreement (top-1 agreement along the output's last axis, cosine similarity per sample).
+
+Steps, each a small function:
+
+1. ``quant_pre_process`` (ONNX shape inference and ORT's graph optimizations, so
+   BatchNormalization is folded into the convolutions before their weights are quantized).
+2. :func:`_sum_to_add`: a two-input ``Sum`` (old model-zoo exports use it for residual
+   connections) becomes the identical ``Add``, which the quantizer turns into an integer
+   ``QLinearAdd`` instead of leaving a float island between integer convolutions.
+3. ``quantize_static`` with a calibration reader over the samples.
+4. :func:`integer_kernels`: asks ONNX Runtime which kernels the optimized INT8 graph really
+   runs, so a report says whether convolutions and matrix products stayed in float.
+
+On x86 with AVX-512 VNNI the fastest combination is unsigned 8-bit activations with
+signed 8-bit per-channel weights (U8S8, ``reduce_range`` off): ORT fuses each
+DequantizeLinear -> Conv -> QuantizeLinear into one ``QLinearConv`` running VNNI
+kernels. Signed activations (S8S8) leave a third of ResNet-50's convolutions in float on
+this CPU and are slower than FP32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from devices.errors import ConfigError, ModelError
+
+Feeds = dict[str, np.ndarray]
+Calibration = str | Path | int | Sequence[Mapping[str, np.ndarray] | np.ndarray]
+
+ACTIVATION_TYPES = ("uint8", "int8")
+WEIGHT_TYPES = ("int8", "uint8")
+CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
+# Ops whose float kernels are the expensive part; in an INT8 model they should be gone.
+_FLOAT_COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm", "ConvTranspose", "FusedConv",
+                                "FusedMatMul", "FusedGemm"})
+_INTEGER_COMPUTE_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger",
+                                  "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                                  "QLinearAdd", "QLinearMul", "QAttention", "NhwcQLinearConv"})
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely the INT8 model's first output follows the FP32 model's."""
+
+    samples: int
+    top1_agreement: float
+    """Fraction of positions whose argmax over the last axis is the same (one per row of
+    a classifier's [N, C] output, one per time step of a recognizer's [N, T, C])."""
+    positions: int
+    cosine_mean: float
+    """Mean over batch items of the cosine similarity of the flattened outputs."""
+    cosine_min: float
+    max_abs_diff: float
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Interleaved latency of the two models, milliseconds, medians with min and max."""
+
+    fp32_ms: float
+    int8_ms: float
+    speedup: float
+    fp32_range_ms: tuple[float, float]
+    int8_range_ms: tuple[float, float]
+    runs: int
+    intra_op_threads: int
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """What :func:`quantize_model` did and how the INT8 model compares with FP32."""
+
+    model: str
+    output: str
+    settings: dict[str, Any]
+    calibration: str
+    calibration_samples: int
+    evaluation: str = ""
+    latency: Latency | None = None
+    agreement: Agreement | None = None
+    kernels: dict[str, int] = field(default_factory=dict)
+    float_compute_ops: int = 0
+    integer_compute_ops: int = 0
+    quantize_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- samples
+
+
+def _input_specs(model_path: str | Path) -> list[tuple[str, np.dtype, tuple[int | None, ...]]]:
+    import onnxruntime as ort
+
+    from edge._ort_backend import _spec
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"model '{model_path}': onnxruntime cannot load it: {exc}") from exc
+    return [(s.name, s.dtype, s.shape) for s in (_spec(a) for a in sess.get_inputs())]
+
+
+def random_samples(model_path: str | Path, count: int, seed: int = 0) -> list[Feeds]:
+    """``count`` random batch-1 samples (standard normal) fitting the model's inputs.
+
+    Only for models whose dims other than the batch are fixed; random weights
+    (the zoo models) make random inputs as good as any.
+    """
+    rng = np.random.default_rng(seed)
+    specs = _input_specs(model_path)
+    for name, dtype, shape in specs:
+        if any(d is None for d in shape[1:]):
+            raise ConfigError(
+                f"model '{model_path}': input '{name}' has dynamic dims "
+                f"{['?' if d is None else d for d in shape]}; give real samples "
+                "(a folder of .npy files) instead of a count"
+            )
+        if dtype.kind != "f":
+            raise ConfigError(
+                f"model '{model_path}': input '{name}' is {dtype}; give real samples "
+                "(a folder of .npy files) instead of a count"
+            )
+    samples = []
+    for _ in range(count):
+        samples.append({
+            name: rng.standard_normal((1, *shape[1:])).astype(dtype) for name, dtype, shape in specs
+        })
+    return samples
+
+
+def _fit_rank(name: str, value: np.ndarray, rank: int, where: str) -> np.ndarray:
+    if value.ndim == rank:
+        return value
+    if value.ndim == rank - 1:  # one sample saved without its batch axis
+        return value[None]
+    raise ConfigError(f"{where}: input '{name}': expected rank {rank} (or {rank - 1} "
+                      f"without the batch axis), got shape {value.shape}")
+
+
+def load_samples(folder: str | Path, model_path: str | Path) -> list[Feeds]:
+    """Samples from a folder: one ``.npy`` per sample (single-input models) or one
+    ``.npz`` per sample holding every input by name; files are taken in name order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"calibration '{folder}': not a folder (nor a sample count)")
+    specs = _input_specs(model_path)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".npy", ".npz"))
+    if not files:
+        raise ConfigError(f"calibration '{folder}': no .npy or .npz files in it")
+    samples: list[Feeds] = []
+    for path in files:
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"calibration file '{path}': not a readable array ({exc})") from exc
+        if path.suffix == ".npy":
+            if len(specs) != 1:
+                raise ConfigError(
+                    f"calibration file '{path}': the model has {len(specs)} inputs "
+                    f"({', '.join(s[0] for s in specs)}); use .npz files with one array per input"
+                )
+            arrays = {specs[0][0]: loaded}
+        else:
+            arrays = dict(loaded.items())
+        feeds: Feeds = {}
+        for name, dtype, shape in specs:
+            if name not in arrays:
+                raise ConfigError(f"calibration file '{path}': no array for input '{name}'")
+            value = _fit_rank(name, np.asarray(arrays[name]), len(shape), f"calibration file '{path}'")
+            if value.dtype != dtype:
+                raise ConfigError(f"calibration file '{path}': input '{name}': expected dtype "
+                                  f"{dtype}, got {value.dtype}")
+            feeds[name] = value
+        samples.append(feeds)
+    return samples
+
+
+def _as_samples(source: Calibration, model_path: str | Path, seed: int) -> tuple[list[Feeds], str]:
+    """Samples and a description of where they came from."""
+    if isinstance(source, bool):
+        raise ConfigError(f"calibration: expected a folder, a count or samples, got {source!r}")
+    if isinstance(source, int):
+        if source < 1:
+            raise ConfigError(f"calibration: expected at least 1 sample, got {source}")
+        return random_samples(model_path, source, seed), f"{source} random normal samples (seed {seed})"
+    if isinstance(source, str | Path):
+        text = str(source)
+        if text.isdigit():
+            return _as_samples(int(text), model_path, seed)
+        samples = load_samples(text, model_path)
+        return samples, f"{len(samples)} samples from {text}"
+    specs = _input_specs(model_path)
+    samples = []
+    for i, item in enumerate(source):
+        if isinstance(item, np.ndarray):
+            if len(specs) != 1:
+                raise ConfigError(f"sample {i}: the model has {len(specs)} inputs; give dicts")
+            item = {specs[0][0]: item}
+        samples.append({
+            name: _fit_rank(name, np.asarray(item[name]), len(shape), f"sample {i}")
+            for name, _dtype, shape in specs
+        })
+    if not samples:
+        raise ConfigError("calibration: no samples given")
+    return samples, f"{len(samples)} samples given in memory"
+
+
+def _feed_reader(samples: Sequence[Feeds]) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _SampleReader(CalibrationDataReader):
+        """Hands the quantizer one sample at a time; rewindable for entropy calibration."""
+
+        def __init__(self) -> None:
+            self._it: Iterator[Feeds] = iter(samples)
+
+        def get_next(self) -> Feeds | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(samples)
+
+    return _SampleReader()
+
+
+# ---------------------------------------------------------------------------- graph steps
+
+
+def _sum_to_add(model: onnx.ModelProto) -> int:
+    """Rewrite two-input ``Sum`` nodes as ``Add`` in place; returns how many changed."""
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type == "Sum" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
+            node.op_type = "Add"
+            changed += 1
+    return changed
+
+
+def _upgrade_opset(model: onnx.ModelProto, minimum: int = 13) -> onnx.ModelProto:
+    # Per-channel DequantizeLinear (the axis attribute) needs opset 13.
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if version >= minimum:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, minimum)
+    except Exception as exc:
+        raise ModelError(f"cannot upgrade the model from opset {version} to {minimum} "
+                         f"for per-channel quantization: {exc}") from exc
+
+
+def _preprocess(src: Path, dst: Path, optimize: bool) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # Symbolic shape inference needs sympy; ONNX's own inference covers these models.
+    symbolic = importlib.util.find_spec("sympy") is not None
+    try:
+        quant_pre_process(str(src), str(dst), skip_optimization=not optimize,
+                          skip_symbolic_shape=not symbolic)
+    except Exception as exc:
+        raise ModelError(f"model '{src}': quantization pre-processing failed: {exc}") from exc
+
+
+def integer_kernels(model_path: str | Path) -> Counter[str]:
+    """Op types of the graph ONNX Runtime actually runs (after its optimizations) on CPU."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgecut-opt-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(out), load_external_data=False).graph
+        return Counter(n.op_type for n in graph.node)
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def _session(path: str | Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _drop_trailing_ones(value: np.ndarray) -> np.ndarray:
+    # A classifier's [N, C, 1, 1] output: the classes are on axis 1, not the last axis.
+    shape = list(value.shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    return value.reshape(shape)
+
+
+def agreement(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray]) -> Agreement:
+    """Top-1 agreement over the last axis and per-item cosine similarity of output pairs.
+
+    Each pair is one batch of outputs ([N, ...]); cosine is taken per batch item over the
+    flattened rest.
+    """
+    matches = positions = items = 0
+    cosines: list[float] = []
+    max_diff = 0.0
+    for ref, cand in zip(reference, candidate, strict=True):
+        ref = _drop_trailing_ones(np.asarray(ref, dtype=np.float64))
+        cand = _drop_trailing_ones(np.asarray(cand, dtype=np.float64))
+        if ref.shape != cand.shape:
+            raise ModelError(f"outputs differ in shape: {ref.shape} vs {cand.shape}")
+        top_ref = ref.argmax(axis=-1)
+        matches += int(np.count_nonzero(top_ref == cand.argmax(axis=-1)))
+        positions += top_ref.size
+        a = ref.reshape(ref.shape[0], -1)
+        b = cand.reshape(cand.shape[0], -1)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+        cosines.extend(float(c) for c in cos)
+        items += ref.shape[0]
+        max_diff = max(max_diff, float(np.abs(ref - cand).max(initial=0.0)))
+    if not positions:
+        raise ConfigError("agreement: no outputs to compare")
+    return Agreement(
+        samples=items,
+        top1_agreement=matches / positions,
+        positions=positions,
+        cosine_mean=float(np.mean(cosines)),
+        cosine_min=float(np.min(cosines)),
+        max_abs_diff=max_diff,
+    )
+
+
+def compare_agreement(fp32_path: str | Path, int8_path: str | Path, samples: Sequence[Feeds],
+                      *, intra_op_threads: int | None = None, output: str | None = None) -> Agreement:
+    """Run both models on every sample and compare their output ``output`` (default: first)."""
+    threads = intra_op_threads or os.cpu_count() or 1
+    fp32, int8 = _session(fp32_path, threads), _session(int8_path, threads)
+    name = output or fp32.get_outputs()[0].name
+    ref = [fp32.run([name], s)[0] for s in samples]
+    cand = [int8.run([name], s)[0] for s in samples]
+    return agreement(ref, cand)
+
+
+def compare_latency(fp32_path: str | Path, int8_path: str | Path, feeds: Feeds, *,
+                    intra_op_threads: int | None = None, runs: int = 20,
+                    warmup: int = 3) -> Latency:
+    """Interleaved (FP32, INT8, FP32, ...) latency after warm-up, same threads on both."""
+    threads = intra_op_threads or os.cpu_count() or 1
+    sessions = (_session(fp32_path, threads), _session(int8_path, threads))
+    for sess in sessions:
+        for _ in range(warmup):
+            sess.run(None, feeds)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for sess, bucket in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            bucket.append((time.perf_counter() - start) * 1000)
+    fp32_ms, int8_ms = (float(np.median(t)) for t in times)
+    return Latency(
+        fp32_ms=fp32_ms,
+        int8_ms=int8_ms,
+        speedup=fp32_ms / int8_ms if int8_ms > 0 else math.inf,
+        fp32_range_ms=(min(times[0]), max(times[0])),
+        int8_range_ms=(min(times[1]), max(times[1])),
+        runs=runs,
+        intra_op_threads=threads,
+    )
+
+
+# ---------------------------------------------------------------------------- quantize
+
+
+def _choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def quantize_model(
+    model_path: str | Path,
+    out_path: str | Path,
+    calibration: Calibration,
+    *,
+    evaluation: Calibration | None = None,
+    per_channel: bool = True,
+    activation_type: str = "uint8",
+    weight_type: str = "int8",
+    reduce_range: bool = False,
+    calibrate_method: str = "minmax",
+    preprocess: bool = True,
+    exclude_op_types: Sequence[str] = ("Softmax",),
+    intra_op_threads: int | None = None,
+    timing_runs: int = 20,
+    seed: int = 0,
+    calibration_label: str | None = None,
+    evaluation_label: str | None = None,
+) -> QuantizeReport:
+    """Quantize ``model_path`` to static INT8 (QDQ) at ``out_path`` and report on it.
+
+    ``calibration`` is a folder of ``.npy``/``.npz`` samples, a count of random samples
+    (only for models with fixed input dims), or samples in memory (arrays or dicts by
+    input name). ``evaluation`` (same kinds; a count draws with another seed than the
+    calibration) gives the samples for the FP32-vs-INT8 comparison; without it the report
+    has no latency or agreement. The labels, when given, replace the report's description
+    of where the samples came from. ``exclude_op_types`` stay in float: a final Softmax
+    quantized to 8 bits would tie near-equal classes and costs almost nothing in float.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    src = Path(model_path)
+    if not src.is_file():
+        raise ModelError(f"model '{src}': file not found")
+    out = Path(out_path)
+    qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    act = qtypes[_choice("activation_type", activation_type, ACTIVATION_TYPES)]
+    wgt = qtypes[_choice("weight_type", weight_type, WEIGHT_TYPES)]
+    method = methods[_choice("calibrate_method", calibrate_method, CALIBRATE_METHODS)]
+    try:
+        onnx.checker.check_model(str(src))
+    except Exception as exc:
+        raise ModelError(f"model '{src}': not a valid ONNX model: {exc}") from exc
+
+    samples, calib_desc = _as_samples(calibration, src, seed)
+    eval_samples: list[Feeds] = []
+    eval_desc = ""
+    if evaluation is not None:
+        eval_samples, eval_desc = _as_samples(evaluation, src, seed + 1)
+    calib_desc = calibration_label or calib_desc
+    eval_desc = evaluation_label or eval_desc
+
+    started = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgecut-quant-") as tmp:
+        staged = Path(tmp) / "fp32.onnx"
+        model = _upgrade_opset(onnx.load(str(src)))
+        sums = _sum_to_add(model)
+        onnx.save(model, str(staged))
+        prepared = staged
+        if preprocess:
+            prepared = Path(tmp) / "fp32.pre.onnx"
+            _preprocess(staged, prepared, optimize=True)
+        op_types = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(exclude_op_types))
+        try:
+            quantize_static(
+                str(prepared),
+                str(out),
+                _feed_reader(samples),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=act,
+                weight_type=wgt,
+                calibrate_method=method,
+            )
+        except Exception as exc:
+            raise ModelError(f"model '{src}': static quantization failed: {exc}") from exc
+    quantize_s = time.perf_counter() - started
+
+    kernels = integer_kernels(out)
+    settings = {
+        "format": "QDQ",
+        "per_channel": per_channel,
+        "activation_type": activation_type,
+        "weight_type": weight_type,
+        "reduce_range": reduce_range,
+        "calibrate_method": calibrate_method,
+        "preprocess": preprocess,
+        "excluded_op_types": list(exclude_op_types),
+        "sum_to_add": sums,
+    }
+    latency = agreement_ = None
+    if eval_samples:
+        agreement_ = compare_agreement(src, out, eval_samples, intra_op_threads=intra_op_threads)
+        latency = compare_latency(src, out, eval_samples[0], intra_op_threads=intra_op_threads,
+                                  runs=timing_runs)
+    return QuantizeReport(
+        model=str(src),
+        output=str(out),
+        settings=settings,
+        calibration=calib_desc,
+        calibration_samples=len(samples),
+        evaluation=eval_desc,
+        latency=latency,
+        agreement=agreement_,
+        kernels=dict(sorted(kernels.items())),
+        float_compute_ops=sum(c for op, c in kernels.items() if op in _FLOAT_COMPUTE_OPS),
+        integer_compute_ops=sum(c for op, c in kernels.items() if op in _INTEGER_COMPUTE_OPS),
+        quantize_s=quantize_s,
+    )
+
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "CALIBRATE_METHODS",
+    "WEIGHT_TYPES",
+    "Agreement",
+    "Latency",
+    "QuantizeReport",
+    "agreement",
+    "compare_agreement",
+    "compare_latency",
+    "integer_kernels",
+    "load_samples",
+    "quantize_model",
+    "random_samples",
+]
