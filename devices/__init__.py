@@ -6,6 +6,18 @@ The base layer of edgecut: ``partition`` and ``edge`` build on it; it imports ne
 from __future__ import annotations
 
 from devices._detect import detect, detect_name
+from devices._energy import EnergyModel
+from devices._power import (
+    BatteryState,
+    Ina3221Sensor,
+    ModelSensor,
+    PowerSensor,
+    RaplSensor,
+    ThermalState,
+    open_power_sensor,
+    read_battery,
+    read_thermal,
+)
 from devices._profile import (
     DeviceProfile,
     PowerMode,
@@ -32,6 +44,16 @@ from devices.errors import (
 )
 
 __all__ = [
+    "BatteryState",
+    "EnergyModel",
+    "Ina3221Sensor",
+    "ModelSensor",
+    "PowerSensor",
+    "RaplSensor",
+    "ThermalState",
+    "open_power_sensor",
+    "read_battery",
+    "read_thermal",
     "BackendError",
     "CloudUnavailable",
     "ConfigError",

@@ -1,0 +1,176 @@
+"""Link estimation from the transfers the offload client actually makes.
+
+Bandwidth is the harmonic mean of the last few throughput samples (as adaptive-bitrate
+players do: one lucky burst cannot inflate it, and a slow sample pulls it down quickly);
+the round-trip time is a windowed minimum of the small transfers and probes. Confidence
+decays with the time since traffic last flowed, so a quiet link is treated as unknown
+rather than as what it was minutes ago. Probes are allowed only when the estimate is
+stale and within a byte budget that refills over time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Below this many bytes a transfer's time is mostly round trip: it refreshes the RTT,
+# not the bandwidth.
+_MIN_BANDWIDTH_SAMPLE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    """What the device believes about its uplink now.
+
+    ``spread`` is the relative uncertainty of ``bandwidth_bps`` (0 = certain): the
+    bandwidth is believed to lie within ``bandwidth_bps * exp(+-spread)``. It widens as
+    ``confidence`` (0..1) decays with ``age_s``, the seconds since the last transfer.
+    """
+
+    bandwidth_bps: float
+    rtt_s: float
+    confidence: float
+    spread: float
+    age_s: float
+    samples: int
+
+    @property
+    def low_bps(self) -> float:
+        """A pessimistic bandwidth (the lower edge of the belief)."""
+        return self.bandwidth_bps * math.exp(-self.spread)
+
+    @property
+    def high_bps(self) -> float:
+        """An optimistic bandwidth (the upper edge of the belief)."""
+        return self.bandwidth_bps * math.exp(self.spread)
+
+    def transfer_s(self, nbytes: int, bandwidth_bps: float | None = None) -> float:
+        """Seconds to move ``nbytes`` one way at ``bandwidth_bps`` (default: the estimate)."""
+        bw = self.bandwidth_bps if bandwidth_bps is None else bandwidth_bps
+        return nbytes * 8.0 / max(bw, 1.0)
+
+
+class LinkEstimator:
+    """Online bandwidth and RTT estimate, fed by every offload and probe.
+
+    Thread-safe: the executor records from request threads while the policy reads.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 6,
+        half_life_s: float = 10.0,
+        prior_bandwidth_bps: float = 5e6,
+        prior_rtt_s: float = 0.05,
+        probe_budget_bytes: int = 256 * 1024,
+        probe_refill_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"link estimator window must be >= 1, got {window}")
+        self.window = window
+        self.half_life_s = half_life_s
+        self._clock = clock
+        self._bw: deque[float] = deque(maxlen=window)
+        self._rtt: deque[float] = deque(maxlen=window * 2)
+        self._prior_bw = prior_bandwidth_bps
+        self._prior_rtt = prior_rtt_s
+        self._last_traffic: float | None = None
+        self._lock = threading.Lock()
+        self.probe_budget_bytes = probe_budget_bytes
+        self.probe_refill_s = probe_refill_s
+        self._probe_tokens = float(probe_budget_bytes)
+        self._probe_stamp = clock()
+        self.total_samples = 0
+
+    # -- observations -------------------------------------------------------------------
+    def observe_transfer(self, up_bytes: int, down_bytes: int, seconds: float,
+                         server_s: float = 0.0, now: float | None = None) -> None:
+        """Record one request: bytes each way and its wall time, less the server's compute."""
+        now = self._clock() if now is None else now
+        net_s = max(seconds - max(server_s, 0.0), 1e-6)
+        nbytes = up_bytes + down_bytes
+        with self._lock:
+            self._last_traffic = now
+            rtt = self._rtt_locked()
+            if nbytes >= _MIN_BANDWIDTH_SAMPLE_BYTES:
+                # The round trip is paid once per request whatever its size; what remains is
+                # serialisation at the bottleneck rate. Keep at least a tenth of the time so
+                # a sample never claims an infinite rate.
+                payload_s = max(net_s - rtt, net_s * 0.1)
+                self._bw.append(nbytes * 8.0 / payload_s)
+                self.total_samples += 1
+            if nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES or net_s < 2 * rtt:
+                bw = self._bw_locked()
+                self._rtt.append(max(net_s - nbytes * 8.0 / bw, 1e-4))
+
+    def observe_rtt(self, seconds: float, now: float | None = None) -> None:
+        """Record a round trip of a tiny request (a health probe)."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._rtt.append(max(seconds, 1e-4))
+            self._last_traffic = now
+
+    def reset(self) -> None:
+        """Forget every sample (the link changed: a new network, a reconnect)."""
+        with self._lock:
+            self._bw.clear()
+            self._rtt.clear()
+            self._last_traffic = None
+
+    # -- estimate -----------------------------------------------------------------------
+    def _bw_locked(self) -> float:
+        if not self._bw:
+            return self._prior_bw
+        return len(self._bw) / sum(1.0 / max(b, 1.0) for b in self._bw)
+
+    def _rtt_locked(self) -> float:
+        return min(self._rtt) if self._rtt else self._prior_rtt
+
+    def estimate(self, now: float | None = None) -> LinkEstimate:
+        """The current belief, with its confidence and spread."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            bw = self._bw_locked()
+            rtt = self._rtt_locked()
+            n = len(self._bw)
+            if self._last_traffic is None or n == 0:
+                age = math.inf if self._last_traffic is None else now - self._last_traffic
+                return LinkEstimate(bw, rtt, 0.0, math.log(8.0), age, n)
+            age = max(now - self._last_traffic, 0.0)
+            fill = min(1.0, n / min(self.window, 3))
+            confidence = fill * 0.5 ** (age / self.half_life_s)
+            logs = [math.log(max(b, 1.0)) for b in self._bw]
+            mean = sum(logs) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / n) if n > 1 else 0.5
+            spread = sd + (1.0 - confidence) * math.log(4.0)
+            return LinkEstimate(bw, rtt, confidence, spread, age, n)
+
+    # -- probing ------------------------------------------------------------------------
+    def probe_allowance(self, now: float | None = None) -> int:
+        """Bytes a probe may spend now (the budget refills fully every ``probe_refill_s``)."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._refill_locked(now)
+            return int(self._probe_tokens)
+
+    def spend_probe(self, nbytes: int, now: float | None = None) -> bool:
+        """Take ``nbytes`` from the probe budget; False (and nothing taken) if it lacks them."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._refill_locked(now)
+            if nbytes > self._probe_tokens:
+                return False
+            self._probe_tokens -= nbytes
+            return True
+
+    def _refill_locked(self, now: float) -> None:
+        rate = self.probe_budget_bytes / max(self.probe_refill_s, 1e-6)
+        self._probe_tokens = min(float(self.probe_budget_bytes),
+                                 self._probe_tokens + (now - self._probe_stamp) * rate)
+        self._probe_stamp = now

@@ -1,0 +1,420 @@
+"""The offload client: the Open Inference Protocol (KServe v2) over pooled HTTP/1.1.
+
+- one ``httpx.Client`` with keep-alive pooling, binary tensors (the cloud codec);
+- a JWT in ``Authorization`` from a token file (re-read when it changes) or minted from a
+  private key (ES256/RS256, refreshed before it expires);
+- a per-request deadline: the timeout of every attempt is what is left of it;
+- retries only where they are safe (the request never left, or the call is idempotent,
+  which inference is) and only while the deadline leaves room;
+- a circuit breaker (closed -> open after N failures -> half-open trial -> closed).
+
+Errors are translated at this one boundary into the edgecut tree::
+
+    OffloadError
+    ├── CloudUnavailable   connection refused/reset, 502/503/504, circuit open
+    ├── OffloadRejected    any other error status (the server's message kept)
+    └── DeadlineExceeded   the deadline passed or would pass before an answer
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from devices.errors import (
+    CloudUnavailable,
+    ConfigError,
+    DeadlineExceeded,
+    OffloadError,
+    OffloadRejected,
+)
+
+# ---------------------------------------------------------------------------- tokens
+
+
+class TokenSource(Protocol):
+    """Anything that hands out a bearer token; ``invalidate`` forces a fresh one."""
+
+    def token(self) -> str: ...
+
+    def invalidate(self) -> None: ...
+
+
+class StaticToken:
+    """A fixed token string."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.strip()
+
+    def token(self) -> str:
+        return self._token
+
+    def invalidate(self) -> None:
+        pass
+
+
+class FileToken:
+    """A token read from a file, re-read when the file changes or the token nears expiry.
+
+    The file is written by whoever provisions the device (``edgecut token``, a fleet
+    update); reading it lazily means a rotated token is used without a restart.
+    """
+
+    def __init__(self, path: str | Path, *, refresh_before_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.refresh_before_s = refresh_before_s
+        self._token = ""
+        self._stamp: tuple[int, int] | None = None
+        self._exp: float | None = None
+        self._lock = threading.Lock()
+
+    def token(self) -> str:
+        with self._lock:
+            try:
+                st = self.path.stat()
+            except OSError as exc:
+                raise ConfigError(f"{self.path}: token file not readable: {exc}") from exc
+            stamp = (st.st_mtime_ns, st.st_size)
+            near_exp = self._exp is not None and self._exp - time.time() < self.refresh_before_s
+            if stamp != self._stamp or near_exp or not self._token:
+                text = self.path.read_text().strip()
+                if not text:
+                    raise ConfigError(f"{self.path}: token file is empty")
+                self._token, self._stamp, self._exp = text, stamp, _jwt_exp(text)
+            return self._token
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._stamp = None
+
+
+def _jwt_exp(token: str) -> float | None:
+    try:
+        import jwt
+
+        claims = jwt.decode(token, options={"verify_signature": False})
+        exp = claims.get("exp")
+        return float(exp) if exp is not None else None
+    except Exception:  # not a JWT we can read: treat as opaque, never expiring
+        return None
+
+
+class KeyToken:
+    """Mints JWTs with a private key (claims ``sub``, ``aud``, ``iat``, ``exp``,
+    ``models``) and mints a new one ``refresh_before_s`` before the current expires."""
+
+    def __init__(self, private_key: str | Path | bytes, *, subject: str, audience: str,
+                 models: Sequence[str] = ("*",), algorithm: str = "ES256",
+                 ttl_s: float = 600.0, refresh_before_s: float = 60.0,
+                 key_id: str | None = None) -> None:
+        if algorithm not in ("ES256", "RS256", "ES384", "RS384", "EdDSA"):
+            raise ConfigError(f"JWT algorithm {algorithm!r}: expected ES256 or RS256 "
+                              "(asymmetric keys only)")
+        if isinstance(private_key, bytes):
+            self._key = private_key
+        else:
+            path = Path(private_key)
+            try:
+                self._key = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{path}: private key not readable: {exc}") from exc
+        self.subject, self.audience, self.models = subject, audience, list(models)
+        self.algorithm, self.ttl_s, self.refresh_before_s = algorithm, ttl_s, refresh_before_s
+        self.key_id = key_id
+        self._token = ""
+        self._exp = 0.0
+        self._lock = threading.Lock()
+        self.minted = 0
+
+    def token(self) -> str:
+        with self._lock:
+            now = time.time()
+            if not self._token or self._exp - now < self.refresh_before_s:
+                import jwt
+
+                claims = {"sub": self.subject, "aud": self.audience, "iat": int(now),
+                          "exp": int(now + self.ttl_s), "models": self.models}
+                headers = {"kid": self.key_id} if self.key_id else None
+                try:
+                    self._token = jwt.encode(claims, self._key, algorithm=self.algorithm,
+                                             headers=headers)
+                except (ValueError, TypeError, jwt.PyJWTError) as exc:
+                    raise ConfigError(f"cannot sign a {self.algorithm} JWT with the given "
+                                      f"private key: {exc}") from exc
+                self._exp = now + self.ttl_s
+                self.minted += 1
+            return self._token
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._token = ""
+
+
+# --------------------------------------------------------------------------- breaker
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class CircuitBreaker:
+    """Stops sending to a failing cloud and lets one trial through after a pause.
+
+    closed --(``failure_threshold`` consecutive failures)--> open
+    open --(``reset_timeout_s`` elapsed)--> half-open (one request allowed)
+    half-open --success--> closed; --failure--> open again
+    """
+
+    def __init__(self, failure_threshold: int = 3, reset_timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self._clock = clock
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_out = False
+        self._lock = threading.Lock()
+        self.transitions: list[tuple[float, str]] = []
+
+    def _set(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            self.transitions.append((self._clock(), state))
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._state == OPEN and self._clock() - self._opened_at >= self.reset_timeout_s:
+                self._set(HALF_OPEN)
+                self._trial_out = False
+            return self._state
+
+    def allow(self) -> bool:
+        """May a request go now? In half-open, only the first caller gets True."""
+        state = self.state
+        with self._lock:
+            if state == CLOSED:
+                return True
+            if state == HALF_OPEN and not self._trial_out:
+                self._trial_out = True
+                return True
+            return False
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._trial_out = False
+            self._set(CLOSED)
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            self._trial_out = False
+            if self._state == HALF_OPEN or self._failures >= self.failure_threshold:
+                self._opened_at = self._clock()
+                self._set(OPEN)
+
+
+# ---------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """Outputs of one offloaded inference and what it cost on the wire.
+
+    ``server_s`` is the server's own compute time when it reports one (the standard
+    ``Server-Timing`` header), else ``None``.
+    """
+
+    outputs: dict[str, np.ndarray]
+    seconds: float
+    up_bytes: int
+    down_bytes: int
+    server_s: float | None
+    attempts: int
+
+
+def _server_timing(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("server-timing")
+    if not raw:
+        return None
+    total = 0.0
+    found = False
+    for metric in raw.split(","):
+        for part in metric.split(";"):
+            part = part.strip()
+            if part.startswith("dur="):
+                try:
+                    total += float(part[4:]) / 1000.0
+                    found = True
+                except ValueError:
+                    pass
+    return total if found else None
+
+
+_RETRYABLE_STATUS = (502, 503, 504)
+
+
+class OffloadClient:
+    """Client of any Open Inference Protocol server (``edgecut serve``, Triton, KServe).
+
+    ``infer`` sends binary tensors and returns :class:`InferResult`; failures raise the
+    :class:`OffloadError` leaves. ``transport`` may be any ``httpx.BaseTransport`` (for
+    fault injection in tests).
+    """
+
+    def __init__(self, base_url: str, *, token: TokenSource | None = None,
+                 timeout_s: float = 10.0, max_retries: int = 1,
+                 breaker: CircuitBreaker | None = None, max_connections: int = 4,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token_source = token
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.breaker = breaker or CircuitBreaker()
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections,
+                                keepalive_expiry=60.0),
+            transport=transport,
+        )
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        if self.token_source is None:
+            return {}
+        return {"Authorization": f"Bearer {self.token_source.token()}"}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OffloadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- health -------------------------------------------------------------------------
+    def live(self, timeout_s: float = 2.0) -> bool:
+        try:
+            return self._http.get("/v2/health/live", timeout=timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def ready(self, model: str | None = None, timeout_s: float = 2.0) -> bool:
+        path = "/v2/health/ready" if model is None else f"/v2/models/{model}/ready"
+        try:
+            return self._http.get(path, headers=self._headers(),
+                                  timeout=timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def ping(self, timeout_s: float = 2.0) -> float:
+        """Round trip of ``GET /v2/health/live`` in seconds (a light RTT probe)."""
+        t0 = time.perf_counter()
+        try:
+            r = self._http.get("/v2/health/live", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"{self.base_url}: health probe failed: {exc}") from exc
+        if r.status_code != 200:
+            raise CloudUnavailable(f"{self.base_url}: /v2/health/live answered {r.status_code}")
+        return time.perf_counter() - t0
+
+    # -- inference ----------------------------------------------------------------------
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray],
+              outputs: Sequence[str] | None = None, *, deadline: float | None = None,
+              request_id: str | None = None, idempotent: bool = True) -> InferResult:
+        """Run ``model`` on the server. ``deadline`` is a ``time.monotonic()`` instant."""
+        from cloud import encode_infer_request
+
+        if not self.breaker.allow():
+            raise CloudUnavailable(f"{self.base_url}: circuit open after repeated failures")
+        body, headers = encode_infer_request(
+            inputs, outputs, binary=True, binary_outputs=True,
+            request_id=request_id or uuid.uuid4().hex[:16])
+        headers = {**headers, **self._headers()}
+        url = f"/v2/models/{model}/infer"
+        attempts = 0
+        auth_retried = False
+        t_start = time.perf_counter()
+        while True:
+            attempts += 1
+            now = time.monotonic()
+            timeout = self.timeout_s
+            if deadline is not None:
+                timeout = min(timeout, deadline - now)
+                if timeout <= 0:
+                    self.breaker.record_failure()
+                    raise DeadlineExceeded(f"model '{model}': deadline passed before an answer "
+                                           f"(after {attempts - 1} attempt(s))")
+            t0 = time.perf_counter()
+            sent = True
+            try:
+                resp = self._http.post(url, content=body, headers=headers,
+                                       timeout=httpx.Timeout(timeout))
+            except httpx.TimeoutException as exc:
+                error: OffloadError = DeadlineExceeded(
+                    f"model '{model}': no answer within {timeout * 1000:.0f} ms ({exc!r})")
+                sent = not isinstance(exc, httpx.ConnectTimeout)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
+                    httpx.WriteError) as exc:
+                error = CloudUnavailable(f"{self.base_url}: cannot reach the service: {exc}")
+                sent = not isinstance(exc, httpx.ConnectError)
+            except httpx.HTTPError as exc:
+                error = CloudUnavailable(f"{self.base_url}: transport error: {exc}")
+            else:
+                if resp.status_code == 200:
+                    from cloud import decode_infer_response
+
+                    try:
+                        result = decode_infer_response(resp.content, resp.headers)
+                    except Exception as exc:  # a server that speaks the protocol wrongly
+                        self.breaker.record_success()
+                        raise OffloadRejected(f"model '{model}': malformed response: {exc}",
+                                              status=200) from exc
+                    self.breaker.record_success()
+                    return InferResult(result, time.perf_counter() - t_start, len(body),
+                                       len(resp.content), _server_timing(resp.headers),
+                                       attempts)
+                message = _error_message(resp)
+                if resp.status_code in (401, 403) and self.token_source and not auth_retried:
+                    # The token may have been rotated under us: mint or read once more.
+                    auth_retried = True
+                    self.token_source.invalidate()
+                    headers = {**headers, **self._headers()}
+                    continue
+                if resp.status_code not in _RETRYABLE_STATUS:
+                    self.breaker.record_success()  # the service is up; the request is wrong
+                    raise OffloadRejected(
+                        f"model '{model}': server answered {resp.status_code}: {message}",
+                        status=resp.status_code)
+                error = CloudUnavailable(
+                    f"model '{model}': server answered {resp.status_code}: {message}")
+            # Retry only when it is safe and the deadline leaves room for another try.
+            spent = time.perf_counter() - t0
+            room = (deadline - time.monotonic()) if deadline is not None else self.timeout_s
+            safe = idempotent or not sent
+            if (attempts > self.max_retries or not safe or room < max(spent, 0.005)
+                    or isinstance(error, DeadlineExceeded)):
+                self.breaker.record_failure()
+                raise error
+            time.sleep(min(0.02 * attempts, max(room / 4, 0.0)))
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        data: Any = resp.json()
+    except ValueError:
+        return resp.text[:200]
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"])
+    return str(data)[:200]

@@ -1,0 +1,403 @@
+"""The policy engine: per request, choose local, offload or split@cut.
+
+:func:`decide` is a pure function of a :class:`PolicyContext` (the plan table with its
+learnt costs, the link estimate with its uncertainty, device and cloud state, the input's
+size, a uniform random draw for exploration) and a :class:`PolicyConfig`. Nothing in it
+reads a clock, a file or a socket, so every decision can be tested from a table of cases
+and replayed from a log. :class:`Policy` wraps it with the config in force (hot-reloaded)
+and :class:`CostTable` holds the per-cut costs that every measurement corrects.
+
+Order of reasoning in :func:`decide`:
+
+1. predict latency and energy of every candidate (head on the device, scaled for thermal
+   throttling and the local queue; crossing bytes over the risk-adjusted bandwidth plus a
+   round trip; tail in the cloud plus its queue; outputs back);
+2. rules remove candidates: cloud down, privacy (raw input, ``cuts_after``), input-size
+   thresholds, upload cap, power cap;
+3. the objective picks one (latency; energy under the SLO; or a weighted mix), switching
+   to energy when the battery is below its reserve;
+4. with probability ``explore.rate`` a stale candidate that could win is tried instead
+   (within ``max_regret``), and a probe is requested when the link is stale and a remote
+   plan would win at the optimistic bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from devices import EnergyModel
+from edge._link import LinkEstimate
+from edge._policy_config import PolicyConfig
+from partition import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
+
+
+@dataclass(frozen=True)
+class CutEstimate:
+    """One candidate as the policy sees it now: learnt costs at the reference input size.
+
+    ``device_layers`` are the node and tensor names computed on the device before the
+    cut (privacy rule ``cuts_after``); ``age_s`` is the time since its costs were last
+    measured (``inf`` when never).
+    """
+
+    cut_id: str
+    kind: str
+    head_ms: float
+    tail_ms: float
+    up_bytes: int
+    down_bytes: int
+    sends_raw_input: bool = False
+    device_layers: frozenset[str] = frozenset()
+    age_s: float = math.inf
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """The device at decision time; ``battery_pct`` is ``None`` on mains-only boards."""
+
+    power_mode: str = ""
+    battery_pct: float | None = None
+    on_battery: bool = False
+    throttled: bool = False
+    local_queue_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class CloudState:
+    """The cloud as the client sees it: reachable (breaker not open) and its queue time."""
+
+    healthy: bool = True
+    queue_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """Everything :func:`decide` may look at."""
+
+    candidates: tuple[CutEstimate, ...]
+    link: LinkEstimate
+    energy: EnergyModel
+    device: DeviceState = DeviceState()
+    cloud: CloudState = CloudState()
+    input_bytes: int = 0
+    reference_input_bytes: int = 0
+    explore_draw: float = 1.0
+    probe_allowance: int = 0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted cost of one candidate; ``excluded`` says which rule removed it, if any."""
+
+    cut_id: str
+    kind: str
+    latency_ms: float
+    energy_mj: float
+    head_ms: float
+    up_ms: float
+    wait_ms: float
+    down_ms: float
+    up_bytes: int
+    excluded: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to run for one request, what it should cost, and why."""
+
+    kind: str
+    cut_id: str
+    predicted_ms: float
+    predicted_mj: float
+    reason: str
+    explored: bool = False
+    probe: bool = False
+    objective: str = "latency"
+    deadline_ms: float = 0.0
+    predictions: tuple[Prediction, ...] = field(default=(), compare=False)
+
+    @property
+    def plan(self) -> str:
+        """``local``, ``offload`` or ``split@<cut>``."""
+        return f"split@{self.cut_id}" if self.kind == SPLIT else self.kind
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "plan": self.plan, "kind": self.kind, "cut_id": self.cut_id,
+            "predicted_ms": round(self.predicted_ms, 3),
+            "predicted_mj": round(self.predicted_mj, 3), "reason": self.reason,
+            "explored": self.explored, "probe": self.probe, "objective": self.objective,
+            "deadline_ms": self.deadline_ms,
+        }
+
+
+def _predict(c: CutEstimate, ctx: PolicyContext, cfg: PolicyConfig, bandwidth_bps: float
+             ) -> Prediction:
+    scale = 1.0
+    if ctx.input_bytes > 0 and ctx.reference_input_bytes > 0:
+        scale = ctx.input_bytes / ctx.reference_input_bytes
+    head = c.head_ms * scale
+    if ctx.device.throttled:
+        head *= cfg.device.throttle_slowdown
+    if head > 0:
+        head += ctx.device.local_queue_ms
+    up_bytes = int(c.up_bytes * scale) if c.kind != LOCAL else 0
+    if c.kind == LOCAL:
+        return Prediction(c.cut_id, c.kind, head, ctx.energy.plan_mj(head), head, 0.0, 0.0,
+                          0.0, 0)
+    up_ms = up_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
+    down_ms = c.down_bytes * scale * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
+    wait_ms = ctx.link.rtt_s * 1000.0 + c.tail_ms * scale + ctx.cloud.queue_ms
+    latency = head + up_ms + wait_ms + down_ms
+    energy = ctx.energy.plan_mj(head, up_ms, down_ms, wait_ms)
+    return Prediction(c.cut_id, c.kind, latency, energy, head, up_ms, wait_ms, down_ms, up_bytes)
+
+
+def _exclusion(c: CutEstimate, p: Prediction, ctx: PolicyContext, cfg: PolicyConfig) -> str:
+    rules = cfg.rules
+    if c.kind == LOCAL:
+        return ""
+    if not ctx.cloud.healthy:
+        return "cloud unavailable"
+    if rules.never_send_raw_input and (c.sends_raw_input or c.kind == OFFLOAD):
+        return "privacy: never_send_raw_input"
+    if rules.cuts_after and rules.cuts_after not in c.device_layers:
+        return f"privacy: cut is not after '{rules.cuts_after}'"
+    if ctx.input_bytes < rules.local_below_input_bytes:
+        return (f"input of {ctx.input_bytes} B is below local_below_input_bytes "
+                f"({rules.local_below_input_bytes} B)")
+    if rules.max_upload_bytes and p.up_bytes > rules.max_upload_bytes:
+        return f"uploads {p.up_bytes} B > max_upload_bytes ({rules.max_upload_bytes} B)"
+    return ""
+
+
+def _avg_power_w(p: Prediction) -> float:
+    return p.energy_mj / p.latency_ms if p.latency_ms > 0 else 0.0
+
+
+def _score_fn(objective: str, cfg: PolicyConfig, preds: Iterable[Prediction]
+              ) -> Callable[[Prediction], float]:
+    preds = list(preds)
+    if objective == "latency":
+        return lambda p: p.latency_ms
+    if objective == "energy-only":
+        return lambda p: p.energy_mj
+    if objective == "energy":
+        slo = cfg.slo_ms
+        # Plans that meet the SLO rank by energy; the others after them by lateness.
+        return lambda p: p.energy_mj if p.latency_ms <= slo else 1e12 + p.latency_ms
+    ref_ms = max(min(p.latency_ms for p in preds), 1e-6)
+    ref_mj = max(min(p.energy_mj for p in preds), 1e-6)
+    w = cfg.latency_weight
+    return lambda p: w * p.latency_ms / ref_ms + (1.0 - w) * p.energy_mj / ref_mj
+
+
+def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
+    """Choose the plan for one request. Pure: same inputs, same decision."""
+    if not ctx.candidates:
+        raise ValueError("policy: the plan table has no candidates")
+    risk_bw = ctx.link.bandwidth_bps * math.exp(-cfg.link.risk * ctx.link.spread)
+    preds: list[Prediction] = []
+    for c in ctx.candidates:
+        p = _predict(c, ctx, cfg, risk_bw)
+        why = _exclusion(c, p, ctx, cfg)
+        preds.append(Prediction(**{**p.__dict__, "excluded": why}) if why else p)
+    allowed = [p for p in preds if not p.excluded]
+    notes: list[str] = []
+    if cfg.rules.max_power_w > 0:
+        within = [p for p in allowed if _avg_power_w(p) <= cfg.rules.max_power_w]
+        if within:
+            for p in allowed:
+                if p not in within:
+                    notes.append(f"{_plan_name(p)} over max_power_w")
+            allowed = within
+        else:
+            allowed = [min(allowed, key=_avg_power_w)]
+            notes.append(f"every plan exceeds max_power_w={cfg.rules.max_power_w:g} W; "
+                         "taking the lowest-power one")
+    if not allowed:  # only reachable if the plan table lacks a local candidate
+        allowed = [min(preds, key=lambda p: p.latency_ms)]
+        notes.append("no candidate passed the rules; fastest taken")
+
+    objective = cfg.objective
+    battery = ctx.device.battery_pct
+    if (cfg.rules.battery_reserve_pct > 0 and ctx.device.on_battery and battery is not None
+            and battery < cfg.rules.battery_reserve_pct):
+        objective = "energy" if cfg.slo_ms > 0 else "energy-no-slo"
+        notes.append(f"battery {battery:.0f}% below reserve "
+                     f"{cfg.rules.battery_reserve_pct:.0f}%: saving energy")
+    if objective == "energy-no-slo":
+        objective = "energy"
+        score = _score_fn("energy-only", cfg, allowed)
+    else:
+        score = _score_fn(objective, cfg, allowed)
+    best = min(allowed, key=score)
+    reason = _explain(best, objective, cfg, allowed, preds)
+    if notes:
+        reason += "; " + "; ".join(notes)
+
+    # Exploration and probing look at the optimistic side of the link belief.
+    by_id = {c.cut_id: c for c in ctx.candidates}
+    stale_s = cfg.explore.stale_after_s
+    link_stale = ctx.link.age_s > stale_s or ctx.link.samples == 0
+    opt_bw = ctx.link.high_bps
+    optimistic = {p.cut_id: _predict(by_id[p.cut_id], ctx, cfg, opt_bw) for p in allowed}
+    could_win = [p for p in allowed if p.cut_id != best.cut_id
+                 and score(optimistic[p.cut_id]) < score(best)]
+
+    explored = False
+    chosen = best
+    if ctx.explore_draw < cfg.explore.rate:
+        stale = [p for p in could_win
+                 if (by_id[p.cut_id].age_s > stale_s or by_id[p.cut_id].samples == 0
+                     or (p.kind != LOCAL and link_stale))
+                 and p.latency_ms <= cfg.explore.max_regret * best.latency_ms]
+        if stale:
+            chosen = min(stale, key=lambda p: score(optimistic[p.cut_id]))
+            explored = True
+            reason = (f"exploring {_plan_name(chosen)}: its estimate is stale and it could beat "
+                      f"{_plan_name(best)} (predicted {chosen.latency_ms:.0f} ms vs "
+                      f"{best.latency_ms:.0f} ms)")
+    probe = (link_stale and best.kind == LOCAL and not explored and cfg.explore.probe_bytes > 0
+             and ctx.probe_allowance >= cfg.explore.probe_bytes
+             and any(p.kind != LOCAL for p in could_win))
+    if probe:
+        reason += "; link estimate is stale and a remote plan could win: probing"
+    return Decision(
+        kind=chosen.kind, cut_id=chosen.cut_id, predicted_ms=chosen.latency_ms,
+        predicted_mj=chosen.energy_mj, reason=reason, explored=explored, probe=probe,
+        objective=objective, deadline_ms=cfg.slo_ms, predictions=tuple(preds),
+    )
+
+
+def _plan_name(p: Prediction) -> str:
+    return f"split@{p.cut_id}" if p.kind == SPLIT else p.kind
+
+
+def _explain(best: Prediction, objective: str, cfg: PolicyConfig,
+             allowed: list[Prediction], preds: list[Prediction]) -> str:
+    name = _plan_name(best)
+    others = sorted((p for p in allowed if p is not best), key=lambda p: p.latency_ms)
+    runner = f"; next {_plan_name(others[0])} {others[0].latency_ms:.0f} ms" if others else ""
+    excluded = [f"{_plan_name(p)} ({p.excluded})" for p in preds if p.excluded]
+    ex = "; excluded: " + ", ".join(excluded[:3]) if excluded else ""
+    if objective == "latency":
+        why = f"{name} is fastest at {best.latency_ms:.0f} ms"
+    elif objective == "energy":
+        if best.latency_ms <= cfg.slo_ms:
+            why = (f"{name} uses least energy ({best.energy_mj:.0f} mJ) within the "
+                   f"{cfg.slo_ms:g} ms SLO ({best.latency_ms:.0f} ms)")
+        else:
+            why = (f"no plan meets the {cfg.slo_ms:g} ms SLO; {name} is fastest "
+                   f"({best.latency_ms:.0f} ms)")
+    else:
+        why = (f"{name} has the best weighted score ({best.latency_ms:.0f} ms, "
+               f"{best.energy_mj:.0f} mJ, latency weight {cfg.latency_weight:g})")
+    return why + runner + ex
+
+
+class CostTable:
+    """Per-cut head and tail times, corrected online from every measurement.
+
+    Starts from the plan's profiled figures; each observation moves the estimate by an
+    exponentially weighted average, after clipping the sample to 3x the estimate either
+    way so that one stall (a GC pause, a page fault) does not swing the table.
+    """
+
+    def __init__(self, plan: Plan, *, ewma: float = 0.3,
+                 raw_inputs: Iterable[str] = (),
+                 device_layers: Mapping[str, Iterable[str]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.plan = plan
+        self.ewma = ewma
+        self._clock = clock
+        raw = frozenset(raw_inputs)
+        layers = {k: frozenset(v) for k, v in (device_layers or {}).items()}
+        self._lock = threading.Lock()
+        self._base: dict[str, CutEstimate] = {}
+        self._head: dict[str, float] = {}
+        self._tail: dict[str, float] = {}
+        self._seen: dict[str, float] = {}
+        self._samples: dict[str, int] = {}
+        for c in plan.candidates:
+            self._base[c.cut_id] = CutEstimate(
+                cut_id=c.cut_id, kind=c.kind, head_ms=c.head_ms, tail_ms=c.tail_ms,
+                up_bytes=c.up_bytes, down_bytes=c.down_bytes,
+                sends_raw_input=c.kind == OFFLOAD or bool(raw.intersection(c.tensors)),
+                device_layers=layers.get(c.cut_id, frozenset()),
+            )
+            self._head[c.cut_id] = c.head_ms
+            self._tail[c.cut_id] = c.tail_ms
+            self._samples[c.cut_id] = 0
+
+    def candidate(self, cut_id: str) -> CutCandidate:
+        return self.plan.candidate(cut_id)
+
+    @staticmethod
+    def _blend(old: float, sample: float, a: float) -> float:
+        if old > 0:
+            sample = min(max(sample, old / 3.0), old * 3.0)
+        return (1 - a) * old + a * sample
+
+    def observe(self, cut_id: str, *, head_ms: float | None = None,
+                tail_ms: float | None = None, now: float | None = None) -> None:
+        """Fold in measured device (head) and cloud (tail) times of one request."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            if cut_id not in self._base:
+                raise KeyError(f"cost table: unknown cut '{cut_id}'")
+            a = self.ewma if self._samples[cut_id] else max(self.ewma, 0.7)
+            if head_ms is not None:
+                self._head[cut_id] = self._blend(self._head[cut_id], head_ms, a)
+            if tail_ms is not None:
+                self._tail[cut_id] = self._blend(self._tail[cut_id], tail_ms, a)
+            self._seen[cut_id] = now
+            self._samples[cut_id] += 1
+
+    def observe_local_full(self, full_ms: float, now: float | None = None) -> None:
+        """A whole-model local run also tells us the local candidate's cost."""
+        for cid, base in self._base.items():
+            if base.kind == LOCAL:
+                self.observe(cid, head_ms=full_ms, now=now)
+
+    def snapshot(self, now: float | None = None) -> tuple[CutEstimate, ...]:
+        """The candidates with their current estimates and ages."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            out = []
+            for cid, base in self._base.items():
+                seen = self._seen.get(cid)
+                out.append(CutEstimate(
+                    cut_id=cid, kind=base.kind, head_ms=self._head[cid],
+                    tail_ms=self._tail[cid], up_bytes=base.up_bytes,
+                    down_bytes=base.down_bytes, sends_raw_input=base.sends_raw_input,
+                    device_layers=base.device_layers,
+                    age_s=math.inf if seen is None else max(now - seen, 0.0),
+                    samples=self._samples[cid],
+                ))
+            return tuple(out)
+
+
+class Policy:
+    """The decision function with the configuration in force.
+
+    ``config`` is a :class:`PolicyConfig` or anything with a ``config`` attribute that
+    returns one (a :class:`PolicyConfigWatcher`, which hot-reloads the file).
+    """
+
+    def __init__(self, config: PolicyConfig | object) -> None:
+        self._source = config
+
+    @property
+    def config(self) -> PolicyConfig:
+        src = self._source
+        return src if isinstance(src, PolicyConfig) else src.config  # type: ignore[attr-defined]
+
+    def decide(self, context: PolicyContext) -> Decision:
+        """Decide for one request under the configuration in force now."""
+        return decide(context, self.config)

@@ -1,0 +1,60 @@
+"""The policy engine's public face: decide local, offload or split per request.
+
+See :mod:`edge._policy` for the reasoning order and ``docs/policy.md`` for the
+``policy.toml`` reference.
+"""
+
+from __future__ import annotations
+
+from edge._link import LinkEstimate, LinkEstimator
+from edge._policy import (
+    CloudState,
+    CostTable,
+    CutEstimate,
+    Decision,
+    DeviceState,
+    Policy,
+    PolicyContext,
+    Prediction,
+    decide,
+)
+from edge._policy_config import (
+    OBJECTIVES,
+    DeviceSettings,
+    ExploreSettings,
+    LearningSettings,
+    LinkSettings,
+    OffloadSettings,
+    PolicyConfig,
+    PolicyConfigWatcher,
+    Rules,
+    load_policy_config,
+    parse_policy_config,
+    policy_config_from_text,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "CloudState",
+    "CostTable",
+    "CutEstimate",
+    "Decision",
+    "DeviceSettings",
+    "DeviceState",
+    "ExploreSettings",
+    "LearningSettings",
+    "LinkEstimate",
+    "LinkEstimator",
+    "LinkSettings",
+    "OffloadSettings",
+    "Policy",
+    "PolicyConfig",
+    "PolicyConfigWatcher",
+    "PolicyContext",
+    "Prediction",
+    "Rules",
+    "decide",
+    "load_policy_config",
+    "parse_policy_config",
+    "policy_config_from_text",
+]
