@@ -48,34 +48,40 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, dtype, shape)
 
 
+def tensorrt_options(device: DeviceProfile) -> dict[str, Any]:
+    """TensorRT execution provider options from a profile's ``[tensorrt]`` table."""
+    trt = device.tensorrt
+    return {
+        "trt_fp16_enable": trt.fp16 and "fp16" in device.precisions,
+        "trt_int8_enable": trt.int8 and "int8" in device.precisions,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": os.path.expanduser(trt.engine_cache_dir),
+        "trt_max_workspace_size": trt.workspace_mb * 1024 * 1024,
+    }
+
+
 def provider_list(
-    device: DeviceProfile | None, wanted: Sequence[str] | None = None
+    device: DeviceProfile | None,
+    wanted: Sequence[str] | None = None,
+    available: Sequence[str] | None = None,
 ) -> list[str | tuple[str, dict[str, Any]]]:
-    """Execution providers in the profile's order, keeping those this build has."""
-    available = set(ort.get_available_providers())
+    """Execution providers in the profile's order, keeping those this build has.
+
+    ``available`` defaults to what the installed ONNX Runtime offers; CPU always comes last
+    as the fallback.
+    """
+    have = set(ort.get_available_providers() if available is None else available)
     order = list(wanted or (device.providers if device else ["CPUExecutionProvider"]))
     if "CPUExecutionProvider" not in order:
         order.append("CPUExecutionProvider")
     chosen: list[str | tuple[str, dict[str, Any]]] = []
     for name in order:
-        if name not in available:
+        if name not in have:
             continue
         if name == "TensorrtExecutionProvider" and device is not None:
-            trt = device.tensorrt
-            cache = os.path.expanduser(trt.engine_cache_dir)
-            os.makedirs(cache, exist_ok=True)
-            chosen.append(
-                (
-                    name,
-                    {
-                        "trt_fp16_enable": trt.fp16 and "fp16" in device.precisions,
-                        "trt_int8_enable": trt.int8 and "int8" in device.precisions,
-                        "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": cache,
-                        "trt_max_workspace_size": trt.workspace_mb * 1024 * 1024,
-                    },
-                )
-            )
+            options = tensorrt_options(device)
+            os.makedirs(options["trt_engine_cache_path"], exist_ok=True)
+            chosen.append((name, options))
         else:
             chosen.append(name)
     return chosen

@@ -25,9 +25,11 @@ this CPU and are slower than FP32.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -415,6 +417,8 @@ def quantize_model(
     calibrate_method: str = "minmax",
     preprocess: bool = True,
     exclude_op_types: Sequence[str] = ("Softmax",),
+    op_types: Sequence[str] | None = None,
+    exclude_nodes: Sequence[str] = (),
     intra_op_threads: int | None = None,
     timing_runs: int = 20,
     seed: int = 0,
@@ -430,6 +434,8 @@ def quantize_model(
     has no latency or agreement. The labels, when given, replace the report's description
     of where the samples came from. ``exclude_op_types`` stay in float: a final Softmax
     quantized to 8 bits would tie near-equal classes and costs almost nothing in float.
+    ``op_types`` limits quantization to those op types (default: every type the quantizer
+    supports); ``exclude_nodes`` keeps the named nodes in float.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -473,20 +479,25 @@ def quantize_model(
         if preprocess:
             prepared = Path(tmp) / "fp32.pre.onnx"
             _preprocess(staged, prepared, optimize=True)
-        op_types = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(exclude_op_types))
+        supported = set(op_types) if op_types is not None else set(QDQRegistry) | set(QLinearOpsRegistry)
+        quantized_ops = sorted(supported - set(exclude_op_types))
         try:
-            quantize_static(
-                str(prepared),
-                str(out),
-                _feed_reader(samples),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=op_types,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                activation_type=act,
-                weight_type=wgt,
-                calibrate_method=method,
-            )
+            # The histogram calibrators print progress to stdout, which must stay clean
+            # for `edgecut quantize --json`.
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(
+                    str(prepared),
+                    str(out),
+                    _feed_reader(samples),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=quantized_ops,
+                    nodes_to_exclude=list(exclude_nodes) or None,
+                    per_channel=per_channel,
+                    reduce_range=reduce_range,
+                    activation_type=act,
+                    weight_type=wgt,
+                    calibrate_method=method,
+                )
         except Exception as exc:
             raise ModelError(f"model '{src}': static quantization failed: {exc}") from exc
     quantize_s = time.perf_counter() - started
@@ -501,6 +512,8 @@ def quantize_model(
         "calibrate_method": calibrate_method,
         "preprocess": preprocess,
         "excluded_op_types": list(exclude_op_types),
+        "op_types": list(op_types) if op_types is not None else "all supported",
+        "excluded_nodes": list(exclude_nodes),
         "sum_to_add": sums,
     }
     latency = agreement_ = None
