@@ -1,0 +1,637 @@
+"""The edge agent: a long-running daemon that serves models to local applications.
+
+One process holds, for each configured model, a :class:`~edge._updates.ModelSlot` (the
+serving version, swapped atomically by updates) and answers the Open Inference Protocol on
+127.0.0.1 and/or a Unix socket. The protocol, its codec and the HTTP app are the cloud
+package's (``cloud.create_app`` over an ``InferenceService``): the agent only supplies a
+model runtime per model that runs the request on the device, so a local application and
+a cloud application use the same client. ``/agent/status`` adds the agent's own state.
+
+Lifecycle: SIGTERM or SIGINT stop accepting connections and let in-flight requests finish
+within ``agent.shutdown_grace_s``, then the fleet link publishes ``offline`` and the
+process exits; SIGHUP re-reads ``agent.toml`` and applies what can change live. Every
+request is logged as one JSON line with its decision and its measured costs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import devices
+from devices.errors import ConfigError, EdgecutError, ModelInputError, ModelUpdateError
+from edge import runtime
+from edge._agent_config import (
+    AgentConfig,
+    load_agent_config,
+    merge,
+    parse_agent_config,
+    restart_only_changes,
+)
+from edge._updates import (
+    Deployment,
+    ModelSlot,
+    ModelStore,
+    ModelVersion,
+    Updater,
+    sample_inputs,
+    warm_up,
+)
+
+log = logging.getLogger("edgecut.agent")
+request_log = logging.getLogger("edgecut.agent.request")
+
+_OVERLAY = "config-overlay.json"
+_CONFIG_MSG_KEYS = {"id", "version", "config", "policy"}
+_COMMANDS = ("reprofile", "rollback", "reload", "telemetry", "status", "ping")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger and the message (parsed when JSON)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        body: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if msg.startswith("{"):
+            try:
+                body.update(json.loads(msg))
+            except ValueError:
+                body["msg"] = msg
+        else:
+            body["msg"] = msg
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, separators=(",", ":"))
+
+
+def setup_logging(level: str, stream: Any = None) -> None:
+    root = logging.getLogger("edgecut")
+    for h in list(root.handlers):
+        if getattr(h, "_edgecut_agent", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler._edgecut_agent = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class _Stats:
+    """Per-request facts gathered between two telemetry records."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+        self.total_requests = 0
+        self.total_errors = 0
+
+    def _reset(self) -> None:
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.errors: Counter[str] = Counter()
+        self.plans: Counter[str] = Counter()
+        self.fallbacks = 0
+        self.energy_mj = 0.0
+        self.since = time.time()
+
+    def add(self, model: str, plan: str, ms: float, energy_mj: float, ok: bool,
+            fallback: bool = False) -> None:
+        with self._lock:
+            self.total_requests += 1
+            if ok:
+                self.latency[model].append(ms)
+                self.plans[plan] += 1
+                self.energy_mj += energy_mj
+            else:
+                self.errors[model] += 1
+                self.total_errors += 1
+            if fallback:
+                self.fallbacks += 1
+
+    def take(self) -> dict[str, Any]:
+        with self._lock:
+            lat, errors, plans = self.latency, self.errors, self.plans
+            fallbacks, energy, since = self.fallbacks, self.energy_mj, self.since
+            self._reset()
+        models = {}
+        for name in set(lat) | set(errors):
+            values = np.asarray(lat.get(name, []), dtype=np.float64)
+            entry: dict[str, Any] = {"requests": int(values.size) + errors[name],
+                                     "errors": errors[name]}
+            if values.size:
+                p50, p90, p99 = np.percentile(values, [50, 90, 99])
+                entry["latency_ms"] = {"p50": round(float(p50), 3), "p90": round(float(p90), 3),
+                                       "p99": round(float(p99), 3),
+                                       "max": round(float(values.max()), 3)}
+            models[name] = entry
+        return {"window_s": round(time.time() - since, 3), "models": models,
+                "decisions": dict(plans), "fallbacks": fallbacks,
+                "energy_mj": round(energy, 3)}
+
+
+class AgentModelRuntime:
+    """The cloud service's model-runtime shape over an agent model slot.
+
+    ``inputs``/``outputs`` follow the serving version, so model metadata stays right
+    after an update; ``predict`` runs on the device through the agent.
+    """
+
+    max_batch_size = 0
+    platform = "edgecut_agent"
+
+    def __init__(self, agent: Agent, name: str) -> None:
+        self._agent = agent
+        self.name = name
+
+    def _metas(self, specs: tuple[runtime.TensorSpec, ...]) -> tuple[Any, ...]:
+        from cloud import datatype_of
+        from cloud._runtime import TensorMeta
+
+        return tuple(
+            TensorMeta(s.name, datatype_of(s.dtype), tuple(-1 if d is None else d for d in s.shape))
+            for s in specs
+        )
+
+    @property
+    def inputs(self) -> tuple[Any, ...]:
+        return self._metas(self._agent.slots[self.name].current.session.inputs)
+
+    @property
+    def outputs(self) -> tuple[Any, ...]:
+        return self._metas(self._agent.slots[self.name].current.session.outputs)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from cloud.errors import ExecutionError, ProtocolError
+
+        try:
+            return self._agent.infer(self.name, inputs)
+        except ModelInputError as exc:
+            raise ProtocolError(str(exc)) from exc
+        except EdgecutError as exc:
+            raise ExecutionError(str(exc)) from exc
+
+    def close(self) -> None:
+        """The agent owns the sessions; the service must not close them."""
+
+
+class Agent:
+    """The agent's state: config, device profile, model slots, updater and statistics.
+
+    Usable in-process (tests, benchmarks) as well as by :func:`run_agent`.
+    """
+
+    def __init__(self, config_path: str | Path | None = None, *,
+                 config: AgentConfig | None = None) -> None:
+        if config is None and config_path is None:
+            raise ConfigError("Agent: give a config path or an AgentConfig")
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.started_at = time.time()
+        if config is None:
+            config = self._read_config()
+        self.config = config
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        self.profile = devices.detect() if config.profile == "auto" else devices.load_profile(
+            config.profile)
+        self.policy_config = self._load_policy(config)
+        self.stats = _Stats()
+        self.store = ModelStore(config.data_dir)
+        self.slots: dict[str, ModelSlot] = {}
+        self._active_w = self._active_watts()
+        for m in config.models:
+            self.slots[m.name] = ModelSlot(self._initial_version(m))
+        self.updater = Updater(self.slots, self.store, self.profile,
+                               lambda: self.config.updates, self._warmup_for,
+                               on_committed=self._after_update)
+        self.fleet: Any = None
+        self.reprofile_hooks: list[Callable[[str, ModelVersion], Any]] = []
+        self.reprofiles: list[dict[str, Any]] = []
+        self._config_lock = threading.Lock()
+        self._sensor = None
+        try:
+            self._sensor = devices.open_power_sensor("auto", profile=self.profile)  # type: ignore[attr-defined]
+        except (AttributeError, EdgecutError):
+            self._sensor = None
+
+    # -- config --------------------------------------------------------------------------
+
+    def _overlay_path(self, data_dir: str) -> Path:
+        return Path(data_dir) / _OVERLAY
+
+    def _read_overlay(self, data_dir: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self._overlay_path(data_dir).read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _read_config(self) -> AgentConfig:
+        assert self.config_path is not None
+        base = load_agent_config(self.config_path)
+        overlay = self._read_overlay(base.data_dir)
+        if overlay.get("config"):
+            try:
+                return load_agent_config(self.config_path, overlay["config"],
+                                         str(overlay.get("version", "overlay")))
+            except ConfigError as exc:
+                # A persisted fleet config that no longer fits the file: serve the file.
+                log.error(json.dumps({"event": "overlay_ignored", "error": str(exc)}))
+        return base
+
+    def _load_policy(self, config: AgentConfig, data: Mapping[str, Any] | None = None) -> Any:
+        overlay = self._read_overlay(config.data_dir).get("policy") if data is None else data
+        if not config.policy_file and not overlay:
+            return None
+        from edge._policy_config import load_policy_config, parse_policy_config
+
+        if overlay:
+            return parse_policy_config(dict(overlay), "policy (fleet)")
+        return load_policy_config(config.policy_file)
+
+    def _active_watts(self) -> float:
+        power = self.profile.power
+        gpu = any(p != "CPUExecutionProvider" for p in self.profile.providers)
+        return (power.gpu_active_w if gpu else power.cpu_active_w) - power.idle_w
+
+    def _warmup_for(self, name: str) -> tuple[int, str]:
+        for m in self.config.models:
+            if m.name == name:
+                return m.warmup_runs, m.warmup_inputs
+        return 2, ""
+
+    def _initial_version(self, m: Any) -> ModelVersion:
+        """The committed version from ``state.json`` when it loads, else the configured one."""
+        entry = self.store.state().get(m.name)
+        candidates: list[tuple[str, str]] = []
+        if entry:
+            candidates.append((entry["version"], entry["path"]))
+            if entry.get("previous"):
+                candidates.append((entry["previous"]["version"], entry["previous"]["path"]))
+        candidates.append((m.version, m.path))
+        last: Exception | None = None
+        for version, path in candidates:
+            try:
+                session = runtime.load(path, self.profile)
+                if m.warmup_runs:
+                    warm_up(session, sample_inputs(session, m.warmup_inputs), m.warmup_runs)
+                return ModelVersion(m.name, version, path, session)
+            except EdgecutError as exc:
+                last = exc
+                log.error(json.dumps({"event": "model_load_failed", "model": m.name,
+                                      "version": version, "error": str(exc)}))
+        raise ModelUpdateError(f"model '{m.name}': no version could be loaded ({last})")
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read ``agent.toml`` (SIGHUP): apply what can change live, keep the rest."""
+        if self.config_path is None:
+            raise ConfigError("reload: the agent was not started from a config file")
+        with self._config_lock:
+            new = self._read_config()
+            changed = restart_only_changes(self.config.raw, new.raw)
+            if changed:
+                log.warning(json.dumps({"event": "reload_needs_restart", "keys": changed}))
+            policy = self._load_policy(new)
+            self._apply(new, policy)
+        log.info(json.dumps({"event": "config_reloaded", "version": new.version,
+                             "restart_needed": changed}))
+        return {"version": new.version, "restart_needed": changed}
+
+    def _apply(self, new: AgentConfig, policy: Any) -> None:
+        """Make ``new`` the config in force (models first, so a failed load changes nothing)."""
+        loaded: dict[str, ModelVersion] = {}
+        for m in new.models:
+            slot = self.slots.get(m.name)
+            if slot is not None and slot.current.path == m.path:
+                continue
+            if slot is not None and self.store.state().get(m.name):
+                continue  # a fleet deployment owns this model's version now
+            loaded[m.name] = self._initial_version(m)
+        for name, version in loaded.items():
+            if name in self.slots:
+                self.slots[name].swap(version)
+            else:
+                self.slots[name] = ModelSlot(version)
+        for name in [n for n in self.slots if n not in {m.name for m in new.models}]:
+            if not self.store.state().get(name):
+                del self.slots[name]
+        self.config = new
+        self.policy_config = policy
+        self._active_w = self._active_watts()
+        logging.getLogger("edgecut").setLevel(new.log_level.upper())
+        if self.fleet is not None:
+            self.fleet.telemetry_interval_s = new.mqtt.telemetry_interval_s
+
+    def apply_config(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """``config/set``: validate all of it, then apply it all or nothing."""
+        unknown = sorted(set(msg) - _CONFIG_MSG_KEYS)
+        if unknown:
+            raise ConfigError(f"config/set: unknown field(s) {unknown}; expected "
+                              f"{sorted(_CONFIG_MSG_KEYS)}")
+        version = msg.get("version")
+        if not isinstance(version, str) or not 0 < len(version) <= 64:
+            raise ConfigError(f"config/set: field 'version': expected a string of 1-64 "
+                              f"characters, got {version!r}")
+        patch = msg.get("config", {})
+        policy_data = msg.get("policy")
+        if not isinstance(patch, dict):
+            raise ConfigError(f"config/set: field 'config': expected an object, got {patch!r}")
+        if policy_data is not None and not isinstance(policy_data, dict):
+            raise ConfigError(f"config/set: field 'policy': expected an object, got "
+                              f"{policy_data!r}")
+        if not patch and policy_data is None:
+            raise ConfigError("config/set: nothing to apply (give 'config' and/or 'policy')")
+        with self._config_lock:
+            current = self.config
+            overlay = self._read_overlay(current.data_dir)
+            new_raw = merge(current.raw, patch)
+            changed = restart_only_changes(current.raw, new_raw)
+            if changed:
+                raise ConfigError(
+                    f"config/set: key(s) {', '.join(changed)} take effect only on restart; "
+                    "edit agent.toml on the device"
+                )
+            base_dir = Path(current.source).resolve().parent if current.source else Path(".")
+            new = parse_agent_config(new_raw, f"config/set {version}", base_dir, version)
+            if policy_data is not None:
+                from edge._policy_config import parse_policy_config
+
+                policy = parse_policy_config(dict(policy_data), f"config/set {version} policy")
+            else:
+                policy = self.policy_config
+            # Persist first: if writing fails nothing has changed; if the agent dies right
+            # after, it restarts with what was acknowledged.
+            new_overlay = {"version": version,
+                           "config": merge(overlay.get("config", {}), patch),
+                           "policy": policy_data if policy_data is not None
+                           else overlay.get("policy")}
+            path = self._overlay_path(current.data_dir)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(new_overlay, indent=1))
+            try:
+                self._apply(new, policy)
+            except EdgecutError:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, path)
+        log.info(json.dumps({"event": "config_applied", "version": version}))
+        return {"version": version, "applied": True}
+
+    # -- serving -------------------------------------------------------------------------
+
+    def infer(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one request for model ``name``; record and log its decision and costs."""
+        slot = self.slots.get(name)
+        if slot is None:
+            raise ModelInputError(f"no model named '{name}' (serving: {', '.join(self.slots)})")
+        start = time.perf_counter()
+        plan = "local"
+        try:
+            out, version = slot.run(feeds)
+        except EdgecutError as exc:
+            ms = (time.perf_counter() - start) * 1000.0
+            self.stats.add(name, plan, ms, 0.0, ok=False)
+            request_log.warning(json.dumps({"event": "request", "model": name, "plan": plan,
+                                            "ok": False, "ms": round(ms, 3),
+                                            "error": str(exc)}))
+            raise
+        ms = (time.perf_counter() - start) * 1000.0
+        energy = ms * self._active_w  # W * ms = mJ, above idle
+        self.stats.add(name, plan, ms, energy, ok=True)
+        if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
+            request_log.info(json.dumps({
+                "event": "request", "model": name, "version": version.version, "plan": plan,
+                "reason": "no cloud configured" if not self.config.cloud.url else "local",
+                "ok": True, "device_ms": round(ms, 3), "up_ms": 0.0, "cloud_ms": 0.0,
+                "down_ms": 0.0, "energy_mj": round(energy, 3)}))
+        return out
+
+    # -- fleet handler -------------------------------------------------------------------
+
+    def deploy(self, msg: dict[str, Any], ack: Callable[..., None]) -> str:
+        dep = Deployment.from_message({k: v for k, v in msg.items() if k != "id"})
+        return self.updater.deploy(dep, ack)
+
+    def command(self, msg: dict[str, Any]) -> dict[str, Any]:
+        name = msg.get("command")
+        if name not in _COMMANDS:
+            raise ConfigError(f"cmd: field 'command': expected one of {list(_COMMANDS)}, "
+                              f"got {name!r}")
+        model = msg.get("model")
+        if model is not None and (not isinstance(model, str) or model not in self.slots):
+            raise ConfigError(f"cmd: field 'model': no model named {model!r} "
+                              f"(serving: {', '.join(self.slots)})")
+        if name == "ping":
+            return {"command": name, "pong": True}
+        if name == "status":
+            return {"command": name, **self.status()}
+        if name == "telemetry":
+            seq = self.fleet.emit_telemetry() if self.fleet is not None else None
+            return {"command": name, "seq": seq}
+        if name == "reload":
+            return {"command": name, **self.reload()}
+        if name == "rollback":
+            if model is None:
+                raise ConfigError("cmd rollback: field 'model' is required")
+            steps: list[dict[str, Any]] = []
+            version = self.updater.rollback(model, lambda step, **f: steps.append(f))
+            if self.fleet is not None:
+                self.fleet.publish_status()
+            return {"command": name, "model": model, "serving": version}
+        # reprofile
+        names = [model] if model else list(self.slots)
+        results = {n: self._reprofile(n, self.slots[n].current) for n in names}
+        return {"command": name, "results": results}
+
+    def _after_update(self, name: str, version: ModelVersion) -> None:
+        self._reprofile(name, version)
+
+    def _reprofile(self, name: str, version: ModelVersion) -> dict[str, Any]:
+        """Measure the serving version again; run registered re-partition hooks."""
+        runs, inputs_path = self._warmup_for(name)
+        feeds = sample_inputs(version.session, inputs_path)
+        ms = warm_up(version.session, feeds, max(3, runs))
+        result: dict[str, Any] = {"version": version.version, "local_ms": round(ms, 3)}
+        for hook in self.reprofile_hooks:
+            result[getattr(hook, "__name__", "hook")] = hook(name, version)
+        self.reprofiles.append({"model": name, **result})
+        log.info(json.dumps({"event": "reprofiled", "model": name, **result}))
+        return result
+
+    def status(self) -> dict[str, Any]:
+        import edge as _edge_pkg  # noqa: F401  (version lookup below needs the package)
+
+        try:
+            from importlib.metadata import version as _v
+
+            agent_version = _v("edgecut")
+        except Exception:
+            agent_version = "unknown"
+        return {
+            "agent_version": agent_version,
+            "profile": self.profile.name,
+            "config_version": self.config.version,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "models": {n: s.current.version for n, s in self.slots.items()},
+            "cloud": bool(self.config.cloud.url),
+        }
+
+    def telemetry(self) -> dict[str, Any]:
+        record = self.stats.take()
+        for name, slot in self.slots.items():
+            record["models"].setdefault(name, {"requests": 0, "errors": 0})
+            record["models"][name]["version"] = slot.current.version
+        record["link"] = None
+        record["power_w"] = self._sensor.read_w() if self._sensor is not None else None
+        thermal = getattr(devices, "read_thermal", None)
+        state = thermal() if thermal is not None else None
+        record["temperature_c"] = None if state is None else round(state.max_temp_c, 1)
+        record["throttled"] = None if state is None else state.throttled
+        record["config_version"] = self.config.version
+        return record
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start_fleet(self) -> None:
+        if not self.config.mqtt.enabled or self.fleet is not None:
+            return
+        from edge._fleet import FleetLink
+
+        self.fleet = FleetLink(self.config.mqtt, self.config.device_id, self.config.data_dir, self)
+        self.fleet.start()
+
+    def close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+            self.fleet = None
+
+
+# -- the local API ---------------------------------------------------------------------------
+
+
+def build_app(agent: Agent) -> tuple[Any, Any]:
+    """The cloud package's ASGI app serving the agent's models, plus ``/agent/status``.
+
+    Returns ``(app, service)``; close the service when done.
+    """
+    from cloud import InferenceService, create_app
+
+    service = InferenceService(dynamic_batching=False)
+    for name in agent.slots:
+        # One runtime per worker: the service gives each its own thread, and they share
+        # the slot, so a swap reaches all of them at once.
+        instances = [AgentModelRuntime(agent, name) for _ in range(agent.config.api.workers)]
+        service.add_runtime(name, instances, version="live")
+    inner = create_app(service)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/agent/status":
+            body = json.dumps(agent.status()).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await inner(scope, receive, send)
+
+    return app, service
+
+
+def _sockets(config: AgentConfig) -> list[Any]:
+    import socket
+
+    socks = []
+    if config.api.port:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((config.api.host, config.api.port))
+        s.listen(128)
+        socks.append(s)
+    if config.api.unix_socket:
+        path = Path(config.api.unix_socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        u.bind(str(path))
+        os.chmod(path, 0o660)
+        u.listen(128)
+        socks.append(u)
+    for s in socks:
+        s.set_inheritable(True)
+    return socks
+
+
+def run_agent(config_path: str | Path, *, ready: Callable[[Agent], None] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
+    import asyncio
+
+    import uvicorn
+
+    setup_logging("info")
+    agent = Agent(config_path)
+    setup_logging(agent.config.log_level)
+    app, service = build_app(agent)
+    socks = _sockets(agent.config)
+    uv_config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off",
+        timeout_graceful_shutdown=int(max(1, agent.config.shutdown_grace_s)),
+        timeout_keep_alive=30,
+    )
+
+    class _Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self):  # type: ignore[override]
+            # The agent's own handlers: TERM/INT drain and stop, HUP reloads. uvicorn's
+            # would re-raise the signal after shutdown and skip the offline status.
+            def stop(sig: int, frame: Any) -> None:
+                log.info(json.dumps({"event": "shutdown", "signal": signal.Signals(sig).name}))
+                self.should_exit = True
+
+            def hup(sig: int, frame: Any) -> None:
+                def work() -> None:
+                    try:
+                        agent.reload()
+                    except EdgecutError as exc:
+                        log.error(json.dumps({"event": "reload_failed", "error": str(exc)}))
+
+                threading.Thread(target=work, name="reload", daemon=True).start()
+
+            old = {s: signal.signal(s, h) for s, h in
+                   ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup))}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+    server = _Server(uv_config)
+    agent.start_fleet()
+    log.info(json.dumps({"event": "agent_started", "device_id": agent.config.device_id,
+                         "profile": agent.profile.name, "models": list(agent.slots),
+                         "api_port": agent.config.api.port,
+                         "unix_socket": agent.config.api.unix_socket}))
+    if ready is not None:
+        ready(agent)
+    try:
+        asyncio.run(server.serve(sockets=socks))
+    finally:
+        agent.close()
+        service.close()
+        if agent.config.api.unix_socket:
+            Path(agent.config.api.unix_socket).unlink(missing_ok=True)
+        log.info(json.dumps({"event": "agent_stopped"}))
+    return 0

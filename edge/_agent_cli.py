@@ -1,0 +1,156 @@
+"""``edgecut agent``: run the daemon, or install it as a systemd service."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+_UNIT = """\
+# Written by `edgecut agent install`. Reload with: systemctl reload {name}
+[Unit]
+Description=edgecut edge inference agent ({device_id})
+Documentation=https://github.com/edgecut/edgecut/blob/main/docs/agent.md
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User={user}
+ExecStart={exe} agent --config {config}
+ExecReload=/bin/kill -HUP $MAINPID
+# SIGTERM drains in-flight requests for shutdown_grace_s; give it that plus a margin.
+KillSignal=SIGTERM
+TimeoutStopSec={stop_s}
+Restart=on-failure
+RestartSec=5
+StartLimitIntervalSec=300
+StartLimitBurst=10
+# Resource limits: the agent must never starve the applications it serves.
+MemoryMax={memory_max}
+CPUWeight=90
+TasksMax=256
+LimitNOFILE=4096
+Nice=-5
+# Hardening that leaves the GPU, the model store and the socket reachable.
+NoNewPrivileges=true
+ProtectSystem=full
+ReadWritePaths={data_dir}{runtime_dir_rw}
+RuntimeDirectory=edgecut
+RuntimeDirectoryPreserve=yes
+Environment=PYTHONUNBUFFERED=1
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def default_config_text(device_id: str, profile: str, data_dir: str, unix_socket: str) -> str:
+    """A complete agent.toml for this board: local serving on, fleet link ready to enable."""
+    return f"""\
+# Written by `edgecut agent install` for a {profile} board. Every key: edge/data/agent.example.toml
+[agent]
+device_id = "{device_id}"
+profile = "{profile}"
+data_dir = "{data_dir}"
+log_level = "info"
+shutdown_grace_s = 10.0
+
+[api]
+host = "127.0.0.1"
+port = 8800
+unix_socket = "{unix_socket}"
+
+[cloud]
+url = ""
+
+[mqtt]
+enabled = false
+host = "127.0.0.1"
+port = 1883
+prefix = "edgecut"
+telemetry_interval_s = 10.0
+
+[updates]
+probation_s = 60.0
+error_rate_threshold = 0.05
+
+# Add one table per model, e.g.:
+# [[models]]
+# name = "squeezenet"
+# path = "{data_dir}/models/squeezenet.onnx"
+"""
+
+
+def _memory_max(profile_name: str) -> str:
+    # Leave most of a small board's shared CPU/GPU memory to the applications.
+    return {"jetson-nano": "2G", "jetson-orin-nano": "4G", "jetson-xavier-nx": "4G"}.get(
+        profile_name, "8G")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="agent.toml to run with.")
+@click.pass_context
+def agent(ctx: click.Context, config_path: str | None) -> None:
+    """Run the edge agent daemon (`edgecut agent --config agent.toml`), or install it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_path is None:
+        raise click.UsageError("give --config agent.toml (or use `edgecut agent install`)")
+    from edge._agent import run_agent
+
+    sys.exit(run_agent(config_path))
+
+
+@agent.command()
+@click.option("--config-path", default="/etc/edgecut/agent.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="Where to write the default agent.toml.")
+@click.option("--unit-path", default="/etc/systemd/system/edgecut-agent.service",
+              show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the systemd unit.")
+@click.option("--device-id", default=None, help="Device id (default: the host name).")
+@click.option("--profile", "profile_name", default=None,
+              help="Device profile (default: detected from the board).")
+@click.option("--data-dir", default="/var/lib/edgecut", show_default=True)
+@click.option("--user", default=None, help="User the service runs as (default: you).")
+@click.option("--exe", default=None, help="edgecut executable (default: this one).")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def install(config_path: str, unit_path: str, device_id: str | None, profile_name: str | None,
+            data_dir: str, user: str | None, exe: str | None, force: bool) -> None:
+    """Write a systemd unit and a default agent.toml for the detected board."""
+    import devices
+    from devices.errors import ConfigError
+
+    profile = devices.load_profile(profile_name) if profile_name else devices.detect()
+    host = device_id or socket.gethostname().split(".")[0]
+    safe_id = "".join(c if c.isalnum() or c in "_.-" else "-" for c in host)[:64] or "edge"
+    exe = exe or shutil.which("edgecut") or str(Path(sys.argv[0]).resolve())
+    user = user or getpass.getuser()
+    config = Path(config_path)
+    unit = Path(unit_path)
+    for path in (config, unit):
+        if path.exists() and not force:
+            raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    unix_socket = "/run/edgecut/agent.sock"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(default_config_text(safe_id, profile.name, data_dir, unix_socket))
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(_UNIT.format(
+        name=unit.stem, device_id=safe_id, user=user, exe=exe, config=config.resolve(),
+        stop_s=20, memory_max=_memory_max(profile.name), data_dir=data_dir,
+        runtime_dir_rw=" /run/edgecut",
+    ))
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError:
+        click.echo(f"note      create {data_dir} (writable by {user}) before starting the service")
+    click.echo(f"profile   {profile.name}")
+    click.echo(f"config    {config}")
+    click.echo(f"unit      {unit}")
+    click.echo(f"next      sudo systemctl daemon-reload && sudo systemctl enable --now {unit.stem}")

@@ -1,0 +1,330 @@
+"""``agent.toml``: what the edge agent serves, where it listens, and how it reaches the fleet.
+
+Read strictly through :class:`devices.config.Table`: unknown keys, wrong types and
+out-of-range values are errors that name the file and the key. The same parser checks a
+config pushed over MQTT (``config/set``), so a change that would not load from disk is
+never applied either. See ``edge/data/agent.example.toml`` for every key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devices.config import Table, read_toml
+from devices.errors import ConfigError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9_./-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The local Open Inference Protocol endpoint (TCP on loopback and/or a Unix socket)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8800
+    unix_socket: str = ""
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    url: str = ""
+    token_file: str = ""
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model the agent serves. ``path`` is the version it starts with."""
+
+    name: str
+    path: str
+    version: str = "1"
+    plan: str = ""
+    warmup_runs: int = 2
+    warmup_inputs: str = ""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: str = "5"
+    prefix: str = "edgecut"
+    groups: tuple[str, ...] = ()
+    client_id: str = ""
+    keepalive_s: int = 30
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    telemetry_interval_s: float = 10.0
+    spool_max_bytes: int = 10_000_000
+    max_payload_bytes: int = 1_000_000
+    inflight_window: int = 20
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True)
+class UpdatesConfig:
+    public_key_file: str = ""
+    max_download_bytes: int = 1_000_000_000
+    download_timeout_s: float = 600.0
+    probation_s: float = 60.0
+    error_rate_threshold: float = 0.05
+    min_probation_requests: int = 20
+    health_interval_s: float = 5.0
+    keep_versions: int = 2
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole parsed ``agent.toml`` (plus any overlay applied over MQTT)."""
+
+    device_id: str
+    profile: str
+    data_dir: str
+    log_level: str
+    log_requests: bool
+    shutdown_grace_s: float
+    policy_file: str
+    api: ApiConfig
+    cloud: CloudConfig
+    mqtt: MqttConfig
+    updates: UpdatesConfig
+    models: tuple[ModelConfig, ...]
+    version: str = "file"
+    source: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.models) or "none"
+        raise ConfigError(f"no model named '{name}' in the agent config (it has {known})")
+
+
+# Keys that only take effect when the agent restarts: a change pushed over MQTT is
+# rejected with this reason rather than silently half-applied.
+RESTART_ONLY = (
+    ("agent", "device_id"),
+    ("agent", "data_dir"),
+    ("api",),
+    ("mqtt", "enabled"),
+    ("mqtt", "host"),
+    ("mqtt", "port"),
+    ("mqtt", "protocol"),
+    ("mqtt", "prefix"),
+    ("mqtt", "client_id"),
+    ("mqtt", "groups"),
+    ("mqtt", "username"),
+    ("mqtt", "password"),
+    ("mqtt", "password_file"),
+    ("mqtt", "tls"),
+    ("mqtt", "keepalive_s"),
+)
+
+
+def _resolve(base: Path, value: str) -> str:
+    """Relative paths in agent.toml are relative to the file, not the working directory."""
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def parse_agent_config(
+    data: Mapping[str, Any], source: str, base_dir: str | Path = ".", version: str = "file"
+) -> AgentConfig:
+    """Build an :class:`AgentConfig` from parsed TOML (or JSON), rejecting unknown keys."""
+    base = Path(base_dir)
+    top = Table(data, source)
+
+    agent = top.table("agent", required=True)
+    device_id = agent.get("device_id", str)
+    if not _ID_RE.match(device_id):
+        raise ConfigError(
+            f"{agent.where}: key 'device_id': expected 1-64 letters, digits, '_', '.' or '-', "
+            f"got {device_id!r}"
+        )
+    profile = agent.get("profile", str, "auto")
+    data_dir = _resolve(base, agent.get("data_dir", str, "/var/lib/edgecut"))
+    log_level = agent.get("log_level", str, "info", choices=("debug", "info", "warning", "error"))
+    log_requests = agent.get("log_requests", bool, True)
+    grace = agent.get("shutdown_grace_s", float, 10.0, min=0.0, max=600.0)
+    agent.finish()
+
+    pol = top.table("policy")
+    policy_file = _resolve(base, pol.get("file", str, ""))
+    pol.finish()
+
+    api_t = top.table("api")
+    api = ApiConfig(
+        host=api_t.get("host", str, "127.0.0.1"),
+        port=api_t.get("port", int, 8800, min=0, max=65535),
+        unix_socket=_resolve(base, api_t.get("unix_socket", str, "")),
+        workers=api_t.get("workers", int, 2, min=1, max=64),
+    )
+    api_t.finish()
+    if api.port == 0 and not api.unix_socket:
+        raise ConfigError(f"{api_t.where}: set 'port' or 'unix_socket' (both are off)")
+
+    cloud_t = top.table("cloud")
+    cloud = CloudConfig(
+        url=cloud_t.get("url", str, ""),
+        token_file=_resolve(base, cloud_t.get("token_file", str, "")),
+        timeout_s=cloud_t.get("timeout_s", float, 2.0, min=0.01, max=600.0),
+    )
+    cloud_t.finish()
+    if cloud.url and not cloud.url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{cloud_t.where}: key 'url': expected an http:// or https:// URL, got {cloud.url!r}"
+        )
+
+    mq = top.table("mqtt")
+    tls_t = mq.table("tls")
+    tls = TlsConfig(
+        enabled=tls_t.get("enabled", bool, False),
+        ca_file=_resolve(base, tls_t.get("ca_file", str, "")),
+        cert_file=_resolve(base, tls_t.get("cert_file", str, "")),
+        key_file=_resolve(base, tls_t.get("key_file", str, "")),
+        insecure=tls_t.get("insecure", bool, False),
+    )
+    tls_t.finish()
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError(f"{tls_t.where}: 'cert_file' and 'key_file' go together; set both")
+    groups = tuple(mq.get_list("groups", str, []))
+    for g in groups:
+        if not _ID_RE.match(g):
+            raise ConfigError(f"{mq.where}: key 'groups': invalid group name {g!r}")
+    mqtt = MqttConfig(
+        enabled=mq.get("enabled", bool, False),
+        host=mq.get("host", str, "127.0.0.1"),
+        port=mq.get("port", int, 8883 if tls.enabled else 1883, min=1, max=65535),
+        protocol=mq.get("protocol", str, "5", choices=("3.1.1", "5")),
+        prefix=mq.get("prefix", str, "edgecut"),
+        groups=groups,
+        client_id=mq.get("client_id", str, ""),
+        keepalive_s=mq.get("keepalive_s", int, 30, min=5, max=3600),
+        username=mq.get("username", str, ""),
+        password=mq.get("password", str, ""),
+        password_file=_resolve(base, mq.get("password_file", str, "")),
+        reconnect_min_s=mq.get("reconnect_min_s", float, 1.0, min=0.05, max=600.0),
+        reconnect_max_s=mq.get("reconnect_max_s", float, 30.0, min=0.05, max=3600.0),
+        telemetry_interval_s=mq.get("telemetry_interval_s", float, 10.0, min=0.05, max=86400.0),
+        spool_max_bytes=mq.get("spool_max_bytes", int, 10_000_000, min=1024),
+        max_payload_bytes=mq.get("max_payload_bytes", int, 1_000_000, min=1024),
+        inflight_window=mq.get("inflight_window", int, 20, min=1, max=1000),
+        tls=tls,
+    )
+    mq.finish()
+    if not _TOPIC_RE.match(mqtt.prefix) or any(c in mqtt.prefix for c in "+#"):
+        raise ConfigError(f"{mq.where}: key 'prefix': expected a topic prefix, got {mqtt.prefix!r}")
+    if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
+        raise ConfigError(f"{mq.where}: 'reconnect_max_s' must be >= 'reconnect_min_s'")
+
+    up = top.table("updates")
+    updates = UpdatesConfig(
+        public_key_file=_resolve(base, up.get("public_key_file", str, "")),
+        max_download_bytes=up.get("max_download_bytes", int, 1_000_000_000, min=1),
+        download_timeout_s=up.get("download_timeout_s", float, 600.0, min=0.1),
+        probation_s=up.get("probation_s", float, 60.0, min=0.0),
+        error_rate_threshold=up.get("error_rate_threshold", float, 0.05, min=0.0, max=1.0),
+        min_probation_requests=up.get("min_probation_requests", int, 20, min=1),
+        health_interval_s=up.get("health_interval_s", float, 5.0, min=0.05),
+        keep_versions=up.get("keep_versions", int, 2, min=1, max=100),
+    )
+    up.finish()
+
+    models: list[ModelConfig] = []
+    raw_models = data.get("models", [])
+    top.get_list("models", Mapping, [])
+    for i, item in enumerate(raw_models):
+        mt = Table(item, f"{source} [[models]] #{i + 1}")
+        name = mt.get("name", str)
+        if not _ID_RE.match(name):
+            raise ConfigError(f"{mt.where}: key 'name': invalid model name {name!r}")
+        m = ModelConfig(
+            name=name,
+            path=_resolve(base, mt.get("path", str)),
+            version=mt.get("version", str, "1"),
+            plan=_resolve(base, mt.get("plan", str, "")),
+            warmup_runs=mt.get("warmup_runs", int, 2, min=0, max=1000),
+            warmup_inputs=_resolve(base, mt.get("warmup_inputs", str, "")),
+        )
+        mt.finish()
+        if any(x.name == name for x in models):
+            raise ConfigError(f"{mt.where}: model '{name}' is listed twice")
+        models.append(m)
+    top.finish()
+
+    return AgentConfig(
+        device_id=device_id,
+        profile=profile,
+        data_dir=data_dir,
+        log_level=log_level,
+        log_requests=log_requests,
+        shutdown_grace_s=grace,
+        policy_file=policy_file,
+        api=api,
+        cloud=cloud,
+        mqtt=mqtt,
+        updates=updates,
+        models=tuple(models),
+        version=version,
+        source=source,
+        raw=copy.deepcopy(dict(data)),
+    )
+
+
+def merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``patch`` laid over it: tables merge key by key, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def restart_only_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted names of restart-only keys whose value differs between ``old`` and ``new``."""
+    changed = []
+    for path in RESTART_ONLY:
+        a: Any = old
+        b: Any = new
+        for key in path:
+            a = a.get(key) if isinstance(a, Mapping) else None
+            b = b.get(key) if isinstance(b, Mapping) else None
+        if a != b:
+            changed.append(".".join(path))
+    return changed
+
+
+def load_agent_config(path: str | Path, overlay: Mapping[str, Any] | None = None,
+                      version: str = "file") -> AgentConfig:
+    """Read ``agent.toml``, lay ``overlay`` (a config applied over MQTT) over it, and parse."""
+    path = Path(path)
+    data = read_toml(path)
+    if overlay:
+        data = merge(data, overlay)
+    return parse_agent_config(data, str(path), path.resolve().parent, version)
