@@ -9,9 +9,34 @@ Protocol codec (pure, used by the service and by the edge offload client)::
 
 ``DATATYPES`` maps v2 datatypes to NumPy dtypes; ``datatype_of``/``dtype_of`` convert.
 Errors are in :mod:`cloud.errors` (``CloudError`` and its leaves, each with an HTTP status).
+
+Service core (protocol-agnostic) and its HTTP adapter::
+
+    service = InferenceService("repo/")          # Triton layout; or None to host runtimes only
+    service.load_all()                            # or service.load("resnet50")
+    service.add_runtime("mine", MyRuntime())      # any ModelRuntime, e.g. the edge executor
+    app = create_app(service, verifier=None)      # ASGI app: exactly the v2 REST paths
+    with ServerThread(app, port=8000): ...        # or uvicorn.run(app), or `edgecut serve`
+
+A model runtime (MLServer-like contract) declares ``inputs``/``outputs`` as ``TensorMeta``
+(name, v2 datatype, full shape with -1 for dynamic dims), ``max_batch_size`` (0: no batch
+dim) and a synchronous ``predict(inputs: dict[str, ndarray]) -> dict[str, ndarray]``; the
+service calls it from one worker thread per instance, never on the event loop. Requests
+are validated against ``inputs`` before ``predict`` sees them.
+
+``InferenceService`` also offers ``infer`` (async), ``model_metadata``, ``model_ready``,
+``index``/``load``/``unload`` (repository extension; ``unload(name, version)`` rolls one
+version back), ``set_routing`` (default version and canary fraction), ``statistics``
+(Triton's statistics extension) and ``profile`` (ONNX Runtime per-node profile).
+
+Auth: ``TokenVerifier.from_folder(dir, audience=..., issuers=[...])`` checks ES256/RS256
+bearer tokens (exp, nbf, aud, iss, ``models`` scope); ``mint_token`` signs one.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from cloud.errors import (
     AuthError,
@@ -41,6 +66,20 @@ from cloud.protocol import (
 
 __all__ = [
     "DATATYPES",
+    "InferResult",
+    "InferenceService",
+    "ModelConfig",
+    "ModelRuntime",
+    "OnnxRuntime",
+    "Principal",
+    "ServerThread",
+    "TensorMeta",
+    "TokenVerifier",
+    "VersionPolicy",
+    "config_from_text",
+    "configure_logging",
+    "create_app",
+    "mint_token",
     "HEADER_LENGTH",
     "AuthError",
     "CloudError",
@@ -62,3 +101,39 @@ __all__ = [
     "encode_infer_request",
     "encode_infer_response",
 ]
+
+# The service side (uvicorn, prometheus, jwt, onnxruntime) loads on first use, so that an
+# edge device importing the codec pays only for NumPy.
+_LAZY = {
+    "create_app": "cloud._app",
+    "Principal": "cloud._auth",
+    "TokenVerifier": "cloud._auth",
+    "mint_token": "cloud._auth",
+    "ModelConfig": "cloud._config",
+    "VersionPolicy": "cloud._config",
+    "config_from_text": "cloud._config",
+    "ModelRuntime": "cloud._runtime",
+    "OnnxRuntime": "cloud._runtime",
+    "TensorMeta": "cloud._runtime",
+    "ServerThread": "cloud._server",
+    "configure_logging": "cloud._server",
+    "InferenceService": "cloud._service",
+    "InferResult": "cloud._service",
+}
+
+if TYPE_CHECKING:
+    from cloud._app import create_app
+    from cloud._auth import Principal, TokenVerifier, mint_token
+    from cloud._config import ModelConfig, VersionPolicy, config_from_text
+    from cloud._runtime import ModelRuntime, OnnxRuntime, TensorMeta
+    from cloud._server import ServerThread, configure_logging
+    from cloud._service import InferenceService, InferResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cloud' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,357 @@
+"""The thin ASGI adapter: exactly the v2 REST paths over an :class:`InferenceService`.
+
+A raw ASGI callable rather than a framework: per request it parses the path, reads the body
+within the configured limit, checks the token, calls the service and writes the answer,
+which keeps the added latency in the tens of microseconds. Only this module (and
+:mod:`cloud.errors`) knows HTTP status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import logging
+import os
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cloud._auth import Principal, TokenVerifier
+from cloud._service import InferenceService
+from cloud.errors import (
+    CloudError,
+    NotFound,
+    PayloadTooLarge,
+    ProtocolError,
+)
+from cloud.protocol import HEADER_LENGTH, decode_infer_request, encode_infer_response
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("edgecut.cloud.http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+# JSON bodies larger than this are decoded and encoded off the event loop (a 1x3x224x224
+# float tensor as JSON takes ~100 ms to parse, which would stall every other request).
+_OFFLOAD_JSON_BYTES = 64 * 1024
+_OFFLOAD_JSON_ELEMENTS = 16 * 1024
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class _MethodNotAllowed(CloudError):
+    status = 405
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+class _App:
+    def __init__(
+        self,
+        service: InferenceService,
+        verifier: TokenVerifier | None,
+        max_body_bytes: int,
+        metrics_require_auth: bool,
+    ) -> None:
+        self.service = service
+        self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
+        self.metrics_require_auth = metrics_require_auth
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}"
+
+    # ------------------------------------------------------------------ ASGI entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            headers[key.decode("latin-1").lower()] = value.decode("latin-1")
+        request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids)}"
+        method, path = scope["method"], scope["path"]
+        try:
+            status, body, extra = await self._route(method, path, headers, receive, request_id)
+        except _Disconnected:
+            return  # the client is gone; nothing to answer
+        except CloudError as exc:
+            status, body, extra = exc.status, _json({"error": str(exc)}), _JSON
+            level = logging.WARNING if status >= 500 else logging.INFO
+            log.log(level, "%s %s -> %d: %s", method, path, status, exc,
+                    extra={"request_id": request_id, "status": status, "path": path})
+            if isinstance(exc, _MethodNotAllowed):
+                extra = [*_JSON, (b"allow", exc.allowed.encode())]
+        except Exception:  # a bug: answer 500, log the traceback, keep serving
+            log.exception("%s %s failed", method, path, extra={"request_id": request_id})
+            status, body, extra = 500, _json({"error": "internal server error"}), _JSON
+        out_headers = [*extra, (b"x-request-id", request_id.encode("latin-1"))]
+        self.service.metrics.http.labels(str(status)).inc()
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:  # the connection dropped while answering
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %d in %.3f ms", method, path, status,
+                      (time.perf_counter() - start) * 1e3,
+                      extra={"request_id": request_id, "status": status, "path": path})
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise ProtocolError(f"Content-Length must be an integer, got {declared!r}") from None
+            if size > limit:
+                raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise ProtocolError(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+        inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        try:
+            # Bounded, so that a small compressed body cannot inflate past the limit.
+            plain = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"body is not valid {encoding} data ({exc})") from None
+        if len(plain) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+        if not inflater.eof:
+            raise ProtocolError(f"{encoding} body is truncated")
+        return plain
+
+    async def _json_body(self, headers: dict[str, str], receive: Receive) -> dict[str, Any]:
+        body = await self._body(headers, receive)
+        if not body.strip():
+            return {}
+        try:
+            value = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"malformed JSON body: {exc}") from None
+        if not isinstance(value, dict):
+            raise ProtocolError("the JSON body must be an object")
+        return value
+
+    def _principal(self, headers: dict[str, str]) -> Principal | None:
+        if self.verifier is None:
+            return None
+        return self.verifier.verify(headers.get("authorization"))
+
+    def _scoped(self, headers: dict[str, str], model: str) -> None:
+        principal = self._principal(headers)
+        if principal is not None:
+            principal.require(model)
+
+    def _visible(self, headers: dict[str, str]) -> Callable[[str], bool]:
+        principal = self._principal(headers)
+        return (lambda _m: True) if principal is None else principal.may_use
+
+    # ------------------------------------------------------------------ routing
+
+    async def _route(self, method: str, path: str, headers: dict[str, str], receive: Receive,
+                     request_id: str) -> tuple[int, bytes, list]:
+        parts = path.strip("/").split("/")
+        n = len(parts)
+        if parts == ["metrics"]:
+            _allow(method, "GET")
+            if self.metrics_require_auth:
+                self._principal(headers)
+            return 200, self.service.metrics.exposition(), [
+                (b"content-type", self.service.metrics.content_type.encode())]
+        if parts[0] != "v2":
+            raise NotFound(f"no endpoint {path!r}; this server speaks the v2 protocol under /v2")
+        if n == 1:
+            _allow(method, "GET")
+            self._principal(headers)
+            return 200, _json(self.service.server_metadata()), _JSON
+        section = parts[1]
+        if section == "health" and n == 3 and parts[2] in ("live", "ready"):
+            _allow(method, "GET")
+            if parts[2] == "live":
+                return 200, _json({"live": True}), _JSON
+            ready = self.service.ready
+            return (200 if ready else 503), _json({"ready": ready}), _JSON
+        if section == "models":
+            if n == 3 and parts[2] == "stats":
+                _allow(method, "GET")
+                visible = self._visible(headers)
+                stats = self.service.statistics()
+                stats["model_stats"] = [s for s in stats["model_stats"] if visible(s["name"])]
+                return 200, _json(stats), _JSON
+            if n < 3 or not parts[2]:
+                raise NotFound(f"no endpoint {path!r}")
+            model = parts[2]
+            version: str | None = None
+            rest = parts[3:]
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+                if not version:
+                    raise NotFound(f"no endpoint {path!r}")
+            action = rest[0] if len(rest) == 1 else "" if not rest else None
+            if action is None:
+                raise NotFound(f"no endpoint {path!r}")
+            if action == "infer":
+                _allow(method, "POST")
+                self._scoped(headers, model)
+                return await self._infer(model, version, headers, receive, request_id)
+            self._scoped(headers, model)
+            if action == "":
+                _allow(method, "GET")
+                return 200, _json(self.service.model_metadata(model, version)), _JSON
+            if action == "ready":
+                _allow(method, "GET")
+                if self.service.model_ready(model, version):
+                    return 200, _json({"name": model, "ready": True}), _JSON
+                self.service.model_metadata(model, None)  # 404 for an unknown model
+                return 400, _json({"error": f"model {model!r} version {version!r} is not ready",
+                                   "name": model, "ready": False}), _JSON
+            if action == "config":
+                _allow(method, "GET")
+                return 200, _json(self.service.model_config(model, version)), _JSON
+            if action == "stats":
+                _allow(method, "GET")
+                return 200, _json(self.service.statistics(model, version)), _JSON
+            if action == "profile":
+                _allow(method, "POST")
+                return await self._profile(model, version, headers, receive)
+            raise NotFound(f"no endpoint {path!r}")
+        if section == "repository":
+            if n == 3 and parts[2] == "index":
+                _allow(method, "POST")
+                visible = self._visible(headers)
+                body = await self._json_body(headers, receive)
+                ready_only = body.get("ready", False)
+                if not isinstance(ready_only, bool):
+                    raise ProtocolError("'ready' must be a boolean")
+                entries = [e for e in self.service.index(ready_only) if visible(e["name"])]
+                return 200, _json(entries), _JSON
+            if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
+                _allow(method, "POST")
+                model = parts[3]
+                principal = self._principal(headers)
+                if principal is not None:
+                    principal.require(model)
+                    principal.require_admin()
+                body = await self._json_body(headers, receive)
+                params = body.get("parameters", {})
+                if not isinstance(params, dict):
+                    raise ProtocolError("'parameters' must be an object")
+                if parts[4] == "load":
+                    await asyncio.to_thread(self.service.load, model, params)
+                else:
+                    version = params.get("version")
+                    if version is not None and not isinstance(version, str):
+                        raise ProtocolError("unload parameter 'version' must be a string")
+                    await asyncio.to_thread(self.service.unload, model, version)
+                return 200, b"", _JSON
+        raise NotFound(f"no endpoint {path!r}")
+
+    async def _infer(self, model: str, version: str | None, headers: dict[str, str],
+                     receive: Receive, request_id: str) -> tuple[int, bytes, list]:
+        body = await self._body(headers, receive)
+        if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
+            request = await asyncio.to_thread(decode_infer_request, body, headers)
+        else:
+            request = decode_infer_request(body, headers)
+        result = await self.service.infer(model, version, request)
+        binary = [name for name in result.outputs if request.wants_binary(name)]
+        json_elements = sum(a.size for n, a in result.outputs.items() if n not in binary)
+        kwargs = {"model_version": result.version, "request_id": request.id, "binary": binary}
+        if json_elements > _OFFLOAD_JSON_ELEMENTS:
+            out, out_headers = await asyncio.to_thread(
+                functools.partial(encode_infer_response, model, result.outputs, **kwargs))
+        else:
+            out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
+        return 200, out, [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                          for k, v in out_headers.items()]
+
+    async def _profile(self, model: str, version: str | None, headers: dict[str, str],
+                       receive: Receive) -> tuple[int, bytes, list]:
+        body = await self._json_body(headers, receive)
+        runs = body.get("runs", 10)
+        batch = body.get("batch", 1)
+        shapes = body.get("shapes")
+        for key, value, top in (("runs", runs, 1000), ("batch", batch, 1024)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise ProtocolError(f"profile '{key}' must be an integer in 1..{top}, got {value!r}")
+        if shapes is not None and not (
+            isinstance(shapes, dict)
+            and all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v)
+                    for v in shapes.values())
+        ):
+            raise ProtocolError("profile 'shapes' must map input names to lists of positive integers")
+        result = await self.service.profile(model, version, runs, batch, shapes)
+        return 200, _json(result), _JSON
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise _MethodNotAllowed(f"method {method} is not allowed here; use {allowed}", allowed)
+
+
+def create_app(
+    service: InferenceService,
+    *,
+    verifier: TokenVerifier | None = None,
+    max_body_bytes: int = 64 * 1024 * 1024,
+    metrics_require_auth: bool = False,
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI application serving ``service`` over the v2 REST protocol.
+
+    ``verifier``: check bearer tokens (``None`` turns auth off: every request is allowed,
+    and a warning is logged). ``max_body_bytes``: larger bodies get 413. Health endpoints
+    and ``/metrics`` (unless ``metrics_require_auth``) are open.
+    """
+    if verifier is None:
+        log.warning("AUTH IS OFF: every client may use every model and change the repository")
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    return _App(service, verifier, max_body_bytes, metrics_require_auth)
+

@@ -1,0 +1,222 @@
+"""The dynamic batcher: a bounded queue per model version and one worker thread per instance.
+
+The event loop only appends to the queue (a lock and a notify, microseconds) and awaits a
+future; worker threads form batches, run the runtime (which releases the GIL) and hand the
+results back with one ``call_soon_threadsafe`` per batch. A batch is flushed when it
+reaches the maximum batch size or a preferred size, or when the oldest request has waited
+``max_queue_delay``; requests are only concatenated when every input has the same dtype and
+non-batch shape. When the queue is full the request is refused at once (``Overloaded``),
+so memory stays bounded under any load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cloud._runtime import ModelRuntime
+from cloud.errors import CloudError, ExecutionError, Overloaded, Unavailable
+
+
+@dataclass(eq=False)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    batch: int
+    key: tuple
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+    outputs: dict[str, np.ndarray] | None = None
+    error: BaseException | None = None
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    batch_size: int = 0
+
+
+@dataclass
+class BatchRecord:
+    """What a worker reports after each batch (for stats and metrics)."""
+
+    size: int
+    requests: int
+    queue_s: Sequence[float]
+    compute_s: float
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BatcherSettings:
+    """How a model version queues and batches requests."""
+
+    max_batch_size: int = 0
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 128
+
+
+def _resolve(items: list[_Pending]) -> None:
+    for item in items:
+        if item.future.done():  # the client went away; nothing to deliver
+            continue
+        if item.error is not None:
+            item.future.set_exception(item.error)
+        else:
+            item.future.set_result(item)
+
+
+@dataclass(eq=False)
+class Batcher:
+    """Queue plus worker threads over a list of runtime instances of one model version."""
+
+    instances: Sequence[ModelRuntime]
+    settings: BatcherSettings
+    on_batch: Callable[[BatchRecord], None] | None = None
+    name: str = "model"
+    _queue: deque = field(default_factory=deque, init=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _closing: bool = field(default=False, init=False)
+    _busy: int = field(default=0, init=False)
+    _threads: list[threading.Thread] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        for i, runtime in enumerate(self.instances):
+            thread = threading.Thread(
+                target=self._work, args=(runtime,), name=f"edgecut-{self.name}-{i}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, inputs: dict[str, np.ndarray], batch: int) -> asyncio.Future:
+        """Queue one request (called on the event loop); its future resolves to the item."""
+        loop = asyncio.get_running_loop()
+        if self.settings.max_batch_size > 0:
+            key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+        else:
+            key = ()
+        item = _Pending(inputs, batch, key, loop.create_future(), loop, time.perf_counter())
+        with self._cond:
+            if self._closing:
+                raise Unavailable(f"model {self.name!r} is being unloaded")
+            if len(self._queue) >= self.settings.max_queue_size:
+                raise Overloaded(
+                    f"model {self.name!r}: queue is full ({self.settings.max_queue_size} "
+                    "requests waiting); retry later"
+                )
+            self._queue.append(item)
+            self._cond.notify()
+        return item.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests, finish the queued ones, join the workers, close runtimes."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        for runtime in self.instances:
+            runtime.close()
+
+    # ------------------------------------------------------------------ worker side
+
+    def _take(self) -> list[_Pending] | None:
+        s = self.settings
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            batch = [first]
+            if s.max_batch_size <= 0:
+                return batch
+            size = first.batch
+            deadline = first.enqueued + s.max_queue_delay_s
+            while True:
+                i = 0
+                while i < len(self._queue) and size < s.max_batch_size:
+                    item = self._queue[i]
+                    if item.key == first.key and size + item.batch <= s.max_batch_size:
+                        del self._queue[i]
+                        batch.append(item)
+                        size += item.batch
+                    else:
+                        i += 1
+                if size >= s.max_batch_size or size in s.preferred_batch_sizes:
+                    return batch
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or self._closing:
+                    return batch
+                self._cond.wait(remaining)
+
+    def _work(self, runtime: ModelRuntime) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._run(runtime, batch)
+
+    def _run(self, runtime: ModelRuntime, batch: list[_Pending]) -> None:
+        start = time.perf_counter()
+        size = sum(item.batch for item in batch)
+        error: str | None = None
+        try:
+            if len(batch) == 1:
+                feeds = batch[0].inputs
+            else:
+                feeds = {
+                    name: np.concatenate([item.inputs[name] for item in batch])
+                    for name in batch[0].inputs
+                }
+            outputs = runtime.predict(feeds)
+            if len(batch) == 1:
+                batch[0].outputs = outputs
+            else:
+                offset = 0
+                for item in batch:
+                    item.outputs = {n: v[offset : offset + item.batch] for n, v in outputs.items()}
+                    offset += item.batch
+                for name, value in outputs.items():
+                    if np.ndim(value) == 0 or value.shape[0] != size:
+                        raise ExecutionError(
+                            f"model {self.name!r}: output {name!r} has leading size "
+                            f"{np.shape(value)[:1]}, expected the batch size {size}"
+                        )
+        except CloudError as exc:
+            error = str(exc)
+            for item in batch:
+                item.error = exc
+        except Exception as exc:  # a custom runtime's own failure: report, keep serving
+            error = f"{type(exc).__name__}: {exc}"
+            wrapped = ExecutionError(f"model {self.name!r} failed: {error}")
+            wrapped.__cause__ = exc
+            for item in batch:
+                item.error = wrapped
+        end = time.perf_counter()
+        queue_times = []
+        for item in batch:
+            item.queue_s = start - item.enqueued
+            item.compute_s = end - start
+            item.batch_size = size
+            queue_times.append(item.queue_s)
+        if self.on_batch is not None:
+            self.on_batch(BatchRecord(size, len(batch), queue_times, end - start, error is None, error))
+        # One wake-up of the loop per batch (per loop: all requests share one loop here).
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        for item in batch:
+            by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # the loop is closed: the server is gone
+                pass

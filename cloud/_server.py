@@ -1,0 +1,114 @@
+"""Running the ASGI app with uvicorn: in the foreground (the CLI) or in a thread (tests,
+the edge agent), plus structured JSON logging."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+__all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "uvicorn_config"]
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields
+    (``request_id``, ``model``, ``status``, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str = "info", stream: Any = None) -> None:
+    """Send ``edgecut.*`` and uvicorn's logs to ``stream`` as JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    for name in ("edgecut", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+                   limit_concurrency: int | None = 1024, backlog: int = 2048,
+                   log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn settings for the service: httptools and uvloop when installed, no access
+    log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and a
+    cap on concurrent connections that answers 503 beyond it (bounded memory)."""
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    try:
+        import httptools  # noqa: F401
+
+        http = "httptools"
+    except ImportError:
+        http = "h11"
+    return uvicorn.Config(
+        app, host=host, port=port, loop=loop, http=http, lifespan="on", access_log=False,
+        log_config=None, log_level=log_level, limit_concurrency=limit_concurrency,
+        backlog=backlog, timeout_keep_alive=30,
+    )
+
+
+class ServerThread:
+    """uvicorn serving ``app`` in a background thread; a context manager.
+
+    ``with ServerThread(app, port=port) as server: ...`` returns once the socket listens
+    and stops the server (graceful shutdown) on exit.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+        self.config = uvicorn_config(app, host, port, **kwargs)
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self._run, name="edgecut-uvicorn", daemon=True)
+        self.url = f"http://{host}:{port}"
+
+    def _run(self) -> None:
+        if self.config.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(self.server.serve())
+        else:
+            asyncio.run(self.server.serve())
+
+    def start(self, timeout: float = 20.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
