@@ -575,63 +575,130 @@ def _sockets(config: AgentConfig) -> list[Any]:
     return socks
 
 
-def run_agent(config_path: str | Path, *, ready: Callable[[Agent], None] | None = None) -> int:
+class AgentServer:
+    """The agent's local API on its sockets, in the foreground or in a background thread.
+
+    ``serve_forever()`` (the daemon) installs the agent's signal handlers: SIGTERM/SIGINT
+    drain in-flight requests (bounded by ``agent.shutdown_grace_s``) and stop, SIGHUP
+    reloads the config. ``start()``/``stop()`` run it in a thread (tests, benchmarks).
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        import uvicorn
+
+        from cloud._server import uvicorn_config
+
+        self.agent = agent
+        self.app, self.service = build_app(agent)
+        self.sockets = _sockets(agent.config)
+        config = uvicorn_config(self.app)
+        config.timeout_graceful_shutdown = int(max(1, round(agent.config.shutdown_grace_s)))
+        config.lifespan = "off"
+        self.config = config
+        outer = self
+
+        class _Server(uvicorn.Server):
+            @contextmanager
+            def capture_signals(self):  # type: ignore[override]
+                # uvicorn's own handlers would re-raise the signal after shutdown and
+                # skip the agent's cleanup (the offline status); these do not.
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                handlers = ((signal.SIGTERM, outer._on_stop), (signal.SIGINT, outer._on_stop),
+                            (signal.SIGHUP, outer._on_hup))
+                old = {sig: signal.signal(sig, fn) for sig, fn in handlers}
+                try:
+                    yield
+                finally:
+                    for sig, fn in old.items():
+                        signal.signal(sig, fn)
+
+        self.server = _Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` when TCP is on, else ``unix://PATH``."""
+        api = self.agent.config.api
+        if api.port:
+            return f"http://{api.host}:{api.port}"
+        return f"unix://{api.unix_socket}"
+
+    def _on_stop(self, sig: int, frame: Any) -> None:
+        log.info(json.dumps({"event": "shutdown", "signal": signal.Signals(sig).name,
+                             "grace_s": self.agent.config.shutdown_grace_s}))
+        self.server.should_exit = True
+
+    def _on_hup(self, sig: int, frame: Any) -> None:
+        def work() -> None:
+            try:
+                self.agent.reload()
+            except EdgecutError as exc:
+                log.error(json.dumps({"event": "reload_failed", "error": str(exc)}))
+
+        threading.Thread(target=work, name="agent-reload", daemon=True).start()
+
+    def _serve(self) -> None:
+        import asyncio
+
+        if self.config.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(self.server.serve(sockets=self.sockets))
+        else:
+            asyncio.run(self.server.serve(sockets=self.sockets))
+
+    def serve_forever(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.close()
+
+    def start(self, timeout: float = 20.0) -> AgentServer:
+        self._thread = threading.Thread(target=self._serve, name="agent-api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the agent's local API did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        self.service.close()
+        for s in self.sockets:
+            s.close()
+        if self.agent.config.api.unix_socket:
+            Path(self.agent.config.api.unix_socket).unlink(missing_ok=True)
+
+    def __enter__(self) -> AgentServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_agent(config_path: str | Path) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
-    import asyncio
-
-    import uvicorn
-
     setup_logging("info")
     agent = Agent(config_path)
     setup_logging(agent.config.log_level)
-    app, service = build_app(agent)
-    socks = _sockets(agent.config)
-    uv_config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off",
-        timeout_graceful_shutdown=int(max(1, agent.config.shutdown_grace_s)),
-        timeout_keep_alive=30,
-    )
-
-    class _Server(uvicorn.Server):
-        @contextmanager
-        def capture_signals(self):  # type: ignore[override]
-            # The agent's own handlers: TERM/INT drain and stop, HUP reloads. uvicorn's
-            # would re-raise the signal after shutdown and skip the offline status.
-            def stop(sig: int, frame: Any) -> None:
-                log.info(json.dumps({"event": "shutdown", "signal": signal.Signals(sig).name}))
-                self.should_exit = True
-
-            def hup(sig: int, frame: Any) -> None:
-                def work() -> None:
-                    try:
-                        agent.reload()
-                    except EdgecutError as exc:
-                        log.error(json.dumps({"event": "reload_failed", "error": str(exc)}))
-
-                threading.Thread(target=work, name="reload", daemon=True).start()
-
-            old = {s: signal.signal(s, h) for s, h in
-                   ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup))}
-            try:
-                yield
-            finally:
-                for s, h in old.items():
-                    signal.signal(s, h)
-
-    server = _Server(uv_config)
+    server = AgentServer(agent)
     agent.start_fleet()
     log.info(json.dumps({"event": "agent_started", "device_id": agent.config.device_id,
-                         "profile": agent.profile.name, "models": list(agent.slots),
-                         "api_port": agent.config.api.port,
-                         "unix_socket": agent.config.api.unix_socket}))
-    if ready is not None:
-        ready(agent)
+                         "profile": agent.profile.name,
+                         "models": {n: s.current.version for n, s in agent.slots.items()},
+                         "api": server.url, "fleet": agent.config.mqtt.enabled}))
     try:
-        asyncio.run(server.serve(sockets=socks))
+        server.serve_forever()
     finally:
         agent.close()
-        service.close()
-        if agent.config.api.unix_socket:
-            Path(agent.config.api.unix_socket).unlink(missing_ok=True)
         log.info(json.dumps({"event": "agent_stopped"}))
     return 0
