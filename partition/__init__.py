@@ -1,8 +1,80 @@
-"""ONNX graph analysis, per-layer profiling, cut planning, splitting and export."""
+"""ONNX graph analysis, per-layer profiling, cut planning, splitting and export.
+
+Public API (everything works on ``onnx.ModelProto`` in memory; file paths are thin
+wrappers):
+
+``LayerGraph.from_model(model, batch=1)``
+    The layer DAG: ``nodes`` (compute nodes; constants and weight-only producers are
+    folded away so a cut never carries weights), ``tensors`` (every activation with
+    shape, dtype, ``bytes(batch)``; the batch dim is ``None``, a parameter),
+    ``inputs``, ``outputs``, ``order`` (topological), ``crossing(device_nodes)``,
+    ``device_side(cut_tensors)``, ``frontiers()``, ``ideals()`` (every valid cut, when
+    there are not too many).
+
+``candidate_cuts(graph)``
+    The cuts worth keeping: block boundaries (single-tensor frontiers; every edge on a
+    chain) and in-branch frontiers cheaper than the boundaries around them.
+
+``split_model(model, cut_tensors) -> (head, tail)``
+    Head: model inputs -> cut tensors. Tail: cut tensors (+ model inputs it still
+    needs) -> model outputs. Both checker-valid, dynamic batch kept. ``Splitter(model)``
+    indexes a model once for many splits.
+
+``profile_model(model, device, runs=10) -> Profile``
+    Per-node median ms with ONNX Runtime's profiler, here, on behalf of ``device``
+    (divided by its ``relative_speed``, and marked ``emulated``). ``Profile.load/save``,
+    ``fetch_cloud_profile(url, model)`` (``POST {url}/v2/models/{m}/profile``).
+
+``CostModel.fit(graph, node_ms)``
+    Per-device regression of node time on FLOPs and bytes (per op type where there is
+    data), ``median_abs_pct_error`` measured out of sample.
+
+``predict(candidate, bandwidth_bps, rtt_s, device) -> (latency_ms, energy_mj)``
+    Pure. latency = head + up_bytes*8/bw + RTT + tail + down_bytes*8/bw (local: head);
+    energy = P_active*head + P_tx*upload + P_rx*download + P_idle*(RTT + tail).
+
+``choose(candidates, bandwidth_bps, rtt_s, device, objective="latency", slo_ms=None)``
+    The best candidate for a link (latency, energy, or energy within a latency SLO).
+
+``min_cut(graph, dev_ms, cloud_ms, bandwidth_bps, rtt_s, device, objective)``
+    The exact optimum over every valid cut of the DAG (DADS-style s-t min cut).
+
+``build_plan(model_path, device, cloud, bandwidth_bps, rtt_s, objective="latency",
+slo_ms=None, out_dir=None, keep=8) -> Plan``
+    Profile, enumerate, take the min-cut optimum, measure the cuts that can win, choose;
+    with ``out_dir`` write ``plan.json``, ``head.<cut>.onnx``, the Triton repository
+    ``repository/<model>.tail.<cut>/1/model.onnx`` + ``config.pbtxt``, the whole model,
+    the profiles and ``plan.png``. ``cloud``: service URL, recorded profile file or
+    dict, or ``"here"`` (this host is the cloud).
+
+``encode(array, codec)`` / ``decode(data, codec, shape, dtype)``
+    Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
+    ``fp32``, each optionally ``+zstd`` or ``+lz4``.
+
+``parse_bandwidth("20Mbit") -> bit/s``, ``parse_duration("40ms") -> s``.
+"""
 
 from __future__ import annotations
 
+from partition._build import build_plan, measure_candidates, resolve_cloud, write_plan_dir
+from partition._compress import decode, encode, evaluate_compression
+from partition._costmodel import CostModel
+from partition._graph import LayerGraph, LayerNode, TensorInfo, load_model
+from partition._planner import (
+    Choice,
+    MinCut,
+    candidate_cuts,
+    choose,
+    cut_id_for,
+    make_candidates,
+    min_cut,
+    predict,
+    side_times,
+)
+from partition._profile import Profile, fetch_cloud_profile, profile_model
+from partition._split import Splitter, split_model
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
+from partition._units import parse_bandwidth, parse_duration
 from partition.zoo import ZOO_MODELS, build_zoo, materialize, trained_model, zoo_model
 
 __all__ = [
@@ -10,10 +82,38 @@ __all__ = [
     "OFFLOAD",
     "SPLIT",
     "ZOO_MODELS",
+    "Choice",
+    "CostModel",
     "CutCandidate",
+    "LayerGraph",
+    "LayerNode",
+    "MinCut",
     "Plan",
+    "Profile",
+    "Splitter",
+    "TensorInfo",
+    "build_plan",
     "build_zoo",
+    "candidate_cuts",
+    "choose",
+    "cut_id_for",
+    "decode",
+    "encode",
+    "evaluate_compression",
+    "fetch_cloud_profile",
+    "load_model",
+    "make_candidates",
     "materialize",
+    "measure_candidates",
+    "min_cut",
+    "parse_bandwidth",
+    "parse_duration",
+    "predict",
+    "profile_model",
+    "resolve_cloud",
+    "side_times",
+    "split_model",
     "trained_model",
+    "write_plan_dir",
     "zoo_model",
 ]

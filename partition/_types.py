@@ -80,6 +80,8 @@ class Plan:
     link: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
     objective: str = "latency"
     inputs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # How the plan was made: profiles' sources, cost-model error, min-cut time, reason.
+    info: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def candidate(self, cut_id: str) -> CutCandidate:
         for c in self.candidates:
@@ -99,6 +101,7 @@ class Plan:
             "objective": self.objective,
             "link": dict(self.link),
             "inputs": dict(self.inputs),
+            "info": dict(self.info),
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -114,6 +117,7 @@ class Plan:
                 link=dict(data.get("link", {})),
                 objective=str(data.get("objective", "latency")),
                 inputs=dict(data.get("inputs", {})),
+                info=dict(data.get("info", {})),
             )
         except (KeyError, TypeError) as exc:
             raise PartitionError(f"plan: missing or malformed field: {exc}") from exc

@@ -1,0 +1,406 @@
+"""``build_plan``: profile, enumerate, score, measure, choose, and write the plan folder.
+
+Folder layout written when ``out_dir`` is given::
+
+    plan.json
+    <model>.onnx                          the whole model (the ``local`` plan's head)
+    head.<cut-id>.onnx                    one head per kept split
+    repository/<model>/1/model.onnx       the whole model for ``offload`` (+ config.pbtxt)
+    repository/<model>.tail.<cut-id>/1/model.onnx   one Triton entry per kept tail
+    profile.device.json, profile.cloud.json
+    plan.png                              per-layer latency and output size, cut marked
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from devices import DeviceProfile, load_profile
+from devices.errors import PartitionError
+from partition._costmodel import CostModel
+from partition._graph import LayerGraph, load_model
+from partition._planner import (
+    OBJECTIVES,
+    candidate_cuts,
+    choose,
+    make_candidates,
+    min_cut,
+    predict,
+    side_times,
+    with_times,
+)
+from partition._profile import (
+    Profile,
+    fetch_cloud_profile,
+    make_session,
+    profile_model,
+    random_feeds,
+    threads_for,
+)
+from partition._split import Splitter, save_model
+from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
+
+CloudSpec = str | Path | dict | Profile
+HERE = "here"
+
+
+def resolve_device(device: DeviceProfile | str | Path) -> DeviceProfile:
+    return device if isinstance(device, DeviceProfile) else load_profile(device)
+
+
+def resolve_cloud(cloud: CloudSpec, model: onnx.ModelProto, model_name: str, runs: int,
+                  threads: int | None = None) -> Profile:
+    """A cloud profile from a URL (the service's profile extension), a recorded file,
+    a dict, or ``"here"`` (profile this host as the cloud: no emulation)."""
+    if isinstance(cloud, Profile):
+        return cloud
+    if isinstance(cloud, dict):
+        return Profile.from_dict(cloud, "cloud profile")
+    text = str(cloud)
+    if text.startswith(("http://", "https://")):
+        return fetch_cloud_profile(text, model_name, runs=runs)
+    if text == HERE:
+        host = load_profile("generic-x86")
+        prof = profile_model(model, host, runs=runs, model_name=model_name, emulate=False,
+                             threads=threads)
+        return replace(prof, device="cloud (this host)")
+    path = Path(text)
+    if not path.is_file():
+        raise PartitionError(
+            f"cloud '{text}': expected an http(s) URL of the cloud service, a recorded cloud "
+            f"profile JSON file, or '{HERE}'"
+        )
+    return Profile.load(path)
+
+
+def _resolve_profile(given: Profile | dict | str | Path) -> Profile:
+    if isinstance(given, Profile):
+        return given
+    if isinstance(given, dict):
+        return Profile.from_dict(given, "device profile")
+    return Profile.load(given)
+
+
+def _measured_here(profile: Profile) -> bool:
+    return profile.source == "measured here" and profile.host == socket.gethostname()
+
+
+def measure_candidates(
+    model: onnx.ModelProto | Splitter,
+    candidates: Sequence[CutCandidate],
+    device_scale: float,
+    threads: int,
+    runs: int = 7,
+    level: str = "all",
+    measure_head: bool = True,
+    measure_tail: bool = True,
+) -> dict[str, tuple[float, float]]:
+    """Run each candidate's head then tail session here (batch 1, fixed threads) and
+    return ``{cut_id: (head_ms, tail_ms)}`` as medians; head times are multiplied by
+    ``device_scale`` (1 / relative_speed when this host stands in for the device).
+    Runs are interleaved head, tail, head, tail so that load changes hit both."""
+    splitter = model if isinstance(model, Splitter) else Splitter(model)
+    out: dict[str, tuple[float, float]] = {}
+    full = None
+    for c in candidates:
+        if c.kind in (LOCAL, OFFLOAD):
+            if full is None:
+                sess = make_session(splitter.model, threads, level)
+                feeds = random_feeds(sess)
+                for _ in range(2):
+                    sess.run(None, feeds)
+                times = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    sess.run(None, feeds)
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                full = statistics.median(times)
+            out[c.cut_id] = (full * device_scale, 0.0) if c.kind == LOCAL else (0.0, full)
+            continue
+        head, tail = splitter.split(c.tensors)
+        hs = make_session(head, threads, level)
+        ts = make_session(tail, threads, level)
+        feeds = random_feeds(hs)
+        names = [o.name for o in hs.get_outputs()]
+        mids = dict(zip(names, hs.run(None, feeds), strict=True))
+        tail_feeds = {i.name: mids.get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
+        for _ in range(2):
+            hs.run(None, feeds)
+            ts.run(None, tail_feeds)
+        h_t, t_t = [], []
+        for _ in range(runs):
+            if measure_head:
+                t0 = time.perf_counter()
+                hs.run(None, feeds)
+                h_t.append((time.perf_counter() - t0) * 1000.0)
+            if measure_tail:
+                t0 = time.perf_counter()
+                ts.run(None, tail_feeds)
+                t_t.append((time.perf_counter() - t0) * 1000.0)
+        out[c.cut_id] = (
+            statistics.median(h_t) * device_scale if h_t else math.nan,
+            statistics.median(t_t) if t_t else math.nan,
+        )
+    return out
+
+
+def sweep_top(candidates: Sequence[CutCandidate], device: DeviceProfile, rtt_s: float,
+              per_point: int = 3, points: int = 16) -> list[CutCandidate]:
+    """The splits that rank in the top ``per_point`` by predicted latency or energy at
+    some bandwidth from 0.5 Mbit/s to 10 Gbit/s: the only ones any link could pick."""
+    splits = [c for c in candidates if c.kind == SPLIT]
+    picked: dict[str, CutCandidate] = {}
+    for i in range(points):
+        bw = 0.5e6 * (2e4 ** (i / (points - 1)))
+        for k in (0, 1):
+            ranked = sorted(splits, key=lambda c: predict(c, bw, rtt_s, device)[k])
+            for c in ranked[:per_point]:
+                picked.setdefault(c.cut_id, c)
+    return list(picked.values())
+
+
+def _correct(pred: list[float], meas: list[float]) -> tuple[float, float]:
+    """Least-squares ``measured = a * predicted + b`` (a ratio when too few points)."""
+    if not pred:
+        return 1.0, 0.0
+    if len(pred) >= 3 and max(pred) > min(pred):
+        a, b = np.polyfit(pred, meas, 1)
+        if a > 0:
+            return float(a), float(b)
+    ratios = [m / p for p, m in zip(pred, meas, strict=True) if p > 0]
+    return (float(statistics.median(ratios)) if ratios else 1.0), 0.0
+
+
+def build_plan(
+    model_path: str | Path,
+    device: DeviceProfile | str | Path,
+    cloud: CloudSpec,
+    bandwidth_bps: float,
+    rtt_s: float,
+    objective: str = "latency",
+    slo_ms: float | None = None,
+    out_dir: str | Path | None = None,
+    keep: int | None = 8,
+    *,
+    device_profile: Profile | dict | str | Path | None = None,
+    runs: int = 10,
+    measure: int = 8,
+    measure_runs: int = 7,
+    cloud_model: str | None = None,
+    compression: Sequence[str] = (),
+    figure: bool = True,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Plan:
+    """Plan how to split the model at ``model_path`` between ``device`` and ``cloud``.
+
+    ``cloud`` is the cloud service's URL (its ``/v2/models/{m}/profile`` extension is
+    asked for per-node times), a recorded cloud profile JSON file or dict, or ``"here"``.
+    The device is profiled on this host (times divided by its ``relative_speed``) unless
+    ``device_profile`` gives a recorded profile. Candidates: ``local``, ``offload``, the
+    block-boundary cuts and cheaper in-branch cuts, and the exact min-cut optimum for the
+    link under both objectives. Up to ``measure`` of the splits that could win at some
+    bandwidth are run for real (head then tail) and their measured times replace the
+    predictions; the others are corrected by the fit between predicted and measured.
+    The plan keeps ``local``, ``offload``, the chosen cut and the ``keep`` best splits
+    (all of them when ``keep`` is None); with ``out_dir`` their models are written.
+    """
+    say = log or (lambda _msg: None)
+    if objective not in OBJECTIVES:
+        raise PartitionError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if bandwidth_bps <= 0 or not math.isfinite(bandwidth_bps):
+        raise PartitionError(f"bandwidth must be a positive number of bit/s, got {bandwidth_bps}")
+    if rtt_s < 0:
+        raise PartitionError(f"rtt must be >= 0 s, got {rtt_s}")
+    dev = resolve_device(device)
+    path = Path(model_path)
+    model = load_model(path)
+    name = cloud_model or path.stem
+    graph = LayerGraph.from_model(model)
+    cuts = candidate_cuts(graph)
+    if not cuts:
+        raise PartitionError(
+            f"model '{path}': no valid cut between its inputs and outputs "
+            f"({len(graph.nodes)} compute node(s)); nothing to split"
+        )
+    n_threads = threads or threads_for(dev)
+    if device_profile is None:
+        say(f"profiling {name} here for {dev.name} (times / relative_speed {dev.relative_speed:g})")
+        dprof = profile_model(graph.model, dev, runs=runs, model_name=name, threads=n_threads)
+    else:
+        dprof = _resolve_profile(device_profile)
+    say("cloud profile: " + str(cloud))
+    cprof = resolve_cloud(cloud, graph.model, name, runs, threads=n_threads)
+
+    cm_dev = CostModel.fit(graph, dprof.nodes, dev.name)
+    cm_cloud = CostModel.fit(graph, cprof.nodes, cprof.device or "cloud")
+    dev_ms = side_times(graph, dprof.nodes, dprof.total_ms, cm_dev)
+    cloud_ms = side_times(graph, cprof.nodes, cprof.total_ms, cm_cloud)
+
+    t0 = time.perf_counter()
+    optima = {obj: min_cut(graph, dev_ms, cloud_ms, bandwidth_bps, rtt_s, dev, obj) for obj in OBJECTIVES}
+    plan_ms = (time.perf_counter() - t0) * 1000.0 / len(OBJECTIVES)
+    extra_cuts = [m.tensors for m in optima.values() if m.kind == SPLIT]
+    candidates = make_candidates(graph, list(cuts) + extra_cuts, dev_ms, cloud_ms)
+
+    splitter = Splitter(graph.model)
+    measured: dict[str, tuple[float, float]] = {}
+    can_head = _measured_here(dprof)
+    can_tail = _measured_here(cprof)
+    if measure > 0 and (can_head or can_tail):
+        top = sweep_top(candidates, dev, rtt_s)
+        pick = [c for c in candidates if c.kind != SPLIT]
+        pick += [c for c in candidates if c.cut_id in {m for m in _optimum_ids(candidates, optima)}]
+        for c in top:
+            if len([p for p in pick if p.kind == SPLIT]) >= measure:
+                break
+            if c not in pick:
+                pick.append(c)
+        say(f"measuring {len(pick)} candidates (head then tail sessions, {measure_runs} runs)")
+        measured = measure_candidates(
+            splitter, pick, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
+            measure_head=can_head, measure_tail=can_tail,
+        )
+    candidates = _apply_measurements(candidates, measured, can_head, can_tail)
+
+    best = choose(candidates, bandwidth_bps, rtt_s, dev, objective, slo_ms)
+    ranked = sorted(
+        (c for c in candidates if c.kind == SPLIT),
+        key=lambda c: predict(c, bandwidth_bps, rtt_s, dev)[0 if objective == "latency" else 1],
+    )
+    kept_ids = {LOCAL, OFFLOAD, best.candidate.cut_id}
+    kept_ids.update(c.cut_id for c in (ranked if keep is None else ranked[:keep]))
+    kept = []
+    for c in candidates:
+        if c.cut_id not in kept_ids:
+            continue
+        lat, en = predict(c, bandwidth_bps, rtt_s, dev)
+        kept.append(replace(c, head_energy_mj=_head_energy(c, dev),
+                            extra={**c.extra, "predicted_latency_ms": lat, "predicted_energy_mj": en}))
+
+    if compression:
+        from partition._compress import evaluate_compression
+
+        kept = [
+            replace(c, extra={**c.extra, "compression": evaluate_compression(splitter, c.tensors, compression)})
+            if c.kind == SPLIT else c
+            for c in kept
+        ]
+
+    inputs = {
+        t: {"shape": list(graph.tensors[t].shape), "dtype": str(graph.tensors[t].dtype)}
+        for t in graph.inputs
+    }
+    info: dict[str, Any] = {
+        "min_cut_ms": plan_ms,
+        "min_cut": {obj: {"kind": m.kind, "tensors": list(m.tensors), "cost": m.cost} for obj, m in optima.items()},
+        "reason": best.reason,
+        "predicted_latency_ms": best.latency_ms,
+        "predicted_energy_mj": best.energy_mj,
+        "cost_model": {"device": cm_dev.summary(), "cloud": cm_cloud.summary()},
+        "device_profile": {"source": dprof.source, "emulated": dprof.emulated, "scale": dprof.scale,
+                           "threads": dprof.threads, "total_ms": dprof.total_ms},
+        "cloud_profile": {"source": cprof.source, "total_ms": cprof.total_ms, "providers": list(cprof.providers)},
+        "candidates_scored": len(candidates),
+        "measured": sorted(measured),
+        "slo_ms": slo_ms,
+        "outputs": list(graph.outputs),
+    }
+    plan = Plan(
+        model=name, model_path=str(path), device=dev.name, candidates=tuple(kept),
+        chosen=best.candidate.cut_id, link={"bandwidth_bps": float(bandwidth_bps), "rtt_s": float(rtt_s)},
+        objective=objective, inputs=inputs, info=info,
+    )
+    if out_dir is not None:
+        plan = write_plan_dir(plan, splitter, Path(out_dir), dprof, cprof, graph, dev_ms, figure)
+    return plan
+
+
+def _optimum_ids(candidates: Sequence[CutCandidate], optima: dict) -> list[str]:
+    ids = []
+    for m in optima.values():
+        for c in candidates:
+            if c.kind == SPLIT and set(c.tensors) == set(m.tensors):
+                ids.append(c.cut_id)
+    return ids
+
+
+def _apply_measurements(candidates: list[CutCandidate], measured: dict[str, tuple[float, float]],
+                        head_ok: bool, tail_ok: bool) -> list[CutCandidate]:
+    if not measured:
+        return candidates
+    by_id = {c.cut_id: c for c in candidates}
+    hp, hm, tp, tm = [], [], [], []
+    for cid, (h, t) in measured.items():
+        c = by_id[cid]
+        if head_ok and c.kind != OFFLOAD:
+            hp.append(c.head_ms)
+            hm.append(h)
+        if tail_ok and c.kind != LOCAL:
+            tp.append(c.tail_ms)
+            tm.append(t)
+    ha, hb = _correct(hp, hm)
+    ta, tb = _correct(tp, tm)
+    out = []
+    for c in candidates:
+        if c.cut_id in measured:
+            h, t = measured[c.cut_id]
+            out.append(with_times(c, h if head_ok else c.head_ms, t if tail_ok else c.tail_ms,
+                                  measured=True))
+        else:
+            h = max(0.0, ha * c.head_ms + hb) if c.kind != OFFLOAD and head_ok else c.head_ms
+            t = max(0.0, ta * c.tail_ms + tb) if c.kind != LOCAL and tail_ok else c.tail_ms
+            out.append(with_times(c, h, t, measured=False, corrected=True))
+    return out
+
+
+def _head_energy(c: CutCandidate, dev: DeviceProfile) -> float:
+    from partition._planner import active_power_w
+
+    return active_power_w(dev) * c.head_ms
+
+
+def write_plan_dir(plan: Plan, splitter: Splitter, out: Path, dprof: Profile, cprof: Profile,
+                   graph: LayerGraph, dev_ms: dict[str, float], figure: bool = True) -> Plan:
+    """Write the models, profiles, plan.json and figure; return the plan with file names."""
+    from partition.triton import write_repository_entry
+
+    out.mkdir(parents=True, exist_ok=True)
+    repo = out / "repository"
+    name = plan.model
+    full_name = f"{name}.onnx"
+    save_model(splitter.model, out / full_name)
+    new = []
+    for c in plan.candidates:
+        if c.kind == LOCAL:
+            new.append(replace(c, head_model=full_name))
+        elif c.kind == OFFLOAD:
+            write_repository_entry(repo, name, splitter.model)
+            new.append(replace(c, tail_model=f"repository/{name}/1/model.onnx", cloud_model=name))
+        else:
+            head, tail = splitter.split(c.tensors)
+            head_file = f"head.{c.cut_id}.onnx"
+            save_model(head, out / head_file)
+            cloud_name = f"{name}.tail.{c.cut_id}"
+            write_repository_entry(repo, cloud_name, tail)
+            new.append(replace(c, head_model=head_file,
+                               tail_model=f"repository/{cloud_name}/1/model.onnx", cloud_model=cloud_name))
+    plan = replace(plan, candidates=tuple(new))
+    dprof.save(out / "profile.device.json")
+    cprof.save(out / "profile.cloud.json")
+    if figure:
+        from partition._figure import plot_plan
+
+        plot_plan(graph, dev_ms, plan, out / "plan.png")
+    plan.save(out / "plan.json")
+    return plan
