@@ -58,14 +58,17 @@ def cli() -> None:
     """edgecut: edge inference with cloud offload (run locally, offload, or split)."""
 
 
-def _load_input(path: str, spec: Any) -> Any:
+def _load_input(path: str, name: str) -> Any:
     import numpy as np
 
+    from devices.errors import ModelInputError
+
     try:
-        value = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelInputError(f"input '{name}': file '{path}' not found") from None
     except (OSError, ValueError) as exc:
-        raise click.BadParameter(f"{path}: not a readable .npy file ({exc})") from exc
-    return value
+        raise ModelInputError(f"input '{name}': '{path}' is not a readable .npy file ({exc})") from exc
 
 
 @cli.command()
@@ -81,6 +84,7 @@ def run(model: str, inputs: tuple[str, ...], device_name: str | None, repeat: in
     import numpy as np
 
     import devices
+    from devices.errors import ModelInputError
     from edge import runtime
 
     profile = devices.load_profile(device_name) if device_name else devices.detect()
@@ -93,12 +97,12 @@ def run(model: str, inputs: tuple[str, ...], device_name: str | None, repeat: in
             if not name:
                 if len(session.inputs) != 1:
                     names = ", ".join(s.name for s in session.inputs)
-                    raise click.BadParameter(
-                        f"the model has {len(session.inputs)} inputs ({names}): write NAME=FILE.npy",
-                        param_hint="--input",
+                    raise ModelInputError(
+                        f"--input {item}: the model has {len(session.inputs)} inputs ({names}); "
+                        "write --input NAME=FILE.npy"
                     )
                 name = session.inputs[0].name
-            feeds[name] = _load_input(file, None)
+            feeds[name] = _load_input(file, name)
         if not inputs:
             feeds = random_inputs(session, seed)
         times = []

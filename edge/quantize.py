@@ -274,6 +274,44 @@ def _upgrade_opset(model: onnx.ModelProto, minimum: int = 13) -> onnx.ModelProto
                          f"for per-channel quantization: {exc}") from exc
 
 
+# Ops that only move, scale or normalize values between the head and an output.
+_HEAD_PASS_THROUGH = frozenset({
+    "Softmax", "LogSoftmax", "Sigmoid", "Reshape", "Transpose", "Flatten", "Squeeze",
+    "Unsqueeze", "Identity", "Add", "Mul", "Div", "Cast",
+})
+_HEAD_COMPUTE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    # The quantizer excludes nodes by name, so every node needs one.
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _head_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of each output's last compute node and the pass-through ops after it."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name for init in model.graph.initializer}
+    found: list[str] = []
+    for output in model.graph.output:
+        chain: list[onnx.NodeProto] = []
+        node = producer.get(output.name)
+        while node is not None and node.op_type in _HEAD_PASS_THROUGH and len(chain) < 8:
+            chain.append(node)
+            # Follow the activation, not a constant operand (a bias, a shape).
+            dynamic = [i for i in node.input if i and i not in initializers and i in producer]
+            node = producer.get(dynamic[0]) if dynamic else None
+        if node is not None and node.op_type in _HEAD_COMPUTE:
+            found.extend(n.name for n in [*chain, node] if n.name not in found)
+    return found
+
+
 def _preprocess(src: Path, dst: Path, optimize: bool) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -419,6 +457,7 @@ def quantize_model(
     exclude_op_types: Sequence[str] = ("Softmax",),
     op_types: Sequence[str] | None = None,
     exclude_nodes: Sequence[str] = (),
+    float_head: bool = True,
     intra_op_threads: int | None = None,
     timing_runs: int = 20,
     seed: int = 0,
@@ -435,7 +474,11 @@ def quantize_model(
     of where the samples came from. ``exclude_op_types`` stay in float: a final Softmax
     quantized to 8 bits would tie near-equal classes and costs almost nothing in float.
     ``op_types`` limits quantization to those op types (default: every type the quantizer
-    supports); ``exclude_nodes`` keeps the named nodes in float.
+    supports); ``exclude_nodes`` keeps the named nodes in float. ``float_head`` keeps the
+    last matrix product or convolution before each output (the classifier head, with
+    its bias and the ops between it and the output) in float: its output is the logits,
+    whose 8-bit rounding would decide close calls between classes, and it is a tiny
+    share of the work.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -479,6 +522,13 @@ def quantize_model(
         if preprocess:
             prepared = Path(tmp) / "fp32.pre.onnx"
             _preprocess(staged, prepared, optimize=True)
+        excluded = list(exclude_nodes)
+        if float_head:
+            prepared_model = onnx.load(str(prepared))
+            _name_nodes(prepared_model)
+            head = _head_nodes(prepared_model)
+            excluded += [n for n in head if n not in excluded]
+            onnx.save(prepared_model, str(prepared))
         supported = set(op_types) if op_types is not None else set(QDQRegistry) | set(QLinearOpsRegistry)
         quantized_ops = sorted(supported - set(exclude_op_types))
         try:
@@ -491,7 +541,7 @@ def quantize_model(
                     _feed_reader(samples),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=quantized_ops,
-                    nodes_to_exclude=list(exclude_nodes) or None,
+                    nodes_to_exclude=excluded or None,
                     per_channel=per_channel,
                     reduce_range=reduce_range,
                     activation_type=act,
@@ -513,7 +563,8 @@ def quantize_model(
         "preprocess": preprocess,
         "excluded_op_types": list(exclude_op_types),
         "op_types": list(op_types) if op_types is not None else "all supported",
-        "excluded_nodes": list(exclude_nodes),
+        "float_head": float_head,
+        "excluded_nodes": excluded,
         "sum_to_add": sums,
     }
     latency = agreement_ = None
