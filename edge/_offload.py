@@ -108,11 +108,11 @@ def _jwt_exp(token: str) -> float | None:
 
 
 class KeyToken:
-    """Mints JWTs with a private key (claims ``sub``, ``aud``, ``iat``, ``exp``,
+    """Mints JWTs with a private key (claims ``sub``, ``aud``, ``iss``, ``iat``, ``exp``,
     ``models``) and mints a new one ``refresh_before_s`` before the current expires."""
 
-    def __init__(self, private_key: str | Path | bytes, *, subject: str, audience: str,
-                 models: Sequence[str] = ("*",), algorithm: str = "ES256",
+    def __init__(self, private_key: str | Path | bytes, *, subject: str,
+                 audience: str = "edgecut", issuer: str = "edgecut", models: Sequence[str] = ("*",), algorithm: str = "ES256",
                  ttl_s: float = 600.0, refresh_before_s: float = 60.0,
                  key_id: str | None = None) -> None:
         if algorithm not in ("ES256", "RS256", "ES384", "RS384", "EdDSA"):
@@ -127,6 +127,7 @@ class KeyToken:
             except OSError as exc:
                 raise ConfigError(f"{path}: private key not readable: {exc}") from exc
         self.subject, self.audience, self.models = subject, audience, list(models)
+        self.issuer = issuer
         self.algorithm, self.ttl_s, self.refresh_before_s = algorithm, ttl_s, refresh_before_s
         self.key_id = key_id
         self._token = ""
@@ -140,7 +141,8 @@ class KeyToken:
             if not self._token or self._exp - now < self.refresh_before_s:
                 import jwt
 
-                claims = {"sub": self.subject, "aud": self.audience, "iat": int(now),
+                claims = {"sub": self.subject, "aud": self.audience, "iss": self.issuer,
+                          "iat": int(now),
                           "exp": int(now + self.ttl_s), "models": self.models}
                 headers = {"kid": self.key_id} if self.key_id else None
                 try:

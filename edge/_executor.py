@@ -1,0 +1,392 @@
+"""The executor: runs what the policy decided, falls back to the device when the cloud
+leg fails or would miss the deadline, and feeds every measurement back.
+
+Per request: decide -> head on the device (``edge.runtime`` sessions) -> the crossing
+tensors to the cloud tail (the offload client) -> outputs. If the cloud leg raises or
+runs out of its share of the deadline, the request continues on the device from the cut
+(the tail model when the plan folder has it) or runs the whole model; it is never lost,
+and the outcome says so. Measured device time, transfer time and bytes update the cost
+table and the link estimator, so the next decision uses what just happened.
+
+``compute_scale`` converts device compute measured here into the device's time (trace
+replay emulates a slower or faster board: ``1 / relative_speed``); on a real device it is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices import DeviceProfile, EnergyModel
+from devices.errors import ConfigError, EdgecutError, OffloadError
+from edge._link import LinkEstimator
+from edge._offload import OPEN, OffloadClient
+from edge._policy import CloudState, CostTable, Decision, DeviceState, Policy, PolicyContext
+from edge.runtime import Session
+from partition import LOCAL, OFFLOAD, CutCandidate, Plan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one request: the decision, what ran, what it cost."""
+
+    request_id: int
+    decision: Decision
+    executed: str
+    fallback: str
+    latency_ms: float
+    head_ms: float
+    cloud_ms: float
+    local_tail_ms: float
+    up_bytes: int
+    down_bytes: int
+    energy_mj: float
+    deadline_missed: bool
+    started_at: float
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id, "decision": self.decision.to_dict(),
+            "executed": self.executed, "fallback": self.fallback,
+            "latency_ms": round(self.latency_ms, 3), "head_ms": round(self.head_ms, 3),
+            "cloud_ms": round(self.cloud_ms, 3), "local_tail_ms": round(self.local_tail_ms, 3),
+            "up_bytes": self.up_bytes, "down_bytes": self.down_bytes,
+            "energy_mj": round(self.energy_mj, 3), "deadline_missed": self.deadline_missed,
+        }
+
+
+def _nbytes(feeds: Mapping[str, np.ndarray]) -> int:
+    return int(sum(v.nbytes for v in feeds.values()))
+
+
+class Executor:
+    """Runs requests for one model under a :class:`Policy` (see the module docstring).
+
+    ``plan_dir`` holds the plan's head and tail models (file names from the plan). The
+    whole model comes from ``plan.model_path`` (resolved against ``plan_dir`` when
+    relative). ``clock`` drives the ages the policy sees (trace replay passes the trace
+    clock); ``device_state`` returns the device's state before each decision.
+    """
+
+    def __init__(self, plan: Plan, plan_dir: str | Path, device: DeviceProfile, *,
+                 policy: Policy, client: OffloadClient | None,
+                 link: LinkEstimator | None = None, costs: CostTable | None = None,
+                 energy: EnergyModel | None = None, compute_scale: float = 1.0,
+                 device_state: Callable[[], DeviceState] | None = None,
+                 clock: Callable[[], float] = time.monotonic, seed: int = 0,
+                 log_path: str | Path | None = None, intra_op_threads: int | None = None,
+                 background_probes: bool = True) -> None:
+        self.plan = plan
+        self.plan_dir = Path(plan_dir)
+        self.device = device
+        self.policy = policy
+        self.client = client
+        cfg = policy.config
+        self.link = link or LinkEstimator(
+            window=cfg.link.window, half_life_s=cfg.link.half_life_s,
+            prior_bandwidth_bps=cfg.link.prior_bandwidth_bps, prior_rtt_s=cfg.link.prior_rtt_s,
+            probe_budget_bytes=cfg.explore.probe_budget_bytes,
+            probe_refill_s=cfg.explore.probe_refill_s, clock=clock)
+        self.energy = energy or EnergyModel.from_profile(
+            device, cfg.device.power_mode or None, cfg.device.radio or None, cfg.device.compute)
+        self.compute_scale = compute_scale
+        self._device_state = device_state or (lambda: DeviceState(device.default_power_mode))
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._threads = intra_op_threads
+        self._sessions: dict[str, Session] = {}
+        self._session_lock = threading.Lock()
+        self._local_inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._next_id = 0
+        self._log = Path(log_path).open("a") if log_path else None
+        self._log_lock = threading.Lock()
+        self.background_probes = background_probes
+        self.probes_sent = 0
+        self._probe_thread: threading.Thread | None = None
+        model_path = Path(plan.model_path)
+        self.model_path = model_path if model_path.is_absolute() else self.plan_dir / model_path
+        full = self._session_for(self.model_path)
+        self.input_names = tuple(s.name for s in full.inputs)
+        self.output_names = tuple(s.name for s in full.outputs)
+        self.costs = costs or CostTable(
+            plan, ewma=cfg.learning.ewma, raw_inputs=self.input_names,
+            device_layers=self._device_layers(), clock=clock)
+        ref = plan.inputs.get("bytes") if isinstance(plan.inputs, dict) else None
+        self.reference_input_bytes = int(ref) if isinstance(ref, (int, float)) else 0
+
+    # -- sessions -----------------------------------------------------------------------
+    def _session_for(self, path: Path) -> Session:
+        key = str(path)
+        with self._session_lock:
+            sess = self._sessions.get(key)
+            if sess is None:
+                from edge.runtime import load
+
+                if not path.is_file():
+                    raise ConfigError(f"plan '{self.plan.model}': model file {path} not found")
+                kwargs: dict[str, Any] = {}
+                if self._threads:
+                    kwargs["intra_op_threads"] = self._threads
+                sess = load(path, self.device, **kwargs)
+                self._sessions[key] = sess
+            return sess
+
+    def _head_session(self, cand: CutCandidate) -> Session:
+        return self._session_for(self.plan_dir / cand.head_model)
+
+    def _local_tail_path(self, cand: CutCandidate) -> Path | None:
+        if not cand.tail_model:
+            return None
+        path = self.plan_dir / cand.tail_model
+        return path if path.is_file() else None
+
+    def _device_layers(self) -> dict[str, frozenset[str]]:
+        """Node and tensor names each split's head computes (for the privacy rule)."""
+        import onnx
+
+        out: dict[str, frozenset[str]] = {}
+        for c in self.plan.candidates:
+            if c.kind == LOCAL or not c.head_model:
+                continue
+            path = self.plan_dir / c.head_model
+            if not path.is_file():
+                continue
+            graph = onnx.load(str(path), load_external_data=False).graph
+            names: set[str] = set()
+            for n in graph.node:
+                names.add(n.name)
+                names.update(n.output)
+            out[c.cut_id] = frozenset(names)
+        return out
+
+    def warm_up(self) -> None:
+        """Load every head and local tail session now rather than on first use."""
+        for c in self.plan.candidates:
+            if c.head_model and (self.plan_dir / c.head_model).is_file():
+                self._head_session(c)
+            tail = self._local_tail_path(c)
+            if tail is not None:
+                self._session_for(tail)
+
+    def close(self) -> None:
+        if self._probe_thread is not None:
+            self._probe_thread.join(10)
+        for s in self._sessions.values():
+            s.close()
+        self._sessions.clear()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- decision -----------------------------------------------------------------------
+    def context(self, input_bytes: int) -> PolicyContext:
+        """The policy's view of the world right now."""
+        now = self._clock()
+        base = self._device_state()
+        local_ms = next((c.head_ms for c in self.costs.snapshot(now) if c.kind == LOCAL), 0.0)
+        with self._inflight_lock:
+            queue_ms = self._local_inflight * local_ms
+        device = DeviceState(base.power_mode, base.battery_pct, base.on_battery, base.throttled,
+                             base.local_queue_ms + queue_ms)
+        healthy = self.client is not None and self.client.breaker.state != OPEN
+        return PolicyContext(
+            candidates=self.costs.snapshot(now), link=self.link.estimate(now),
+            energy=self.energy, device=device, cloud=CloudState(healthy=healthy),
+            input_bytes=input_bytes, reference_input_bytes=self.reference_input_bytes,
+            explore_draw=self._rng.random(), probe_allowance=self.link.probe_allowance(now))
+
+    # -- running ------------------------------------------------------------------------
+    def _run_local(self, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
+        with self._inflight_lock:
+            self._local_inflight += 1
+        try:
+            sess = self._session_for(path)
+            t0 = time.perf_counter()
+            out = sess.run(dict(feeds))
+            return out, (time.perf_counter() - t0) * 1000.0 * self.compute_scale
+        finally:
+            with self._inflight_lock:
+                self._local_inflight -= 1
+
+    def infer(self, feeds: Mapping[str, np.ndarray], *, force: str | None = None,
+              deadline_ms: float | None = None) -> Outcome:
+        """Run one request. ``force`` runs that cut id regardless of the policy."""
+        rid = self._next_id
+        self._next_id += 1
+        started = self._clock()
+        input_bytes = _nbytes(feeds)
+        ctx = self.context(input_bytes)
+        if force is None:
+            decision = self.policy.decide(ctx)
+        else:
+            cand = self.plan.candidate(force)
+            decision = Decision(cand.kind, cand.cut_id, 0.0, 0.0, f"forced {force}",
+                                deadline_ms=self.policy.config.slo_ms)
+        slo = decision.deadline_ms if deadline_ms is None else deadline_ms
+        if decision.probe and self.client is not None:
+            self._probe()
+        cand = self.plan.candidate(decision.cut_id)
+        out = self._execute(rid, decision, cand, feeds, slo, started)
+        self._write_log(out)
+        return out
+
+    def _execute(self, rid: int, decision: Decision, cand: CutCandidate,
+                 feeds: Mapping[str, np.ndarray], slo: float, started: float) -> Outcome:
+        cfg = self.policy.config
+        if cand.kind == LOCAL:
+            outputs, ms = self._run_local(self.model_path, feeds)
+            self.costs.observe_local_full(ms)
+            return self._outcome(rid, decision, "local", "", outputs, ms, 0.0, 0.0, 0, 0,
+                                 slo, started)
+
+        head_ms = 0.0
+        crossing: dict[str, np.ndarray]
+        if cand.kind == OFFLOAD:
+            crossing = {k: v for k, v in feeds.items() if k in cand.tensors or not cand.tensors}
+        else:
+            crossing, head_ms = self._run_local(self.plan_dir / cand.head_model, feeds)
+            crossing = {k: crossing[k] for k in cand.tensors}
+            self.costs.observe(cand.cut_id, head_ms=head_ms)
+
+        # The cloud leg gets what the deadline leaves after keeping enough to finish on
+        # the device if it fails: the local tail (or whole model) plus a margin.
+        local_rest_ms = self._local_rest_ms(cand)
+        deadline = None
+        if slo > 0:
+            budget_ms = slo - head_ms - local_rest_ms - cfg.offload.deadline_margin_ms
+            # When even the fallback cannot meet the SLO, give the cloud the time the
+            # policy predicted plus half again rather than nothing.
+            budget_ms = max(budget_ms, (decision.predicted_ms - head_ms) * 1.5, 1.0)
+            deadline = time.monotonic() + budget_ms / 1000.0
+        reason = ""
+        t0 = time.perf_counter()
+        try:
+            if self.client is None:
+                raise OffloadError("no cloud client configured")
+            result = self.client.infer(cand.cloud_model, crossing, self.output_names,
+                                       deadline=deadline, request_id=f"{rid}")
+        except OffloadError as exc:
+            cloud_ms = (time.perf_counter() - t0) * 1000.0
+            reason = f"{type(exc).__name__}: {exc}"
+            return self._fallback(rid, decision, cand, feeds, crossing, head_ms, cloud_ms,
+                                  reason, slo, started)
+        cloud_ms = result.seconds * 1000.0
+        server_s = result.server_s if result.server_s is not None else cand.tail_ms / 1000.0
+        self.link.observe_transfer(result.up_bytes, result.down_bytes, result.seconds,
+                                   server_s=server_s)
+        if result.server_s is not None:
+            self.costs.observe(cand.cut_id, tail_ms=result.server_s * 1000.0)
+        else:
+            self.costs.observe(cand.cut_id)
+        outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
+        return self._outcome(rid, decision, decision.plan, "", outputs, head_ms, cloud_ms, 0.0,
+                             result.up_bytes, result.down_bytes, slo, started)
+
+    def _local_rest_ms(self, cand: CutCandidate) -> float:
+        snap = {c.cut_id: c for c in self.costs.snapshot()}
+        local = next((c.head_ms for c in snap.values() if c.kind == LOCAL), 0.0)
+        if self._local_tail_path(cand) is not None:
+            return max(local - snap[cand.cut_id].head_ms, 0.0)
+        return local
+
+    def _fallback(self, rid: int, decision: Decision, cand: CutCandidate,
+                  feeds: Mapping[str, np.ndarray], crossing: dict[str, np.ndarray],
+                  head_ms: float, cloud_ms: float, reason: str, slo: float,
+                  started: float) -> Outcome:
+        tail_path = self._local_tail_path(cand)
+        if tail_path is not None and cand.kind != OFFLOAD:
+            sess = self._session_for(tail_path)
+            extra = {s.name: feeds[s.name] for s in sess.inputs if s.name in feeds}
+            outputs, ms = self._run_local(tail_path, {**crossing, **extra})
+            executed = f"{decision.plan} -> local tail"
+        else:
+            outputs, ms = self._run_local(self.model_path, feeds)
+            self.costs.observe_local_full(ms)
+            executed = "local (fallback)"
+        return self._outcome(rid, decision, executed, reason, outputs, head_ms, cloud_ms, ms,
+                             0, 0, slo, started)
+
+    def _outcome(self, rid: int, decision: Decision, executed: str, fallback: str,
+                 outputs: dict, head_ms: float, cloud_ms: float, local_tail_ms: float,
+                 up: int, down: int, slo: float, started: float) -> Outcome:
+        latency = head_ms + cloud_ms + local_tail_ms
+        est = self.link.estimate()
+        up_ms = min(est.transfer_s(up) * 1000.0, cloud_ms)
+        down_ms = min(est.transfer_s(down) * 1000.0, max(cloud_ms - up_ms, 0.0))
+        wait_ms = max(cloud_ms - up_ms - down_ms, 0.0)
+        energy = self.energy.plan_mj(head_ms + local_tail_ms, up_ms, down_ms, wait_ms)
+        missed = slo > 0 and latency > slo
+        return Outcome(rid, decision, executed, fallback, latency, head_ms, cloud_ms,
+                       local_tail_ms, up, down, energy, missed, started, outputs)
+
+    # -- probing ------------------------------------------------------------------------
+    def _probe(self) -> None:
+        """Send a light, valid request to refresh a stale link estimate (within budget)."""
+        if self._probe_thread is not None and self._probe_thread.is_alive():
+            return
+        remote = [c for c in self.plan.candidates if c.kind != LOCAL and c.up_bytes > 0]
+        if not remote:
+            return
+        cand = min(remote, key=lambda c: c.up_bytes)
+        want = self.policy.config.explore.probe_bytes
+        batch = max(1, min(64, want // max(cand.up_bytes, 1)))
+        try:
+            specs = self._cloud_input_specs(cand)
+        except EdgecutError:
+            return
+        feeds = {}
+        for name, (dtype, shape) in specs.items():
+            dims = [batch if (i == 0 and d is None) else (d or 1) for i, d in enumerate(shape)]
+            feeds[name] = np.zeros(dims, dtype=dtype)
+        nbytes = _nbytes(feeds)
+        if not self.link.spend_probe(nbytes):
+            return
+        self.probes_sent += 1
+
+        def run() -> None:
+            try:
+                assert self.client is not None
+                t0 = time.monotonic()
+                r = self.client.infer(cand.cloud_model, feeds, None,
+                                      deadline=t0 + self.policy.config.offload.timeout_ms / 1000)
+                server_s = r.server_s if r.server_s is not None else cand.tail_ms * batch / 1000
+                self.link.observe_transfer(r.up_bytes, r.down_bytes, r.seconds, server_s=server_s)
+            except EdgecutError:
+                pass
+
+        if self.background_probes:
+            self._probe_thread = threading.Thread(target=run, name="edgecut-probe", daemon=True)
+            self._probe_thread.start()
+        else:
+            run()
+
+    def _cloud_input_specs(self, cand: CutCandidate) -> dict[str, tuple[Any, tuple]]:
+        if cand.kind == OFFLOAD:
+            sess = self._session_for(self.model_path)
+            return {s.name: (s.dtype, s.shape) for s in sess.inputs}
+        sess = self._head_session(cand)
+        return {s.name: (s.dtype, s.shape) for s in sess.outputs if s.name in cand.tensors}
+
+    # -- log ----------------------------------------------------------------------------
+    def _write_log(self, out: Outcome) -> None:
+        if self._log is None:
+            return
+        with self._log_lock:
+            self._log.write(json.dumps(out.to_dict()) + "\n")
+            self._log.flush()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edge.policy import LinkEstimator
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_harmonic_mean_resists_a_lucky_burst() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=5, prior_rtt_s=0.0, clock=clock)
+    # four transfers at 8 Mbit/s (1 MB per second) and one burst at 80 Mbit/s
+    for seconds in (1.0, 1.0, 1.0, 1.0, 0.1):
+        est.observe_transfer(1_000_000, 0, seconds)
+    e = est.estimate()
+    arithmetic = (4 * 8e6 + 80e6) / 5
+    assert e.bandwidth_bps == pytest.approx(5 / (4 / 8e6 + 1 / 80e6), rel=1e-6)
+    assert e.bandwidth_bps < 0.5 * arithmetic
+    assert e.samples == 5 and e.confidence == pytest.approx(1.0)
+
+
+def test_window_forgets_old_link() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=3, prior_rtt_s=0.0, clock=clock)
+    for _ in range(3):
+        est.observe_transfer(1_000_000, 0, 0.16)  # 50 Mbit/s
+    for _ in range(3):
+        est.observe_transfer(1_000_000, 0, 8.0)  # 1 Mbit/s
+    assert est.estimate().bandwidth_bps == pytest.approx(1e6)
+
+
+def test_rtt_from_small_transfers_and_subtracted_from_large() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=4, prior_rtt_s=0.2, clock=clock)
+    est.observe_rtt(0.05)
+    est.observe_rtt(0.04)
+    assert est.estimate().rtt_s == pytest.approx(0.04)
+    # 1 MB in 0.04 s RTT + 0.2 s server + 0.8 s serialisation -> 10 Mbit/s
+    est.observe_transfer(1_000_000, 0, 1.04, server_s=0.2)
+    assert est.estimate().bandwidth_bps == pytest.approx(10e6, rel=1e-6)
+
+
+def test_confidence_decays_without_traffic_and_spread_widens() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=3, half_life_s=10.0, prior_rtt_s=0.0, clock=clock)
+    assert est.estimate().confidence == 0.0 and math.isinf(est.estimate().age_s)
+    for _ in range(3):
+        est.observe_transfer(500_000, 0, 0.5)
+    fresh = est.estimate()
+    clock.t = 10.0
+    old = est.estimate()
+    assert old.confidence == pytest.approx(fresh.confidence / 2)
+    assert old.age_s == 10.0
+    assert old.spread > fresh.spread
+    assert old.low_bps < fresh.low_bps <= fresh.bandwidth_bps <= fresh.high_bps < old.high_bps
+
+
+def test_probe_budget_refills() -> None:
+    clock = Clock()
+    est = LinkEstimator(probe_budget_bytes=100_000, probe_refill_s=10.0, clock=clock)
+    assert est.probe_allowance() == 100_000
+    assert est.spend_probe(80_000)
+    assert not est.spend_probe(40_000)  # not enough left: nothing is taken
+    assert est.probe_allowance() == 20_000
+    clock.t = 2.0
+    assert est.probe_allowance() == 40_000
+    clock.t = 100.0
+    assert est.probe_allowance() == 100_000
+
+
+def test_reset_forgets_and_window_validated() -> None:
+    est = LinkEstimator(prior_bandwidth_bps=3e6)
+    est.observe_transfer(1_000_000, 0, 0.1)
+    est.reset()
+    assert est.estimate().bandwidth_bps == 3e6 and est.estimate().samples == 0
+    with pytest.raises(ValueError, match="window"):
+        LinkEstimator(window=0)

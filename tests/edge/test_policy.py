@@ -1,0 +1,167 @@
+"""Table-driven tests of the pure decision function: every rule and every objective."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from devices import EnergyModel, load_profile
+from edge.policy import (
+    CloudState,
+    CutEstimate,
+    DeviceState,
+    LinkEstimate,
+    PolicyConfig,
+    PolicyContext,
+    Rules,
+    decide,
+)
+
+ENERGY = EnergyModel.from_profile(load_profile("jetson-nano"))  # 7.5 W active, 1.25 W idle
+
+CANDIDATES = (
+    CutEstimate("local", "local", 100.0, 0.0, 0, 0, age_s=0.0, samples=5),
+    CutEstimate("offload", "offload", 0.0, 20.0, 600_000, 4_000, sends_raw_input=True,
+                age_s=0.0, samples=5),
+    CutEstimate("a", "split", 30.0, 15.0, 200_000, 4_000,
+                device_layers=frozenset({"conv1", "pool1"}), age_s=0.0, samples=5),
+    CutEstimate("b", "split", 80.0, 5.0, 8_000, 4_000,
+                device_layers=frozenset({"conv1", "pool1", "fc"}), age_s=0.0, samples=5),
+)
+
+
+def link(mbps: float, *, spread: float = 0.0, age: float = 0.0) -> LinkEstimate:
+    return LinkEstimate(mbps * 1e6, 0.02, 1.0, spread, age, 5)
+
+
+@dataclass
+class Case:
+    name: str
+    mbps: float
+    expect: str
+    reason: str = ""
+    cfg: dict[str, Any] = field(default_factory=dict)
+    rules: dict[str, Any] = field(default_factory=dict)
+    device: DeviceState = DeviceState()
+    cloud: CloudState = CloudState()
+    input_bytes: int = 600_000
+    spread: float = 0.0
+    link_age: float = 0.0
+    draw: float = 1.0
+    explore: dict[str, Any] = field(default_factory=dict)
+    explored: bool = False
+    probe: bool = False
+    predicted_ms: float | None = None
+
+
+CASES = [
+    # objective: latency
+    Case("slow link runs locally", 10, "local", "fastest", predicted_ms=100.0),
+    Case("fast link splits early", 100, "split@a", "fastest"),
+    Case("very fast link offloads", 1000, "offload", "fastest"),
+    Case("input twice the reference doubles the costs", 10, "local", input_bytes=1_200_000,
+         predicted_ms=200.0),
+    Case("uncertain link is discounted by risk", 100, "local", spread=1.0,
+         cfg={"link": {"risk": 1.0}}),
+    Case("throttled device moves work out", 10, "split@b", "fastest",
+         device=DeviceState(throttled=True)),
+    Case("cloud queue time counts", 1000, "local", cloud=CloudState(queue_ms=100.0)),
+    # rules
+    Case("cloud down", 1000, "local", "cloud unavailable", cloud=CloudState(healthy=False)),
+    Case("never send raw input", 1000, "split@a", "never_send_raw_input",
+         rules={"never_send_raw_input": True}),
+    Case("only cuts after a layer", 1000, "split@a", "not after 'pool1'",
+         rules={"cuts_after": "pool1"}),
+    Case("small inputs stay local", 1000, "local", "below local_below_input_bytes",
+         rules={"local_below_input_bytes": 1_000_000}),
+    Case("upload cap", 1000, "split@a", "max_upload_bytes",
+         rules={"max_upload_bytes": 250_000}),
+    Case("power cap", 10, "split@a", "over max_power_w", rules={"max_power_w": 5.0}),
+    Case("power cap nobody meets", 10, "offload", "every plan exceeds max_power_w",
+         rules={"max_power_w": 0.5}),
+    Case("battery below reserve saves energy", 10, "split@b", "below reserve",
+         cfg={"slo_ms": 150.0}, rules={"battery_reserve_pct": 20.0},
+         device=DeviceState(battery_pct=10.0, on_battery=True)),
+    Case("battery above reserve", 10, "local", cfg={"slo_ms": 150.0},
+         rules={"battery_reserve_pct": 20.0},
+         device=DeviceState(battery_pct=60.0, on_battery=True)),
+    Case("battery low but charging", 10, "local", cfg={"slo_ms": 150.0},
+         rules={"battery_reserve_pct": 20.0},
+         device=DeviceState(battery_pct=10.0, on_battery=False)),
+    # objective: energy under an SLO
+    Case("energy within SLO", 10, "split@b", "least energy",
+         cfg={"objective": "energy", "slo_ms": 150.0}),
+    Case("energy, nothing meets SLO", 10, "local", "no plan meets",
+         cfg={"objective": "energy", "slo_ms": 90.0}),
+    Case("energy, loose SLO", 10, "split@a", "least energy",
+         cfg={"objective": "energy", "slo_ms": 300.0}),
+    # objective: weighted
+    Case("weighted all latency", 10, "local", "weighted",
+         cfg={"objective": "weighted", "latency_weight": 1.0}),
+    Case("weighted all energy", 10, "split@a", "weighted",
+         cfg={"objective": "weighted", "latency_weight": 0.0}),
+    # exploration and probing
+    Case("stale link explored within regret", 10, "split@a", "exploring", spread=2.0,
+         link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, explored=True),
+    Case("exploration bounded by regret", 10, "local", spread=2.0, link_age=100.0,
+         draw=0.01, explore={"max_regret": 1.5}, probe=True),
+    Case("no exploration when the draw misses", 10, "local", "probing", spread=2.0,
+         link_age=100.0, draw=0.9, explore={"max_regret": 3.0}, probe=True),
+    Case("fresh estimates are not explored", 10, "local", spread=0.0, draw=0.01,
+         explore={"max_regret": 3.0}),
+]
+
+
+def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
+    cfg = PolicyConfig()
+    top = {k: v for k, v in case.cfg.items() if k != "link"}
+    if "link" in case.cfg:
+        cfg = dataclasses.replace(cfg, link=dataclasses.replace(cfg.link, **case.cfg["link"]))
+    cfg = dataclasses.replace(cfg, rules=Rules(**case.rules),
+                              explore=dataclasses.replace(cfg.explore, **case.explore), **top)
+    ctx = PolicyContext(
+        candidates=CANDIDATES, link=link(case.mbps, spread=case.spread, age=case.link_age),
+        energy=ENERGY, device=case.device, cloud=case.cloud, input_bytes=case.input_bytes,
+        reference_input_bytes=600_000, explore_draw=case.draw, probe_allowance=1 << 20)
+    return ctx, cfg
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_decision_table(case: Case) -> None:
+    ctx, cfg = build(case)
+    d = decide(ctx, cfg)
+    assert d.plan == case.expect, d.reason
+    assert case.reason in d.reason
+    assert d.explored is case.explored
+    assert d.probe is case.probe
+    if case.predicted_ms is not None:
+        assert d.predicted_ms == pytest.approx(case.predicted_ms)
+    assert decide(ctx, cfg) == d  # pure: the same inputs give the same decision
+
+
+def test_prediction_arithmetic() -> None:
+    ctx, cfg = build(Case("", 10, ""))
+    d = decide(ctx, cfg)
+    preds = {p.cut_id: p for p in d.predictions}
+    # split b at 10 Mbit/s: 80 head + 6.4 up + (20 rtt + 5 tail) + 3.2 down
+    b = preds["b"]
+    assert b.latency_ms == pytest.approx(80 + 6.4 + 25 + 3.2)
+    assert b.energy_mj == pytest.approx(7.5 * 80 + 1.0 * 6.4 + 0.55 * 3.2 + 1.25 * 25)
+    assert preds["local"].energy_mj == pytest.approx(750.0)
+    assert d.to_dict()["plan"] == "local" and d.deadline_ms == 0.0
+
+
+def test_every_plan_excluded_but_local_is_still_answered() -> None:
+    ctx, cfg = build(Case("", 1000, "", cloud=CloudState(healthy=False)))
+    d = decide(ctx, cfg)
+    assert d.plan == "local"
+    assert all(p.excluded == "cloud unavailable" for p in d.predictions if p.kind != "local")
+
+
+def test_empty_plan_table_is_an_error() -> None:
+    ctx, cfg = build(Case("", 10, ""))
+    with pytest.raises(ValueError, match="no candidates"):
+        decide(dataclasses.replace(ctx, candidates=()), cfg)
