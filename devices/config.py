@@ -22,6 +22,7 @@ else:  # pragma: no cover - Python 3.10 on older JetPack images
 _REQUIRED = object()
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_PLURAL_NAMES = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -112,7 +113,7 @@ class Table:
             return list(default)
         value = self._data[key]
         if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
-            raise self._fail(key, f"a list of {_TYPE_NAMES.get(kind, kind.__name__)}s", value)
+            raise self._fail(key, f"a list of {_PLURAL_NAMES.get(kind, kind.__name__)}", value)
         return list(value)
 
     def table(self, key: str, *, required: bool = False) -> Table:
