@@ -13,11 +13,13 @@ from devices.errors import (
     ModelInputError,
     OffloadError,
 )
+from edge.client import Client
 from edge.runtime import Backend, Session, TensorSpec, load
 
 __all__ = [
     "Backend",
     "BackendError",
+    "Client",
     "CloudUnavailable",
     "ConfigError",
     "DeadlineExceeded",

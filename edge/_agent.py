@@ -220,6 +220,8 @@ class Agent:
                                on_committed=self._after_update)
         self.fleet: Any = None
         self.reprofile_hooks: list[Callable[[str, ModelVersion], Any]] = []
+        # Called after the set of served models changed (the local API registers them).
+        self.model_listeners: list[Callable[[], None]] = []
         self.reprofiles: list[dict[str, Any]] = []
         self._config_lock = threading.Lock()
         self._sensor = None
@@ -332,6 +334,7 @@ class Agent:
         self.config = new
         self.policy_config = policy
         self._active_w = self._active_watts()
+        self._models_changed()
         logging.getLogger("edgecut").setLevel(new.log_level.upper())
         if self.fleet is not None:
             self.fleet.telemetry_interval_s = new.mqtt.telemetry_interval_s
@@ -424,7 +427,15 @@ class Agent:
 
     def deploy(self, msg: dict[str, Any], ack: Callable[..., None]) -> str:
         dep = Deployment.from_message({k: v for k, v in msg.items() if k != "id"})
-        return self.updater.deploy(dep, ack)
+        known = set(self.slots)
+        result = self.updater.deploy(dep, ack)
+        if set(self.slots) != known:
+            self._models_changed()
+        return result
+
+    def _models_changed(self) -> None:
+        for fn in list(self.model_listeners):
+            fn()
 
     def command(self, msg: dict[str, Any]) -> dict[str, Any]:
         name = msg.get("command")
@@ -531,11 +542,26 @@ def build_app(agent: Agent) -> tuple[Any, Any]:
     from cloud import InferenceService, create_app
 
     service = InferenceService(dynamic_batching=False)
-    for name in agent.slots:
-        # One runtime per worker: the service gives each its own thread, and they share
-        # the slot, so a swap reaches all of them at once.
-        instances = [AgentModelRuntime(agent, name) for _ in range(agent.config.api.workers)]
-        service.add_runtime(name, instances, version="live")
+    registered: set[str] = set()
+    lock = threading.Lock()
+
+    def sync() -> None:
+        with lock:
+            for name in list(agent.slots):
+                if name not in registered:
+                    # One runtime per worker: the service gives each its own thread; they
+                    # share the slot, so a swap reaches all of them at once.
+                    instances = [AgentModelRuntime(agent, name)
+                                 for _ in range(agent.config.api.workers)]
+                    service.add_runtime(name, instances, version="live")
+                    registered.add(name)
+            for name in list(registered):
+                if name not in agent.slots:
+                    service.remove_model(name)
+                    registered.discard(name)
+
+    sync()
+    agent.model_listeners.append(sync)
     inner = create_app(service)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

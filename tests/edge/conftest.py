@@ -239,3 +239,49 @@ def write_agent_config(directory: Path, *, models: dict[str, Path], mqtt_port: i
     path = directory / "agent.toml"
     path.write_text(text)
     return path
+
+
+def slow_model(path: Path, size: int = 512, layers: int = 160) -> Path:
+    """Input ``x`` float32[N, size] -> ``y``: ``layers`` MatMuls by the identity (slow for
+    N = size, so a request stays in flight long enough to signal the agent meanwhile)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", size])
+    w = numpy_helper.from_array(np.eye(size, dtype=np.float32), "w")
+    names = ["x"] + [f"h{i}" for i in range(layers - 1)] + ["y"]
+    nodes = [helper.make_node("MatMul", [names[i], "w"], [names[i + 1]]) for i in range(layers)]
+    graph = helper.make_graph(nodes, "slow", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_agent_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``edgecut agent --config`` as a real child process (its JSON logs go to ``log``)."""
+    import sys
+
+    fh = open(log, "wb")  # noqa: SIM115 - closed when the process is reaped by the test
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "agent", "--config", str(config)],
+                            cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None,
+               timeout: float = 60.0) -> None:
+    from edge.client import Client
+
+    deadline = time.monotonic() + timeout
+    with Client(url, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the agent exited with code {proc.returncode}")
+            if client.ready():
+                return
+            time.sleep(0.1)
+    raise TimeoutError(f"the agent at {url} was not ready after {timeout} s")

@@ -1,0 +1,189 @@
+"""The agent daemon: its local API, signals, last will, config files and installer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from devices.errors import ConfigError, ModelInputError
+from edge import Client
+from edge._agent import Agent, AgentServer
+from edge._agent_cli import agent as agent_cmd
+from edge._agent_config import load_agent_config, parse_agent_config
+from tests.conftest import free_port
+from tests.edge.conftest import (
+    REPO,
+    slow_model,
+    start_agent_process,
+    tiny_model,
+    wait_ready,
+    write_agent_config,
+)
+
+
+def test_local_api_serves_over_tcp_and_the_unix_socket(tmp_path: Path) -> None:
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")},
+                             api_port=free_port())
+    agent = Agent(cfg)
+    with AgentServer(agent) as server:
+        for url in (server.url, f"unix://{tmp_path / 'agent.sock'}"):
+            with Client(url) as client:
+                assert client.live() and client.ready() and client.ready("tiny")
+                x = np.arange(8, dtype=np.float32).reshape(2, 4)
+                out = client.infer("tiny", {"x": x})
+                np.testing.assert_array_equal(out["y"], x * 2)
+                meta = client.metadata("tiny")
+                assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+                with pytest.raises(ModelInputError, match="'x'.*FP32"):
+                    client.infer("tiny", {"x": x.astype(np.float64)})
+                status = client.agent_status()
+                assert status["models"] == {"tiny": "1"} and status["profile"] == "generic-x86"
+    # The service rejects the wrong dtype before the model runs: two requests ran.
+    assert agent.stats.total_requests == 2
+    assert not (tmp_path / "agent.sock").exists()
+
+
+def test_telemetry_reports_decisions_latency_and_energy(tmp_path: Path) -> None:
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")})
+    agent = Agent(cfg)
+    for _ in range(20):
+        agent.infer("tiny", {"x": np.ones((1, 4), np.float32)})
+    with pytest.raises(ModelInputError):
+        agent.infer("tiny", {"x": np.ones((1, 5), np.float32)})
+    record = agent.telemetry()
+    assert record["decisions"] == {"local": 20}
+    tiny = record["models"]["tiny"]
+    assert tiny["requests"] == 21 and tiny["errors"] == 1 and tiny["version"] == "1"
+    assert 0 < tiny["latency_ms"]["p50"] <= tiny["latency_ms"]["p99"]
+    assert record["energy_mj"] > 0
+    assert record["fallbacks"] == 0
+    # The window restarts after each record.
+    assert agent.telemetry()["decisions"] == {}
+
+
+def test_daemon_reloads_on_sighup_and_drains_on_sigterm(tmp_path: Path, mosquitto,
+                                                        observer_factory) -> None:
+    obs = observer_factory(["t/#"])
+    sock = tmp_path / "agent.sock"
+    cfg = write_agent_config(
+        tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx"),
+                          "slow": slow_model(tmp_path / "slow.onnx")},
+        mqtt_port=mosquitto.port, unix_socket=str(sock), api_port=free_port())
+    proc = start_agent_process(cfg, tmp_path / "agent.log")
+    try:
+        wait_ready(f"unix://{sock}", proc)
+        obs.wait_json("t/dev1/status", lambda m: m["state"] == "online")
+        client = Client(f"unix://{sock}")
+        assert client.infer("tiny", {"x": np.ones((1, 4), np.float32)})["y"][0, 0] == 2.0
+
+        # SIGHUP: a model added to agent.toml is served without a restart.
+        tiny_model(tmp_path / "t3.onnx", factor=3.0)
+        with open(cfg, "a") as fh:
+            fh.write(f'[[models]]\nname = "tiny3"\npath = "{tmp_path / "t3.onnx"}"\n')
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while not client.ready("tiny3") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.infer("tiny3", {"x": np.ones((1, 4), np.float32)})["y"][0, 0] == 3.0
+
+        # SIGTERM while a slow request is in flight: it still completes.
+        result: dict[str, object] = {}
+
+        def slow_request() -> None:
+            try:
+                with Client(f"unix://{sock}") as c:
+                    result["y"] = c.infer("slow", {"x": np.ones((512, 512), np.float32)})["y"]
+                    result["done"] = time.monotonic()
+            except Exception as exc:  # recorded and asserted below
+                result["error"] = exc
+
+        t = threading.Thread(target=slow_request)
+        t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        t.join(30)
+        assert "error" not in result, result.get("error")
+        assert np.asarray(result["y"]).shape == (512, 512)
+        assert result["done"] > started, "the request was not in flight at SIGTERM"
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started < 5.0 + 5.0  # the grace bound plus start-up slack
+        offline = obs.wait_json("t/dev1/status", lambda m: m["state"] == "offline")
+        assert offline["reason"] == "agent stopped"
+        assert not sock.exists()
+        log_lines = [json.loads(line) for line in (tmp_path / "agent.log").read_text().splitlines()
+                     if line.startswith("{")]
+        events = [e.get("event") for e in log_lines]
+        assert "config_reloaded" in events and "shutdown" in events and "agent_stopped" in events
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_last_will_marks_the_device_offline_on_sigkill(tmp_path: Path, mosquitto,
+                                                       observer_factory) -> None:
+    obs = observer_factory(["t/dev1/status"])
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")},
+                             mqtt_port=mosquitto.port)
+    proc = start_agent_process(cfg, tmp_path / "agent.log")
+    try:
+        wait_ready(f"unix://{tmp_path / 'agent.sock'}", proc)
+        obs.wait_json("t/dev1/status", lambda m: m["state"] == "online")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # The broker notices the dead connection (socket closed) and publishes the will.
+        will = obs.wait_json("t/dev1/status", lambda m: m["state"] == "offline", timeout=30)
+        assert will["reason"] == "connection lost"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # The will is retained: a dashboard that connects later sees the device offline.
+    late = observer_factory(["t/dev1/status"], client_id="late-dashboard")
+    retained = late.wait_json("t/dev1/status", lambda m: True)
+    assert retained["state"] == "offline"
+
+
+def test_example_config_parses_and_errors_name_the_key(tmp_path: Path) -> None:
+    example = REPO / "edge" / "data" / "agent.example.toml"
+    config = load_agent_config(example)
+    assert config.device_id == "jetson-0001" and config.models[0].name == "squeezenet"
+    assert config.mqtt.protocol == "5" and config.updates.error_rate_threshold == 0.05
+    base = {"agent": {"device_id": "d"}, "api": {"port": 1}}
+    with pytest.raises(ConfigError, match=r"\[mqtt\]: key 'protocol'"):
+        parse_agent_config({**base, "mqtt": {"protocol": "4"}}, "a.toml")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'prot'"):
+        parse_agent_config({**base, "mqtt": {"prot": "5"}}, "a.toml")
+    with pytest.raises(ConfigError, match="device_id"):
+        parse_agent_config({"agent": {"device_id": "a/b"}}, "a.toml")
+    with pytest.raises(ConfigError, match="cert_file' and 'key_file' go together"):
+        parse_agent_config({**base, "mqtt": {"tls": {"cert_file": "c.pem"}}}, "a.toml")
+    with pytest.raises(ConfigError, match="listed twice"):
+        parse_agent_config({**base, "models": [{"name": "m", "path": "a"},
+                                               {"name": "m", "path": "b"}]}, "a.toml")
+
+
+def test_install_writes_a_unit_and_a_config_for_the_board(tmp_path: Path) -> None:
+    unit = tmp_path / "edgecut-agent.service"
+    config = tmp_path / "etc" / "agent.toml"
+    args = ["install", "--unit-path", str(unit), "--config-path", str(config),
+            "--profile", "jetson-orin-nano", "--device-id", "orin-7",
+            "--data-dir", str(tmp_path / "var"), "--exe", "/usr/local/bin/edgecut"]
+    result = CliRunner().invoke(agent_cmd, args)
+    assert result.exit_code == 0, result.output
+    text = unit.read_text()
+    assert f"ExecStart=/usr/local/bin/edgecut agent --config {config}" in text
+    assert "Restart=on-failure" in text and "MemoryMax=4G" in text
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in text
+    parsed = load_agent_config(config)
+    assert parsed.device_id == "orin-7" and parsed.profile == "jetson-orin-nano"
+    again = CliRunner().invoke(agent_cmd, args)
+    assert again.exit_code != 0 and "exists" in str(again.exception)
