@@ -64,6 +64,17 @@ class Outcome:
         }
 
 
+def _reference_bytes(session: Session) -> int:
+    """Bytes of one batch-1 input set: the size the plan's costs were measured at."""
+    total = 0
+    for spec in session.inputs:
+        count = 1
+        for d in spec.shape:
+            count *= d if d is not None else 1
+        total += count * np.dtype(spec.dtype).itemsize
+    return total
+
+
 def _nbytes(feeds: Mapping[str, np.ndarray]) -> int:
     return int(sum(v.nbytes for v in feeds.values()))
 
@@ -113,16 +124,21 @@ class Executor:
         self.background_probes = background_probes
         self.probes_sent = 0
         self._probe_thread: threading.Thread | None = None
+        # The whole model: the local candidate's file in the plan folder, else model_path.
+        local = next((c for c in plan.candidates if c.kind == LOCAL and c.head_model), None)
         model_path = Path(plan.model_path)
-        self.model_path = model_path if model_path.is_absolute() else self.plan_dir / model_path
+        if local is not None and (self.plan_dir / local.head_model).is_file():
+            model_path = self.plan_dir / local.head_model
+        elif not model_path.is_absolute():
+            model_path = self.plan_dir / model_path
+        self.model_path = model_path
         full = self._session_for(self.model_path)
         self.input_names = tuple(s.name for s in full.inputs)
         self.output_names = tuple(s.name for s in full.outputs)
         self.costs = costs or CostTable(
             plan, ewma=cfg.learning.ewma, raw_inputs=self.input_names,
             device_layers=self._device_layers(), clock=clock)
-        ref = plan.inputs.get("bytes") if isinstance(plan.inputs, dict) else None
-        self.reference_input_bytes = int(ref) if isinstance(ref, (int, float)) else 0
+        self.reference_input_bytes = _reference_bytes(full)
 
     # -- sessions -----------------------------------------------------------------------
     def _session_for(self, path: Path) -> Session:

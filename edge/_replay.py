@@ -1,0 +1,479 @@
+"""Trace-driven evaluation: real requests through the link emulator to a real server.
+
+``replay()`` starts ``edgecut serve`` on 127.0.0.1 with the plan's Triton repository,
+puts the :class:`LinkEmulator` in front of it (one-way delay, token bucket following the
+trace, trace clock ``speedup`` x real time), and sends ``requests`` requests evenly spread
+over the trace window through the :class:`Executor` under the given policy. That is
+edgecut's strategy, run for real.
+
+The fixed strategies are then costed on the same request sequence from measured
+components instead of being run again (two cores cannot afford five runs per trace):
+
+- device compute: each candidate's head (the whole model for ``local``) timed here before
+  the run, divided by the profile's ``relative_speed`` (this host plays the device), and
+  scaled per request by the slowdown the real run saw in that request's own device
+  compute (so machine noise hits every strategy alike);
+- cloud leg: each remote candidate's request timed directly against the server
+  (loopback HTTP plus the server's compute), plus the emulator's round trip, plus the
+  upload and download of its bytes through the trace from the instant that request's
+  transfer would start (the fluid time the token bucket converges to);
+- where edgecut actually ran a plan, that request's measured cost is used for that plan.
+
+Strategies: ``local``, ``cloud`` (offload everything), ``static_split`` (Neurosurgeon:
+the plan's best candidate for the window's mean bandwidth, chosen once), ``edgecut``, and
+``oracle`` (per request, the best candidate given the bandwidth that request met).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices import DeviceProfile, EnergyModel, load_profile
+from devices.errors import ConfigError, EdgecutError
+from edge._emulator import LinkEmulator, Trace, load_trace
+from edge._executor import Executor, Outcome
+from edge._offload import CircuitBreaker, OffloadClient
+from edge._policy import Policy
+from edge._policy_config import PolicyConfig
+from partition import LOCAL, OFFLOAD, CutCandidate, Plan
+
+STRATEGIES = ("local", "cloud", "static_split", "edgecut", "oracle")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CloudServer:
+    """``edgecut serve`` as a subprocess on 127.0.0.1 (started, waited for, stopped)."""
+
+    def __init__(self, repository: str | Path, *, port: int | None = None, threads: int = 1,
+                 auth_keys: str | Path | None = None, startup_timeout_s: float = 120.0,
+                 log_path: str | Path | None = None) -> None:
+        self.repository = Path(repository)
+        self.port = port or _free_port()
+        self.threads = threads
+        self.auth_keys = auth_keys
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CloudServer:
+        import httpx
+
+        cmd = [sys.executable, "-m", "edge.cli", "serve", "--repository", str(self.repository),
+               "--port", str(self.port), "--intra-op-threads", str(self.threads),
+               "--log-level", "warning"]
+        cmd += ["--auth-keys", str(self.auth_keys)] if self.auth_keys else ["--no-auth"]
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                     cwd=str(Path(__file__).resolve().parents[1]))
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EdgecutError(f"edgecut serve exited with {self.proc.returncode} "
+                                   f"(repository {self.repository})")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise EdgecutError(f"edgecut serve on {self.url} not ready after {self.startup_timeout_s} s")
+
+    def kill(self) -> None:
+        """Kill the server abruptly (a crashed cloud)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> CloudServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def prepare_plan(model_path: str | Path, device: DeviceProfile, out_dir: str | Path, *,
+                 bandwidth_bps: float = 10e6, rtt_s: float = 0.04, objective: str = "latency",
+                 slo_ms: float | None = None, keep: int = 6, reuse: bool = True,
+                 log: Callable[[str], None] | None = None) -> Plan:
+    """The partitioner's plan for ``model_path`` on ``device`` (this host as the cloud),
+    written to ``out_dir``; an existing plan there for the same model and device is reused."""
+    import partition
+
+    out = Path(out_dir)
+    if reuse and (out / "plan.json").is_file():
+        plan = Plan.load(out / "plan.json")
+        if plan.device == device.name and Path(plan.model_path) == Path(model_path):
+            return plan
+    return partition.build_plan(model_path, device, "here", bandwidth_bps, rtt_s,
+                                objective=objective, slo_ms=slo_ms, out_dir=out, keep=keep,
+                                runs=5, measure=min(keep, 6), measure_runs=5, figure=False,
+                                log=log)
+
+
+@dataclass(frozen=True)
+class Components:
+    """Measured cost components of one candidate (device ms already emulated)."""
+
+    cut_id: str
+    kind: str
+    host_head_ms: float
+    device_head_ms: float
+    cloud_direct_ms: float
+    up_bytes: int
+    down_bytes: int
+
+
+@dataclass
+class ReplayResult:
+    """Per-strategy summaries, per-request records, and how they were obtained."""
+
+    trace: str
+    model: str
+    device: str
+    objective: str
+    slo_ms: float
+    summary: dict[str, dict[str, float]]
+    requests: list[dict[str, Any]]
+    notes: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trace": self.trace, "model": self.model, "device": self.device,
+                "objective": self.objective, "slo_ms": self.slo_ms, "summary": self.summary,
+                "notes": self.notes, "info": self.info}
+
+
+def _median_ms(fn: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def measure_components(executor: Executor, client: OffloadClient, feeds: dict[str, np.ndarray],
+                       relative_speed: float, runs: int = 5) -> dict[str, Components]:
+    """Time every candidate's device part here and its cloud leg directly (no emulator)."""
+    out: dict[str, Components] = {}
+    names = executor.output_names
+    for c in executor.plan.candidates:
+        if c.kind == LOCAL:
+            sess = executor._session_for(executor.model_path)
+            sess.run(feeds)
+            host = _median_ms(lambda s=sess: s.run(feeds), runs)
+            out[c.cut_id] = Components(c.cut_id, c.kind, host, host / relative_speed, 0.0, 0, 0)
+            continue
+        if c.kind == OFFLOAD:
+            crossing, host = dict(feeds), 0.0
+        else:
+            sess = executor._head_session(c)
+            head_out = sess.run(feeds)
+            host = _median_ms(lambda s=sess: s.run(feeds), runs)
+            crossing = {k: head_out[k] for k in c.tensors}
+        r = client.infer(c.cloud_model, crossing, names)  # warm the model and connection
+        cloud = _median_ms(lambda cm=c.cloud_model, x=crossing: client.infer(cm, x, names), runs)
+        out[c.cut_id] = Components(c.cut_id, c.kind, host, host / relative_speed, cloud,
+                                   r.up_bytes, r.down_bytes)
+    return out
+
+
+def _costs(comp: Components, t_start: float, slowdown: float, trace: Trace, speedup: float,
+           rtt_s: float, energy: EnergyModel) -> tuple[float, float]:
+    """(latency ms, energy mJ) of one candidate for a request starting at trace time t."""
+    head = comp.device_head_ms * slowdown
+    if comp.kind == LOCAL:
+        return head, energy.plan_mj(head)
+    t_up = t_start + comp.host_head_ms * slowdown / 1000.0 * speedup
+    up_s = trace.send_time(t_up, comp.up_bytes * 8.0, speedup)
+    t_down = t_up + (up_s + rtt_s + comp.cloud_direct_ms / 1000.0) * speedup
+    down_s = trace.send_time(t_down, comp.down_bytes * 8.0, speedup)
+    wait = rtt_s * 1000.0 + comp.cloud_direct_ms
+    latency = head + up_s * 1000.0 + wait + down_s * 1000.0
+    return latency, energy.plan_mj(head, up_s * 1000.0, down_s * 1000.0, wait)
+
+
+def _pick(options: dict[str, tuple[float, float]], objective: str, slo_ms: float,
+          weight: float) -> str:
+    if objective == "energy" and slo_ms > 0:
+        ok = {k: v for k, v in options.items() if v[0] <= slo_ms}
+        if ok:
+            return min(ok, key=lambda k: ok[k][1])
+        return min(options, key=lambda k: options[k][0])
+    if objective == "weighted":
+        ref_ms = max(min(v[0] for v in options.values()), 1e-6)
+        ref_mj = max(min(v[1] for v in options.values()), 1e-6)
+        return min(options, key=lambda k: weight * options[k][0] / ref_ms
+                   + (1 - weight) * options[k][1] / ref_mj)
+    return min(options, key=lambda k: options[k][0])
+
+
+def _summarise(lat: list[float], mj: list[float], slo_ms: float) -> dict[str, float]:
+    arr = np.asarray(lat)
+    return {
+        "mean_ms": round(float(arr.mean()), 2),
+        "p95_ms": round(float(np.percentile(arr, 95)), 2),
+        "energy_mj": round(float(np.mean(mj)), 2),
+        "deadline_miss_pct": round(100.0 * float(np.mean(arr > slo_ms)), 2) if slo_ms > 0 else 0.0,
+    }
+
+
+def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile | str,
+           policy: PolicyConfig, *, plan_dir: str | Path, out_dir: str | Path | None = None,
+           requests: int = 40, duration_s: float | None = None, window_s: float | None = None,
+           offset_s: float = 0.0, speedup: float | None = None, rtt_s: float = 0.04,
+           max_rate_bps: float = 300e6, seed: int = 0, server_threads: int = 1,
+           device_threads: int = 1, trace_select: str | None = None,
+           server: CloudServer | None = None, plot: bool = True,
+           log: Callable[[str], None] | None = None) -> ReplayResult:
+    """Replay one trace (see the module docstring). ``duration_s`` is the wanted wall
+    time of the run (sets ``speedup`` from the trace window when ``speedup`` is None)."""
+    say = log or (lambda _m: None)
+    dev = load_profile(device) if isinstance(device, str) else device
+    trace = load_trace(trace_path, select=trace_select)
+    if max_rate_bps:
+        trace = trace.clipped(max_rate_bps)
+    window = min(window_s or trace.duration_s, trace.duration_s)
+    if speedup is None:
+        speedup = max(window / duration_s, 1.0) if duration_s else 1.0
+    if requests < 1:
+        raise ConfigError(f"replay: requests must be >= 1, got {requests}")
+    plan = prepare_plan(model_path, dev, plan_dir, bandwidth_bps=trace.mean_bps, rtt_s=rtt_s,
+                        log=say)
+    plan_dir = Path(plan_dir)
+    own_server = server is None
+    srv = server or CloudServer(plan_dir / "repository", threads=server_threads)
+    if own_server:
+        say(f"starting edgecut serve on {srv.url}")
+        srv.start()
+    notes = [
+        f"device compute emulated: time measured on this host / relative_speed "
+        f"{dev.relative_speed:g} of profile {dev.name}",
+        f"cloud: edgecut serve on 127.0.0.1 with {server_threads} ONNX Runtime thread(s); "
+        f"device side {device_threads} thread(s); both on this host",
+        f"link: user-space shaping proxy, one-way delay {rtt_s / 2 * 1000:g} ms, rate from the "
+        f"trace (capped at {max_rate_bps / 1e6:g} Mbit/s), trace clock x{speedup:.3g}; the "
+        "trace is used as the uplink and the downlink",
+        "fixed strategies and the oracle costed per request from measured components and "
+        "the bandwidth each request met; edgecut ran for real",
+    ]
+    emu = None
+    direct = OffloadClient(srv.url, timeout_s=60.0)
+    try:
+        emu = LinkEmulator("127.0.0.1", srv.port, up=trace, delay_s=rtt_s / 2, speedup=speedup,
+                           offset_s=offset_s).start()
+        cfg = policy
+        # The estimator and cost ages run on the trace clock: staleness is about how much
+        # the link may have changed, which happens in trace time.
+        client = OffloadClient(emu.url, timeout_s=cfg.offload.timeout_ms / 1000.0,
+                               max_retries=cfg.offload.max_retries,
+                               breaker=CircuitBreaker(cfg.offload.breaker_failures,
+                                                      cfg.offload.breaker_reset_s))
+        executor = Executor(plan, plan_dir, dev, policy=Policy(cfg), client=client,
+                            compute_scale=1.0 / dev.relative_speed,
+                            clock=lambda: emu.trace_time(), seed=seed,
+                            intra_op_threads=device_threads,
+                            log_path=(Path(out_dir) / "decisions.jsonl") if out_dir else None)
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        full = executor._session_for(executor.model_path)
+        feeds = {s.name: rng.standard_normal(
+            [d if d is not None else 1 for d in s.shape]).astype(s.dtype) for s in full.inputs}
+        executor.warm_up()
+        say("measuring each candidate's components")
+        comps = measure_components(executor, direct, feeds, dev.relative_speed)
+        # Start the plan table from what was just measured, as a deployed device would
+        # from its profiling run.
+        plan_m = replace(plan, candidates=tuple(
+            replace(c, head_ms=comps[c.cut_id].device_head_ms,
+                    tail_ms=max(comps[c.cut_id].cloud_direct_ms, 0.0))
+            for c in plan.candidates))
+        executor.plan = plan_m
+        from edge._policy import CostTable
+
+        executor.costs = CostTable(plan_m, ewma=cfg.learning.ewma, raw_inputs=executor.input_names,
+                                   device_layers=executor._device_layers(),
+                                   clock=lambda: emu.trace_time())
+        emu.restart_clock(offset_s)
+        step = window / requests
+        outcomes: list[tuple[float, Outcome]] = []
+        say(f"replaying {requests} requests over {window:.0f} s of trace at x{speedup:.3g}")
+        for i in range(requests):
+            t_i = offset_s + i * step
+            while emu.trace_time() < t_i:
+                time.sleep(min((t_i - emu.trace_time()) / speedup, 0.05))
+            t_start = emu.trace_time()
+            outcomes.append((t_start, executor.infer(feeds)))
+        executor.close()
+        client.close()
+    finally:
+        direct.close()
+        if emu is not None:
+            emu.stop()
+        if own_server:
+            srv.stop()
+
+    energy = executor.energy
+    slo = cfg.slo_ms
+    objective = cfg.objective
+    # Neurosurgeon: one choice from the profiled components at the window's mean bandwidth.
+    mean_bw = trace.mean_between(offset_s, offset_s + window)
+    import partition
+
+    static_cands = [CutCandidate(c.cut_id, c.kind, c.tensors, comps[c.cut_id].device_head_ms,
+                                 comps[c.cut_id].cloud_direct_ms, comps[c.cut_id].up_bytes,
+                                 comps[c.cut_id].down_bytes) for c in plan.candidates]
+    static = partition.choose(static_cands, mean_bw, rtt_s, dev,
+                              "energy" if objective == "energy" else "latency",
+                              slo if slo > 0 else None).candidate.cut_id
+    offload_id = next(c.cut_id for c in plan.candidates if c.kind == OFFLOAD)
+    local_id = next(c.cut_id for c in plan.candidates if c.kind == LOCAL)
+
+    per: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in STRATEGIES}
+    records = []
+    for t_start, out in outcomes:
+        cid = out.decision.cut_id
+        comp = comps[cid]
+        measured_dev = out.head_ms + out.local_tail_ms
+        slowdown = 1.0
+        if comp.device_head_ms > 0 and out.head_ms > 0:
+            slowdown = min(max(out.head_ms / comp.device_head_ms, 0.5), 3.0)
+        options = {k: _costs(c, t_start, slowdown, trace, speedup, rtt_s, energy)
+                   for k, c in comps.items()}
+        if out.fallback:
+            mine = (out.latency_ms, energy.plan_mj(measured_dev, 0.0, 0.0, out.cloud_ms))
+        else:
+            up_s = trace.send_time(t_start, out.up_bytes * 8.0, speedup) * 1000.0
+            dn_s = trace.send_time(t_start, out.down_bytes * 8.0, speedup) * 1000.0
+            up_ms, dn_ms = min(up_s, out.cloud_ms), min(dn_s, max(out.cloud_ms - up_s, 0.0))
+            mine = (out.latency_ms, energy.plan_mj(measured_dev, up_ms, dn_ms,
+                                                   max(out.cloud_ms - up_ms - dn_ms, 0.0)))
+            options[cid] = mine  # measured where the strategy actually ran
+        best = _pick(options, objective, slo, cfg.latency_weight)
+        chosen = {"local": options[local_id], "cloud": options[offload_id],
+                  "static_split": options[static], "edgecut": mine, "oracle": options[best]}
+        for s, (lat, mj) in chosen.items():
+            per[s][0].append(lat)
+            per[s][1].append(mj)
+        records.append({
+            "t_trace_s": round(t_start, 3),
+            "bandwidth_mbps": round(trace.rate_at(t_start) / 1e6, 3),
+            "met_mbps": round(trace.mean_between(t_start, t_start + max(out.cloud_ms, 1.0) / 1000 * speedup) / 1e6, 3),
+            "plan": out.decision.plan, "executed": out.executed, "fallback": out.fallback,
+            "explored": out.decision.explored, "probe": out.decision.probe,
+            "reason": out.decision.reason, "predicted_ms": round(out.decision.predicted_ms, 2),
+            "oracle_plan": best,
+            **{f"{s}_ms": round(v[0], 2) for s, v in chosen.items()},
+            **{f"{s}_mj": round(v[1], 2) for s, v in chosen.items()},
+        })
+    summary = {s: _summarise(per[s][0], per[s][1], slo) for s in STRATEGIES}
+    info = {
+        "requests": requests, "speedup": speedup, "window_s": window, "offset_s": offset_s,
+        "trace_mean_mbps": round(mean_bw / 1e6, 3), "static_split_cut": static,
+        "candidates": {k: c.__dict__ for k, c in comps.items()},
+        "fallbacks": sum(1 for _, o in outcomes if o.fallback),
+        "explored": sum(1 for _, o in outcomes if o.decision.explored),
+        "probes": executor.probes_sent,
+    }
+    result = ReplayResult(str(trace.name), plan.model, dev.name, objective, slo, summary,
+                          records, notes, info)
+    if out_dir:
+        out = Path(out_dir)
+        (out / "replay.json").write_text(json.dumps(result.to_dict(), indent=2))
+        with (out / "requests.jsonl").open("w") as fh:
+            for r in records:
+                fh.write(json.dumps(r) + "\n")
+        if plot:
+            plot_replay(result, trace, out / "replay.png", speedup)
+    return result
+
+
+def plot_replay(result: ReplayResult, trace: Trace, path: str | Path, speedup: float) -> Path:
+    """Bandwidth, decisions and latency over trace time, as a PNG (matplotlib, lazily)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = result.requests
+    ts = [r["t_trace_s"] for r in recs]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    if ts:
+        grid = np.linspace(min(ts), max(ts) + 1e-6, 400)
+        axes[0].plot(grid, [trace.rate_at(t) / 1e6 for t in grid], lw=0.8, label="trace")
+    axes[0].scatter(ts, [r["met_mbps"] for r in recs], s=10, c="C3", label="met by request")
+    axes[0].set_ylabel("Mbit/s")
+    axes[0].legend(loc="upper right", fontsize=8)
+    plans = sorted({r["plan"] for r in recs} | {r["oracle_plan"] for r in recs},
+                   key=lambda p: (p != "local", p != "offload", p))
+    ypos = {p: i for i, p in enumerate(plans)}
+    axes[1].scatter(ts, [ypos[r["plan"]] for r in recs], s=14, label="edgecut")
+    axes[1].scatter(ts, [ypos.get(r["oracle_plan"], ypos.get("split@" + r["oracle_plan"], 0))
+                         for r in recs], s=6, marker="x", label="oracle")
+    fb = [r for r in recs if r["fallback"]]
+    if fb:
+        axes[1].scatter([r["t_trace_s"] for r in fb], [ypos[r["plan"]] for r in fb], s=40,
+                        facecolors="none", edgecolors="C3", label="fell back")
+    axes[1].set_yticks(range(len(plans)), plans, fontsize=7)
+    axes[1].legend(loc="upper right", fontsize=8)
+    for s in ("edgecut", "oracle", "local", "cloud"):
+        axes[2].plot(ts, [r[f"{s}_ms"] for r in recs], lw=0.9, marker=".", ms=3, label=s)
+    if result.slo_ms > 0:
+        axes[2].axhline(result.slo_ms, color="k", ls="--", lw=0.7, label="SLO")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("latency ms")
+    axes[2].set_xlabel(f"trace time s (clock x{speedup:.3g})")
+    axes[2].legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{result.model} on {result.device}, {result.trace} "
+                 f"(device compute emulated: measured / relative_speed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def summary_table(result: ReplayResult) -> str:
+    """The per-strategy summary as aligned text."""
+    lines = [f"{'strategy':<13}{'mean ms':>10}{'p95 ms':>10}{'mJ/req':>10}{'miss %':>8}"]
+    for s in STRATEGIES:
+        v = result.summary[s]
+        lines.append(f"{s:<13}{v['mean_ms']:>10.1f}{v['p95_ms']:>10.1f}{v['energy_mj']:>10.1f}"
+                     f"{v['deadline_miss_pct']:>8.1f}")
+    return "\n".join(lines)
+
+
