@@ -24,6 +24,7 @@ from cloud._service import InferenceService
 from cloud.errors import (
     CloudError,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     ProtocolError,
 )
@@ -67,8 +68,11 @@ class _App:
         verifier: TokenVerifier | None,
         max_body_bytes: int,
         metrics_require_auth: bool,
+        max_in_flight: int,
     ) -> None:
         self.service = service
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
         self.metrics_require_auth = metrics_require_auth
@@ -97,7 +101,13 @@ class _App:
             headers[key.decode("latin-1").lower()] = value.decode("latin-1")
         request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids)}"
         method, path = scope["method"], scope["path"]
+        self._in_flight += 1
         try:
+            if self._in_flight > self.max_in_flight and method == "POST":
+                # Refused before its body is read: memory stays bounded however many come.
+                raise Overloaded(
+                    f"server is at its limit of {self.max_in_flight} requests in progress; retry later"
+                )
             status, body, extra = await self._route(method, path, headers, receive, request_id)
         except _Disconnected:
             return  # the client is gone; nothing to answer
@@ -111,6 +121,8 @@ class _App:
         except Exception:  # a bug: answer 500, log the traceback, keep serving
             log.exception("%s %s failed", method, path, extra={"request_id": request_id})
             status, body, extra = 500, _json({"error": "internal server error"}), _JSON
+        finally:
+            self._in_flight -= 1
         out_headers = [*extra, (b"x-request-id", request_id.encode("latin-1"))]
         self.service.metrics.http.labels(str(status)).inc()
         try:
@@ -173,7 +185,7 @@ class _App:
             return {}
         try:
             value = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ProtocolError(f"malformed JSON body: {exc}") from None
         if not isinstance(value, dict):
             raise ProtocolError("the JSON body must be an object")
@@ -295,6 +307,7 @@ class _App:
 
     async def _infer(self, model: str, version: str | None, headers: dict[str, str],
                      receive: Receive, request_id: str) -> tuple[int, bytes, list]:
+        self.service.require(model, version)  # 404 before reading a body for nothing
         body = await self._body(headers, receive)
         if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
             request = await asyncio.to_thread(decode_infer_request, body, headers)
@@ -342,16 +355,19 @@ def create_app(
     verifier: TokenVerifier | None = None,
     max_body_bytes: int = 64 * 1024 * 1024,
     metrics_require_auth: bool = False,
+    max_in_flight: int = 512,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
     ``verifier``: check bearer tokens (``None`` turns auth off: every request is allowed,
     and a warning is logged). ``max_body_bytes``: larger bodies get 413. Health endpoints
-    and ``/metrics`` (unless ``metrics_require_auth``) are open.
+    and ``/metrics`` (unless ``metrics_require_auth``) are open. ``max_in_flight``: POST
+    requests in progress beyond this get 503 before their body is read (with the
+    per-version queue bound, this keeps memory bounded under any overload).
     """
     if verifier is None:
         log.warning("AUTH IS OFF: every client may use every model and change the repository")
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
-    return _App(service, verifier, max_body_bytes, metrics_require_auth)
+    return _App(service, verifier, max_body_bytes, metrics_require_auth, max_in_flight)
 

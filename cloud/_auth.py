@@ -120,9 +120,14 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise AuthError(f"malformed token: {exc}") from None
+        alg = header.get("alg")
+        # The algorithm comes from the key, never from the token: a token naming any
+        # other algorithm (none, HS256, ...) is refused before any key is tried.
+        candidates = [k for k in self._keys if k[2] == alg]
+        if not candidates:
+            raise AuthError(f"token algorithm {alg!r} is not accepted")
         kid = header.get("kid")
-        candidates = [k for k in self._keys if k[0] == kid] if kid else []
-        candidates = candidates or self._keys
+        candidates = [k for k in candidates if k[0] == kid] or candidates
         last: Exception | None = None
         for _kid, key, algorithm in candidates:
             try:

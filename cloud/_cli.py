@@ -33,6 +33,8 @@ log = logging.getLogger("edgecut.cloud")
               help="Largest accepted request body; larger gets 413.")
 @click.option("--max-connections", type=click.IntRange(1, 1000000), default=1024, show_default=True,
               help="Concurrent connections before the server answers 503.")
+@click.option("--max-in-flight", type=click.IntRange(1, 1000000), default=512, show_default=True,
+              help="Requests in progress before new ones get 503 (before their body is read).")
 @click.option("--no-dynamic-batching", is_flag=True,
               help="Do not batch models that have no config.pbtxt.")
 @click.option("--log-level", default="info", show_default=True,
@@ -40,7 +42,8 @@ log = logging.getLogger("edgecut.cloud")
 def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth: bool,
           audience: str, issuers: tuple[str, ...], providers: str | None,
           intra_op_threads: int | None, max_queue: int, max_body_mb: float,
-          max_connections: int, no_dynamic_batching: bool, log_level: str) -> None:
+          max_connections: int, max_in_flight: int, no_dynamic_batching: bool,
+          log_level: str) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2 REST)."""
     import uvicorn
 
@@ -76,7 +79,8 @@ def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth:
         raise click.ClickException(str(exc)) from exc
     log.info("serving %d models from %s on http://%s:%d", len(loaded), repository, host, port,
              extra={"models": ",".join(loaded), "pid": os.getpid()})
-    app = create_app(service, verifier=verifier, max_body_bytes=int(max_body_mb * 1024 * 1024))
+    app = create_app(service, verifier=verifier, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                     max_in_flight=max_in_flight)
     server = uvicorn.Server(uvicorn_config(app, host, port, limit_concurrency=max_connections,
                                            log_level=log_level))
     try:

@@ -496,6 +496,10 @@ class InferenceService:
             )
         return found
 
+    def require(self, name: str, version: str | None = None) -> None:
+        """Raise ``NotFound``/``ModelNotReady`` unless ``name`` (``version``) can serve."""
+        self._version(name, version)
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
             self._version(name, version)
@@ -610,8 +614,9 @@ class InferenceService:
     def _validate(self, target: _Version, request: InferRequest) -> int:
         inputs = request.inputs
         name = target.model
-        if len(inputs) != len(target.signature):
-            expected = [s[0] for s in target.signature]
+        signature = target.signature
+        if len(inputs) != len(signature) or any(s[0] not in inputs for s in signature):
+            expected = [s[0] for s in signature]
             unknown = [n for n in inputs if n not in expected]
             if unknown:
                 raise self._invalid(target, f"model {name!r} has no input {unknown[0]!r}; expected {expected}")

@@ -170,7 +170,7 @@ def _split_body(body: bytes | memoryview, headers: Mapping[str, str]) -> tuple[d
         json_part, tail = view[:length], view[length:]
     try:
         message = json.loads(bytes(json_part))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON in the request header: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError(
@@ -183,10 +183,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_MAX_RANK = 32
+_MAX_DIM = 2**40
+
+
 def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise ProtocolError(
             f"tensor {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}"
+        )
+    if len(shape) > _MAX_RANK or any(d > _MAX_DIM for d in shape):
+        raise ProtocolError(
+            f"tensor {name!r}: shape {shape!r} exceeds rank {_MAX_RANK} or dimension {_MAX_DIM}"
         )
     return tuple(shape)
 
@@ -199,6 +207,13 @@ def _check_params(where: str, params: Any) -> dict[str, Any]:
     return params
 
 
+def _reshape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:  # e.g. a zero-size shape whose other dims overflow
+        raise ProtocolError(f"tensor {name!r}: cannot use shape {list(shape)} ({exc})") from None
+
+
 def _count(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
@@ -207,6 +222,11 @@ def _count(shape: tuple[int, ...]) -> int:
 
 
 def _decode_bytes_elements(name: str, raw: memoryview, count: int) -> np.ndarray:
+    if count * 4 > len(raw):  # checked before allocating: each element takes >= 4 bytes
+        raise ProtocolError(
+            f"tensor {name!r}: {count} BYTES elements need at least {count * 4} bytes, "
+            f"binary_data_size is {len(raw)}"
+        )
     out = np.empty(count, dtype=np.object_)
     pos, end = 0, len(raw)
     for i in range(count):
@@ -246,7 +266,7 @@ def _encode_bytes_elements(name: str, array: np.ndarray) -> bytes:
 def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
     count = _count(shape)
     if datatype == "BYTES":
-        return _decode_bytes_elements(name, raw, count).reshape(shape)
+        return _reshape(name, _decode_bytes_elements(name, raw, count), shape)
     dtype = DATATYPES[datatype]
     expected = count * dtype.itemsize
     if len(raw) != expected:
@@ -254,7 +274,7 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryvi
             f"tensor {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, "
             f"binary_data_size is {len(raw)}"
         )
-    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    array = _reshape(name, np.frombuffer(raw, dtype=dtype), shape)
     if datatype == "BOOL" and array.size and np.any(array.view(np.uint8) > 1):
         raise ProtocolError(f"tensor {name!r}: BOOL bytes must be 0 or 1")
     return array
@@ -277,7 +297,7 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
                     f"tensor {name!r}: BYTES data in JSON must be strings, got {item!r}"
                 )
             out[i] = item.encode("utf-8")
-        return out.reshape(shape)
+        return _reshape(name, out, shape)
     dtype = DATATYPES[datatype]
     try:
         inferred = np.asarray(data)
@@ -312,7 +332,7 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
                 f"tensor {name!r}: values {lo}..{hi} do not fit datatype {datatype}"
             )
     with np.errstate(over="ignore"):
-        return inferred.astype(dtype).reshape(shape)
+        return _reshape(name, inferred.astype(dtype), shape)
 
 
 def _json_kind_name(array: np.ndarray) -> str:
