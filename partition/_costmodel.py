@@ -46,6 +46,9 @@ class CostModel:
     @staticmethod
     def fit(graph: LayerGraph, times: dict[str, float], device: str = "") -> CostModel:
         """Fit on the nodes of ``graph`` that have a non-zero measured time."""
+        from partition._planner import match_profile
+
+        times, _ = match_profile(graph, times)
         measured = [n for n in graph.order if times.get(n, 0.0) > 0.0]
         model = CostModel._fit_on(graph, measured, times, device)
         # Out-of-sample error: each half predicted by a model fitted on the other half.

@@ -115,6 +115,14 @@ class LayerGraph:
         # Constant-only subgraphs feeding a node add to its weight bytes.
         const_bytes = {t.name: _tensor_bytes(t) for t in graph.initializer}
         init_dims = {t.name: tuple(t.dims) for t in graph.initializer}
+        # Outputs of folded producers (Constant, Unsqueeze of a weight, ...): sizes from
+        # shape inference.
+        for w in weight - set(inits) - {""}:
+            shp = _shapes(infos, {w}).get(w)
+            if shp is not None and all(d is not None for d in shp[0]):
+                dims = tuple(int(d) for d in shp[0])  # type: ignore[arg-type]
+                init_dims.setdefault(w, dims)
+                const_bytes.setdefault(w, int(np.prod(dims, dtype=np.int64)) * shp[1].itemsize)
         for node in graph.node:
             if node.name in folded and node.op_type == "Constant":
                 for a in node.attribute:

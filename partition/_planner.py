@@ -115,22 +115,55 @@ def choose(
 # -- per-node times ------------------------------------------------------------------
 
 
+def match_profile(graph: LayerGraph, nodes: dict[str, float]) -> tuple[dict[str, float], float]:
+    """Map a profile's entries onto the graph's compute nodes.
+
+    Exact names first; ONNX Runtime's layout pass (level ``all``) renames a node to
+    ``<its output tensor>_nchwc``, which is mapped back through the tensor's producer.
+    Entries that match nothing (layout reorders, folded constants) are left out; their
+    time still counts through ``total_ms``. Returns (times, share of the profile's time
+    that was matched).
+    """
+    out: dict[str, float] = {}
+    producer = {t: info.producer for t, info in graph.tensors.items() if info.producer}
+    matched = 0.0
+    for key, ms in nodes.items():
+        target = key if key in graph.nodes else None
+        if target is None and key.endswith("_nchwc"):
+            target = producer.get(key[: -len("_nchwc")])
+        if target is None:
+            continue
+        out[target] = out.get(target, 0.0) + float(ms)
+        matched += float(ms)
+    total = sum(float(v) for v in nodes.values())
+    return out, (matched / total if total > 0 else 0.0)
+
+
 def side_times(graph: LayerGraph, nodes: dict[str, float], total_ms: float | None,
                predictor: object | None = None) -> dict[str, float]:
-    """Per-node ms for every compute node of ``graph``: the measured time where the
-    profile has the node, the cost model's prediction where it does not, scaled so the
-    nodes add up to the whole-model session time ``total_ms`` (fusion and the session's
-    own overhead make a plain sum differ from it)."""
+    """Per-node ms for every compute node of ``graph``, scaled so the nodes add up to
+    the whole-model session time ``total_ms`` (fusion and the session's own overhead
+    make a plain sum differ from it).
+
+    When the profile is of this model (most of its time matches graph nodes), a node it
+    does not list was fused into a neighbour and costs nothing of its own. Otherwise the
+    cost model ``predictor`` predicts each missing node from its FLOPs and bytes."""
+    matched, share = match_profile(graph, nodes)
+    covered = share >= 0.5 and len(matched) >= 0.3 * len(graph.nodes)
     out: dict[str, float] = {}
     for n in graph.order:
-        if n in nodes:
-            out[n] = float(nodes[n])
+        if n in matched:
+            out[n] = matched[n]
+        elif covered:
+            out[n] = 0.0
         elif predictor is not None:
             out[n] = float(predictor.predict(graph, graph.nodes[n]))  # type: ignore[attr-defined]
         else:
             raise PartitionError(f"profile has no time for node '{n}' and no cost model was given")
     s = sum(out.values())
-    if total_ms and s > 0:
+    if s <= 0:
+        raise PartitionError("profile does not match the model: no node has a time")
+    if total_ms:
         k = total_ms / s
         out = {n: v * k for n, v in out.items()}
     return out

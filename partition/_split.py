@@ -143,6 +143,9 @@ class Splitter:
                 raise PartitionError(
                     f"cut tensor '{t}' is not a tensor of model '{self.model.graph.name}'"
                 )
+        for t in cut:
+            if t in self.output_names:
+                raise PartitionError(f"cut tensor '{t}' is a model output; cut before it")
         head_nodes, head_inputs = self._reach(cut, set())
         tail_nodes, tail_inputs = self._reach(self.output_names, set(cut))
         if not tail_nodes:
@@ -159,9 +162,6 @@ class Splitter:
                 f"cut {cut} does not separate the inputs from the outputs: node '{n.name}' "
                 f"({n.op_type}) would run on both sides; add its outputs to the cut"
             )
-        for t in cut:
-            if t in self.output_names:
-                raise PartitionError(f"cut tensor '{t}' is a model output; cut before it")
         model_inputs = [i.name for i in self.inputs]
         head_in = [i for i in model_inputs if i in head_inputs or i in cut]
         if not head_in:

@@ -1,0 +1,138 @@
+"""``edgecut profile`` and ``edgecut partition``: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from devices.errors import ConfigError, ModelError
+
+
+def _model_path(model: str) -> Path:
+    """A file path, or a zoo model name (materialized on first use)."""
+    from partition.zoo import ZOO_MODELS, zoo_model
+
+    path = Path(model)
+    if path.is_file():
+        return path
+    if model in ZOO_MODELS:
+        return zoo_model(model)
+    if path.suffix or "/" in model:
+        raise ModelError(f"model '{model}': file not found")
+    raise ModelError(f"model '{model}': not a file and not a zoo model ({', '.join(ZOO_MODELS)})")
+
+
+@click.command("profile")
+@click.argument("model")
+@click.option("--device", "device_name", required=True, help="Device profile name or .toml path.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile.json to write.")
+@click.option("--runs", default=10, show_default=True, type=click.IntRange(1, 1000), help="Profiled runs (after warm-up).")
+@click.option("--threads", default=None, type=click.IntRange(1, 1024), help="Intra-op threads (default: the device's).")
+@click.option("--no-emulate", is_flag=True, help="Do not scale times by the device's relative_speed.")
+def profile(model: str, device_name: str, out_path: str, runs: int, threads: int | None, no_emulate: bool) -> None:
+    """Measure every node's latency of MODEL with ONNX Runtime's profiler."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from devices import load_profile
+    from partition._costmodel import CostModel
+    from partition._graph import LayerGraph, load_model
+    from partition._planner import side_times
+    from partition._profile import profile_model
+
+    dev = load_profile(device_name)
+    path = _model_path(model)
+    graph = LayerGraph.from_model(load_model(path))
+    prof = profile_model(graph.model, dev, runs=runs, threads=threads, model_name=path.stem,
+                         emulate=not no_emulate)
+    cm = CostModel.fit(graph, prof.nodes, dev.name)
+    prof = prof.__class__(**{**prof.__dict__, "extra": {**prof.extra, "cost_model": cm.summary()}})
+    prof.save(out_path)
+    console = Console()
+    if prof.emulated:
+        console.print(f"[yellow]measured on this host on behalf of {dev.name}: times divided by its "
+                      f"relative_speed {dev.relative_speed:g}[/yellow]")
+    times = side_times(graph, prof.nodes, None, cm)
+    table = Table(title=f"{path.stem} on {dev.name}: {prof.total_ms:.2f} ms per run "
+                        f"({prof.threads} threads, median of {runs})")
+    for col in ("node", "op", "ms", "GFLOPs", "output KB"):
+        table.add_column(col, justify="left" if col in ("node", "op") else "right")
+    for n in sorted(times, key=times.get, reverse=True)[:15]:
+        node = graph.nodes[n]
+        kb = sum(graph.tensors[t].bytes(1) for t in node.outputs) / 1024
+        table.add_row(n, node.op_type, f"{times[n]:.3f}", f"{node.flops / 1e9:.3f}", f"{kb:.1f}")
+    console.print(table)
+    console.print(f"cost model (FLOPs and bytes): median |error| {cm.median_abs_pct_error:.1f}% per node "
+                  f"over {cm.samples} measured nodes (out of sample)")
+    console.print(f"wrote {out_path}")
+
+
+@click.command("partition")
+@click.argument("model")
+@click.option("--device", "device_name", required=True, help="Device profile name or .toml path.")
+@click.option("--cloud", required=True,
+              help="Cloud service URL, a recorded cloud profile .json, or 'here' (this host).")
+@click.option("--bandwidth", required=True, help="Uplink bandwidth, e.g. 20Mbit, 1Gbit, 500kbit.")
+@click.option("--rtt", required=True, help="Round-trip time, e.g. 40ms or 0.04s.")
+@click.option("--objective", type=click.Choice(["latency", "energy"]), default="latency", show_default=True)
+@click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency SLO for the energy objective.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the plan.")
+@click.option("--keep", default=8, show_default=True, type=click.IntRange(0, 10000), help="Best splits to keep.")
+@click.option("--device-profile", default=None, type=click.Path(dir_okay=False),
+              help="Recorded device profile (edgecut profile); default: profile here.")
+@click.option("--cloud-model", default=None, help="Model name at the cloud service (default: file stem).")
+@click.option("--compress", multiple=True, help="Evaluate a codec for the crossing tensors, e.g. fp16+zstd.")
+@click.option("--runs", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--measure", default=8, show_default=True, type=click.IntRange(0, 1000),
+              help="Splits to run for real to replace predictions with measured times.")
+@click.option("--no-figure", is_flag=True, help="Skip plan.png (it needs matplotlib).")
+def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt: str, objective: str,
+                  slo_ms: float | None, out_dir: str, keep: int, device_profile: str | None,
+                  cloud_model: str | None, compress: tuple[str, ...], runs: int, measure: int,
+                  no_figure: bool) -> None:
+    """Choose where to cut MODEL between DEVICE and CLOUD for a link; write the plan."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from devices import load_profile
+    from partition._build import build_plan
+    from partition._planner import predict, transfer_ms
+    from partition._units import parse_bandwidth, parse_duration
+
+    bw = parse_bandwidth(bandwidth)
+    rtt_s = parse_duration(rtt)
+    if slo_ms is not None and objective != "energy":
+        raise ConfigError("--slo-ms applies to --objective energy (latency is already minimized)")
+    dev = load_profile(device_name)
+    path = _model_path(model)
+    console = Console()
+    plan = build_plan(
+        path, dev, cloud, bw, rtt_s, objective=objective, slo_ms=slo_ms, out_dir=out_dir, keep=keep,
+        device_profile=device_profile, runs=runs, measure=measure, cloud_model=cloud_model,
+        compression=compress, figure=not no_figure, log=lambda m: console.print(f"[dim]{m}[/dim]"),
+    )
+    if plan.info["device_profile"]["emulated"]:
+        console.print(f"[yellow]device times measured on this host and divided by {dev.name}'s "
+                      f"relative_speed {dev.relative_speed:g}[/yellow]")
+    table = Table(title=f"{plan.model} on {dev.name}, {bw / 1e6:g} Mbit/s, RTT {rtt_s * 1000:g} ms "
+                        f"({objective}{'' if slo_ms is None else f', SLO {slo_ms:g} ms'})")
+    for col in ("cut", "head ms", "bytes", "transfer ms", "tail ms", "total ms", "energy mJ", ""):
+        table.add_column(col, justify="left" if col in ("cut", "") else "right")
+    rows = sorted(plan.candidates, key=lambda c: predict(c, bw, rtt_s, dev)[0 if objective == "latency" else 1])
+    for c in rows[: max(keep, 1) + 2]:
+        lat, en = predict(c, bw, rtt_s, dev)
+        xfer = 0.0 if c.kind == "local" else transfer_ms(c.up_bytes + c.down_bytes, bw)
+        mark = "[bold green]<- chosen[/bold green]" if c.cut_id == plan.chosen else ""
+        if c.extra.get("measured"):
+            mark += " (measured)"
+        table.add_row(c.cut_id, f"{c.head_ms:.2f}", f"{c.up_bytes:,}", f"{xfer:.2f}", f"{c.tail_ms:.2f}",
+                      f"{lat:.2f}", f"{en:.1f}", mark)
+    console.print(table)
+    cm = plan.info["cost_model"]
+    console.print(f"chosen: {plan.chosen} ({plan.info['reason']}); min cut in {plan.info['min_cut_ms']:.1f} ms; "
+                  f"cost model median |error| per node: device {cm['device']['median_abs_pct_error']}%, "
+                  f"cloud {cm['cloud']['median_abs_pct_error']}%")
+    console.print(f"wrote {Path(out_dir) / 'plan.json'}, {len(plan.candidates)} candidates' models"
+                  + ("" if no_figure else f", {Path(out_dir) / 'plan.png'}"))
