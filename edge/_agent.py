@@ -145,6 +145,33 @@ class _Stats:
                 "energy_mj": round(energy, 3)}
 
 
+class _PolicySource:
+    """Hands the policy the config in force now (file, SIGHUP or MQTT), read per request."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    @property
+    def config(self) -> Any:
+        from edge._policy_config import PolicyConfig
+
+        return self._agent.policy_config or PolicyConfig()
+
+
+class _Planned:
+    """An executor (policy + offload client) for one version of a model."""
+
+    def __init__(self, version: str, plan_path: str, executor: Any, client: Any) -> None:
+        self.version = version
+        self.plan_path = plan_path
+        self.executor = executor
+        self.client = client
+
+    def close(self) -> None:
+        self.executor.close()
+        self.client.close()
+
+
 class AgentModelRuntime:
     """The cloud service's model-runtime shape over an agent model slot.
 
@@ -215,6 +242,11 @@ class Agent:
         self._active_w = self._active_watts()
         for m in config.models:
             self.slots[m.name] = ModelSlot(self._initial_version(m))
+        # Models with a plan and a cloud URL run through the policy and the executor;
+        # the others (and any version the plan was not built for) run locally.
+        self.executors: dict[str, _Planned] = {}
+        for m in config.models:
+            self._attach_executor(m.name, m.plan)
         self.updater = Updater(self.slots, self.store, self.profile,
                                lambda: self.config.updates, self._warmup_for,
                                on_committed=self._after_update)
@@ -264,6 +296,33 @@ class Agent:
         if overlay:
             return parse_policy_config(dict(overlay), "policy (fleet)")
         return load_policy_config(config.policy_file)
+
+    def _attach_executor(self, name: str, plan_path: str) -> None:
+        old = self.executors.pop(name, None)
+        if old is not None:
+            old.close()
+        if not plan_path or not self.config.cloud.url or name not in self.slots:
+            return
+        from edge._executor import Executor
+        from edge._offload import FileToken, OffloadClient
+        from edge._policy import Policy
+        from partition import Plan
+
+        plan = Plan.load(plan_path)
+        cloud = self.config.cloud
+        token = FileToken(cloud.token_file) if cloud.token_file else None
+        client = OffloadClient(cloud.url, token=token, timeout_s=cloud.timeout_s)
+        try:
+            executor = Executor(plan, Path(plan_path).parent, self.profile,
+                                policy=Policy(_PolicySource(self)), client=client)
+            executor.warm_up()
+        except EdgecutError:
+            client.close()
+            raise
+        self.executors[name] = _Planned(self.slots[name].current.version, plan_path, executor,
+                                        client)
+        log.info(json.dumps({"event": "executor_ready", "model": name, "plan": plan_path,
+                             "cloud": cloud.url, "candidates": len(plan.candidates)}))
 
     def _active_watts(self) -> float:
         power = self.profile.power
@@ -401,6 +460,9 @@ class Agent:
         slot = self.slots.get(name)
         if slot is None:
             raise ModelInputError(f"no model named '{name}' (serving: {', '.join(self.slots)})")
+        planned = self.executors.get(name)
+        if planned is not None and planned.version == slot.current.version:
+            return self._infer_planned(name, slot, planned, feeds)
         start = time.perf_counter()
         plan = "local"
         try:
@@ -422,6 +484,36 @@ class Agent:
                 "ok": True, "device_ms": round(ms, 3), "up_ms": 0.0, "cloud_ms": 0.0,
                 "down_ms": 0.0, "energy_mj": round(energy, 3)}))
         return out
+
+    def _infer_planned(self, name: str, slot: ModelSlot, planned: _Planned,
+                       feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        version = slot.current
+        start = time.perf_counter()
+        try:
+            outcome = planned.executor.infer(feeds)
+        except EdgecutError as exc:
+            ms = (time.perf_counter() - start) * 1000.0
+            version.record(False)
+            self.stats.add(name, "error", ms, 0.0, ok=False)
+            request_log.warning(json.dumps({"event": "request", "model": name, "ok": False,
+                                            "ms": round(ms, 3), "error": str(exc)}))
+            raise
+        ms = (time.perf_counter() - start) * 1000.0
+        version.record(True)
+        decision = outcome.decision
+        self.stats.add(name, decision.plan, ms, outcome.energy_mj, ok=True,
+                       fallback=bool(outcome.fallback))
+        if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
+            request_log.info(json.dumps({
+                "event": "request", "model": name, "version": version.version,
+                "plan": decision.plan, "executed": outcome.executed,
+                "fallback": outcome.fallback, "reason": decision.reason, "ok": True,
+                "ms": round(ms, 3), "device_ms": round(outcome.head_ms + outcome.local_tail_ms, 3),
+                "cloud_ms": round(outcome.cloud_ms, 3), "up_bytes": outcome.up_bytes,
+                "down_bytes": outcome.down_bytes, "energy_mj": round(outcome.energy_mj, 3),
+                "predicted_ms": round(decision.predicted_ms, 3),
+                "deadline_missed": outcome.deadline_missed}))
+        return outcome.outputs
 
     # -- fleet handler -------------------------------------------------------------------
 
@@ -469,7 +561,10 @@ class Agent:
         return {"command": name, "results": results}
 
     def _after_update(self, name: str, version: ModelVersion) -> None:
-        self._reprofile(name, version)
+        result = self._reprofile(name, version)
+        plan = self._repartition(name, version)
+        if plan is not None:
+            result["repartition"] = plan
 
     def _reprofile(self, name: str, version: ModelVersion) -> dict[str, Any]:
         """Measure the serving version again; run registered re-partition hooks."""
@@ -481,6 +576,43 @@ class Agent:
             result[getattr(hook, "__name__", "hook")] = hook(name, version)
         self.reprofiles.append({"model": name, **result})
         log.info(json.dumps({"event": "reprofiled", "model": name, **result}))
+        return result
+
+    def _repartition(self, name: str, version: ModelVersion) -> dict[str, Any] | None:
+        """Plan the new version's cuts again (models served with a plan and a cloud).
+
+        The new plan's tails must be on the cloud before the executor may use them; until
+        the cloud reports every remote model of the plan ready, the version runs locally.
+        """
+        m = next((x for x in self.config.models if x.name == name), None)
+        if m is None or not m.plan or not self.config.cloud.url:
+            return None
+        from partition import build_plan
+
+        planned = self.executors.get(name)
+        if planned is not None:
+            est = planned.executor.link.estimate()
+            bandwidth, rtt = est.bandwidth_bps, est.rtt_s
+        else:
+            link = _PolicySource(self).config.link
+            bandwidth, rtt = link.prior_bandwidth_bps, link.prior_rtt_s
+        objective = "energy" if (self.policy_config and
+                                 self.policy_config.objective == "energy") else "latency"
+        out_dir = Path(self.config.data_dir) / "plans" / name / version.version
+        plan = build_plan(version.path, self.profile, self.config.cloud.url, bandwidth, rtt,
+                          objective=objective, out_dir=out_dir, figure=False)
+        plan_path = str(out_dir / "plan.json")
+        from edge._offload import OffloadClient
+
+        with OffloadClient(self.config.cloud.url, timeout_s=self.config.cloud.timeout_s) as c:
+            missing = sorted({cand.cloud_model for cand in plan.candidates
+                              if cand.cloud_model and not c.ready(cand.cloud_model)})
+        result: dict[str, Any] = {"plan": plan_path, "chosen": plan.chosen,
+                                  "cloud_missing": missing}
+        if not missing:
+            self._attach_executor(name, plan_path)
+        log.info(json.dumps({"event": "repartitioned", "model": name,
+                             "version": version.version, **result}))
         return result
 
     def status(self) -> dict[str, Any]:
@@ -507,6 +639,15 @@ class Agent:
             record["models"].setdefault(name, {"requests": 0, "errors": 0})
             record["models"][name]["version"] = slot.current.version
         record["link"] = None
+        for planned in self.executors.values():
+            est = planned.executor.link.estimate()
+            record["link"] = {"bandwidth_bps": round(est.bandwidth_bps), "rtt_ms":
+                              round(est.rtt_s * 1000.0, 3), "confidence": round(est.confidence, 3),
+                              "age_s": round(est.age_s, 1), "samples": est.samples}
+            break
+        record["plans"] = {n: {"version": p.version, "plan": p.plan_path,
+                               "active": p.version == self.slots[n].current.version}
+                           for n, p in self.executors.items() if n in self.slots}
         record["power_w"] = self._sensor.read_w() if self._sensor is not None else None
         thermal = getattr(devices, "read_thermal", None)
         state = thermal() if thermal is not None else None
@@ -529,6 +670,9 @@ class Agent:
         if self.fleet is not None:
             self.fleet.stop()
             self.fleet = None
+        for planned in self.executors.values():
+            planned.close()
+        self.executors.clear()
 
 
 # -- the local API ---------------------------------------------------------------------------

@@ -208,14 +208,16 @@ def tiny_model(path: Path, kind: str = "scale", factor: float = 2.0) -> Path:
 def write_agent_config(directory: Path, *, models: dict[str, Path], mqtt_port: int = 0,
                        api_port: int = 0, unix_socket: str = "", extra: str = "",
                        telemetry_s: float = 60.0, protocol: str = "5",
-                       device_id: str = "dev1", updates: str = "") -> Path:
+                       device_id: str = "dev1", updates: str = "",
+                       profile: str = "generic-x86", plans: dict[str, Path] | None = None,
+                       log_requests: bool = False) -> Path:
     """Write an agent.toml for a test (MQTT on when ``mqtt_port`` is given)."""
     lines = [
         "[agent]",
         f'device_id = "{device_id}"',
-        'profile = "generic-x86"',
+        f'profile = "{profile}"',
         f'data_dir = "{directory / "data"}"',
-        "log_requests = false",
+        f"log_requests = {'true' if log_requests else 'false'}",
         "shutdown_grace_s = 5.0",
         "[api]",
         f"port = {api_port}",
@@ -236,6 +238,8 @@ def write_agent_config(directory: Path, *, models: dict[str, Path], mqtt_port: i
     text = "\n".join(lines) + "\n" + extra + "\n"
     for name, path in models.items():
         text += f'[[models]]\nname = "{name}"\npath = "{path}"\nversion = "1"\nwarmup_runs = 1\n'
+        if plans and name in plans:
+            text += f'plan = "{plans[name]}"\n'
     path = directory / "agent.toml"
     path.write_text(text)
     return path

@@ -1,0 +1,71 @@
+"""The agent with a plan and a cloud: requests go through the policy and the executor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud import InferenceService, ServerThread, create_app
+from devices import load_profile
+from edge._agent import Agent
+from partition import build_plan
+from tests.conftest import free_port
+from tests.edge.conftest import write_agent_config
+
+
+@pytest.fixture(scope="module")
+def squeezenet_plan(tmp_path_factory, zoo_model) -> Path:
+    out = tmp_path_factory.mktemp("plan")
+    # A board four times slower than this host (generic-arm) and a fast link: offloading
+    # squeezenet wins, so the executor's cloud path is exercised.
+    build_plan(zoo_model("squeezenet"), load_profile("generic-arm"), "here", 1e9, 0.001,
+               out_dir=out, runs=3, measure=2, measure_runs=3, figure=False, threads=1)
+    return out
+
+
+def test_requests_follow_the_policy_and_fall_back_when_the_cloud_goes(
+        tmp_path: Path, squeezenet_plan: Path) -> None:
+    service = InferenceService(squeezenet_plan / "repository", intra_op_threads=1)
+    service.load_all()
+    port = free_port()
+    cloud = ServerThread(create_app(service), port=port).start()
+    policy = tmp_path / "policy.toml"
+    # max_power_w = 3 W rules out running the whole model on the board (5 W active), so
+    # every request is planned remotely and a dead cloud must be caught by the fallback.
+    policy.write_text("objective = \"latency\"\nslo_ms = 2000.0\n"
+                      "[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n"
+                      "[rules]\nmax_power_w = 3.0\n[explore]\nrate = 0.0\n[offload]\nbreaker_failures = 2\n")
+    cfg = write_agent_config(
+        tmp_path, models={"squeezenet": Path(json.loads(
+            (squeezenet_plan / "plan.json").read_text())["model_path"])},
+        profile="generic-arm", plans={"squeezenet": squeezenet_plan / "plan.json"},
+        extra=f'[cloud]\nurl = "http://127.0.0.1:{port}"\n[policy]\nfile = "{policy}"\n')
+    agent = Agent(cfg)
+    try:
+        x = {"data_0": np.random.default_rng(0).standard_normal((1, 3, 224, 224),
+                                                               dtype=np.float32)}
+        expected = agent.slots["squeezenet"].current.session.run(x)
+        for _ in range(5):
+            out = agent.infer("squeezenet", x)
+            name = next(iter(out))
+            np.testing.assert_allclose(out[name], expected[name], rtol=1e-3, atol=1e-5)
+        record = agent.telemetry()
+        remote = sum(n for plan, n in record["decisions"].items() if plan != "local")
+        assert remote == 5, record["decisions"]
+        assert record["link"] is not None and record["link"]["samples"] >= 1
+        assert record["plans"]["squeezenet"]["active"] is True
+
+        cloud.stop()  # the cloud goes away: no request may fail
+        for _ in range(6):
+            out = agent.infer("squeezenet", x)
+            np.testing.assert_allclose(out[name], expected[name], rtol=1e-3, atol=1e-5)
+        record = agent.telemetry()
+        assert record["fallbacks"] >= 1
+        assert record["models"]["squeezenet"]["errors"] == 0
+        assert record["models"]["squeezenet"]["requests"] == 6
+    finally:
+        agent.close()
+        service.close()
