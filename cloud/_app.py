@@ -123,7 +123,9 @@ class _App:
             status, body, extra = 500, _json({"error": "internal server error"}), _JSON
         finally:
             self._in_flight -= 1
-        out_headers = [*extra, (b"x-request-id", request_id.encode("latin-1"))]
+        # An explicit length: without it uvicorn falls back to chunked transfer encoding.
+        out_headers = [*extra, (b"content-length", str(len(body)).encode()),
+                       (b"x-request-id", request_id.encode("latin-1"))]
         self.service.metrics.http.labels(str(status)).inc()
         try:
             await send({"type": "http.response.start", "status": status, "headers": out_headers})

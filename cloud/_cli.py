@@ -35,6 +35,8 @@ log = logging.getLogger("edgecut.cloud")
               help="Concurrent connections before the server answers 503.")
 @click.option("--max-in-flight", type=click.IntRange(1, 1000000), default=512, show_default=True,
               help="Requests in progress before new ones get 503 (before their body is read).")
+@click.option("--ort-spinning/--no-ort-spinning", default=True, show_default=True,
+              help="Let idle ONNX Runtime threads spin (turn off on a small shared host).")
 @click.option("--no-dynamic-batching", is_flag=True,
               help="Do not batch models that have no config.pbtxt.")
 @click.option("--log-level", default="info", show_default=True,
@@ -42,7 +44,7 @@ log = logging.getLogger("edgecut.cloud")
 def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth: bool,
           audience: str, issuers: tuple[str, ...], providers: str | None,
           intra_op_threads: int | None, max_queue: int, max_body_mb: float,
-          max_connections: int, max_in_flight: int, no_dynamic_batching: bool,
+          max_connections: int, max_in_flight: int, ort_spinning: bool, no_dynamic_batching: bool,
           log_level: str) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2 REST)."""
     import uvicorn
@@ -73,6 +75,7 @@ def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth:
             intra_op_threads=intra_op_threads,
             max_queue_size=max_queue,
             dynamic_batching=not no_dynamic_batching,
+            ort_spinning=ort_spinning,
         )
         loaded = service.load_all()
     except CloudError as exc:

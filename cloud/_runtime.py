@@ -130,6 +130,7 @@ class OnnxRuntime(ModelRuntime):
         max_batch_size: int | None = None,
         providers: Sequence[str] | None = None,
         intra_op_threads: int = 1,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -142,6 +143,10 @@ class OnnxRuntime(ModelRuntime):
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not spinning:
+            # Idle intra-op threads otherwise spin for a while after each run, taking CPU
+            # from the event loop and the other instances on a small host.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._options_threads = intra_op_threads
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)

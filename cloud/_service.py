@@ -153,7 +153,8 @@ class InferenceService:
     ``intra_op_threads``: ONNX Runtime threads per instance (default: cores / instances).
     ``max_queue_size``: requests that may wait per version before ``Overloaded`` (503).
     ``dynamic_batching``: batch models that have no ``config.pbtxt`` (with a config, its
-    ``dynamic_batching`` block decides, as in Triton).
+    ``dynamic_batching`` block decides, as in Triton). ``ort_spinning``: let idle ONNX
+    Runtime threads spin (lower latency on a host with cores to spare).
     """
 
     def __init__(
@@ -165,6 +166,7 @@ class InferenceService:
         max_queue_size: int = 128,
         dynamic_batching: bool = True,
         default_max_queue_delay_us: int = 0,
+        ort_spinning: bool = True,
         metrics: Metrics | None = None,
     ) -> None:
         self.repository = Path(repository) if repository is not None else None
@@ -175,6 +177,7 @@ class InferenceService:
         self.max_queue_size = max_queue_size
         self.dynamic_batching = dynamic_batching
         self.default_max_queue_delay_us = default_max_queue_delay_us
+        self.ort_spinning = ort_spinning
         self.metrics = metrics or Metrics()
         self._models: dict[str, _Model] = {}
         self._failed: dict[str, str] = {}  # model -> why its last load failed
@@ -422,7 +425,7 @@ class InferenceService:
             threads = max(1, (os.cpu_count() or 1) // count)
         instances = [
             OnnxRuntime(path, max_batch_size=config.max_batch_size, providers=self.providers,
-                        intra_op_threads=threads)
+                        intra_op_threads=threads, spinning=self.ort_spinning)
             for _ in range(count)
         ]
         runtime = instances[0]

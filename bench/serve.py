@@ -1,0 +1,420 @@
+"""Benchmark `edgecut serve` against bare ONNX Runtime on the same models and batches.
+
+    python bench/serve.py --json [--models resnet50,squeezenet] [--duration 5] [--rounds 2]
+
+For each model: starts `edgecut serve` (a subprocess) on 127.0.0.1 with a repository holding
+the model (max batch 8, dynamic batching), then, interleaved over ``--rounds`` rounds:
+the server at concurrency 1, bare ONNX Runtime at batch 1 (in this process, the server
+idle), the server at concurrency 4 and 16, and bare ONNX Runtime replaying the batch sizes
+the server's batcher formed at concurrency 16 (read from the statistics extension).
+Medians over rounds are reported with their min-max spread. Finally an overload phase
+(``--overload-concurrency`` closed-loop clients against a queue of 32) counts 503s, other
+errors and the server's peak RSS, sampled from /proc while it runs.
+
+The load generator is a separate process (asyncio over raw HTTP/1.1 keep-alive
+connections): each request is encoded once, with binary tensors, and re-sent.
+Prints one JSON object with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+# ----------------------------------------------------------------------------- load generator
+
+
+async def _client(host: str, port: int, payload: bytes, start_at: float, warmup_s: float,
+                  end_at: float, out: dict) -> None:
+    reader = writer = None
+    while time.perf_counter() < end_at:
+        if writer is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        t0 = time.perf_counter()
+        try:
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            out["conn_errors"] += 1
+            writer.close()
+            reader = writer = None
+            continue
+        status = int(head[9:12])
+        lower = head.lower()
+        length = 0
+        pos = lower.find(b"\r\ncontent-length:")  # not inference-header-content-length
+        if pos >= 0:
+            length = int(lower[pos + 17 : lower.find(b"\r\n", pos + 2)])
+        try:
+            await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError):
+            out["conn_errors"] += 1
+            writer.close()
+            reader = writer = None
+            continue
+        t1 = time.perf_counter()
+        if t0 >= start_at + warmup_s:
+            out["codes"][status] = out["codes"].get(status, 0) + 1
+            if status == 200:
+                out["lat"].append(t1 - t0)
+        if b"connection: close" in lower:
+            writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+def loadgen_main(spec: dict) -> dict:
+    """Run ``concurrency`` closed-loop connections for warmup + duration; return samples."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    payload = Path(spec["payload"]).read_bytes()
+    out = {"codes": {}, "lat": [], "conn_errors": 0}
+
+    async def main() -> None:
+        start = time.perf_counter()
+        end = start + spec["warmup"] + spec["duration"]
+        await asyncio.gather(*(
+            _client(spec["host"], spec["port"], payload, start, spec["warmup"], end, out)
+            for _ in range(spec["concurrency"])
+        ))
+
+    runner(main())
+    return out
+
+
+def run_load(host: str, port: int, payload_path: str, concurrency: int, duration: float,
+             warmup: float) -> dict:
+    spec = {"host": host, "port": port, "payload": payload_path, "concurrency": concurrency,
+            "duration": duration, "warmup": warmup}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--_loadgen", json.dumps(spec)],
+        capture_output=True, text=True, timeout=duration + warmup + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout)
+    lat = sorted(out["lat"])
+    ok = len(lat)
+    return {
+        "throughput": ok / duration,
+        "p50_ms": _pct(lat, 50) * 1e3 if lat else None,
+        "p99_ms": _pct(lat, 99) * 1e3 if lat else None,
+        "codes": {int(k): v for k, v in out["codes"].items()},
+        "conn_errors": out["conn_errors"],
+    }
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(sorted_values), q))
+
+
+# ----------------------------------------------------------------------------- server side
+
+
+def _http(host: str, port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        conn.request(method, path, body=body or None)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _batch_histogram(host: str, port: int, model: str) -> dict[int, int]:
+    status, body = _http(host, port, "GET", f"/v2/models/{model}/stats")
+    if status != 200:
+        raise RuntimeError(f"stats of {model}: HTTP {status} {body[:200]!r}")
+    hist: dict[int, int] = {}
+    for entry in json.loads(body)["model_stats"]:
+        for b in entry["batch_stats"]:
+            hist[b["batch_size"]] = hist.get(b["batch_size"], 0) + b["compute_infer"]["count"]
+    return hist
+
+
+def _write_repo(root: Path, model: str, source: Path, max_batch: int, delay_us: int,
+                queue: int) -> None:
+    folder = root / model / "1"
+    folder.mkdir(parents=True)
+    shutil.copyfile(source, folder / "model.onnx")
+    (root / model / "config.pbtxt").write_text(
+        f'name: "{model}"\nmax_batch_size: {max_batch}\n'
+        "instance_group [ { count: 1 } ]\n"
+        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us}\n"
+        f"  default_queue_policy {{ max_queue_size: {queue} }} }}\n")
+
+
+class Server:
+    def __init__(self, repo: Path, port: int, threads: int, extra: tuple[str, ...] = ()) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "serve", "--repository", str(repo),
+             "--port", str(port), "--no-auth", "--intra-op-threads", str(threads),
+             "--log-level", "warning", "--max-in-flight", "4096", *extra],
+            cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("edgecut serve exited during start-up")
+            try:
+                if _http("127.0.0.1", port, "GET", "/v2/health/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("edgecut serve did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ----------------------------------------------------------------------------- bare ORT
+
+
+def _bare_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    from cloud._runtime import ort_providers
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=ort_providers())
+
+
+def bare_b1(session, x: np.ndarray, duration: float) -> dict:
+    name = session.get_inputs()[0].name
+    for _ in range(3):
+        session.run(None, {name: x})
+    times = []
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"p50_ms": _pct(times, 50) * 1e3, "throughput": len(times) / sum(times)}
+
+
+def bare_same_batches(session, x: np.ndarray, hist: dict[int, int], duration: float) -> float:
+    """Images per second running the server's batch-size mix, back to back in one process."""
+    name = session.get_inputs()[0].name
+    total = sum(hist.values())
+    # A repeating sequence with each batch size in proportion to how often the server ran it.
+    sequence = [b for b, n in sorted(hist.items()) for _ in range(max(1, round(40 * n / total)))]
+    batches = {b: np.repeat(x, b, axis=0) for b in hist}
+    for b in batches:
+        session.run(None, {name: batches[b]})
+    images = 0
+    start = time.perf_counter()
+    end = start + duration
+    i = 0
+    while time.perf_counter() < end:
+        b = sequence[i % len(sequence)]
+        session.run(None, {name: batches[b]})
+        images += b
+        i += 1
+    return images / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _median_spread(values: list[float]) -> tuple[float, list[float]]:
+    return statistics.median(values), [min(values), max(values)]
+
+
+def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
+    from cloud import encode_infer_request
+    from partition import zoo
+    from tests.conftest import free_port
+
+    source = zoo.zoo_model(model)
+    repo = workdir / f"repo-{model}"
+    _write_repo(repo, model, source, args.max_batch, args.delay_us, args.queue)
+    session = _bare_session(source, args.threads)
+    input_name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    body, headers = encode_infer_request({input_name: x})
+    port = free_port()
+    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    payload = workdir / f"{model}.http"
+    payload.write_bytes(head + body)
+
+    server = Server(repo, port, args.threads, tuple(args.server_arg))
+    host = "127.0.0.1"
+    rounds: dict[str, list] = {k: [] for k in (
+        "c1", "c4", "c16", "bare_b1", "bare_same", "hist")}
+    try:
+        for _ in range(args.rounds):
+            rounds["c1"].append(run_load(host, port, str(payload), 1, args.duration, args.warmup))
+            rounds["bare_b1"].append(bare_b1(session, x, args.duration))
+            rounds["c4"].append(run_load(host, port, str(payload), 4, args.duration, args.warmup))
+            before = _batch_histogram(host, port, model)
+            rounds["c16"].append(run_load(host, port, str(payload), 16, args.duration, args.warmup))
+            after = _batch_histogram(host, port, model)
+            hist = {b: after.get(b, 0) - before.get(b, 0) for b in after}
+            hist = {b: n for b, n in hist.items() if n > 0}
+            rounds["hist"].append(hist)
+            rounds["bare_same"].append(bare_same_batches(session, x, hist, args.duration))
+        rss_before = _rss_mb(server.proc.pid)
+        peak = [rss_before]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    peak.append(_rss_mb(server.proc.pid))
+                except OSError:
+                    return
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        overload = run_load(host, port, str(payload), args.overload_concurrency,
+                            args.overload_duration, 0.5)
+        stop.set()
+        sampler.join()
+        alive = _http(host, port, "GET", "/v2/health/live")[0] == 200
+    finally:
+        server.stop()
+
+    c16, c16_spread = _median_spread([r["throughput"] for r in rounds["c16"]])
+    bare_same, bare_same_spread = _median_spread(rounds["bare_same"])
+    ratios = [r["throughput"] / b for r, b in zip(rounds["c16"], rounds["bare_same"], strict=True)]
+    p50_c1, p50_c1_spread = _median_spread([r["p50_ms"] for r in rounds["c1"]])
+    bare_p50, bare_p50_spread = _median_spread([r["p50_ms"] for r in rounds["bare_b1"]])
+    added = [r["p50_ms"] - b["p50_ms"] for r, b in zip(rounds["c1"], rounds["bare_b1"], strict=True)]
+    codes = overload["codes"]
+    merged_hist: dict[int, int] = {}
+    for h in rounds["hist"]:
+        for b, n in h.items():
+            merged_hist[b] = merged_hist.get(b, 0) + n
+    return {
+        "throughput_c16": round(c16, 2),
+        "bare_ort_throughput_same_batches": round(bare_same, 2),
+        "throughput_ratio_c16": round(statistics.median(ratios), 3),
+        "p50_ms_c1": round(p50_c1, 3),
+        "bare_ort_p50_ms_b1": round(bare_p50, 3),
+        "p99_ms_c1": round(statistics.median([r["p99_ms"] for r in rounds["c1"]]), 3),
+        "overload_503_count": codes.get(503, 0),
+        "overload_other_errors": sum(n for c, n in codes.items() if c not in (200, 503))
+        + overload["conn_errors"],
+        "overload_peak_rss_mb": round(max(peak), 1),
+        # context for the numbers above
+        "added_p50_ms_c1": round(statistics.median(added), 3),
+        "added_p50_ms_c1_spread": [round(min(added), 3), round(max(added), 3)],
+        "throughput_ratio_c16_spread": [round(min(ratios), 3), round(max(ratios), 3)],
+        "throughput_c16_spread": [round(v, 2) for v in c16_spread],
+        "bare_ort_throughput_same_batches_spread": [round(v, 2) for v in bare_same_spread],
+        "p50_ms_c1_spread": [round(v, 3) for v in p50_c1_spread],
+        "bare_ort_p50_ms_b1_spread": [round(v, 3) for v in bare_p50_spread],
+        "throughput_c1": round(statistics.median([r["throughput"] for r in rounds["c1"]]), 2),
+        "throughput_c4": round(statistics.median([r["throughput"] for r in rounds["c4"]]), 2),
+        "p50_ms_c4": round(statistics.median([r["p50_ms"] for r in rounds["c4"]]), 3),
+        "p50_ms_c16": round(statistics.median([r["p50_ms"] for r in rounds["c16"]]), 3),
+        "p99_ms_c16": round(statistics.median([r["p99_ms"] for r in rounds["c16"]]), 3),
+        "bare_ort_throughput_b1": round(statistics.median(
+            [r["throughput"] for r in rounds["bare_b1"]]), 2),
+        "batch_histogram_c16": {str(b): n for b, n in sorted(merged_hist.items())},
+        "errors_c1_c4_c16": sum(n for r in rounds["c1"] + rounds["c4"] + rounds["c16"]
+                                for c, n in r["codes"].items() if c != 200),
+        "overload_ok_count": codes.get(200, 0),
+        "overload_rss_before_mb": round(rss_before, 1),
+        "overload_server_alive_after": alive,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--models", default="resnet50,squeezenet")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads on both sides (default: all cores)")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--delay-us", type=int, default=0, help="max_queue_delay_microseconds")
+    parser.add_argument("--queue", type=int, default=32, help="max_queue_size per model")
+    parser.add_argument("--overload-concurrency", type=int, default=128)
+    parser.add_argument("--overload-duration", type=float, default=5.0)
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra argument for edgecut serve (repeatable)")
+    parser.add_argument("--_loadgen", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._loadgen:
+        json.dump(loadgen_main(json.loads(args._loadgen)), sys.stdout)
+        return 0
+    cores = os.cpu_count() or 1
+    args.threads = args.threads or cores
+    import onnxruntime as ort
+
+    from cloud._runtime import ort_providers
+
+    result: dict = {
+        "host_cores": cores,
+        "server": {"process": "edgecut serve (uvicorn, httptools, uvloop), 1 event loop",
+                   "ort_intra_op_threads": args.threads, "instances_per_model": 1,
+                   "max_batch_size": args.max_batch, "max_queue_delay_us": args.delay_us,
+                   "max_queue_size": args.queue},
+        "bare_ort": {"process": "this benchmark process, server idle meanwhile",
+                     "intra_op_threads": args.threads},
+        "load_generator": {"process": "separate process, 1 thread, asyncio raw HTTP/1.1",
+                           "encoding": "binary tensors, encoded once, re-sent"},
+        "onnxruntime": ort.__version__,
+        "providers": ort_providers(),
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "overload_concurrency": args.overload_concurrency,
+        "note": "server, load generator and bare ORT share the same cores; medians over rounds",
+    }
+    with tempfile.TemporaryDirectory(prefix="edgecut-bench-") as tmp:
+        for model in args.models.split(","):
+            result[model] = bench_model(model, args, Path(tmp))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
