@@ -1,0 +1,299 @@
+"""Benchmark the edge agent: what its local API adds over an in-process call, and a model
+swap under load.
+
+1. Overhead: the agent runs as a real daemon (``edgecut agent --config``, its own
+   process); this process alternates one request through ``edge.Client`` (keep-alive, on
+   the Unix socket, then on TCP) with one call of the same model loaded in-process with
+   ``edge.runtime`` and the same device profile (same ONNX Runtime threads), so both see
+   the same host load. Rounds of interleaved pairs; each figure is the median of the
+   rounds' medians, with the min-max of the round medians.
+2. Swap: closed-loop clients keep the agent busy while a new version is deployed over
+   MQTT (a mosquitto started here); every request must succeed.
+
+Prints one JSON object with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edge import Client, EdgecutError, runtime  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def _perturbed_copy(src: Path, dst: Path) -> None:
+    """Version 2: the same model with one weight tensor scaled (a different file)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    arr = numpy_helper.to_array(init) * np.float32(1.01)
+    init.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), init.name))
+    onnx.save(model, str(dst))
+
+
+def _summary(rounds: list[float]) -> dict[str, float]:
+    return {"median": round(float(np.median(rounds)), 4), "min": round(min(rounds), 4),
+            "max": round(max(rounds), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="squeezenet", help="zoo model name (default squeezenet)")
+    ap.add_argument("--model-path", default=None,
+                    help="an .onnx file to use instead of the zoo model (named by --model)")
+    ap.add_argument("--profile", default="generic-x86")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="ONNX Runtime intra-op threads on both sides (default 1)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=100, help="interleaved pairs per round")
+    ap.add_argument("--swap-seconds", type=float, default=6.0)
+    ap.add_argument("--load-threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import devices
+    from partition import zoo_model
+
+    load_start = os.getloadavg()[0]
+    model_path = Path(args.model_path) if args.model_path else zoo_model(args.model)
+    work = Path(tempfile.mkdtemp(prefix="edgecut-bench-agent-"))
+    broker = agent = None
+    try:
+        # The device profile with the thread count fixed, used by the agent and in-process
+        # alike: more than one intra-op thread spins after each run and steals the core
+        # the other side needs next (both sides share this host's cores).
+        base_profile = devices.load_profile(args.profile)
+        text = Path(base_profile.source).read_text()
+        text = text.replace(f"intra_op_threads = {base_profile.intra_op_threads}",
+                            f"intra_op_threads = {args.threads}")
+        profile_path = work / f"{base_profile.name}.toml"
+        profile_path.write_text(text)
+        profile = devices.load_profile(profile_path)
+        if profile.intra_op_threads != args.threads:
+            raise SystemExit(f"could not set intra_op_threads in {base_profile.source}")
+        mqtt_port, api_port = _free_port(), _free_port()
+        (work / "broker").mkdir()
+        (work / "mosquitto.conf").write_text(
+            f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\n")
+        broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(mqtt_port)
+        sock = work / "agent.sock"
+        cfg = work / "agent.toml"
+        cfg.write_text(f"""
+[agent]
+device_id = "bench"
+profile = "{profile_path}"
+data_dir = "{work / 'data'}"
+log_requests = false
+[api]
+port = {api_port}
+unix_socket = "{sock}"
+workers = 1
+[mqtt]
+enabled = true
+port = {mqtt_port}
+prefix = "bench"
+telemetry_interval_s = 5.0
+[updates]
+probation_s = 2.0
+health_interval_s = 0.5
+[[models]]
+name = "{args.model}"
+path = "{model_path}"
+version = "1"
+""")
+        agent = subprocess.Popen([sys.executable, "-m", "edge.cli", "agent", "--config", str(cfg)],
+                                 cwd=REPO, stdout=subprocess.DEVNULL,
+                                 stderr=open(work / "agent.log", "wb"))  # noqa: SIM115
+        deadline = time.monotonic() + 120
+        with Client(f"unix://{sock}", timeout=2) as probe:
+            while not probe.ready(args.model):
+                if agent.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"agent did not start: {(work / 'agent.log').read_text()}")
+                time.sleep(0.1)
+
+        session = runtime.load(model_path, profile)
+        spec = session.inputs[0]
+        shape = tuple(1 if d is None else d for d in spec.shape)
+        x = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)}
+        from cloud.protocol import encode_infer_request
+
+        # Encoded once and re-sent, as a camera pipeline would send a ready buffer; the
+        # client's encode cost is measured separately below.
+        body, headers = encode_infer_request(x)
+        uds = Client(f"unix://{sock}")
+        tcp = Client(f"http://127.0.0.1:{api_port}")
+        for _ in range(20):  # warm-up of both paths
+            session.run(x)
+            uds.infer(args.model, x)
+            tcp.infer(args.model, x)
+
+        inproc_r, uds_r, tcp_r, full_r = [], [], [], []
+        for _ in range(args.rounds):
+            t_in, t_uds, t_tcp, t_full = [], [], [], []
+            for _ in range(args.pairs):
+                t0 = time.perf_counter()
+                session.run(x)
+                t1 = time.perf_counter()
+                uds.infer_raw(args.model, body, headers)
+                t2 = time.perf_counter()
+                session.run(x)
+                t3 = time.perf_counter()
+                tcp.infer_raw(args.model, body, headers)
+                t4 = time.perf_counter()
+                uds.infer(args.model, x)
+                t5 = time.perf_counter()
+                t_in += [(t1 - t0) * 1e3, (t3 - t2) * 1e3]
+                t_uds.append((t2 - t1) * 1e3)
+                t_tcp.append((t4 - t3) * 1e3)
+                t_full.append((t5 - t4) * 1e3)
+            inproc_r.append(float(np.median(t_in)))
+            uds_r.append(float(np.median(t_uds)))
+            tcp_r.append(float(np.median(t_tcp)))
+            full_r.append(float(np.median(t_full)))
+
+        # Swap under load.
+        v2 = work / "v2.onnx"
+        _perturbed_copy(model_path, v2)
+        digest = hashlib.sha256(v2.read_bytes()).hexdigest()
+        ok = [0] * args.load_threads
+        failed: list[str] = []
+        stop = threading.Event()
+
+        def load(i: int) -> None:
+            with Client(f"unix://{sock}") as c:
+                while not stop.is_set():
+                    try:
+                        c.infer_raw(args.model, body, headers)
+                        ok[i] += 1
+                    except EdgecutError as exc:
+                        failed.append(str(exc))
+
+        import paho.mqtt.client as mqtt
+
+        acks: list[dict] = []
+        done = threading.Event()
+
+        def on_message(client, userdata, msg) -> None:  # noqa: ANN001
+            ack = json.loads(msg.payload)
+            acks.append(ack)
+            if ack.get("step") in ("committed", "rejected", "rolled_back"):
+                done.set()
+
+        ctl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-operator")
+        ctl.on_message = on_message
+        ctl.connect("127.0.0.1", mqtt_port)
+        ctl.subscribe("bench/bench/models/ack", qos=1)
+        ctl.loop_start()
+        time.sleep(0.3)
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(args.load_threads)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        ctl.publish("bench/bench/models/deploy", json.dumps({
+            "id": "bench-v2", "model": args.model, "version": "2", "path": str(v2),
+            "sha256": digest}), qos=1)
+        done.wait(120)
+        remaining = args.swap_seconds - (time.monotonic() - started)
+        if remaining > 0:
+            time.sleep(remaining)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        seconds = time.monotonic() - started
+        ctl.loop_stop()
+        steps = [a.get("step") for a in acks]
+        final = acks[-1] if acks else {}
+        swapped = next((a for a in acks if a.get("step") == "swapped"), None)
+        total = sum(ok) + len(failed)
+
+        p50_in = float(np.median(inproc_r))
+        p50_uds = float(np.median(uds_r))
+        result = {
+            "model": args.model,
+            "device_profile": args.profile,
+            "ort_intra_op_threads_both_sides": profile.intra_op_threads,
+            "agent_workers": 1,
+            "transport": "unix socket, keep-alive (edge.Client over http.client)",
+            "p50_ms_agent": round(p50_uds, 4),
+            "p50_ms_inprocess": round(p50_in, 4),
+            "added_p50_ms": round(p50_uds - p50_in, 4),
+            "p50_ms_agent_tcp": round(float(np.median(tcp_r)), 4),
+            "added_p50_ms_tcp": round(float(np.median(tcp_r)) - p50_in, 4),
+            "p50_ms_agent_with_client_encode": round(float(np.median(full_r)), 4),
+            "rounds": {"inprocess": _summary(inproc_r), "agent_uds": _summary(uds_r),
+                       "agent_tcp": _summary(tcp_r)},
+            "pairs_per_round": args.pairs,
+            "swap_failed_requests": len(failed),
+            "swap_total_requests": total,
+            "swap_requests_per_s": round(total / seconds, 1),
+            "swap_load_threads": args.load_threads,
+            "swap_result": final.get("step"),
+            "swap_steps": steps,
+            "swap_warmup_ms": next((a.get("warmup_ms") for a in acks
+                                    if a.get("step") == "warmed"), None),
+            "swap_seen": swapped is not None,
+            "host_cores": os.cpu_count(),
+            "host_load_avg_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        }
+        if failed:
+            result["swap_failures_sample"] = failed[:3]
+        uds.close()
+        tcp.close()
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for k, v in result.items():
+                print(f"{k:38s} {v}")
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
