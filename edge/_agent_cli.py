@@ -15,7 +15,6 @@ _UNIT = """\
 # Written by `edgecut agent install`. Reload with: systemctl reload {name}
 [Unit]
 Description=edgecut edge inference agent ({device_id})
-Documentation=https://github.com/edgecut/edgecut/blob/main/docs/agent.md
 Wants=network-online.target
 After=network-online.target
 
@@ -50,7 +49,8 @@ WantedBy=multi-user.target
 """
 
 
-def default_config_text(device_id: str, profile: str, data_dir: str, unix_socket: str) -> str:
+def default_config_text(device_id: str, profile: str, data_dir: str, unix_socket: str,
+                        port: int = 8800) -> str:
     """A complete agent.toml for this board: local serving on, fleet link ready to enable."""
     return f"""\
 # Written by `edgecut agent install` for a {profile} board. Every key: edge/data/agent.example.toml
@@ -63,7 +63,7 @@ shutdown_grace_s = 10.0
 
 [api]
 host = "127.0.0.1"
-port = 8800
+port = {port}
 unix_socket = "{unix_socket}"
 
 [cloud]
@@ -118,11 +118,16 @@ def agent(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--profile", "profile_name", default=None,
               help="Device profile (default: detected from the board).")
 @click.option("--data-dir", default="/var/lib/edgecut", show_default=True)
+@click.option("--port", default=8800, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port of the local API on 127.0.0.1 (0: Unix socket only).")
+@click.option("--unix-socket", default="/run/edgecut/agent.sock", show_default=True,
+              help="Unix socket of the local API ('' to turn it off).")
 @click.option("--user", default=None, help="User the service runs as (default: you).")
 @click.option("--exe", default=None, help="edgecut executable (default: this one).")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def install(config_path: str, unit_path: str, device_id: str | None, profile_name: str | None,
-            data_dir: str, user: str | None, exe: str | None, force: bool) -> None:
+            data_dir: str, port: int, unix_socket: str, user: str | None, exe: str | None,
+            force: bool) -> None:
     """Write a systemd unit and a default agent.toml for the detected board."""
     import devices
     from devices.errors import ConfigError
@@ -134,17 +139,20 @@ def install(config_path: str, unit_path: str, device_id: str | None, profile_nam
     user = user or getpass.getuser()
     config = Path(config_path)
     unit = Path(unit_path)
+    # systemd starts the service in /, so every path it reads must be absolute.
+    data_dir = str(Path(data_dir).expanduser().resolve())
+    if unix_socket:
+        unix_socket = str(Path(unix_socket).expanduser().resolve())
     for path in (config, unit):
         if path.exists() and not force:
             raise ConfigError(f"{path} exists; pass --force to overwrite it")
-    unix_socket = "/run/edgecut/agent.sock"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(default_config_text(safe_id, profile.name, data_dir, unix_socket))
+    config.write_text(default_config_text(safe_id, profile.name, data_dir, unix_socket, port))
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(_UNIT.format(
         name=unit.stem, device_id=safe_id, user=user, exe=exe, config=config.resolve(),
         stop_s=20, memory_max=_memory_max(profile.name), data_dir=data_dir,
-        runtime_dir_rw=" /run/edgecut",
+        runtime_dir_rw=" /run/edgecut" if unix_socket.startswith("/run/edgecut/") else "",
     ))
     try:
         os.makedirs(data_dir, exist_ok=True)

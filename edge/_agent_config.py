@@ -328,3 +328,11 @@ def load_agent_config(path: str | Path, overlay: Mapping[str, Any] | None = None
     if overlay:
         data = merge(data, overlay)
     return parse_agent_config(data, str(path), path.resolve().parent, version)
+
+
+def load_agent_config_text(text: str, source: str = "agent.toml",
+                           base_dir: str | Path = ".") -> AgentConfig:
+    """Parse and validate ``agent.toml`` content given as text (docs, tests, tooling)."""
+    from devices.config import parse_toml
+
+    return parse_agent_config(parse_toml(text, source), source, base_dir)
