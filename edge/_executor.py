@@ -19,14 +19,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from devices import DeviceProfile, EnergyModel
-from devices.errors import ConfigError, EdgecutError, OffloadError
+from devices.errors import ConfigError, DeadlineExceeded, EdgecutError, OffloadError
 from edge._link import LinkEstimator
 from edge._offload import OPEN, OffloadClient
 from edge._policy import CloudState, CostTable, Decision, DeviceState, Policy, PolicyContext
@@ -51,6 +51,7 @@ class Outcome:
     energy_mj: float
     deadline_missed: bool
     started_at: float
+    link_bps: float = 0.0
     outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +62,7 @@ class Outcome:
             "cloud_ms": round(self.cloud_ms, 3), "local_tail_ms": round(self.local_tail_ms, 3),
             "up_bytes": self.up_bytes, "down_bytes": self.down_bytes,
             "energy_mj": round(self.energy_mj, 3), "deadline_missed": self.deadline_missed,
+            "link_mbps": round(self.link_bps / 1e6, 3),
         }
 
 
@@ -253,6 +255,7 @@ class Executor:
             self._probe()
         cand = self.plan.candidate(decision.cut_id)
         out = self._execute(rid, decision, cand, feeds, slo, started)
+        out = replace(out, link_bps=ctx.link.bandwidth_bps)
         self._write_log(out)
         return out
 
@@ -280,9 +283,11 @@ class Executor:
         deadline = None
         if slo > 0:
             budget_ms = slo - head_ms - local_rest_ms - cfg.offload.deadline_margin_ms
-            # When even the fallback cannot meet the SLO, give the cloud the time the
-            # policy predicted plus half again rather than nothing.
-            budget_ms = max(budget_ms, (decision.predicted_ms - head_ms) * 1.5, 1.0)
+            # Never cut the cloud off before twice its predicted time: when the SLO is
+            # already lost, falling back early would only add the local rest on top.
+            pred = next((p for p in decision.predictions if p.cut_id == cand.cut_id), None)
+            expected = (pred.up_ms + pred.wait_ms + pred.down_ms) if pred else 0.0
+            budget_ms = max(budget_ms, 2.0 * expected, local_rest_ms, 20.0)
             deadline = time.monotonic() + budget_ms / 1000.0
         reason = ""
         t0 = time.perf_counter()
@@ -294,6 +299,10 @@ class Executor:
         except OffloadError as exc:
             cloud_ms = (time.perf_counter() - t0) * 1000.0
             reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, DeadlineExceeded):
+                # A censored sample: the transfer took at least this long, so the link is
+                # at most this fast. Feeding it keeps the estimate honest on a collapse.
+                self.link.observe_censored(_nbytes(crossing), cloud_ms / 1000.0)
             return self._fallback(rid, decision, cand, feeds, crossing, head_ms, cloud_ms,
                                   reason, slo, started)
         cloud_ms = result.seconds * 1000.0
@@ -353,9 +362,18 @@ class Executor:
         remote = [c for c in self.plan.candidates if c.kind != LOCAL and c.up_bytes > 0]
         if not remote:
             return
-        cand = min(remote, key=lambda c: c.up_bytes)
-        want = self.policy.config.explore.probe_bytes
-        batch = max(1, min(64, want // max(cand.up_bytes, 1)))
+        want = self.link.probe_size(self.policy.config.explore.probe_bytes)
+
+        # Servers commonly cap the batch at 8 (Triton's usual max_batch_size): take the
+        # candidate and batch that come closest to the wanted size without passing it.
+        def size(c: CutCandidate) -> int:
+            return c.up_bytes * max(1, min(8, want // max(c.up_bytes, 1)))
+
+        fitting = [c for c in remote if c.up_bytes <= want]
+        if not fitting:
+            return
+        cand = max(fitting, key=size)
+        batch = max(1, min(8, want // max(cand.up_bytes, 1)))
         try:
             specs = self._cloud_input_specs(cand)
         except EdgecutError:
@@ -372,6 +390,7 @@ class Executor:
         def run() -> None:
             try:
                 assert self.client is not None
+                self.link.observe_rtt(self.client.ping())
                 t0 = time.monotonic()
                 r = self.client.infer(cand.cloud_model, feeds, None,
                                       deadline=t0 + self.policy.config.offload.timeout_ms / 1000)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 # Below this many bytes a transfer's time is mostly round trip: it refreshes the RTT,
 # not the bandwidth.
-_MIN_BANDWIDTH_SAMPLE_BYTES = 4096
+_MIN_BANDWIDTH_SAMPLE_BYTES = 16384
 
 
 @dataclass(frozen=True)
@@ -93,21 +93,40 @@ class LinkEstimator:
                          server_s: float = 0.0, now: float | None = None) -> None:
         """Record one request: bytes each way and its wall time, less the server's compute."""
         now = self._clock() if now is None else now
-        net_s = max(seconds - max(server_s, 0.0), 1e-6)
+        # The server's time is often a prediction: never let it explain away more than
+        # 80 % of what was measured, or a slow server would look like an infinite link.
+        net_s = max(seconds - max(server_s, 0.0), seconds * 0.2, 1e-6)
         nbytes = up_bytes + down_bytes
         with self._lock:
             self._last_traffic = now
             rtt = self._rtt_locked()
-            if nbytes >= _MIN_BANDWIDTH_SAMPLE_BYTES:
+            # A transfer says something about bandwidth only when serialising it takes
+            # about as long as the round trip (else its time is mostly RTT and jitter).
+            informative = max(_MIN_BANDWIDTH_SAMPLE_BYTES, self._bw_locked() * rtt / 8.0 / 2.0)
+            if nbytes >= informative:
                 # The round trip is paid once per request whatever its size; what remains is
                 # serialisation at the bottleneck rate. Keep at least a tenth of the time so
                 # a sample never claims an infinite rate.
                 payload_s = max(net_s - rtt, net_s * 0.1)
                 self._bw.append(nbytes * 8.0 / payload_s)
                 self.total_samples += 1
-            if nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES or net_s < 2 * rtt:
+            if nbytes < informative or net_s < 2 * rtt:
                 bw = self._bw_locked()
                 self._rtt.append(max(net_s - nbytes * 8.0 / bw, 1e-4))
+
+    def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> None:
+        """A transfer that had not finished after ``seconds`` (we gave up): the link is at
+        most ``nbytes`` over the time spent serialising. Lowers the estimate, never raises it."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            rtt = self._rtt_locked()
+            if nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES or seconds <= rtt:
+                return
+            bound = nbytes * 8.0 / (seconds - rtt)
+            if bound < self._bw_locked():
+                self._bw.append(bound)
+                self.total_samples += 1
+            self._last_traffic = now
 
     def observe_rtt(self, seconds: float, now: float | None = None) -> None:
         """Record a round trip of a tiny request (a health probe)."""
@@ -130,7 +149,12 @@ class LinkEstimator:
         return len(self._bw) / sum(1.0 / max(b, 1.0) for b in self._bw)
 
     def _rtt_locked(self) -> float:
-        return min(self._rtt) if self._rtt else self._prior_rtt
+        # The median: samples inferred from transfers carry errors both ways, so the
+        # classic windowed minimum would ratchet down on the first underestimate.
+        if not self._rtt:
+            return self._prior_rtt
+        ordered = sorted(self._rtt)
+        return ordered[(len(ordered) - 1) // 2]
 
     def estimate(self, now: float | None = None) -> LinkEstimate:
         """The current belief, with its confidence and spread."""
@@ -152,6 +176,13 @@ class LinkEstimator:
             return LinkEstimate(bw, rtt, confidence, spread, age, n)
 
     # -- probing ------------------------------------------------------------------------
+    def probe_size(self, minimum: int, now: float | None = None) -> int:
+        """Bytes a probe should carry to be informative: two bandwidth-delay products at
+        the optimistic bandwidth, at least ``minimum``, at most the budget left."""
+        e = self.estimate(now)
+        want = max(minimum, int(e.high_bps * max(e.rtt_s, 0.005) * 2 / 8))
+        return min(want, self.probe_allowance(now))
+
     def probe_allowance(self, now: float | None = None) -> int:
         """Bytes a probe may spend now (the budget refills fully every ``probe_refill_s``)."""
         now = self._clock() if now is None else now

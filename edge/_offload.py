@@ -215,6 +215,11 @@ class CircuitBreaker:
             self._trial_out = False
             self._set(CLOSED)
 
+    def release(self) -> None:
+        """Give back a half-open trial that ended without a verdict (e.g. our deadline)."""
+        with self._lock:
+            self._trial_out = False
+
     def record_failure(self) -> None:
         with self._lock:
             self._failures += 1
@@ -355,7 +360,7 @@ class OffloadClient:
             if deadline is not None:
                 timeout = min(timeout, deadline - now)
                 if timeout <= 0:
-                    self.breaker.record_failure()
+                    self.breaker.release()
                     raise DeadlineExceeded(f"model '{model}': deadline passed before an answer "
                                            f"(after {attempts - 1} attempt(s))")
             t0 = time.perf_counter()
@@ -407,7 +412,12 @@ class OffloadClient:
             safe = idempotent or not sent
             if (attempts > self.max_retries or not safe or room < max(spent, 0.005)
                     or isinstance(error, DeadlineExceeded)):
-                self.breaker.record_failure()
+                # Running out of our own deadline says the link or the cloud is slow, not
+                # that it is down: only failures to get an answer open the circuit.
+                if not isinstance(error, DeadlineExceeded):
+                    self.breaker.record_failure()
+                else:
+                    self.breaker.release()
                 raise error
             time.sleep(min(0.02 * attempts, max(room / 4, 0.0)))
 

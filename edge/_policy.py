@@ -304,9 +304,13 @@ def _explain(best: Prediction, objective: str, cfg: PolicyConfig,
 class CostTable:
     """Per-cut head and tail times, corrected online from every measurement.
 
-    Starts from the plan's profiled figures; each observation moves the estimate by an
-    exponentially weighted average, after clipping the sample to 3x the estimate either
-    way so that one stall (a GC pause, a page fault) does not swing the table.
+    A prediction is the plan's profiled figure x a shared speed factor of its side x a
+    per-cut residual. The shared factor moves with every measurement of any cut on that
+    side (thermal throttling, contention or a busy cloud slow every cut alike), so one
+    local run also corrects the heads of the splits not tried lately; the residual
+    corrects what the profile got wrong about one cut. Both are exponentially weighted
+    averages of ratios, each sample clipped to 3x either way so that one stall (a GC
+    pause, a page fault) does not swing the table.
     """
 
     def __init__(self, plan: Plan, *, ewma: float = 0.3,
@@ -320,10 +324,12 @@ class CostTable:
         layers = {k: frozenset(v) for k, v in (device_layers or {}).items()}
         self._lock = threading.Lock()
         self._base: dict[str, CutEstimate] = {}
-        self._head: dict[str, float] = {}
-        self._tail: dict[str, float] = {}
+        self._head_r: dict[str, float] = {}
+        self._tail_r: dict[str, float] = {}
         self._seen: dict[str, float] = {}
         self._samples: dict[str, int] = {}
+        self.device_factor = 1.0
+        self.cloud_factor = 1.0
         for c in plan.candidates:
             self._base[c.cut_id] = CutEstimate(
                 cut_id=c.cut_id, kind=c.kind, head_ms=c.head_ms, tail_ms=c.tail_ms,
@@ -331,31 +337,40 @@ class CostTable:
                 sends_raw_input=c.kind == OFFLOAD or bool(raw.intersection(c.tensors)),
                 device_layers=layers.get(c.cut_id, frozenset()),
             )
-            self._head[c.cut_id] = c.head_ms
-            self._tail[c.cut_id] = c.tail_ms
+            self._head_r[c.cut_id] = 1.0
+            self._tail_r[c.cut_id] = 1.0
             self._samples[c.cut_id] = 0
 
     def candidate(self, cut_id: str) -> CutCandidate:
         return self.plan.candidate(cut_id)
 
-    @staticmethod
-    def _blend(old: float, sample: float, a: float) -> float:
-        if old > 0:
-            sample = min(max(sample, old / 3.0), old * 3.0)
-        return (1 - a) * old + a * sample
+    def _update(self, base: float, factor: float, resid: float, sample: float,
+                a: float) -> tuple[float, float]:
+        if base <= 0:
+            return factor, resid
+        ratio = min(max(sample / (base * factor * resid), 1 / 3), 3.0)
+        # The shared factor takes the ratio's move; the residual keeps what the shared
+        # factor does not explain for this cut (a slower correction).
+        factor *= 1 + a * (ratio - 1)
+        ratio2 = min(max(sample / (base * factor * resid), 1 / 3), 3.0)
+        resid *= 1 + (a / 2) * (ratio2 - 1)
+        return factor, resid
 
     def observe(self, cut_id: str, *, head_ms: float | None = None,
                 tail_ms: float | None = None, now: float | None = None) -> None:
         """Fold in measured device (head) and cloud (tail) times of one request."""
         now = self._clock() if now is None else now
         with self._lock:
-            if cut_id not in self._base:
+            base = self._base.get(cut_id)
+            if base is None:
                 raise KeyError(f"cost table: unknown cut '{cut_id}'")
-            a = self.ewma if self._samples[cut_id] else max(self.ewma, 0.7)
+            a = self.ewma
             if head_ms is not None:
-                self._head[cut_id] = self._blend(self._head[cut_id], head_ms, a)
+                self.device_factor, self._head_r[cut_id] = self._update(
+                    base.head_ms, self.device_factor, self._head_r[cut_id], head_ms, a)
             if tail_ms is not None:
-                self._tail[cut_id] = self._blend(self._tail[cut_id], tail_ms, a)
+                self.cloud_factor, self._tail_r[cut_id] = self._update(
+                    base.tail_ms, self.cloud_factor, self._tail_r[cut_id], tail_ms, a)
             self._seen[cut_id] = now
             self._samples[cut_id] += 1
 
@@ -373,10 +388,11 @@ class CostTable:
             for cid, base in self._base.items():
                 seen = self._seen.get(cid)
                 out.append(CutEstimate(
-                    cut_id=cid, kind=base.kind, head_ms=self._head[cid],
-                    tail_ms=self._tail[cid], up_bytes=base.up_bytes,
-                    down_bytes=base.down_bytes, sends_raw_input=base.sends_raw_input,
-                    device_layers=base.device_layers,
+                    cut_id=cid, kind=base.kind,
+                    head_ms=base.head_ms * self.device_factor * self._head_r[cid],
+                    tail_ms=base.tail_ms * self.cloud_factor * self._tail_r[cid],
+                    up_bytes=base.up_bytes, down_bytes=base.down_bytes,
+                    sends_raw_input=base.sends_raw_input, device_layers=base.device_layers,
                     age_s=math.inf if seen is None else max(now - seen, 0.0),
                     samples=self._samples[cid],
                 ))

@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -187,28 +188,51 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
 
 
 def measure_components(executor: Executor, client: OffloadClient, feeds: dict[str, np.ndarray],
-                       relative_speed: float, runs: int = 5) -> dict[str, Components]:
-    """Time every candidate's device part here and its cloud leg directly (no emulator)."""
-    out: dict[str, Components] = {}
+                       relative_speed: float, rounds: int = 5) -> dict[str, Components]:
+    """Time every candidate's device part here and its cloud leg directly (no emulator).
+
+    Interleaved: each round runs every candidate once, and the medians over rounds are
+    kept, so that a burst of load from other work on this host hits all candidates alike.
+    A head is never taken as slower than the whole model it is a part of.
+    """
     names = executor.output_names
+    jobs: dict[str, tuple[Callable[[], object] | None, Callable[[], object] | None]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for c in executor.plan.candidates:
         if c.kind == LOCAL:
             sess = executor._session_for(executor.model_path)
-            sess.run(feeds)
-            host = _median_ms(lambda s=sess: s.run(feeds), runs)
-            out[c.cut_id] = Components(c.cut_id, c.kind, host, host / relative_speed, 0.0, 0, 0)
+            jobs[c.cut_id] = (lambda s=sess: s.run(feeds), None)
+            sizes[c.cut_id] = (0, 0)
             continue
+        head: Callable[[], object] | None = None
         if c.kind == OFFLOAD:
-            crossing, host = dict(feeds), 0.0
+            crossing = dict(feeds)
         else:
             sess = executor._head_session(c)
             head_out = sess.run(feeds)
-            host = _median_ms(lambda s=sess: s.run(feeds), runs)
             crossing = {k: head_out[k] for k in c.tensors}
-        r = client.infer(c.cloud_model, crossing, names)  # warm the model and connection
-        cloud = _median_ms(lambda cm=c.cloud_model, x=crossing: client.infer(cm, x, names), runs)
+            head = partial(sess.run, feeds)
+        r = client.infer(c.cloud_model, crossing, names)  # loads the model, warms the socket
+        sizes[c.cut_id] = (r.up_bytes, r.down_bytes)
+        jobs[c.cut_id] = (head, lambda cm=c.cloud_model, x=crossing: client.infer(cm, x, names))
+    head_t: dict[str, list[float]] = {k: [] for k in jobs}
+    cloud_t: dict[str, list[float]] = {k: [] for k in jobs}
+    for _ in range(rounds):
+        for cid, (head, cloud) in jobs.items():
+            if head is not None:
+                head_t[cid].append(_median_ms(head, 1))
+            if cloud is not None:
+                cloud_t[cid].append(_median_ms(cloud, 1))
+    out: dict[str, Components] = {}
+    local_id = next(c.cut_id for c in executor.plan.candidates if c.kind == LOCAL)
+    local_host = statistics.median(head_t[local_id])
+    for c in executor.plan.candidates:
+        host = statistics.median(head_t[c.cut_id]) if head_t[c.cut_id] else 0.0
+        if c.kind != LOCAL:
+            host = min(host, local_host)
+        cloud = statistics.median(cloud_t[c.cut_id]) if cloud_t[c.cut_id] else 0.0
         out[c.cut_id] = Components(c.cut_id, c.kind, host, host / relative_speed, cloud,
-                                   r.up_bytes, r.down_bytes)
+                                   *sizes[c.cut_id])
     return out
 
 
@@ -397,7 +421,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             "plan": out.decision.plan, "executed": out.executed, "fallback": out.fallback,
             "explored": out.decision.explored, "probe": out.decision.probe,
             "reason": out.decision.reason, "predicted_ms": round(out.decision.predicted_ms, 2),
-            "oracle_plan": best,
+            "oracle_plan": best, "link_estimate_mbps": round(out.link_bps / 1e6, 3),
             **{f"{s}_ms": round(v[0], 2) for s, v in chosen.items()},
             **{f"{s}_mj": round(v[1], 2) for s, v in chosen.items()},
         })

@@ -41,8 +41,8 @@ def test_window_forgets_old_link() -> None:
 def test_rtt_from_small_transfers_and_subtracted_from_large() -> None:
     clock = Clock()
     est = LinkEstimator(window=4, prior_rtt_s=0.2, clock=clock)
-    est.observe_rtt(0.05)
-    est.observe_rtt(0.04)
+    for rtt in (0.05, 0.04, 0.04, 0.3):  # one stalled probe does not move the median
+        est.observe_rtt(rtt)
     assert est.estimate().rtt_s == pytest.approx(0.04)
     # 1 MB in 0.04 s RTT + 0.2 s server + 0.8 s serialisation -> 10 Mbit/s
     est.observe_transfer(1_000_000, 0, 1.04, server_s=0.2)
@@ -84,3 +84,13 @@ def test_reset_forgets_and_window_validated() -> None:
     assert est.estimate().bandwidth_bps == 3e6 and est.estimate().samples == 0
     with pytest.raises(ValueError, match="window"):
         LinkEstimator(window=0)
+
+
+def test_censored_transfer_only_lowers_the_estimate() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=4, prior_rtt_s=0.0, clock=clock)
+    est.observe_transfer(1_000_000, 0, 0.8)  # 10 Mbit/s
+    est.observe_censored(1_000_000, 0.4)  # gave up after 0.4 s: says only "<= 20 Mbit/s"
+    assert est.estimate().bandwidth_bps == pytest.approx(10e6)
+    est.observe_censored(1_000_000, 4.0)  # not done after 4 s: at most 2 Mbit/s
+    assert est.estimate().bandwidth_bps == pytest.approx(2 / (1 / 10e6 + 1 / 2e6))
