@@ -56,7 +56,13 @@ slo_ms=None, out_dir=None, keep=8) -> Plan``
 
 from __future__ import annotations
 
-from partition._build import build_plan, measure_candidates, resolve_cloud, write_plan_dir
+from partition._build import (
+    Measurement,
+    build_plan,
+    measure_candidates,
+    resolve_cloud,
+    write_plan_dir,
+)
 from partition._compress import decode, encode, evaluate_compression
 from partition._costmodel import CostModel
 from partition._graph import LayerGraph, LayerNode, TensorInfo, load_model
@@ -87,6 +93,7 @@ __all__ = [
     "CutCandidate",
     "LayerGraph",
     "LayerNode",
+    "Measurement",
     "MinCut",
     "Plan",
     "Profile",

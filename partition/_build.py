@@ -18,7 +18,7 @@ import socket
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,16 @@ def _measured_here(profile: Profile) -> bool:
     return profile.source == "measured here" and profile.host == socket.gethostname()
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """Measured times per candidate (ms, head already scaled to the device) and the
+    largest difference between head-then-tail outputs and the whole model's."""
+
+    times: dict[str, tuple[float, float]]
+    max_abs_diff: float
+    full_ms: float  # the whole model on this host, unscaled
+
+
 def measure_candidates(
     model: onnx.ModelProto | Splitter,
     candidates: Sequence[CutCandidate],
@@ -104,54 +114,76 @@ def measure_candidates(
     level: str = "all",
     measure_head: bool = True,
     measure_tail: bool = True,
-) -> dict[str, tuple[float, float]]:
-    """Run each candidate's head then tail session here (batch 1, fixed threads) and
-    return ``{cut_id: (head_ms, tail_ms)}`` as medians; head times are multiplied by
-    ``device_scale`` (1 / relative_speed when this host stands in for the device).
-    Runs are interleaved head, tail, head, tail so that load changes hit both."""
+    block: int = 12,
+) -> Measurement:
+    """Run each candidate's head then tail session here (batch 1, fixed threads).
+
+    Candidates are measured in blocks whose sessions are all open at once, round by
+    round; the whole model runs right before each candidate, and a candidate's time is
+    its median ratio to that run times the whole model's median time, so load that
+    comes and goes on a shared host cancels out. Head times are multiplied by ``device_scale`` (1 / relative_speed when
+    this host stands in for the device). ``local`` and ``offload`` are the whole model.
+    """
     splitter = model if isinstance(model, Splitter) else Splitter(model)
-    out: dict[str, tuple[float, float]] = {}
-    full = None
-    for c in candidates:
-        if c.kind in (LOCAL, OFFLOAD):
-            if full is None:
-                sess = make_session(splitter.model, threads, level)
-                feeds = random_feeds(sess)
-                for _ in range(2):
-                    sess.run(None, feeds)
-                times = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    sess.run(None, feeds)
-                    times.append((time.perf_counter() - t0) * 1000.0)
-                full = statistics.median(times)
-            out[c.cut_id] = (full * device_scale, 0.0) if c.kind == LOCAL else (0.0, full)
-            continue
-        head, tail = splitter.split(c.tensors)
-        hs = make_session(head, threads, level)
-        ts = make_session(tail, threads, level)
-        feeds = random_feeds(hs)
-        names = [o.name for o in hs.get_outputs()]
-        mids = dict(zip(names, hs.run(None, feeds), strict=True))
-        tail_feeds = {i.name: mids.get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
+    full = make_session(splitter.model, threads, level)
+    feeds = random_feeds(full)
+    want = full.run(None, feeds)
+    times: dict[str, tuple[float, float]] = {}
+    ratios: dict[str, tuple[float, float]] = {}
+    full_samples: list[float] = []
+    max_diff = 0.0
+    splits = [c for c in candidates if c.kind == SPLIT]
+    blocks = [splits[i:i + block] for i in range(0, len(splits), block)] or [[]]
+    for chunk in blocks:
+        runners = []
+        for c in chunk:
+            head, tail = splitter.split(c.tensors)
+            hs, ts = make_session(head, threads, level), make_session(tail, threads, level)
+            mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds), strict=True))
+            tf = {i.name: mids.get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
+            got = ts.run(None, tf)
+            for a, b in zip(got, want, strict=True):
+                max_diff = max(max_diff, float(np.max(np.abs(a - b))))
+            runners.append((c.cut_id, hs, ts, tf))
+        samples: dict[str, tuple[list[float], list[float]]] = {r[0]: ([], []) for r in runners}
+        for r in range(runs + 1):
+            for cid, hs, ts, tf in runners:
+                # The whole model runs right before each candidate: times are kept as
+                # ratios to it, so load that comes and goes on a shared host cancels.
+                t0 = time.perf_counter()
+                full.run(None, feeds)
+                t1 = time.perf_counter()
+                if measure_head:
+                    hs.run(None, feeds)
+                t2 = time.perf_counter()
+                if measure_tail:
+                    ts.run(None, tf)
+                t3 = time.perf_counter()
+                if r > 0:  # round 0 warms up
+                    f_ms = (t1 - t0) * 1000.0
+                    full_samples.append(f_ms)
+                    samples[cid][0].append((t2 - t1) * 1000.0 / f_ms)
+                    samples[cid][1].append((t3 - t2) * 1000.0 / f_ms)
+        ratios.update({cid: (statistics.median(h), statistics.median(t)) for cid, (h, t) in samples.items()})
+    if not full_samples:
         for _ in range(2):
-            hs.run(None, feeds)
-            ts.run(None, tail_feeds)
-        h_t, t_t = [], []
+            full.run(None, feeds)
         for _ in range(runs):
-            if measure_head:
-                t0 = time.perf_counter()
-                hs.run(None, feeds)
-                h_t.append((time.perf_counter() - t0) * 1000.0)
-            if measure_tail:
-                t0 = time.perf_counter()
-                ts.run(None, tail_feeds)
-                t_t.append((time.perf_counter() - t0) * 1000.0)
-        out[c.cut_id] = (
-            statistics.median(h_t) * device_scale if h_t else math.nan,
-            statistics.median(t_t) if t_t else math.nan,
+            t0 = time.perf_counter()
+            full.run(None, feeds)
+            full_samples.append((time.perf_counter() - t0) * 1000.0)
+    full_ms = statistics.median(full_samples)
+    for cid, (h, t) in ratios.items():
+        times[cid] = (
+            h * full_ms * device_scale if measure_head else math.nan,
+            t * full_ms if measure_tail else math.nan,
         )
-    return out
+    for c in candidates:
+        if c.kind == LOCAL:
+            times[c.cut_id] = (full_ms * device_scale, 0.0)
+        elif c.kind == OFFLOAD:
+            times[c.cut_id] = (0.0, full_ms)
+    return Measurement(times, max_diff, full_ms)
 
 
 def sweep_top(candidates: Sequence[CutCandidate], device: DeviceProfile, rtt_s: float,
@@ -270,7 +302,7 @@ def build_plan(
         measured = measure_candidates(
             splitter, pick, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
             measure_head=can_head, measure_tail=can_tail,
-        )
+        ).times
     candidates = _apply_measurements(candidates, measured, can_head, can_tail)
 
     best = choose(candidates, bandwidth_bps, rtt_s, dev, objective, slo_ms)

@@ -125,6 +125,10 @@ def session_options(threads: int, level: str = "all", profile_prefix: str | None
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT[level])
     opts.log_severity_level = 3
+    # Idle pool threads must not spin: head and tail sessions (and other processes) take
+    # turns on the same cores, and a spinning pool would steal the next session's time.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
