@@ -9,7 +9,7 @@ import numpy as np
 
 from devices import DeviceProfile
 from devices.errors import BackendError, ModelError
-from edge.runtime import Backend, Session, TensorSpec, _InputCheck
+from edge.runtime import Backend, Session, TensorSpec, _InputCheck, check_output_names
 
 
 def _interpreter_class() -> Any:
@@ -48,6 +48,7 @@ class LiteRTSession(Session):
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         self._check(feeds)
+        wanted = None if outputs is None else set(check_output_names(outputs, self.outputs))
         try:
             resized = False
             for d in self._in:
@@ -61,7 +62,6 @@ class LiteRTSession(Session):
             for d in self._in:
                 self._interp.set_tensor(d["index"], feeds[d["name"]])
             self._interp.invoke()
-            wanted = None if outputs is None else set(outputs)
             return {
                 d["name"]: self._interp.get_tensor(d["index"]).copy()
                 for d in self._out

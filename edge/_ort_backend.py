@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from devices import DeviceProfile
 from devices.errors import BackendError, ModelError
-from edge.runtime import Backend, Session, TensorSpec, _InputCheck
+from edge.runtime import Backend, Session, TensorSpec, _InputCheck, check_output_names
 
 # ONNX Runtime's type strings to NumPy dtypes; the inverse is derived, not written twice.
 _ORT_TYPES: dict[str, np.dtype] = {
@@ -107,7 +107,7 @@ class OrtSession(Session):
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         self._check(feeds)
-        names = self._output_names if outputs is None else list(outputs)
+        names = self._output_names if outputs is None else check_output_names(outputs, self.outputs)
         try:
             values = self._session.run(names, feeds)
         except Exception as exc:  # ORT raises its own untyped errors

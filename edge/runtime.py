@@ -50,11 +50,19 @@ class _InputCheck:
         }
 
     def __call__(self, feeds: Mapping[str, Any]) -> None:
-        if feeds.keys() != self._names:
+        try:
+            names_match = feeds.keys() == self._names
+        except AttributeError:
+            raise ModelInputError(
+                f"feeds: expected a mapping of input name to numpy.ndarray, "
+                f"got {type(feeds).__name__}"
+            ) from None
+        if not names_match:
             self._explain_names(feeds)
         for name, value in feeds.items():
             spec = self._specs[name]
-            if type(value) is not np.ndarray:
+            # The exact-type test is the fast path; subclasses (np.memmap) are fine too.
+            if type(value) is not np.ndarray and not isinstance(value, np.ndarray):
                 raise ModelInputError(
                     f"input '{name}': expected a numpy.ndarray of {spec.dtype}, "
                     f"got {type(value).__name__}"
@@ -91,6 +99,19 @@ class _InputCheck:
             parts.append("unknown input(s) " + ", ".join(f"'{n}'" for n in unknown))
         expected = ", ".join(self._specs[n].describe() for n in sorted(self._names))
         raise ModelInputError("; ".join(parts) + f" (the model takes {expected})")
+
+
+def check_output_names(wanted: Sequence[str], specs: Sequence[TensorSpec]) -> list[str]:
+    """``wanted`` as a list, or :class:`ModelInputError` naming outputs the model lacks."""
+    names = list(wanted)
+    known = {s.name for s in specs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ModelInputError(
+            "unknown output(s) " + ", ".join(f"'{n}'" for n in unknown)
+            + f" (the model gives {', '.join(s.name for s in specs)})"
+        )
+    return names
 
 
 def _fmt_shape(shape: Sequence[int | None]) -> str:

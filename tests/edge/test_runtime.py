@@ -168,6 +168,33 @@ def test_bad_input_is_named(request, backend: str, spoil, words: list[str]) -> N
     assert session.run(_good_feeds(session, batch=1))
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "litert"])
+def test_feeds_must_be_a_mapping(request, backend: str) -> None:
+    session = request.getfixturevalue("ort_session" if backend == "onnxruntime" else "litert_session")
+    value = next(iter(_good_feeds(session, batch=1).values()))
+    with pytest.raises(ModelInputError, match="feeds: expected a mapping of input name to "
+                                              "numpy.ndarray, got ndarray"):
+        session.run(value)
+
+
+def test_memory_mapped_arrays_are_accepted(tmp_path: Path, ort_session: runtime.Session) -> None:
+    feeds = _good_feeds(ort_session, batch=2)
+    np.save(tmp_path / "image.npy", feeds["image"])
+    mapped = np.load(tmp_path / "image.npy", mmap_mode="r")
+    assert type(mapped) is np.memmap
+    out = ort_session.run({"image": mapped, "scale": feeds["scale"]})
+    np.testing.assert_array_equal(out["out"], np.maximum(feeds["image"], 0))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "litert"])
+def test_unknown_output_named(request, backend: str) -> None:
+    session = request.getfixturevalue("ort_session" if backend == "onnxruntime" else "litert_session")
+    with pytest.raises(ModelInputError, match=r"unknown output\(s\) 'logits' \(the model gives "):
+        session.run(_good_feeds(session, batch=1), outputs=["logits"])
+    first = session.outputs[0].name
+    assert list(session.run(_good_feeds(session, batch=1), outputs=[first])) == [first]
+
+
 def test_missing_message_lists_what_the_model_takes(ort_session: runtime.Session) -> None:
     with pytest.raises(ModelInputError, match=r"missing input\(s\) 'scale'.*image: float32\[\?, 3, 4, 4\]"):
         ort_session.run({"image": np.zeros((1, 3, 4, 4), np.float32)})
