@@ -9,6 +9,15 @@ import click
 from devices.errors import ConfigError, ModelError
 
 
+def _console():  # noqa: ANN202 - rich is imported lazily
+    import sys
+
+    from rich.console import Console
+
+    # Pipes and logs get a wide table instead of rich's 80-column default.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _model_path(model: str) -> Path:
     """A file path, or a zoo model name (materialized on first use)."""
     from partition.zoo import ZOO_MODELS, zoo_model
@@ -32,7 +41,6 @@ def _model_path(model: str) -> Path:
 @click.option("--no-emulate", is_flag=True, help="Do not scale times by the device's relative_speed.")
 def profile(model: str, device_name: str, out_path: str, runs: int, threads: int | None, no_emulate: bool) -> None:
     """Measure every node's latency of MODEL with ONNX Runtime's profiler."""
-    from rich.console import Console
     from rich.table import Table
 
     from devices import load_profile
@@ -49,7 +57,7 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
     cm = CostModel.fit(graph, prof.nodes, dev.name)
     prof = prof.__class__(**{**prof.__dict__, "extra": {**prof.extra, "cost_model": cm.summary()}})
     prof.save(out_path)
-    console = Console()
+    console = _console()
     if prof.emulated:
         console.print(f"[yellow]measured on this host on behalf of {dev.name}: times divided by its "
                       f"relative_speed {dev.relative_speed:g}[/yellow]")
@@ -93,7 +101,6 @@ def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt:
                   cloud_model: str | None, compress: tuple[str, ...], runs: int, measure: int,
                   no_figure: bool) -> None:
     """Choose where to cut MODEL between DEVICE and CLOUD for a link; write the plan."""
-    from rich.console import Console
     from rich.table import Table
 
     from devices import load_profile
@@ -107,7 +114,7 @@ def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt:
         raise ConfigError("--slo-ms applies to --objective energy (latency is already minimized)")
     dev = load_profile(device_name)
     path = _model_path(model)
-    console = Console()
+    console = _console()
     plan = build_plan(
         path, dev, cloud, bw, rtt_s, objective=objective, slo_ms=slo_ms, out_dir=out_dir, keep=keep,
         device_profile=device_profile, runs=runs, measure=measure, cloud_model=cloud_model,

@@ -20,7 +20,8 @@ def parse_bandwidth(text: str | float | int) -> float:
         value = float(text)
     else:
         m = re.fullmatch(_NUM + r"([A-Za-z/]*)\s*", str(text))
-        unit = m.group(2).lower().replace("/s", "ps") if m else ""
+        unit = m.group(2).lower() if m else ""
+        unit = unit[:-2] if unit.endswith("/s") else unit
         if not m or (unit and unit not in _RATE):
             raise ConfigError(
                 f"bandwidth {text!r}: expected a number with a unit such as 500kbit, 20Mbit, "
