@@ -447,11 +447,17 @@ class LinkEmulator:
             writer.close()
             return
         assert self._up is not None and self._down is not None
-        await asyncio.gather(
-            self._pipe(reader, up_writer, self._up),
-            self._pipe(up_reader, writer, self._down),
-            return_exceptions=True,
-        )
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, self._up),
+                self._pipe(up_reader, writer, self._down),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            # Stopping the emulator: end quietly (a cancelled handler task makes asyncio
+            # log a traceback from inside its stream protocol).
+            writer.close()
+            up_writer.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     bucket: _Bucket) -> None:

@@ -352,7 +352,7 @@ class Executor:
         energy = self.energy.plan_mj(head_ms + local_tail_ms, up_ms, down_ms, wait_ms)
         missed = slo > 0 and latency > slo
         return Outcome(rid, decision, executed, fallback, latency, head_ms, cloud_ms,
-                       local_tail_ms, up, down, energy, missed, started, outputs)
+                       local_tail_ms, up, down, energy, missed, started, outputs=outputs)
 
     # -- probing ------------------------------------------------------------------------
     def _probe(self) -> None:

@@ -1,0 +1,137 @@
+"""The executor against a real ``edgecut serve`` process: fallback, breaker, plan change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices import DeviceProfile, load_profile
+from edge._executor import Executor
+from edge._offload import OffloadClient
+from edge._replay import (
+    CloudServer,
+    _feeds_for,
+    prepare_plan,
+    scenario_bandwidth_drop,
+    scenario_cloud_kill,
+)
+from edge.policy import Policy, policy_config_from_text
+from partition import Plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def slow_board(tmp_path_factory: pytest.TempPathFactory) -> DeviceProfile:
+    """A board 30x slower than this host, so that offloading squeezenet pays on a fast
+    link and does not on a slow one (the real Jetson profiles run it locally in ~10 ms)."""
+    text = (ROOT / "devices/profiles/jetson-nano.toml").read_text()
+    text = text.replace("relative_speed = 0.32", "relative_speed = 0.03")
+    text = text.replace('name = "jetson-nano"', 'name = "slow-board"')
+    path = tmp_path_factory.mktemp("profile") / "slow-board.toml"
+    path.write_text(text)
+    return load_profile(path)
+
+
+@pytest.fixture(scope="module")
+def plan_dir(slow_board: DeviceProfile, zoo_model, tmp_path_factory: pytest.TempPathFactory
+             ) -> Path:
+    out = tmp_path_factory.mktemp("plan")
+    prepare_plan(zoo_model("squeezenet"), slow_board, out, keep=3)
+    return out
+
+
+CFG = policy_config_from_text("slo_ms = 400\n[offload]\nbreaker_failures = 3\n")
+
+
+def test_every_plan_gives_the_local_answer(plan_dir: Path, slow_board: DeviceProfile) -> None:
+    plan = Plan.load(plan_dir / "plan.json")
+    with CloudServer(plan_dir / "repository") as srv, OffloadClient(srv.url) as client:
+        ex = Executor(plan, plan_dir, slow_board, policy=Policy(CFG), client=client,
+                      log_path=plan_dir / "decisions.jsonl")
+        feeds = _feeds_for(ex)
+        ref = ex._session_for(ex.model_path).run(feeds)
+        kinds = set()
+        for c in plan.candidates:
+            out = ex.infer(feeds, force=c.cut_id)
+            kinds.add(c.kind)
+            assert out.fallback == "" and out.executed == (
+                f"split@{c.cut_id}" if c.kind == "split" else c.kind)
+            for k, v in ref.items():
+                np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+            if c.kind != "local":
+                assert out.up_bytes > 0 and out.cloud_ms > 0
+        ex.close()
+    assert kinds == {"local", "offload", "split"}
+    lines = (plan_dir / "decisions.jsonl").read_text().splitlines()
+    assert len(lines) == len(plan.candidates)
+
+
+def test_unreachable_cloud_falls_back_from_the_cut(plan_dir: Path,
+                                                   slow_board: DeviceProfile) -> None:
+    plan = Plan.load(plan_dir / "plan.json")
+    from tests.conftest import free_port
+
+    client = OffloadClient(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
+    ex = Executor(plan, plan_dir, slow_board, policy=Policy(CFG), client=client)
+    feeds = _feeds_for(ex)
+    ref = ex._session_for(ex.model_path).run(feeds)
+    split = next(c for c in plan.candidates if c.kind == "split")
+    out = ex.infer(feeds, force=split.cut_id)
+    assert out.executed == f"split@{split.cut_id} -> local tail"  # continued from the cut
+    assert "CloudUnavailable" in out.fallback and out.local_tail_ms > 0
+    out2 = ex.infer(feeds, force="offload")
+    assert out2.executed == "local (fallback)"
+    for o in (out, out2):
+        for k, v in ref.items():
+            np.testing.assert_allclose(o.outputs[k], v, rtol=1e-3, atol=1e-4)
+    ex.close()
+    client.close()
+
+
+@pytest.mark.slow
+def test_cloud_killed_mid_run_loses_nothing_and_breaker_recovers(
+        zoo_model, slow_board: DeviceProfile, plan_dir: Path) -> None:
+    r = scenario_cloud_kill(zoo_model("squeezenet"), slow_board, plan_dir, CFG,
+                            before=4, down=6, after=6, breaker_reset_s=0.5)
+    assert r["lost"] == 0 and r["wrong_outputs"] == 0
+    assert r["remote_before_kill"] >= 3  # the cloud was in use before it died
+    assert r["fallbacks"] >= 1
+    down = [x for x in r["records"] if x["phase"] == "down"]
+    assert all(x["executed"].startswith("local") or "local tail" in x["executed"] for x in down)
+    assert down[-1]["breaker"] == "open" and down[-1]["plan"] == "local"
+    assert r["breaker_transitions"][:3] == ["open", "half-open", "closed"]
+    assert r["breaker_recovered"] and r["offload_resumed_after_requests"] is not None
+
+
+@pytest.mark.slow
+def test_bandwidth_drop_changes_plan_within_ten_requests(
+        zoo_model, slow_board: DeviceProfile, plan_dir: Path) -> None:
+    r = scenario_bandwidth_drop(zoo_model("squeezenet"), slow_board, plan_dir, CFG,
+                                before=8, after=10)
+    assert r["plan_at_high"] != "local"  # at 50 Mbit/s the slow board offloads
+    assert r["changed_after_requests"] is not None and r["changed_after_requests"] <= 10
+    assert "local" in r["plans_after_drop"]
+
+
+def test_policy_hot_reload_takes_effect_on_next_request(
+        plan_dir: Path, slow_board: DeviceProfile, tmp_path: Path) -> None:
+    from edge.policy import PolicyConfigWatcher
+
+    plan = Plan.load(plan_dir / "plan.json")
+    path = tmp_path / "policy.toml"
+    path.write_text("slo_ms = 400\n")
+    watcher = PolicyConfigWatcher(path, check_interval_s=0.0)
+    ex = Executor(plan, plan_dir, slow_board, policy=Policy(watcher), client=None)
+    feeds = _feeds_for(ex)
+    assert ex.infer(feeds).decision.plan == "local"  # no client: the cloud is unavailable
+    path.write_text("slo_ms = 400\n[rules]\nnever_send_raw_input = true\n")
+    import os
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    assert ex.infer(feeds).decision.plan == "local"
+    assert watcher.reloads == 1 and Policy(watcher).config.rules.never_send_raw_input
+    ex.close()
