@@ -1,13 +1,14 @@
 """Benchmark `edgecut serve` against bare ONNX Runtime on the same models and batches.
 
-    python bench/serve.py --json [--models resnet50,squeezenet] [--duration 5] [--rounds 2]
+    python bench/serve.py --json [--models resnet50,squeezenet] [--duration 2] [--rounds 5]
 
 For each model: starts `edgecut serve` (a subprocess) on 127.0.0.1 with a repository holding
 the model (max batch 8, dynamic batching), then, interleaved over ``--rounds`` rounds:
 the server at concurrency 1, bare ONNX Runtime at batch 1 (in this process, the server
 idle), the server at concurrency 4 and 16, and bare ONNX Runtime replaying the batch sizes
 the server's batcher formed at concurrency 16 (read from the statistics extension).
-Medians over rounds are reported with their min-max spread. Finally an overload phase
+Latency percentiles pool every request of every round; throughput ratios are per round,
+reported as the median with the min-max spread. Finally an overload phase
 (``--overload-concurrency`` closed-loop clients against a queue of 32) counts 503s, other
 errors and the server's peak RSS, sampled from /proc while it runs.
 
@@ -68,10 +69,13 @@ async def _client(host: str, port: int, payload: bytes, start_at: float, warmup_
             reader = writer = None
             continue
         t1 = time.perf_counter()
-        if t0 >= start_at + warmup_s:
+        # Throughput counts completions inside the window; latency, requests sent inside it.
+        if start_at + warmup_s <= t1 <= end_at:
             out["codes"][status] = out["codes"].get(status, 0) + 1
             if status == 200:
-                out["lat"].append(t1 - t0)
+                out["done"] += 1
+        if t0 >= start_at + warmup_s and status == 200:
+            out["lat"].append(t1 - t0)
         if b"connection: close" in lower:
             writer.close()
             reader = writer = None
@@ -79,16 +83,8 @@ async def _client(host: str, port: int, payload: bytes, start_at: float, warmup_
         writer.close()
 
 
-def loadgen_main(spec: dict) -> dict:
-    """Run ``concurrency`` closed-loop connections for warmup + duration; return samples."""
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    payload = Path(spec["payload"]).read_bytes()
-    out = {"codes": {}, "lat": [], "conn_errors": 0}
+def _run_phase(runner, spec: dict, payload: bytes) -> dict:
+    out = {"codes": {}, "lat": [], "done": 0, "conn_errors": 0}
 
     async def main() -> None:
         start = time.perf_counter()
@@ -102,25 +98,58 @@ def loadgen_main(spec: dict) -> dict:
     return out
 
 
-def run_load(host: str, port: int, payload_path: str, concurrency: int, duration: float,
-             warmup: float) -> dict:
-    spec = {"host": host, "port": port, "payload": payload_path, "concurrency": concurrency,
-            "duration": duration, "warmup": warmup}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--_loadgen", json.dumps(spec)],
-        capture_output=True, text=True, timeout=duration + warmup + 120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
-    out = json.loads(proc.stdout)
-    lat = sorted(out["lat"])
-    ok = len(lat)
-    return {
-        "throughput": ok / duration,
-        "p50_ms": _pct(lat, 50) * 1e3 if lat else None,
-        "p99_ms": _pct(lat, 99) * 1e3 if lat else None,
-        "codes": {int(k): v for k, v in out["codes"].items()},
-        "conn_errors": out["conn_errors"],
-    }
+def loadgen_main() -> None:
+    """Serve phases read as JSON lines on stdin; answer each with a JSON line on stdout.
+
+    One long-lived process, so that phases can alternate with bare ONNX Runtime every
+    second without paying for a process start each time.
+    """
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    payloads: dict[str, bytes] = {}
+    for line in sys.stdin:
+        spec = json.loads(line)
+        if spec["payload"] not in payloads:
+            payloads[spec["payload"]] = Path(spec["payload"]).read_bytes()
+        out = _run_phase(runner, spec, payloads[spec["payload"]])
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+class LoadGenerator:
+    """The load generator process (started once per benchmark run)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--_loadgen"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def run(self, host: str, port: int, payload_path: str, concurrency: int, duration: float,
+            warmup: float) -> dict:
+        spec = {"host": host, "port": port, "payload": payload_path, "concurrency": concurrency,
+                "duration": duration, "warmup": warmup}
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator died")
+        out = json.loads(line)
+        lat = sorted(out["lat"])
+        return {
+            "throughput": out["done"] / duration,
+            "lat": lat,
+            "p50_ms": _pct(lat, 50) * 1e3 if lat else None,
+            "p99_ms": _pct(lat, 99) * 1e3 if lat else None,
+            "codes": {int(k): v for k, v in out["codes"].items()},
+            "conn_errors": out["conn_errors"],
+        }
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def _pct(sorted_values: list[float], q: float) -> float:
@@ -148,6 +177,13 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds a process has used (all its threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _batch_histogram(host: str, port: int, model: str) -> dict[int, int]:
@@ -205,7 +241,7 @@ class Server:
 # ----------------------------------------------------------------------------- bare ORT
 
 
-def _bare_session(path: Path, threads: int):
+def _bare_session(path: Path, threads: int, spinning: bool):
     import onnxruntime as ort
 
     from cloud._runtime import ort_providers
@@ -214,6 +250,8 @@ def _bare_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spinning:  # the same session options as the server's
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=ort_providers())
 
 
@@ -228,10 +266,11 @@ def bare_b1(session, x: np.ndarray, duration: float) -> dict:
         session.run(None, {name: x})
         times.append(time.perf_counter() - t0)
     times.sort()
-    return {"p50_ms": _pct(times, 50) * 1e3, "throughput": len(times) / sum(times)}
+    return {"p50_ms": _pct(times, 50) * 1e3, "throughput": len(times) / sum(times), "lat": times}
 
 
-def bare_same_batches(session, x: np.ndarray, hist: dict[int, int], duration: float) -> float:
+def bare_same_batches(session, x: np.ndarray, hist: dict[int, int], duration: float
+                      ) -> tuple[float, float]:
     """Images per second running the server's batch-size mix, back to back in one process."""
     name = session.get_inputs()[0].name
     total = sum(hist.values())
@@ -241,6 +280,7 @@ def bare_same_batches(session, x: np.ndarray, hist: dict[int, int], duration: fl
     for b in batches:
         session.run(None, {name: batches[b]})
     images = 0
+    cpu0 = time.process_time()
     start = time.perf_counter()
     end = start + duration
     i = 0
@@ -249,7 +289,8 @@ def bare_same_batches(session, x: np.ndarray, hist: dict[int, int], duration: fl
         session.run(None, {name: batches[b]})
         images += b
         i += 1
-    return images / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return images / elapsed, (time.process_time() - cpu0) / images
 
 
 # ----------------------------------------------------------------------------- the run
@@ -259,7 +300,7 @@ def _median_spread(values: list[float]) -> tuple[float, list[float]]:
     return statistics.median(values), [min(values), max(values)]
 
 
-def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
+def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator) -> dict:
     from cloud import encode_infer_request
     from partition import zoo
     from tests.conftest import free_port
@@ -267,7 +308,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
     source = zoo.zoo_model(model)
     repo = workdir / f"repo-{model}"
     _write_repo(repo, model, source, args.max_batch, args.delay_us, args.queue)
-    session = _bare_session(source, args.threads)
+    session = _bare_session(source, args.threads, args.spinning)
     input_name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     body, headers = encode_infer_request({input_name: x})
@@ -278,22 +319,30 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
     payload = workdir / f"{model}.http"
     payload.write_bytes(head + body)
 
-    server = Server(repo, port, args.threads, tuple(args.server_arg))
+    spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
+    server = Server(repo, port, args.threads, (spin, *args.server_arg))
     host = "127.0.0.1"
     rounds: dict[str, list] = {k: [] for k in (
-        "c1", "c4", "c16", "bare_b1", "bare_same", "hist")}
+        "c1", "c4", "c16", "bare_b1", "bare_same", "hist", "server_cpu", "bare_cpu")}
     try:
         for _ in range(args.rounds):
-            rounds["c1"].append(run_load(host, port, str(payload), 1, args.duration, args.warmup))
+            rounds["c1"].append(gen.run(host, port, str(payload), 1, args.duration, args.warmup))
             rounds["bare_b1"].append(bare_b1(session, x, args.duration))
-            rounds["c4"].append(run_load(host, port, str(payload), 4, args.duration, args.warmup))
+            rounds["c4"].append(gen.run(host, port, str(payload), 4, args.duration, args.warmup))
             before = _batch_histogram(host, port, model)
-            rounds["c16"].append(run_load(host, port, str(payload), 16, args.duration, args.warmup))
+            cpu0 = _cpu_s(server.proc.pid)
+            c16 = gen.run(host, port, str(payload), 16, args.duration, args.warmup)
+            cpu1 = _cpu_s(server.proc.pid)
+            rounds["c16"].append(c16)
             after = _batch_histogram(host, port, model)
             hist = {b: after.get(b, 0) - before.get(b, 0) for b in after}
             hist = {b: n for b, n in hist.items() if n > 0}
             rounds["hist"].append(hist)
-            rounds["bare_same"].append(bare_same_batches(session, x, hist, args.duration))
+            images = sum(b * n for b, n in hist.items())
+            rounds["server_cpu"].append((cpu1 - cpu0) / max(images, 1))
+            throughput, cpu_per_image = bare_same_batches(session, x, hist, args.duration)
+            rounds["bare_same"].append(throughput)
+            rounds["bare_cpu"].append(cpu_per_image)
         rss_before = _rss_mb(server.proc.pid)
         peak = [rss_before]
         stop = threading.Event()
@@ -308,8 +357,8 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        overload = run_load(host, port, str(payload), args.overload_concurrency,
-                            args.overload_duration, 0.5)
+        overload = gen.run(host, port, str(payload), args.overload_concurrency,
+                           args.overload_duration, 0.5)
         stop.set()
         sampler.join()
         alive = _http(host, port, "GET", "/v2/health/live")[0] == 200
@@ -319,8 +368,13 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
     c16, c16_spread = _median_spread([r["throughput"] for r in rounds["c16"]])
     bare_same, bare_same_spread = _median_spread(rounds["bare_same"])
     ratios = [r["throughput"] / b for r, b in zip(rounds["c16"], rounds["bare_same"], strict=True)]
-    p50_c1, p50_c1_spread = _median_spread([r["p50_ms"] for r in rounds["c1"]])
-    bare_p50, bare_p50_spread = _median_spread([r["p50_ms"] for r in rounds["bare_b1"]])
+    # p50 and p99 over every request of every round (pooled); spreads are per round.
+    pooled_c1 = sorted(t for r in rounds["c1"] for t in r["lat"])
+    pooled_b1 = sorted(t for r in rounds["bare_b1"] for t in r["lat"])
+    p50_c1, p50_c1_spread = _pct(pooled_c1, 50) * 1e3, [
+        min(r["p50_ms"] for r in rounds["c1"]), max(r["p50_ms"] for r in rounds["c1"])]
+    bare_p50, bare_p50_spread = _pct(pooled_b1, 50) * 1e3, [
+        min(r["p50_ms"] for r in rounds["bare_b1"]), max(r["p50_ms"] for r in rounds["bare_b1"])]
     added = [r["p50_ms"] - b["p50_ms"] for r, b in zip(rounds["c1"], rounds["bare_b1"], strict=True)]
     codes = overload["codes"]
     merged_hist: dict[int, int] = {}
@@ -333,7 +387,8 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
         "throughput_ratio_c16": round(statistics.median(ratios), 3),
         "p50_ms_c1": round(p50_c1, 3),
         "bare_ort_p50_ms_b1": round(bare_p50, 3),
-        "p99_ms_c1": round(statistics.median([r["p99_ms"] for r in rounds["c1"]]), 3),
+        "p99_ms_c1": round(_pct(pooled_c1, 99) * 1e3, 3),
+        "bare_ort_p99_ms_b1": round(_pct(pooled_b1, 99) * 1e3, 3),
         "overload_503_count": codes.get(503, 0),
         "overload_other_errors": sum(n for c, n in codes.items() if c not in (200, 503))
         + overload["conn_errors"],
@@ -354,6 +409,11 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict:
         "bare_ort_throughput_b1": round(statistics.median(
             [r["throughput"] for r in rounds["bare_b1"]]), 2),
         "batch_histogram_c16": {str(b): n for b, n in sorted(merged_hist.items())},
+        # CPU seconds per image (all threads of the process), robust to other load on the
+        # host: the server's includes HTTP, decoding, batching and ONNX Runtime.
+        "server_cpu_ms_per_image_c16": round(statistics.median(rounds["server_cpu"]) * 1e3, 3),
+        "bare_ort_cpu_ms_per_image_same_batches": round(
+            statistics.median(rounds["bare_cpu"]) * 1e3, 3),
         "errors_c1_c4_c16": sum(n for r in rounds["c1"] + rounds["c4"] + rounds["c16"]
                                 for c, n in r["codes"].items() if c != 200),
         "overload_ok_count": codes.get(200, 0),
@@ -366,11 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--models", default="resnet50,squeezenet")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase")
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measured window")
+    parser.add_argument("--warmup", type=float, default=0.3, help="seconds before each window")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per model")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime intra-op threads on both sides (default: all cores)")
+    parser.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=False,
+                        help="let idle ONNX Runtime threads spin, on both sides (default: off, "
+                        "since server, load generator and bare ORT share few cores)")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--delay-us", type=int, default=0, help="max_queue_delay_microseconds")
     parser.add_argument("--queue", type=int, default=32, help="max_queue_size per model")
@@ -378,10 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-duration", type=float, default=5.0)
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for edgecut serve (repeatable)")
-    parser.add_argument("--_loadgen", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_loadgen", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._loadgen:
-        json.dump(loadgen_main(json.loads(args._loadgen)), sys.stdout)
+        loadgen_main()
         return 0
     cores = os.cpu_count() or 1
     args.threads = args.threads or cores
@@ -392,11 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "host_cores": cores,
         "server": {"process": "edgecut serve (uvicorn, httptools, uvloop), 1 event loop",
-                   "ort_intra_op_threads": args.threads, "instances_per_model": 1,
+                   "ort_intra_op_threads": args.threads, "ort_spinning": args.spinning,
+                   "instances_per_model": 1,
                    "max_batch_size": args.max_batch, "max_queue_delay_us": args.delay_us,
                    "max_queue_size": args.queue},
         "bare_ort": {"process": "this benchmark process, server idle meanwhile",
-                     "intra_op_threads": args.threads},
+                     "intra_op_threads": args.threads, "ort_spinning": args.spinning},
         "load_generator": {"process": "separate process, 1 thread, asyncio raw HTTP/1.1",
                            "encoding": "binary tensors, encoded once, re-sent"},
         "onnxruntime": ort.__version__,
@@ -406,9 +470,13 @@ def main(argv: list[str] | None = None) -> int:
         "overload_concurrency": args.overload_concurrency,
         "note": "server, load generator and bare ORT share the same cores; medians over rounds",
     }
-    with tempfile.TemporaryDirectory(prefix="edgecut-bench-") as tmp:
-        for model in args.models.split(","):
-            result[model] = bench_model(model, args, Path(tmp))
+    gen = LoadGenerator()
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecut-bench-") as tmp:
+            for model in args.models.split(","):
+                result[model] = bench_model(model, args, Path(tmp), gen)
+    finally:
+        gen.close()
     if args.json:
         print(json.dumps(result))
     else:
