@@ -419,10 +419,11 @@ class LinkEmulator:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        # Bursts of about 2 ms at the trace's mean keep shaping smooth without starving
-        # a chunk of a fast link; never smaller than one full-size packet.
+        # A bucket depth of about 20 ms at the trace's mean: deep enough that timer
+        # oversleep on a busy host does not throw capacity away, shallow enough that a
+        # step in the trace shows within a few tens of milliseconds.
         def burst(tr: Trace) -> float:
-            return max(12000.0, tr.mean_bps * 0.002)
+            return max(8 * 16384.0, tr.mean_bps * 0.02)
         self._up = _Bucket(self.up_trace, self.clock, burst(self.up_trace))
         self._down = _Bucket(self.down_trace, self.clock, burst(self.down_trace))
         try:
@@ -488,7 +489,7 @@ class LinkEmulator:
                 view = memoryview(data)
                 while view:
                     rate = bucket.trace.rate_at(bucket.clock.now())
-                    piece = int(min(65536, max(1500, rate / 8 * 0.002)))
+                    piece = int(min(65536, max(1500, rate / 8 * 0.005)))
                     chunk, view = view[:piece], view[piece:]
                     await bucket.take(len(chunk))
                     writer.write(chunk)

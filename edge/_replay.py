@@ -321,6 +321,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         emu = LinkEmulator("127.0.0.1", srv.port, up=trace, delay_s=rtt_s / 2, speedup=speedup,
                            offset_s=offset_s).start()
         cfg = policy
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
         # The estimator and cost ages run on the trace clock: staleness is about how much
         # the link may have changed, which happens in trace time.
         client = OffloadClient(emu.url, timeout_s=cfg.offload.timeout_ms / 1000.0,
@@ -332,8 +334,6 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
                             clock=lambda: emu.trace_time(), seed=seed,
                             intra_op_threads=device_threads,
                             log_path=(Path(out_dir) / "decisions.jsonl") if out_dir else None)
-        if out_dir:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(seed)
         full = executor._session_for(executor.model_path)
         feeds = {s.name: rng.standard_normal(
