@@ -240,7 +240,8 @@ version = "1"
         seconds = time.monotonic() - started
         ctl.loop_stop()
         steps = [a.get("step") for a in acks]
-        final = acks[-1] if acks else {}
+        final = next((a for a in reversed(acks)
+                      if a.get("step") in ("committed", "rejected", "rolled_back")), {})
         swapped = next((a for a in acks if a.get("step") == "swapped"), None)
         total = sum(ok) + len(failed)
 

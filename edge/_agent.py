@@ -560,11 +560,12 @@ class Agent:
         results = {n: self._reprofile(n, self.slots[n].current) for n in names}
         return {"command": name, "results": results}
 
-    def _after_update(self, name: str, version: ModelVersion) -> None:
+    def _after_update(self, name: str, version: ModelVersion) -> dict[str, Any]:
         result = self._reprofile(name, version)
         plan = self._repartition(name, version)
         if plan is not None:
             result["repartition"] = plan
+        return result
 
     def _reprofile(self, name: str, version: ModelVersion) -> dict[str, Any]:
         """Measure the serving version again; run registered re-partition hooks."""

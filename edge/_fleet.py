@@ -3,7 +3,7 @@
 Topics (``P`` is ``mqtt.prefix``, ``D`` the device id, ``G`` each of ``mqtt.groups``)::
 
     P/D/status           retained; "online" on connect, "offline" as the last will
-    P/D/telemetry        periodic records, each with a sequence number ``seq``
+    P/D/telemetry        periodic records, each with a sequence number ``seq`` (QoS 2)
     P/D/config/set   ->  P/D/config/ack
     P/D/models/deploy -> P/D/models/ack      (one ack per deployment step)
     P/D/cmd          ->  P/D/cmd/ack
@@ -16,8 +16,9 @@ the stored final ack instead of running it again. Payloads that are too large, n
 or of the wrong shape get an error ack and change nothing. docs/mqtt.md has the schemas.
 
 Telemetry goes through :class:`edge._spool.TelemetrySpool`: a record is on disk before it
-is published and leaves the disk only when the broker's PUBACK arrives, so an outage loses
-nothing up to the spool bound and records are sent in sequence order after a reconnect.
+is published and leaves the disk only when the broker has acknowledged it (QoS 2, so a
+re-send after a lost acknowledgement is not delivered twice), so an outage loses nothing
+up to the spool bound and records are sent in sequence order after a reconnect.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ log = logging.getLogger("edgecut.fleet")
 _KINDS = {"config/set": "config", "models/deploy": "deploy", "cmd": "cmd"}
 _ACK_TOPIC = {"config": "config/ack", "deploy": "models/ack", "cmd": "cmd/ack"}
 _MAX_ID = 128
+TELEMETRY_QOS = 2
+_FINAL_STEPS = ("committed", "rejected", "rolled_back", "superseded")
 _REMEMBER_IDS = 1000
 
 
@@ -330,7 +333,9 @@ class FleetLink:
                 payload = self.spool.read(seq)
                 if payload is None:
                     continue
-                info = self._client.publish(topic, payload, qos=1)
+                # QoS 2: the broker's PUBREC/PUBREL handshake makes a re-send after a lost
+                # acknowledgement a no-op, where QoS 1 would deliver the record twice.
+                info = self._client.publish(topic, payload, qos=TELEMETRY_QOS)
                 inflight[info.mid] = seq
                 handed.add(seq)
             # Drop handed seqs that were evicted meanwhile so the set stays bounded.
@@ -429,7 +434,10 @@ class FleetLink:
 
             def step(name: str, ok: bool = True, **fields: Any) -> None:
                 nonlocal last
-                last = self.ack("deploy", {**base, "step": name, "ok": ok, **fields})
+                body = self.ack("deploy", {**base, "step": name, "ok": ok, **fields})
+                # A redelivery is answered with the outcome, not a later detail step.
+                if name in _FINAL_STEPS or not last:
+                    last = body
 
             try:
                 self.handler.deploy(msg, step)

@@ -400,7 +400,7 @@ class Updater:
         profile: DeviceProfile | None,
         settings: Callable[[], Any],
         warmup: Callable[[str], tuple[int, str]],
-        on_committed: Callable[[str, ModelVersion], None] | None = None,
+        on_committed: Callable[[str, ModelVersion], dict[str, Any] | None] | None = None,
     ) -> None:
         self.slots = slots
         self.store = store
@@ -559,7 +559,8 @@ class Updater:
             self.history.append({"model": name, "version": new.version, "result": "committed"})
         if self._on_committed is not None:
             try:
-                self._on_committed(name, new)
+                result = self._on_committed(name, new)
+                ack("reprofiled", **(result or {}))
             except Exception as exc:  # a failed re-profile must not undo a good update
                 ack("reprofile_failed", ok=False, reason=f"{type(exc).__name__}: {exc}")
         return "committed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -19,6 +20,9 @@ import pytest
 from tests.conftest import free_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+# Started as root, mosquitto drops to the 'mosquitto' user, which cannot read or write
+# the test's private temporary folders; keep the user it was started as.
+_USER_LINE = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -44,6 +48,7 @@ class Broker:
         self.conf.write_text(
             f"listener {port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            f"{_USER_LINE}"
             "persistence true\n"
             f"persistence_location {directory / 'data'}/\n"
             "max_queued_messages 100000\n"
@@ -54,9 +59,14 @@ class Broker:
     def start(self) -> None:
         if not os.path.exists(MOSQUITTO):
             raise RuntimeError(f"{MOSQUITTO} is missing: run scripts/install-system.sh")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
+        err = self.dir / "mosquitto.stderr"
+        with open(err, "ab") as fh:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                         stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.port)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; mosquitto said: {err.read_text()[-2000:]}") from None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -87,7 +97,9 @@ class Observer:
     the broker restarts are still delivered to it afterwards.
     """
 
-    def __init__(self, port: int, topics: list[str], client_id: str = "test-observer") -> None:
+    def __init__(self, port: int, topics: list[str], client_id: str = "test-observer",
+                 qos: int = 1) -> None:
+        self._qos = qos
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
         self._ready = threading.Event()
@@ -105,7 +117,7 @@ class Observer:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                     properties: Any = None) -> None:
-        client.subscribe([(t, 1) for t in self._topics])
+        client.subscribe([(t, self._qos) for t in self._topics])
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._cond:
@@ -153,8 +165,8 @@ class Observer:
 def observer_factory(mosquitto: Broker) -> Iterator[Callable[..., Observer]]:
     made: list[Observer] = []
 
-    def make(topics: list[str], client_id: str = "test-observer") -> Observer:
-        obs = Observer(mosquitto.port, topics, client_id)
+    def make(topics: list[str], client_id: str = "test-observer", qos: int = 1) -> Observer:
+        obs = Observer(mosquitto.port, topics, client_id, qos)
         made.append(obs)
         return obs
 

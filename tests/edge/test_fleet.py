@@ -173,7 +173,8 @@ def test_broker_restart_loses_and_duplicates_no_telemetry(
     model = tiny_model(tmp_path / "tiny.onnx")
     cfg = write_agent_config(tmp_path, models={"tiny": model}, mqtt_port=mosquitto.port,
                              telemetry_s=0.05)
-    obs = observer_factory(["t/dev1/telemetry", "t/dev1/status"], client_id="telemetry-obs")
+    obs = observer_factory(["t/dev1/telemetry", "t/dev1/status"], client_id="telemetry-obs",
+                           qos=2)
     agent = Agent(cfg)
     agent.start_fleet()
     try:

@@ -51,7 +51,7 @@ def test_outage_longer_than_the_spool_loses_only_the_oldest_records(
                              telemetry_s=0.05)
     text = cfg.read_text().replace("[updates]", "spool_max_bytes = 4096\n[updates]")
     cfg.write_text(text)
-    obs = observer_factory(["t/dev1/telemetry"], client_id="spool-obs")
+    obs = observer_factory(["t/dev1/telemetry"], client_id="spool-obs", qos=2)
     agent = Agent(cfg)
     agent.start_fleet()
     try:
