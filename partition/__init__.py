@@ -47,6 +47,11 @@ slo_ms=None, out_dir=None, keep=8) -> Plan``
     the profiles and ``plan.png``. ``cloud``: service URL, recorded profile file or
     dict, or ``"here"`` (this host is the cloud).
 
+``measure_candidates(model, candidates, device_scale, threads)`` / ``rescale(candidates,
+device_factor, cloud_factor)``
+    Time head and tail sessions for real (as ratios to an interleaved whole-model run);
+    correct all predictions by an observed whole-model time on either side.
+
 ``encode(array, codec)`` / ``decode(data, codec, shape, dtype)``
     Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
     ``fp32``, each optionally ``+zstd`` or ``+lz4``.
@@ -60,6 +65,7 @@ from partition._build import (
     Measurement,
     build_plan,
     measure_candidates,
+    rescale,
     resolve_cloud,
     write_plan_dir,
 )
@@ -117,6 +123,7 @@ __all__ = [
     "parse_duration",
     "predict",
     "profile_model",
+    "rescale",
     "resolve_cloud",
     "side_times",
     "split_model",

@@ -115,6 +115,7 @@ def measure_candidates(
     measure_head: bool = True,
     measure_tail: bool = True,
     block: int = 12,
+    anchor_ms: float | None = None,
 ) -> Measurement:
     """Run each candidate's head then tail session here (batch 1, fixed threads).
 
@@ -172,7 +173,9 @@ def measure_candidates(
             t0 = time.perf_counter()
             full.run(None, feeds)
             full_samples.append((time.perf_counter() - t0) * 1000.0)
-    full_ms = statistics.median(full_samples)
+    # ``anchor_ms`` lets a second, longer pass over a few candidates share the first
+    # pass's whole-model time, so both passes are on one scale.
+    full_ms = anchor_ms if anchor_ms is not None else statistics.median(full_samples)
     for cid, (h, t) in ratios.items():
         times[cid] = (
             h * full_ms * device_scale if measure_head else math.nan,
@@ -184,6 +187,20 @@ def measure_candidates(
         elif c.kind == OFFLOAD:
             times[c.cut_id] = (0.0, full_ms)
     return Measurement(times, max_diff, full_ms)
+
+
+def rescale(candidates: Sequence[CutCandidate], device_factor: float,
+            cloud_factor: float) -> list[CutCandidate]:
+    """Candidates with device times multiplied by ``device_factor`` and cloud times by
+    ``cloud_factor``: how an observed whole-model time (the device running the model
+    locally, the cloud answering an offload) corrects every prediction at once."""
+    if device_factor <= 0 or cloud_factor <= 0:
+        raise PartitionError("rescale factors must be > 0")
+    return [
+        replace(c, head_ms=c.head_ms * device_factor, tail_ms=c.tail_ms * cloud_factor,
+                head_energy_mj=c.head_energy_mj * device_factor)
+        for c in candidates
+    ]
 
 
 def sweep_top(candidates: Sequence[CutCandidate], device: DeviceProfile, rtt_s: float,
