@@ -252,6 +252,13 @@ def _read_5gophers(path: Path, rows: list[list[str]], select: dict[str, str]) ->
                          [float(r[ci] or 0.0) * 1e6 for r in body])
 
 
+def bundled_trace() -> Path:
+    """The small FCC trace shipped with edgecut (US FCC open data; see its README)."""
+    from importlib import resources
+
+    return Path(str(resources.files("edge") / "data" / "traces" / "fcc_27175_amazon_360.txt"))
+
+
 def load_trace(path: str | Path, *, select: str | Mapping[str, str] | None = None,
                bin_s: float = 1.0) -> Trace:
     """Read a bandwidth trace in any of the supported formats (see the module docstring).

@@ -9,9 +9,10 @@ import click
 
 
 @click.command()
-@click.option("--trace", "trace", required=True,
+@click.option("--trace", "trace", default=None,
               help="Bandwidth trace file (FCC/HSDPA, Mahimahi, Ghent JSON, NYU CSV, 5Gophers "
-                   "CSV); FILE#key=value,... selects a series in multi-series files.")
+                   "CSV); FILE#key=value,... selects a series in multi-series files "
+                   "(default: the bundled FCC trace).")
 @click.option("--model", required=True,
               help="Zoo model name (resnet50, inception_v1, ...) or an .onnx path.")
 @click.option("--device", "device_name", required=True, help="Device profile name or .toml path.")
@@ -29,7 +30,7 @@ import click
               help="Where the plan is built or reused (default: OUT/plan).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
-def replay(trace: str, model: str, device_name: str, policy_path: str | None, requests: int,
+def replay(trace: str | None, model: str, device_name: str, policy_path: str | None, requests: int,
            duration_s: float, window_s: float | None, rtt_ms: float, plan_dir: str | None,
            out_dir: str, seed: int) -> None:
     """Replay a bandwidth trace: real requests through a link emulator to edgecut serve.
@@ -59,6 +60,10 @@ def replay(trace: str, model: str, device_name: str, policy_path: str | None, re
     device = load_profile(device_name)
     cfg = load_policy_config(policy_path) if policy_path else PolicyConfig(slo_ms=0.0)
     out = Path(out_dir)
+    if trace is None:
+        from edge._emulator import bundled_trace
+
+        trace = str(bundled_trace())
     result = run_replay(trace, model_path, device, cfg, plan_dir=plan_dir or out / "plan",
                         out_dir=out, requests=requests, duration_s=duration_s,
                         window_s=window_s, rtt_s=rtt_ms / 1000.0, seed=seed,
