@@ -180,7 +180,10 @@ class LinkEstimator:
         """Bytes a probe should carry to be informative: two bandwidth-delay products at
         the optimistic bandwidth, at least ``minimum``, at most the budget left."""
         e = self.estimate(now)
-        want = max(minimum, int(e.high_bps * max(e.rtt_s, 0.005) * 2 / 8))
+        # Two bandwidth-delay products at the optimistic rate, but no more than half a
+        # second of the link at the pessimistic rate: a probe must not hog a slow link.
+        want = int(min(e.high_bps * max(e.rtt_s, 0.005) * 2 / 8, e.low_bps * 0.5 / 8))
+        want = max(minimum, want)
         return min(want, self.probe_allowance(now))
 
     def probe_allowance(self, now: float | None = None) -> int:

@@ -201,7 +201,10 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     """Choose the plan for one request. Pure: same inputs, same decision."""
     if not ctx.candidates:
         raise ValueError("policy: the plan table has no candidates")
-    risk_bw = ctx.link.bandwidth_bps * math.exp(-cfg.link.risk * ctx.link.spread)
+    # The less we know about the link, the closer we plan to the pessimistic edge of the
+    # belief: with no confidence at all, on the edge itself.
+    risk = cfg.link.risk + (1.0 - ctx.link.confidence) * (1.0 - min(cfg.link.risk, 1.0))
+    risk_bw = ctx.link.bandwidth_bps * math.exp(-risk * ctx.link.spread)
     preds: list[Prediction] = []
     for c in ctx.candidates:
         p = _predict(c, ctx, cfg, risk_bw)

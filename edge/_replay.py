@@ -396,7 +396,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         measured_dev = out.head_ms + out.local_tail_ms
         slowdown = 1.0
         if comp.device_head_ms > 0 and out.head_ms > 0:
-            slowdown = min(max(out.head_ms / comp.device_head_ms, 0.5), 3.0)
+            slowdown = min(max(out.head_ms / comp.device_head_ms, 0.2), 10.0)
         options = {k: _costs(c, t_start, slowdown, trace, speedup, rtt_s, energy)
                    for k, c in comps.items()}
         if out.fallback:

@@ -33,8 +33,9 @@ CANDIDATES = (
 )
 
 
-def link(mbps: float, *, spread: float = 0.0, age: float = 0.0) -> LinkEstimate:
-    return LinkEstimate(mbps * 1e6, 0.02, 1.0, spread, age, 5)
+def link(mbps: float, *, spread: float = 0.0, age: float = 0.0,
+         confidence: float = 1.0) -> LinkEstimate:
+    return LinkEstimate(mbps * 1e6, 0.02, confidence, spread, age, 5)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Case:
     input_bytes: int = 600_000
     spread: float = 0.0
     link_age: float = 0.0
+    confidence: float = 1.0
     draw: float = 1.0
     explore: dict[str, Any] = field(default_factory=dict)
     explored: bool = False
@@ -66,6 +68,10 @@ CASES = [
          predicted_ms=200.0),
     Case("uncertain link is discounted by risk", 100, "local", spread=1.0,
          cfg={"link": {"risk": 1.0}}),
+    Case("unknown link is planned at its pessimistic edge", 100, "local", spread=2.08,
+         confidence=0.0, cfg={"link": {"risk": 0.0}}),
+    Case("same belief, full confidence", 100, "split@a", spread=2.08, confidence=1.0,
+         cfg={"link": {"risk": 0.0}}),
     Case("throttled device moves work out", 10, "split@b", "fastest",
          device=DeviceState(throttled=True)),
     Case("cloud queue time counts", 1000, "local", cloud=CloudState(queue_ms=100.0)),
@@ -123,7 +129,8 @@ def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
     cfg = dataclasses.replace(cfg, rules=Rules(**case.rules),
                               explore=dataclasses.replace(cfg.explore, **case.explore), **top)
     ctx = PolicyContext(
-        candidates=CANDIDATES, link=link(case.mbps, spread=case.spread, age=case.link_age),
+        candidates=CANDIDATES, link=link(case.mbps, spread=case.spread, age=case.link_age,
+                                        confidence=case.confidence),
         energy=ENERGY, device=case.device, cloud=case.cloud, input_bytes=case.input_bytes,
         reference_input_bytes=600_000, explore_draw=case.draw, probe_allowance=1 << 20)
     return ctx, cfg
