@@ -145,6 +145,12 @@ class _Stats:
                 "energy_mj": round(energy, 3)}
 
 
+def _is_policy_config(value: Any) -> bool:
+    from edge._policy_config import PolicyConfig
+
+    return isinstance(value, PolicyConfig)
+
+
 class _PolicySource:
     """Hands the policy the config in force now (file, SIGHUP or MQTT), read per request."""
 
@@ -235,7 +241,9 @@ class Agent:
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         self.profile = devices.detect() if config.profile == "auto" else devices.load_profile(
             config.profile)
-        self.policy_config = self._load_policy(config)
+        # A PolicyConfig (pushed over MQTT) or a watcher of policy.toml (hot-reloaded when
+        # the file changes); None runs every request locally by the plan's defaults.
+        self._policy: Any = self._load_policy(config)
         self.stats = _Stats()
         self.store = ModelStore(config.data_dir)
         self.slots: dict[str, ModelSlot] = {}
@@ -249,7 +257,8 @@ class Agent:
             self._attach_executor(m.name, m.plan)
         self.updater = Updater(self.slots, self.store, self.profile,
                                lambda: self.config.updates, self._warmup_for,
-                               on_committed=self._after_update)
+                               on_committed=self._after_update,
+                               on_models_changed=self._models_changed)
         self.fleet: Any = None
         self.reprofile_hooks: list[Callable[[str, ModelVersion], Any]] = []
         # Called after the set of served models changed (the local API registers them).
@@ -291,11 +300,26 @@ class Agent:
         overlay = self._read_overlay(config.data_dir).get("policy") if data is None else data
         if not config.policy_file and not overlay:
             return None
-        from edge._policy_config import load_policy_config, parse_policy_config
+        from edge._policy_config import PolicyConfigWatcher, parse_policy_config
 
         if overlay:
             return parse_policy_config(dict(overlay), "policy (fleet)")
-        return load_policy_config(config.policy_file)
+
+        def changed(new: Any) -> None:
+            log.info(json.dumps({"event": "policy_reloaded", "file": config.policy_file}))
+
+        def failed(exc: Exception) -> None:
+            log.error(json.dumps({"event": "policy_rejected", "error": str(exc)}))
+
+        return PolicyConfigWatcher(config.policy_file, on_change=changed, on_error=failed)
+
+    @property
+    def policy_config(self) -> Any:
+        """The policy configuration in force now, or ``None`` when none is configured."""
+        source = self._policy
+        if source is None:
+            return None
+        return getattr(source, "config", source) if not _is_policy_config(source) else source
 
     def _attach_executor(self, name: str, plan_path: str) -> None:
         old = self.executors.pop(name, None)
@@ -391,7 +415,7 @@ class Agent:
             if not self.store.state().get(name):
                 del self.slots[name]
         self.config = new
-        self.policy_config = policy
+        self._policy = policy
         self._active_w = self._active_watts()
         self._models_changed()
         logging.getLogger("edgecut").setLevel(new.log_level.upper())
@@ -434,7 +458,7 @@ class Agent:
 
                 policy = parse_policy_config(dict(policy_data), f"config/set {version} policy")
             else:
-                policy = self.policy_config
+                policy = self._policy
             # Persist first: if writing fails nothing has changed; if the agent dies right
             # after, it restarts with what was acknowledged.
             new_overlay = {"version": version,
@@ -519,11 +543,7 @@ class Agent:
 
     def deploy(self, msg: dict[str, Any], ack: Callable[..., None]) -> str:
         dep = Deployment.from_message({k: v for k, v in msg.items() if k != "id"})
-        known = set(self.slots)
-        result = self.updater.deploy(dep, ack)
-        if set(self.slots) != known:
-            self._models_changed()
-        return result
+        return self.updater.deploy(dep, ack)
 
     def _models_changed(self) -> None:
         for fn in list(self.model_listeners):

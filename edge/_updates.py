@@ -367,6 +367,15 @@ class ModelStore:
             tmp.write_text(json.dumps(state, indent=1))
             os.replace(tmp, self._state_path)
 
+    def forget(self, model: str) -> None:
+        """Drop ``model`` from the persisted state (it is no longer served)."""
+        with self._lock:
+            state = self.state()
+            if state.pop(model, None) is not None:
+                tmp = self._state_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state, indent=1))
+                os.replace(tmp, self._state_path)
+
     def prune(self, model: str, keep: list[str], keep_count: int) -> list[str]:
         """Delete version folders beyond the newest ``keep_count``, never those in ``keep``."""
         folder = self.root / model
@@ -389,8 +398,9 @@ class ModelStore:
 class Updater:
     """Runs deployments and rollbacks for the agent's model slots.
 
-    ``loader(path) -> Session`` loads a model for this device; ``on_committed(name,
-    version)`` runs after a version passes probation (re-profiling, re-partitioning).
+    ``on_committed(name, version)`` runs after a version passes probation (re-profiling,
+    re-partitioning) and its result is acknowledged as ``reprofiled``;
+    ``on_models_changed()`` runs when a deployment adds or removes a model.
     """
 
     def __init__(
@@ -401,6 +411,7 @@ class Updater:
         settings: Callable[[], Any],
         warmup: Callable[[str], tuple[int, str]],
         on_committed: Callable[[str, ModelVersion], dict[str, Any] | None] | None = None,
+        on_models_changed: Callable[[], None] | None = None,
     ) -> None:
         self.slots = slots
         self.store = store
@@ -408,6 +419,7 @@ class Updater:
         self._settings = settings  # returns the current UpdatesConfig (hot-reloadable)
         self._warmup = warmup  # model name -> (warm-up runs, warm-up inputs path)
         self._on_committed = on_committed
+        self._on_models_changed = on_models_changed or (lambda: None)
         self._lock = threading.Lock()
         self._probations: dict[str, _Probation] = {}
         self.history: list[dict[str, Any]] = []
@@ -438,6 +450,7 @@ class Updater:
             if slot is None:
                 slot = ModelSlot(new)
                 self.slots[dep.model] = slot
+                self._on_models_changed()
             else:
                 self._end_probation(dep.model)
                 slot.swap(new)
@@ -540,12 +553,20 @@ class Updater:
             requests, errors = new.counts()
             if reason:
                 previous = slot.previous
+                serving: str | None = None
                 if previous is not None and slot.current is new:
                     slot.swap(previous)
                     slot.previous = None
                     self.store.record(name, previous, None)
+                    serving = previous.version
+                elif previous is None and self.slots.get(name) is slot:
+                    # A model that is new on this device has nothing to go back to: it
+                    # stops being served.
+                    del self.slots[name]
+                    self.store.forget(name)
+                    self._on_models_changed()
                 ack("rolled_back", ok=False, reason=reason, requests=requests, errors=errors,
-                    serving=slot.current.version)
+                    serving=serving)
                 self.history.append({"model": name, "version": new.version,
                                      "result": "rolled_back", "reason": reason})
                 return "rolled_back"

@@ -304,3 +304,39 @@ def test_rollback_command_and_reprofile(make_env, tmp_path: Path) -> None:
                                          "path": str(v2), "sha256": sha(v2)})
     obs.wait_json("t/dev1/models/ack", lambda m: m.get("id") == "v2" and m.get("duplicate"))
     assert agent.slots["tiny"].current.version == "1"
+
+
+def test_a_deployment_can_add_a_model_and_a_failing_new_model_is_removed(
+        make_env, tmp_path: Path) -> None:
+    agent, obs, server = make_env(updates="probation_s = 20.0\nhealth_interval_s = 0.2\n"
+                                          "min_probation_requests = 5\n"
+                                          "error_rate_threshold = 0.2")
+    client = Client(server.url)
+    extra = tiny_model(tmp_path / "extra.onnx", factor=5.0)
+    obs.publish("t/dev1/models/deploy", {"id": "add", "model": "extra", "version": "1",
+                                         "path": str(extra), "sha256": sha(extra),
+                                         "probation_s": 0.5})
+    final = obs.wait_json("t/dev1/models/ack",
+                          lambda m: m.get("id") == "add" and m.get("step") in FINAL)
+    assert final["step"] == "committed"
+    assert client.infer("extra", {"x": np.ones((1, 4), np.float32)})["y"][0, 0] == 5.0
+    assert client.agent_status()["models"] == {"tiny": "1", "extra": "1"}
+
+    flaky = tiny_model(tmp_path / "flaky.onnx", kind="fail_some")
+    obs.publish("t/dev1/models/deploy", {"id": "add-flaky", "model": "flaky", "version": "1",
+                                         "path": str(flaky), "sha256": sha(flaky)})
+    obs.wait_json("t/dev1/models/ack",
+                  lambda m: m.get("id") == "add-flaky" and m["step"] == "probation")
+    assert client.ready("flaky")  # served (and so observable) during its probation
+    for _ in range(10):
+        try:
+            client.infer("flaky", {"x": np.full((1, 4), 9.0, np.float32)})
+        except EdgecutError:
+            pass
+        if "flaky" not in agent.slots:
+            break
+    final = obs.wait_json("t/dev1/models/ack",
+                          lambda m: m.get("id") == "add-flaky" and m.get("step") in FINAL)
+    assert final["step"] == "rolled_back" and final["serving"] is None
+    assert not client.ready("flaky")
+    assert "flaky" not in json.loads((tmp_path / "data" / "models" / "state.json").read_text())
