@@ -33,6 +33,9 @@ from edge._policy_config import (
     policy_config_from_text,
 )
 
+#: Validate ``policy.toml`` text (an alias kept for the docs and the fleet link).
+load_policy_text = policy_config_from_text
+
 __all__ = [
     "OBJECTIVES",
     "CloudState",
@@ -55,6 +58,7 @@ __all__ = [
     "Rules",
     "decide",
     "load_policy_config",
+    "load_policy_text",
     "parse_policy_config",
     "policy_config_from_text",
 ]
