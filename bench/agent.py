@@ -120,7 +120,7 @@ def main() -> None:
 device_id = "bench"
 profile = "{profile_path}"
 data_dir = "{work / 'data'}"
-log_requests = false
+log_requests = true
 [api]
 port = {api_port}
 unix_socket = "{sock}"
@@ -164,6 +164,8 @@ version = "1"
             uds.infer(args.model, x)
             tcp.infer(args.model, x)
 
+        log_mark = (work / "agent.log").stat().st_size
+        e2e_all: list[float] = []  # every request of the rounds, in order
         inproc_r, uds_r, tcp_r, full_r = [], [], [], []
         for _ in range(args.rounds):
             t_in, t_uds, t_tcp, t_full = [], [], [], []
@@ -183,10 +185,27 @@ version = "1"
                 t_uds.append((t2 - t1) * 1e3)
                 t_tcp.append((t4 - t3) * 1e3)
                 t_full.append((t5 - t4) * 1e3)
+                e2e_all += [(t2 - t1) * 1e3, (t4 - t3) * 1e3, (t5 - t4) * 1e3]
             inproc_r.append(float(np.median(t_in)))
             uds_r.append(float(np.median(t_uds)))
             tcp_r.append(float(np.median(t_tcp)))
             full_r.append(float(np.median(t_full)))
+
+        # Pair each request with the device time the agent logged for it: the difference
+        # is what the local path added to that very request, whatever the host load did
+        # to the inference itself.
+        device_ms = []
+        with open(work / "agent.log", "rb") as fh:
+            fh.seek(log_mark)
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("event") == "request" and "device_ms" in entry:
+                    device_ms.append(float(entry["device_ms"]))
+        paired = [e - d for e, d in zip(e2e_all, device_ms, strict=False)]
+        paired_ok = len(device_ms) == len(e2e_all)
 
         # Swap under load.
         v2 = work / "v2.onnx"
@@ -259,6 +278,9 @@ version = "1"
             "p50_ms_agent_tcp": round(float(np.median(tcp_r)), 4),
             "added_p50_ms_tcp": round(float(np.median(tcp_r)) - p50_in, 4),
             "p50_ms_agent_with_client_encode": round(float(np.median(full_r)), 4),
+            "added_p50_ms_paired": round(float(np.median(paired)), 4) if paired_ok else None,
+            "added_paired_note": "per request: client round trip minus the device time the "
+                                 "agent logged for the same request (UDS, TCP and UDS+encode)",
             "rounds": {"inprocess": _summary(inproc_r), "agent_uds": _summary(uds_r),
                        "agent_tcp": _summary(tcp_r)},
             "pairs_per_round": args.pairs,

@@ -54,6 +54,7 @@ log = logging.getLogger("edgecut.agent")
 request_log = logging.getLogger("edgecut.agent.request")
 
 _OVERLAY = "config-overlay.json"
+_SOCKET_BUFFER = 4 << 20
 _CONFIG_MSG_KEYS = {"id", "version", "config", "policy"}
 _COMMANDS = ("reprofile", "rollback", "reload", "telemetry", "status", "ping")
 
@@ -762,6 +763,11 @@ def _sockets(config: AgentConfig) -> list[Any]:
         u.listen(128)
         socks.append(u)
     for s in socks:
+        # Room for a whole camera frame per read: a 1x3x224x224 float tensor is 600 KB,
+        # and with the default buffers it crosses in many small reads, each a wake-up
+        # of the event loop (the kernel caps these at net.core.rmem_max/wmem_max).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
         s.set_inheritable(True)
     return socks
 
