@@ -1,6 +1,6 @@
 """Benchmark `edgecut serve` against bare ONNX Runtime on the same models and batches.
 
-    python bench/serve.py --json [--models resnet50,squeezenet] [--duration 2] [--rounds 5]
+    python bench/serve.py --json [--models resnet50,squeezenet] [--duration S] [--rounds 4]
 
 For each model: starts `edgecut serve` (a subprocess) on 127.0.0.1 with a repository holding
 the model (max batch 8, dynamic batching), then, interleaved over ``--rounds`` rounds:
@@ -320,18 +320,22 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
     payload.write_bytes(head + body)
 
     spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
+    # A window long enough for ~40 batch-1 runs (resnet50 on a busy 2-core host is slow),
+    # so that counting completed requests is not quantized by a handful of batches.
+    calibration = bare_b1(session, x, 1.0)["p50_ms"] / 1e3
+    window = args.duration or max(2.0, 40 * calibration)
     server = Server(repo, port, args.threads, (spin, *args.server_arg))
     host = "127.0.0.1"
     rounds: dict[str, list] = {k: [] for k in (
         "c1", "c4", "c16", "bare_b1", "bare_same", "hist", "server_cpu", "bare_cpu")}
     try:
         for _ in range(args.rounds):
-            rounds["c1"].append(gen.run(host, port, str(payload), 1, args.duration, args.warmup))
-            rounds["bare_b1"].append(bare_b1(session, x, args.duration))
-            rounds["c4"].append(gen.run(host, port, str(payload), 4, args.duration, args.warmup))
+            rounds["c1"].append(gen.run(host, port, str(payload), 1, window, args.warmup))
+            rounds["bare_b1"].append(bare_b1(session, x, window))
+            rounds["c4"].append(gen.run(host, port, str(payload), 4, window, args.warmup))
             before = _batch_histogram(host, port, model)
             cpu0 = _cpu_s(server.proc.pid)
-            c16 = gen.run(host, port, str(payload), 16, args.duration, args.warmup)
+            c16 = gen.run(host, port, str(payload), 16, window, args.warmup)
             cpu1 = _cpu_s(server.proc.pid)
             rounds["c16"].append(c16)
             after = _batch_histogram(host, port, model)
@@ -340,7 +344,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
             rounds["hist"].append(hist)
             images = sum(b * n for b, n in hist.items())
             rounds["server_cpu"].append((cpu1 - cpu0) / max(images, 1))
-            throughput, cpu_per_image = bare_same_batches(session, x, hist, args.duration)
+            throughput, cpu_per_image = bare_same_batches(session, x, hist, window)
             rounds["bare_same"].append(throughput)
             rounds["bare_cpu"].append(cpu_per_image)
         rss_before = _rss_mb(server.proc.pid)
@@ -394,6 +398,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
         + overload["conn_errors"],
         "overload_peak_rss_mb": round(max(peak), 1),
         # context for the numbers above
+        "window_s": round(window, 2),
         "added_p50_ms_c1": round(statistics.median(added), 3),
         "added_p50_ms_c1_spread": [round(min(added), 3), round(max(added), 3)],
         "throughput_ratio_c16_spread": [round(min(ratios), 3), round(max(ratios), 3)],
@@ -426,9 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--models", default="resnet50,squeezenet")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measured window")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds per measured window (default: 40 batch-1 runs, at least 2 s)")
     parser.add_argument("--warmup", type=float, default=0.3, help="seconds before each window")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per model")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per model")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime intra-op threads on both sides (default: all cores)")
     parser.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=False,
@@ -465,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                            "encoding": "binary tensors, encoded once, re-sent"},
         "onnxruntime": ort.__version__,
         "providers": ort_providers(),
-        "duration_s": args.duration,
+        "window_s": args.duration or "auto: max(2, 40 x bare batch-1 p50), per model",
         "rounds": args.rounds,
         "overload_concurrency": args.overload_concurrency,
         "note": "server, load generator and bare ORT share the same cores; medians over rounds",

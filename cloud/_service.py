@@ -208,8 +208,9 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        """Server readiness: not closed, and every model it tried to load is loaded."""
-        return not self._closed and not self._failed
+        """Server readiness: not closed, and every model it tried to load is serving (a
+        failed reload of a model whose old versions still serve does not count)."""
+        return not self._closed and all(name in self._models for name in self._failed)
 
     # ------------------------------------------------------------------ runtimes in code
 
@@ -227,7 +228,8 @@ class InferenceService:
         """Serve ``instances`` (one or more runtimes of one model) as ``name``/``version``.
 
         Each instance gets its own worker thread. Adding an existing version replaces it
-        (the old one drains first); other versions of the model stay.
+        (the old one drains first, so this call may block: call it off the event loop);
+        other versions of the model stay.
         """
         _check_name(name)
         if not version or "/" in version:
@@ -713,7 +715,7 @@ class InferenceService:
         runtime = target.runtime
         if not isinstance(runtime, OnnxRuntime):
             raise ProtocolError(f"model {name!r} is not an ONNX model; only ONNX models can be profiled")
-        if target.max_batch_size > 0 and not 1 <= batch <= max(target.max_batch_size, batch):
+        if batch < 1:
             raise ProtocolError(f"profile batch must be >= 1, got {batch}")
         result = await asyncio.to_thread(runtime.profile, runs, batch, 2, shapes)
         return {"model": name, "version": target.version, **result}

@@ -26,9 +26,9 @@ def affine_model(bias: float, width: int = 4, batched: bool = True) -> onnx.Mode
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
     b = helper.make_tensor("b", TensorProto.FLOAT, [], [bias])
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["t"]),
-         helper.make_node("Add", ["t", "b"], ["y"]),
-         helper.make_node("Neg", ["x"], ["z"])],
+        [helper.make_node("Mul", ["x", "two"], ["t"], name="double"),
+         helper.make_node("Add", ["t", "b"], ["y"], name="shift"),
+         helper.make_node("Neg", ["x"], ["z"], name="negate")],
         "affine", [x], [y, z], [two, b],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

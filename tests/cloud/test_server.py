@@ -174,7 +174,7 @@ def test_statistics_metrics_and_profile(server, client):
     assert r.status_code == 200, r.text
     profile = r.json()
     assert profile["model"] == "affine" and profile["providers"][-1] == "CPUExecutionProvider"
-    assert set(profile["nodes"]) >= {n for n in profile["nodes"]} and len(profile["nodes"]) >= 2
+    assert profile["nodes"] and set(profile["nodes"]) <= {"double", "shift", "negate"}
     assert all(v >= 0 for v in profile["nodes"].values()) and profile["total_ms"] > 0
     assert "'runs'" in _error(httpx.post(server.url + "/v2/models/affine/profile", json={"runs": 0}), 400)
 

@@ -48,6 +48,7 @@ def test_version_policies(repo):
         with pytest.raises(RepositoryError, match="no version to load"):
             service.load("affine")
         assert service.model_metadata("affine")["versions"] == ["1", "2", "3"]  # kept serving
+        assert service.ready  # a failed reload of a model that still serves keeps readiness
         assert any(e["name"] == "affine" for e in service.index())
     finally:
         service.close()
@@ -130,3 +131,18 @@ def test_hot_load_and_rollback_under_load_lose_no_request(repo, serve):
     assert set(results[mark + 8:]) == {2.0}
     assert set(results) <= {2.0, 3.0}
     np.testing.assert_equal(service.model_metadata("affine")["versions"], ["2"])
+
+
+def test_a_model_that_cannot_load_is_reported_and_unready(repo):
+    broken = repo / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    service = InferenceService(repo, intra_op_threads=1)
+    try:
+        assert service.load_all() == ["affine", "typed"]
+        assert not service.ready
+        entry = next(e for e in service.index() if e["name"] == "broken")
+        assert entry["state"] == "UNAVAILABLE" and "cannot load" in entry["reason"]
+        assert service.model_ready("affine")
+    finally:
+        service.close()
