@@ -671,6 +671,8 @@ class Agent:
                                "active": p.version == self.slots[n].current.version}
                            for n, p in self.executors.items() if n in self.slots}
         record["power_w"] = self._sensor.read_w() if self._sensor is not None else None
+        # "ina3221"/"rapl" are measured; "model" is the device profile's figure.
+        record["power_source"] = getattr(self._sensor, "name", None)
         thermal = getattr(devices, "read_thermal", None)
         state = thermal() if thermal is not None else None
         record["temperature_c"] = None if state is None else round(state.max_temp_c, 1)

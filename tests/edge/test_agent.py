@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from devices.errors import ConfigError, ModelInputError
+from devices.errors import ConfigError, EdgecutError, ModelInputError
 from edge import Client
 from edge._agent import Agent, AgentServer
 from edge._agent_cli import agent as agent_cmd
@@ -187,3 +187,17 @@ def test_install_writes_a_unit_and_a_config_for_the_board(tmp_path: Path) -> Non
     assert parsed.device_id == "orin-7" and parsed.profile == "jetson-orin-nano"
     again = CliRunner().invoke(agent_cmd, args)
     assert again.exit_code != 0 and "exists" in str(again.exception)
+
+
+def test_the_client_survives_an_agent_restart(tmp_path: Path) -> None:
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")})
+    client = Client(f"unix://{tmp_path / 'agent.sock'}")
+    x = {"x": np.ones((1, 4), np.float32)}
+    with AgentServer(Agent(cfg)):
+        assert client.infer("tiny", x)["y"][0, 0] == 2.0
+    with pytest.raises(EdgecutError, match="agent.sock"):
+        client.infer("tiny", x)  # nobody listens: CloudUnavailable names the socket
+    with AgentServer(Agent(cfg)):
+        # The kept-alive connection died with the first agent; the client reconnects.
+        assert client.infer("tiny", x)["y"][0, 0] == 2.0
+    client.close()
