@@ -17,9 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Below this many bytes a transfer's time is mostly round trip: it refreshes the RTT,
-# not the bandwidth.
-_MIN_BANDWIDTH_SAMPLE_BYTES = 16384
+# Below this many bytes a transfer's time is all round trip: it refreshes the RTT only.
+_MIN_BANDWIDTH_SAMPLE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -91,28 +90,38 @@ class LinkEstimator:
     # -- observations -------------------------------------------------------------------
     def observe_transfer(self, up_bytes: int, down_bytes: int, seconds: float,
                          server_s: float = 0.0, now: float | None = None) -> None:
-        """Record one request: bytes each way and its wall time, less the server's compute."""
+        """Record one request: bytes each way and its wall time, less the server's compute.
+
+        When serialisation dominates the time (at least half of it once the round trip is
+        taken out), the transfer is a bandwidth sample. Otherwise its time is mostly round
+        trip and overheads, and all it proves is a lower bound (the bytes did move within
+        the whole time): that raises a too-low estimate, as a doubling probe would, and
+        never lowers one. Only bandwidth evidence refreshes the confidence.
+        """
         now = self._clock() if now is None else now
         # The server's time is often a prediction: never let it explain away more than
         # 80 % of what was measured, or a slow server would look like an infinite link.
         net_s = max(seconds - max(server_s, 0.0), seconds * 0.2, 1e-6)
         nbytes = up_bytes + down_bytes
         with self._lock:
-            self._last_traffic = now
             rtt = self._rtt_locked()
-            # A transfer says something about bandwidth only when serialising it takes
-            # about as long as the round trip (else its time is mostly RTT and jitter).
-            informative = max(_MIN_BANDWIDTH_SAMPLE_BYTES, self._bw_locked() * rtt / 8.0 / 2.0)
-            if nbytes >= informative:
-                # The round trip is paid once per request whatever its size; what remains is
-                # serialisation at the bottleneck rate. Keep at least a tenth of the time so
-                # a sample never claims an infinite rate.
-                payload_s = max(net_s - rtt, net_s * 0.1)
+            bw = self._bw_locked()
+            payload_s = net_s - rtt
+            if nbytes >= _MIN_BANDWIDTH_SAMPLE_BYTES and payload_s >= 0.5 * net_s:
                 self._bw.append(nbytes * 8.0 / payload_s)
+                self._last_traffic = now
                 self.total_samples += 1
-            if nbytes < informative or net_s < 2 * rtt:
-                bw = self._bw_locked()
-                self._rtt.append(max(net_s - nbytes * 8.0 / bw, 1e-4))
+                return
+            if nbytes >= _MIN_BANDWIDTH_SAMPLE_BYTES:
+                lower = nbytes * 8.0 / net_s
+                if lower > bw or not self._bw:
+                    self._bw.append(lower)
+                    self._last_traffic = now
+                    self.total_samples += 1
+            else:
+                # A tiny transfer is all round trip; larger ones would need the bandwidth
+                # to separate the two, and a wrong estimate would then corrupt the RTT.
+                self._rtt.append(max(net_s, 1e-4))
 
     def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> None:
         """A transfer that had not finished after ``seconds`` (we gave up): the link is at
@@ -131,9 +140,9 @@ class LinkEstimator:
     def observe_rtt(self, seconds: float, now: float | None = None) -> None:
         """Record a round trip of a tiny request (a health probe)."""
         now = self._clock() if now is None else now
+        del now  # a round trip says nothing new about bandwidth: confidence is not refreshed
         with self._lock:
             self._rtt.append(max(seconds, 1e-4))
-            self._last_traffic = now
 
     def reset(self) -> None:
         """Forget every sample (the link changed: a new network, a reconnect)."""
@@ -180,9 +189,9 @@ class LinkEstimator:
         """Bytes a probe should carry to be informative: two bandwidth-delay products at
         the optimistic bandwidth, at least ``minimum``, at most the budget left."""
         e = self.estimate(now)
-        # Two bandwidth-delay products at the optimistic rate, but no more than half a
+        # Two bandwidth-delay products at the optimistic rate, but no more than one
         # second of the link at the pessimistic rate: a probe must not hog a slow link.
-        want = int(min(e.high_bps * max(e.rtt_s, 0.005) * 2 / 8, e.low_bps * 0.5 / 8))
+        want = int(min(e.high_bps * max(e.rtt_s, 0.005) * 2 / 8, e.low_bps * 1.0 / 8))
         want = max(minimum, want)
         return min(want, self.probe_allowance(now))
 

@@ -94,3 +94,20 @@ def test_censored_transfer_only_lowers_the_estimate() -> None:
     assert est.estimate().bandwidth_bps == pytest.approx(10e6)
     est.observe_censored(1_000_000, 4.0)  # not done after 4 s: at most 2 Mbit/s
     assert est.estimate().bandwidth_bps == pytest.approx(2 / (1 / 10e6 + 1 / 2e6))
+
+
+def test_rtt_dominated_transfer_is_only_a_lower_bound() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=4, prior_rtt_s=0.05, clock=clock)
+    est.observe_transfer(1_000_000, 0, 0.05 + 4.0)  # 2 Mbit/s, clearly serialisation-bound
+    assert est.estimate().bandwidth_bps == pytest.approx(2e6)
+    # 64 kB in 60 ms with a 50 ms RTT: the payload time is too small to measure, but the
+    # link moved 8.7 Mbit/s at least: the estimate rises to that bound
+    est.observe_transfer(64_000, 1_000, 0.06)
+    assert est.estimate().bandwidth_bps > 2e6
+    before = est.estimate().bandwidth_bps
+    est.observe_transfer(5_000, 0, 0.055)  # a bound below the estimate changes nothing
+    assert est.estimate().bandwidth_bps == before
+    clock.t = 5.0
+    est.observe_rtt(0.05)  # a ping does not refresh bandwidth confidence
+    assert est.estimate().age_s == 5.0
