@@ -46,7 +46,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--duration", type=float, default=7.0, help="wall seconds per trace run")
-    ap.add_argument("--window", type=float, default=300.0, help="trace seconds replayed")
+    ap.add_argument("--window", type=float, default=48.0,
+                    help="trace seconds replayed (requests are spread evenly over them)")
     ap.add_argument("--models", default="resnet50,inception_v1")
     ap.add_argument("--devices", default="jetson-nano,jetson-orin-nano")
     ap.add_argument("--families", default=",".join(FAMILY_FILES))
@@ -132,7 +133,7 @@ def main() -> int:
         "notes": [
             "one trace file per family (listed in each run), first "
             f"{args.window:g} s of it, {args.requests} requests, trace clock sped up to fit "
-            f"{args.duration:g} s of wall time",
+            f"{args.duration:g} s of wall time (one request every {args.window / args.requests:g} s of trace)",
             "device compute emulated: measured on this host / the profile's relative_speed",
             "edgecut runs for real through the shaping proxy to edgecut serve (1 thread) on "
             "127.0.0.1; fixed strategies and oracle costed per request from measured "

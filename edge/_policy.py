@@ -66,6 +66,20 @@ class DeviceState:
     throttled: bool = False
     local_queue_ms: float = 0.0
 
+    @staticmethod
+    def from_sysfs(root: str = "/", power_mode: str = "") -> DeviceState:
+        """Battery and thermal state read from ``root``'s sysfs (``/`` on the device)."""
+        from devices import read_battery, read_thermal
+
+        bat = read_battery(root)
+        thermal = read_thermal(root)
+        return DeviceState(
+            power_mode=power_mode,
+            battery_pct=None if bat is None else bat.capacity_pct,
+            on_battery=bool(bat is not None and bat.discharging),
+            throttled=bool(thermal is not None and thermal.throttled),
+        )
+
 
 @dataclass(frozen=True)
 class CloudState:

@@ -172,3 +172,17 @@ def test_empty_plan_table_is_an_error() -> None:
     ctx, cfg = build(Case("", 10, ""))
     with pytest.raises(ValueError, match="no candidates"):
         decide(dataclasses.replace(ctx, candidates=()), cfg)
+
+
+def test_device_state_from_recorded_sysfs() -> None:
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "devices" / "data"
+    laptop = DeviceState.from_sysfs(str(data / "x86-laptop"), "MAXN")
+    assert laptop == DeviceState("MAXN", 17.0, True, False)
+    nano = DeviceState.from_sysfs(str(data / "jetson-nano"))
+    assert nano.throttled and nano.battery_pct is None and not nano.on_battery
+    # the laptop's state trips the battery reserve rule of the table above
+    ctx, cfg = build(Case("", 10, "", cfg={"slo_ms": 150.0},
+                          rules={"battery_reserve_pct": 20.0}, device=laptop))
+    assert "below reserve" in decide(ctx, cfg).reason
