@@ -102,7 +102,7 @@ def test_update_under_continuous_load_fails_no_request(make_env, tmp_path: Path)
                          "warmed", "swapped", "probation", "committed"]
     assert load.failed == [], load.failed[:3]
     total = load.ok
-    assert total >= 200, f"only {total} requests in {load.seconds:.1f} s"
+    assert total >= 100, f"only {total} requests in {load.seconds:.1f} s"
     for values in load.values:
         # Each client saw the old version, then the new one, never going back.
         switch = values.index(3.0)
