@@ -92,13 +92,20 @@ def _print_report(report: Any) -> None:
 @click.option("--reduce-range", is_flag=True, help="7-bit weights, for CPUs without VNNI.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True, help="Calibration method.")
+@click.option("--op-types", default=None, metavar="OP,OP,...",
+              help="Quantize only these op types (e.g. Conv,MatMul,Gemm for models with "
+                   "transformer parts); default: every type the quantizer supports.")
+@click.option("--quantize-head", is_flag=True,
+              help="Quantize the last matrix product before the outputs too (kept in float "
+                   "by default).")
 @click.option("--no-preprocess", is_flag=True, help="Skip shape inference and graph optimization.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="intra_op threads for the comparison (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def quantize(model: str, calibration: str, out_path: str, evaluation: str | None,
              activation_type: str, weight_type: str, per_channel: bool, reduce_range: bool,
-             method: str, no_preprocess: bool, threads: int | None, as_json: bool) -> None:
+             method: str, op_types: str | None, quantize_head: bool, no_preprocess: bool,
+             threads: int | None, as_json: bool) -> None:
     """Quantize MODEL (a .onnx path, or a zoo/trained model name) to static INT8."""
     from edge.quantize import quantize_model
 
@@ -117,10 +124,12 @@ def quantize(model: str, calibration: str, out_path: str, evaluation: str | None
             "calibration_label": f"the first {len(calib)} samples in {folder}",
             "evaluation_label": f"the last {len(held)} samples in {folder}, held out from calibration",
         }
+    types = [t.strip() for t in op_types.split(",") if t.strip()] if op_types else None
     report = quantize_model(
         path, out_path, calib, evaluation=held, per_channel=per_channel,
         activation_type=activation_type, weight_type=weight_type, reduce_range=reduce_range,
-        calibrate_method=method, preprocess=not no_preprocess, intra_op_threads=threads, **labels,
+        calibrate_method=method, preprocess=not no_preprocess, float_head=not quantize_head,
+        op_types=types, intra_op_threads=threads, **labels,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict()))

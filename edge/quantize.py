@@ -484,7 +484,7 @@ def quantize_model(
     of where the samples came from. ``exclude_op_types`` stay in float: a final Softmax
     quantized to 8 bits would tie near-equal classes and costs almost nothing in float.
     ``op_types`` limits quantization to those op types (default: every type the quantizer
-    supports); ``exclude_nodes`` keeps the named nodes in float. ``float_head`` keeps the
+    supports; ``MatMul`` brings ``Gemm``, which pre-processing fuses MatMul + Add into); ``exclude_nodes`` keeps the named nodes in float. ``float_head`` keeps the
     last matrix product or convolution before each output (the classifier head, with
     its bias and the ops between it and the output) in float: its output is the logits,
     whose 8-bit rounding would decide close calls between classes, and it is a tiny
@@ -539,7 +539,13 @@ def quantize_model(
             head = _head_nodes(prepared_model)
             excluded += [n for n in head if n not in excluded]
             onnx.save(prepared_model, str(prepared))
-        supported = set(op_types) if op_types is not None else set(QDQRegistry) | set(QLinearOpsRegistry)
+        if op_types is not None:
+            supported = set(op_types)
+            if "MatMul" in supported:
+                # Pre-processing fuses MatMul + Add into Gemm; asking for one means both.
+                supported.add("Gemm")
+        else:
+            supported = set(QDQRegistry) | set(QLinearOpsRegistry)
         quantized_ops = sorted(supported - set(exclude_op_types))
         try:
             # The histogram calibrators print progress to stdout, which must stay clean

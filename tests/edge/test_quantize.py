@@ -187,10 +187,13 @@ def test_cli_json_with_held_out_folder(tmp_path: Path, residual: Path, capsys) -
 
 def test_cli_text_report_and_errors(tmp_path: Path, residual: Path, capsys) -> None:
     code = main(["quantize", str(residual), "--calibration", "4", "--out",
-                 str(tmp_path / "t.onnx"), "--threads", "1", "--per-tensor"])
+                 str(tmp_path / "t.onnx"), "--threads", "1", "--per-tensor",
+                 "--op-types", "Conv,MatMul", "--quantize-head"])
     out = capsys.readouterr().out
     assert code == 0
     assert "per-tensor weights int8, activations uint8" in out
+    # Only the two convolutions and the head's MatMul became integer; the add stayed float.
+    assert "3 integer compute ops, 0 float Conv/MatMul/Gemm left" in out
     assert "evaluation   16 random normal samples (seed 1)" in out
     assert "speed-up" in out and "top-1" in out
     code = main(["quantize", str(residual), "--calibration", str(tmp_path / "missing"),

@@ -234,7 +234,7 @@ def test_check_finite_follows_the_profile(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- loading
 
 
-def test_backend_chosen_by_suffix(tmp_path: Path, trained_model) -> None:
+def test_backend_chosen_by_suffix() -> None:
     assert runtime.backend_for("m.onnx").name == "onnxruntime"
     assert runtime.backend_for("m.TFLITE").name == "litert"
     with pytest.raises(ModelError, match=r"model 'm.pt': unknown file type '.pt'"):
