@@ -355,6 +355,19 @@ class Executor:
                        local_tail_ms, up, down, energy, missed, started, outputs=outputs)
 
     # -- probing ------------------------------------------------------------------------
+    def probe_link(self) -> bool:
+        """Probe the link now and wait for the answer (a device does this when it starts,
+        so that its first decision is not made blind). False when nothing could be sent."""
+        if self.client is None:
+            return False
+        sent = self.probes_sent
+        background, self.background_probes = self.background_probes, False
+        try:
+            self._probe()
+        finally:
+            self.background_probes = background
+        return self.probes_sent > sent
+
     def _probe(self) -> None:
         """Send a light, valid request to refresh a stale link estimate (within budget)."""
         if self._probe_thread is not None and self._probe_thread.is_alive():

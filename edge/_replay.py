@@ -313,7 +313,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         f"trace (capped at {max_rate_bps / 1e6:g} Mbit/s), trace clock x{speedup:.3g}; the "
         "trace is used as the uplink and the downlink",
         "fixed strategies and the oracle costed per request from measured components and "
-        "the bandwidth each request met; edgecut ran for real",
+        "the bandwidth each request met; edgecut ran for real, after one start-up link probe",
     ]
     emu = None
     direct = OffloadClient(srv.url, timeout_s=60.0)
@@ -353,6 +353,10 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         executor.costs = CostTable(plan_m, ewma=cfg.learning.ewma, raw_inputs=executor.input_names,
                                    device_layers=executor._device_layers(),
                                    clock=lambda: emu.trace_time())
+        emu.restart_clock(offset_s)
+        # As a device does when it starts: one probe, so that the first decision is not
+        # made on the prior alone (its time is not charged to any request).
+        executor.probe_link()
         emu.restart_clock(offset_s)
         step = window / requests
         outcomes: list[tuple[float, Outcome]] = []
@@ -461,6 +465,8 @@ def plot_replay(result: ReplayResult, trace: Trace, path: str | Path, speedup: f
         grid = np.linspace(min(ts), max(ts) + 1e-6, 400)
         axes[0].plot(grid, [trace.rate_at(t) / 1e6 for t in grid], lw=0.8, label="trace")
     axes[0].scatter(ts, [r["met_mbps"] for r in recs], s=10, c="C3", label="met by request")
+    axes[0].plot(ts, [r["link_estimate_mbps"] for r in recs], "g--", lw=0.9,
+                 label="edgecut's estimate")
     axes[0].set_ylabel("Mbit/s")
     axes[0].legend(loc="upper right", fontsize=8)
     plans = sorted({r["plan"] for r in recs} | {r["oracle_plan"] for r in recs},
