@@ -69,10 +69,13 @@ class _App:
         max_body_bytes: int,
         metrics_require_auth: bool,
         max_in_flight: int,
+        max_pending_bytes: int,
     ) -> None:
         self.service = service
         self.max_in_flight = max_in_flight
         self._in_flight = 0
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0  # request bodies held right now, all requests together
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
         self.metrics_require_auth = metrics_require_auth
@@ -102,13 +105,15 @@ class _App:
         request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids)}"
         method, path = scope["method"], scope["path"]
         self._in_flight += 1
+        held = [0]
         try:
             if self._in_flight > self.max_in_flight and method == "POST":
                 # Refused before its body is read: memory stays bounded however many come.
                 raise Overloaded(
                     f"server is at its limit of {self.max_in_flight} requests in progress; retry later"
                 )
-            status, body, extra = await self._route(method, path, headers, receive, request_id)
+            status, body, extra = await self._route(method, path, headers, receive, request_id,
+                                                    held)
         except _Disconnected:
             return  # the client is gone; nothing to answer
         except CloudError as exc:
@@ -123,6 +128,7 @@ class _App:
             status, body, extra = 500, _json({"error": "internal server error"}), _JSON
         finally:
             self._in_flight -= 1
+            self._pending_bytes -= held[0]
         # An explicit length: without it uvicorn falls back to chunked transfer encoding.
         out_headers = [*extra, (b"content-length", str(len(body)).encode()),
                        (b"x-request-id", request_id.encode("latin-1"))]
@@ -139,9 +145,20 @@ class _App:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
+    def _hold(self, held: list[int], size: int) -> None:
+        """Count ``size`` more body bytes against the server-wide budget, or refuse."""
+        if self._pending_bytes + size > self.max_pending_bytes:
+            raise Overloaded(
+                f"server holds {self._pending_bytes} bytes of requests, its budget is "
+                f"{self.max_pending_bytes}; retry later"
+            )
+        self._pending_bytes += size
+        held[0] += size
+
+    async def _body(self, headers: dict[str, str], receive: Receive, held: list[int]) -> bytes:
         limit = self.max_body_bytes
         declared = headers.get("content-length")
+        size = None
         if declared is not None:
             try:
                 size = int(declared)
@@ -149,6 +166,7 @@ class _App:
                 raise ProtocolError(f"Content-Length must be an integer, got {declared!r}") from None
             if size > limit:
                 raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+            self._hold(held, size)  # before reading: a refused body is never read
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -160,6 +178,8 @@ class _App:
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                if size is None or total > size:
+                    self._hold(held, len(chunk))  # chunked, or more than declared
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -177,12 +197,14 @@ class _App:
             raise ProtocolError(f"body is not valid {encoding} data ({exc})") from None
         if len(plain) > limit or inflater.unconsumed_tail:
             raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+        self._hold(held, len(plain))
         if not inflater.eof:
             raise ProtocolError(f"{encoding} body is truncated")
         return plain
 
-    async def _json_body(self, headers: dict[str, str], receive: Receive) -> dict[str, Any]:
-        body = await self._body(headers, receive)
+    async def _json_body(self, headers: dict[str, str], receive: Receive,
+                         held: list[int]) -> dict[str, Any]:
+        body = await self._body(headers, receive, held)
         if not body.strip():
             return {}
         try:
@@ -210,7 +232,7 @@ class _App:
     # ------------------------------------------------------------------ routing
 
     async def _route(self, method: str, path: str, headers: dict[str, str], receive: Receive,
-                     request_id: str) -> tuple[int, bytes, list]:
+                     request_id: str, held: list[int]) -> tuple[int, bytes, list]:
         parts = path.strip("/").split("/")
         n = len(parts)
         if parts == ["metrics"]:
@@ -254,7 +276,7 @@ class _App:
             if action == "infer":
                 _allow(method, "POST")
                 self._scoped(headers, model)
-                return await self._infer(model, version, headers, receive, request_id)
+                return await self._infer(model, version, headers, receive, held)
             self._scoped(headers, model)
             if action == "":
                 _allow(method, "GET")
@@ -274,13 +296,13 @@ class _App:
                 return 200, _json(self.service.statistics(model, version)), _JSON
             if action == "profile":
                 _allow(method, "POST")
-                return await self._profile(model, version, headers, receive)
+                return await self._profile(model, version, headers, receive, held)
             raise NotFound(f"no endpoint {path!r}")
         if section == "repository":
             if n == 3 and parts[2] == "index":
                 _allow(method, "POST")
                 visible = self._visible(headers)
-                body = await self._json_body(headers, receive)
+                body = await self._json_body(headers, receive, held)
                 ready_only = body.get("ready", False)
                 if not isinstance(ready_only, bool):
                     raise ProtocolError("'ready' must be a boolean")
@@ -293,7 +315,7 @@ class _App:
                 if principal is not None:
                     principal.require(model)
                     principal.require_admin()
-                body = await self._json_body(headers, receive)
+                body = await self._json_body(headers, receive, held)
                 params = body.get("parameters", {})
                 if not isinstance(params, dict):
                     raise ProtocolError("'parameters' must be an object")
@@ -308,9 +330,9 @@ class _App:
         raise NotFound(f"no endpoint {path!r}")
 
     async def _infer(self, model: str, version: str | None, headers: dict[str, str],
-                     receive: Receive, request_id: str) -> tuple[int, bytes, list]:
+                     receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
         self.service.require(model, version)  # 404 before reading a body for nothing
-        body = await self._body(headers, receive)
+        body = await self._body(headers, receive, held)
         if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
             request = await asyncio.to_thread(decode_infer_request, body, headers)
         else:
@@ -328,8 +350,8 @@ class _App:
                           for k, v in out_headers.items()]
 
     async def _profile(self, model: str, version: str | None, headers: dict[str, str],
-                       receive: Receive) -> tuple[int, bytes, list]:
-        body = await self._json_body(headers, receive)
+                       receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
+        body = await self._json_body(headers, receive, held)
         runs = body.get("runs", 10)
         batch = body.get("batch", 1)
         shapes = body.get("shapes")
@@ -358,6 +380,7 @@ def create_app(
     max_body_bytes: int = 64 * 1024 * 1024,
     metrics_require_auth: bool = False,
     max_in_flight: int = 512,
+    max_pending_bytes: int = 512 * 1024 * 1024,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
@@ -366,10 +389,15 @@ def create_app(
     and ``/metrics`` (unless ``metrics_require_auth``) are open. ``max_in_flight``: POST
     requests in progress beyond this get 503 before their body is read (with the
     per-version queue bound, this keeps memory bounded under any overload).
+    ``max_pending_bytes``: the request bodies all requests in progress may hold together
+    (counted from ``Content-Length`` before reading); beyond it a request gets 503.
     """
     if verifier is None:
         log.warning("AUTH IS OFF: every client may use every model and change the repository")
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
-    return _App(service, verifier, max_body_bytes, metrics_require_auth, max_in_flight)
+    if max_pending_bytes < max_body_bytes:
+        raise ValueError("max_pending_bytes must be at least max_body_bytes")
+    return _App(service, verifier, max_body_bytes, metrics_require_auth, max_in_flight,
+                max_pending_bytes)
 

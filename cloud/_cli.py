@@ -31,7 +31,9 @@ log = logging.getLogger("edgecut.cloud")
               help="Requests that may wait per model version before 503.")
 @click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=64, show_default=True,
               help="Largest accepted request body; larger gets 413.")
-@click.option("--max-connections", type=click.IntRange(1, 1000000), default=1024, show_default=True,
+@click.option("--max-pending-mb", type=click.FloatRange(0.001, 1 << 20), default=512, show_default=True,
+              help="Request bodies all requests in progress may hold together; beyond, 503.")
+@click.option("--max-connections", type=click.IntRange(1, 1000000), default=512, show_default=True,
               help="Concurrent connections before the server answers 503.")
 @click.option("--max-in-flight", type=click.IntRange(1, 1000000), default=512, show_default=True,
               help="Requests in progress before new ones get 503 (before their body is read).")
@@ -44,7 +46,7 @@ log = logging.getLogger("edgecut.cloud")
 def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth: bool,
           audience: str, issuers: tuple[str, ...], providers: str | None,
           intra_op_threads: int | None, max_queue: int, max_body_mb: float,
-          max_connections: int, max_in_flight: int, ort_spinning: bool, no_dynamic_batching: bool,
+          max_pending_mb: float, max_connections: int, max_in_flight: int, ort_spinning: bool, no_dynamic_batching: bool,
           log_level: str) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2 REST)."""
     import uvicorn
@@ -82,8 +84,11 @@ def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth:
         raise click.ClickException(str(exc)) from exc
     log.info("serving %d models from %s on http://%s:%d", len(loaded), repository, host, port,
              extra={"models": ",".join(loaded), "pid": os.getpid()})
+    if max_pending_mb < max_body_mb:
+        raise click.UsageError("--max-pending-mb must be at least --max-body-mb")
     app = create_app(service, verifier=verifier, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                     max_in_flight=max_in_flight)
+                     max_in_flight=max_in_flight,
+                     max_pending_bytes=int(max_pending_mb * 1024 * 1024))
     server = uvicorn.Server(uvicorn_config(app, host, port, limit_concurrency=max_connections,
                                            log_level=log_level))
     try:

@@ -50,9 +50,10 @@ def configure_logging(level: str = "info", stream: Any = None) -> None:
 
 # uvicorn pauses reading a connection whenever 64 KiB of body wait for the app, so a 600 KB
 # tensor arrives in ten pause/resume round trips through the event loop, which measured
-# about 1 ms of CPU per request. The app reads bodies at once (bounded by max_body_bytes
-# and max_in_flight), so a larger mark costs no memory that those limits do not already allow.
-_BODY_HIGH_WATER = 4 * 1024 * 1024
+# measurably more CPU and latency per request. The app reads bodies at once (and counts
+# them against max_pending_bytes); what uvicorn may buffer ahead of it is this mark per
+# connection, so connections x 1 MiB bounds that part.
+_BODY_HIGH_WATER = 1024 * 1024
 
 
 def _raise_body_high_water() -> None:

@@ -15,6 +15,7 @@ which is how a hot load or a rollback loses no request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -126,7 +127,12 @@ class _Model:
                 return versions[self.canary_version]  # type: ignore[index]
         if self.default_version in versions:
             return versions[self.default_version]  # type: ignore[index]
-        return versions[max(versions, key=_version_key)]
+        return versions[self.highest]
+
+    @functools.cached_property
+    def highest(self) -> str:
+        # versions is never mutated in place (a change builds a new _Model), so cache it
+        return max(self.versions, key=_version_key)
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
@@ -727,7 +733,7 @@ def _peek_default(model: _Model) -> _Version:
         raise ModelNotReady(f"model {model.name!r} has no version ready")
     if model.default_version in versions:
         return versions[model.default_version]  # type: ignore[index]
-    return versions[max(versions, key=_version_key)]
+    return versions[model.highest]
 
 
 def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], batched: bool) -> bool:
