@@ -46,6 +46,7 @@ _MAX_ID = 128
 TELEMETRY_QOS = 2
 _FINAL_STEPS = ("committed", "rejected", "rolled_back", "superseded")
 _REMEMBER_IDS = 1000
+_MAX_QUEUED = 256
 
 
 class FleetHandler(Protocol):
@@ -131,8 +132,9 @@ class FleetLink:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._acked_mids: list[int] = []
-        self._commands: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
-        self._deploys: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        # Bounded: a flood of commands is answered "busy" rather than queued without end.
+        self._commands: queue.Queue[tuple[str, bytes, str] | None] = queue.Queue(_MAX_QUEUED)
+        self._deploys: queue.Queue[tuple[str, bytes, str] | None] = queue.Queue(_MAX_QUEUED)
         self._threads: list[threading.Thread] = []
         self.telemetry_interval_s = config.telemetry_interval_s
         self._client = self._make_client()
@@ -215,8 +217,11 @@ class FleetLink:
         """Publish ``offline`` (retained), disconnect, and stop the threads."""
         self._stop.set()
         self._wake.set()
-        self._commands.put(None)
-        self._deploys.put(None)
+        for q in (self._commands, self._deploys):
+            try:
+                q.put_nowait(None)
+            except queue.Full:
+                pass  # the worker is a daemon thread; it stops with the process
         if self.connected.is_set():
             body = {"state": "offline", "device_id": self.device_id, "ts": now_iso(),
                     "reason": "agent stopped"}
@@ -354,7 +359,12 @@ class FleetLink:
         if kind is None:
             return
         item = (kind, bytes(message.payload), topic)
-        (self._deploys if kind == "deploy" else self._commands).put(item)  # type: ignore[arg-type]
+        try:
+            (self._deploys if kind == "deploy" else self._commands).put_nowait(item)
+        except queue.Full:
+            self.rejected_messages += 1
+            self.ack(kind, {"id": None, "ok": False, "topic": topic,
+                            "error": f"busy: {_MAX_QUEUED} commands are already waiting"})
 
     def _command_worker(self) -> None:
         while True:

@@ -252,6 +252,10 @@ class Deployment:
         return ".onnx"
 
 
+class _DownloadInterrupted(ModelUpdateError):
+    """The transfer broke off; what arrived is kept for a resumed attempt."""
+
+
 def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: int = 3) -> int:
     """Fetch ``url`` into ``dest``, resuming a partial ``dest.part`` with a Range request.
 
@@ -283,7 +287,7 @@ def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: i
                     )
                 with open(part, "ab" if have else "wb") as fh:
                     total = have
-                    for chunk in resp.iter_bytes(1 << 16):
+                    for chunk in resp.iter_bytes():  # as it arrives: a drop keeps all of it
                         total += len(chunk)
                         if total > max_bytes:
                             raise ModelUpdateError(
@@ -298,7 +302,10 @@ def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: i
             raise
         except httpx.HTTPError as exc:
             last_error = f"{type(exc).__name__}: {exc}"
-    raise ModelUpdateError(f"download {url}: failed after {attempts} attempts ({last_error})")
+    raise _DownloadInterrupted(
+        f"download {url}: failed after {attempts} attempts ({last_error}); "
+        "the partial file is kept and the next deployment resumes it"
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -346,6 +353,9 @@ class ModelStore:
     def version_dir(self, model: str, version: str) -> Path:
         return self.root / model / version
 
+    def staging_dir(self, model: str, version: str) -> Path:
+        return self.root / model / ".incoming" / version
+
     def state(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self._state_path.read_text())
@@ -381,7 +391,8 @@ class ModelStore:
         folder = self.root / model
         if not folder.is_dir():
             return []
-        dirs = sorted((d for d in folder.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        dirs = sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                      key=lambda d: d.stat().st_mtime)
         removed = []
         excess = len(dirs) - keep_count
         for d in dirs:
@@ -421,6 +432,7 @@ class Updater:
         self._on_committed = on_committed
         self._on_models_changed = on_models_changed or (lambda: None)
         self._lock = threading.Lock()
+        self._deploy_lock = threading.Lock()
         self._probations: dict[str, _Probation] = {}
         self.history: list[dict[str, Any]] = []
 
@@ -434,11 +446,14 @@ class Updater:
 
         Blocking: the fleet link calls it from a worker thread.
         """
-        with self._lock:
-            slot = self.slots.get(dep.model)
-            if slot is not None and slot.current.version == dep.version:
-                ack("committed", detail="this version is already serving")
-                return "committed"
+        # Downloads and warm-ups run one at a time but outside the slot lock, so a
+        # rollback or a status request is not held up by a long download.
+        with self._deploy_lock:
+            with self._lock:
+                slot = self.slots.get(dep.model)
+                if slot is not None and slot.current.version == dep.version:
+                    ack("committed", detail="this version is already serving")
+                    return "committed"
             ack("accepted")
             try:
                 new = self._prepare(dep, slot, ack)
@@ -447,32 +462,46 @@ class Updater:
                 self.history.append({"model": dep.model, "version": dep.version,
                                      "result": "rejected", "reason": str(exc)})
                 return "rejected"
-            if slot is None:
-                slot = ModelSlot(new)
-                self.slots[dep.model] = slot
-                self._on_models_changed()
-            else:
-                self._end_probation(dep.model)
-                slot.swap(new)
-            self.store.record(dep.model, new, slot.previous)
-            ack("swapped", previous=slot.previous.version if slot.previous else None)
+            with self._lock:
+                slot = self.slots.get(dep.model)
+                if slot is None:
+                    slot = ModelSlot(new)
+                    self.slots[dep.model] = slot
+                    self._on_models_changed()
+                else:
+                    self._end_probation(dep.model)
+                    slot.swap(new)
+                self.store.record(dep.model, new, slot.previous)
+                ack("swapped", previous=slot.previous.version if slot.previous else None)
         settings = self._settings()
         window = settings.probation_s if dep.probation_s is None else dep.probation_s
         return self._probation(dep.model, slot, new, window, ack)
 
     def _prepare(self, dep: Deployment, slot: ModelSlot | None, ack: AckFn) -> ModelVersion:
         settings = self._settings()
-        folder = self.store.version_dir(dep.model, dep.version)
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / ("model" + dep.suffix)
-        ack("downloading", source=dep.url or dep.path)
-        if dep.size is not None and dep.size > settings.max_download_bytes:
+        final = self.store.version_dir(dep.model, dep.version)
+        state = self.store.state().get(dep.model, {})
+        in_use = {state.get("version"), (state.get("previous") or {}).get("version")}
+        if dep.version in in_use and final.exists():
+            # Versions are immutable: overwriting one a rollback may need would lose it.
             raise ModelUpdateError(
-                f"model size {dep.size} exceeds the limit of {settings.max_download_bytes} bytes"
+                f"version {dep.version} of '{dep.model}' is already on the device "
+                "(serving or kept for rollback); deploy it under a new version name"
             )
+        # Fetched and verified in a staging folder, so a failure never touches a kept
+        # version; an interrupted download stays there and resumes next time.
+        staging = self.store.staging_dir(dep.model, dep.version)
+        staging.mkdir(parents=True, exist_ok=True)
+        name = "model" + dep.suffix
+        ack("downloading", source=dep.url or dep.path)
         try:
+            if dep.size is not None and dep.size > settings.max_download_bytes:
+                raise ModelUpdateError(
+                    f"model size {dep.size} exceeds the limit of "
+                    f"{settings.max_download_bytes} bytes"
+                )
             if dep.url.startswith(("http://", "https://")):
-                size = download(dep.url, dest, settings.max_download_bytes,
+                size = download(dep.url, staging / name, settings.max_download_bytes,
                                 settings.download_timeout_s)
             else:
                 src = Path(dep.path or dep.url[len("file://"):])
@@ -483,17 +512,27 @@ class Updater:
                         f"model file '{src}' is {src.stat().st_size} bytes, over the limit of "
                         f"{settings.max_download_bytes}"
                     )
-                shutil.copyfile(src, dest)
-                size = dest.stat().st_size
+                shutil.copyfile(src, staging / name)
+                size = (staging / name).stat().st_size
             ack("downloaded", bytes=size)
-            digest = sha256_file(dest)
+            digest = sha256_file(staging / name)
             if digest != dep.sha256:
                 raise ModelUpdateError(
                     f"sha256 mismatch: expected {dep.sha256}, the file has {digest}"
                 )
             if settings.public_key_file:
                 verify_signature(settings.public_key_file, digest, dep.signature)
-            ack("verified", sha256=digest, signed=bool(settings.public_key_file))
+        except _DownloadInterrupted:
+            raise  # keep the partial file for the next attempt
+        except EdgecutError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        ack("verified", sha256=digest, signed=bool(settings.public_key_file))
+        shutil.rmtree(final, ignore_errors=True)  # a leftover no state refers to
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, final)
+        dest = final / name
+        try:
             try:
                 session = self.load(str(dest))
             except EdgecutError as exc:
@@ -507,7 +546,7 @@ class Updater:
             ack("warmed", warmup_ms=round(ms, 3))
         except EdgecutError:
             # A rejected version must not linger where a rollback could pick it up.
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
             raise
         return ModelVersion(dep.model, dep.version, str(dest), session)
 

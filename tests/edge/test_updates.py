@@ -191,8 +191,9 @@ def test_error_rate_above_the_threshold_rolls_back(make_env, tmp_path: Path) -> 
 class _RangeServer:
     """A file server on 127.0.0.1 that honours ``Range: bytes=N-`` and logs the header."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def __init__(self, files: dict[str, bytes], cut_first: bool = False) -> None:
         self.ranges: list[str | None] = []
+        self.cut_first = cut_first
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -210,6 +211,13 @@ class _RangeServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if outer.cut_first:
+                    # The connection drops half way through the first transfer.
+                    outer.cut_first = False
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
@@ -232,7 +240,7 @@ def test_http_download_resumes_with_range_and_is_size_limited(make_env, tmp_path
     files = _RangeServer({"/v2.onnx": data, "/v3.onnx": data})
     try:
         # A previous attempt left half the file behind.
-        part = tmp_path / "data" / "models" / "tiny" / "2" / "model.onnx.part"
+        part = tmp_path / "data" / "models" / "tiny" / ".incoming" / "2" / "model.onnx.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(data[: len(data) // 2])
         final, steps = deploy(obs, "http-v2", url=f"http://127.0.0.1:{files.port}/v2.onnx",
@@ -340,3 +348,26 @@ def test_a_deployment_can_add_a_model_and_a_failing_new_model_is_removed(
     assert final["step"] == "rolled_back" and final["serving"] is None
     assert not client.ready("flaky")
     assert "flaky" not in json.loads((tmp_path / "data" / "models" / "state.json").read_text())
+
+
+def test_a_dropped_download_resumes_where_it_stopped(make_env, tmp_path: Path) -> None:
+    agent, obs, server = make_env()
+    v2 = tiny_model(tmp_path / "v2.onnx", factor=3.0)
+    data = v2.read_bytes()
+    files = _RangeServer({"/v2.onnx": data}, cut_first=True)
+    try:
+        final, _ = deploy(obs, "drop", url=f"http://127.0.0.1:{files.port}/v2.onnx",
+                          version="2", sha256=sha(v2))
+        assert final["step"] == "committed", final
+        assert files.ranges == [None, f"bytes={len(data) // 2}-"]
+    finally:
+        files.close()
+    # Re-deploying the serving version is a no-op; after a rollback version 2 is kept
+    # for a roll-forward, and a different file under its name is refused.
+    final, _ = deploy(obs, "again", path=str(v2), version="2", sha256=sha(v2))
+    assert final["step"] == "committed" and final.get("detail")  # already serving: a no-op
+    v1_again = tiny_model(tmp_path / "v1b.onnx", factor=7.0)
+    obs.publish("t/dev1/cmd", {"id": "rb", "command": "rollback", "model": "tiny"})
+    obs.wait_json("t/dev1/cmd/ack", lambda m: m.get("id") == "rb")
+    final, _ = deploy(obs, "clobber", path=str(v1_again), version="2", sha256=sha(v1_again))
+    assert final["step"] == "rejected" and "already on the device" in final["reason"]
