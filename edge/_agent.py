@@ -323,18 +323,24 @@ class Agent:
         return getattr(source, "config", source) if not _is_policy_config(source) else source
 
     def _attach_executor(self, name: str, plan_path: str) -> None:
+        """Serve ``name`` through a new executor for ``plan_path`` (none: locally)."""
+        planned = None
+        if plan_path and self.config.cloud.url and name in self.slots:
+            planned = self._build_executor(name, plan_path, self.config.cloud,
+                                           self.slots[name].current.version)
         old = self.executors.pop(name, None)
+        if planned is not None:
+            self.executors[name] = planned
         if old is not None:
             old.close()
-        if not plan_path or not self.config.cloud.url or name not in self.slots:
-            return
+
+    def _build_executor(self, name: str, plan_path: str, cloud: Any, version: str) -> _Planned:
         from edge._executor import Executor
         from edge._offload import FileToken, OffloadClient
         from edge._policy import Policy
         from partition import Plan
 
         plan = Plan.load(plan_path)
-        cloud = self.config.cloud
         token = FileToken(cloud.token_file) if cloud.token_file else None
         client = OffloadClient(cloud.url, token=token, timeout_s=cloud.timeout_s)
         try:
@@ -344,10 +350,9 @@ class Agent:
         except EdgecutError:
             client.close()
             raise
-        self.executors[name] = _Planned(self.slots[name].current.version, plan_path, executor,
-                                        client)
         log.info(json.dumps({"event": "executor_ready", "model": name, "plan": plan_path,
                              "cloud": cloud.url, "candidates": len(plan.candidates)}))
+        return _Planned(version, plan_path, executor, client)
 
     def _active_watts(self) -> float:
         power = self.profile.power
@@ -398,7 +403,8 @@ class Agent:
         return {"version": new.version, "restart_needed": changed}
 
     def _apply(self, new: AgentConfig, policy: Any) -> None:
-        """Make ``new`` the config in force (models first, so a failed load changes nothing)."""
+        """Make ``new`` the config in force: everything that can fail (loading models,
+        building executors) happens first, so a failure changes nothing."""
         loaded: dict[str, ModelVersion] = {}
         for m in new.models:
             slot = self.slots.get(m.name)
@@ -407,6 +413,24 @@ class Agent:
             if slot is not None and self.store.state().get(m.name):
                 continue  # a fleet deployment owns this model's version now
             loaded[m.name] = self._initial_version(m)
+        built: dict[str, _Planned | None] = {}
+        try:
+            for m in new.models:
+                planned = self.executors.get(m.name)
+                have = (planned.plan_path, self.config.cloud) if planned else ("", None)
+                want = (m.plan, new.cloud) if m.plan and new.cloud.url else ("", None)
+                if have == want and m.name not in loaded:
+                    continue
+                version = (loaded[m.name].version if m.name in loaded
+                           else self.slots[m.name].current.version)
+                built[m.name] = (self._build_executor(m.name, m.plan, new.cloud, version)
+                                 if want[0] else None)
+        except Exception:
+            for planned in built.values():
+                if planned is not None:
+                    planned.close()
+            raise
+        # Nothing below can fail: the new config takes effect as one step.
         for name, version in loaded.items():
             if name in self.slots:
                 self.slots[name].swap(version)
@@ -415,13 +439,21 @@ class Agent:
         for name in [n for n in self.slots if n not in {m.name for m in new.models}]:
             if not self.store.state().get(name):
                 del self.slots[name]
+        for name, planned in built.items():
+            old = self.executors.pop(name, None)
+            if planned is not None:
+                self.executors[name] = planned
+            if old is not None:
+                old.close()
+        for name in [n for n in self.executors if n not in self.slots]:
+            self.executors.pop(name).close()
         self.config = new
         self._policy = policy
         self._active_w = self._active_watts()
-        self._models_changed()
         logging.getLogger("edgecut").setLevel(new.log_level.upper())
         if self.fleet is not None:
             self.fleet.telemetry_interval_s = new.mqtt.telemetry_interval_s
+        self._models_changed()
 
     def apply_config(self, msg: dict[str, Any]) -> dict[str, Any]:
         """``config/set``: validate all of it, then apply it all or nothing."""

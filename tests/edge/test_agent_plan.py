@@ -66,6 +66,12 @@ def test_requests_follow_the_policy_and_fall_back_when_the_cloud_goes(
         assert record["fallbacks"] >= 1
         assert record["models"]["squeezenet"]["errors"] == 0
         assert record["models"]["squeezenet"]["requests"] == 6
+
+        # The fleet turns offloading off: the model runs on the device, no executor left.
+        agent.apply_config({"id": "c", "version": "local-only", "config": {"cloud": {"url": ""}}})
+        assert agent.executors == {}
+        agent.infer("squeezenet", x)
+        assert agent.telemetry()["decisions"] == {"local": 1}
     finally:
         agent.close()
         service.close()
