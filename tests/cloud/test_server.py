@@ -190,3 +190,33 @@ def test_repository_index_load_unload(server, client, repo):
     assert client.is_model_ready("typed")
     with pytest.raises(InferenceServerException, match="not in the repository"):
         client.load_model("missing")
+
+
+def test_bytes_tensors_for_a_string_model(tmp_path, serve):
+    from onnx import TensorProto, helper
+
+    from tests.cloud.conftest import write_version
+
+    s_in = helper.make_tensor_value_info("s", TensorProto.STRING, ["N"])
+    s_out = helper.make_tensor_value_info("echo", TensorProto.STRING, ["N"])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["s"], ["echo"])], "strings", [s_in], [s_out]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    write_version(tmp_path, "strings", 1, model)
+    service = InferenceService(tmp_path, intra_op_threads=1)
+    service.load_all()
+    server = serve(service)
+    client = tc.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.get_model_metadata("strings")["inputs"][0]["datatype"] == "BYTES"
+    words = np.array(["héllo".encode(), b"", b"edge"], dtype=object)
+    for binary in (True, False):
+        inp = tc.InferInput("s", [3], "BYTES")
+        inp.set_data_from_numpy(words, binary_data=binary)
+        result = client.infer("strings", [inp],
+                              outputs=[tc.InferRequestedOutput("echo", binary_data=binary)])
+        got = result.as_numpy("echo").tolist()
+        # tritonclient hands JSON strings back as str, binary BYTES as bytes (as with Triton)
+        expected = words.tolist() if binary else [w.decode() for w in words]
+        assert got == expected
+    client.close()
