@@ -133,8 +133,9 @@ class FleetLink:
         self._wake = threading.Event()
         self._acked_mids: list[int] = []
         # Bounded: a flood of commands is answered "busy" rather than queued without end.
-        self._commands: queue.Queue[tuple[str, bytes, str] | None] = queue.Queue(_MAX_QUEUED)
-        self._deploys: queue.Queue[tuple[str, bytes, str] | None] = queue.Queue(_MAX_QUEUED)
+        self._commands: queue.Queue[tuple[Any, ...] | None] = queue.Queue(_MAX_QUEUED)
+        self._deploys: queue.Queue[tuple[Any, ...] | None] = queue.Queue(_MAX_QUEUED)
+        self._reply = threading.local()
         self._threads: list[threading.Thread] = []
         self.telemetry_interval_s = config.telemetry_interval_s
         self._client = self._make_client()
@@ -358,7 +359,11 @@ class FleetLink:
                 break
         if kind is None:
             return
-        item = (kind, bytes(message.payload), topic)
+        # MQTT 5 request/response: an operator may name a response topic and correlation
+        # data; the acks then also go there (the ack topics get them in any case).
+        props = getattr(message, "properties", None)
+        reply = (getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None))
+        item = (kind, bytes(message.payload), topic, reply)
         try:
             (self._deploys if kind == "deploy" else self._commands).put_nowait(item)
         except queue.Full:
@@ -382,7 +387,17 @@ class FleetLink:
 
     def ack(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         body = {"device_id": self.device_id, "ts": now_iso(), **body}
-        self._client.publish(f"{self.base}/{_ACK_TOPIC[kind]}", json.dumps(body), qos=1)
+        payload = json.dumps(body)
+        self._client.publish(f"{self.base}/{_ACK_TOPIC[kind]}", payload, qos=1)
+        response_topic, correlation = getattr(self._reply, "to", (None, None))
+        if response_topic and self.config.protocol == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self._client.publish(response_topic, payload, qos=1, properties=props)
         return body
 
     def _decode(self, kind: str, payload: bytes) -> dict[str, Any]:
@@ -403,7 +418,15 @@ class FleetLink:
             raise FleetError(f"field 'id': expected a string of 1-{_MAX_ID} characters, got {cid!r}")
         return msg
 
-    def _handle(self, kind: str, payload: bytes, topic: str) -> None:
+    def _handle(self, kind: str, payload: bytes, topic: str,
+                reply: tuple[str | None, bytes | None] = (None, None)) -> None:
+        self._reply.to = reply
+        try:
+            self._handle_one(kind, payload, topic)
+        finally:
+            self._reply.to = (None, None)
+
+    def _handle_one(self, kind: str, payload: bytes, topic: str) -> None:
         try:
             msg = self._decode(kind, payload)
         except FleetError as exc:

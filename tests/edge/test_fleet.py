@@ -203,3 +203,42 @@ def test_broker_restart_loses_and_duplicates_no_telemetry(
         assert agent.fleet.spool.evicted == 0
     finally:
         agent.close()
+
+
+def test_mqtt5_response_topic_and_correlation_data(fleet_agent, mosquitto) -> None:
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    agent, obs = fleet_agent
+    got: list[tuple[bytes, bytes | None]] = []
+    done = threading.Event()
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rr-operator",
+                         protocol=mqtt.MQTTv5)
+
+    def on_message(c, u, m) -> None:  # noqa: ANN001
+        got.append((m.payload, getattr(m.properties, "CorrelationData", None)))
+        done.set()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        client.subscribe("operator/replies/1", qos=1)
+        assert subscribed.wait(10)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "operator/replies/1"
+        props.CorrelationData = b"req-77"
+        client.publish("t/dev1/cmd", json.dumps({"id": "rr", "command": "ping"}), qos=1,
+                       properties=props)
+        assert done.wait(10)
+        payload, correlation = got[0]
+        assert json.loads(payload)["pong"] is True and correlation == b"req-77"
+        # The regular ack topic got it too.
+        assert obs.wait_json("t/dev1/cmd/ack", lambda m: m.get("id") == "rr")["pong"] is True
+    finally:
+        client.loop_stop()
