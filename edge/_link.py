@@ -176,7 +176,7 @@ class LinkEstimator:
                 age = math.inf if self._last_traffic is None else now - self._last_traffic
                 return LinkEstimate(bw, rtt, 0.0, math.log(8.0), age, n)
             age = max(now - self._last_traffic, 0.0)
-            fill = min(1.0, n / min(self.window, 3))
+            fill = min(1.0, n / min(self.window, 2))
             confidence = fill * 0.5 ** (age / self.half_life_s)
             logs = [math.log(max(b, 1.0)) for b in self._bw]
             mean = sum(logs) / n

@@ -280,9 +280,11 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
             reason = (f"exploring {_plan_name(chosen)}: its estimate is stale and it could beat "
                       f"{_plan_name(best)} (predicted {chosen.latency_ms:.0f} ms vs "
                       f"{best.latency_ms:.0f} ms)")
-    probe = (link_stale and best.kind == LOCAL and not explored and cfg.explore.probe_bytes > 0
+    # A probe pays when the link is stale and a plan that uploads more than the current
+    # best could win: the best one's own small transfers would never tell.
+    probe = (link_stale and not explored and cfg.explore.probe_bytes > 0
              and ctx.probe_allowance >= cfg.explore.probe_bytes
-             and any(p.kind != LOCAL for p in could_win))
+             and any(p.kind != LOCAL and p.up_bytes > best.up_bytes for p in could_win))
     if probe:
         reason += "; link estimate is stale and a remote plan could win: probing"
     return Decision(
