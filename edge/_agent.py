@@ -285,7 +285,8 @@ class Agent:
             return {}
 
     def _read_config(self) -> AgentConfig:
-        assert self.config_path is not None
+        if self.config_path is None:
+            raise ConfigError("the agent was not started from a config file")
         base = load_agent_config(self.config_path)
         overlay = self._read_overlay(base.data_dir)
         if overlay.get("config"):
@@ -503,7 +504,7 @@ class Agent:
             tmp.write_text(json.dumps(new_overlay, indent=1))
             try:
                 self._apply(new, policy)
-            except EdgecutError:
+            except Exception:
                 tmp.unlink(missing_ok=True)
                 raise
             os.replace(tmp, path)
@@ -537,10 +538,17 @@ class Agent:
         if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
             request_log.info(json.dumps({
                 "event": "request", "model": name, "version": version.version, "plan": plan,
-                "reason": "no cloud configured" if not self.config.cloud.url else "local",
+                "reason": self._local_reason(planned),
                 "ok": True, "device_ms": round(ms, 3), "up_ms": 0.0, "cloud_ms": 0.0,
                 "down_ms": 0.0, "energy_mj": round(energy, 3)}))
         return out
+
+    def _local_reason(self, planned: _Planned | None) -> str:
+        if not self.config.cloud.url:
+            return "no cloud configured"
+        if planned is None:
+            return "no plan for this model"
+        return f"the plan is for version {planned.version}; re-partitioning pending"
 
     def _infer_planned(self, name: str, slot: ModelSlot, planned: _Planned,
                        feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
