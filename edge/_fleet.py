@@ -342,6 +342,8 @@ class FleetLink:
                 # QoS 2: the broker's PUBREC/PUBREL handshake makes a re-send after a lost
                 # acknowledgement a no-op, where QoS 1 would deliver the record twice.
                 info = self._client.publish(topic, payload, qos=TELEMETRY_QOS)
+                if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
+                    break  # not taken (a full queue): the record stays spooled for later
                 inflight[info.mid] = seq
                 handed.add(seq)
             # Drop handed seqs that were evicted meanwhile so the set stays bounded.
