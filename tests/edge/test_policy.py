@@ -117,7 +117,7 @@ CASES = [
     Case("no exploration when the draw misses", 10, "local", "probing", spread=2.0,
          link_age=100.0, draw=0.9, explore={"max_regret": 3.0}, probe=True),
     Case("stale link probed even when a small split is best", 10, "split@b", "probing",
-         device=DeviceState(throttled=True), spread=2.0, link_age=100.0, probe=True),
+         device=DeviceState(throttled=True), spread=0.5, link_age=100.0, probe=True),
     Case("fresh estimates are not explored", 10, "local", spread=0.0, draw=0.01,
          explore={"max_regret": 3.0}),
 ]
