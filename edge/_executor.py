@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from devices import DeviceProfile, EnergyModel
+from devices import DeviceProfile, EnergyModel, PowerSensor
 from devices.errors import ConfigError, DeadlineExceeded, EdgecutError, OffloadError
 from edge._link import LinkEstimator
 from edge._offload import OPEN, OffloadClient
@@ -97,7 +97,8 @@ class Executor:
                  device_state: Callable[[], DeviceState] | None = None,
                  clock: Callable[[], float] = time.monotonic, seed: int = 0,
                  log_path: str | Path | None = None, intra_op_threads: int | None = None,
-                 background_probes: bool = True) -> None:
+                 background_probes: bool = True,
+                 power_sensor: PowerSensor | None = None) -> None:
         self.plan = plan
         self.plan_dir = Path(plan_dir)
         self.device = device
@@ -124,6 +125,8 @@ class Executor:
         self._log = Path(log_path).open("a") if log_path else None
         self._log_lock = threading.Lock()
         self.background_probes = background_probes
+        # A real sensor (INA3221 rails, RAPL) corrects the profile's active power online.
+        self.power_sensor = power_sensor
         self.probes_sent = 0
         self._probe_thread: threading.Thread | None = None
         # The whole model: the local candidate's file in the plan folder, else model_path.
@@ -231,7 +234,12 @@ class Executor:
             sess = self._session_for(path)
             t0 = time.perf_counter()
             out = sess.run(dict(feeds))
-            return out, (time.perf_counter() - t0) * 1000.0 * self.compute_scale
+            ms = (time.perf_counter() - t0) * 1000.0 * self.compute_scale
+            if self.power_sensor is not None:
+                watts = self.power_sensor.read_w()
+                if watts is not None and watts > 0:
+                    self.energy = self.energy.corrected(watts)
+            return out, ms
         finally:
             with self._inflight_lock:
                 self._local_inflight -= 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices import DeviceProfile, load_profile
+from devices import DeviceProfile, PowerSensor, load_profile
 from edge._executor import Executor
 from edge._offload import OffloadClient
 from edge._replay import (
@@ -134,4 +134,30 @@ def test_policy_hot_reload_takes_effect_on_next_request(
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
     assert ex.infer(feeds).decision.plan == "local"
     assert watcher.reloads == 1 and Policy(watcher).config.rules.never_send_raw_input
+    ex.close()
+
+
+class FixedSensor(PowerSensor):
+    """A power sensor that always reads the same figure (a board at steady load)."""
+
+    def __init__(self, watts: float) -> None:
+        self.watts = watts
+
+    def read_w(self) -> float | None:
+        return self.watts
+
+
+def test_power_sensor_corrects_the_energy_model(plan_dir: Path,
+                                                slow_board: DeviceProfile) -> None:
+    plan = Plan.load(plan_dir / "plan.json")
+    ex = Executor(plan, plan_dir, slow_board, policy=Policy(CFG), client=None,
+                  power_sensor=FixedSensor(3.5))
+    assert ex.energy.active_w == slow_board.power.gpu_active_w
+    feeds = _feeds_for(ex)
+    for _ in range(6):
+        out = ex.infer(feeds)
+    assert out.decision.plan == "local"
+    # each local run moves it a fifth of the way: 7.5 -> 3.5 + 4 * 0.8 ** 6
+    assert ex.energy.active_w == pytest.approx(3.5 + 4.0 * 0.8**6)
+    assert out.energy_mj == pytest.approx(ex.energy.active_w * out.head_ms, rel=0.25)
     ex.close()
