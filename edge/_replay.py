@@ -283,9 +283,16 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
            max_rate_bps: float = 300e6, seed: int = 0, server_threads: int = 1,
            device_threads: int = 1, trace_select: str | None = None,
            server: CloudServer | None = None, plot: bool = True,
-           log: Callable[[str], None] | None = None) -> ReplayResult:
+           log: Callable[[str], None] | None = None,
+           route: Callable[[Executor], Callable[[dict[str, np.ndarray]], Outcome]] | None = None,
+           on_request: Callable[[int, float, Outcome], None] | None = None) -> ReplayResult:
     """Replay one trace (see the module docstring). ``duration_s`` is the wanted wall
-    time of the run (sets ``speedup`` from the trace window when ``speedup`` is None)."""
+    time of the run (sets ``speedup`` from the trace window when ``speedup`` is None).
+
+    ``route`` is given the ready executor and returns the function each request goes
+    through (default: the executor itself; the demo sends requests through the agent's
+    local API instead). ``on_request(i, trace_time_s, outcome)`` is called after each one.
+    """
     say = log or (lambda _m: None)
     dev = load_profile(device) if isinstance(device, str) else device
     trace = load_trace(trace_path, select=trace_select)
@@ -359,6 +366,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         executor.probe_link()
         emu.restart_clock(offset_s)
         step = window / requests
+        send = route(executor) if route is not None else executor.infer
         outcomes: list[tuple[float, Outcome]] = []
         say(f"replaying {requests} requests over {window:.0f} s of trace at x{speedup:.3g}")
         for i in range(requests):
@@ -366,7 +374,10 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             while emu.trace_time() < t_i:
                 time.sleep(min((t_i - emu.trace_time()) / speedup, 0.05))
             t_start = emu.trace_time()
-            outcomes.append((t_start, executor.infer(feeds)))
+            outcome = send(feeds)
+            outcomes.append((t_start, outcome))
+            if on_request is not None:
+                on_request(i, t_start, outcome)
         executor.close()
         client.close()
     finally:
