@@ -66,6 +66,21 @@ def _perturbed_copy(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+def _tiny_model(path: Path) -> None:
+    """y = 2x on float32[N, 4]: a model that costs nothing, to show the fixed overhead."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.array(2.0, dtype=np.float32), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 def _summary(rounds: list[float]) -> dict[str, float]:
     return {"median": round(float(np.median(rounds)), 4), "min": round(min(rounds), 4),
             "max": round(max(rounds), 4)}
@@ -127,6 +142,7 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(mqtt_port)
         sock = work / "agent.sock"
+        _tiny_model(work / "tiny.onnx")
         cfg = work / "agent.toml"
         cfg.write_text(f"""
 [agent]
@@ -149,6 +165,10 @@ health_interval_s = 0.5
 [[models]]
 name = "{args.model}"
 path = "{model_path}"
+version = "1"
+[[models]]
+name = "tiny"
+path = "{work / 'tiny.onnx'}"
 version = "1"
 """)
         agent = subprocess.Popen([sys.executable, "-m", "edge.cli", "agent", "--config", str(cfg)],
@@ -180,14 +200,16 @@ version = "1"
         log_mark = (work / "agent.log").stat().st_size
         e2e_all: list[float] = []  # every request of the rounds, in order
         inproc_r, uds_r, tcp_r, full_r = [], [], [], []
+        in_agent: list[float] = []  # Server-Timing of the UDS requests
         for _ in range(args.rounds):
             t_in, t_uds, t_tcp, t_full = [], [], [], []
             for _ in range(args.pairs):
                 t0 = time.perf_counter()
                 session.run(x)
                 t1 = time.perf_counter()
-                uds.infer_raw(args.model, body, headers)
+                _, rh = uds.infer_raw(args.model, body, headers)
                 t2 = time.perf_counter()
+                in_agent.append(float(rh["server-timing"].split("dur=")[1]))
                 session.run(x)
                 t3 = time.perf_counter()
                 tcp.infer_raw(args.model, body, headers)
@@ -219,6 +241,36 @@ version = "1"
                     device_ms.append(float(entry["device_ms"]))
         paired = [e - d for e, d in zip(e2e_all, device_ms, strict=False)]
         paired_ok = len(device_ms) == len(e2e_all)
+        uds_e2e = e2e_all[0::3]
+        uds_device = device_ms[0::3] if paired_ok else []
+        split = {}
+        if paired_ok:
+            split = {
+                "transport_and_client_p50_ms": round(float(np.median(
+                    [e - a for e, a in zip(uds_e2e, in_agent, strict=True)])), 4),
+                "agent_app_minus_device_p50_ms": round(float(np.median(
+                    [a - d for a, d in zip(in_agent, uds_device, strict=True)])), 4),
+                "device_ms_in_agent_p50": round(float(np.median(uds_device)), 4),
+            }
+
+        # The fixed cost of the local path: the same comparison on a model that costs
+        # nothing and a 16-byte input.
+        tiny = runtime.load(work / "tiny.onnx", profile)
+        tx = {"x": np.ones((1, 4), np.float32)}
+        tbody, theaders = encode_infer_request(tx)
+        tiny_in_r, tiny_uds_r = [], []
+        for _ in range(args.rounds):
+            a, b = [], []
+            for _ in range(args.pairs):
+                t0 = time.perf_counter()
+                tiny.run(tx)
+                t1 = time.perf_counter()
+                uds.infer_raw("tiny", tbody, theaders)
+                t2 = time.perf_counter()
+                a.append((t1 - t0) * 1e3)
+                b.append((t2 - t1) * 1e3)
+            tiny_in_r.append(float(np.median(a)))
+            tiny_uds_r.append(float(np.median(b)))
 
         # Swap under load.
         v2 = work / "v2.onnx"
@@ -294,6 +346,10 @@ version = "1"
             "added_p50_ms_paired": round(float(np.median(paired)), 4) if paired_ok else None,
             "added_paired_note": "per request: client round trip minus the device time the "
                                  "agent logged for the same request (UDS, TCP and UDS+encode)",
+            "uds_split": split,
+            "tiny_p50_ms_agent": round(float(np.median(tiny_uds_r)), 4),
+            "tiny_p50_ms_inprocess": round(float(np.median(tiny_in_r)), 4),
+            "tiny_added_p50_ms": round(float(np.median(tiny_uds_r) - np.median(tiny_in_r)), 4),
             "rounds": {"inprocess": _summary(inproc_r), "agent_uds": _summary(uds_r),
                        "agent_tcp": _summary(tcp_r)},
             "pairs_per_round": args.pairs,

@@ -780,7 +780,23 @@ def build_app(agent: Agent) -> tuple[Any, Any]:
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
-        await inner(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await inner(scope, receive, send)
+            return
+        # Server-Timing on inference responses: the time the request spent in the agent,
+        # from its first byte handed over by the server to the response's headers, so a
+        # client can tell the agent's share from the transport's.
+        start = time.perf_counter()
+
+        async def timed_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - start) * 1000.0
+                headers = list(message.get("headers", []))
+                headers.append((b"server-timing", f"agent;dur={ms:.3f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await inner(scope, receive, timed_send)
 
     return app, service
 
