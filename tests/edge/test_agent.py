@@ -45,8 +45,12 @@ def test_local_api_serves_over_tcp_and_the_unix_socket(tmp_path: Path) -> None:
                     client.infer("tiny", {"x": x.astype(np.float64)})
                 status = client.agent_status()
                 assert status["models"] == {"tiny": "1"} and status["profile"] == "generic-x86"
-    # The service rejects the wrong dtype before the model runs: two requests ran.
-    assert agent.stats.total_requests == 2
+                from cloud.protocol import encode_infer_request
+
+                _, headers = client.infer_raw("tiny", *encode_infer_request({"x": x}))
+                assert float(headers["server-timing"].split("agent;dur=")[1]) > 0
+    # The service rejects the wrong dtype before the model runs: four requests ran.
+    assert agent.stats.total_requests == 4
     assert not (tmp_path / "agent.sock").exists()
 
 
