@@ -224,7 +224,7 @@ def _correct(pred: list[float], meas: list[float]) -> tuple[float, float]:
         return 1.0, 0.0
     if len(pred) >= 3 and max(pred) > min(pred):
         a, b = np.polyfit(pred, meas, 1)
-        if a > 0:
+        if a > 0 and b >= 0:
             return float(a), float(b)
     ratios = [m / p for p, m in zip(pred, meas, strict=True) if p > 0]
     return (float(statistics.median(ratios)) if ratios else 1.0), 0.0
@@ -250,6 +250,7 @@ def build_plan(
     figure: bool = True,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    measured_mode: str = "fit",
 ) -> Plan:
     """Plan how to split the model at ``model_path`` between ``device`` and ``cloud``.
 
@@ -259,8 +260,9 @@ def build_plan(
     ``device_profile`` gives a recorded profile. Candidates: ``local``, ``offload``, the
     block-boundary cuts and cheaper in-branch cuts, and the exact min-cut optimum for the
     link under both objectives. Up to ``measure`` of the splits that could win at some
-    bandwidth are run for real (head then tail) and their measured times replace the
-    predictions; the others are corrected by the fit between predicted and measured.
+    bandwidth are run for real (head then tail); a line fitted per side through their
+    measured times corrects every candidate's prediction (``measured_mode="fit"``), or
+    the measured times replace the predictions where there are any (``"raw"``).
     The plan keeps ``local``, ``offload``, the chosen cut and the ``keep`` best splits
     (all of them when ``keep`` is None); with ``out_dir`` their models are written.
     """
@@ -320,7 +322,7 @@ def build_plan(
             splitter, pick, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
             measure_head=can_head, measure_tail=can_tail,
         ).times
-    candidates = _apply_measurements(candidates, measured, can_head, can_tail)
+    candidates = _apply_measurements(candidates, measured, can_head, can_tail, measured_mode)
 
     best = choose(candidates, bandwidth_bps, rtt_s, dev, objective, slo_ms)
     ranked = sorted(
@@ -385,7 +387,18 @@ def _optimum_ids(candidates: Sequence[CutCandidate], optima: dict) -> list[str]:
 
 
 def _apply_measurements(candidates: list[CutCandidate], measured: dict[str, tuple[float, float]],
-                        head_ok: bool, tail_ok: bool) -> list[CutCandidate]:
+                        head_ok: bool, tail_ok: bool, mode: str = "fit") -> list[CutCandidate]:
+    """Bring measured session times into the candidates.
+
+    ``fit`` (the default): every candidate, measured or not, gets its profile-based time
+    corrected by the per-side line fitted through the measured candidates
+    (``measured = a * predicted + b``; b is the session's own overhead). One noisy
+    measurement then cannot make a head that holds 99.9% of the model look 20% cheaper
+    than the whole model, which on a shared host happens. ``raw``: measured candidates
+    take their measured times as they are; the others get the fitted correction.
+    """
+    if mode not in ("fit", "raw"):
+        raise PartitionError(f"measured-times mode must be 'fit' or 'raw', got {mode!r}")
     if not measured:
         return candidates
     by_id = {c.cut_id: c for c in candidates}
@@ -402,7 +415,14 @@ def _apply_measurements(candidates: list[CutCandidate], measured: dict[str, tupl
     ta, tb = _correct(tp, tm)
     out = []
     for c in candidates:
-        if c.cut_id in measured:
+        if c.cut_id in measured and mode == "fit":
+            h = max(0.0, ha * c.head_ms + hb) if c.kind != OFFLOAD and head_ok else c.head_ms
+            t = max(0.0, ta * c.tail_ms + tb) if c.kind != LOCAL and tail_ok else c.tail_ms
+            mh, mt = measured[c.cut_id]
+            out.append(with_times(c, h, t, measured=True, corrected=True,
+                                  measured_head_ms=mh if head_ok else None,
+                                  measured_tail_ms=mt if tail_ok else None))
+        elif c.cut_id in measured:
             h, t = measured[c.cut_id]
             out.append(with_times(c, h if head_ok else c.head_ms, t if tail_ok else c.tail_ms,
                                   measured=True))

@@ -30,8 +30,10 @@ class Splitter:
             copy.CopyFrom(model)
             ensure_node_names(copy)
             model = copy
+        self._inferred = False
         if not any(vi.name for vi in model.graph.value_info):
             model = onnx.shape_inference.infer_shapes(model)
+            self._inferred = True
         self.model = model
         g = model.graph
         self.inits = {t.name: t for t in g.initializer}
@@ -85,6 +87,12 @@ class Splitter:
 
     def _value_info(self, name: str) -> onnx.ValueInfoProto:
         vi = self.infos.get(name)
+        if (vi is None or not vi.type.HasField("tensor_type")) and not self._inferred:
+            # Partial value_info in the file: infer once, then look again.
+            self._inferred = True
+            for v in onnx.shape_inference.infer_shapes(self.model).graph.value_info:
+                self.infos.setdefault(v.name, v)
+            vi = self.infos.get(name)
         if vi is None or not vi.type.HasField("tensor_type") or vi.type.tensor_type.elem_type == 0:
             raise PartitionError(
                 f"tensor '{name}': no type information (run shape inference on the model first)"

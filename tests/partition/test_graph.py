@@ -82,3 +82,20 @@ def test_zoo_graphs_enumerate_completely(zoo_model) -> None:
         assert ideals is not None and len(ideals) >= at_least
         for s in ideals[:: max(1, len(ideals) // 20)]:
             assert g.is_valid_cut(s)
+
+
+def test_cut_that_carries_a_model_input_along() -> None:
+    import onnxruntime as ort
+
+    model = graphs.skip_input()
+    g = LayerGraph.from_model(model)
+    cuts = candidate_cuts(g)
+    assert cuts == [("x", "a"), ("x", "r")]  # the skip connection keeps x crossing
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    for cut in cuts:
+        head, tail = split_model(model, cut)
+        onnx.checker.check_model(head)
+        mids = ort.InferenceSession(head.SerializeToString()).run(None, {"x": x})
+        got = ort.InferenceSession(tail.SerializeToString()).run(None, dict(zip(cut, mids, strict=True)))[0]
+        np.testing.assert_allclose(got, want, atol=1e-6)
