@@ -217,19 +217,30 @@ def measure_components(executor: Executor, client: OffloadClient, feeds: dict[st
         jobs[c.cut_id] = (head, lambda cm=c.cloud_model, x=crossing: client.infer(cm, x, names))
     head_t: dict[str, list[float]] = {k: [] for k in jobs}
     cloud_t: dict[str, list[float]] = {k: [] for k in jobs}
+    ratio: dict[str, list[float]] = {k: [] for k in jobs}
+    local_id = next(c.cut_id for c in executor.plan.candidates if c.kind == LOCAL)
+    local_job = jobs[local_id][0]
+    assert local_job is not None
     for _ in range(rounds):
         for cid, (head, cloud) in jobs.items():
-            if head is not None:
-                head_t[cid].append(_median_ms(head, 1))
+            if head is not None and cid != local_id:
+                # Each head is timed right after a whole-model run and kept as a ratio to
+                # it: on a host whose load swings, the pair sees the same load.
+                ref = _median_ms(local_job, 1)
+                head_t[local_id].append(ref)
+                t = _median_ms(head, 1)
+                head_t[cid].append(t)
+                ratio[cid].append(t / ref)
             if cloud is not None:
                 cloud_t[cid].append(_median_ms(cloud, 1))
+    if not head_t[local_id]:
+        head_t[local_id] = [_median_ms(local_job, 1) for _ in range(rounds)]
     out: dict[str, Components] = {}
-    local_id = next(c.cut_id for c in executor.plan.candidates if c.kind == LOCAL)
     local_host = statistics.median(head_t[local_id])
     for c in executor.plan.candidates:
         host = statistics.median(head_t[c.cut_id]) if head_t[c.cut_id] else 0.0
-        if c.kind != LOCAL:
-            host = min(host, local_host)
+        if c.kind != LOCAL and ratio[c.cut_id]:
+            host = min(statistics.median(ratio[c.cut_id]), 1.0) * local_host
         cloud = statistics.median(cloud_t[c.cut_id]) if cloud_t[c.cut_id] else 0.0
         out[c.cut_id] = Components(c.cut_id, c.kind, host, host / relative_speed, cloud,
                                    *sizes[c.cut_id])
