@@ -84,6 +84,7 @@ def main() -> int:
                 "energy": policy_config_from_text(
                     f'objective = "energy"\nslo_ms = {round(max(2.0 * local_ms, 200.0))}\n'),
             }
+            comps = None  # measured by the pair's first run, reused by the others
             with CloudServer(plan_dir / "repository") as srv:
                 for fam in families:
                     for objective in ("latency", "energy"):
@@ -94,7 +95,9 @@ def main() -> int:
                         r = replay(trace, model_path, dev, configs[objective], plan_dir=plan_dir,
                                    out_dir=out_root / "runs" / f"{model}-{dev_name}-{fam}-{objective}",
                                    requests=args.requests, duration_s=args.duration,
-                                   window_s=args.window, server=srv, plot=True)
+                                   window_s=args.window, server=srv, plot=True,
+                                   components=comps)
+                        comps = r.components
                         s = r.summary
                         fixed = {k: s[k] for k in ("local", "cloud", "static_split")}
                         key = "mean_ms" if objective == "latency" else "energy_mj"
@@ -134,7 +137,9 @@ def main() -> int:
             "one trace file per family (listed in each run), first "
             f"{args.window:g} s of it, {args.requests} requests, trace clock sped up to fit "
             f"{args.duration:g} s of wall time (one request every {args.window / args.requests:g} s of trace)",
-            "device compute emulated: measured on this host / the profile's relative_speed",
+            "device compute emulated: measured on this host / the profile's relative_speed; "
+            "components measured once per model and device (heads as ratios paired with "
+            "whole-model runs), then scaled per request by the slowdown that request saw",
             "edgecut runs for real through the shaping proxy to edgecut serve (1 thread) on "
             "127.0.0.1; fixed strategies and oracle costed per request from measured "
             "components and the bandwidth each request met",

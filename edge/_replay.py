@@ -171,6 +171,7 @@ class ReplayResult:
     requests: list[dict[str, Any]]
     notes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    components: dict[str, Components] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"trace": self.trace, "model": self.model, "device": self.device,
@@ -295,6 +296,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
            device_threads: int = 1, trace_select: str | None = None,
            server: CloudServer | None = None, plot: bool = True,
            log: Callable[[str], None] | None = None,
+           components: dict[str, Components] | None = None,
            route: Callable[[Executor], Callable[[dict[str, np.ndarray]], Outcome]] | None = None,
            on_request: Callable[[int, float, Outcome], None] | None = None) -> ReplayResult:
     """Replay one trace (see the module docstring). ``duration_s`` is the wanted wall
@@ -357,8 +359,11 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         feeds = {s.name: rng.standard_normal(
             [d if d is not None else 1 for d in s.shape]).astype(s.dtype) for s in full.inputs}
         executor.warm_up()
-        say("measuring each candidate's components")
-        comps = measure_components(executor, direct, feeds, dev.relative_speed)
+        if components is None:
+            say("measuring each candidate's components")
+            comps = measure_components(executor, direct, feeds, dev.relative_speed)
+        else:
+            comps = components  # measured by an earlier run of the same plan
         # Start the plan table from what was just measured, as a deployed device would
         # from its profiling run.
         plan_m = replace(plan, candidates=tuple(
@@ -461,7 +466,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         "probes": executor.probes_sent,
     }
     result = ReplayResult(str(trace.name), plan.model, dev.name, objective, slo, summary,
-                          records, notes, info)
+                          records, notes, info, comps)
     if out_dir:
         out = Path(out_dir)
         (out / "replay.json").write_text(json.dumps(result.to_dict(), indent=2))
