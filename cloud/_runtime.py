@@ -78,6 +78,9 @@ class ModelRuntime:
     outputs: Sequence[TensorMeta] = ()
     max_batch_size: int = 0
     platform: str = "python"
+    #: True when ``predict`` neither keeps its input arrays nor returns views of them, so
+    #: the batcher may reuse its batch buffers (ONNX Runtime always returns fresh arrays).
+    reusable_inputs: bool = False
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -122,6 +125,7 @@ class OnnxRuntime(ModelRuntime):
     """One ONNX Runtime session: one instance of an ONNX model version."""
 
     platform = "onnxruntime_onnx"
+    reusable_inputs = True
 
     def __init__(
         self,
