@@ -220,3 +220,25 @@ def test_bytes_tensors_for_a_string_model(tmp_path, serve):
         expected = words.tolist() if binary else [w.decode() for w in words]
         assert got == expected
     client.close()
+
+
+def test_batched_requests_get_their_own_results(server):
+    import asyncio
+
+    xs = [x_batch(1 + i % 3, seed=i) for i in range(24)]
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            calls = []
+            for x in xs:
+                body, headers = encode_infer_request({"x": x}, ["y"])
+                calls.append(client.post("/v2/models/affine/infer", content=body, headers=headers))
+            return await asyncio.gather(*calls)
+
+    for _ in range(2):  # the second pass reuses the batcher's buffers
+        for x, r in zip(xs, asyncio.run(run()), strict=True):
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(decode_infer_response(r.content, r.headers)["y"], 2 * x + 2.0,
+                                       rtol=1e-6)
+    stats = httpx.get(server.url + "/v2/models/affine/versions/2/stats").json()["model_stats"][0]
+    assert max(b["batch_size"] for b in stats["batch_stats"]) > 3  # requests were batched
