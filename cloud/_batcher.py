@@ -167,7 +167,9 @@ class Batcher:
             batch = self._take()
             if batch is None:
                 return
-            self._run(runtime, batch, buffers if runtime.reusable_inputs else None)
+            # Runtimes that only follow the contract by shape may lack the flag: no reuse.
+            reuse = getattr(runtime, "reusable_inputs", False)
+            self._run(runtime, batch, buffers if reuse else None)
 
     @staticmethod
     def _concatenate(name: str, parts: list[np.ndarray], buffers: dict[tuple, np.ndarray]) -> np.ndarray:
