@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 
 from devices._profile import DeviceProfile, list_profiles, load_profile
@@ -14,11 +15,29 @@ def _read_text(path: Path) -> str:
         return ""
 
 
+def _jetson_family(model: str, tegra: str) -> str:
+    """The smallest profile of the Jetson family a board belongs to, for model strings no
+    profile names (an Orin NX, a vendor's carrier board): the safe guess for speed and
+    power within the family."""
+    lowered = model.lower()
+    if "orin" in lowered:
+        return "jetson-orin-nano"
+    if "xavier" in lowered:
+        return "jetson-xavier-nx"
+    if not tegra and "jetson" not in lowered:
+        return ""
+    match = re.match(r"#\s*R(\d+)", tegra)
+    if match and int(match.group(1)) >= 36:
+        return "jetson-orin-nano"  # L4T R36 (JetPack 6) runs on Orin only
+    return "jetson-nano"
+
+
 def detect_name(root: str | Path = "/", machine: str | None = None) -> str:
     """Name of the profile that fits the board whose file system is at ``root``.
 
     Reads ``/proc/device-tree/model`` (and ``/etc/nv_tegra_release`` to tell a Jetson
-    whose model string is unfamiliar); falls back to a generic CPU profile by machine type.
+    whose model string is unfamiliar, mapped to the smallest board of its family); falls
+    back to a generic CPU profile by machine type.
     """
     root = Path(root)
     model = _read_text(root / "proc/device-tree/model")
@@ -32,10 +51,9 @@ def detect_name(root: str | Path = "/", machine: str | None = None) -> str:
                     best, best_len = name, len(marker)
         if best:
             return best
-    if tegra:
-        # An L4T release file with an unknown model string: the smallest Jetson is the
-        # safe guess for speed and power.
-        return "jetson-nano"
+    family = _jetson_family(model, tegra)
+    if family:
+        return family
     machine = (machine or platform.machine()).lower()
     if machine in ("aarch64", "arm64", "armv7l", "armv8l"):
         return "generic-arm"

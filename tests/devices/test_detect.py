@@ -21,9 +21,10 @@ BOARDS = [
     ("jetson-nano", b"NVIDIA Jetson Nano Developer Kit\x00", L4T_R32),
     ("jetson-nano", b"NVIDIA Jetson Nano 2GB Developer Kit\x00", L4T_R32),
     ("jetson-xavier-nx", b"NVIDIA Jetson Xavier NX Developer Kit\x00", L4T_R35_XAVIER),
+    ("jetson-orin-nano", b"NVIDIA Orin Nano Developer Kit\x00", L4T_R35_XAVIER),  # JetPack 5.1
     ("jetson-orin-nano", b"NVIDIA Jetson Orin Nano Developer Kit\x00", L4T_R36),
     ("jetson-orin-nano", b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\x00", L4T_R36),
-    ("jetson-agx-orin", b"Jetson AGX Orin\x00", L4T_R35_XAVIER),
+    ("jetson-agx-orin", b"Jetson AGX Orin\x00", L4T_R35_XAVIER),  # JetPack 5 drops "NVIDIA"
     ("jetson-agx-orin", b"NVIDIA Jetson AGX Orin Developer Kit\x00", L4T_R36),
     ("raspberry-pi-5", b"Raspberry Pi 5 Model B Rev 1.0\x00", None),
 ]
@@ -54,9 +55,17 @@ def test_jetson_with_unfamiliar_model_string_is_a_jetson(tmp_path: Path) -> None
     assert devices.detect(root=root, machine="aarch64").name == "jetson-nano"
 
 
-def test_tegra_release_without_device_tree(tmp_path: Path) -> None:
-    root = _tree(tmp_path, None, L4T_R36)
-    assert devices.detect_name(root, machine="aarch64") == "jetson-nano"
+@pytest.mark.parametrize("model, tegra, expected", [
+    # No profile of their own: the smallest board of the same family.
+    (b"NVIDIA Orin NX Developer Kit\x00", L4T_R35_XAVIER, "jetson-orin-nano"),
+    (b"Jetson-AGX\x00", L4T_R32, "jetson-nano"),
+    (b"NVIDIA Jetson AGX Xavier Developer Kit\x00", L4T_R35_XAVIER, "jetson-xavier-nx"),
+    (None, L4T_R36, "jetson-orin-nano"),  # L4T R36 runs on Orin only
+    (None, L4T_R32, "jetson-nano"),
+])
+def test_unprofiled_jetsons_map_to_their_family(tmp_path: Path, model, tegra, expected) -> None:
+    root = _tree(tmp_path, model, tegra)
+    assert devices.detect_name(root, machine="aarch64") == expected
 
 
 def test_older_raspberry_pi_falls_back_to_generic_arm(tmp_path: Path) -> None:
