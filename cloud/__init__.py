@@ -68,6 +68,7 @@ __all__ = [
     "DATATYPES",
     "InferResult",
     "InferenceService",
+    "JsonLogFormatter",
     "ModelConfig",
     "ModelRuntime",
     "OnnxRuntime",
@@ -116,6 +117,7 @@ _LAZY = {
     "OnnxRuntime": "cloud._runtime",
     "TensorMeta": "cloud._runtime",
     "ServerThread": "cloud._server",
+    "JsonLogFormatter": "cloud._server",
     "configure_logging": "cloud._server",
     "InferenceService": "cloud._service",
     "InferResult": "cloud._service",
@@ -126,7 +128,7 @@ if TYPE_CHECKING:
     from cloud._auth import Principal, TokenVerifier, mint_token
     from cloud._config import ModelConfig, VersionPolicy, config_from_text
     from cloud._runtime import ModelRuntime, OnnxRuntime, TensorMeta
-    from cloud._server import ServerThread, configure_logging
+    from cloud._server import JsonLogFormatter, ServerThread, configure_logging
     from cloud._service import InferenceService, InferResult
 
 

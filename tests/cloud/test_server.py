@@ -242,3 +242,28 @@ def test_batched_requests_get_their_own_results(server):
                                        rtol=1e-6)
     stats = httpx.get(server.url + "/v2/models/affine/versions/2/stats").json()["model_stats"][0]
     assert max(b["batch_size"] for b in stats["batch_stats"]) > 3  # requests were batched
+
+
+def test_structured_logs_carry_the_request_id(server):
+    import io
+    import logging
+
+    from cloud import JsonLogFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLogFormatter())
+    logger = logging.getLogger("edgecut.cloud.http")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        r = httpx.post(server.url + "/v2/models/affine/infer", content=b"{bad",
+                       headers={"X-Request-Id": "req-42"})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert r.status_code == 400 and r.headers["x-request-id"] == "req-42"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    entry = next(e for e in lines if e.get("request_id") == "req-42")
+    assert entry["status"] == 400 and entry["level"] == "info" and "malformed JSON" in entry["msg"]
