@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 import devices
+from cloud._runtime import ModelRuntime
 from devices.errors import ConfigError, EdgecutError, ModelInputError, ModelUpdateError
 from edge import runtime
 from edge._agent_config import (
@@ -179,8 +180,8 @@ class _Planned:
         self.client.close()
 
 
-class AgentModelRuntime:
-    """The cloud service's model-runtime shape over an agent model slot.
+class AgentModelRuntime(ModelRuntime):
+    """The cloud service's model runtime over an agent model slot.
 
     ``inputs``/``outputs`` follow the serving version, so model metadata stays right
     after an update; ``predict`` runs on the device through the agent.
@@ -203,11 +204,11 @@ class AgentModelRuntime:
         )
 
     @property
-    def inputs(self) -> tuple[Any, ...]:
+    def inputs(self) -> tuple[Any, ...]:  # type: ignore[override]
         return self._metas(self._agent.slots[self.name].current.session.inputs)
 
     @property
-    def outputs(self) -> tuple[Any, ...]:
+    def outputs(self) -> tuple[Any, ...]:  # type: ignore[override]
         return self._metas(self._agent.slots[self.name].current.session.outputs)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
