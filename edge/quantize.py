@@ -529,9 +529,15 @@ def quantize_model(
         sums = _sum_to_add(model)
         onnx.save(model, str(staged))
         prepared = staged
+        preprocessed: bool | str = False
         if preprocess:
-            prepared = Path(tmp) / "fp32.pre.onnx"
-            _preprocess(staged, prepared, optimize=True)
+            try:
+                _preprocess(staged, Path(tmp) / "fp32.pre.onnx", optimize=True)
+                prepared, preprocessed = Path(tmp) / "fp32.pre.onnx", True
+            except ModelError as exc:
+                # Pre-processing only helps (folds BatchNorm, fills shapes); a model it
+                # cannot handle is still quantized as it is, and the report says so.
+                preprocessed = f"skipped: {exc}"
         excluded = list(exclude_nodes)
         if float_head:
             prepared_model = onnx.load(str(prepared))
@@ -576,7 +582,7 @@ def quantize_model(
         "weight_type": weight_type,
         "reduce_range": reduce_range,
         "calibrate_method": calibrate_method,
-        "preprocess": preprocess,
+        "preprocess": preprocessed,
         "excluded_op_types": list(exclude_op_types),
         "op_types": list(op_types) if op_types is not None else "all supported",
         "float_head": float_head,

@@ -92,6 +92,12 @@ def test_head_can_be_quantized_too(tmp_path: Path, residual: Path) -> None:
     assert report.agreement is None and report.latency is None  # no evaluation asked
 
 
+def test_without_preprocessing(tmp_path: Path, residual: Path) -> None:
+    report = quantize_model(residual, tmp_path / "raw.onnx", _samples(8, 0), preprocess=False)
+    assert report.settings["preprocess"] is False
+    assert report.kernels.get("QLinearConv", 0) == 2 and report.kernels.get("QLinearAdd", 0) == 1
+
+
 def test_zoo_model_with_random_calibration(tmp_path: Path, zoo_model) -> None:
     out = tmp_path / "squeezenet.int8.onnx"
     report = quantize_model(zoo_model("squeezenet"), out, 4, evaluation=4,
