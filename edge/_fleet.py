@@ -295,6 +295,7 @@ class FleetLink:
         record.setdefault("device_id", self.device_id)
         record.setdefault("ts", now_iso())
         record["spool"] = {"pending": len(self.spool), "evicted": self.spool.evicted}
+        record["fleet"] = {"connects": self.connects, "rejected_messages": self.rejected_messages}
         seq, _ = self.spool.append(record)
         self._wake.set()
         return seq

@@ -201,6 +201,8 @@ def test_broker_restart_loses_and_duplicates_no_telemetry(
         assert sorted(seqs) == list(range(last + 1)), "records lost or duplicated"
         assert seqs == sorted(seqs), "records out of order"
         assert agent.fleet.spool.evicted == 0
+        last_record = max(obs.json_on("t/dev1/telemetry"), key=lambda m: m["seq"])
+        assert last_record["fleet"]["connects"] >= 2  # the reconnect shows in telemetry
     finally:
         agent.close()
 
