@@ -36,6 +36,7 @@ from devices.errors import ConfigError, EdgecutError, ModelInputError, ModelUpda
 from edge import runtime
 from edge._agent_config import (
     AgentConfig,
+    keep_restart_only,
     load_agent_config,
     merge,
     parse_agent_config,
@@ -398,6 +399,9 @@ class Agent:
             changed = restart_only_changes(self.config.raw, new.raw)
             if changed:
                 log.warning(json.dumps({"event": "reload_needs_restart", "keys": changed}))
+                raw = keep_restart_only(self.config.raw, new.raw)
+                new = parse_agent_config(raw, new.source, Path(new.source).resolve().parent,
+                                         new.version)
             policy = self._load_policy(new)
             self._apply(new, policy)
         log.info(json.dumps({"event": "config_reloaded", "version": new.version,

@@ -336,3 +336,26 @@ def load_agent_config_text(text: str, source: str = "agent.toml",
     from devices.config import parse_toml
 
     return parse_agent_config(parse_toml(text, source), source, base_dir)
+
+
+def keep_restart_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` with every restart-only key put back to its value in ``old``.
+
+    A reload applies what can change live; the rest keeps describing what is in force
+    until the agent restarts.
+    """
+    out = copy.deepcopy(dict(new))
+    for path in RESTART_ONLY:
+        src: Any = old
+        for key in path:
+            src = src.get(key) if isinstance(src, Mapping) else None
+        parent: Any = out
+        for key in path[:-1]:
+            if not isinstance(parent.get(key), dict):
+                parent[key] = {}
+            parent = parent[key]
+        if src is None:
+            parent.pop(path[-1], None)
+        else:
+            parent[path[-1]] = copy.deepcopy(src)
+    return out

@@ -205,3 +205,16 @@ def test_the_client_survives_an_agent_restart(tmp_path: Path) -> None:
         # The kept-alive connection died with the first agent; the client reconnects.
         assert client.infer("tiny", x)["y"][0, 0] == 2.0
     client.close()
+
+
+def test_reload_applies_live_keys_and_keeps_restart_only_ones(tmp_path: Path) -> None:
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")},
+                             api_port=18001)
+    agent = Agent(cfg)
+    text = cfg.read_text().replace("port = 18001", "port = 18002")
+    text = text.replace("[agent]\n", '[agent]\nlog_level = "debug"\n')
+    cfg.write_text(text)
+    result = agent.reload()
+    assert result["restart_needed"] == ["api"]
+    assert agent.config.api.port == 18001  # still what the socket is bound to
+    assert agent.config.log_level == "debug"  # applied live
