@@ -562,6 +562,7 @@ def scenario_cloud_kill(model_path: str | Path, device: DeviceProfile, plan_dir:
                   compute_scale=1.0 / device.relative_speed, intra_op_threads=1)
     feeds = _feeds_for(ex)
     reference = ex._session_for(ex.model_path).run(feeds)
+    ex.probe_link()
     records: list[dict[str, Any]] = []
     lost = 0
     wrong = 0
@@ -638,6 +639,7 @@ def scenario_bandwidth_drop(model_path: str | Path, device: DeviceProfile,
                       compute_scale=1.0 / device.relative_speed, intra_op_threads=1,
                       clock=lambda: emu.trace_time())
         feeds = _feeds_for(ex)
+        ex.probe_link()
         try:
             for i in range(before + after):
                 if i == before:
