@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,8 @@ def main() -> int:
     ap.add_argument("--no-scenarios", action="store_true")
     ap.add_argument("--out", default=str(Path.home() / ".cache/edgecut/bench/policy"))
     args = ap.parse_args()
+    # A plain SIGTERM would skip the finally blocks that stop the server subprocesses.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from devices import load_profile
     from edge._policy_config import policy_config_from_text
