@@ -234,8 +234,11 @@ class FleetLink:
                 pass
         self._client.disconnect()
         self._client.loop_stop()
+        # One deadline for all the threads: a deployment in the middle of a download is
+        # a daemon thread and is abandoned (its partial file resumes next time).
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _subscriptions(self) -> list[str]:
         p = self.config.prefix
