@@ -215,7 +215,15 @@ class FleetLink:
             self._threads.append(t)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish ``offline`` (retained), disconnect, and stop the threads."""
+        """Publish ``offline`` (retained), disconnect, and stop the threads.
+
+        The last window's statistics become one more telemetry record first: spooled on
+        disk, it goes out now or after the next start.
+        """
+        self.emit_telemetry()
+        flush_until = time.monotonic() + min(1.0, timeout / 2)
+        while len(self.spool) and self.connected.is_set() and time.monotonic() < flush_until:
+            time.sleep(0.02)
         self._stop.set()
         self._wake.set()
         for q in (self._commands, self._deploys):

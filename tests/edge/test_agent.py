@@ -121,6 +121,10 @@ def test_daemon_reloads_on_sighup_and_drains_on_sigterm(tmp_path: Path, mosquitt
         assert time.monotonic() - started < 5.0 + 5.0  # the grace bound plus start-up slack
         offline = obs.wait_json("t/dev1/status", lambda m: m["state"] == "offline")
         assert offline["reason"] == "agent stopped"
+        # The last window's statistics went out as a final telemetry record.
+        final = obs.json_on("t/dev1/telemetry")[-1]
+        assert final["models"]["slow"]["requests"] == 1
+        assert final["models"]["tiny"]["requests"] >= 1
         assert not sock.exists()
         log_lines = [json.loads(line) for line in (tmp_path / "agent.log").read_text().splitlines()
                      if line.startswith("{")]
