@@ -128,6 +128,8 @@ class Executor:
         # A real sensor (INA3221 rails, RAPL) corrects the profile's active power online.
         self.power_sensor = power_sensor
         self.probes_sent = 0
+        # Called with every Outcome (the agent's statistics, the demo's live table).
+        self.listeners: list[Callable[[Outcome], None]] = []
         self._probe_thread: threading.Thread | None = None
         # The whole model: the local candidate's file in the plan folder, else model_path.
         local = next((c for c in plan.candidates if c.kind == LOCAL and c.head_model), None)
@@ -265,6 +267,8 @@ class Executor:
         out = self._execute(rid, decision, cand, feeds, slo, started)
         out = replace(out, link_bps=ctx.link.bandwidth_bps)
         self._write_log(out)
+        for listener in self.listeners:
+            listener(out)
         return out
 
     def _execute(self, rid: int, decision: Decision, cand: CutCandidate,
