@@ -101,6 +101,10 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=None,
                     help="niceness for both sides (the systemd unit gives the agent -5; "
                          "below 0 needs root); default: unchanged")
+    ap.add_argument("--pin", type=int, default=None, metavar="CPU",
+                    help="run both sides (this process and the agent it starts) on this one "
+                         "CPU: hand-offs then cost a context switch, not a wake-up on a "
+                         "core that other work is using")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -111,6 +115,8 @@ def main() -> None:
     # Both sides at the same priority, the one the installed service runs at: on a board
     # the agent and its application share the cores with little else, while this host
     # also runs other work; a raised priority keeps that work from deciding the figures.
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})
     niceness: int | str = os.nice(0)
     if args.nice is not None:
         try:
@@ -364,6 +370,7 @@ version = "1"
             "swap_seen": swapped is not None,
             "host_cores": os.cpu_count(),
             "niceness_both_sides": niceness,
+            "pinned_cpu": args.pin,
             "host_load_avg_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         }
         if failed:
