@@ -146,14 +146,21 @@ def install(config_path: str, unit_path: str, device_id: str | None, profile_nam
     for path in (config, unit):
         if path.exists() and not force:
             raise ConfigError(f"{path} exists; pass --force to overwrite it")
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(default_config_text(safe_id, profile.name, data_dir, unix_socket, port))
-    unit.parent.mkdir(parents=True, exist_ok=True)
-    unit.write_text(_UNIT.format(
-        name=unit.stem, device_id=safe_id, user=user, exe=exe, config=config.resolve(),
-        stop_s=20, memory_max=_memory_max(profile.name), data_dir=data_dir,
-        runtime_dir_rw=" /run/edgecut" if unix_socket.startswith("/run/edgecut/") else "",
-    ))
+    try:
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(default_config_text(safe_id, profile.name, data_dir, unix_socket,
+                                              port))
+        unit.parent.mkdir(parents=True, exist_ok=True)
+        unit.write_text(_UNIT.format(
+            name=unit.stem, device_id=safe_id, user=user, exe=exe, config=config.resolve(),
+            stop_s=20, memory_max=_memory_max(profile.name), data_dir=data_dir,
+            runtime_dir_rw=" /run/edgecut" if unix_socket.startswith("/run/edgecut/") else "",
+        ))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {exc.filename or config}: {exc.strerror or exc}; run it with sudo "
+            "or choose --config-path and --unit-path"
+        ) from exc
     try:
         os.makedirs(data_dir, exist_ok=True)
     except OSError:
