@@ -596,6 +596,10 @@ class Agent:
             fn()
 
     def command(self, msg: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(msg) - {"id", "command", "model"})
+        if unknown:
+            raise ConfigError(f"cmd: unknown field(s) {unknown}; expected ['command', 'id', "
+                              "'model']")
         name = msg.get("command")
         if name not in _COMMANDS:
             raise ConfigError(f"cmd: field 'command': expected one of {list(_COMMANDS)}, "

@@ -42,6 +42,8 @@ AckFn = Callable[..., None]
 
 _VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 _SUFFIXES = (".onnx", ".ort", ".tflite")
+_DEPLOY_FIELDS = {"model", "version", "sha256", "url", "path", "signature", "size",
+                  "allow_interface_change", "probation_s"}
 
 
 @dataclass
@@ -210,6 +212,11 @@ class Deployment:
                 raise ModelUpdateError(f"deploy: field '{key}' has the wrong type ({value!r})")
             return value
 
+        unknown = sorted(set(msg) - _DEPLOY_FIELDS)
+        if unknown:
+            raise ModelUpdateError(
+                f"deploy: unknown field(s) {unknown}; expected {sorted(_DEPLOY_FIELDS)}"
+            )
         model = field_("model", str, True)
         version = field_("version", str, True)
         sha = field_("sha256", str, True).lower()

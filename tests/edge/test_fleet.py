@@ -117,6 +117,8 @@ def test_fleet_and_group_topics_reach_the_device(fleet_agent) -> None:
         ("models/deploy", b'{"id": "d1", "model": "tiny"}', "missing required field 'version'"),
         ("models/deploy", b'{"id": "d2", "model": "tiny", "version": "2", "sha256": "00",'
                           b' "path": "/x.onnx"}', "64 hex digits"),
+        ("models/deploy", b'{"id": "d3", "model": "tiny", "version": "2", "sha256": "' + b"a" * 64
+                          + b'", "path": "/x.onnx", "sig": "AA=="}', "unknown field(s) ['sig']"),
         ("config/set", b'{"id": "big", "pad": "' + b"x" * 1_100_000 + b'"}', "exceeds the limit"),
     ],
 )
