@@ -892,6 +892,7 @@ class AgentServer:
     def _on_stop(self, sig: int, frame: Any) -> None:
         log.info(json.dumps({"event": "shutdown", "signal": signal.Signals(sig).name,
                              "grace_s": self.agent.config.shutdown_grace_s}))
+        _sd_notify("STOPPING=1")
         self.server.should_exit = True
 
     def _on_hup(self, sig: int, frame: Any) -> None:
@@ -949,6 +950,44 @@ class AgentServer:
         self.stop()
 
 
+def _sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's notify socket when the service runs under one."""
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+        return True
+    except OSError:
+        return False
+
+
+def _systemd_watch(server: AgentServer, stop: threading.Event) -> None:
+    """READY=1 once the API answers, then WATCHDOG=1 while it keeps answering.
+
+    The watchdog pings only after a real request to the agent's own API succeeds, so a
+    wedged event loop stops the pings and systemd restarts the service.
+    """
+    from edge.client import Client
+
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    interval = usec / 2e6 if usec > 0 else 0.0
+    with Client(server.url, timeout=max(interval, 1.0)) as client:
+        while not stop.is_set() and not server.server.started:
+            stop.wait(0.05)
+        if stop.is_set():
+            return
+        _sd_notify("READY=1\nSTATUS=serving " + ", ".join(server.agent.slots))
+        while interval and not stop.wait(interval):
+            if client.live():
+                _sd_notify("WATCHDOG=1")
+
+
 def run_agent(config_path: str | Path) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     setup_logging("info")
@@ -956,6 +995,10 @@ def run_agent(config_path: str | Path) -> int:
     setup_logging(agent.config.log_level)
     server = AgentServer(agent)
     agent.start_fleet()
+    watch_stop = threading.Event()
+    if os.environ.get("NOTIFY_SOCKET"):
+        threading.Thread(target=_systemd_watch, args=(server, watch_stop), name="sd-notify",
+                         daemon=True).start()
     log.info(json.dumps({"event": "agent_started", "device_id": agent.config.device_id,
                          "profile": agent.profile.name,
                          "models": {n: s.current.version for n, s in agent.slots.items()},
@@ -963,6 +1006,7 @@ def run_agent(config_path: str | Path) -> int:
     try:
         server.serve_forever()
     finally:
+        watch_stop.set()
         agent.close()
         log.info(json.dumps({"event": "agent_stopped"}))
     return 0

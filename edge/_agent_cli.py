@@ -19,7 +19,11 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=simple
+# notify: systemd learns the agent is ready once its models are loaded and its API
+# answers; the watchdog restarts an agent whose API stops answering.
+Type=notify
+NotifyAccess=main
+WatchdogSec=60
 User={user}
 ExecStart={exe} agent --config {config}
 ExecReload=/bin/kill -HUP $MAINPID

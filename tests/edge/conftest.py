@@ -279,13 +279,15 @@ def slow_model(path: Path, size: int = 512, layers: int = 160) -> Path:
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_agent_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_agent_process(config: Path, log: Path,
+                        env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``edgecut agent --config`` as a real child process (its JSON logs go to ``log``)."""
     import sys
 
     fh = open(log, "wb")  # noqa: SIM115 - closed when the process is reaped by the test
     return subprocess.Popen([sys.executable, "-m", "edge.cli", "agent", "--config", str(config)],
-                            cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+                            cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None,

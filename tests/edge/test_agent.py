@@ -222,3 +222,29 @@ def test_reload_applies_live_keys_and_keeps_restart_only_ones(tmp_path: Path) ->
     assert result["restart_needed"] == ["api"]
     assert agent.config.api.port == 18001  # still what the socket is bound to
     assert agent.config.log_level == "debug"  # applied live
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    import socket
+
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(30)
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")})
+    proc = start_agent_process(cfg, tmp_path / "agent.log",
+                               env={"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"})
+    try:
+        messages = [sock.recv(4096).decode() for _ in range(3)]
+        assert messages[0].startswith("READY=1") and "serving tiny" in messages[0]
+        assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+        proc.send_signal(signal.SIGTERM)
+        rest = []
+        while not any(m.startswith("STOPPING=1") for m in rest):
+            rest.append(sock.recv(4096).decode())
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
