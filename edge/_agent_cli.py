@@ -173,3 +173,16 @@ def install(config_path: str, unit_path: str, device_id: str | None, profile_nam
     click.echo(f"config    {config}")
     click.echo(f"unit      {unit}")
     click.echo(f"next      sudo systemctl daemon-reload && sudo systemctl enable --now {unit.stem}")
+
+
+@agent.command()
+@click.option("--url", default="unix:///run/edgecut/agent.sock", show_default=True,
+              help="The agent's local API (unix:///path or http://127.0.0.1:PORT).")
+def status(url: str) -> None:
+    """Print the running agent's status (models and serving versions) as JSON."""
+    import json
+
+    from edge.client import Client
+
+    with Client(url, timeout=5.0) as client:
+        click.echo(json.dumps(client.agent_status(), indent=2))

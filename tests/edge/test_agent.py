@@ -45,6 +45,8 @@ def test_local_api_serves_over_tcp_and_the_unix_socket(tmp_path: Path) -> None:
                     client.infer("tiny", {"x": x.astype(np.float64)})
                 status = client.agent_status()
                 assert status["models"] == {"tiny": "1"} and status["profile"] == "generic-x86"
+                shown = CliRunner().invoke(agent_cmd, ["status", "--url", url])
+                assert shown.exit_code == 0 and json.loads(shown.output)["models"] == {"tiny": "1"}
                 from cloud.protocol import encode_infer_request
 
                 _, headers = client.infer_raw("tiny", *encode_infer_request({"x": x}))
@@ -52,6 +54,9 @@ def test_local_api_serves_over_tcp_and_the_unix_socket(tmp_path: Path) -> None:
     # The service rejects the wrong dtype before the model runs: four requests ran.
     assert agent.stats.total_requests == 4
     assert not (tmp_path / "agent.sock").exists()
+    # Nothing listens any more: the status command says so in one line.
+    result = CliRunner().invoke(agent_cmd, ["status", "--url", f"unix://{tmp_path / 'agent.sock'}"])
+    assert result.exit_code != 0 and "agent.sock" in str(result.exception)
 
 
 def test_telemetry_reports_decisions_latency_and_energy(tmp_path: Path) -> None:
