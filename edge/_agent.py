@@ -61,6 +61,15 @@ _CONFIG_MSG_KEYS = {"id", "version", "config", "policy"}
 _COMMANDS = ("reprofile", "rollback", "reload", "telemetry", "status", "ping")
 
 
+def _agent_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgecut")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger and the message (parsed when JSON)."""
 
@@ -687,16 +696,9 @@ class Agent:
         return result
 
     def status(self) -> dict[str, Any]:
-        import edge as _edge_pkg  # noqa: F401  (version lookup below needs the package)
-
-        try:
-            from importlib.metadata import version as _v
-
-            agent_version = _v("edgecut")
-        except Exception:
-            agent_version = "unknown"
+        """The body of the retained status message and of ``/agent/status``."""
         return {
-            "agent_version": agent_version,
+            "agent_version": _agent_version(),
             "profile": self.profile.name,
             "config_version": self.config.version,
             "uptime_s": round(time.time() - self.started_at, 1),
