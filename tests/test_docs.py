@@ -1,6 +1,7 @@
 """Every example in README.md and docs/*.md runs here, so the docs cannot rot.
 
-- ```console blocks: each ``$ command`` line (with ``\\`` continuations) runs, in order,
+- ```console blocks: each ``$ command`` line (with ``\\`` continuations and here-documents)
+  runs, in order,
   as one bash script per document in a scratch folder, with ``.venv/bin`` first on PATH.
   A command ending in ``&`` runs in the background and is stopped when the document ends.
   Lines without ``$`` are sample output and are not compared (timings differ per run).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +31,28 @@ def _blocks(path: Path, lang: str) -> list[str]:
     return [body for kind, body in _FENCE.findall(path.read_text()) if kind == lang]
 
 
+_HEREDOC = re.compile(r"<<-?\s*'?\"?(\w+)'?\"?")
+
+
 def _commands(block: str) -> list[str]:
-    commands, current = [], ""
+    """The ``$`` commands of a console block, with continuations and here-documents."""
+    commands, current, heredoc_end = [], "", None
     for line in block.splitlines():
+        if heredoc_end is not None:
+            current += "\n" + line
+            if line.strip() == heredoc_end:
+                commands.append(current)
+                current, heredoc_end = "", None
+            continue
         if current:
             current += "\n" + line
         elif line.startswith("$ "):
             current = line[2:]
         else:
+            continue
+        match = _HEREDOC.search(line)
+        if match:
+            heredoc_end = match.group(1)
             continue
         if not current.endswith("\\"):
             commands.append(current)
@@ -83,7 +99,7 @@ def test_console_examples_run(doc: Path, tmp_path: Path) -> None:
         return
     script = ["set -euo pipefail", "trap 'jobs -p | xargs -r kill 2>/dev/null || true' EXIT"]
     for command in commands:
-        script.append(f"echo '+ {command.splitlines()[0]}' >&2")
+        script.append(f"echo {shlex.quote('+ ' + command.splitlines()[0])} >&2")
         script.append(command)
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
