@@ -785,7 +785,13 @@ def build_app(agent: Agent) -> tuple[Any, Any]:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/agent/status":
-            body = json.dumps(agent.status()).encode()
+            fleet = agent.fleet
+            body = json.dumps({
+                **agent.status(),
+                "fleet": None if fleet is None else {
+                    "connected": fleet.connected.is_set(), "connects": fleet.connects,
+                    "telemetry_pending": len(fleet.spool)},
+            }).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})

@@ -328,7 +328,9 @@ def test_a_deployment_can_add_a_model_and_a_failing_new_model_is_removed(
                           lambda m: m.get("id") == "add" and m.get("step") in FINAL)
     assert final["step"] == "committed"
     assert client.infer("extra", {"x": np.ones((1, 4), np.float32)})["y"][0, 0] == 5.0
-    assert client.agent_status()["models"] == {"tiny": "1", "extra": "1"}
+    status = client.agent_status()
+    assert status["models"] == {"tiny": "1", "extra": "1"}
+    assert status["fleet"]["connected"] is True
 
     flaky = tiny_model(tmp_path / "flaky.onnx", kind="fail_some")
     obs.publish("t/dev1/models/deploy", {"id": "add-flaky", "model": "flaky", "version": "1",
