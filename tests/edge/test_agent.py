@@ -115,7 +115,7 @@ def test_daemon_reloads_on_sighup_and_drains_on_sigterm(tmp_path: Path, mosquitt
 
         t = threading.Thread(target=slow_request)
         t.start()
-        time.sleep(0.3)
+        time.sleep(0.5)  # the request is on its way (the model takes about a second)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         t.join(30)
