@@ -66,7 +66,8 @@ class CloudServer:
     def __init__(self, repository: str | Path, *, port: int | None = None, threads: int = 1,
                  auth_keys: str | Path | None = None, startup_timeout_s: float = 120.0,
                  log_path: str | Path | None = None) -> None:
-        self.repository = Path(repository)
+        # The server runs from the package root, so a relative path must be made absolute.
+        self.repository = Path(repository).resolve()
         self.port = port or _free_port()
         self.threads = threads
         self.auth_keys = auth_keys
@@ -84,7 +85,7 @@ class CloudServer:
         cmd = [sys.executable, "-m", "edge.cli", "serve", "--repository", str(self.repository),
                "--port", str(self.port), "--intra-op-threads", str(self.threads),
                "--log-level", "warning"]
-        cmd += ["--auth-keys", str(self.auth_keys)] if self.auth_keys else ["--no-auth"]
+        cmd += ["--auth-keys", str(Path(self.auth_keys).resolve())] if self.auth_keys else ["--no-auth"]
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
