@@ -29,7 +29,7 @@ class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8800
     unix_socket: str = ""
-    workers: int = 2
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def parse_agent_config(
         host=api_t.get("host", str, "127.0.0.1"),
         port=api_t.get("port", int, 8800, min=0, max=65535),
         unix_socket=_resolve(base, api_t.get("unix_socket", str, "")),
-        workers=api_t.get("workers", int, 2, min=1, max=64),
+        workers=api_t.get("workers", int, 1, min=1, max=64),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:
