@@ -388,8 +388,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         say(f"replaying {requests} requests over {window:.0f} s of trace at x{speedup:.3g}")
         for i in range(requests):
             t_i = offset_s + i * step
-            while emu.trace_time() < t_i:
-                time.sleep(min((t_i - emu.trace_time()) / speedup, 0.05))
+            while (ahead := t_i - emu.trace_time()) > 0:
+                time.sleep(min(ahead / speedup, 0.05))
             t_start = emu.trace_time()
             outcome = send(feeds)
             outcomes.append((t_start, outcome))
