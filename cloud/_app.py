@@ -76,6 +76,8 @@ class _App:
         self._in_flight = 0
         self.max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0  # request bodies held right now, all requests together
+        self._refused = 0
+        self._refused_logged_at = 0.0
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
         self.metrics_require_auth = metrics_require_auth
@@ -102,7 +104,7 @@ class _App:
         headers: dict[str, str] = {}
         for key, value in scope["headers"]:
             headers[key.decode("latin-1").lower()] = value.decode("latin-1")
-        request_id = headers.get("x-request-id") or f"{self._id_prefix}-{next(self._ids)}"
+        request_id = headers.get("x-request-id", "")[:128] or f"{self._id_prefix}-{next(self._ids)}"
         method, path = scope["method"], scope["path"]
         self._in_flight += 1
         held = [0]
@@ -118,9 +120,7 @@ class _App:
             return  # the client is gone; nothing to answer
         except CloudError as exc:
             status, body, extra = exc.status, _json({"error": str(exc)}), _JSON
-            level = logging.WARNING if status >= 500 else logging.INFO
-            log.log(level, "%s %s -> %d: %s", method, path, status, exc,
-                    extra={"request_id": request_id, "status": status, "path": path})
+            self._log_error(method, path, status, exc, request_id)
             if isinstance(exc, _MethodNotAllowed):
                 extra = [*_JSON, (b"allow", exc.allowed.encode())]
         except Exception:  # a bug: answer 500, log the traceback, keep serving
@@ -144,6 +144,23 @@ class _App:
                       extra={"request_id": request_id, "status": status, "path": path})
 
     # ------------------------------------------------------------------ helpers
+
+    def _log_error(self, method: str, path: str, status: int, exc: Exception,
+                   request_id: str) -> None:
+        if isinstance(exc, Overloaded):
+            # Under overload thousands of 503s a second would flood the log and cost the
+            # CPU the server is short of: one line a second, with how many were refused.
+            now = time.monotonic()
+            self._refused += 1
+            if now - self._refused_logged_at < 1.0:
+                return
+            count, self._refused, self._refused_logged_at = self._refused, 0, now
+            log.warning("%s %s -> 503: %s (%d refused in the last second)", method, path, exc,
+                        count, extra={"request_id": request_id, "status": status, "path": path})
+            return
+        level = logging.WARNING if status >= 500 else logging.INFO
+        log.log(level, "%s %s -> %d: %s", method, path, status, exc,
+                extra={"request_id": request_id, "status": status, "path": path})
 
     def _hold(self, held: list[int], size: int) -> None:
         """Count ``size`` more body bytes against the server-wide budget, or refuse."""
