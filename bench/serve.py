@@ -321,9 +321,9 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
 
     spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
     # A window long enough for ~300 batch-1 runs (~35 batches of 8), so that counting
-    # completed requests is not quantized by a handful of batches; 3 to 20 s.
+    # completed requests is not quantized by a handful of batches; 3 to 10 s.
     calibration = bare_b1(session, x, 1.0)["p50_ms"] / 1e3
-    window = args.duration or min(20.0, max(3.0, 300 * calibration))
+    window = args.duration or min(10.0, max(3.0, 300 * calibration))
     server = Server(repo, port, args.threads, (spin, *args.server_arg))
     host = "127.0.0.1"
     rounds: dict[str, list] = {k: [] for k in (
@@ -432,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--models", default="resnet50,squeezenet")
     parser.add_argument("--duration", type=float, default=None,
-                        help="seconds per measured window (default: 300 batch-1 runs, within 3..20 s)")
+                        help="seconds per measured window (default: 300 batch-1 runs, within 3..10 s)")
     parser.add_argument("--warmup", type=float, default=0.3, help="seconds before each window")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per model")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per model")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime intra-op threads on both sides (default: all cores)")
     parser.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=False,
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                            "encoding": "binary tensors, encoded once, re-sent"},
         "onnxruntime": ort.__version__,
         "providers": ort_providers(),
-        "window_s": args.duration or "auto: 300 x bare batch-1 p50 within 3..20 s, per model",
+        "window_s": args.duration or "auto: 300 x bare batch-1 p50 within 3..10 s, per model",
         "rounds": args.rounds,
         "overload_concurrency": args.overload_concurrency,
         "note": "server, load generator and bare ORT share the same cores; medians over rounds",
