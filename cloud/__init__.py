@@ -22,7 +22,16 @@ A model runtime (MLServer-like contract) declares ``inputs``/``outputs`` as ``Te
 (name, v2 datatype, full shape with -1 for dynamic dims), ``max_batch_size`` (0: no batch
 dim) and a synchronous ``predict(inputs: dict[str, ndarray]) -> dict[str, ndarray]``; the
 service calls it from one worker thread per instance, never on the event loop. Requests
-are validated against ``inputs`` before ``predict`` sees them.
+are validated against ``inputs`` before ``predict`` sees them. With
+``add_runtime(..., dynamic_batching=True)`` requests are concatenated along the first axis
+(up to ``max_batch_size``) and the outputs split back.
+
+``create_app`` limits: ``max_body_bytes`` (413 beyond), ``max_in_flight`` and
+``max_pending_bytes`` (503 before a body is read), per-version ``max_queue_size`` (503);
+``verifier=None`` turns auth off (logged as a warning). ``InferenceService.infer(name,
+version, request) -> InferResult`` (outputs, version, queue/compute ms, batch size) can be
+called in-process without HTTP. ``configure_logging`` / ``JsonLogFormatter``: JSON log lines
+with ``request_id``.
 
 ``InferenceService`` also offers ``infer`` (async), ``model_metadata``, ``model_ready``,
 ``index``/``load``/``unload`` (repository extension; ``unload(name, version)`` rolls one
