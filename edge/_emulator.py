@@ -520,9 +520,12 @@ class LinkEmulator:
         async def _close() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            # Let every connection handler finish its cancellation before the loop stops,
+            # or asyncio reports them as destroyed while pending.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(_close(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
