@@ -45,7 +45,7 @@ class LinkSettings:
 @dataclass(frozen=True)
 class ExploreSettings:
     rate: float = 0.05
-    stale_after_s: float = 20.0
+    stale_after_s: float = 5.0
     max_regret: float = 1.5
     probe_bytes: int = 64 * 1024
     probe_budget_bytes: int = 512 * 1024
@@ -124,7 +124,7 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
     ex = top.table("explore")
     explore = ExploreSettings(
         rate=ex.get("rate", float, 0.05, min=0.0, max=1.0),
-        stale_after_s=ex.get("stale_after_s", float, 20.0, min=0.0),
+        stale_after_s=ex.get("stale_after_s", float, 5.0, min=0.0),
         max_regret=ex.get("max_regret", float, 1.5, min=1.0),
         probe_bytes=int(ex.get("probe_kb", float, 64.0, min=0.0) * 1024),
         probe_budget_bytes=int(ex.get("probe_budget_kb", float, 512.0, min=0.0) * 1024),
