@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -55,7 +56,7 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
     prof = profile_model(graph.model, dev, runs=runs, threads=threads, model_name=path.stem,
                          emulate=not no_emulate)
     cm = CostModel.fit(graph, prof.nodes, dev.name)
-    prof = prof.__class__(**{**prof.__dict__, "extra": {**prof.extra, "cost_model": cm.summary()}})
+    prof = replace(prof, extra={**prof.extra, "cost_model": cm.summary()})
     prof.save(out_path)
     console = _console()
     if prof.emulated:

@@ -243,8 +243,6 @@ def candidate_cuts(graph: LayerGraph) -> list[tuple[str, ...]]:
         if key not in seen:
             seen.add(key)
             keep.append(f)
-    if not keep and not frontiers:
-        return []
     return keep
 
 
