@@ -92,11 +92,15 @@ class LinkEstimator:
                          server_s: float = 0.0, now: float | None = None) -> None:
         """Record one request: bytes each way and its wall time, less the server's compute.
 
-        When serialisation dominates the time (at least half of it once the round trip is
-        taken out), the transfer is a bandwidth sample. Otherwise its time is mostly round
-        trip and overheads, and all it proves is a lower bound (the bytes did move within
-        the whole time): that raises a too-low estimate, as a doubling probe would, and
-        never lowers one. Only bandwidth evidence refreshes the confidence.
+        - Serialisation dominates (at least half the time once the round trip is out):
+          a bandwidth sample.
+        - Round trip dominates, and the time is about what the estimate predicts: the link
+          still behaves as believed. If the transfer was big enough to tell (a quarter of
+          a round trip of serialising at the believed rate) the confidence is refreshed;
+          and the bytes over the whole time are a lower bound that can raise a too-low
+          estimate.
+        - Round trip dominates but the time is well over the prediction: the link is
+          slower than believed; the time left after the round trip gives a sample.
         """
         now = self._clock() if now is None else now
         # The server's time is often a prediction: never let it explain away more than
@@ -106,22 +110,28 @@ class LinkEstimator:
         with self._lock:
             rtt = self._rtt_locked()
             bw = self._bw_locked()
-            payload_s = net_s - rtt
-            if nbytes >= _MIN_BANDWIDTH_SAMPLE_BYTES and payload_s >= 0.5 * net_s:
-                self._bw.append(nbytes * 8.0 / payload_s)
-                self._last_traffic = now
-                self.total_samples += 1
+            if nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES:
+                # A tiny transfer is all round trip.
+                self._rtt.append(max(net_s, 1e-4))
                 return
-            if nbytes >= _MIN_BANDWIDTH_SAMPLE_BYTES:
+            payload_s = net_s - rtt
+            serial_s = nbytes * 8.0 / max(bw, 1.0)
+            expected_s = rtt + serial_s
+            if payload_s >= 0.5 * net_s:
+                self._add_sample_locked(nbytes * 8.0 / payload_s, now)
+            elif net_s <= expected_s * 1.3 + 0.005:
                 lower = nbytes * 8.0 / net_s
                 if lower > bw or not self._bw:
-                    self._bw.append(lower)
+                    self._add_sample_locked(lower, now)
+                elif serial_s >= 0.25 * rtt:
                     self._last_traffic = now
-                    self.total_samples += 1
             else:
-                # A tiny transfer is all round trip; larger ones would need the bandwidth
-                # to separate the two, and a wrong estimate would then corrupt the RTT.
-                self._rtt.append(max(net_s, 1e-4))
+                self._add_sample_locked(nbytes * 8.0 / max(payload_s, 0.1 * net_s), now)
+
+    def _add_sample_locked(self, bps: float, now: float) -> None:
+        self._bw.append(bps)
+        self._last_traffic = now
+        self.total_samples += 1
 
     def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> None:
         """A transfer that had not finished after ``seconds`` (we gave up): the link is at

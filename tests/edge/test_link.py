@@ -111,3 +111,19 @@ def test_rtt_dominated_transfer_is_only_a_lower_bound() -> None:
     clock.t = 5.0
     est.observe_rtt(0.05)  # a ping does not refresh bandwidth confidence
     assert est.estimate().age_s == 5.0
+
+
+def test_rtt_dominated_transfers_refresh_or_correct_the_belief() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=4, half_life_s=10.0, prior_rtt_s=0.05, clock=clock)
+    est.observe_transfer(2_000_000, 0, 0.05 + 0.4)  # 40 Mbit/s
+    clock.t = 30.0
+    stale = est.estimate()
+    assert stale.confidence < 0.2
+    # 100 kB in 72 ms: 20 ms of serialising at 40 Mbit/s plus the round trip, as believed
+    est.observe_transfer(100_000, 0, 0.072)
+    fresh = est.estimate()
+    assert fresh.age_s == 0.0 and fresh.bandwidth_bps == stale.bandwidth_bps
+    # the same 100 kB now takes 450 ms: well over the belief, the link got slower
+    est.observe_transfer(100_000, 0, 0.45)
+    assert est.estimate().bandwidth_bps < 0.5 * fresh.bandwidth_bps
