@@ -21,8 +21,10 @@ from typing import Any
 
 from cloud._auth import Principal, TokenVerifier
 from cloud._service import InferenceService
+from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
     CloudError,
+    Forbidden,
     NotFound,
     Overloaded,
     PayloadTooLarge,
@@ -70,8 +72,11 @@ class _App:
         metrics_require_auth: bool,
         max_in_flight: int,
         max_pending_bytes: int,
+        shared_memory: bool = False,
     ) -> None:
         self.service = service
+        # The system shared memory extension: on for servers that only local clients reach.
+        self.shm = SharedMemoryRegistry() if shared_memory else None
         self.max_in_flight = max_in_flight
         self._in_flight = 0
         self.max_pending_bytes = max_pending_bytes
@@ -115,7 +120,7 @@ class _App:
                     f"server is at its limit of {self.max_in_flight} requests in progress; retry later"
                 )
             status, body, extra = await self._route(method, path, headers, receive, request_id,
-                                                    held)
+                                                    held, scope.get("client"))
         except _Disconnected:
             return  # the client is gone; nothing to answer
         except CloudError as exc:
@@ -249,7 +254,8 @@ class _App:
     # ------------------------------------------------------------------ routing
 
     async def _route(self, method: str, path: str, headers: dict[str, str], receive: Receive,
-                     request_id: str, held: list[int]) -> tuple[int, bytes, list]:
+                     request_id: str, held: list[int],
+                     client: Any = None) -> tuple[int, bytes, list]:
         parts = path.strip("/").split("/")
         n = len(parts)
         if parts == ["metrics"]:
@@ -263,7 +269,10 @@ class _App:
         if n == 1:
             _allow(method, "GET")
             self._principal(headers)
-            return 200, _json(self.service.server_metadata()), _JSON
+            meta = self.service.server_metadata()
+            if self.shm is not None:
+                meta["extensions"] = [*meta["extensions"], "system_shared_memory"]
+            return 200, _json(meta), _JSON
         section = parts[1]
         if section == "health" and n == 3 and parts[2] in ("live", "ready"):
             _allow(method, "GET")
@@ -271,6 +280,8 @@ class _App:
                 return 200, _json({"live": True}), _JSON
             ready = self.service.ready
             return (200 if ready else 503), _json({"ready": ready}), _JSON
+        if section == "systemsharedmemory" and self.shm is not None:
+            return await self._shared_memory(method, path, parts, headers, receive, held, client)
         if section == "models":
             if n == 3 and parts[2] == "stats":
                 _allow(method, "GET")
@@ -351,13 +362,31 @@ class _App:
         self.service.require(model, version)  # 404 before reading a body for nothing
         body = await self._body(headers, receive, held)
         if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
-            request = await asyncio.to_thread(decode_infer_request, body, headers)
+            request = await asyncio.to_thread(decode_infer_request, body, headers,
+                                              shared_memory=self.shm)
         else:
-            request = decode_infer_request(body, headers)
+            request = decode_infer_request(body, headers, shared_memory=self.shm)
+        to_shm = {o.name: o.parameters for o in request.outputs or ()
+                  if "shared_memory_region" in o.parameters}
+        if to_shm:
+            if self.shm is None:
+                raise ProtocolError(f"output {next(iter(to_shm))!r}: names shared_memory_region "
+                                    "but this server has the system shared memory extension off")
+            for oname, oparams in to_shm.items():
+                self.shm.check_output(oname, oparams)  # before spending the inference
         result = await self.service.infer(model, version, request)
-        binary = [name for name in result.outputs if request.wants_binary(name)]
-        json_elements = sum(a.size for n, a in result.outputs.items() if n not in binary)
-        kwargs = {"model_version": result.version, "request_id": request.id, "binary": binary}
+        placed = {}
+        for oname, oparams in to_shm.items():
+            if oname in result.outputs:
+                size = self.shm.write(oname, result.outputs[oname], oparams)
+                placed[oname] = {"shared_memory_region": oparams["shared_memory_region"],
+                                 "shared_memory_byte_size": size}
+        binary = [name for name in result.outputs
+                  if name not in placed and request.wants_binary(name)]
+        json_elements = sum(a.size for n, a in result.outputs.items()
+                            if n not in binary and n not in placed)
+        kwargs = {"model_version": result.version, "request_id": request.id, "binary": binary,
+                  "shared_memory": placed}
         if json_elements > _OFFLOAD_JSON_ELEMENTS:
             out, out_headers = await asyncio.to_thread(
                 functools.partial(encode_infer_response, model, result.outputs, **kwargs))
@@ -365,6 +394,42 @@ class _App:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
         return 200, out, [(k.lower().encode("latin-1"), v.encode("latin-1"))
                           for k, v in out_headers.items()]
+
+    async def _shared_memory(self, method: str, path: str, parts: list[str],
+                             headers: dict[str, str], receive: Receive, held: list[int],
+                             client: Any) -> tuple[int, bytes, list]:
+        """``/v2/systemsharedmemory/...``: register, unregister and status (as Triton)."""
+        assert self.shm is not None
+        if client is not None and client[0] not in ("127.0.0.1", "::1", "localhost"):
+            # Only a process on this host can share memory with the server; a remote peer
+            # must not map (or have outputs written into) this host's shm objects.
+            raise Forbidden(
+                f"system shared memory is for clients on this host only, not {client[0]}")
+        self._principal(headers)
+        n = len(parts)
+        if n == 3 and parts[2] == "status":
+            _allow(method, "GET")
+            return 200, _json(self.shm.status()), _JSON
+        if n == 3 and parts[2] == "unregister":
+            _allow(method, "POST")
+            self.shm.unregister()
+            return 200, b"", _JSON
+        if n == 5 and parts[2] == "region" and parts[3]:
+            name, action = parts[3], parts[4]
+            if action == "status":
+                _allow(method, "GET")
+                return 200, _json(self.shm.status(name)), _JSON
+            if action == "unregister":
+                _allow(method, "POST")
+                self.shm.unregister(name)
+                return 200, b"", _JSON
+            if action == "register":
+                _allow(method, "POST")
+                body = await self._json_body(headers, receive, held)
+                # Opening and mapping a file: off the event loop, it may touch the disk.
+                await asyncio.to_thread(self.shm.register, name, body)
+                return 200, b"", _JSON
+        raise NotFound(f"no endpoint {path!r}")
 
     async def _profile(self, model: str, version: str | None, headers: dict[str, str],
                        receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
@@ -398,6 +463,7 @@ def create_app(
     metrics_require_auth: bool = False,
     max_in_flight: int = 512,
     max_pending_bytes: int = 512 * 1024 * 1024,
+    shared_memory: bool = False,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
@@ -408,6 +474,9 @@ def create_app(
     per-version queue bound, this keeps memory bounded under any overload).
     ``max_pending_bytes``: the request bodies all requests in progress may hold together
     (counted from ``Content-Length`` before reading); beyond it a request gets 503.
+    ``shared_memory``: serve the system shared memory extension (``/v2/systemsharedmemory``,
+    inputs and outputs in ``/dev/shm`` regions); only requests from loopback or Unix-socket
+    peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket.
     """
     if verifier is None:
         log.warning("AUTH IS OFF: every client may use every model and change the repository")
@@ -416,5 +485,5 @@ def create_app(
     if max_pending_bytes < max_body_bytes:
         raise ValueError("max_pending_bytes must be at least max_body_bytes")
     return _App(service, verifier, max_body_bytes, metrics_require_auth, max_in_flight,
-                max_pending_bytes)
+                max_pending_bytes, shared_memory)
 

@@ -39,6 +39,9 @@ log = logging.getLogger("edgecut.cloud")
               help="Requests in progress before new ones get 503 (before their body is read).")
 @click.option("--ort-spinning/--no-ort-spinning", default=True, show_default=True,
               help="Let idle ONNX Runtime threads spin (turn off on a small shared host).")
+@click.option("--no-shared-memory", is_flag=True,
+              help="Turn off the system shared memory extension (on by default when --host "
+                   "is a loopback address: only local clients may use it).")
 @click.option("--no-dynamic-batching", is_flag=True,
               help="Do not batch models that have no config.pbtxt.")
 @click.option("--log-level", default="info", show_default=True,
@@ -46,8 +49,8 @@ log = logging.getLogger("edgecut.cloud")
 def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth: bool,
           audience: str, issuers: tuple[str, ...], providers: str | None,
           intra_op_threads: int | None, max_queue: int, max_body_mb: float,
-          max_pending_mb: float, max_connections: int, max_in_flight: int, ort_spinning: bool, no_dynamic_batching: bool,
-          log_level: str) -> None:
+          max_pending_mb: float, max_connections: int, max_in_flight: int, ort_spinning: bool, no_shared_memory: bool,
+          no_dynamic_batching: bool, log_level: str) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2 REST)."""
     import uvicorn
 
@@ -88,7 +91,9 @@ def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth:
         raise click.UsageError("--max-pending-mb must be at least --max-body-mb")
     app = create_app(service, verifier=verifier, max_body_bytes=int(max_body_mb * 1024 * 1024),
                      max_in_flight=max_in_flight,
-                     max_pending_bytes=int(max_pending_mb * 1024 * 1024))
+                     max_pending_bytes=int(max_pending_mb * 1024 * 1024),
+                     shared_memory=not no_shared_memory and host in ("127.0.0.1", "::1",
+                                                                     "localhost"))
     server = uvicorn.Server(uvicorn_config(app, host, port, limit_concurrency=max_connections,
                                            log_level=log_level))
     try:

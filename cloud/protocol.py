@@ -467,8 +467,14 @@ def encode_infer_request(
     return _assemble(message, chunks)
 
 
-def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str]) -> InferRequest:
-    """Decode and validate an inference request body (JSON or binary extension)."""
+def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *,
+                         shared_memory: Any = None) -> InferRequest:
+    """Decode and validate an inference request body (JSON or binary extension).
+
+    ``shared_memory``: reads inputs whose parameters name a ``shared_memory_region``
+    (``read(name, datatype, shape, params) -> ndarray``, the system shared memory
+    extension); without it such inputs are refused.
+    """
     message, tail = _split_body(body, headers)
     request_id = message.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -515,6 +521,14 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str]) -
                 )
             inputs[name] = _from_binary(name, datatype, shape, tail[offset : offset + size])
             offset += size
+        elif "shared_memory_region" in params:
+            if "data" in entry:
+                raise ProtocolError(f"tensor {name!r}: has both 'data' and shared_memory_region")
+            if shared_memory is None:
+                raise ProtocolError(
+                    f"tensor {name!r}: names shared_memory_region but this server has the "
+                    "system shared memory extension off")
+            inputs[name] = shared_memory.read(name, datatype, shape, params)
         else:
             if "data" not in entry:
                 raise ProtocolError(f"tensor {name!r}: needs 'data' or a binary_data_size parameter")
@@ -565,17 +579,31 @@ def encode_infer_response(
     request_id: str | None = None,
     parameters: dict | None = None,
     binary: bool | Sequence[str] = False,
+    shared_memory: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Encode an inference response; returns ``(body, headers)``.
 
     ``binary`` is ``True`` for all outputs as binary data, or the names of those to send so.
+    ``shared_memory``: outputs already written to a shared memory region, described with
+    these parameters and no data.
     """
     chosen = frozenset(binary) if not isinstance(binary, bool) else frozenset()
 
     def wants(name: str) -> bool:
         return binary if isinstance(binary, bool) else name in chosen
 
-    described, chunks = _tensors(outputs, wants, "output")
+    placed = shared_memory or {}
+    described, chunks = _tensors(
+        {n: a for n, a in outputs.items() if n not in placed} if placed else outputs,
+        wants, "output")
+    if placed:
+        by_name = {e["name"]: e for e in described}
+        described = [
+            by_name.get(n) or {"name": n, "shape": list(np.shape(a)),
+                               "datatype": datatype_of(np.asarray(a).dtype),
+                               "parameters": dict(placed[n])}
+            for n, a in outputs.items()
+        ]
     message: dict[str, Any] = {"model_name": model_name}
     if model_version is not None:
         message["model_version"] = str(model_version)
