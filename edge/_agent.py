@@ -781,7 +781,7 @@ def build_app(agent: Agent) -> tuple[Any, Any]:
 
     sync()
     agent.model_listeners.append(sync)
-    inner = create_app(service)
+    inner = create_app(service, shared_memory=agent.config.api.shared_memory)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/agent/status":

@@ -30,6 +30,9 @@ class ApiConfig:
     port: int = 8800
     unix_socket: str = ""
     workers: int = 1
+    # The system shared memory extension: local apps pass tensors through /dev/shm instead
+    # of the socket. Only loopback and Unix-socket peers may use it, whatever the host.
+    shared_memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ def parse_agent_config(
         port=api_t.get("port", int, 8800, min=0, max=65535),
         unix_socket=_resolve(base, api_t.get("unix_socket", str, "")),
         workers=api_t.get("workers", int, 1, min=1, max=64),
+        shared_memory=api_t.get("shared_memory", bool, True),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:

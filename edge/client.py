@@ -7,6 +7,13 @@ v2 server::
     with edge.Client("unix:///run/edgecut/agent.sock") as client:
         outputs = client.infer("squeezenet", {"data_0": image})
 
+For a local server (a Unix socket, or 127.0.0.1) that advertises the ``system_shared_memory``
+extension, inputs do not cross the socket at all: each thread keeps one ``/dev/shm`` region
+per input name (registered once, re-created when a tensor outgrows it), copies the array
+into it and sends only the JSON header naming the region. Other servers, or a server that
+cannot open the client's regions, get binary tensors. ``close()`` unregisters and removes
+the regions.
+
 The transport is the standard library's ``http.client`` with one persistent connection
 per thread, not httpx: on this class of host httpx's request and response models alone
 cost about 0.25 ms per call and its connection pool another 0.3 ms, more than the whole
@@ -20,9 +27,15 @@ server's message names the tensor) or :class:`edge.OffloadRejected` (other statu
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
+import logging
+import mmap
+import os
+import secrets
 import socket
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +43,12 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from devices.errors import CloudUnavailable, ModelInputError, OffloadRejected
+
+log = logging.getLogger("edgecut.client")
+
+_SHM_ROOT = "/dev/shm"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_region_ids = itertools.count(1)
 
 # A reused keep-alive connection the server has closed fails in one of these ways; the
 # request is then sent once more on a fresh connection.
@@ -66,15 +85,61 @@ def _big_buffers(sock: socket.socket) -> None:
             pass
 
 
+class _Region:
+    """One client-owned ``/dev/shm`` object registered with the server as a region."""
+
+    def __init__(self, size: int) -> None:
+        self.key = f"edgecut-{os.getpid()}-{next(_region_ids)}-{secrets.token_hex(4)}"
+        self.path = os.path.join(_SHM_ROOT, self.key)
+        self.size = size
+        # 0600: tensors are the application's data; a server running as another user
+        # cannot open it, registration fails and the client falls back to binary tensors.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.mapping = mmap.mmap(fd, size)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        try:
+            self.mapping.close()
+        except BufferError:  # a view is still alive somewhere; the unmap follows it
+            pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _unlink_all(regions: list[_Region]) -> None:
+    # At garbage collection or exit of a client that was never closed: no file is left
+    # behind in /dev/shm (the server's mapping, if any, lives on until it unregisters).
+    for region in list(regions):
+        region.release()
+    regions.clear()
+
+
+class _RegionLost(Exception):
+    pass
+
+
 class Client:
     """A keep-alive client of one inference server (the local agent by default).
 
     ``url`` is ``http://host:port``, ``https://host:port`` or ``unix:///path/to/socket``.
-    Thread-safe: each thread gets its own connection.
+    Thread-safe: each thread gets its own connection (and its own shared memory regions).
+    ``shared_memory``: ``None`` (default) passes inputs through ``/dev/shm`` when the server
+    is local and advertises ``system_shared_memory``; ``False`` always sends binary tensors.
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8800", *, timeout: float = 30.0,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None,
+                 shared_memory: bool | None = None) -> None:
+        local = url.startswith("unix://")
         if url.startswith("unix://"):
             path = url[len("unix://"):]
             if not path:
@@ -86,6 +151,7 @@ class Client:
                 raise ValueError(f"client url {url!r}: no host")
             cls = http.client.HTTPSConnection if parts.scheme == "https" else _TcpConnection
             host, port = parts.hostname, parts.port
+            local = parts.hostname in _LOOPBACK
             self._make = lambda: cls(host, port, timeout=timeout)
         else:
             raise ValueError(f"client url {url!r}: expected http(s)://host:port or unix:///path")
@@ -94,6 +160,10 @@ class Client:
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        # None: not asked yet; the server's metadata decides on the first infer().
+        self._shm: bool | None = None if local and shared_memory is not False else False
+        self._regions: list[_Region] = []  # every thread's, for close()
+        self._finalizer = weakref.finalize(self, _unlink_all, self._regions)
 
     def __enter__(self) -> Client:
         return self
@@ -102,7 +172,15 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close every connection this client opened (in all threads)."""
+        """Unregister and remove the shared memory regions, close every connection."""
+        with self._lock:
+            regions = list(self._regions)
+        for region in regions:
+            try:
+                self._request("POST", f"/v2/systemsharedmemory/region/{region.key}/unregister")
+            except CloudUnavailable:
+                pass  # the server is gone, and its registrations with it
+        _unlink_all(self._regions)
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:
@@ -166,9 +244,130 @@ class Client:
         """Run ``model`` on ``inputs`` (arrays by input name); return outputs by name."""
         from cloud.protocol import decode_infer_response, encode_infer_request
 
+        if binary and self._use_shm(inputs):
+            try:
+                return self._infer_shm(model, inputs, outputs, version)
+            except _RegionLost:
+                # The server forgot this thread's regions (it restarted): register anew.
+                self._drop_regions()
+                if self._shm:
+                    try:
+                        return self._infer_shm(model, inputs, outputs, version)
+                    except _RegionLost:
+                        self._shm = False
         body, headers = encode_infer_request(inputs, outputs, binary=binary,
                                              binary_outputs=binary)
         return decode_infer_response(*self.infer_raw(model, body, headers, version=version))
+
+    # ------------------------------------------------------------------ shared memory
+
+    @property
+    def uses_shared_memory(self) -> bool | None:
+        """Whether inputs go through shared memory (``None`` until the first ``infer``)."""
+        return self._shm
+
+    def _use_shm(self, inputs: Mapping[str, np.ndarray]) -> bool:
+        if self._shm is None:
+            try:
+                extensions = self.metadata().get("extensions", [])
+            except (OffloadRejected, ModelInputError, ValueError):
+                extensions = []
+            self._shm = "system_shared_memory" in extensions and os.path.isdir(_SHM_ROOT)
+        if not self._shm:
+            return False
+        # BYTES tensors have no fixed size per element: those requests go as binary.
+        return all(np.asarray(v).dtype.kind not in "OSU" for v in inputs.values())
+
+    def _drop_regions(self) -> None:
+        regions: dict[str, _Region] = getattr(self._local, "regions", {})
+        self._local.regions = {}
+        with self._lock:
+            for region in regions.values():
+                if region in self._regions:
+                    self._regions.remove(region)
+        for region in regions.values():
+            region.release()
+
+    def _region_for(self, name: str, nbytes: int) -> _Region | None:
+        """This thread's region for input ``name``, big enough; ``None``: use binary."""
+        regions: dict[str, _Region] | None = getattr(self._local, "regions", None)
+        if regions is None:
+            regions = self._local.regions = {}
+        region = regions.get(name)
+        if region is not None and region.size >= nbytes:
+            return region
+        if region is not None:  # outgrown: replace it with one of the new size
+            del regions[name]
+            with self._lock:
+                self._regions.remove(region)
+            self._request("POST", f"/v2/systemsharedmemory/region/{region.key}/unregister")
+            region.release()
+        try:
+            region = _Region(max(nbytes, 64))
+        except OSError as exc:
+            log.warning("no shared memory region (%s); sending binary tensors", exc)
+            self._shm = False
+            return None
+        with self._lock:
+            self._regions.append(region)
+        status, data, _ = self._request(
+            "POST", f"/v2/systemsharedmemory/region/{region.key}/register",
+            json.dumps({"key": "/" + region.key, "offset": 0, "byte_size": region.size}).encode(),
+            {"Content-Type": "application/json"})
+        if status != 200:
+            # E.g. the server runs as another user and cannot open the 0600 object.
+            log.warning("server refused shared memory region (HTTP %d: %s); sending binary "
+                        "tensors", status, data[:200].decode(errors="replace"))
+            with self._lock:
+                self._regions.remove(region)
+            region.release()
+            self._shm = False
+            return None
+        regions[name] = region
+        return region
+
+    def _infer_shm(self, model: str, inputs: Mapping[str, np.ndarray],
+                   outputs: Sequence[str] | None, version: str | None) -> dict[str, np.ndarray]:
+        from cloud.protocol import (
+            DATATYPES,
+            datatype_of,
+            decode_infer_response,
+            encode_infer_request,
+        )
+
+        described = []
+        for name, value in inputs.items():
+            array = np.asarray(value)
+            datatype = datatype_of(array.dtype)
+            dtype = DATATYPES[datatype]
+            nbytes = array.size * dtype.itemsize
+            region = self._region_for(name, nbytes)
+            if region is None:  # shared memory turned out not to work: binary after all
+                body, headers = encode_infer_request(inputs, outputs)
+                return decode_infer_response(*self.infer_raw(model, body, headers,
+                                                             version=version))
+            # The one copy of the local path: into the region (little-endian, C order).
+            np.copyto(np.ndarray(array.shape, dtype=dtype, buffer=region.mapping), array)
+            described.append({"name": name, "shape": list(array.shape), "datatype": datatype,
+                              "parameters": {"shared_memory_region": region.key,
+                                             "shared_memory_byte_size": nbytes}})
+        message: dict[str, Any] = {"inputs": described}
+        if outputs is None:
+            message["parameters"] = {"binary_data_output": True}
+        else:
+            message["outputs"] = [{"name": n, "parameters": {"binary_data": True}}
+                                  for n in outputs]
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        status, data, hdrs = self._request(
+            "POST", path, json.dumps(message, separators=(",", ":")).encode(),
+            {"Content-Type": "application/json"})
+        if status == 400 and b"is not registered" in data:
+            raise _RegionLost
+        if status == 400 and b"shared memory extension off" in data:
+            self._shm = False
+            raise _RegionLost
+        self._raise_for(status, data, f"model '{model}'")
+        return decode_infer_response(data, hdrs)
 
     def infer_raw(self, model: str, body: bytes, headers: Mapping[str, str], *,
                   version: str | None = None) -> tuple[bytes, Mapping[str, str]]:
