@@ -28,7 +28,7 @@ import numpy as np
 from devices import DeviceProfile, EnergyModel, PowerSensor
 from devices.errors import ConfigError, DeadlineExceeded, EdgecutError, OffloadError
 from edge._link import LinkEstimator
-from edge._offload import OPEN, OffloadClient
+from edge._offload import HALF_OPEN, OPEN, OffloadClient
 from edge._policy import CloudState, CostTable, Decision, DeviceState, Policy, PolicyContext
 from edge.runtime import Session
 from partition import LOCAL, OFFLOAD, CutCandidate, Plan
@@ -261,7 +261,10 @@ class Executor:
             decision = Decision(cand.kind, cand.cut_id, 0.0, 0.0, f"forced {force}",
                                 deadline_ms=self.policy.config.slo_ms)
         slo = decision.deadline_ms if deadline_ms is None else deadline_ms
-        if decision.probe and self.client is not None:
+        if self.client is not None and (decision.probe
+                                        or self.client.breaker.state == HALF_OPEN):
+            # A half-open breaker wants one trial request: a probe is the cheapest one,
+            # and its success closes the circuit even while the policy plans locally.
             self._probe()
         cand = self.plan.candidate(decision.cut_id)
         out = self._execute(rid, decision, cand, feeds, slo, started)
