@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -115,7 +116,15 @@ def test_daemon_reloads_on_sighup_and_drains_on_sigterm(tmp_path: Path, mosquitt
 
         t = threading.Thread(target=slow_request)
         t.start()
-        time.sleep(0.5)  # the request is on its way (the model takes about a second)
+        # Signal only once the agent reports the request in flight (its metrics gauge), so a
+        # fast or a busy host cannot turn this into a test of timing.
+        in_flight = 'edgecut_requests_in_flight{model="slow"} 1.0'
+        deadline = time.monotonic() + 20
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as raw:
+            while (in_flight not in raw.get("http://agent/metrics").text
+                   and time.monotonic() < deadline):
+                time.sleep(0.005)
+        assert "done" not in result, "the slow request finished before it could be signalled"
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         t.join(30)
