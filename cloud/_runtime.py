@@ -17,6 +17,7 @@ Shapes are full shapes (the batch dimension included when ``max_batch_size > 0``
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import statistics
@@ -65,7 +66,7 @@ class TensorMeta:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-class ModelRuntime:
+class ModelRuntime(abc.ABC):
     """What the service needs from a model instance (subclass it or match its shape).
 
     ``platform`` appears in model metadata. ``predict`` receives arrays already checked
@@ -82,10 +83,11 @@ class ModelRuntime:
     #: the batcher may reuse its batch buffers (ONNX Runtime always returns fresh arrays).
     reusable_inputs: bool = False
 
+    @abc.abstractmethod
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run the model on checked inputs and return every output by name."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most runtimes hold nothing to free
         """Release resources; called once when the version is unloaded."""
 
 
