@@ -186,16 +186,11 @@ def profile_model(
     """Profile every node of ``model`` here with ORT's profiler (median of ``runs``
     after ``warmup``), on behalf of ``device``: times are divided by its
     ``relative_speed`` when ``emulate`` (this host stands in for the device)."""
-    from partition._graph import ensure_node_names
+    from partition._graph import _named_copy
 
     if runs < 1:
         raise PartitionError(f"runs must be >= 1, got {runs}")
-    names = [n.name for n in model.graph.node]
-    if not all(names) or len(set(names)) != len(names):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        ensure_node_names(copy)
-        model = copy
+    model = _named_copy(model)
     n_threads = threads or threads_for(device)
     data = model.SerializeToString()
     import onnxruntime as ort

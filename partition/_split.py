@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from devices.errors import PartitionError
-from partition._graph import ensure_node_names
+from partition._graph import _named_copy
 
 
 class Splitter:
@@ -24,12 +24,7 @@ class Splitter:
     def __init__(self, model: onnx.ModelProto) -> None:
         if not isinstance(model, onnx.ModelProto):
             raise PartitionError(f"expected an onnx.ModelProto, got {type(model).__name__}")
-        names = [n.name for n in model.graph.node]
-        if not all(names) or len(set(names)) != len(names):
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            ensure_node_names(copy)
-            model = copy
+        model = _named_copy(model)
         self._inferred = False
         if not any(vi.name for vi in model.graph.value_info):
             model = onnx.shape_inference.infer_shapes(model)
