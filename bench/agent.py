@@ -109,6 +109,9 @@ def main() -> None:
                     help="run both sides (this process and the agent it starts) on this one "
                          "CPU: hand-offs then cost a context switch, not a wake-up on a "
                          "core that other work is using")
+    ap.add_argument("--inline-max-ms", type=float, default=50.0,
+                    help="the agent's [api] inline_max_ms (0: every request through the "
+                         "worker thread)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -164,6 +167,7 @@ log_requests = true
 port = {api_port}
 unix_socket = "{sock}"
 workers = 1
+inline_max_ms = {args.inline_max_ms}
 [mqtt]
 enabled = true
 port = {mqtt_port}
@@ -211,6 +215,7 @@ version = "1"
         if not uds.uses_shared_memory:
             raise SystemExit("the client did not take the shared memory path")
 
+        time.sleep(0.5)  # the warm-up's request records are written (0.1 s writer) first
         log_mark = (work / "agent.log").stat().st_size
         e2e_all: list[float] = []  # every request of the rounds, in order
         inproc_r, uds_r, tcp_r, bin_r = [], [], [], []
@@ -243,16 +248,21 @@ version = "1"
         # Pair each request with the device time the agent logged for it: the difference
         # is what the local path added to that very request, whatever the host load did
         # to the inference itself.
-        device_ms = []
-        with open(work / "agent.log", "rb") as fh:
-            fh.seek(log_mark)
-            for line in fh:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if entry.get("event") == "request" and "device_ms" in entry:
-                    device_ms.append(float(entry["device_ms"]))
+        # (The agent writes request records from a background thread, within 0.1 s.)
+        device_ms: list[float] = []
+        log_deadline = time.monotonic() + 5.0
+        while len(device_ms) < len(e2e_all) and time.monotonic() < log_deadline:
+            time.sleep(0.2)
+            device_ms = []
+            with open(work / "agent.log", "rb") as fh:
+                fh.seek(log_mark)
+                for line in fh:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if entry.get("event") == "request" and "device_ms" in entry:
+                        device_ms.append(float(entry["device_ms"]))
         paired = [e - d for e, d in zip(e2e_all, device_ms, strict=False)]
         paired_ok = len(device_ms) == len(e2e_all)
         # The split uses the binary UDS requests, the ones whose Server-Timing was read.
@@ -355,6 +365,7 @@ version = "1"
             "device_profile": args.profile,
             "ort_intra_op_threads_both_sides": profile.intra_op_threads,
             "agent_workers": 1,
+            "agent_inline_max_ms": args.inline_max_ms,
             "transport": "unix socket, keep-alive (edge.Client over http.client), inputs in "
                          "/dev/shm (system shared memory extension), client.infer() per call",
             "client_uses_shared_memory": uds.uses_shared_memory,

@@ -81,6 +81,7 @@ __all__ = [
     "ModelConfig",
     "ModelRuntime",
     "OnnxRuntime",
+    "Prepared",
     "Principal",
     "ServerThread",
     "TensorMeta",
@@ -124,6 +125,7 @@ _LAZY = {
     "config_from_text": "cloud._config",
     "ModelRuntime": "cloud._runtime",
     "OnnxRuntime": "cloud._runtime",
+    "Prepared": "cloud._runtime",
     "TensorMeta": "cloud._runtime",
     "ServerThread": "cloud._server",
     "JsonLogFormatter": "cloud._server",
@@ -136,7 +138,7 @@ if TYPE_CHECKING:
     from cloud._app import create_app
     from cloud._auth import Principal, TokenVerifier, mint_token
     from cloud._config import ModelConfig, VersionPolicy, config_from_text
-    from cloud._runtime import ModelRuntime, OnnxRuntime, TensorMeta
+    from cloud._runtime import ModelRuntime, OnnxRuntime, Prepared, TensorMeta
     from cloud._server import JsonLogFormatter, ServerThread, configure_logging
     from cloud._service import InferenceService, InferResult
 

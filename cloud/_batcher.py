@@ -2,7 +2,10 @@
 
 The event loop only appends to the queue (a lock and a notify, microseconds) and awaits a
 future; worker threads form batches, run the runtime (which releases the GIL) and hand the
-results back with one ``call_soon_threadsafe`` per batch. A batch is flushed when it
+results back with one ``call_soon_threadsafe`` per batch. The one exception: a
+single-instance model without batching whose runtime offers ``prepare`` and marks a
+request as short runs it on the loop when its worker is idle and nothing waits, which
+saves the two hand-offs. A batch is flushed when it
 reaches the maximum batch size or a preferred size, or when the oldest request has waited
 ``max_queue_delay``; requests are only concatenated when every input has the same dtype and
 non-batch shape. When the queue is full the request is refused at once (``Overloaded``),
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud._runtime import ModelRuntime
+from cloud._runtime import ModelRuntime, Prepared
 from cloud.errors import CloudError, ExecutionError, Overloaded, Unavailable
 
 
@@ -37,6 +40,7 @@ class _Pending:
     queue_s: float = 0.0
     compute_s: float = 0.0
     batch_size: int = 0
+    call: Callable[[], dict[str, np.ndarray]] | None = None  # a prepared run, else predict
 
 
 @dataclass
@@ -105,6 +109,23 @@ class Batcher:
         else:
             key = ()
         item = _Pending(inputs, batch, key, loop.create_future(), loop, time.perf_counter())
+        if self._can_prepare:
+            with self._cond:
+                idle = not self._busy and not self._queue and not self._closing
+            if idle:
+                prepared = self._prepare(item)
+                if prepared is not None and prepared.inline:
+                    with self._cond:
+                        self._busy += 1
+                    try:
+                        self._run(self.instances[0], [item], deliver=False)
+                    finally:
+                        with self._cond:
+                            self._busy -= 1
+                            self._cond.notify_all()  # close() may be waiting for it
+                    _resolve([item])
+                    return item.future
+                item.call = None if prepared is None else prepared.run
         with self._cond:
             if self._closing:
                 raise Unavailable(f"model {self.name!r} is being unloaded")
@@ -117,6 +138,19 @@ class Batcher:
             self._cond.notify()
         return item.future
 
+    @property
+    def _can_prepare(self) -> bool:
+        return len(self.instances) == 1 and self.settings.max_batch_size <= 0
+
+    def _prepare(self, item: _Pending) -> Prepared | None:
+        try:
+            return self.instances[0].prepare(item.inputs)
+        except CloudError:
+            raise
+        except Exception as exc:  # a custom runtime's own failure, as from predict
+            raise ExecutionError(
+                f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
+
     def close(self, timeout: float | None = None) -> None:
         """Stop taking requests, finish the queued ones, join the workers, close runtimes."""
         with self._cond:
@@ -124,6 +158,8 @@ class Batcher:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
+        with self._cond:  # a request running inline on the loop finishes first
+            self._cond.wait_for(lambda: not self._busy, timeout)
         for runtime in self.instances:
             runtime.close()
 
@@ -137,6 +173,7 @@ class Batcher:
                     return None
                 self._cond.wait()
             first = self._queue.popleft()
+            self._busy += 1  # until the batch is run (read by submit on the loop)
             batch = [first]
             if s.max_batch_size <= 0:
                 return batch
@@ -169,7 +206,11 @@ class Batcher:
                 return
             # Runtimes that only follow the contract by shape may lack the flag: no reuse.
             reuse = getattr(runtime, "reusable_inputs", False)
-            self._run(runtime, batch, buffers if reuse else None)
+            try:
+                self._run(runtime, batch, buffers if reuse else None)
+            finally:
+                with self._cond:
+                    self._busy -= 1
 
     @staticmethod
     def _concatenate(name: str, parts: list[np.ndarray], buffers: dict[tuple, np.ndarray]) -> np.ndarray:
@@ -186,20 +227,22 @@ class Batcher:
         return out
 
     def _run(self, runtime: ModelRuntime, batch: list[_Pending],
-             buffers: dict[tuple, np.ndarray] | None = None) -> None:
+             buffers: dict[tuple, np.ndarray] | None = None, deliver: bool = True) -> None:
         start = time.perf_counter()
         size = sum(item.batch for item in batch)
         error: str | None = None
         try:
             if len(batch) == 1:
                 feeds = batch[0].inputs
+                call = batch[0].call
             else:
+                call = None
                 feeds = {
                     name: self._concatenate(name, [item.inputs[name] for item in batch],
                                             {} if buffers is None else buffers)
                     for name in batch[0].inputs
                 }
-            outputs = runtime.predict(feeds)
+            outputs = call() if call is not None else runtime.predict(feeds)
             if len(batch) == 1:
                 batch[0].outputs = outputs
             else:
@@ -232,6 +275,8 @@ class Batcher:
             queue_times.append(item.queue_s)
         if self.on_batch is not None:
             self.on_batch(BatchRecord(size, len(batch), queue_times, end - start, error is None, error))
+        if not deliver:
+            return
         # One wake-up of the loop per batch (per loop: all requests share one loop here).
         by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for item in batch:

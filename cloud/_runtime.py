@@ -2,8 +2,10 @@
 
 A runtime is what one *instance* of a model version runs: it declares its tensors and
 answers ``predict``. The service calls ``predict`` from one dedicated worker thread per
-instance, never from the event loop, so a runtime may block (ONNX Runtime releases the GIL
-while it computes). Any class with these members works (MLServer's ``MLModel`` shape)::
+instance, so a runtime may block (ONNX Runtime releases the GIL while it computes). Only
+a runtime that offers ``prepare`` is ever run on the event loop, and only for the requests
+it marks as short (see ``Prepared``). Any class with these members works (MLServer's
+``MLModel`` shape)::
 
     class MyRuntime(ModelRuntime):
         inputs = (TensorMeta("x", "FP32", (-1, 4)),)
@@ -22,7 +24,7 @@ import json
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +68,20 @@ class TensorMeta:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request a runtime has looked at before it is queued (see ``ModelRuntime.prepare``).
+
+    ``run`` computes the outputs. ``inline``: the runtime expects it to be short and to
+    block on nothing but the processor, so an idle single-instance model runs it on the
+    event loop itself, saving the two thread hand-offs of the queue (about as long as a
+    small model's inference on a loaded board).
+    """
+
+    run: Callable[[], dict[str, np.ndarray]]
+    inline: bool = False
+
+
 class ModelRuntime(abc.ABC):
     """What the service needs from a model instance (subclass it or match its shape).
 
@@ -86,6 +102,15 @@ class ModelRuntime(abc.ABC):
     @abc.abstractmethod
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on checked inputs and return every output by name."""
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> Prepared | None:
+        """Optional: look at a request on the event loop before it is queued.
+
+        Called only for a single-instance model without dynamic batching whose instance is
+        idle with nothing queued, so it must take microseconds and never block. Return
+        ``None`` to queue ``predict(inputs)`` as usual (the default).
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook: most runtimes hold nothing to free
         """Release resources; called once when the version is unloaded."""

@@ -579,7 +579,8 @@ class InferenceService:
         batch = self._validate(target, request)
         start = time.perf_counter()
         model.in_flight += 1
-        self.metrics.in_flight.labels(name).inc()
+        in_flight = self.metrics.in_flight.labels(name)
+        in_flight.inc()
         try:
             try:
                 future = target.batcher.submit(request.inputs, batch)
@@ -595,7 +596,7 @@ class InferenceService:
             raise
         finally:
             model.in_flight -= 1
-            self.metrics.in_flight.labels(name).dec()
+            in_flight.dec()
         elapsed = time.perf_counter() - start
         stats = target.stats
         with stats.lock:

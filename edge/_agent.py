@@ -22,16 +22,17 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import devices
-from cloud._runtime import ModelRuntime
+from cloud._runtime import ModelRuntime, Prepared
 from devices.errors import ConfigError, EdgecutError, ModelInputError, ModelUpdateError
 from edge import runtime
 from edge._agent_config import (
@@ -70,26 +71,86 @@ def _agent_version() -> str:
         return "unknown"
 
 
+class Fields(dict):
+    """A log message given as its fields: JSON when printed, merged as they are by
+    ``JsonFormatter`` (no encoding and parsing again on the request path)."""
+
+    def __str__(self) -> str:
+        return json.dumps(self)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger and the message (parsed when JSON)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
         body: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        if msg.startswith("{"):
-            try:
-                body.update(json.loads(msg))
-            except ValueError:
-                body["msg"] = msg
+        if isinstance(record.msg, Fields) and not record.args:
+            body.update(record.msg)
         else:
-            body["msg"] = msg
+            msg = record.getMessage()
+            if msg.startswith("{"):
+                try:
+                    body.update(json.loads(msg))
+                except ValueError:
+                    body["msg"] = msg
+            else:
+                body["msg"] = msg
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return json.dumps(body, separators=(",", ":"))
+
+
+class _LogHandler(logging.StreamHandler):
+    """The daemon's JSON log handler. Per-request records (INFO on the request logger)
+    are only queued on the request path and written by a background thread every
+    ``interval_s`` (formatting and a write plus flush cost more than the agent's own
+    work on a small model); every other record is written at once, after the queued
+    ones, so the log keeps its order. ``flush`` (called by ``logging.shutdown`` at exit)
+    writes what is queued."""
+
+    def __init__(self, stream: Any, interval_s: float = 0.1) -> None:
+        super().__init__(stream)
+        self._pending: deque[logging.LogRecord] = deque()
+        self._wake = threading.Event()
+        self._interval_s = interval_s
+        self._writer = threading.Thread(target=self._drain_loop, name="agent-log", daemon=True)
+        self._writer.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.name == request_log.name and record.levelno == logging.INFO:
+            # No lock here: the writer may hold it; a deque append is thread-safe.
+            if self.filter(record):
+                self._pending.append(record)
+                return True
+            return False
+        return super().handle(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._drain()
+        super().emit(record)
+
+    def _drain(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # one writer at a time, in order
+            while self._pending:
+                super().emit(self._pending.popleft())
+
+    def _drain_loop(self) -> None:
+        while not self._wake.wait(self._interval_s):
+            if self._pending:
+                self._drain()
+
+    def flush(self) -> None:
+        self._drain()
+        super().flush()
+
+    def close(self) -> None:
+        self._wake.set()
+        self.flush()
+        super().close()
 
 
 def setup_logging(level: str, stream: Any = None) -> None:
@@ -97,7 +158,8 @@ def setup_logging(level: str, stream: Any = None) -> None:
     for h in list(root.handlers):
         if getattr(h, "_edgecut_agent", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+            h.close()
+    handler = _LogHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler._edgecut_agent = True  # type: ignore[attr-defined]
     root.addHandler(handler)
@@ -222,10 +284,21 @@ class AgentModelRuntime(ModelRuntime):
         return self._metas(self._agent.slots[self.name].current.session.outputs)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._errors_mapped(partial(self._agent.infer, self.name, inputs))
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> Prepared | None:
+        got = self._agent.prepare(self.name, inputs)
+        if got is None:
+            return None
+        run, inline = got
+        return Prepared(partial(self._errors_mapped, run), inline)
+
+    @staticmethod
+    def _errors_mapped(run: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         from cloud.errors import ExecutionError, ProtocolError
 
         try:
-            return self._agent.infer(self.name, inputs)
+            return run()
         except ModelInputError as exc:
             raise ProtocolError(str(exc)) from exc
         except EdgecutError as exc:
@@ -265,6 +338,7 @@ class Agent:
         # Models with a plan and a cloud URL run through the policy and the executor;
         # the others (and any version the plan was not built for) run locally.
         self.executors: dict[str, _Planned] = {}
+        self._local_ms: dict[str, float] = {}  # per model: recent local run time (EWMA)
         for m in config.models:
             self._attach_executor(m.name, m.plan)
         self.updater = Updater(self.slots, self.store, self.profile,
@@ -527,6 +601,30 @@ class Agent:
 
     # -- serving -------------------------------------------------------------------------
 
+    def prepare(self, name: str, feeds: Mapping[str, np.ndarray]
+                ) -> tuple[Callable[[], dict[str, np.ndarray]], bool] | None:
+        """Decide how a request for ``name`` runs, before it is queued (microseconds).
+
+        Returns ``(run, inline)``: ``inline`` when it should run locally within
+        ``[api] inline_max_ms`` (the API then runs it on its event loop, with no thread
+        hand-off), or ``None`` to leave it all to ``infer`` on the worker thread. A model
+        with a plan gets the policy's decision here, and ``run`` carries it out.
+        """
+        slot = self.slots.get(name)
+        limit = self.config.api.inline_max_ms
+        if slot is None or limit <= 0:
+            return None
+        planned = self.executors.get(name)
+        if planned is not None and planned.version == slot.current.version:
+            decided = planned.executor.decide(feeds)
+            decision = decided.decision
+            inline = decision.plan == "local" and 0.0 < decision.predicted_ms <= limit
+            return partial(self._infer_planned, name, slot, planned, feeds, decided), inline
+        expected = self._local_ms.get(name)
+        if expected is None or expected > limit:
+            return None
+        return partial(self.infer, name, feeds), True
+
     def infer(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one request for model ``name``; record and log its decision and costs."""
         slot = self.slots.get(name)
@@ -547,10 +645,12 @@ class Agent:
                                             "error": str(exc)}))
             raise
         ms = (time.perf_counter() - start) * 1000.0
+        seen = self._local_ms.get(name)
+        self._local_ms[name] = ms if seen is None else 0.8 * seen + 0.2 * ms
         energy = ms * self._active_w  # W * ms = mJ, above idle
         self.stats.add(name, plan, ms, energy, ok=True)
         if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
-            request_log.info(json.dumps({
+            request_log.info(Fields({
                 "event": "request", "model": name, "version": version.version, "plan": plan,
                 "reason": self._local_reason(planned),
                 "ok": True, "device_ms": round(ms, 3), "up_ms": 0.0, "cloud_ms": 0.0,
@@ -565,11 +665,12 @@ class Agent:
         return f"the plan is for version {planned.version}; re-partitioning pending"
 
     def _infer_planned(self, name: str, slot: ModelSlot, planned: _Planned,
-                       feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                       feeds: Mapping[str, np.ndarray], decided: Any = None
+                       ) -> dict[str, np.ndarray]:
         version = slot.current
         start = time.perf_counter()
         try:
-            outcome = planned.executor.infer(feeds)
+            outcome = planned.executor.infer(feeds, decided=decided)
         except EdgecutError as exc:
             ms = (time.perf_counter() - start) * 1000.0
             version.record(False)
@@ -583,7 +684,7 @@ class Agent:
         self.stats.add(name, decision.plan, ms, outcome.energy_mj, ok=True,
                        fallback=bool(outcome.fallback))
         if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
-            request_log.info(json.dumps({
+            request_log.info(Fields({
                 "event": "request", "model": name, "version": version.version,
                 "plan": decision.plan, "executed": outcome.executed,
                 "fallback": outcome.fallback, "reason": decision.reason, "ok": True,

@@ -33,6 +33,11 @@ class ApiConfig:
     # The system shared memory extension: local apps pass tensors through /dev/shm instead
     # of the socket. Only loopback and Unix-socket peers may use it, whatever the host.
     shared_memory: bool = True
+    # With one worker, a request the agent expects to finish locally within this many
+    # milliseconds runs on the API's event loop when nothing else is in flight for the
+    # model, skipping two thread hand-offs; longer ones and offloads use the worker
+    # thread, so the loop is never held longer than this. 0 turns it off.
+    inline_max_ms: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ def parse_agent_config(
         unix_socket=_resolve(base, api_t.get("unix_socket", str, "")),
         workers=api_t.get("workers", int, 1, min=1, max=64),
         shared_memory=api_t.get("shared_memory", bool, True),
+        inline_max_ms=api_t.get("inline_max_ms", float, 50.0, min=0.0, max=10000.0),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -79,6 +79,15 @@ def _reference_bytes(session: Session) -> int:
 
 def _nbytes(feeds: Mapping[str, np.ndarray]) -> int:
     return int(sum(v.nbytes for v in feeds.values()))
+
+
+class Decided(NamedTuple):
+    """A decision taken by ``Executor.decide``, ready to run."""
+
+    rid: int
+    started: float
+    link_bps: float
+    decision: Decision
 
 
 class Executor:
@@ -246,20 +255,32 @@ class Executor:
             with self._inflight_lock:
                 self._local_inflight -= 1
 
-    def infer(self, feeds: Mapping[str, np.ndarray], *, force: str | None = None,
-              deadline_ms: float | None = None) -> Outcome:
-        """Run one request. ``force`` runs that cut id regardless of the policy."""
+    def decide(self, feeds: Mapping[str, np.ndarray], *, force: str | None = None) -> Decided:
+        """The plan for ``feeds`` at this moment, without running anything (microseconds).
+
+        Pass the result to ``infer(feeds, decided=...)`` to run that very decision (the
+        agent decides on its event loop, then runs a local plan there and hands anything
+        that waits on the network to a worker thread).
+        """
         rid = self._next_id
         self._next_id += 1
         started = self._clock()
-        input_bytes = _nbytes(feeds)
-        ctx = self.context(input_bytes)
+        ctx = self.context(_nbytes(feeds))
         if force is None:
             decision = self.policy.decide(ctx)
         else:
             cand = self.plan.candidate(force)
             decision = Decision(cand.kind, cand.cut_id, 0.0, 0.0, f"forced {force}",
                                 deadline_ms=self.policy.config.slo_ms)
+        return Decided(rid, started, ctx.link.bandwidth_bps, decision)
+
+    def infer(self, feeds: Mapping[str, np.ndarray], *, force: str | None = None,
+              deadline_ms: float | None = None, decided: Decided | None = None) -> Outcome:
+        """Run one request. ``force`` runs that cut id regardless of the policy;
+        ``decided`` runs a decision taken earlier by ``decide``."""
+        if decided is None:
+            decided = self.decide(feeds, force=force)
+        decision = decided.decision
         slo = decision.deadline_ms if deadline_ms is None else deadline_ms
         if self.client is not None and (decision.probe
                                         or self.client.breaker.state == HALF_OPEN):
@@ -267,8 +288,8 @@ class Executor:
             # and its success closes the circuit even while the policy plans locally.
             self._probe()
         cand = self.plan.candidate(decision.cut_id)
-        out = self._execute(rid, decision, cand, feeds, slo, started)
-        out = replace(out, link_bps=ctx.link.bandwidth_bps)
+        out = self._execute(decided.rid, decision, cand, feeds, slo, decided.started)
+        out = replace(out, link_bps=decided.link_bps)
         self._write_log(out)
         for listener in self.listeners:
             listener(out)

@@ -222,7 +222,7 @@ def write_agent_config(directory: Path, *, models: dict[str, Path], mqtt_port: i
                        telemetry_s: float = 60.0, protocol: str = "5",
                        device_id: str = "dev1", updates: str = "",
                        profile: str = "generic-x86", plans: dict[str, Path] | None = None,
-                       log_requests: bool = False) -> Path:
+                       log_requests: bool = False, workers: int = 2) -> Path:
     """Write an agent.toml for a test (MQTT on when ``mqtt_port`` is given)."""
     lines = [
         "[agent]",
@@ -234,7 +234,7 @@ def write_agent_config(directory: Path, *, models: dict[str, Path], mqtt_port: i
         "[api]",
         f"port = {api_port}",
         f'unix_socket = "{unix_socket or directory / "agent.sock"}"',
-        "workers = 2",
+        f"workers = {workers}",
         "[mqtt]",
         f"enabled = {'true' if mqtt_port else 'false'}",
         f"port = {mqtt_port or 1883}",

@@ -60,6 +60,51 @@ def test_local_api_serves_over_tcp_and_the_unix_socket(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "agent.sock" in str(result.exception)
 
 
+def test_short_local_runs_skip_the_worker_thread_and_long_ones_do_not(tmp_path: Path) -> None:
+    cfg = write_agent_config(tmp_path, workers=1, models={
+        "tiny": tiny_model(tmp_path / "t.onnx"),
+        "slow": slow_model(tmp_path / "s.onnx", size=256, layers=400)})
+    agent = Agent(cfg)
+    ran_on: dict[str, list[str]] = {"tiny": [], "slow": []}
+    for name, seen in ran_on.items():
+        agent.slots[name].add_listener(
+            lambda version, ok, seen=seen: seen.append(threading.current_thread().name))
+    with AgentServer(agent) as server, Client(server.url) as client:
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        for _ in range(4):
+            np.testing.assert_array_equal(client.infer("tiny", {"x": x})["y"], x * 2)
+        slow_x = np.ones((256, 256), np.float32)
+        for _ in range(3):
+            np.testing.assert_array_equal(client.infer("slow", {"x": slow_x})["y"], slow_x)
+        # Bad input is refused the same way on either path, and the agent keeps serving.
+        with pytest.raises(ModelInputError, match="'x'"):
+            client.infer("tiny", {"x": np.ones((2, 5), np.float32)})
+        assert client.infer("tiny", {"x": x})["y"].shape == (2, 4)
+    # The first run has no measured time yet: the worker thread. Later ones are short
+    # (well under inline_max_ms = 50) and run on the API's own thread.
+    assert ran_on["tiny"][0].startswith("edgecut-tiny")
+    assert ran_on["tiny"][1:] == ["agent-api"] * 4
+    # 400 chained 256x256 MatMuls take far longer than 50 ms here: never on the loop.
+    assert agent._local_ms["slow"] > 50
+    assert all(name.startswith("edgecut-slow") for name in ran_on["slow"])
+    assert agent.stats.total_requests == 8
+
+
+def test_inline_runs_can_be_turned_off(tmp_path: Path) -> None:
+    cfg = write_agent_config(tmp_path, workers=1, models={"tiny": tiny_model(tmp_path / "t.onnx")},
+                             extra="")
+    text = cfg.read_text().replace("workers = 1", "workers = 1\ninline_max_ms = 0")
+    cfg.write_text(text)
+    agent = Agent(cfg)
+    assert agent.config.api.inline_max_ms == 0
+    ran_on: list[str] = []
+    agent.slots["tiny"].add_listener(lambda v, ok: ran_on.append(threading.current_thread().name))
+    with AgentServer(agent) as server, Client(server.url) as client:
+        for _ in range(3):
+            client.infer("tiny", {"x": np.ones((1, 4), np.float32)})
+    assert len(ran_on) == 3 and all(n.startswith("edgecut-tiny") for n in ran_on)
+
+
 def test_telemetry_reports_decisions_latency_and_energy(tmp_path: Path) -> None:
     cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")})
     agent = Agent(cfg)
@@ -262,3 +307,32 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         sock.close()
+
+
+def test_request_records_are_written_off_the_request_path_in_order() -> None:
+    import io
+    import logging
+
+    from edge._agent import Fields, log, request_log, setup_logging
+
+    stream = io.StringIO()
+    setup_logging("info", stream)
+    try:
+        request_log.info(Fields({"event": "request", "n": 1}))
+        request_log.info(Fields({"event": "request", "n": 2}))
+        # Queued, not yet written: the request path only appended them.
+        log.info(json.dumps({"event": "config_applied"}))  # written at once, after them
+        request_log.info(Fields({"event": "request", "n": 3}))
+        deadline = time.monotonic() + 5
+        while stream.getvalue().count("\n") < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the writer thread's interval is 0.1 s
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [entry.get("n", entry["event"]) for entry in lines] == [1, 2, "config_applied", 3]
+        assert all(entry["level"] == "info" and "ts" in entry for entry in lines)
+        assert str(Fields({"a": 1})) == '{"a": 1}'  # plain handlers still get JSON
+    finally:
+        root = logging.getLogger("edgecut")
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        root.propagate = True
