@@ -75,3 +75,60 @@ def test_requests_follow_the_policy_and_fall_back_when_the_cloud_goes(
     finally:
         agent.close()
         service.close()
+
+
+@pytest.mark.parametrize("rules, where", [
+    # The whole model on the board is ruled out: every request waits on the cloud, so it
+    # runs on the model's worker thread.
+    ("max_power_w = 3.0", "worker"),
+    # Inputs under 10 MB stay on the device: short local runs on the API's event loop.
+    ("local_below_input_bytes = 10000000", "loop"),
+])
+def test_one_worker_runs_local_decisions_inline_and_remote_ones_on_the_worker(
+        tmp_path: Path, squeezenet_plan: Path, rules: str, where: str) -> None:
+    import threading
+
+    from edge import Client
+    from edge._agent import AgentServer
+
+    service = InferenceService(squeezenet_plan / "repository", intra_op_threads=1)
+    service.load_all()
+    port = free_port()
+    cloud = ServerThread(create_app(service), port=port).start()
+    policy = tmp_path / "policy.toml"
+    policy.write_text("objective = \"latency\"\nslo_ms = 5000.0\n"
+                      "[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n"
+                      f"[rules]\n{rules}\n[explore]\nrate = 0.0\n")
+    cfg = write_agent_config(
+        tmp_path, workers=1, models={"squeezenet": Path(json.loads(
+            (squeezenet_plan / "plan.json").read_text())["model_path"])},
+        profile="generic-arm", plans={"squeezenet": squeezenet_plan / "plan.json"},
+        extra=f'[cloud]\nurl = "http://127.0.0.1:{port}"\n[policy]\nfile = "{policy}"\n')
+    cfg.write_text(cfg.read_text().replace("workers = 1", "workers = 1\ninline_max_ms = 5000"))
+    agent = Agent(cfg)
+    executor = agent.executors["squeezenet"].executor
+    ran: list[tuple[str, str]] = []
+    executor.listeners.append(
+        lambda out: ran.append((out.decision.plan, threading.current_thread().name)))
+    try:
+        x = {"data_0": np.random.default_rng(1).standard_normal((1, 3, 224, 224),
+                                                               dtype=np.float32)}
+        expected = agent.slots["squeezenet"].current.session.run(x)
+        name = next(iter(expected))
+        with AgentServer(agent) as server, Client(server.url) as client:
+            for _ in range(4):
+                out = client.infer("squeezenet", x)
+                np.testing.assert_allclose(out[name], expected[name], rtol=1e-3, atol=1e-5)
+        assert len(ran) == 4  # one decision and one run per request
+        plans = {plan for plan, _ in ran}
+        threads = {thread for _, thread in ran}
+        if where == "loop":
+            assert plans == {"local"} and threads == {"agent-api"}
+        else:
+            assert "local" not in plans
+            assert all(t.startswith("edgecut-squeezenet") for t in threads), threads
+        assert agent.stats.total_requests == 4
+    finally:
+        agent.close()
+        cloud.stop()
+        service.close()
