@@ -232,7 +232,7 @@ version = "1"
                 t3 = time.perf_counter()
                 _, rh = uds_bin.infer_raw(args.model, body, headers)
                 t4 = time.perf_counter()
-                in_agent.append(float(rh["server-timing"].split("dur=")[1]))
+                in_agent.append(float(rh["server-timing"].split("agent;dur=")[1].split(",")[0]))
                 tcp.infer(args.model, x)
                 t5 = time.perf_counter()
                 t_in += [(t1 - t0) * 1e3, (t3 - t2) * 1e3]

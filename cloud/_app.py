@@ -392,8 +392,13 @@ class _App:
                 functools.partial(encode_infer_response, model, result.outputs, **kwargs))
         else:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
-        return 200, out, [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                          for k, v in out_headers.items()]
+        # Server-Timing (W3C): the time the request waited in the model's queue and the
+        # time its batch computed, so a client can tell the server's share of its round
+        # trip from the network's (the edge link estimator subtracts it).
+        timing = f"queue;dur={result.queue_ms:.3f}, compute;dur={result.compute_ms:.3f}"
+        return 200, out, [*((k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in out_headers.items()),
+                          (b"server-timing", timing.encode("latin-1"))]
 
     async def _shared_memory(self, method: str, path: str, parts: list[str],
                              headers: dict[str, str], receive: Receive, held: list[int],

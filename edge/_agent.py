@@ -909,8 +909,12 @@ def build_app(agent: Agent) -> tuple[Any, Any]:
         async def timed_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 ms = (time.perf_counter() - start) * 1000.0
-                headers = list(message.get("headers", []))
-                headers.append((b"server-timing", f"agent;dur={ms:.3f}".encode()))
+                mine = f"agent;dur={ms:.3f}".encode()
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"server-timing"]
+                inner_timing = [v for k, v in message.get("headers", []) if k == b"server-timing"]
+                # One header: the service's queue and compute metrics, then the agent's
+                # own, which encloses them.
+                headers.append((b"server-timing", b", ".join([*inner_timing, mine])))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -249,21 +249,27 @@ class InferResult:
 
 
 def _server_timing(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server spent on the request, from its ``Server-Timing`` header: the
+    ``total`` (or ``agent``) metric when it sends one, which encloses the others, else the
+    sum of every metric's duration (``edgecut serve`` sends ``queue`` and ``compute``)."""
     raw = headers.get("server-timing")
     if not raw:
         return None
-    total = 0.0
-    found = False
+    durations: dict[str, float] = {}
     for metric in raw.split(","):
-        for part in metric.split(";"):
-            part = part.strip()
-            if part.startswith("dur="):
+        name, *params = (p.strip() for p in metric.split(";"))
+        for param in params:
+            if param.startswith("dur="):
                 try:
-                    total += float(part[4:]) / 1000.0
-                    found = True
+                    durations[name] = durations.get(name, 0.0) + float(param[4:]) / 1000.0
                 except ValueError:
                     pass
-    return total if found else None
+    if not durations:
+        return None
+    for enclosing in ("total", "agent"):
+        if enclosing in durations:
+            return durations[enclosing]
+    return sum(durations.values())
 
 
 _RETRYABLE_STATUS = (502, 503, 504)

@@ -170,6 +170,12 @@ def test_statistics_metrics_and_profile(server, client):
     assert 'edgecut_inference_requests_total{model="affine",version="2"} 3.0' in text
     assert "edgecut_batch_size_bucket" in text and "edgecut_queue_seconds_bucket" in text
     assert 'edgecut_requests_in_flight{model="affine"} 0.0' in text
+    # Each inference response says how long it queued and computed (W3C Server-Timing).
+    r = httpx.post(server.url + "/v2/models/affine/infer", json={"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    metrics = dict(m.strip().split(";dur=") for m in r.headers["server-timing"].split(","))
+    assert set(metrics) == {"queue", "compute"}
+    assert float(metrics["queue"]) >= 0 and float(metrics["compute"]) > 0
     r = httpx.post(server.url + "/v2/models/affine/profile", json={"runs": 3, "batch": 2}, timeout=30)
     assert r.status_code == 200, r.text
     profile = r.json()

@@ -25,6 +25,7 @@ from edge._offload import (
     KeyToken,
     OffloadClient,
     StaticToken,
+    _server_timing,
 )
 from edge._replay import CloudServer
 
@@ -73,6 +74,27 @@ def test_key_token_infer_and_refresh(server: CloudServer, keys: tuple[Path, byte
         time.sleep(1.1)  # less than refresh_before_s of lifetime left: a new token is minted
         client.infer("double", {"x": X})
     assert token.minted == 2
+
+
+@pytest.mark.parametrize("header, seconds", [
+    ("queue;dur=1.5, compute;dur=10", 0.0115),              # edgecut serve: summed
+    ("queue;dur=1, compute;dur=10, agent;dur=12", 0.012),   # an enclosing metric wins
+    ("total;dur=20, db;dur=5", 0.020),
+    ("cache;desc=miss", None),                              # no duration at all
+    ("compute;dur=abc", None),                              # not a number: ignored
+])
+def test_server_timing_header_gives_the_servers_time(header: str, seconds: float | None) -> None:
+    got = _server_timing({"server-timing": header})
+    assert got == pytest.approx(seconds) if seconds is not None else got is None
+
+
+def test_the_client_reads_the_servers_time_from_edgecut_serve(
+        server: CloudServer, keys: tuple[Path, bytes]) -> None:
+    token = KeyToken(keys[1], subject="dev1", models=["double"], key_id="dev1")
+    with OffloadClient(server.url, token=token) as client:
+        r = client.infer("double", {"x": X})
+    # queue + compute as the server measured them: positive, and less than the round trip.
+    assert r.server_s is not None and 0 < r.server_s < r.seconds
 
 
 def test_token_file_is_reread_when_rotated(server: CloudServer, keys: tuple[Path, bytes],
