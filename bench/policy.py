@@ -113,6 +113,9 @@ def main() -> int:
                             **{k: s[k] for k in ("local", "cloud", "static_split", "edgecut",
                                                  "oracle")},
                             "ratio_to_oracle": _ratio(s["edgecut"][key], s["oracle"][key]),
+                            "oracle_hindsight": r.info["oracle_hindsight"],
+                            "ratio_to_hindsight": _ratio(s["edgecut"][key],
+                                                         r.info["oracle_hindsight"][key]),
                             "best_fixed": best_fixed,
                             "ratio_to_best_fixed": _ratio(s["edgecut"][key],
                                                           fixed[best_fixed][key]),
@@ -136,6 +139,8 @@ def main() -> int:
         "worst_ratio_to_best_fixed": max((r["ratio_to_best_fixed"] for r in lat), default=None),
         "worst_miss_delta_pp": max((r["miss_delta_pp"] for r in lat), default=None),
         "worst_energy_ratio_to_oracle": max((r["ratio_to_oracle"] for r in en), default=None),
+        "worst_energy_miss_delta_pp": max((r["miss_delta_pp"] for r in en), default=None),
+        "worst_ratio_to_hindsight": max((r["ratio_to_hindsight"] for r in lat), default=None),
         "notes": [
             "one trace file per family (listed in each run), first "
             f"{args.window:g} s of it, {args.requests} requests, trace clock sped up to fit "
@@ -146,6 +151,10 @@ def main() -> int:
             "edgecut runs for real through the shaping proxy to edgecut serve (1 thread) on "
             "127.0.0.1; fixed strategies and oracle costed per request from measured "
             "components and the bandwidth each request met",
+            "oracle: per request, the plan that is best at the bandwidth that request met, "
+            "charged with the device as slow as it really was then; oracle_hindsight also "
+            "foresees this host's stalls (the cheapest realised cost of each request), "
+            "a bound no online policy can reach",
             "downlink traces stand in for the uplink except mahimahi .up and orange4g",
             "latency runs: SLO = max(1.3 x local, 100 ms); energy runs: SLO = max(2 x local, "
             "200 ms); ratios for energy runs are of energy per request",
