@@ -391,15 +391,20 @@ class Executor:
                        local_tail_ms, up, down, energy, missed, started, outputs=outputs)
 
     # -- probing ------------------------------------------------------------------------
-    def probe_link(self) -> bool:
-        """Probe the link now and wait for the answer (a device does this when it starts,
-        so that its first decision is not made blind). False when nothing could be sent."""
+    def probe_link(self, probes: int = 2) -> bool:
+        """Probe the link now and wait for the answers (a device does this when it starts,
+        so that its first decision is not made blind). False when nothing could be sent.
+
+        Two probes by default (within the probe budget): with one sample the estimator
+        cannot tell how much the link varies and plans far on the pessimistic side.
+        """
         if self.client is None:
             return False
         sent = self.probes_sent
         background, self.background_probes = self.background_probes, False
         try:
-            self._probe()
+            for _ in range(probes):
+                self._probe()
         finally:
             self.background_probes = background
         return self.probes_sent > sent

@@ -96,9 +96,10 @@ class LinkEstimator:
           a bandwidth sample.
         - Round trip dominates, and the time is about what the estimate predicts: the link
           still behaves as believed. If the transfer was big enough to tell (a quarter of
-          a round trip of serialising at the believed rate) the confidence is refreshed;
-          and the bytes over the whole time are a lower bound that can raise a too-low
-          estimate.
+          a round trip of serialising at the believed rate) the confidence is refreshed.
+          It can also raise a too-low estimate, to the rate it shows: its bytes over the
+          time left after the round trip when that is at least a quarter of a round trip,
+          else (lost in the round trip's jitter) only its bytes over the whole time.
         - Round trip dominates but the time is well over the prediction: the link is
           slower than believed; the time left after the round trip gives a sample.
         """
@@ -120,9 +121,12 @@ class LinkEstimator:
             if payload_s >= 0.5 * net_s:
                 self._add_sample_locked(nbytes * 8.0 / payload_s, now)
             elif net_s <= expected_s * 1.3 + 0.005:
-                lower = nbytes * 8.0 / net_s
-                if lower > bw or not self._bw:
-                    self._add_sample_locked(lower, now)
+                if payload_s >= 0.25 * rtt:
+                    shown = nbytes * 8.0 / payload_s
+                else:  # lost in the round trip's jitter: only the bytes over the whole time
+                    shown = nbytes * 8.0 / net_s
+                if shown > bw or not self._bw:
+                    self._add_sample_locked(shown, now)
                 elif serial_s >= 0.25 * rtt:
                     self._last_traffic = now
             else:
