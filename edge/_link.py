@@ -98,8 +98,10 @@ class LinkEstimator:
           still behaves as believed. If the transfer was big enough to tell (a quarter of
           a round trip of serialising at the believed rate) the confidence is refreshed.
           It can also raise a too-low estimate, to the rate it shows: its bytes over the
-          time left after the round trip when that is at least a quarter of a round trip,
-          else (lost in the round trip's jitter) only its bytes over the whole time.
+          time left after the round trip when that is at least a quarter of a round trip;
+          when less (lost in the round trip's jitter) but under half the serialisation
+          the estimate predicts, its bytes over a quarter round trip (the most it can
+          resolve); else only its bytes over the whole time.
         - Round trip dominates but the time is well over the prediction: the link is
           slower than believed; the time left after the round trip gives a sample.
         """
@@ -123,7 +125,12 @@ class LinkEstimator:
             elif net_s <= expected_s * 1.3 + 0.005:
                 if payload_s >= 0.25 * rtt:
                     shown = nbytes * 8.0 / payload_s
-                else:  # lost in the round trip's jitter: only the bytes over the whole time
+                elif payload_s < 0.5 * serial_s:
+                    # Lost in the round trip's jitter, yet well under what the estimate
+                    # predicts: the link is faster than believed, by at least what a
+                    # transfer this small can resolve.
+                    shown = nbytes * 8.0 / (0.25 * rtt)
+                else:  # about as believed: only the bytes over the whole time
                     shown = nbytes * 8.0 / net_s
                 if shown > bw or not self._bw:
                     self._add_sample_locked(shown, now)

@@ -127,3 +127,20 @@ def test_rtt_dominated_transfers_refresh_or_correct_the_belief() -> None:
     # the same 100 kB now takes 450 ms: well over the belief, the link got slower
     est.observe_transfer(100_000, 0, 0.45)
     assert est.estimate().bandwidth_bps < 0.5 * fresh.bandwidth_bps
+
+
+def test_a_transfer_far_faster_than_believed_raises_the_estimate() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=4, prior_rtt_s=0.04, clock=clock)
+    # 600 kB in 0.04 s RTT + 0.2 s: a 24 Mbit/s belief
+    est.observe_transfer(600_000, 0, 0.24)
+    assert est.estimate().bandwidth_bps == pytest.approx(24e6)
+    # 100 kB would take 33 ms at 24 Mbit/s; it took 2 ms past the round trip: too little
+    # to measure, but the link is clearly faster. It shows what 100 kB can resolve over a
+    # quarter round trip (80 Mbit/s), so the estimate rises towards it.
+    est.observe_transfer(100_000, 0, 0.042)
+    e = est.estimate()
+    assert e.bandwidth_bps == pytest.approx(2 / (1 / 24e6 + 1 / 80e6))
+    # at about the believed rate (34 ms past the round trip), nothing is added
+    est.observe_transfer(100_000, 0, 0.074)
+    assert est.estimate().bandwidth_bps == pytest.approx(e.bandwidth_bps)
