@@ -36,6 +36,9 @@ class LinkEstimate:
     spread: float
     age_s: float
     samples: int
+    #: Extra room on the optimistic side only: the last sample was a bound (the link was
+    #: faster than that transfer could resolve), so the link may be well above it.
+    headroom: float = 0.0
 
     @property
     def low_bps(self) -> float:
@@ -45,7 +48,7 @@ class LinkEstimate:
     @property
     def high_bps(self) -> float:
         """An optimistic bandwidth (the upper edge of the belief)."""
-        return self.bandwidth_bps * math.exp(self.spread)
+        return self.bandwidth_bps * math.exp(self.spread + self.headroom)
 
     def transfer_s(self, nbytes: int, bandwidth_bps: float | None = None) -> float:
         """Seconds to move ``nbytes`` one way at ``bandwidth_bps`` (default: the estimate)."""
@@ -80,6 +83,7 @@ class LinkEstimator:
         self._prior_bw = prior_bandwidth_bps
         self._prior_rtt = prior_rtt_s
         self._last_traffic: float | None = None
+        self._bounded = False  # the newest sample is a "faster than this" bound
         self._lock = threading.Lock()
         self.probe_budget_bytes = probe_budget_bytes
         self.probe_refill_s = probe_refill_s
@@ -130,16 +134,23 @@ class LinkEstimator:
                     # predicts: the link is faster than believed, by at least what a
                     # transfer this small can resolve.
                     shown = nbytes * 8.0 / (0.25 * rtt)
+                    self._bounded = True
+                    if shown <= bw:
+                        self._last_traffic = now
+                        return
                 else:  # about as believed: only the bytes over the whole time
                     shown = nbytes * 8.0 / net_s
                 if shown > bw or not self._bw:
+                    bounded = self._bounded and shown == nbytes * 8.0 / (0.25 * rtt)
                     self._add_sample_locked(shown, now)
+                    self._bounded = bounded
                 elif serial_s >= 0.25 * rtt:
                     self._last_traffic = now
             else:
                 self._add_sample_locked(nbytes * 8.0 / max(payload_s, 0.1 * net_s), now)
 
     def _add_sample_locked(self, bps: float, now: float) -> None:
+        self._bounded = False
         self._bw.append(bps)
         self._last_traffic = now
         self.total_samples += 1
@@ -171,6 +182,7 @@ class LinkEstimator:
             self._bw.clear()
             self._rtt.clear()
             self._last_traffic = None
+            self._bounded = False
 
     # -- estimate -----------------------------------------------------------------------
     def _bw_locked(self) -> float:
@@ -203,7 +215,10 @@ class LinkEstimator:
             mean = sum(logs) / n
             sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / n) if n > 1 else 0.5
             spread = sd + (1.0 - confidence) * math.log(4.0)
-            return LinkEstimate(bw, rtt, confidence, spread, age, n)
+            # After a bound, the optimistic edge allows four times the estimate: enough
+            # for exploration to try a plan that only a fast link would favour.
+            headroom = math.log(4.0) if self._bounded else 0.0
+            return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom)
 
     # -- probing ------------------------------------------------------------------------
     def probe_size(self, minimum: int, now: float | None = None) -> int:

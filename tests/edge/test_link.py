@@ -141,6 +141,14 @@ def test_a_transfer_far_faster_than_believed_raises_the_estimate() -> None:
     est.observe_transfer(100_000, 0, 0.042)
     e = est.estimate()
     assert e.bandwidth_bps == pytest.approx(2 / (1 / 24e6 + 1 / 80e6))
+    # That sample is a bound: the optimistic edge gets room above it (exploration may try
+    # a plan only a fast link favours); the pessimistic edge does not move.
+    assert e.headroom > 0 and e.high_bps == pytest.approx(
+        e.bandwidth_bps * math.exp(e.spread) * 4.0)
+    assert e.low_bps == pytest.approx(e.bandwidth_bps * math.exp(-e.spread))
     # at about the believed rate (34 ms past the round trip), nothing is added
     est.observe_transfer(100_000, 0, 0.074)
     assert est.estimate().bandwidth_bps == pytest.approx(e.bandwidth_bps)
+    # a transfer that resolves the rate is a real sample again: no headroom
+    est.observe_transfer(2_000_000, 0, 0.04 + 0.2)  # 80 Mbit/s
+    assert est.estimate().headroom == 0.0
