@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 # Below this many bytes a transfer's time is all round trip: it refreshes the RTT only.
 _MIN_BANDWIDTH_SAMPLE_BYTES = 4096
+# A transfer that went much faster than believed says the link is faster only if it is
+# big enough not to have slipped through in a burst (a link's buffer, a shaper's bucket),
+# and would have taken at least half a round trip at the believed rate.
+_MIN_BOUND_SAMPLE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,9 @@ class LinkEstimator:
           It can also raise a too-low estimate, to the rate it shows: its bytes over the
           time left after the round trip when that is at least a quarter of a round trip;
           when less (lost in the round trip's jitter) but under half the serialisation
-          the estimate predicts, its bytes over a quarter round trip (the most it can
-          resolve); else only its bytes over the whole time.
+          the estimate predicts (and the transfer is big enough not to be a burst), its
+          bytes over a quarter round trip (the most it can resolve); else only its bytes
+          over the whole time.
         - Round trip dominates but the time is well over the prediction: the link is
           slower than believed; the time left after the round trip gives a sample.
         """
@@ -129,7 +134,8 @@ class LinkEstimator:
             elif net_s <= expected_s * 1.3 + 0.005:
                 if payload_s >= 0.25 * rtt:
                     shown = nbytes * 8.0 / payload_s
-                elif payload_s < 0.5 * serial_s:
+                elif (payload_s < 0.5 * serial_s and serial_s >= 0.5 * rtt
+                      and nbytes >= _MIN_BOUND_SAMPLE_BYTES):
                     # Lost in the round trip's jitter, yet well under what the estimate
                     # predicts: the link is faster than believed, by at least what a
                     # transfer this small can resolve.

@@ -149,6 +149,10 @@ def test_a_transfer_far_faster_than_believed_raises_the_estimate() -> None:
     # at about the believed rate (34 ms past the round trip), nothing is added
     est.observe_transfer(100_000, 0, 0.074)
     assert est.estimate().bandwidth_bps == pytest.approx(e.bandwidth_bps)
+    # a small transfer that slipped through in a burst proves nothing about the rate
+    before = est.estimate().bandwidth_bps
+    est.observe_transfer(8_000, 0, 0.0405)
+    assert est.estimate().bandwidth_bps == pytest.approx(before)
     # a transfer that resolves the rate is a real sample again: no headroom
     est.observe_transfer(2_000_000, 0, 0.04 + 0.2)  # 80 Mbit/s
     assert est.estimate().headroom == 0.0
