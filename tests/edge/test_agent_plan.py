@@ -26,24 +26,36 @@ def squeezenet_plan(tmp_path_factory, zoo_model) -> Path:
     return out
 
 
-def test_requests_follow_the_policy_and_fall_back_when_the_cloud_goes(
-        tmp_path: Path, squeezenet_plan: Path) -> None:
-    service = InferenceService(squeezenet_plan / "repository", intra_op_threads=1)
+def _cloud_and_agent(tmp_path: Path, plan_dir: Path, policy_text: str, *,
+                     workers: int = 2, api_extra: str = ""
+                     ) -> tuple[InferenceService, ServerThread, Agent]:
+    """A real cloud service for the plan's tails and an agent planned against it."""
+    service = InferenceService(plan_dir / "repository", intra_op_threads=1)
     service.load_all()
     port = free_port()
     cloud = ServerThread(create_app(service), port=port).start()
     policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text)
+    cfg = write_agent_config(
+        tmp_path, workers=workers, models={"squeezenet": Path(json.loads(
+            (plan_dir / "plan.json").read_text())["model_path"])},
+        profile="generic-arm", plans={"squeezenet": plan_dir / "plan.json"},
+        extra=f'[cloud]\nurl = "http://127.0.0.1:{port}"\n[policy]\nfile = "{policy}"\n')
+    if api_extra:
+        cfg.write_text(cfg.read_text().replace(f"workers = {workers}",
+                                               f"workers = {workers}\n{api_extra}"))
+    return service, cloud, Agent(cfg)
+
+
+def test_requests_follow_the_policy_and_fall_back_when_the_cloud_goes(
+        tmp_path: Path, squeezenet_plan: Path) -> None:
     # max_power_w = 3 W rules out running the whole model on the board (5 W active), so
     # every request is planned remotely and a dead cloud must be caught by the fallback.
-    policy.write_text("objective = \"latency\"\nslo_ms = 2000.0\n"
-                      "[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n"
-                      "[rules]\nmax_power_w = 3.0\n[explore]\nrate = 0.0\n[offload]\nbreaker_failures = 2\n")
-    cfg = write_agent_config(
-        tmp_path, models={"squeezenet": Path(json.loads(
-            (squeezenet_plan / "plan.json").read_text())["model_path"])},
-        profile="generic-arm", plans={"squeezenet": squeezenet_plan / "plan.json"},
-        extra=f'[cloud]\nurl = "http://127.0.0.1:{port}"\n[policy]\nfile = "{policy}"\n')
-    agent = Agent(cfg)
+    service, cloud, agent = _cloud_and_agent(
+        tmp_path, squeezenet_plan,
+        "objective = \"latency\"\nslo_ms = 2000.0\n"
+        "[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n"
+        "[rules]\nmax_power_w = 3.0\n[explore]\nrate = 0.0\n[offload]\nbreaker_failures = 2\n")
     try:
         x = {"data_0": np.random.default_rng(0).standard_normal((1, 3, 224, 224),
                                                                dtype=np.float32)}
@@ -91,21 +103,12 @@ def test_one_worker_runs_local_decisions_inline_and_remote_ones_on_the_worker(
     from edge import Client
     from edge._agent import AgentServer
 
-    service = InferenceService(squeezenet_plan / "repository", intra_op_threads=1)
-    service.load_all()
-    port = free_port()
-    cloud = ServerThread(create_app(service), port=port).start()
-    policy = tmp_path / "policy.toml"
-    policy.write_text("objective = \"latency\"\nslo_ms = 5000.0\n"
-                      "[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n"
-                      f"[rules]\n{rules}\n[explore]\nrate = 0.0\n")
-    cfg = write_agent_config(
-        tmp_path, workers=1, models={"squeezenet": Path(json.loads(
-            (squeezenet_plan / "plan.json").read_text())["model_path"])},
-        profile="generic-arm", plans={"squeezenet": squeezenet_plan / "plan.json"},
-        extra=f'[cloud]\nurl = "http://127.0.0.1:{port}"\n[policy]\nfile = "{policy}"\n')
-    cfg.write_text(cfg.read_text().replace("workers = 1", "workers = 1\ninline_max_ms = 5000"))
-    agent = Agent(cfg)
+    service, cloud, agent = _cloud_and_agent(
+        tmp_path, squeezenet_plan,
+        "objective = \"latency\"\nslo_ms = 5000.0\n"
+        "[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n"
+        f"[rules]\n{rules}\n[explore]\nrate = 0.0\n",
+        workers=1, api_extra="inline_max_ms = 5000")
     executor = agent.executors["squeezenet"].executor
     ran: list[tuple[str, str]] = []
     executor.listeners.append(
