@@ -64,6 +64,8 @@ def test_short_local_runs_skip_the_worker_thread_and_long_ones_do_not(tmp_path: 
     cfg = write_agent_config(tmp_path, workers=1, models={
         "tiny": tiny_model(tmp_path / "t.onnx"),
         "slow": slow_model(tmp_path / "s.onnx", size=256, layers=400)})
+    # 5 ms: ten times what the tiny model takes, a tenth of the slow one (~50 ms here)
+    cfg.write_text(cfg.read_text().replace("workers = 1", "workers = 1\ninline_max_ms = 5"))
     agent = Agent(cfg)
     ran_on: dict[str, list[str]] = {"tiny": [], "slow": []}
     for name, seen in ran_on.items():
@@ -81,11 +83,11 @@ def test_short_local_runs_skip_the_worker_thread_and_long_ones_do_not(tmp_path: 
             client.infer("tiny", {"x": np.ones((2, 5), np.float32)})
         assert client.infer("tiny", {"x": x})["y"].shape == (2, 4)
     # The first run has no measured time yet: the worker thread. Later ones are short
-    # (well under inline_max_ms = 50) and run on the API's own thread.
+    # (well under inline_max_ms) and run on the API's own thread.
     assert ran_on["tiny"][0].startswith("edgecut-tiny")
     assert ran_on["tiny"][1:] == ["agent-api"] * 4
-    # 400 chained 256x256 MatMuls take far longer than 50 ms here: never on the loop.
-    assert agent._local_ms["slow"] > 50
+    # 400 chained 256x256 MatMuls take far longer than 5 ms: never on the loop.
+    assert agent._local_ms["slow"] > agent.config.api.inline_max_ms == 5
     assert all(name.startswith("edgecut-slow") for name in ran_on["slow"])
     assert agent.stats.total_requests == 8
 
