@@ -40,6 +40,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_int(value: object, what: str, minimum: int) -> None:
+    """Refuse ``value`` unless it is an integer >= ``minimum`` (0 or 1), naming ``what``."""
+    if not _is_int(value) or value < minimum:  # type: ignore[operator]
+        kind = "a positive" if minimum > 0 else "a non-negative"
+        raise ProtocolError(f"{what} must be {kind} integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class _Region:
     name: str
@@ -82,14 +89,8 @@ class SharedMemoryRegistry:
             raise ProtocolError(
                 f"shared memory region {name!r}: 'key' must be a shm_open name like "
                 f"'/my_key' (no other '/'), got {key!r}")
-        if not _is_int(offset) or offset < 0:
-            raise ProtocolError(
-                f"shared memory region {name!r}: 'offset' must be a non-negative integer, "
-                f"got {offset!r}")
-        if not _is_int(byte_size) or byte_size <= 0:
-            raise ProtocolError(
-                f"shared memory region {name!r}: 'byte_size' must be a positive integer, "
-                f"got {byte_size!r}")
+        _check_int(offset, f"shared memory region {name!r}: 'offset'", 0)
+        _check_int(byte_size, f"shared memory region {name!r}: 'byte_size'", 1)
         with self._lock:
             if name in self._regions:
                 raise ProtocolError(
@@ -163,14 +164,8 @@ class SharedMemoryRegistry:
         if not isinstance(name, str):
             raise ProtocolError(
                 f"tensor {tensor!r}: shared_memory_region must be a string, got {name!r}")
-        if not _is_int(size) or size < 0:
-            raise ProtocolError(
-                f"tensor {tensor!r}: shared_memory_byte_size must be a non-negative integer, "
-                f"got {size!r}")
-        if not _is_int(offset) or offset < 0:
-            raise ProtocolError(
-                f"tensor {tensor!r}: shared_memory_offset must be a non-negative integer, "
-                f"got {offset!r}")
+        _check_int(size, f"tensor {tensor!r}: shared_memory_byte_size", 0)
+        _check_int(offset, f"tensor {tensor!r}: shared_memory_offset", 0)
         with self._lock:
             region = self._regions.get(name)
         if region is None:
