@@ -14,10 +14,13 @@ into it and sends only the JSON header naming the region. Other servers, or a se
 cannot open the client's regions, get binary tensors. ``close()`` unregisters and removes
 the regions.
 
-The transport is the standard library's ``http.client`` with one persistent connection
-per thread, not httpx: on this class of host httpx's request and response models alone
-cost about 0.25 ms per call and its connection pool another 0.3 ms, more than the whole
-budget the agent's local path has (1 ms at p50 over an in-process call).
+The transport is one persistent socket per thread, each request written as one buffer and
+each response parsed by httptools (the C parser uvicorn uses; the standard library's
+``http.client`` when the ``fast`` extra is not installed, and for TLS). Not httpx: on this
+class of host httpx's request and response models alone cost about 0.25 ms per call and its
+connection pool another 0.3 ms, and ``http.client``'s header parsing through the ``email``
+package another 0.05-0.1 ms: all out of a budget of 1 ms at p50 that the agent's local path
+may add over an in-process call.
 
 Errors: a request the server rejects raises :class:`edge.ModelInputError` (HTTP 400, the
 server's message names the tensor) or :class:`edge.OffloadRejected` (other statuses, with
@@ -36,11 +39,16 @@ import secrets
 import socket
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+try:  # the ``fast`` extra: a C parser for responses
+    import httptools
+except ImportError:  # pragma: no cover - exercised on installs without the extra
+    httptools = None
 
 from devices.errors import CloudUnavailable, ModelInputError, OffloadRejected
 
@@ -53,7 +61,108 @@ _region_ids = itertools.count(1)
 # A reused keep-alive connection the server has closed fails in one of these ways; the
 # request is then sent once more on a fresh connection.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-          http.client.CannotSendRequest, http.client.BadStatusLine)
+          http.client.CannotSendRequest)
+
+
+class _Response:
+    """httptools callbacks collecting one response."""
+
+    __slots__ = ("headers", "chunks", "complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+        self.parser: Any = None
+
+    def on_headers_complete(self) -> None:
+        # Asked here: once the message is complete the parser has reset for the next one.
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection on a plain socket (Unix or TCP).
+
+    Requests are written as one buffer (head and a small body together); responses are
+    parsed by httptools (llhttp, in C), which also decodes chunked bodies. Without the
+    ``fast`` extra, or over TLS, the standard library's ``http.client`` does the same work
+    at about twice the cost per call (:class:`_StdlibConnection`).
+    """
+
+    def __init__(self, connect: Callable[[], socket.socket], host: str) -> None:
+        self._connect = connect
+        self._host = host
+        self.sock: socket.socket | None = None
+
+    def exchange(self, method: str, path: str, body: bytes | None,
+                 headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str], bool]:
+        """Send one request; return (status, body, lower-cased headers, server closes)."""
+        if self.sock is None:
+            self.sock = self._connect()
+        sock = self.sock
+        head = [f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"]
+        if body is not None:
+            head.append(f"Content-Length: {len(body)}\r\n")
+        head += [f"{k}: {v}\r\n" for k, v in headers.items()]
+        head.append("\r\n")
+        raw = "".join(head).encode("latin-1")
+        if body and len(body) > 65536:
+            sock.sendall(raw)
+            sock.sendall(body)
+        else:
+            sock.sendall(raw + body if body else raw)
+        response = _Response()
+        parser = response.parser = httptools.HttpResponseParser(response)
+        received = 0
+        try:
+            while not response.complete:
+                data = sock.recv(1 << 18)
+                if not data:
+                    if received:
+                        # Not a stale connection: the server took the request and broke off.
+                        raise ConnectionAbortedError("the server closed the connection in "
+                                                     "the middle of its response")
+                    # Nothing came back: the server had closed this keep-alive connection.
+                    raise http.client.RemoteDisconnected("the server closed the connection")
+                received += len(data)
+                parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise ConnectionError(f"malformed HTTP response: {exc}") from exc
+        return (parser.get_status_code(), b"".join(response.chunks), response.headers,
+                not response.keep_alive)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class _StdlibConnection:
+    """The same exchange through ``http.client`` (TLS, or no httptools installed)."""
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self._conn = conn
+
+    def exchange(self, method: str, path: str, body: bytes | None,
+                 headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str], bool]:
+        self._conn.request(method, path, body=body, headers=dict(headers))
+        resp = self._conn.getresponse()
+        data = resp.read()
+        return (resp.status, data, {k.lower(): v for k, v in resp.getheaders()},
+                bool(resp.will_close))
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -62,17 +171,32 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        _big_buffers(sock)
-        sock.connect(self._path)
-        self.sock = sock
+        self.sock = _unix_socket(self._path, self.timeout)
 
 
 class _TcpConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         super().connect()
         _big_buffers(self.sock)
+
+
+def _unix_socket(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        _big_buffers(sock)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tcp_socket(host: str, port: int, timeout: float) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _big_buffers(sock)
+    return sock
 
 
 def _big_buffers(sock: socket.socket) -> None:
@@ -144,21 +268,39 @@ class Client:
             path = url[len("unix://"):]
             if not path:
                 raise ValueError(f"client url {url!r}: expected unix:///path/to/socket")
-            self._make = lambda: _UnixConnection(path, timeout)
+            if httptools is not None:
+                self._make = lambda: _Connection(lambda: _unix_socket(path, timeout),
+                                                 "localhost")
+            else:
+                self._make = lambda: _StdlibConnection(_UnixConnection(path, timeout))
         elif url.startswith(("http://", "https://")):
             parts = urlsplit(url)
             if not parts.hostname:
                 raise ValueError(f"client url {url!r}: no host")
-            cls = http.client.HTTPSConnection if parts.scheme == "https" else _TcpConnection
             host, port = parts.hostname, parts.port
             local = parts.hostname in _LOOPBACK
-            self._make = lambda: cls(host, port, timeout=timeout)
+            if parts.scheme == "https":
+                self._make = lambda: _StdlibConnection(
+                    http.client.HTTPSConnection(host, port, timeout=timeout))
+            elif httptools is not None:
+                port = port or 80
+                host_header = (f"[{host}]" if ":" in host else host) + (
+                    f":{port}" if port != 80 else "")
+                self._make = lambda: _Connection(lambda: _tcp_socket(host, port, timeout),
+                                                 host_header)
+            else:
+                self._make = lambda: _StdlibConnection(_TcpConnection(host, port,
+                                                                      timeout=timeout))
         else:
             raise ValueError(f"client url {url!r}: expected http(s)://host:port or unix:///path")
         self.url = url
         self._headers = dict(headers or {})
+        for key, value in self._headers.items():
+            if any(c in str(key) + str(value) for c in "\r\n\0") or not str(key).strip():
+                raise ValueError(f"client header {key!r}: names and values must be non-empty "
+                                 "text without line breaks")
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[_Connection | _StdlibConnection] = []
         self._lock = threading.Lock()
         # None: not asked yet; the server's metadata decides on the first infer().
         self._shm: bool | None = None if local and shared_memory is not False else False
@@ -187,7 +329,7 @@ class Client:
             conn.close()
         self._local = threading.local()
 
-    def _conn(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _conn(self) -> tuple[_Connection | _StdlibConnection, bool]:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             return conn, True
@@ -197,7 +339,7 @@ class Client:
             self._all.append(conn)
         return conn, False
 
-    def _drop(self, conn: http.client.HTTPConnection) -> None:
+    def _drop(self, conn: _Connection | _StdlibConnection) -> None:
         conn.close()
         self._local.conn = None
         with self._lock:
@@ -210,18 +352,15 @@ class Client:
         for attempt in (0, 1):
             conn, reused = self._conn()
             try:
-                conn.request(method, path, body=body, headers=merged)
-                resp = conn.getresponse()
-                data = resp.read()
-                hdrs = {k.lower(): v for k, v in resp.getheaders()}
-                if resp.will_close:
+                status, data, hdrs, will_close = conn.exchange(method, path, body, merged)
+                if will_close:
                     self._drop(conn)
-                return resp.status, data, hdrs
+                return status, data, hdrs
             except _STALE as exc:
                 self._drop(conn)
                 if not reused or attempt:
                     raise CloudUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:  # incl. a malformed response
                 self._drop(conn)
                 raise CloudUnavailable(f"{self.url}: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
