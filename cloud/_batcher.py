@@ -122,7 +122,11 @@ class Batcher:
                     finally:
                         with self._cond:
                             self._busy -= 1
-                            self._cond.notify_all()  # close() may be waiting for it
+                            if self._closing:  # close() is waiting for it
+                                # (Only then: the idle worker waits on the same condition,
+                                # and waking it after every inline run costs a thread
+                                # switch on the request's path.)
+                                self._cond.notify_all()
                     _resolve([item])
                     return item.future
                 item.call = None if prepared is None else prepared.run

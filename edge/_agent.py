@@ -114,7 +114,9 @@ class _LogHandler(logging.StreamHandler):
 
     def __init__(self, stream: Any, interval_s: float = 0.1) -> None:
         super().__init__(stream)
-        self._pending: deque[logging.LogRecord] = deque()
+        # Records, or (time, fields) of requests given to ``defer``: their LogRecord is
+        # made by the writer thread too.
+        self._pending: deque[logging.LogRecord | tuple[float, dict[str, Any]]] = deque()
         self._wake = threading.Event()
         self._interval_s = interval_s
         self._writer = threading.Thread(target=self._drain_loop, name="agent-log", daemon=True)
@@ -129,6 +131,10 @@ class _LogHandler(logging.StreamHandler):
             return False
         return super().handle(record)
 
+    def defer(self, fields: dict[str, Any]) -> None:
+        """Queue a request record given as its fields, stamped now."""
+        self._pending.append((time.time(), fields))
+
     def emit(self, record: logging.LogRecord) -> None:
         self._drain()
         super().emit(record)
@@ -136,7 +142,15 @@ class _LogHandler(logging.StreamHandler):
     def _drain(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # one writer at a time, in order
             while self._pending:
-                super().emit(self._pending.popleft())
+                item = self._pending.popleft()
+                if isinstance(item, tuple):
+                    created, fields = item
+                    item = request_log.makeRecord(request_log.name, logging.INFO, __file__, 0,
+                                                  Fields(fields), None, None)
+                    item.created, item.msecs = created, (created % 1) * 1000.0
+                    if not self.filter(item):
+                        continue
+                super().emit(item)
 
     def _drain_loop(self) -> None:
         while not self._wake.wait(self._interval_s):
@@ -148,12 +162,31 @@ class _LogHandler(logging.StreamHandler):
         super().flush()
 
     def close(self) -> None:
+        global _request_handler
+        if _request_handler is self:
+            _request_handler = None
         self._wake.set()
         self.flush()
         super().close()
 
 
+# The daemon's handler, when it is the only one the request logger reaches.
+_request_handler: _LogHandler | None = None
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    """Log one request's record (INFO on ``edgecut.agent.request``). Under the daemon's own
+    handler only the fields are queued (no LogRecord, no caller lookup on the request
+    path); with any other logging set-up this is ``request_log.info``."""
+    handler = _request_handler
+    if handler is not None:
+        handler.defer(fields)
+    else:
+        request_log.info(Fields(fields))
+
+
 def setup_logging(level: str, stream: Any = None) -> None:
+    global _request_handler
     root = logging.getLogger("edgecut")
     for h in list(root.handlers):
         if getattr(h, "_edgecut_agent", False):
@@ -163,6 +196,10 @@ def setup_logging(level: str, stream: Any = None) -> None:
     handler.setFormatter(JsonFormatter())
     handler._edgecut_agent = True  # type: ignore[attr-defined]
     root.addHandler(handler)
+    between = [request_log, log]  # the loggers from the request logger up to ``root``
+    if not root.handlers[:-1] and not root.filters and all(
+            lg.propagate and not lg.handlers and not lg.filters for lg in between):
+        _request_handler = handler
     root.setLevel(level.upper())
     root.propagate = False
 
@@ -650,11 +687,11 @@ class Agent:
         energy = ms * self._active_w  # W * ms = mJ, above idle
         self.stats.add(name, plan, ms, energy, ok=True)
         if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
-            request_log.info(Fields({
+            log_request({
                 "event": "request", "model": name, "version": version.version, "plan": plan,
                 "reason": self._local_reason(planned),
                 "ok": True, "device_ms": round(ms, 3), "up_ms": 0.0, "cloud_ms": 0.0,
-                "down_ms": 0.0, "energy_mj": round(energy, 3)}))
+                "down_ms": 0.0, "energy_mj": round(energy, 3)})
         return out
 
     def _local_reason(self, planned: _Planned | None) -> str:
@@ -684,7 +721,7 @@ class Agent:
         self.stats.add(name, decision.plan, ms, outcome.energy_mj, ok=True,
                        fallback=bool(outcome.fallback))
         if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
-            request_log.info(Fields({
+            log_request({
                 "event": "request", "model": name, "version": version.version,
                 "plan": decision.plan, "executed": outcome.executed,
                 "fallback": outcome.fallback, "reason": decision.reason, "ok": True,
@@ -692,7 +729,7 @@ class Agent:
                 "cloud_ms": round(outcome.cloud_ms, 3), "up_bytes": outcome.up_bytes,
                 "down_bytes": outcome.down_bytes, "energy_mj": round(outcome.energy_mj, 3),
                 "predicted_ms": round(decision.predicted_ms, 3),
-                "deadline_missed": outcome.deadline_missed}))
+                "deadline_missed": outcome.deadline_missed})
         return outcome.outputs
 
     # -- fleet handler -------------------------------------------------------------------

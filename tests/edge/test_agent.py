@@ -315,22 +315,26 @@ def test_request_records_are_written_off_the_request_path_in_order() -> None:
     import io
     import logging
 
-    from edge._agent import Fields, log, request_log, setup_logging
+    from edge._agent import Fields, log, log_request, request_log, setup_logging
 
     stream = io.StringIO()
     setup_logging("info", stream)
     try:
+        t0 = time.time()
         request_log.info(Fields({"event": "request", "n": 1}))
-        request_log.info(Fields({"event": "request", "n": 2}))
+        log_request({"event": "request", "n": 2})  # only its fields queued
         # Queued, not yet written: the request path only appended them.
         log.info(json.dumps({"event": "config_applied"}))  # written at once, after them
-        request_log.info(Fields({"event": "request", "n": 3}))
+        log_request({"event": "request", "n": 3})
         deadline = time.monotonic() + 5
         while stream.getvalue().count("\n") < 4 and time.monotonic() < deadline:
             time.sleep(0.02)  # the writer thread's interval is 0.1 s
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         assert [entry.get("n", entry["event"]) for entry in lines] == [1, 2, "config_applied", 3]
         assert all(entry["level"] == "info" and "ts" in entry for entry in lines)
+        assert all(entry["logger"] == "edgecut.agent.request" for entry in lines if "n" in entry)
+        # Stamped when logged, not when written.
+        assert all(t0 - 0.01 <= entry["ts"] <= t0 + 1.0 for entry in lines)
         assert str(Fields({"a": 1})) == '{"a": 1}'  # plain handlers still get JSON
     finally:
         root = logging.getLogger("edgecut")
