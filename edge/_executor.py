@@ -137,6 +137,7 @@ class Executor:
         # A real sensor (INA3221 rails, RAPL) corrects the profile's active power online.
         self.power_sensor = power_sensor
         self.probes_sent = 0
+        self._max_batch: dict[str, int] = {}
         # Called with every Outcome (the agent's statistics, the demo's live table).
         self.listeners: list[Callable[[Outcome], None]] = []
         self._probe_thread: threading.Thread | None = None
@@ -417,17 +418,24 @@ class Executor:
         if not remote:
             return
         want = self.link.probe_size(self.policy.config.explore.probe_bytes)
-
-        # Servers commonly cap the batch at 8 (Triton's usual max_batch_size): take the
-        # candidate and batch that come closest to the wanted size without passing it.
-        def size(c: CutCandidate) -> int:
-            return c.up_bytes * max(1, min(8, want // max(c.up_bytes, 1)))
-
-        fitting = [c for c in remote if c.up_bytes <= want]
-        if not fitting:
+        allowance = self.link.probe_allowance()
+        resolving = self.link.resolving_bytes()
+        # Only a probe big enough to show a faster link is worth its bytes (a smaller one
+        # could only say "not slower"); up to twice that size it can show a link up to
+        # four times faster than believed (the headroom a bound gives), and the rest of the
+        # budget is kept for the next one. Each remote candidate at the batch that comes
+        # closest to that (at most what its cloud model takes), within the budget; the
+        # closest wins, then the one whose tail costs the cloud least.
+        target = max(resolving, min(want, 2 * resolving))
+        options = []
+        for c in remote:
+            up = max(c.up_bytes, 1)
+            batch = min(self._cloud_max_batch(c), -(-target // up), allowance // up)
+            if batch >= 1 and up * batch >= resolving:
+                options.append((abs(up * batch - target), c.tail_ms * batch, batch, c))
+        if not options:
             return
-        cand = max(fitting, key=size)
-        batch = max(1, min(8, want // max(cand.up_bytes, 1)))
+        _, _, batch, cand = min(options, key=lambda o: o[:2])
         try:
             specs = self._cloud_input_specs(cand)
         except EdgecutError:
@@ -458,6 +466,25 @@ class Executor:
             self._probe_thread.start()
         else:
             run()
+
+    def _cloud_max_batch(self, cand: CutCandidate) -> int:
+        """The largest batch ``cand``'s cloud model takes: its ``max_batch_size`` in the
+        plan's repository (the one the cloud serves), 1 when it does not batch, 8 (the
+        usual Triton setting) when the repository is not here to say."""
+        cached = self._max_batch.get(cand.cloud_model)
+        if cached is None:
+            from cloud._config import read_config
+            from cloud.errors import CloudError
+
+            cached = 8
+            model_dir = self.plan_dir / "repository" / cand.cloud_model
+            if model_dir.is_dir():
+                try:
+                    cached = max(read_config(model_dir).max_batch_size, 1)
+                except CloudError:
+                    pass
+            self._max_batch[cand.cloud_model] = cached
+        return cached
 
     def _cloud_input_specs(self, cand: CutCandidate) -> dict[str, tuple[Any, tuple]]:
         if cand.kind == OFFLOAD:

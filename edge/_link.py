@@ -1,7 +1,9 @@
 """Link estimation from the transfers the offload client actually makes.
 
 Bandwidth is the harmonic mean of the last few throughput samples (as adaptive-bitrate
-players do: one lucky burst cannot inflate it, and a slow sample pulls it down quickly);
+players do: one lucky burst cannot inflate it, and a slow sample pulls it down quickly),
+each weighted by how recent it is relative to the newest, so that after a quiet spell a
+fresh sample is not outvoted by a window of old ones;
 the round-trip time is a windowed minimum of the small transfers and probes. Confidence
 decays with the time since traffic last flowed, so a quiet link is treated as unknown
 rather than as what it was minutes ago. Probes are allowed only when the estimate is
@@ -82,7 +84,7 @@ class LinkEstimator:
         self.window = window
         self.half_life_s = half_life_s
         self._clock = clock
-        self._bw: deque[float] = deque(maxlen=window)
+        self._bw: deque[tuple[float, float]] = deque(maxlen=window)  # (bit/s, when)
         self._rtt: deque[float] = deque(maxlen=window * 2)
         self._prior_bw = prior_bandwidth_bps
         self._prior_rtt = prior_rtt_s
@@ -103,8 +105,9 @@ class LinkEstimator:
         - Serialisation dominates (at least half the time once the round trip is out):
           a bandwidth sample.
         - Round trip dominates, and the time is about what the estimate predicts: the link
-          still behaves as believed. If the transfer was big enough to tell (a quarter of
-          a round trip of serialising at the believed rate) the confidence is refreshed.
+          still behaves as believed. If the transfer was big enough to tell (half a round
+          trip of serialising at the believed rate, so that a faster link would have
+          shown) the confidence is refreshed.
           It can also raise a too-low estimate, to the rate it shows: its bytes over the
           time left after the round trip when that is at least a quarter of a round trip;
           when less (lost in the round trip's jitter) but under half the serialisation
@@ -150,14 +153,17 @@ class LinkEstimator:
                     bounded = self._bounded and shown == nbytes * 8.0 / (0.25 * rtt)
                     self._add_sample_locked(shown, now)
                     self._bounded = bounded
-                elif serial_s >= 0.25 * rtt:
+                elif serial_s >= 0.5 * rtt:
+                    # Big enough that a faster link would have shown (the bound rule
+                    # above): the belief holds, both ways. A smaller transfer only says
+                    # the link is not slower, so it leaves the belief to go stale.
                     self._last_traffic = now
             else:
                 self._add_sample_locked(nbytes * 8.0 / max(payload_s, 0.1 * net_s), now)
 
     def _add_sample_locked(self, bps: float, now: float) -> None:
         self._bounded = False
-        self._bw.append(bps)
+        self._bw.append((bps, now))
         self._last_traffic = now
         self.total_samples += 1
 
@@ -171,7 +177,7 @@ class LinkEstimator:
                 return
             bound = nbytes * 8.0 / (seconds - rtt)
             if bound < self._bw_locked():
-                self._bw.append(bound)
+                self._bw.append((bound, now))
                 self.total_samples += 1
             self._last_traffic = now
 
@@ -191,10 +197,19 @@ class LinkEstimator:
             self._bounded = False
 
     # -- estimate -----------------------------------------------------------------------
+    def _weights_locked(self) -> list[float]:
+        # Samples count less the older they are than the newest one (halving every
+        # half-life): taken together they are one link, but after a quiet spell the
+        # first new sample speaks for the link of now, not the window of long ago.
+        newest = self._bw[-1][1]
+        return [0.5 ** (max(newest - t, 0.0) / self.half_life_s) for _, t in self._bw]
+
     def _bw_locked(self) -> float:
         if not self._bw:
             return self._prior_bw
-        return len(self._bw) / sum(1.0 / max(b, 1.0) for b in self._bw)
+        # A (weighted) harmonic mean.
+        w = self._weights_locked()
+        return sum(w) / sum(wi / max(b, 1.0) for wi, (b, _) in zip(w, self._bw, strict=True))
 
     def _rtt_locked(self) -> float:
         # The median: samples inferred from transfers carry errors both ways, so the
@@ -217,9 +232,11 @@ class LinkEstimator:
             age = max(now - self._last_traffic, 0.0)
             fill = min(1.0, n / min(self.window, 2))
             confidence = fill * 0.5 ** (age / self.half_life_s)
-            logs = [math.log(max(b, 1.0)) for b in self._bw]
-            mean = sum(logs) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / n) if n > 1 else 0.5
+            logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
+            w = self._weights_locked()
+            mean = sum(wi * x for wi, x in zip(w, logs, strict=True)) / sum(w)
+            sd = (math.sqrt(sum(wi * (x - mean) ** 2 for wi, x in zip(w, logs, strict=True))
+                            / sum(w)) if n > 1 else 0.5)
             spread = sd + (1.0 - confidence) * math.log(4.0)
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.
@@ -227,6 +244,12 @@ class LinkEstimator:
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom)
 
     # -- probing ------------------------------------------------------------------------
+    def resolving_bytes(self, now: float | None = None) -> int:
+        """The smallest transfer that can show the link is faster than believed: half a
+        round trip of serialising at the believed rate (see ``observe_transfer``)."""
+        e = self.estimate(now)
+        return max(_MIN_BOUND_SAMPLE_BYTES, int(e.bandwidth_bps * 0.5 * e.rtt_s / 8))
+
     def probe_size(self, minimum: int, now: float | None = None) -> int:
         """Bytes a probe should carry to be informative: two bandwidth-delay products at
         the optimistic bandwidth, at least ``minimum``, at most the budget left."""

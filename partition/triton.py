@@ -36,7 +36,9 @@ _TRITON_TYPES = {
 class TritonOptions:
     """Serving settings written into ``config.pbtxt``."""
 
-    max_batch_size: int = 8
+    # A fleet's requests batch up to this on a GPU; it also lets a device's link probe
+    # carry enough bytes through a cheap tail (see ``Executor._probe``).
+    max_batch_size: int = 32
     dynamic_batching: bool = True
     max_queue_delay_us: int = 500
     preferred_batch_sizes: tuple[int, ...] = (4, 8)

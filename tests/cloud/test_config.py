@@ -52,7 +52,7 @@ def test_partitioner_configs_parse_the_same_way():
     text = triton_config("affine.tail.3", affine_model(0.0), TritonOptions(instance_count=2))
     config = config_from_text(text)
     proto = text_format.Parse(text, model_config_pb2.ModelConfig())
-    assert config.max_batch_size == proto.max_batch_size == 8
+    assert config.max_batch_size == proto.max_batch_size == 32
     assert config.instance_count == 2
     assert config.max_queue_delay_us == proto.dynamic_batching.max_queue_delay_microseconds
     assert config.version_policy.kind == "latest" and config.version_policy.num_versions == 1

@@ -161,3 +161,30 @@ def test_power_sensor_corrects_the_energy_model(plan_dir: Path,
     assert ex.energy.active_w == pytest.approx(3.5 + 4.0 * 0.8**6)
     assert out.energy_mj == pytest.approx(ex.energy.active_w * out.head_ms, rel=0.25)
     ex.close()
+
+
+def test_a_probe_is_big_enough_to_show_a_faster_link_or_not_sent(
+        plan_dir: Path, slow_board: DeviceProfile) -> None:
+    plan = Plan.load(plan_dir / "plan.json")
+    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_kb = 16\n"
+                                  "probe_budget_kb = 2048\nprobe_refill_s = 1e9\n")
+    with CloudServer(plan_dir / "repository") as srv, OffloadClient(srv.url) as client:
+        ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
+                      background_probes=False)
+        # A 40 Mbit/s link with a 40 ms round trip: a probe must carry at least half a
+        # round trip's serialising at that rate (100 kB) to tell a faster link apart.
+        ex.link.observe_rtt(0.04)
+        ex.link.observe_transfer(2_000_000, 0, 0.04 + 0.4)
+        assert ex.link.estimate().bandwidth_bps == pytest.approx(40e6, rel=0.01)
+        resolving = ex.link.resolving_bytes()
+        assert resolving == pytest.approx(100_000, rel=0.05)
+        before = ex.link.probe_allowance()
+        assert ex.probe_link(probes=1)
+        spent = before - ex.link.probe_allowance()
+        assert spent >= resolving
+        # With less budget left than that, no probe goes out: a smaller one would only
+        # say "not slower" and spend the budget for nothing.
+        assert ex.link.spend_probe(ex.link.probe_allowance() - resolving // 2)
+        sent = ex.probes_sent
+        assert not ex.probe_link(probes=1) and ex.probes_sent == sent
+        ex.close()

@@ -120,8 +120,12 @@ def test_rtt_dominated_transfers_refresh_or_correct_the_belief() -> None:
     clock.t = 30.0
     stale = est.estimate()
     assert stale.confidence < 0.2
-    # 100 kB in 72 ms: 20 ms of serialising at 40 Mbit/s plus the round trip, as believed
+    # 100 kB in 72 ms: 20 ms of serialising at 40 Mbit/s plus the round trip, as believed;
+    # but under half a round trip, a faster link would not have shown: only "not slower"
     est.observe_transfer(100_000, 0, 0.072)
+    assert est.estimate().age_s == 30.0
+    # 200 kB in 92 ms: 40 ms of serialising, as believed, and big enough to tell
+    est.observe_transfer(200_000, 0, 0.092)
     fresh = est.estimate()
     assert fresh.age_s == 0.0 and fresh.bandwidth_bps == stale.bandwidth_bps
     # the same 100 kB now takes 450 ms: well over the belief, the link got slower
@@ -156,3 +160,31 @@ def test_a_transfer_far_faster_than_believed_raises_the_estimate() -> None:
     # a transfer that resolves the rate is a real sample again: no headroom
     est.observe_transfer(2_000_000, 0, 0.04 + 0.2)  # 80 Mbit/s
     assert est.estimate().headroom == 0.0
+
+
+def test_after_a_quiet_spell_a_fresh_sample_outweighs_old_ones() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=6, half_life_s=10.0, prior_rtt_s=0.04, clock=clock)
+    for _ in range(4):
+        est.observe_transfer(2_000_000, 0, 0.04 + 0.4)  # 40 Mbit/s
+    assert est.estimate().bandwidth_bps == pytest.approx(40e6)
+    clock.t = 50.0  # five half-lives later: each old sample weighs 1/32 of the new one
+    est.observe_transfer(2_500_000, 0, 0.04 + 0.1)  # 200 Mbit/s
+    weights = [1.0] + [1 / 32] * 4
+    expected = sum(weights) / (1 / 200e6 + 4 / 32 / 40e6)
+    assert est.estimate().bandwidth_bps == pytest.approx(expected)
+    assert est.estimate().bandwidth_bps > 3 * 40e6  # an unweighted mean would say 48
+    # Samples close together still count alike: one lucky burst is outvoted.
+    for _ in range(4):
+        est.observe_transfer(2_500_000, 0, 0.04 + 0.1)
+    est.observe_transfer(2_500_000, 0, 0.04 + 0.01)  # 2 Gbit/s
+    assert est.estimate().bandwidth_bps < 1.3 * 200e6
+
+
+def test_resolving_bytes_is_half_a_round_trip_at_the_believed_rate() -> None:
+    clock = Clock()
+    est = LinkEstimator(prior_rtt_s=0.04, clock=clock)
+    est.observe_transfer(2_000_000, 0, 0.04 + 0.4)  # 40 Mbit/s
+    assert est.resolving_bytes() == int(40e6 * 0.02 / 8)  # 100 kB
+    est.observe_transfer(2_000_000, 0, 0.04 + 8.0)  # now 2 Mbit/s or so: floor of 64 KiB
+    assert est.resolving_bytes() == 64 * 1024
