@@ -276,8 +276,12 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     link_stale = ctx.link.age_s > stale_s or ctx.link.samples == 0
     opt_bw = ctx.link.high_bps
     optimistic = {p.cut_id: _predict(by_id[p.cut_id], ctx, cfg, opt_bw) for p in allowed}
+    # At the optimistic edge a plan is judged by its own prediction there: under the
+    # energy objective, the SLO check at the pessimistic edge would rule out every remote
+    # plan once the link has gone stale, and nothing would ever refresh it.
+    score_opt = score if not at_low else _score_fn(objective, cfg, allowed)
     could_win = [p for p in allowed if p.cut_id != best.cut_id
-                 and score(optimistic[p.cut_id]) < score(best)]
+                 and score_opt(optimistic[p.cut_id]) < score(best)]
 
     explored = False
     chosen = best
@@ -287,7 +291,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                      or (p.kind != LOCAL and link_stale))
                  and p.latency_ms <= cfg.explore.max_regret * best.latency_ms]
         if stale:
-            chosen = min(stale, key=lambda p: score(optimistic[p.cut_id]))
+            chosen = min(stale, key=lambda p: score_opt(optimistic[p.cut_id]))
             explored = True
             reason = (f"exploring {_plan_name(chosen)}: its estimate is stale and it could beat "
                       f"{_plan_name(best)} (predicted {chosen.latency_ms:.0f} ms vs "

@@ -111,6 +111,13 @@ CASES = [
     # though it would be at the risk-discounted rate: the SLO holds only for local.
     Case("energy, SLO must hold at the pessimistic edge", 10, "local", "least energy",
          spread=1.0, cfg={"objective": "energy", "slo_ms": 120.0}),
+    # ... and once the link is stale, it is still probed (and may be explored): a remote
+    # plan meets the SLO at the optimistic edge, so the belief can be refreshed.
+    Case("energy, stale link still probed", 10, "local", "probing", spread=1.0,
+         link_age=100.0, draw=0.9, cfg={"objective": "energy", "slo_ms": 120.0}, probe=True),
+    Case("energy, stale link explored", 10, "split@b", "exploring", spread=1.0,
+         link_age=100.0, draw=0.01, cfg={"objective": "energy", "slo_ms": 120.0},
+         explored=True),
     # objective: weighted
     Case("weighted all latency", 10, "local", "weighted",
          cfg={"objective": "weighted", "latency_weight": 1.0}),
