@@ -153,7 +153,7 @@ class LinkEstimator:
                     bounded = self._bounded and shown == nbytes * 8.0 / (0.25 * rtt)
                     self._add_sample_locked(shown, now)
                     self._bounded = bounded
-                elif serial_s >= 0.5 * rtt:
+                elif serial_s >= 0.25 * rtt:
                     # Big enough that a faster link would have shown (the bound rule
                     # above): the belief holds, both ways. A smaller transfer only says
                     # the link is not slower, so it leaves the belief to go stale.

@@ -307,9 +307,14 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
            log: Callable[[str], None] | None = None,
            components: dict[str, Components] | None = None,
            route: Callable[[Executor], Callable[[dict[str, np.ndarray]], Outcome]] | None = None,
-           on_request: Callable[[int, float, Outcome], None] | None = None) -> ReplayResult:
+           on_request: Callable[[int, float, Outcome], None] | None = None,
+           slo_from_local: tuple[float, float] | None = None) -> ReplayResult:
     """Replay one trace (see the module docstring). ``duration_s`` is the wanted wall
     time of the run (sets ``speedup`` from the trace window when ``speedup`` is None).
+
+    ``slo_from_local=(factor, floor_ms)`` sets the policy's SLO to ``factor`` x the
+    emulated device's measured local latency (at least ``floor_ms``), once the components
+    are measured: the plan's own prediction was made with other threads and host load.
 
     ``route`` is given the ready executor and returns the function each request goes
     through (default: the executor itself; the demo sends requests through the agent's
@@ -379,6 +384,11 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             comps = measure_components(executor, direct, feeds, dev.relative_speed)
         else:
             comps = components  # measured by an earlier run of the same plan
+        if slo_from_local is not None:
+            factor, floor_ms = slo_from_local
+            local_ms = next(c.device_head_ms for c in comps.values() if c.kind == LOCAL)
+            cfg = replace(cfg, slo_ms=float(round(max(factor * local_ms, floor_ms))))
+            executor.policy = Policy(cfg)
         # Start the plan table from what was just measured, as a deployed device would
         # from its profiling run.
         plan_m = replace(plan, candidates=tuple(

@@ -49,3 +49,21 @@ def test_replay_rejects_unknown_model_and_bad_trace(tmp_path: Path) -> None:
                                  "squeezenet", "--device", "jetson-nano", "--out", str(tmp_path)])
     assert r.exit_code != 0
     assert "trace file not found" in str(r.exception) or "trace file not found" in r.output
+
+
+@pytest.mark.slow
+def test_replay_sets_the_slo_from_the_measured_local_latency(tmp_path: Path,
+                                                             traces_dir: Path) -> None:
+    from edge._replay import replay
+    from edge.policy import policy_config_from_text
+    from partition import zoo_model
+
+    r = replay(traces_dir / "lte_nyu_mets" / "bus62.csv", zoo_model("squeezenet"),
+               "jetson-nano", policy_config_from_text("slo_ms = 5000\n"),
+               plan_dir=tmp_path / "plan", out_dir=tmp_path / "out", requests=4,
+               duration_s=2.0, window_s=40.0, plot=False, slo_from_local=(1.3, 1.0))
+    local_ms = r.components["local"].device_head_ms
+    assert local_ms > 0 and r.slo_ms == round(1.3 * local_ms)
+    decisions = [json.loads(line)["decision"]
+                 for line in (tmp_path / "out" / "decisions.jsonl").read_text().splitlines()]
+    assert len(decisions) == 4 and all(d["deadline_ms"] == r.slo_ms for d in decisions)
