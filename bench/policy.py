@@ -84,9 +84,10 @@ def main() -> int:
             prepare_plan(model_path, dev, plan_dir, keep=6, log=log)  # each replay loads it
             # The SLOs come from the local latency each run measures on the emulated device
             # (the plan's prediction was made with other threads and another host load).
+            # (The SLO written here is replaced by the measured one.)
             configs = {
-                "latency": policy_config_from_text(""),
-                "energy": policy_config_from_text('objective = "energy"\n'),
+                "latency": policy_config_from_text("slo_ms = 1000\n"),
+                "energy": policy_config_from_text('objective = "energy"\nslo_ms = 1000\n'),
             }
             slo_rule = {"latency": (1.3, 100.0), "energy": (2.0, 200.0)}
             comps = None  # measured by the pair's first run, reused by the others
