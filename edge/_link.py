@@ -105,9 +105,8 @@ class LinkEstimator:
         - Serialisation dominates (at least half the time once the round trip is out):
           a bandwidth sample.
         - Round trip dominates, and the time is about what the estimate predicts: the link
-          still behaves as believed. If the transfer was big enough to tell (half a round
-          trip of serialising at the believed rate, so that a faster link would have
-          shown) the confidence is refreshed.
+          still behaves as believed. If the transfer was big enough to tell (a quarter of
+          a round trip of serialising at the believed rate) the confidence is refreshed.
           It can also raise a too-low estimate, to the rate it shows: its bytes over the
           time left after the round trip when that is at least a quarter of a round trip;
           when less (lost in the round trip's jitter) but under half the serialisation
@@ -154,9 +153,10 @@ class LinkEstimator:
                     self._add_sample_locked(shown, now)
                     self._bounded = bounded
                 elif serial_s >= 0.25 * rtt:
-                    # Big enough that a faster link would have shown (the bound rule
-                    # above): the belief holds, both ways. A smaller transfer only says
-                    # the link is not slower, so it leaves the belief to go stale.
+                    # Big enough that a slower link would have shown: the belief holds.
+                    # (Requiring half a round trip, so that a faster one would have shown
+                    # too, let the energy objective's belief go stale between probes; the
+                    # executor's probes are that big anyway.)
                     self._last_traffic = now
             else:
                 self._add_sample_locked(nbytes * 8.0 / max(payload_s, 0.1 * net_s), now)

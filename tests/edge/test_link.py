@@ -120,12 +120,11 @@ def test_rtt_dominated_transfers_refresh_or_correct_the_belief() -> None:
     clock.t = 30.0
     stale = est.estimate()
     assert stale.confidence < 0.2
-    # 100 kB in 72 ms: 20 ms of serialising at 40 Mbit/s plus the round trip, as believed;
-    # but under half a round trip, a faster link would not have shown: only "not slower"
-    est.observe_transfer(100_000, 0, 0.072)
+    # 20 kB in 54 ms: 4 ms of serialising at 40 Mbit/s, too little to tell anything
+    est.observe_transfer(20_000, 0, 0.054)
     assert est.estimate().age_s == 30.0
-    # 200 kB in 92 ms: 40 ms of serialising, as believed, and big enough to tell
-    est.observe_transfer(200_000, 0, 0.092)
+    # 100 kB in 72 ms: 20 ms of serialising at 40 Mbit/s plus the round trip, as believed
+    est.observe_transfer(100_000, 0, 0.072)
     fresh = est.estimate()
     assert fresh.age_s == 0.0 and fresh.bandwidth_bps == stale.bandwidth_bps
     # the same 100 kB now takes 450 ms: well over the belief, the link got slower
