@@ -259,7 +259,8 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         score = _score_fn("energy-only", cfg, allowed)
     else:
         if objective == "energy":
-            low_bw = ctx.link.bandwidth_bps * math.exp(-max(risk, 1.0) * ctx.link.spread)
+            low_bw = ctx.link.bandwidth_bps * math.exp(-max(risk, cfg.link.slo_risk)
+                                                       * ctx.link.spread)
             by_cut = {c.cut_id: c for c in ctx.candidates}
             at_low = {p.cut_id: _predict(by_cut[p.cut_id], ctx, cfg, low_bw).latency_ms
                       for p in allowed}

@@ -40,6 +40,7 @@ class LinkSettings:
     prior_bandwidth_bps: float = 5e6
     prior_rtt_s: float = 0.05
     risk: float = 0.3
+    slo_risk: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
         prior_bandwidth_bps=lk.get("prior_bandwidth_mbps", float, 5.0, min=1e-3) * 1e6,
         prior_rtt_s=lk.get("prior_rtt_ms", float, 50.0, min=0.0) / 1000.0,
         risk=lk.get("risk", float, 0.3, min=0.0, max=3.0),
+        slo_risk=lk.get("slo_risk", float, 0.5, min=0.0, max=3.0),
     )
     lk.finish()
 
