@@ -249,6 +249,22 @@ def measure_components(executor: Executor, client: OffloadClient, feeds: dict[st
     return out
 
 
+def _seed_plan_table(executor: Executor, comps: dict[str, Components], cfg: PolicyConfig,
+                     clock: Callable[[], float]) -> None:
+    """Start the executor's plan table from measured components, as a deployed device
+    would from its profiling run (the plan's own figures were predicted with other
+    threads and another host load)."""
+    from edge._policy import CostTable
+
+    plan_m = replace(executor.plan, candidates=tuple(
+        replace(c, head_ms=comps[c.cut_id].device_head_ms,
+                tail_ms=max(comps[c.cut_id].cloud_direct_ms, 0.0))
+        for c in executor.plan.candidates))
+    executor.plan = plan_m
+    executor.costs = CostTable(plan_m, ewma=cfg.learning.ewma, raw_inputs=executor.input_names,
+                               device_layers=executor._device_layers(), clock=clock)
+
+
 def _parts(comp: Components, t_start: float, slowdown: float, trace: Trace, speedup: float,
            rtt_s: float) -> tuple[float, float, float, float]:
     """(head, upload, waiting, download) ms of one candidate for a request starting at
@@ -389,18 +405,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             local_ms = next(c.device_head_ms for c in comps.values() if c.kind == LOCAL)
             cfg = replace(cfg, slo_ms=float(round(max(factor * local_ms, floor_ms))))
             executor.policy = Policy(cfg)
-        # Start the plan table from what was just measured, as a deployed device would
-        # from its profiling run.
-        plan_m = replace(plan, candidates=tuple(
-            replace(c, head_ms=comps[c.cut_id].device_head_ms,
-                    tail_ms=max(comps[c.cut_id].cloud_direct_ms, 0.0))
-            for c in plan.candidates))
-        executor.plan = plan_m
-        from edge._policy import CostTable
-
-        executor.costs = CostTable(plan_m, ewma=cfg.learning.ewma, raw_inputs=executor.input_names,
-                                   device_layers=executor._device_layers(),
-                                   clock=lambda: emu.trace_time())
+        _seed_plan_table(executor, comps, cfg, lambda: emu.trace_time())
         emu.restart_clock(offset_s)
         # As a device does when it starts: one probe, so that the first decision is not
         # made on the prior alone (its time is not charged to any request).
@@ -696,6 +701,10 @@ def scenario_bandwidth_drop(model_path: str | Path, device: DeviceProfile,
                       compute_scale=1.0 / device.relative_speed, intra_op_threads=1,
                       clock=lambda: emu.trace_time())
         feeds = _feeds_for(ex)
+        ex.warm_up()
+        with OffloadClient(srv.url, timeout_s=60.0) as direct:
+            comps = measure_components(ex, direct, feeds, device.relative_speed)
+        _seed_plan_table(ex, comps, policy, lambda: emu.trace_time())
         ex.probe_link()
         try:
             for i in range(before + after):
