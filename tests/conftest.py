@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,24 @@ import pytest
 from partition import zoo
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def serve_connections(sock: socket.socket,
+                      handle: Callable[[socket.socket], None]) -> threading.Thread:
+    """Accept on the listening ``sock`` until it is closed; each connection is handled by
+    ``handle`` on a thread of its own (test servers speaking raw sockets)."""
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return thread
 
 
 def free_port() -> int:

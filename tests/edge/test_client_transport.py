@@ -6,7 +6,6 @@ close``; with httptools and with the standard library's ``http.client``."""
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import edge.client as client_mod
 from devices.errors import CloudUnavailable
 from edge import Client
+from tests.conftest import serve_connections
 
 OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Thing: a b\r\n"
       b"Content-Length: 13\r\n\r\n{\"live\":true}")
@@ -37,19 +37,10 @@ class ScriptedServer:
         self.sock.bind(address)
         self.sock.listen(8)
         self.address = self.sock.getsockname()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+        serve_connections(self.sock, self._connection)
 
     def _connection(self, conn: socket.socket) -> None:
+        self.connections += 1
         buf = b""
         answered = 0
         with conn:

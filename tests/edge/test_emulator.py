@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from devices import ConfigError
 from edge._emulator import LinkEmulator, Trace, TraceClock, load_trace
+from tests.conftest import serve_connections
 
 # Per-trace means from ../shared/data/traces/README.md (Mbit/s).
 KNOWN_MEANS = [
@@ -105,23 +105,19 @@ class Sink:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        serve_connections(self.sock, self._connection)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                want = int.from_bytes(conn.recv(8), "big")
-                got = 0
-                while got < want:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    got += len(chunk)
-                conn.sendall(b"k")
+    @staticmethod
+    def _connection(conn: socket.socket) -> None:
+        with conn:
+            want = int.from_bytes(conn.recv(8), "big")
+            got = 0
+            while got < want:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+            conn.sendall(b"k")
 
 
 def _send(port: int, n: int) -> float:
