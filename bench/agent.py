@@ -112,6 +112,9 @@ def main() -> None:
     ap.add_argument("--inline-max-ms", type=float, default=50.0,
                     help="the agent's [api] inline_max_ms (0: every request through the "
                          "worker thread)")
+    ap.add_argument("--no-fast-lane", action="store_true",
+                    help="the agent's [api] fast_lane = false: every request through the "
+                         "ASGI request cycle (to compare)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -168,6 +171,7 @@ port = {api_port}
 unix_socket = "{sock}"
 workers = 1
 inline_max_ms = {args.inline_max_ms}
+fast_lane = {"false" if args.no_fast_lane else "true"}
 [mqtt]
 enabled = true
 port = {mqtt_port}
@@ -366,6 +370,7 @@ version = "1"
             "ort_intra_op_threads_both_sides": profile.intra_op_threads,
             "agent_workers": 1,
             "agent_inline_max_ms": args.inline_max_ms,
+            "agent_fast_lane": not args.no_fast_lane,
             "transport": "unix socket, keep-alive (edge.Client over http.client), inputs in "
                          "/dev/shm (system shared memory extension), client.infer() per call",
             "client_uses_shared_memory": uds.uses_shared_memory,

@@ -16,11 +16,11 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from cloud._auth import Principal, TokenVerifier
-from cloud._service import InferenceService
+from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
     CloudError,
@@ -124,20 +124,14 @@ class _App:
         except _Disconnected:
             return  # the client is gone; nothing to answer
         except CloudError as exc:
-            status, body, extra = exc.status, _json({"error": str(exc)}), _JSON
-            self._log_error(method, path, status, exc, request_id)
-            if isinstance(exc, _MethodNotAllowed):
-                extra = [*_JSON, (b"allow", exc.allowed.encode())]
+            status, body, extra = self._error(exc, method, path, request_id)
         except Exception:  # a bug: answer 500, log the traceback, keep serving
             log.exception("%s %s failed", method, path, extra={"request_id": request_id})
             status, body, extra = 500, _json({"error": "internal server error"}), _JSON
         finally:
             self._in_flight -= 1
             self._pending_bytes -= held[0]
-        # An explicit length: without it uvicorn falls back to chunked transfer encoding.
-        out_headers = [*extra, (b"content-length", str(len(body)).encode()),
-                       (b"x-request-id", request_id.encode("latin-1"))]
-        self.service.metrics.http.labels(str(status)).inc()
+        out_headers = self._final_headers(status, body, extra, request_id)
         try:
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             await send({"type": "http.response.body", "body": body})
@@ -148,7 +142,94 @@ class _App:
                       (time.perf_counter() - start) * 1e3,
                       extra={"request_id": request_id, "status": status, "path": path})
 
+    # ------------------------------------------------------------------ the lane
+
+    def serve_now(self, model: str, headers: dict[str, str], body: bytes
+                  ) -> tuple[int, bytes, list] | Coroutine[Any, Any, tuple[int, bytes, list]] | None:
+        """``POST /v2/models/{model}/infer`` with its body read, served without a task.
+
+        For the local API's fast lane (:mod:`cloud._lane`), called on the event loop:
+        when the model's batcher runs the request inline, the answer is returned ready
+        to write (status, body, headers with ``content-length`` and ``x-request-id``);
+        when the runtime queued it for its worker, a coroutine to await for that answer.
+        ``None``: nothing was done (the request needs the ordinary route: a busy model,
+        compressed or unusual bodies, outputs into shared memory, a body that does not
+        decode, whose error the ordinary route then reports).
+        """
+        request_id = headers.get("x-request-id", "")[:128] or f"{self._id_prefix}-{next(self._ids)}"
+        path = f"/v2/models/{model}/infer"
+        if (headers.get("content-encoding", "identity") != "identity"
+                or (HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES)
+                or self._in_flight >= self.max_in_flight or len(body) > self.max_body_bytes):
+            return None
+        try:
+            request = decode_infer_request(body, headers, shared_memory=self.shm)
+        except CloudError:
+            return None
+        if any("shared_memory_region" in o.parameters for o in request.outputs or ()):
+            return None
+        self._in_flight += 1
+        try:
+            self._scoped(headers, model)
+            result = self.service.infer_now(model, request)
+        except CloudError as exc:
+            return self._final(*self._error(exc, "POST", path, request_id), request_id)
+        finally:
+            self._in_flight -= 1
+        if result is None:
+            return None
+        if isinstance(result, InferResult):
+            return self._final(*self._answer(model, request, result), request_id)
+
+        async def settle() -> tuple[int, bytes, list]:
+            self._in_flight += 1
+            try:
+                done = await result
+            except CloudError as exc:
+                return self._final(*self._error(exc, "POST", path, request_id), request_id)
+            finally:
+                self._in_flight -= 1
+            return self._final(*self._answer(model, request, done), request_id)
+
+        return settle()
+
+    def _answer(self, model: str, request: Any, result: InferResult) -> tuple[int, bytes, list]:
+        """The response to an inference whose outputs all go in the body."""
+        binary = [name for name in result.outputs if request.wants_binary(name)]
+        out, out_headers = encode_infer_response(
+            model, result.outputs, model_version=result.version, request_id=request.id,
+            binary=binary)
+        return 200, out, self._timed(out_headers, result)
+
+    @staticmethod
+    def _timed(out_headers: dict[str, str], result: InferResult) -> list:
+        # Server-Timing (W3C): the time the request waited in the model's queue and the
+        # time its batch computed, so a client can tell the server's share of its round
+        # trip from the network's (the edge link estimator subtracts it).
+        timing = f"queue;dur={result.queue_ms:.3f}, compute;dur={result.compute_ms:.3f}"
+        return [*((k.lower().encode("latin-1"), v.encode("latin-1"))
+                  for k, v in out_headers.items()),
+                (b"server-timing", timing.encode("latin-1"))]
+
+    def _final(self, status: int, body: bytes, extra: list, request_id: str
+               ) -> tuple[int, bytes, list]:
+        return status, body, self._final_headers(status, body, extra, request_id)
+
+    def _final_headers(self, status: int, body: bytes, extra: list, request_id: str) -> list:
+        self.service.metrics.http.labels(str(status)).inc()
+        # An explicit length: without it uvicorn falls back to chunked transfer encoding.
+        return [*extra, (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode("latin-1"))]
+
     # ------------------------------------------------------------------ helpers
+
+    def _error(self, exc: CloudError, method: str, path: str, request_id: str
+               ) -> tuple[int, bytes, list]:
+        status, body, extra = exc.status, _json({"error": str(exc)}), _JSON
+        self._log_error(method, path, status, exc, request_id)
+        if isinstance(exc, _MethodNotAllowed):
+            extra = [*_JSON, (b"allow", exc.allowed.encode())]
+        return status, body, extra
 
     def _log_error(self, method: str, path: str, status: int, exc: Exception,
                    request_id: str) -> None:
@@ -392,13 +473,7 @@ class _App:
                 functools.partial(encode_infer_response, model, result.outputs, **kwargs))
         else:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
-        # Server-Timing (W3C): the time the request waited in the model's queue and the
-        # time its batch computed, so a client can tell the server's share of its round
-        # trip from the network's (the edge link estimator subtracts it).
-        timing = f"queue;dur={result.queue_ms:.3f}, compute;dur={result.compute_ms:.3f}"
-        return 200, out, [*((k.lower().encode("latin-1"), v.encode("latin-1"))
-                            for k, v in out_headers.items()),
-                          (b"server-timing", timing.encode("latin-1"))]
+        return 200, out, self._timed(out_headers, result)
 
     async def _shared_memory(self, method: str, path: str, parts: list[str],
                              headers: dict[str, str], receive: Receive, held: list[int],

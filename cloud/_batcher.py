@@ -103,33 +103,65 @@ class Batcher:
 
     def submit(self, inputs: dict[str, np.ndarray], batch: int) -> asyncio.Future:
         """Queue one request (called on the event loop); its future resolves to the item."""
+        item = self._item(inputs, batch)
+        if self._can_prepare and self._try_inline(item):
+            _resolve([item])
+            return item.future
+        return self._enqueue(item)
+
+    def run_now(self, inputs: dict[str, np.ndarray], batch: int) -> _Pending | asyncio.Future | None:
+        """Run one request at once on the calling (loop) thread, if it may run inline.
+
+        Returns the finished item (outputs or error set) when it ran; the future of the
+        queued item when the runtime prepared it to run on its worker instead; ``None``
+        when this batcher is busy or cannot prepare requests: then nothing was done and
+        the request may take the ordinary route (``submit``).
+        """
+        if not self._can_prepare:
+            return None
+        item = self._item(inputs, batch)
+        ran = self._try_inline(item)
+        if ran is None:
+            return None
+        return item if ran else self._enqueue(item)
+
+    def _item(self, inputs: dict[str, np.ndarray], batch: int) -> _Pending:
         loop = asyncio.get_running_loop()
         if self.settings.max_batch_size > 0:
             key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
         else:
             key = ()
-        item = _Pending(inputs, batch, key, loop.create_future(), loop, time.perf_counter())
-        if self._can_prepare:
+        return _Pending(inputs, batch, key, loop.create_future(), loop, time.perf_counter())
+
+    def _try_inline(self, item: _Pending) -> bool | None:
+        """Prepare ``item`` and run it here if its runtime marks it short.
+
+        True: it ran (outputs or error set). False: prepared for the worker (``call``
+        set). None: the worker is busy or requests wait; nothing was done.
+        """
+        with self._cond:
+            idle = not self._busy and not self._queue and not self._closing
+        if not idle:
+            return None
+        prepared = self._prepare(item)
+        if prepared is None or not prepared.inline:
+            item.call = None if prepared is None else prepared.run
+            return False
+        with self._cond:
+            self._busy += 1
+        try:
+            self._run(self.instances[0], [item], deliver=False)
+        finally:
             with self._cond:
-                idle = not self._busy and not self._queue and not self._closing
-            if idle:
-                prepared = self._prepare(item)
-                if prepared is not None and prepared.inline:
-                    with self._cond:
-                        self._busy += 1
-                    try:
-                        self._run(self.instances[0], [item], deliver=False)
-                    finally:
-                        with self._cond:
-                            self._busy -= 1
-                            if self._closing:  # close() is waiting for it
-                                # (Only then: the idle worker waits on the same condition,
-                                # and waking it after every inline run costs a thread
-                                # switch on the request's path.)
-                                self._cond.notify_all()
-                    _resolve([item])
-                    return item.future
-                item.call = None if prepared is None else prepared.run
+                self._busy -= 1
+                if self._closing:  # close() is waiting for it
+                    # (Only then: the idle worker waits on the same condition, and
+                    # waking it after every inline run costs a thread switch on the
+                    # request's path.)
+                    self._cond.notify_all()
+        return True
+
+    def _enqueue(self, item: _Pending) -> asyncio.Future:
         with self._cond:
             if self._closing:
                 raise Unavailable(f"model {self.name!r} is being unloaded")

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -578,9 +578,7 @@ class InferenceService:
         target = self._version(name, version) if version is not None else model.route()
         batch = self._validate(target, request)
         start = time.perf_counter()
-        model.in_flight += 1
-        in_flight = self.metrics.in_flight.labels(name)
-        in_flight.inc()
+        self._enter(model)
         try:
             try:
                 future = target.batcher.submit(request.inputs, batch)
@@ -595,8 +593,64 @@ class InferenceService:
             self._record_failure(target, exc, time.perf_counter() - start)
             raise
         finally:
-            model.in_flight -= 1
-            in_flight.dec()
+            self._leave(model)
+        return self._finish(target, request, item, batch, start)
+
+    def infer_now(self, name: str, request: InferRequest
+                  ) -> InferResult | Coroutine[Any, Any, InferResult] | None:
+        """Serve ``request`` (default version) at once on the loop when its model can.
+
+        For a model whose batcher runs short requests inline (one instance, no batching,
+        a runtime with ``prepare``): returns the result when it ran here, or a coroutine
+        to await when the runtime prepared it for its worker. ``None``: nothing was done
+        (unknown model, a canary split, a busy worker); use ``infer``. An invalid request
+        raises as ``infer`` would.
+        """
+        model = self._models.get(name)
+        if model is None or model.canary_fraction > 0:
+            return None
+        target = model.route()
+        batch = self._validate(target, request)
+        start = time.perf_counter()
+        self._enter(model)
+        try:
+            done = target.batcher.run_now(request.inputs, batch)
+        except CloudError as exc:
+            self._leave(model)
+            self._record_failure(target, exc, time.perf_counter() - start)
+            raise
+        if done is None:
+            self._leave(model)
+            return None
+        if isinstance(done, asyncio.Future):
+            return self._settle(model, target, request, batch, start, done)
+        self._leave(model)
+        if done.error is not None:
+            self._record_failure(target, done.error, time.perf_counter() - start)  # type: ignore[arg-type]
+            raise done.error
+        return self._finish(target, request, done, batch, start)
+
+    async def _settle(self, model: _Model, target: _Version, request: InferRequest, batch: int,
+                      start: float, future: asyncio.Future) -> InferResult:
+        try:
+            item = await future
+        except CloudError as exc:
+            self._record_failure(target, exc, time.perf_counter() - start)
+            raise
+        finally:
+            self._leave(model)
+        return self._finish(target, request, item, batch, start)
+
+    def _enter(self, model: _Model) -> None:
+        model.in_flight += 1
+        self.metrics.in_flight.labels(model.name).inc()
+
+    def _leave(self, model: _Model) -> None:
+        model.in_flight -= 1
+        self.metrics.in_flight.labels(model.name).dec()
+
+    def _finish(self, target: _Version, request: InferRequest, item: Any, batch: int,
+                start: float) -> InferResult:
         elapsed = time.perf_counter() - start
         stats = target.stats
         with stats.lock:
@@ -612,9 +666,9 @@ class InferenceService:
         if request.outputs is not None:
             missing = [n for n in wanted if n not in outputs]
             if missing:  # validated before queueing; a runtime that drops outputs is at fault
-                raise ProtocolError(f"model {name!r} has no output {missing[0]!r}")
+                raise ProtocolError(f"model {target.model!r} has no output {missing[0]!r}")
         return InferResult(
-            name, target.version, {n: outputs[n] for n in wanted},
+            target.model, target.version, {n: outputs[n] for n in wanted},
             item.queue_s * 1e3, item.compute_s * 1e3, item.batch_size,
         )
 

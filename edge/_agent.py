@@ -891,10 +891,12 @@ class Agent:
 # -- the local API ---------------------------------------------------------------------------
 
 
-def build_app(agent: Agent) -> tuple[Any, Any]:
+def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     """The cloud package's ASGI app serving the agent's models, plus ``/agent/status``.
 
-    Returns ``(app, service)``; close the service when done.
+    Returns ``(app, service, inner)``: ``inner`` is the v2 protocol app that ``app``
+    wraps (the fast lane serves inference requests from it directly); close the service
+    when done.
     """
     from cloud import InferenceService, create_app
 
@@ -957,7 +959,7 @@ def build_app(agent: Agent) -> tuple[Any, Any]:
 
         await inner(scope, receive, timed_send)
 
-    return app, service
+    return app, service, inner
 
 
 def _sockets(config: AgentConfig) -> list[Any]:
@@ -1003,9 +1005,17 @@ class AgentServer:
         from cloud._server import uvicorn_config
 
         self.agent = agent
-        self.app, self.service = build_app(agent)
+        self.app, self.service, inner = build_app(agent)
         self.sockets = _sockets(agent.config)
         config = uvicorn_config(self.app)
+        # The fast lane: the same answers, with inline inferences served inside the HTTP
+        # protocol (``lane.answered`` counts them); None without httptools or when off.
+        self.lane: Any = None
+        if agent.config.api.fast_lane and config.http == "httptools":
+            from cloud._lane import lane_protocol
+
+            self.lane = lane_protocol(inner, timing="agent")
+            config.http = self.lane or config.http
         config.timeout_graceful_shutdown = int(max(1, round(agent.config.shutdown_grace_s)))
         config.lifespan = "off"
         self.config = config

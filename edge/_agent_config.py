@@ -38,6 +38,9 @@ class ApiConfig:
     # model, skipping two thread hand-offs; longer ones and offloads use the worker
     # thread, so the loop is never held longer than this. 0 turns it off.
     inline_max_ms: float = 50.0
+    # Inference requests the agent runs inline are answered inside the HTTP protocol,
+    # without the ASGI request cycle (cloud._lane); false: every request takes that cycle.
+    fast_lane: bool = True
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ def parse_agent_config(
         workers=api_t.get("workers", int, 1, min=1, max=64),
         shared_memory=api_t.get("shared_memory", bool, True),
         inline_max_ms=api_t.get("inline_max_ms", float, 50.0, min=0.0, max=10000.0),
+        fast_lane=api_t.get("fast_lane", bool, True),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:
