@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from cloud._auth import Principal, TokenVerifier
+from cloud._deferred import after_answer
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
@@ -216,12 +217,15 @@ class _App:
         return status, body, self._final_headers(status, body, extra, request_id)
 
     def _final_headers(self, status: int, body: bytes, extra: list, request_id: str) -> list:
-        self.service.metrics.http.labels(str(status)).inc()
+        after_answer(self._count_status, status)
         # An explicit length: without it uvicorn falls back to chunked transfer encoding.
         return [*extra, (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode("latin-1"))]
 
     # ------------------------------------------------------------------ helpers
+
+    def _count_status(self, status: int) -> None:
+        self.service.metrics.http.labels(str(status)).inc()
 
     def _error(self, exc: CloudError, method: str, path: str, request_id: str
                ) -> tuple[int, bytes, list]:

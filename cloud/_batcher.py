@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cloud._deferred import after_answer
 from cloud._runtime import ModelRuntime, Prepared
 from cloud.errors import CloudError, ExecutionError, Overloaded, Unavailable
 
@@ -310,7 +311,8 @@ class Batcher:
             item.batch_size = size
             queue_times.append(item.queue_s)
         if self.on_batch is not None:
-            self.on_batch(BatchRecord(size, len(batch), queue_times, end - start, error is None, error))
+            record = BatchRecord(size, len(batch), queue_times, end - start, error is None, error)
+            after_answer(self.on_batch, record)
         if not deliver:
             return
         # One wake-up of the loop per batch (per loop: all requests share one loop here).

@@ -26,6 +26,8 @@ import http
 import time
 from typing import Any
 
+from cloud._deferred import collecting, run_collected
+
 __all__ = ["lane_protocol"]
 
 # Bodies up to this size may take the lane: a camera frame as binary tensors with room to
@@ -123,18 +125,24 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
             self._lane = None
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
-            answer = app.serve_now(self._lane_model, headers, body)
-            if answer is None:
-                self._ordinary(body, None)
-            elif isinstance(answer, tuple):
-                self._write(*answer)
-                LaneProtocol.answered += 1
-                if self._lane_last:
-                    self.transport.close()
+            # Statistics, metrics and the request's log record wait until the answer is
+            # written (cloud._deferred).
+            collecting()
+            try:
+                answer = app.serve_now(self._lane_model, headers, body)
+                if answer is None:
+                    self._ordinary(body, None)
+                elif isinstance(answer, tuple):
+                    self._write(*answer)
+                    LaneProtocol.answered += 1
+                    if self._lane_last:
+                        self.transport.close()
+                    else:
+                        self.on_response_complete()
                 else:
-                    self.on_response_complete()
-            else:
-                self._ordinary(body, answer)
+                    self._ordinary(body, answer)
+            finally:
+                run_collected()
 
         def _with_timing(self, extra: list) -> list:
             if timing is None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from cloud._batcher import Batcher, BatcherSettings, BatchRecord
 from cloud._config import ModelConfig, read_config
+from cloud._deferred import after_answer
 from cloud._metrics import Metrics, VersionMetrics
 from cloud._runtime import ModelRuntime, OnnxRuntime
 from cloud.errors import (
@@ -651,16 +652,7 @@ class InferenceService:
 
     def _finish(self, target: _Version, request: InferRequest, item: Any, batch: int,
                 start: float) -> InferResult:
-        elapsed = time.perf_counter() - start
-        stats = target.stats
-        with stats.lock:
-            stats.inference_count += batch
-            stats.success.add(elapsed)
-            stats.last_inference_ms = int(time.time() * 1000)
-        m = target.metrics
-        m.requests.inc()
-        m.queue.observe(item.queue_s)
-        m.request_time.observe(elapsed)
+        after_answer(self._count, target, batch, time.perf_counter() - start, item.queue_s)
         outputs = item.outputs
         wanted = request.output_names(target.output_names)
         if request.outputs is not None:
@@ -671,6 +663,18 @@ class InferenceService:
             target.model, target.version, {n: outputs[n] for n in wanted},
             item.queue_s * 1e3, item.compute_s * 1e3, item.batch_size,
         )
+
+    @staticmethod
+    def _count(target: _Version, batch: int, elapsed: float, queue_s: float) -> None:
+        stats = target.stats
+        with stats.lock:
+            stats.inference_count += batch
+            stats.success.add(elapsed)
+            stats.last_inference_ms = int(time.time() * 1000)
+        m = target.metrics
+        m.requests.inc()
+        m.queue.observe(queue_s)
+        m.request_time.observe(elapsed)
 
     def _record_failure(self, target: _Version, exc: CloudError, elapsed: float) -> None:
         with target.stats.lock:

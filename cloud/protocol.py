@@ -151,6 +151,20 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _split_body(body: bytes | memoryview, headers: Mapping[str, str]) -> tuple[dict, memoryview]:
     """Parse the JSON header; return it and the binary tail (empty for a JSON body)."""
+    json_part, tail = _parts(body, headers)
+    try:
+        message = json.loads(bytes(json_part))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed JSON in the request header: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(
+            f"the JSON message must be an object, got {type(message).__name__}"
+        )
+    return message, tail
+
+
+def _parts(body: bytes | memoryview, headers: Mapping[str, str]) -> tuple[memoryview, memoryview]:
+    """The body's JSON header and its binary tail (empty for a JSON body)."""
     view = memoryview(body)
     raw_length = _header(headers, HEADER_LENGTH)
     if raw_length is None:
@@ -168,15 +182,7 @@ def _split_body(body: bytes | memoryview, headers: Mapping[str, str]) -> tuple[d
                 "(truncated body?)"
             )
         json_part, tail = view[:length], view[length:]
-    try:
-        message = json.loads(bytes(json_part))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"malformed JSON in the request header: {exc}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(
-            f"the JSON message must be an object, got {type(message).__name__}"
-        )
-    return message, tail
+    return json_part, tail
 
 
 def _is_int(value: Any) -> bool:
@@ -615,19 +621,49 @@ def encode_infer_response(
     return _assemble(message, chunks)
 
 
+# Response headers seen before, with their checked layout (see decode_infer_response).
+_RESPONSE_LAYOUTS: dict[bytes, tuple[tuple[str, str, tuple[int, ...], int], ...]] = {}
+
+
 def decode_infer_response(body: bytes | memoryview, headers: Mapping[str, str]) -> dict[str, np.ndarray]:
     """Decode an inference response into ``{output name: array}``.
 
     Handles JSON and binary outputs (mixed too). An error body (``{"error": ...}``)
     raises ``ProtocolError`` carrying the server's message.
     """
-    message, tail = _split_body(body, headers)
+    json_part, tail = _parts(body, headers)
+    key = bytes(json_part) if len(json_part) <= 4096 and len(tail) else b""
+    layout = _RESPONSE_LAYOUTS.get(key) if key else None
+    if layout is not None:  # the same header as an earlier response: checked already
+        result = {}
+        offset = 0
+        for name, datatype, shape, size in layout:
+            result[name] = _from_binary(name, datatype, shape, tail[offset : offset + size])
+            offset += size
+        if offset == len(tail):
+            return result
+    result, layout = _decode_response(json_part, tail)
+    # A server answers a model's requests with the same header (outputs of the same
+    # shapes, all binary): its parse and checks are kept for the next such response.
+    # Only the layout is kept; each body's data is read anew.
+    if layout is not None and key:
+        if len(_RESPONSE_LAYOUTS) >= 64:
+            _RESPONSE_LAYOUTS.clear()
+        _RESPONSE_LAYOUTS[key] = layout
+    return result
+
+
+def _decode_response(json_part: memoryview, tail: memoryview
+                     ) -> tuple[dict[str, np.ndarray], tuple | None]:
+    """The outputs, and their layout when all are binary and fill the tail exactly."""
+    message, _ = _split_body(json_part, {})
     if "error" in message and "outputs" not in message:
         raise ProtocolError(f"server error: {message['error']}")
     raw_outputs = message.get("outputs")
     if not isinstance(raw_outputs, list):
         raise ProtocolError("the response has no 'outputs' list")
     result: dict[str, np.ndarray] = {}
+    layout: list | None = []
     offset = 0
     for index, entry in enumerate(raw_outputs):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -647,8 +683,11 @@ def decode_infer_response(body: bytes | memoryview, headers: Mapping[str, str]) 
                 )
             result[name] = _from_binary(name, datatype, shape, tail[offset : offset + size])
             offset += size
+            if layout is not None:
+                layout.append((name, datatype, shape, size))
         else:
             if "data" not in entry:
                 raise ProtocolError(f"output {name!r}: has neither 'data' nor binary_data_size")
             result[name] = _from_json(name, datatype, shape, entry["data"])
-    return result
+            layout = None
+    return result, (tuple(layout) if layout and offset == len(tail) else None)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 import devices
+from cloud._deferred import after_answer
 from cloud._runtime import ModelRuntime, Prepared
 from devices.errors import ConfigError, EdgecutError, ModelInputError, ModelUpdateError
 from edge import runtime
@@ -682,17 +683,22 @@ class Agent:
                                             "error": str(exc)}))
             raise
         ms = (time.perf_counter() - start) * 1000.0
+        # Counted and logged once the answer is on its way (the API's fast lane).
+        after_answer(self._count_local, name, version, planned, ms)
+        return out
+
+    def _count_local(self, name: str, version: ModelVersion, planned: _Planned | None,
+                     ms: float) -> None:
         seen = self._local_ms.get(name)
         self._local_ms[name] = ms if seen is None else 0.8 * seen + 0.2 * ms
         energy = ms * self._active_w  # W * ms = mJ, above idle
-        self.stats.add(name, plan, ms, energy, ok=True)
+        self.stats.add(name, "local", ms, energy, ok=True)
         if self.config.log_requests and request_log.isEnabledFor(logging.INFO):
             log_request({
-                "event": "request", "model": name, "version": version.version, "plan": plan,
-                "reason": self._local_reason(planned),
+                "event": "request", "model": name, "version": version.version,
+                "plan": "local", "reason": self._local_reason(planned),
                 "ok": True, "device_ms": round(ms, 3), "up_ms": 0.0, "cloud_ms": 0.0,
                 "down_ms": 0.0, "energy_mj": round(energy, 3)})
-        return out
 
     def _local_reason(self, planned: _Planned | None) -> str:
         if not self.config.cloud.url:

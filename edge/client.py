@@ -103,6 +103,7 @@ class _Connection:
         self._connect = connect
         self._host = host
         self.sock: socket.socket | None = None
+        self._heads: dict[tuple, bytes] = {}
 
     def exchange(self, method: str, path: str, body: bytes | None,
                  headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str], bool]:
@@ -110,12 +111,19 @@ class _Connection:
         if self.sock is None:
             self.sock = self._connect()
         sock = self.sock
-        head = [f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"]
-        if body is not None:
-            head.append(f"Content-Length: {len(body)}\r\n")
-        head += [f"{k}: {v}\r\n" for k, v in headers.items()]
-        head.append("\r\n")
-        raw = "".join(head).encode("latin-1")
+        # Request heads repeat (same path, headers and body size): each is built once.
+        key = (method, path, None if body is None else len(body), *headers.items())
+        raw = self._heads.get(key)
+        if raw is None:
+            head = [f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"]
+            if body is not None:
+                head.append(f"Content-Length: {len(body)}\r\n")
+            head += [f"{k}: {v}\r\n" for k, v in headers.items()]
+            head.append("\r\n")
+            raw = "".join(head).encode("latin-1")
+            if len(self._heads) >= 64:
+                self._heads.clear()
+            self._heads[key] = raw
         if body and len(body) > 65536:
             sock.sendall(raw)
             sock.sendall(body)
@@ -245,6 +253,9 @@ def _unlink_all(regions: list[_Region]) -> None:
     for region in list(regions):
         region.release()
     regions.clear()
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class _RegionLost(Exception):
@@ -475,6 +486,7 @@ class Client:
         )
 
         described = []
+        placed = []
         for name, value in inputs.items():
             array = np.asarray(value)
             datatype = datatype_of(array.dtype)
@@ -487,19 +499,30 @@ class Client:
                                                              version=version))
             # The one copy of the local path: into the region (little-endian, C order).
             np.copyto(np.ndarray(array.shape, dtype=dtype, buffer=region.mapping), array)
-            described.append({"name": name, "shape": list(array.shape), "datatype": datatype,
-                              "parameters": {"shared_memory_region": region.key,
-                                             "shared_memory_byte_size": nbytes}})
-        message: dict[str, Any] = {"inputs": described}
-        if outputs is None:
-            message["parameters"] = {"binary_data_output": True}
-        else:
-            message["outputs"] = [{"name": n, "parameters": {"binary_data": True}}
-                                  for n in outputs]
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        status, data, hdrs = self._request(
-            "POST", path, json.dumps(message, separators=(",", ":")).encode(),
-            {"Content-Type": "application/json"})
+            placed.append((name, array.shape, datatype, region.key, nbytes))
+        # An application sends the same shapes again and again: the request (path and
+        # JSON message) is encoded once per thread and layout, and re-sent.
+        key = (model, version, None if outputs is None else tuple(outputs), tuple(placed))
+        cache: dict[tuple, tuple[str, bytes]] | None = getattr(self._local, "messages", None)
+        if cache is None:
+            cache = self._local.messages = {}
+        encoded = cache.get(key)
+        if encoded is None:
+            for name, shape, datatype, region_key, nbytes in placed:
+                described.append({"name": name, "shape": list(shape), "datatype": datatype,
+                                  "parameters": {"shared_memory_region": region_key,
+                                                 "shared_memory_byte_size": nbytes}})
+            message: dict[str, Any] = {"inputs": described}
+            if outputs is None:
+                message["parameters"] = {"binary_data_output": True}
+            else:
+                message["outputs"] = [{"name": n, "parameters": {"binary_data": True}}
+                                      for n in outputs]
+            path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+            if len(cache) >= 32:
+                cache.clear()
+            encoded = cache[key] = (path, json.dumps(message, separators=(",", ":")).encode())
+        status, data, hdrs = self._request("POST", encoded[0], encoded[1], _JSON_HEADERS)
         if status == 400 and b"is not registered" in data:
             raise _RegionLost
         if status == 400 and b"shared memory extension off" in data:
