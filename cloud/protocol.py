@@ -17,6 +17,7 @@ names the tensor and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -473,6 +474,10 @@ def encode_infer_request(
     return _assemble(message, chunks)
 
 
+# Request headers seen before, with their checked plan (see decode_infer_request).
+_REQUEST_PLANS: dict[bytes, tuple] = {}
+
+
 def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *,
                          shared_memory: Any = None) -> InferRequest:
     """Decode and validate an inference request body (JSON or binary extension).
@@ -481,7 +486,38 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
     (``read(name, datatype, shape, params) -> ndarray``, the system shared memory
     extension); without it such inputs are refused.
     """
-    message, tail = _split_body(body, headers)
+    json_part, tail = _parts(body, headers)
+    # A client sends the same header again and again (same shapes, the same shared
+    # memory regions): its parse and checks are kept, and a repeat only reads the data
+    # (the binary tail, or the regions, whose registration is checked on every read).
+    key = bytes(json_part) if len(json_part) <= 4096 else b""
+    plan = _REQUEST_PLANS.get(key) if key else None
+    if plan is not None:
+        steps, size, seen = plan
+        if size == len(tail) and (shared_memory is not None or not any(s[0] for s in steps)):
+            inputs: dict[str, np.ndarray] = {}
+            offset = 0
+            for in_shm, name, datatype, shape, extra in steps:
+                if in_shm:
+                    inputs[name] = shared_memory.read(name, datatype, shape, extra)
+                else:
+                    inputs[name] = _from_binary(name, datatype, shape,
+                                                tail[offset : offset + extra])
+                    offset += extra
+            return dataclasses.replace(seen, inputs=inputs)
+    request, plan = _decode_request(json_part, tail, shared_memory)
+    if plan is not None and key:
+        if len(_REQUEST_PLANS) >= 64:
+            _REQUEST_PLANS.clear()
+        _REQUEST_PLANS[key] = plan
+    return request
+
+
+def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any
+                    ) -> tuple[InferRequest, tuple | None]:
+    """The request, and its plan (see decode_infer_request) unless it has JSON data."""
+    message, _ = _split_body(json_part, {})
+    steps: list | None = []
     request_id = message.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(f"'id' must be a string, got {request_id!r}")
@@ -527,6 +563,8 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
                 )
             inputs[name] = _from_binary(name, datatype, shape, tail[offset : offset + size])
             offset += size
+            if steps is not None:
+                steps.append((False, name, datatype, shape, size))
         elif "shared_memory_region" in params:
             if "data" in entry:
                 raise ProtocolError(f"tensor {name!r}: has both 'data' and shared_memory_region")
@@ -535,10 +573,13 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
                     f"tensor {name!r}: names shared_memory_region but this server has the "
                     "system shared memory extension off")
             inputs[name] = shared_memory.read(name, datatype, shape, params)
+            if steps is not None:
+                steps.append((True, name, datatype, shape, params))
         else:
             if "data" not in entry:
                 raise ProtocolError(f"tensor {name!r}: needs 'data' or a binary_data_size parameter")
             inputs[name] = _from_json(name, datatype, shape, entry["data"])
+            steps = None
         input_parameters[name] = params
     if offset != len(tail):
         raise ProtocolError(
@@ -564,7 +605,7 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
                 raise ProtocolError(f"output {oname!r}: binary_data must be a boolean, got {want!r}")
             seen.append(RequestedOutput(oname, want, oparams))
         outputs = tuple(seen)
-    return InferRequest(
+    request = InferRequest(
         inputs=inputs,
         id=request_id,
         parameters=parameters,
@@ -572,9 +613,16 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
         outputs=outputs,
         binary_outputs=binary_outputs,
     )
+    # The plan keeps no data: the request's fields other than its inputs.
+    plan = None if steps is None else (tuple(steps), offset, dataclasses.replace(request, inputs={}))
+    return request, plan
 
 
 # ----------------------------------------------------------------------------- responses
+
+
+# Response headers by output layout (see encode_infer_response).
+_RESPONSE_HEADERS: dict[tuple, tuple[bytes, dict[str, str]]] = {}
 
 
 def encode_infer_response(
@@ -598,6 +646,24 @@ def encode_infer_response(
     def wants(name: str) -> bool:
         return binary if isinstance(binary, bool) else name in chosen
 
+    # All outputs binary, of fixed-size types: the header depends only on names, types and
+    # shapes, and is encoded once for each such layout.
+    key: tuple | None = None
+    if not shared_memory and not parameters:
+        layout = []
+        for name, value in outputs.items():
+            if not (isinstance(value, np.ndarray) and wants(name) and value.dtype.kind in "biuf"):
+                break
+            layout.append((name, value.dtype.str, value.shape))
+        else:
+            key = (model_name, model_version, request_id, *layout)
+            cached = _RESPONSE_HEADERS.get(key)
+            if cached is not None:
+                header, response_headers = cached
+                chunks = [_binary_view(name, value, datatype_of(value.dtype))
+                          for name, value in outputs.items()]
+                return b"".join([header, *chunks]), dict(response_headers)
+
     placed = shared_memory or {}
     described, chunks = _tensors(
         {n: a for n, a in outputs.items() if n not in placed} if placed else outputs,
@@ -618,7 +684,13 @@ def encode_infer_response(
     if parameters:
         message["parameters"] = parameters
     message["outputs"] = described
-    return _assemble(message, chunks)
+    body, response_headers = _assemble(message, chunks)
+    if key is not None and chunks:
+        if len(_RESPONSE_HEADERS) >= 64:
+            _RESPONSE_HEADERS.clear()
+        _RESPONSE_HEADERS[key] = (body[: int(response_headers[HEADER_LENGTH])],
+                                  dict(response_headers))
+    return body, response_headers
 
 
 # Response headers seen before, with their checked layout (see decode_infer_response).

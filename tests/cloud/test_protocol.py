@@ -159,3 +159,50 @@ def test_encode_with_tritonclient_is_decoded():
     assert np.array_equal(request.inputs["x"], x)
     assert request.inputs["s"].tolist() == [b"hi"]
     assert request.wants_binary("y")
+
+
+def test_repeated_headers_reuse_their_checks_but_read_each_body():
+    # The same header again (same shapes): decoded from its own data every time, and a
+    # body whose data does not fit the remembered header is still refused.
+    for _ in range(3):
+        a = _sample("FP32")
+        body, headers = encode_infer_request({"x": a})
+        np.testing.assert_array_equal(decode_infer_request(body, headers).inputs["x"], a)
+    length = int(headers[HEADER_LENGTH])
+    with pytest.raises(ProtocolError, match="bytes"):
+        decode_infer_request(body[:-4], headers)
+    with pytest.raises(ProtocolError, match="bytes"):
+        decode_infer_request(body + b"\0" * 8, headers)
+    assert decode_infer_request(body[:length] + body[length:], headers).id is None
+    # Responses: the same layout with new data, a new request id, a truncated body.
+    for i in range(3):
+        out = {"y": _sample("INT32") + i, "z": _sample("FP16")}
+        resp, rheaders = encode_infer_response("m", out, model_version="1",
+                                               request_id=f"r{i}", binary=True)
+        assert json.loads(resp[: int(rheaders[HEADER_LENGTH])])["id"] == f"r{i}"
+        decoded = decode_infer_response(resp, rheaders)
+        np.testing.assert_array_equal(decoded["y"], out["y"])
+        np.testing.assert_array_equal(decoded["z"], out["z"])
+    with pytest.raises(ProtocolError, match="bytes"):
+        decode_infer_response(resp[:-2], rheaders)
+
+
+def test_repeated_shared_memory_headers_check_the_region_each_time(tmp_path):
+    from cloud._shm import SharedMemoryRegistry
+
+    registry = SharedMemoryRegistry(root=str(tmp_path))
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (tmp_path / "r1").write_bytes(a.tobytes())
+    registry.register("r1", {"key": "/r1", "offset": 0, "byte_size": a.nbytes})
+    message = json.dumps({"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32",
+                                      "parameters": {"shared_memory_region": "r1",
+                                                     "shared_memory_byte_size": a.nbytes}}]})
+    for i in range(3):
+        (tmp_path / "r1").write_bytes((a + i).tobytes())
+        got = decode_infer_request(message.encode(), {}, shared_memory=registry)
+        np.testing.assert_array_equal(got.inputs["x"], a + i)
+    with pytest.raises(ProtocolError, match="shared memory extension off"):
+        decode_infer_request(message.encode(), {})
+    registry.unregister("r1")
+    with pytest.raises(ProtocolError, match="r1"):
+        decode_infer_request(message.encode(), {}, shared_memory=registry)
