@@ -10,7 +10,12 @@ swap under load.
    sent; ``*_binary`` is the same request with the input in the body (binary tensor
    extension, encoded once and re-sent); ``*_tcp`` is the default path over 127.0.0.1.
    Rounds of interleaved pairs; each figure is the median of the rounds' medians, with the
-   min-max of the round medians.
+   min-max of the round medians. Both processes run on one CPU (``--pin``, default 0):
+   this host's two vCPUs differ in speed from moment to moment, and unpinned the
+   in-process and in-agent runs of the same model differ by up to 1.5 ms either way;
+   ``--no-pin`` measures that way. ``added_p50_ms_paired*`` subtract, request by request,
+   the device time the agent logged for that very request (what the path adds whatever
+   the model's own time did).
 2. Swap: closed-loop clients keep the agent busy while a new version is deployed over
    MQTT (a mosquitto started here); every request must succeed.
 
@@ -105,10 +110,15 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=None,
                     help="niceness for both sides (the systemd unit gives the agent -5; "
                          "below 0 needs root); default: unchanged")
-    ap.add_argument("--pin", type=int, default=None, metavar="CPU",
+    ap.add_argument("--pin", type=int, default=0, metavar="CPU",
                     help="run both sides (this process and the agent it starts) on this one "
-                         "CPU: hand-offs then cost a context switch, not a wake-up on a "
-                         "core that other work is using")
+                         "CPU (default 0): this host's two vCPUs run the same model at "
+                         "different speeds (6.6 vs 8.4 ms seen in one run), so unpinned, "
+                         "the comparison measures which core each process landed on; "
+                         "pinned, hand-offs cost a context switch, not a wake-up of an "
+                         "idle vCPU")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="leave both sides to the scheduler (to compare)")
     ap.add_argument("--inline-max-ms", type=float, default=50.0,
                     help="the agent's [api] inline_max_ms (0: every request through the "
                          "worker thread)")
@@ -125,6 +135,8 @@ def main() -> None:
     # Both sides at the same priority, the one the installed service runs at: on a board
     # the agent and its application share the cores with little else, while this host
     # also runs other work; a raised priority keeps that work from deciding the figures.
+    if args.no_pin:
+        args.pin = None
     if args.pin is not None:
         os.sched_setaffinity(0, {args.pin})
     niceness: int | str = os.nice(0)
@@ -371,7 +383,8 @@ version = "1"
             "agent_workers": 1,
             "agent_inline_max_ms": args.inline_max_ms,
             "agent_fast_lane": not args.no_fast_lane,
-            "transport": "unix socket, keep-alive (edge.Client over http.client), inputs in "
+            "transport": "unix socket, keep-alive (edge.Client: plain socket, httptools "
+                         "response parser), inputs in "
                          "/dev/shm (system shared memory extension), client.infer() per call",
             "client_uses_shared_memory": uds.uses_shared_memory,
             "p50_ms_agent": round(p50_uds, 4),

@@ -613,19 +613,21 @@ class InferenceService:
         target = model.route()
         batch = self._validate(target, request)
         start = time.perf_counter()
-        self._enter(model)
+        # Counted in flight only if it waits: an inline run begins and ends before anyone
+        # else (a scrape of the gauge included) gets the loop.
+        model.in_flight += 1
         try:
             done = target.batcher.run_now(request.inputs, batch)
         except CloudError as exc:
-            self._leave(model)
+            model.in_flight -= 1
             self._record_failure(target, exc, time.perf_counter() - start)
             raise
+        model.in_flight -= 1
         if done is None:
-            self._leave(model)
             return None
         if isinstance(done, asyncio.Future):
+            self._enter(model)
             return self._settle(model, target, request, batch, start, done)
-        self._leave(model)
         if done.error is not None:
             self._record_failure(target, done.error, time.perf_counter() - start)  # type: ignore[arg-type]
             raise done.error
