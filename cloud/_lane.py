@@ -23,12 +23,15 @@ installed uvicorn lacks them, and the server then runs without the lane.
 from __future__ import annotations
 
 import http
+import logging
 import time
 from typing import Any
 
 from cloud._deferred import collecting, run_collected
 
 __all__ = ["lane_protocol"]
+
+log = logging.getLogger("edgecut.cloud.http")
 
 # Bodies up to this size may take the lane: a camera frame as binary tensors with room to
 # spare (shared-memory requests carry only a small JSON header).
@@ -68,6 +71,7 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
         _lane_model = ""
         _lane_start = 0.0
         _lane_last = False  # the server is shutting down: close after this answer
+        _lane_held = 0  # body bytes counted against the app's budget
 
         def shutdown(self) -> None:
             if self._lane is not None:  # a lane request's body is still arriving
@@ -82,6 +86,17 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
                 super().on_headers_complete()
                 return
             self._lane, self._lane_model, self._lane_start = [], model, time.perf_counter()
+
+        def _hold(self, size: int) -> None:
+            # Lane bodies count against the app's budget for request bodies held at once,
+            # as the ordinary route's do (its _hold), from the headers until the answer.
+            app._pending_bytes += size - self._lane_held
+            self._lane_held = size
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._hold(0)
+            self._lane = None
+            super().connection_lost(exc)
 
         def _lane_target(self) -> str | None:
             """The model a request may take the lane for, or None for the ordinary route."""
@@ -109,6 +124,9 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
                     return None
             if length is None or not length.isdigit() or int(length) > limit:
                 return None
+            if app._pending_bytes + int(length) > app.max_pending_bytes:
+                return None  # the ordinary route answers 503
+            self._hold(int(length))
             return name.decode("ascii", "replace")
 
         def on_body(self, body: bytes) -> None:
@@ -129,7 +147,15 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
             # written (cloud._deferred).
             collecting()
             try:
-                answer = app.serve_now(self._lane_model, headers, body)
+                try:
+                    answer = app.serve_now(self._lane_model, headers, body)
+                except Exception:  # a bug: answer 500, log it, keep serving (as the app does)
+                    log.exception("POST %s failed", self.url.decode("latin-1"))
+                    answer = (500, b'{"error":"internal server error"}',
+                              [(b"content-type", b"application/json"),
+                               (b"content-length", b"33")])
+                finally:
+                    self._hold(0)
                 if answer is None:
                     self._ordinary(body, None)
                 elif isinstance(answer, tuple):

@@ -1011,7 +1011,8 @@ class AgentServer:
         from cloud._server import uvicorn_config
 
         self.agent = agent
-        self.app, self.service, inner = build_app(agent)
+        self.app, self.service, self.inner_app = build_app(agent)
+        inner = self.inner_app
         self.sockets = _sockets(agent.config)
         config = uvicorn_config(self.app)
         # The fast lane: the same answers, with inline inferences served inside the HTTP

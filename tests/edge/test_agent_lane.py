@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import httptools
@@ -170,3 +171,29 @@ def test_the_lane_answers_as_the_ordinary_route(tmp_path: Path) -> None:
     # Every request the agents ran is counted once, whichever route it took.
     # (The checks after the comparison ran two more on the lane's agent, and the client 3.)
     assert lane.agent.stats.total_requests == plain.agent.stats.total_requests + 2 + 3
+
+
+def test_a_lane_body_counts_against_the_budget_until_answered_or_dropped(tmp_path: Path) -> None:
+    (lane, sock_path), _ = _agents(tmp_path)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    body, headers = encode_infer_request({"x": x})
+    raw = _post("tiny", body, headers)
+    with lane:
+        app = lane.inner_app
+        assert _exchange(sock_path, raw)[0][0][0] == 200  # the first runs on the worker
+        assert _exchange(sock_path, raw)[0][0][0] == 200
+        assert app._pending_bytes == 0
+        # Headers and half the body, then the client goes away: nothing stays counted.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(sock_path))
+            sock.sendall(raw[: len(raw) - len(body) // 2])
+            deadline = time.monotonic() + 5
+            while app._pending_bytes != len(body) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert app._pending_bytes == len(body)
+        deadline = time.monotonic() + 5
+        while app._pending_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert app._pending_bytes == 0
+        # And the agent still answers.
+        assert _exchange(sock_path, raw)[0][0][0] == 200
