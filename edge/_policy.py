@@ -337,6 +337,10 @@ def _explain(best: Prediction, objective: str, cfg: PolicyConfig,
     return why + runner + ex
 
 
+# A sample more than this far off the prediction is a spike until the next one agrees.
+_SPIKE = 1.5
+
+
 class CostTable:
     """Per-cut head and tail times, corrected online from every measurement.
 
@@ -345,8 +349,9 @@ class CostTable:
     side (thermal throttling, contention or a busy cloud slow every cut alike), so one
     local run also corrects the heads of the splits not tried lately; the residual
     corrects what the profile got wrong about one cut. Both are exponentially weighted
-    averages of ratios, each sample clipped to 3x either way so that one stall (a GC
-    pause, a page fault) does not swing the table.
+    averages of ratios, each sample clipped to 3x either way, and to 1.5x unless the
+    sample before it was as far off, so that one stall (a GC pause, a page fault, another
+    process on the core) does not swing the table.
     """
 
     def __init__(self, plan: Plan, *, ewma: float = 0.3,
@@ -366,6 +371,7 @@ class CostTable:
         self._samples: dict[str, int] = {}
         self.device_factor = 1.0
         self.cloud_factor = 1.0
+        self._last_raw: dict[str, float] = {}  # the last sample's ratio, per side
         for c in plan.candidates:
             self._base[c.cut_id] = CutEstimate(
                 cut_id=c.cut_id, kind=c.kind, head_ms=c.head_ms, tail_ms=c.tail_ms,
@@ -380,15 +386,26 @@ class CostTable:
     def candidate(self, cut_id: str) -> CutCandidate:
         return self.plan.candidate(cut_id)
 
-    def _update(self, base: float, factor: float, resid: float, sample: float,
+    def _update(self, side: str, base: float, factor: float, resid: float, sample: float,
                 a: float) -> tuple[float, float]:
         if base <= 0:
             return factor, resid
-        ratio = min(max(sample / (base * factor * resid), 1 / 3), 3.0)
+        raw = sample / (base * factor * resid)
+        # A sample far off the prediction (over 1.5x either way) counts in full only when
+        # the one before it on this side was far off the same way: a lone stall (a GC
+        # pause, another process taking the core for a second) moves the table by at most
+        # 1.5x's share, while a real change (throttling, a busy cloud) is followed from its
+        # second sample on.
+        before = self._last_raw.get(side, 1.0)
+        self._last_raw[side] = raw
+        lone = ((raw > _SPIKE and before <= _SPIKE)
+                or (raw < 1 / _SPIKE and before >= 1 / _SPIKE))
+        low, high = (1 / _SPIKE, _SPIKE) if lone else (1 / 3, 3.0)
+        ratio = min(max(raw, low), high)
         # The shared factor takes the ratio's move; the residual keeps what the shared
         # factor does not explain for this cut (a slower correction).
         factor *= 1 + a * (ratio - 1)
-        ratio2 = min(max(sample / (base * factor * resid), 1 / 3), 3.0)
+        ratio2 = min(max(sample / (base * factor * resid), low), high)
         resid *= 1 + (a / 2) * (ratio2 - 1)
         return factor, resid
 
@@ -403,10 +420,10 @@ class CostTable:
             a = self.ewma
             if head_ms is not None:
                 self.device_factor, self._head_r[cut_id] = self._update(
-                    base.head_ms, self.device_factor, self._head_r[cut_id], head_ms, a)
+                    "device", base.head_ms, self.device_factor, self._head_r[cut_id], head_ms, a)
             if tail_ms is not None:
                 self.cloud_factor, self._tail_r[cut_id] = self._update(
-                    base.tail_ms, self.cloud_factor, self._tail_r[cut_id], tail_ms, a)
+                    "cloud", base.tail_ms, self.cloud_factor, self._tail_r[cut_id], tail_ms, a)
             self._seen[cut_id] = now
             self._samples[cut_id] += 1
 

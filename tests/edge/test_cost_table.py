@@ -1,0 +1,66 @@
+"""The cost table's online corrections: real changes are followed, lone stalls are not."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge._policy import CostTable
+from partition._types import CutCandidate, Plan
+
+PLAN = Plan(
+    model="m", model_path="m.onnx", device="jetson-nano",
+    candidates=(
+        CutCandidate("local", "local", (), 100.0, 0.0, 0, 0),
+        CutCandidate("offload", "offload", ("x",), 0.0, 20.0, 600_000, 4_000),
+        CutCandidate("a", "split", ("t",), 40.0, 10.0, 100_000, 4_000),
+    ),
+)
+
+
+def _head(table: CostTable, cut: str) -> float:
+    return next(c.head_ms for c in table.snapshot(now=0.0) if c.cut_id == cut)
+
+
+def _tail(table: CostTable, cut: str) -> float:
+    return next(c.tail_ms for c in table.snapshot(now=0.0) if c.cut_id == cut)
+
+
+@pytest.mark.parametrize("stall", [3.0, 13.0])
+def test_a_lone_stall_moves_the_prediction_little(stall: float) -> None:
+    table = CostTable(PLAN, ewma=0.3, clock=lambda: 0.0)
+    for _ in range(5):
+        table.observe("local", head_ms=100.0)
+    table.observe("local", head_ms=100.0 * stall)  # one request hit a host stall
+    # Taken as 1.5x (shared factor and this cut's residual): +24 %, where a sample clipped
+    # only at 3x moved it +81 %.
+    assert 110.0 < _head(table, "local") < 125.0
+    for _ in range(3):
+        table.observe("local", head_ms=100.0)
+    assert _head(table, "local") < 106.0
+    # The other cuts' heads share the device factor and recover with it.
+    assert _head(table, "a") < 43.0
+
+
+def test_a_real_slowdown_is_followed_from_its_second_sample() -> None:
+    table = CostTable(PLAN, ewma=0.3, clock=lambda: 0.0)
+    table.observe("local", head_ms=100.0)
+    seen = []
+    for _ in range(8):  # thermal throttling: every run now takes twice as long
+        table.observe("local", head_ms=200.0)
+        seen.append(_head(table, "local"))
+    assert seen[0] < 125.0  # one sample: a spike, as yet
+    assert seen[1] > 135.0  # the second agrees: followed in full
+    assert seen[-1] > 185.0
+    assert _head(table, "a") > 60.0  # the split's head slowed with it (shared factor)
+
+
+def test_a_real_speedup_and_the_cloud_side_follow_the_same_rule() -> None:
+    table = CostTable(PLAN, ewma=0.3, clock=lambda: 0.0)
+    for _ in range(8):
+        table.observe("offload", tail_ms=5.0)  # the cloud got a GPU: 4x faster
+    assert _tail(table, "offload") < 7.0
+    assert _head(table, "local") == 100.0  # the device side did not move
+    table = CostTable(PLAN, ewma=0.3, clock=lambda: 0.0)
+    table.observe("offload", tail_ms=20.0)
+    table.observe("offload", tail_ms=2.0)  # one implausibly fast answer
+    assert 15.0 < _tail(table, "offload") < 18.5
