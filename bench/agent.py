@@ -342,7 +342,9 @@ version = "1"
         def on_message(client, userdata, msg) -> None:  # noqa: ANN001
             ack = json.loads(msg.payload)
             acks.append(ack)
-            if ack.get("step") in ("committed", "rejected", "rolled_back"):
+            # A committed update is re-profiled next; the run waits for that step too, so
+            # that stopping the agent does not cut the re-profile short.
+            if ack.get("step") in ("reprofiled", "reprofile_failed", "rejected", "rolled_back"):
                 done.set()
 
         ctl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-operator")
@@ -420,6 +422,8 @@ version = "1"
             "swap_warmup_ms": next((a.get("warmup_ms") for a in acks
                                     if a.get("step") == "warmed"), None),
             "swap_seen": swapped is not None,
+            "swap_after_commit": next((a for a in acks
+                                       if str(a.get("step", "")).startswith("reprofile")), None),
             "host_cores": os.cpu_count(),
             "niceness_both_sides": niceness,
             "pinned_cpu": args.pin,
