@@ -6,7 +6,12 @@ long trace can be replayed in a short run: at wall time ``w`` after start the li
 the rate the trace had at ``offset_s + speedup * w``. The bucket is filled with the exact
 integral of the trace between two wall instants, so a step in the trace shows up at the
 right moment even between refills. Connections share the bucket of their direction, as
-flows share a real bottleneck.
+flows share a real bottleneck. A link does not bank the capacity it leaves unused: when
+data arrives at an idle direction only a small burst (two milliseconds at the current
+rate) is ready, so that a transfer after a pause takes what the link's rate says, not
+less (a bucket left full made a probe right after a health check look 15 ms faster on
+every link). The bucket's full depth only keeps timer oversleep from throwing capacity
+away while data waits.
 
 Trace formats (:func:`load_trace` detects them from the file):
 
@@ -314,8 +319,18 @@ class TraceClock:
     def now(self) -> float:
         return self.offset_s + (self._wall() - self._t0) * self.speedup
 
+    def wall(self) -> float:
+        """The wall clock this trace clock runs on (seconds)."""
+        return self._wall()
+
     def __call__(self) -> float:
         return self.now()
+
+
+# The burst an idle link has ready (seconds at its current rate, at least one full-size
+# packet).
+_IDLE_BURST_S = 0.002
+_PACKET_BITS = 1500 * 8
 
 
 class _Bucket:
@@ -325,10 +340,21 @@ class _Bucket:
         self.trace = trace
         self.clock = clock
         self.burst_bits = burst_bits
-        self.tokens = burst_bits
         self._last_t = clock.now()
+        self.tokens = self._idle_burst(self._last_t)
         self.lock = asyncio.Lock()
         self.bytes_sent = 0
+
+    def _idle_burst(self, t: float) -> float:
+        return min(self.burst_bits, max(_PACKET_BITS, self.trace.rate_at(t) * _IDLE_BURST_S))
+
+    def wake(self) -> None:
+        """Data arrived at an idle direction: what the link left unused meanwhile is gone,
+        only the idle burst is ready (unless another connection's data is being sent)."""
+        if self.lock.locked():
+            return
+        t = self._refill()
+        self.tokens = min(self.tokens, self._idle_burst(t))
 
     def _refill(self) -> float:
         t = self.clock.now()
@@ -486,6 +512,7 @@ class LinkEmulator:
         pumper = asyncio.create_task(pump())
         try:
             while True:
+                idle = queue.empty()  # nothing of this flow was waiting to be sent
                 item = await queue.get()
                 if item is None:
                     break
@@ -493,6 +520,8 @@ class LinkEmulator:
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                if idle:
+                    bucket.wake()
                 view = memoryview(data)
                 while view:
                     rate = bucket.trace.rate_at(bucket.clock.now())

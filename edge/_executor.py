@@ -52,6 +52,9 @@ class Outcome:
     deadline_missed: bool
     started_at: float
     link_bps: float = 0.0
+    #: The cloud's own compute time as its ``Server-Timing`` header reported it (0 when
+    #: nothing ran remotely or the server did not say).
+    server_ms: float = 0.0
     outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +65,7 @@ class Outcome:
             "cloud_ms": round(self.cloud_ms, 3), "local_tail_ms": round(self.local_tail_ms, 3),
             "up_bytes": self.up_bytes, "down_bytes": self.down_bytes,
             "energy_mj": round(self.energy_mj, 3), "deadline_missed": self.deadline_missed,
-            "link_mbps": round(self.link_bps / 1e6, 3),
+            "link_mbps": round(self.link_bps / 1e6, 3), "server_ms": round(self.server_ms, 3),
         }
 
 
@@ -118,7 +121,8 @@ class Executor:
             window=cfg.link.window, half_life_s=cfg.link.half_life_s,
             prior_bandwidth_bps=cfg.link.prior_bandwidth_bps, prior_rtt_s=cfg.link.prior_rtt_s,
             probe_budget_bytes=cfg.explore.probe_budget_bytes,
-            probe_refill_s=cfg.explore.probe_refill_s, clock=clock)
+            probe_refill_s=cfg.explore.probe_refill_s, grace_s=cfg.explore.stale_after_s,
+            clock=clock)
         self.energy = energy or EnergyModel.from_profile(
             device, cfg.device.power_mode or None, cfg.device.radio or None, cfg.device.compute)
         self.compute_scale = compute_scale
@@ -351,8 +355,11 @@ class Executor:
         else:
             self.costs.observe(cand.cut_id)
         outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
-        return self._outcome(rid, decision, decision.plan, "", outputs, head_ms, cloud_ms, 0.0,
-                             result.up_bytes, result.down_bytes, slo, started)
+        out = self._outcome(rid, decision, decision.plan, "", outputs, head_ms, cloud_ms, 0.0,
+                            result.up_bytes, result.down_bytes, slo, started)
+        if result.server_s is not None:
+            out = replace(out, server_ms=result.server_s * 1000.0)
+        return out
 
     def _local_rest_ms(self, cand: CutCandidate) -> float:
         snap = {c.cut_id: c for c in self.costs.snapshot()}

@@ -4,10 +4,15 @@ Bandwidth is the harmonic mean of the last few throughput samples (as adaptive-b
 players do: one lucky burst cannot inflate it, and a slow sample pulls it down quickly),
 each weighted by how recent it is relative to the newest, so that after a quiet spell a
 fresh sample is not outvoted by a window of old ones;
-the round-trip time is a windowed minimum of the small transfers and probes. Confidence
-decays with the time since traffic last flowed, so a quiet link is treated as unknown
-rather than as what it was minutes ago. Probes are allowed only when the estimate is
-stale and within a byte budget that refills over time.
+the round-trip time is a windowed minimum of the small transfers and probes. The spread
+of the belief is how far below the estimate the next sample has come lately (the lower
+one-sigma quantile, about the 16th percentile, of its recent forecast errors: what a
+decision about the next transfer risks), not how widely the samples scatter; a quantile
+rather than a standard deviation, so that one outage does not make every plan that
+relies on the link look hopeless for the next dozen requests. Confidence decays with the time since traffic last flowed beyond a grace
+period (the usual gap between requests, which the forecast error already covers), so a
+quiet link is treated as unknown rather than as what it was minutes ago. Probes are
+allowed only when the estimate is stale and within a byte budget that refills over time.
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ _MIN_BANDWIDTH_SAMPLE_BYTES = 4096
 # big enough not to have slipped through in a burst (a link's buffer, a shaper's bucket),
 # and would have taken at least half a round trip at the believed rate.
 _MIN_BOUND_SAMPLE_BYTES = 64 * 1024
+# Forecast errors: how many describe the link, how many before they are trusted, the
+# quantile taken as one sigma below (a normal's 15.9 %), and the least spread believed.
+_ERROR_WINDOW = 16
+_MIN_ERRORS = 4
+_LOW_QUANTILE = 0.159
+_MIN_SPREAD = 0.05
 
 
 @dataclass(frozen=True)
@@ -77,14 +88,19 @@ class LinkEstimator:
         prior_rtt_s: float = 0.05,
         probe_budget_bytes: int = 256 * 1024,
         probe_refill_s: float = 60.0,
+        grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if window < 1:
             raise ValueError(f"link estimator window must be >= 1, got {window}")
         self.window = window
         self.half_life_s = half_life_s
+        self.grace_s = grace_s
         self._clock = clock
         self._bw: deque[tuple[float, float]] = deque(maxlen=window)  # (bit/s, when)
+        # log(sample / estimate just before it): how far the estimate missed. Longer than
+        # the sample window: it describes the kind of link, which changes more slowly.
+        self._err: deque[float] = deque(maxlen=max(3 * window, _ERROR_WINDOW))
         self._rtt: deque[float] = deque(maxlen=window * 2)
         self._prior_bw = prior_bandwidth_bps
         self._prior_rtt = prior_rtt_s
@@ -162,6 +178,8 @@ class LinkEstimator:
                 self._add_sample_locked(nbytes * 8.0 / max(payload_s, 0.1 * net_s), now)
 
     def _add_sample_locked(self, bps: float, now: float) -> None:
+        if self._bw:
+            self._err.append(math.log(max(bps, 1.0) / self._bw_locked()))
         self._bounded = False
         self._bw.append((bps, now))
         self._last_traffic = now
@@ -177,6 +195,7 @@ class LinkEstimator:
                 return
             bound = nbytes * 8.0 / (seconds - rtt)
             if bound < self._bw_locked():
+                self._err.append(math.log(max(bound, 1.0) / self._bw_locked()))
                 self._bw.append((bound, now))
                 self.total_samples += 1
             self._last_traffic = now
@@ -192,6 +211,7 @@ class LinkEstimator:
         """Forget every sample (the link changed: a new network, a reconnect)."""
         with self._lock:
             self._bw.clear()
+            self._err.clear()
             self._rtt.clear()
             self._last_traffic = None
             self._bounded = False
@@ -231,12 +251,19 @@ class LinkEstimator:
                 return LinkEstimate(bw, rtt, 0.0, math.log(8.0), age, n)
             age = max(now - self._last_traffic, 0.0)
             fill = min(1.0, n / min(self.window, 2))
-            confidence = fill * 0.5 ** (age / self.half_life_s)
-            logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
-            w = self._weights_locked()
-            mean = sum(wi * x for wi, x in zip(w, logs, strict=True)) / sum(w)
-            sd = (math.sqrt(sum(wi * (x - mean) ** 2 for wi, x in zip(w, logs, strict=True))
-                            / sum(w)) if n > 1 else 0.5)
+            confidence = fill * 0.5 ** (max(age - self.grace_s, 0.0) / self.half_life_s)
+            if len(self._err) >= _MIN_ERRORS:
+                # How far below the estimate the next sample came, at one sigma.
+                ordered = sorted(self._err)
+                sd = max(-ordered[int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
+            elif n > 1:  # too few misses measured yet: the scatter of the samples
+                logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
+                w = self._weights_locked()
+                mean = sum(wi * x for wi, x in zip(w, logs, strict=True)) / sum(w)
+                sd = math.sqrt(sum(wi * (x - mean) ** 2 for wi, x in zip(w, logs, strict=True))
+                               / sum(w))
+            else:
+                sd = 0.5
             spread = sd + (1.0 - confidence) * math.log(4.0)
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.

@@ -17,7 +17,7 @@ Order of reasoning in :func:`decide`:
 3. the objective picks one (latency; energy under the SLO; or a weighted mix), switching
    to energy when the battery is below its reserve;
 4. with probability ``explore.rate`` a stale candidate that could win is tried instead
-   (within ``max_regret``), and a probe is requested when the link is stale and a remote
+   (within ``max_regret``, and never one expected to miss an SLO the best one meets), and a probe is requested when the link is stale and a remote
    plan would win at the optimistic bandwidth.
 """
 
@@ -199,7 +199,8 @@ def _score_fn(objective: str, cfg: PolicyConfig, preds: Iterable[Prediction],
               ) -> Callable[[Prediction], float]:
     preds = list(preds)
     if objective == "latency":
-        return lambda p: p.latency_ms
+        margin = 1.0 + cfg.link.remote_margin
+        return lambda p: p.latency_ms * (margin if p.kind != LOCAL else 1.0)
     if objective == "energy-only":
         return lambda p: p.energy_mj
     if objective == "energy":
@@ -268,6 +269,13 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     best = min(allowed, key=score)
     reason = _explain(best, objective, cfg, allowed, preds,
                       meets_slo=at_low.get(best.cut_id, best.latency_ms) <= cfg.slo_ms)
+    fastest = min(allowed, key=lambda p: p.latency_ms)
+    if objective == "latency" and fastest is not best:
+        reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
+                  f"{_plan_name(fastest)} is predicted only "
+                  f"{100 * (1 - fastest.latency_ms / best.latency_ms):.1f}% faster "
+                  f"({fastest.latency_ms:.0f} ms), within remote_margin "
+                  f"{100 * cfg.link.remote_margin:g}%")
     if notes:
         reason += "; " + "; ".join(notes)
 
@@ -287,10 +295,15 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     explored = False
     chosen = best
     if ctx.explore_draw < cfg.explore.rate:
+        # Exploration never trades a deadline: while the best plan is expected to meet the
+        # SLO, a plan expected to miss it is not tried (its estimate is refreshed by a
+        # probe instead).
+        slo_holds = cfg.slo_ms > 0 and best.latency_ms <= cfg.slo_ms
         stale = [p for p in could_win
                  if (by_id[p.cut_id].age_s > stale_s or by_id[p.cut_id].samples == 0
                      or (p.kind != LOCAL and link_stale))
-                 and p.latency_ms <= cfg.explore.max_regret * best.latency_ms]
+                 and p.latency_ms <= cfg.explore.max_regret * best.latency_ms
+                 and not (slo_holds and p.latency_ms > cfg.slo_ms)]
         if stale:
             chosen = min(stale, key=lambda p: score_opt(optimistic[p.cut_id]))
             explored = True
@@ -403,10 +416,13 @@ class CostTable:
         low, high = (1 / _SPIKE, _SPIKE) if lone else (1 / 3, 3.0)
         ratio = min(max(raw, low), high)
         # The shared factor takes the ratio's move; the residual keeps what the shared
-        # factor does not explain for this cut (a slower correction).
+        # factor does not explain for this cut, learnt far more slowly: the cut measured
+        # most often (local, on most devices) would otherwise take a share of every slow
+        # spell into its residual, and splits whose heads are nearly the whole model
+        # would look cheaper than local by that share.
         factor *= 1 + a * (ratio - 1)
         ratio2 = min(max(sample / (base * factor * resid), low), high)
-        resid *= 1 + (a / 2) * (ratio2 - 1)
+        resid *= 1 + (a / 8) * (ratio2 - 1)
         return factor, resid
 
     def observe(self, cut_id: str, *, head_ms: float | None = None,

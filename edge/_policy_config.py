@@ -36,17 +36,25 @@ class Rules:
 @dataclass(frozen=True)
 class LinkSettings:
     window: int = 6
-    half_life_s: float = 10.0
+    # Cellular bandwidth moves within seconds: samples older than a few seconds say little
+    # about the next transfer, and a quiet link is unknown soon.
+    half_life_s: float = 2.0
     prior_bandwidth_bps: float = 5e6
     prior_rtt_s: float = 0.05
     risk: float = 0.3
-    slo_risk: float = 0.5
+    # The SLO is a constraint: a plan must meet it one spread below the estimate.
+    slo_risk: float = 1.0
+    # Latency objective: a plan that crosses the link must be predicted this much faster
+    # than local. A plan chosen because its estimate looks good is, more often than not,
+    # one whose estimate was lucky: near the break-even point those gambles lost more
+    # than they won on the LTE traces.
+    remote_margin: float = 0.05
 
 
 @dataclass(frozen=True)
 class ExploreSettings:
     rate: float = 0.05
-    stale_after_s: float = 5.0
+    stale_after_s: float = 2.0
     max_regret: float = 1.5
     probe_bytes: int = 64 * 1024
     # A probe that can show a faster link carries half a round trip of the believed rate
@@ -116,24 +124,29 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
     r.finish()
 
     lk = top.table("link")
+    dl = LinkSettings()
     link = LinkSettings(
-        window=lk.get("window", int, 6, min=1, max=1000),
-        half_life_s=lk.get("half_life_s", float, 10.0, min=0.01),
-        prior_bandwidth_bps=lk.get("prior_bandwidth_mbps", float, 5.0, min=1e-3) * 1e6,
-        prior_rtt_s=lk.get("prior_rtt_ms", float, 50.0, min=0.0) / 1000.0,
-        risk=lk.get("risk", float, 0.3, min=0.0, max=3.0),
-        slo_risk=lk.get("slo_risk", float, 0.5, min=0.0, max=3.0),
+        window=lk.get("window", int, dl.window, min=1, max=1000),
+        half_life_s=lk.get("half_life_s", float, dl.half_life_s, min=0.01),
+        prior_bandwidth_bps=lk.get("prior_bandwidth_mbps", float, dl.prior_bandwidth_bps / 1e6,
+                                   min=1e-3) * 1e6,
+        prior_rtt_s=lk.get("prior_rtt_ms", float, dl.prior_rtt_s * 1000.0, min=0.0) / 1000.0,
+        risk=lk.get("risk", float, dl.risk, min=0.0, max=3.0),
+        slo_risk=lk.get("slo_risk", float, dl.slo_risk, min=0.0, max=3.0),
+        remote_margin=lk.get("remote_margin", float, dl.remote_margin, min=0.0, max=1.0),
     )
     lk.finish()
 
     ex = top.table("explore")
+    de = ExploreSettings()
     explore = ExploreSettings(
-        rate=ex.get("rate", float, 0.05, min=0.0, max=1.0),
-        stale_after_s=ex.get("stale_after_s", float, 5.0, min=0.0),
-        max_regret=ex.get("max_regret", float, 1.5, min=1.0),
-        probe_bytes=int(ex.get("probe_kb", float, 64.0, min=0.0) * 1024),
-        probe_budget_bytes=int(ex.get("probe_budget_kb", float, 2048.0, min=0.0) * 1024),
-        probe_refill_s=ex.get("probe_refill_s", float, 60.0, min=0.1),
+        rate=ex.get("rate", float, de.rate, min=0.0, max=1.0),
+        stale_after_s=ex.get("stale_after_s", float, de.stale_after_s, min=0.0),
+        max_regret=ex.get("max_regret", float, de.max_regret, min=1.0),
+        probe_bytes=int(ex.get("probe_kb", float, de.probe_bytes / 1024, min=0.0) * 1024),
+        probe_budget_bytes=int(ex.get("probe_budget_kb", float, de.probe_budget_bytes / 1024,
+                                      min=0.0) * 1024),
+        probe_refill_s=ex.get("probe_refill_s", float, de.probe_refill_s, min=0.1),
     )
     ex.finish()
 

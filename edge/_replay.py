@@ -11,12 +11,14 @@ components instead of being run again (two cores cannot afford five runs per tra
 
 - device compute: each candidate's head (the whole model for ``local``) timed here before
   the run, divided by the profile's ``relative_speed`` (this host plays the device), and
-  scaled per request by the slowdown the real run saw in that request's own device
-  compute (so machine noise hits every strategy alike);
+  scaled per request by the slowdown this host showed during that request (so machine
+  noise hits every strategy alike): measured on the real run's own device compute, or,
+  for a request edgecut sent away, on the server's compute (``Server-Timing``);
 - cloud leg: each remote candidate's request timed directly against the server
-  (loopback HTTP plus the server's compute), plus the emulator's round trip, plus the
-  upload and download of its bytes through the trace from the instant that request's
-  transfer would start (the fluid time the token bucket converges to);
+  (loopback HTTP plus the server's compute, scaled by the same slowdown), plus the
+  emulator's round trip, plus the upload and download of its bytes through the trace
+  from the instant that request's transfer would start (the fluid time the token bucket
+  converges to);
 - where edgecut actually ran a plan, that request's measured cost is used for that plan.
 
 Strategies: ``local``, ``cloud`` (offload everything), ``static_split`` (Neurosurgeon:
@@ -157,6 +159,8 @@ class Components:
     cloud_direct_ms: float
     up_bytes: int
     down_bytes: int
+    #: The server's own compute within ``cloud_direct_ms`` (its Server-Timing), 0 if unknown.
+    cloud_compute_ms: float = 0.0
 
 
 @dataclass
@@ -219,6 +223,7 @@ def measure_components(executor: Executor, client: OffloadClient, feeds: dict[st
         jobs[c.cut_id] = (head, lambda cm=c.cloud_model, x=crossing: client.infer(cm, x, names))
     head_t: dict[str, list[float]] = {k: [] for k in jobs}
     cloud_t: dict[str, list[float]] = {k: [] for k in jobs}
+    compute_t: dict[str, list[float]] = {k: [] for k in jobs}
     ratio: dict[str, list[float]] = {k: [] for k in jobs}
     local_id = next(c.cut_id for c in executor.plan.candidates if c.kind == LOCAL)
     local_job = jobs[local_id][0]
@@ -234,7 +239,12 @@ def measure_components(executor: Executor, client: OffloadClient, feeds: dict[st
                 head_t[cid].append(t)
                 ratio[cid].append(t / ref)
             if cloud is not None:
-                cloud_t[cid].append(_median_ms(cloud, 1))
+                t0 = time.perf_counter()
+                r = cloud()
+                cloud_t[cid].append((time.perf_counter() - t0) * 1000.0)
+                server_s = getattr(r, "server_s", None)
+                if server_s is not None:
+                    compute_t[cid].append(server_s * 1000.0)
     if not head_t[local_id]:
         head_t[local_id] = [_median_ms(local_job, 1) for _ in range(rounds)]
     out: dict[str, Components] = {}
@@ -244,8 +254,9 @@ def measure_components(executor: Executor, client: OffloadClient, feeds: dict[st
         if c.kind != LOCAL and ratio[c.cut_id]:
             host = min(statistics.median(ratio[c.cut_id]), 1.0) * local_host
         cloud = statistics.median(cloud_t[c.cut_id]) if cloud_t[c.cut_id] else 0.0
+        compute = statistics.median(compute_t[c.cut_id]) if compute_t[c.cut_id] else 0.0
         out[c.cut_id] = Components(c.cut_id, c.kind, host, host / relative_speed, cloud,
-                                   *sizes[c.cut_id])
+                                   *sizes[c.cut_id], cloud_compute_ms=compute)
     return out
 
 
@@ -272,11 +283,37 @@ def _parts(comp: Components, t_start: float, slowdown: float, trace: Trace, spee
     head = comp.device_head_ms * slowdown
     if comp.kind == LOCAL:
         return head, 0.0, 0.0, 0.0
+    # The cloud runs on this host too: a slow spell slows its compute alike.
+    cloud_ms = comp.cloud_direct_ms * slowdown
     t_up = t_start + comp.host_head_ms * slowdown / 1000.0 * speedup
     up_s = trace.send_time(t_up, comp.up_bytes * 8.0, speedup)
-    t_down = t_up + (up_s + rtt_s + comp.cloud_direct_ms / 1000.0) * speedup
+    t_down = t_up + (up_s + rtt_s + cloud_ms / 1000.0) * speedup
     down_s = trace.send_time(t_down, comp.down_bytes * 8.0, speedup)
-    return head, up_s * 1000.0, rtt_s * 1000.0 + comp.cloud_direct_ms, down_s * 1000.0
+    return head, up_s * 1000.0, rtt_s * 1000.0 + cloud_ms, down_s * 1000.0
+
+
+# Below this the server's compute is mostly request handling: too noisy a gauge of the host.
+_MIN_GAUGE_COMPUTE_MS = 5.0
+
+
+def _host_slowdown(out: Outcome, comps: dict[str, Components]) -> float:
+    """How much slower than its median this host ran during one request (1 = as usual).
+
+    Measured on what the request computed: its head on the device, else the whole model
+    when it fell back to the device, else the server's own compute (the cloud is this
+    host too), so that requests edgecut sent away in a slow spell are not compared with
+    alternatives charged at the host's usual speed.
+    """
+    comp = comps[out.decision.cut_id]
+    local = next(c for c in comps.values() if c.kind == LOCAL)
+    ratio = 1.0
+    if comp.device_head_ms > 0 and out.head_ms > 0:
+        ratio = out.head_ms / comp.device_head_ms
+    elif out.fallback and out.local_tail_ms > 0 and local.device_head_ms > 0:
+        ratio = out.local_tail_ms / local.device_head_ms
+    elif out.server_ms > 0 and comp.cloud_compute_ms >= _MIN_GAUGE_COMPUTE_MS:
+        ratio = out.server_ms / comp.cloud_compute_ms
+    return min(max(ratio, 0.2), 10.0)
 
 
 def _compose(parts: tuple[float, float, float, float], k: float,
@@ -456,9 +493,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
     for t_start, out in outcomes:
         cid = out.decision.cut_id
         comp = comps[cid]
-        slowdown = 1.0
-        if comp.device_head_ms > 0 and out.head_ms > 0:
-            slowdown = min(max(out.head_ms / comp.device_head_ms, 0.2), 10.0)
+        slowdown = _host_slowdown(out, comps)
         parts = {k: _parts(c, t_start, slowdown, trace, speedup, rtt_s)
                  for k, c in comps.items()}
         # What each plan should cost at that moment: the bandwidth the request met, the

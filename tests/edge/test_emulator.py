@@ -152,3 +152,17 @@ def test_fast_trace_clock_replays_a_step_sooner() -> None:
         assert 0.55 < took < 1.2
         assert emu.trace_time() > 10.0
     sink.sock.close()
+
+
+def test_an_idle_link_banks_no_capacity() -> None:
+    sink = Sink()
+    trace = Trace.from_steps([(0, 20e6)], 1000.0)  # 20 Mbit/s
+    with LinkEmulator("127.0.0.1", sink.port, up=trace, delay_s=0.02) as emu:
+        for _ in range(3):
+            # A round trip (a health check), then at once 50 kB: 20 ms at the rate. The
+            # capacity the link left unused during the round trip is not there to use:
+            # a bucket left to fill would have let the 50 kB through at once.
+            _send(emu.port, 10)
+            took = _send(emu.port, 50_000)
+            assert 0.056 <= took < 0.5  # 40 ms round trip + 20 ms, less the idle burst
+    sink.sock.close()

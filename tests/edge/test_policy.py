@@ -72,8 +72,12 @@ CASES = [
          confidence=0.0, cfg={"link": {"risk": 0.0}}),
     Case("same belief, full confidence", 100, "split@a", spread=2.08, confidence=1.0,
          cfg={"link": {"risk": 0.0}}),
-    Case("throttled device moves work out", 10, "split@b", "fastest",
+    # Throttled, local takes 200 ms and split@b 195 ms: 2.7 % faster, within the default
+    # 5 % remote_margin, so local stays; without the margin the work moves out.
+    Case("a remote plan must win by the remote margin", 10, "local", "only 2.7% faster",
          device=DeviceState(throttled=True)),
+    Case("throttled device moves work out", 10, "split@b", "fastest",
+         device=DeviceState(throttled=True), cfg={"link": {"remote_margin": 0.0}}),
     Case("cloud queue time counts", 1000, "local", cloud=CloudState(queue_ms=100.0)),
     # rules
     Case("cloud down", 1000, "local", "cloud unavailable", cloud=CloudState(healthy=False)),
@@ -130,12 +134,22 @@ CASES = [
     # exploration and probing
     Case("stale link explored within regret", 10, "split@a", "exploring", spread=2.0,
          link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, explored=True),
+    # split@a is predicted at ~360 ms at the risk-discounted rate (5.5 Mbit/s): within a
+    # 400 ms SLO it may be tried, but not when that would miss a 150 ms SLO that local
+    # (100 ms) meets.
+    Case("exploration within the SLO", 10, "split@a", "exploring", spread=2.0,
+         link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, cfg={"slo_ms": 400.0},
+         explored=True),
+    Case("exploration never trades a deadline", 10, "local", "probing", spread=2.0,
+         link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, cfg={"slo_ms": 150.0},
+         probe=True),
     Case("exploration bounded by regret", 10, "local", spread=2.0, link_age=100.0,
          draw=0.01, explore={"max_regret": 1.5}, probe=True),
     Case("no exploration when the draw misses", 10, "local", "probing", spread=2.0,
          link_age=100.0, draw=0.9, explore={"max_regret": 3.0}, probe=True),
     Case("stale link probed even when a small split is best", 10, "split@b", "probing",
-         device=DeviceState(throttled=True), spread=0.5, link_age=100.0, probe=True),
+         device=DeviceState(throttled=True), spread=0.5, link_age=100.0, probe=True,
+         cfg={"link": {"remote_margin": 0.0}}),
     Case("fresh estimates are not explored", 10, "local", spread=0.0, draw=0.01,
          explore={"max_regret": 3.0}),
 ]

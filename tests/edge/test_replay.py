@@ -67,3 +67,47 @@ def test_replay_sets_the_slo_from_the_measured_local_latency(tmp_path: Path,
     decisions = [json.loads(line)["decision"]
                  for line in (tmp_path / "out" / "decisions.jsonl").read_text().splitlines()]
     assert len(decisions) == 4 and all(d["deadline_ms"] == r.slo_ms for d in decisions)
+
+
+def _outcome(cut: str, kind: str, *, head_ms: float = 0.0, local_tail_ms: float = 0.0,
+             server_ms: float = 0.0, fallback: str = ""):
+    from edge._executor import Outcome
+    from edge._policy import Decision
+
+    return Outcome(0, Decision(kind, cut, 0.0, 0.0, "test"), kind, fallback, 0.0, head_ms,
+                   0.0, local_tail_ms, 0, 0, 0.0, False, 0.0, server_ms=server_ms)
+
+
+def test_host_slowdown_is_read_from_what_the_request_computed() -> None:
+    from edge._replay import Components, _host_slowdown
+
+    comps = {
+        "local": Components("local", "local", 50.0, 100.0, 0.0, 0, 0),
+        "offload": Components("offload", "offload", 0.0, 0.0, 60.0, 600_000, 4_000,
+                              cloud_compute_ms=50.0),
+        "s": Components("s", "split", 40.0, 80.0, 6.0, 8_000, 4_000, cloud_compute_ms=3.0),
+    }
+    # the request's own device compute
+    assert _host_slowdown(_outcome("local", "local", head_ms=150.0), comps) == 1.5
+    assert _host_slowdown(_outcome("s", "split", head_ms=40.0, server_ms=9.0), comps) == 0.5
+    # sent away whole: the server's compute (the cloud is this host too)
+    assert _host_slowdown(_outcome("offload", "offload", server_ms=100.0), comps) == 2.0
+    # ... or the whole model when it fell back to the device
+    assert _host_slowdown(_outcome("offload", "offload", local_tail_ms=300.0,
+                                   fallback="DeadlineExceeded"), comps) == 3.0
+    # a tail of a few milliseconds is mostly request handling: no gauge, no correction
+    assert _host_slowdown(_outcome("s", "split", server_ms=30.0), comps) == 1.0
+    # a stall is taken at most as 10x
+    assert _host_slowdown(_outcome("offload", "offload", server_ms=5000.0), comps) == 10.0
+
+
+def test_a_slow_spell_slows_the_modelled_cloud_compute_too() -> None:
+    from edge._emulator import Trace
+    from edge._replay import Components, _parts
+
+    trace = Trace.from_steps([(0.0, 8e6)], 100.0)  # 1 MB/s
+    comp = Components("offload", "offload", 0.0, 0.0, 60.0, 100_000, 1_000)
+    head, up, wait, down = _parts(comp, 0.0, 1.0, trace, 1.0, 0.04)
+    assert (head, round(up, 3), round(wait, 3), round(down, 3)) == (0.0, 100.0, 100.0, 1.0)
+    _, up2, wait2, down2 = _parts(comp, 0.0, 2.0, trace, 1.0, 0.04)
+    assert (round(up2, 3), round(wait2, 3), round(down2, 3)) == (100.0, 160.0, 1.0)
