@@ -56,6 +56,16 @@ class LinkEstimate:
     #: Extra room on the optimistic side only: the last sample was a bound (the link was
     #: faster than that transfer could resolve), so the link may be well above it.
     headroom: float = 0.0
+    #: ``bandwidth_bps`` over the bandwidth that gives the expected transfer time: the mean
+    #: of ``estimate / sample`` over the recent forecast errors (1 until enough are
+    #: known). Transfer time goes as 1 / bandwidth, so a link that sometimes comes in far
+    #: below its estimate costs more on average than its estimate says.
+    inverse_bias: float = 1.0
+
+    @property
+    def expected_bps(self) -> float:
+        """The bandwidth at which a transfer takes its expected time."""
+        return self.bandwidth_bps / self.inverse_bias
 
     @property
     def low_bps(self) -> float:
@@ -268,7 +278,11 @@ class LinkEstimator:
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.
             headroom = math.log(4.0) if self._bounded else 0.0
-            return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom)
+            bias = 1.0
+            if len(self._err) >= _MIN_ERRORS:
+                bias = sum(math.exp(-e) for e in self._err) / len(self._err)
+            return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
+                                min(max(bias, 0.5), 10.0))
 
     # -- probing ------------------------------------------------------------------------
     def resolving_bytes(self, now: float | None = None) -> int:

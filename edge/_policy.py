@@ -224,7 +224,11 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # The less we know about the link, the closer we plan to the pessimistic edge of the
     # belief: with no confidence at all, on the edge itself.
     risk = cfg.link.risk + (1.0 - ctx.link.confidence) * (1.0 - min(cfg.link.risk, 1.0))
-    risk_bw = ctx.link.bandwidth_bps * math.exp(-risk * ctx.link.spread)
+    # ... and never above the bandwidth that gives a transfer its expected time, from how
+    # the estimate has missed lately (one outage in sixteen samples costs every transfer
+    # about a sixteenth of the outage's slowness, on average).
+    risk_bw = min(ctx.link.bandwidth_bps * math.exp(-risk * ctx.link.spread),
+                  ctx.link.expected_bps)
     preds: list[Prediction] = []
     for c in ctx.candidates:
         p = _predict(c, ctx, cfg, risk_bw)
@@ -283,6 +287,8 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     by_id = {c.cut_id: c for c in ctx.candidates}
     stale_s = cfg.explore.stale_after_s
     link_stale = ctx.link.age_s > stale_s or ctx.link.samples == 0
+    can_probe = (cfg.explore.probe_bytes > 0
+                 and ctx.probe_allowance >= cfg.explore.probe_bytes)
     opt_bw = ctx.link.high_bps
     optimistic = {p.cut_id: _predict(by_id[p.cut_id], ctx, cfg, opt_bw) for p in allowed}
     # At the optimistic edge a plan is judged by its own prediction there: under the
@@ -300,8 +306,11 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         # probe instead).
         slo_holds = cfg.slo_ms > 0 and best.latency_ms <= cfg.slo_ms
         stale = [p for p in could_win
-                 if (by_id[p.cut_id].age_s > stale_s or by_id[p.cut_id].samples == 0
-                     or (p.kind != LOCAL and link_stale))
+                 if (by_id[p.cut_id].age_s > cfg.explore.costs_stale_after_s
+                     or by_id[p.cut_id].samples == 0
+                     # a stale link is refreshed by a probe when one can be sent, which
+                     # costs a few hundred kilobytes instead of a request's latency
+                     or (p.kind != LOCAL and link_stale and not can_probe))
                  and p.latency_ms <= cfg.explore.max_regret * best.latency_ms
                  and not (slo_holds and p.latency_ms > cfg.slo_ms)]
         if stale:
@@ -311,12 +320,20 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                       f"{_plan_name(best)} (predicted {chosen.latency_ms:.0f} ms vs "
                       f"{best.latency_ms:.0f} ms)")
     # A probe pays when the link is stale and a plan that uploads more than the current
-    # best could win: the best one's own small transfers would never tell.
-    probe = (link_stale and not explored and cfg.explore.probe_bytes > 0
-             and ctx.probe_allowance >= cfg.explore.probe_bytes
+    # best could win: the best one's own small transfers would never tell. Under the
+    # energy objective it pays sooner: when a remote plan that would save energy meets
+    # the SLO at the estimate and is held back only by the belief's uncertainty, a fresh
+    # sample decides it (a local run costs several offloads' energy).
+    doubtful = bool(at_low) and any(
+        p.kind != LOCAL and p.energy_mj < best.energy_mj and p.latency_ms <= cfg.slo_ms
+        < at_low.get(p.cut_id, 0.0) for p in allowed)
+    probe = ((link_stale or doubtful) and not explored and can_probe
              and any(p.kind != LOCAL and p.up_bytes > best.up_bytes for p in could_win))
     if probe:
-        reason += "; link estimate is stale and a remote plan could win: probing"
+        reason += ("; link estimate is stale and a remote plan could win: probing"
+                   if link_stale else
+                   "; a plan that saves energy is held back only by the link's "
+                   "uncertainty: probing")
     return Decision(
         kind=chosen.kind, cut_id=chosen.cut_id, predicted_ms=chosen.latency_ms,
         predicted_mj=chosen.energy_mj, reason=reason, explored=explored, probe=probe,

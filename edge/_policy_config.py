@@ -55,6 +55,9 @@ class LinkSettings:
 class ExploreSettings:
     rate: float = 0.05
     stale_after_s: float = 2.0
+    # Compute costs move slowly (thermal state, a busy cloud): a cut's measured head and
+    # tail times count as stale only after this long without a run of that cut.
+    costs_stale_after_s: float = 30.0
     max_regret: float = 1.5
     probe_bytes: int = 64 * 1024
     # A probe that can show a faster link carries half a round trip of the believed rate
@@ -142,6 +145,8 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
     explore = ExploreSettings(
         rate=ex.get("rate", float, de.rate, min=0.0, max=1.0),
         stale_after_s=ex.get("stale_after_s", float, de.stale_after_s, min=0.0),
+        costs_stale_after_s=ex.get("costs_stale_after_s", float, de.costs_stale_after_s,
+                                   min=0.0),
         max_regret=ex.get("max_regret", float, de.max_regret, min=1.0),
         probe_bytes=int(ex.get("probe_kb", float, de.probe_bytes / 1024, min=0.0) * 1024),
         probe_budget_bytes=int(ex.get("probe_budget_kb", float, de.probe_budget_bytes / 1024,

@@ -187,3 +187,29 @@ def test_resolving_bytes_is_half_a_round_trip_at_the_believed_rate() -> None:
     assert est.resolving_bytes() == int(40e6 * 0.02 / 8)  # 100 kB
     est.observe_transfer(2_000_000, 0, 0.04 + 8.0)  # now 2 Mbit/s or so: floor of 64 KiB
     assert est.resolving_bytes() == 64 * 1024
+
+
+def test_forecast_errors_set_the_spread_and_the_expected_bandwidth() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=6, half_life_s=2.0, prior_rtt_s=0.0, clock=clock)
+    # A steady 8 Mbit/s link (1 MB per second): the estimate never misses.
+    for i in range(8):
+        clock.t = 2.0 * i
+        est.observe_transfer(1_000_000, 0, 1.0)
+    steady = est.estimate()
+    assert steady.bandwidth_bps == pytest.approx(8e6)
+    assert steady.spread == pytest.approx(0.05)  # the floor: no miss seen
+    assert steady.inverse_bias == pytest.approx(1.0)
+    # One outage (a tenth of the rate), then the link as before.
+    clock.t = 16.0
+    est.observe_transfer(1_000_000, 0, 10.0)
+    for i in range(3):
+        clock.t = 18.0 + 2.0 * i
+        est.observe_transfer(1_000_000, 0, 1.0)
+    after = est.estimate()
+    # The spread is a quantile of the misses: one outage among eleven misses does not
+    # move the one-sigma edge far ...
+    assert after.spread < 0.6
+    # ... but it does raise the expected transfer time: ~1/11 of the outage's 10x.
+    assert 1.5 < after.inverse_bias < 2.5
+    assert after.expected_bps < after.bandwidth_bps / 1.5

@@ -34,8 +34,9 @@ CANDIDATES = (
 
 
 def link(mbps: float, *, spread: float = 0.0, age: float = 0.0,
-         confidence: float = 1.0) -> LinkEstimate:
-    return LinkEstimate(mbps * 1e6, 0.02, confidence, spread, age, 5)
+         confidence: float = 1.0, inverse_bias: float = 1.0) -> LinkEstimate:
+    return LinkEstimate(mbps * 1e6, 0.02, confidence, spread, age, 5,
+                        inverse_bias=inverse_bias)
 
 
 @dataclass
@@ -57,6 +58,9 @@ class Case:
     explored: bool = False
     probe: bool = False
     predicted_ms: float | None = None
+    probe_allowance: int = 1 << 20
+    cut_age: float = 0.0
+    inverse_bias: float = 1.0
 
 
 CASES = [
@@ -64,6 +68,10 @@ CASES = [
     Case("slow link runs locally", 10, "local", "fastest", predicted_ms=100.0),
     Case("fast link splits early", 100, "split@a", "fastest"),
     Case("very fast link offloads", 1000, "offload", "fastest"),
+    # The same estimate on a link that lately came in at a tenth of it now and then: its
+    # transfers take ten times longer on average, as at 100 Mbit/s, where split@a wins.
+    Case("a link that collapses now and then costs its expected time", 1000, "split@a",
+         "fastest", inverse_bias=10.0),
     Case("input twice the reference doubles the costs", 10, "local", input_bytes=1_200_000,
          predicted_ms=200.0),
     Case("uncertain link is discounted by risk", 100, "local", spread=1.0,
@@ -113,8 +121,12 @@ CASES = [
          cfg={"objective": "energy", "slo_ms": 120.0}),
     # ... but not half a spread below the estimate of an uncertain one (6.1 Mbit/s),
     # though it would be at the risk-discounted rate: the SLO holds only for local ...
-    Case("energy, SLO must hold towards the pessimistic edge", 10, "local", "least energy",
-         spread=1.0, cfg={"objective": "energy", "slo_ms": 120.0}),
+    # (and since only the uncertainty holds it back, a fresh sample is asked for)
+    Case("energy, SLO must hold towards the pessimistic edge", 10, "local",
+         "held back only by the link's uncertainty: probing", spread=1.0,
+         cfg={"objective": "energy", "slo_ms": 120.0}, probe=True),
+    Case("energy, no probe when the plan misses the SLO even at the estimate", 10, "local",
+         "least energy", spread=1.0, cfg={"objective": "energy", "slo_ms": 110.0}),
     # ... unless the operator lets the SLO be checked at the risk-discounted rate.
     Case("energy, slo_risk 0 checks at the risk-discounted rate", 10, "split@b",
          "least energy", spread=1.0,
@@ -125,24 +137,32 @@ CASES = [
          link_age=100.0, draw=0.9, cfg={"objective": "energy", "slo_ms": 120.0}, probe=True),
     Case("energy, stale link explored", 10, "split@b", "exploring", spread=1.0,
          link_age=100.0, draw=0.01, cfg={"objective": "energy", "slo_ms": 120.0},
-         explored=True),
+         explored=True, probe_allowance=0),
     # objective: weighted
     Case("weighted all latency", 10, "local", "weighted",
          cfg={"objective": "weighted", "latency_weight": 1.0}),
     Case("weighted all energy", 10, "split@a", "weighted",
          cfg={"objective": "weighted", "latency_weight": 0.0}),
     # exploration and probing
+    # A stale link is explored by a request only when no probe can be sent ...
     Case("stale link explored within regret", 10, "split@a", "exploring", spread=2.0,
-         link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, explored=True),
+         link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, explored=True,
+         probe_allowance=0),
+    # ... else a probe refreshes it, at a few hundred kilobytes instead of latency ...
+    Case("stale link probed rather than explored", 10, "local", "probing", spread=2.0,
+         link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, probe=True),
+    # ... while stale compute costs (unused for costs_stale_after_s) are explored anyway.
+    Case("stale costs explored", 10, "split@a", "exploring", spread=2.0, link_age=100.0,
+         draw=0.01, explore={"max_regret": 4.0}, explored=True, cut_age=60.0),
     # split@a is predicted at ~360 ms at the risk-discounted rate (5.5 Mbit/s): within a
     # 400 ms SLO it may be tried, but not when that would miss a 150 ms SLO that local
     # (100 ms) meets.
     Case("exploration within the SLO", 10, "split@a", "exploring", spread=2.0,
          link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, cfg={"slo_ms": 400.0},
-         explored=True),
+         explored=True, cut_age=60.0),
     Case("exploration never trades a deadline", 10, "local", "probing", spread=2.0,
          link_age=100.0, draw=0.01, explore={"max_regret": 4.0}, cfg={"slo_ms": 150.0},
-         probe=True),
+         probe=True, cut_age=60.0),
     Case("exploration bounded by regret", 10, "local", spread=2.0, link_age=100.0,
          draw=0.01, explore={"max_regret": 1.5}, probe=True),
     Case("no exploration when the draw misses", 10, "local", "probing", spread=2.0,
@@ -163,10 +183,12 @@ def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
     cfg = dataclasses.replace(cfg, rules=Rules(**case.rules),
                               explore=dataclasses.replace(cfg.explore, **case.explore), **top)
     ctx = PolicyContext(
-        candidates=CANDIDATES, link=link(case.mbps, spread=case.spread, age=case.link_age,
-                                        confidence=case.confidence),
+        candidates=tuple(dataclasses.replace(c, age_s=case.cut_age) for c in CANDIDATES),
+        link=link(case.mbps, spread=case.spread, age=case.link_age,
+                  confidence=case.confidence, inverse_bias=case.inverse_bias),
         energy=ENERGY, device=case.device, cloud=case.cloud, input_bytes=case.input_bytes,
-        reference_input_bytes=600_000, explore_draw=case.draw, probe_allowance=1 << 20)
+        reference_input_bytes=600_000, explore_draw=case.draw,
+        probe_allowance=case.probe_allowance)
     return ctx, cfg
 
 
