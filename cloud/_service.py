@@ -589,13 +589,12 @@ class InferenceService:
                 # Routed to a version that began unloading a moment ago: re-route once.
                 target = self._require(name).route()
                 future = target.batcher.submit(request.inputs, batch)
-            item = await future
-        except CloudError as exc:
-            self._record_failure(target, exc, time.perf_counter() - start)
-            raise
-        finally:
+        except BaseException as exc:
+            if isinstance(exc, CloudError):
+                self._record_failure(target, exc, time.perf_counter() - start)
             self._leave(model)
-        return self._finish(target, request, item, batch, start)
+            raise
+        return await self._settle(model, target, request, batch, start, future)
 
     def infer_now(self, name: str, request: InferRequest
                   ) -> InferResult | Coroutine[Any, Any, InferResult] | None:

@@ -325,8 +325,9 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # the SLO at the estimate and is held back only by the belief's uncertainty, a fresh
     # sample decides it (a local run costs several offloads' energy).
     doubtful = bool(at_low) and any(
-        p.kind != LOCAL and p.energy_mj < best.energy_mj and p.latency_ms <= cfg.slo_ms
-        < at_low.get(p.cut_id, 0.0) for p in allowed)
+        p.kind != LOCAL and p.energy_mj < best.energy_mj
+        and _predict(by_id[p.cut_id], ctx, cfg, ctx.link.bandwidth_bps).latency_ms
+        <= cfg.slo_ms < at_low.get(p.cut_id, 0.0) for p in allowed)
     probe = ((link_stale or doubtful) and not explored and can_probe
              and any(p.kind != LOCAL and p.up_bytes > best.up_bytes for p in could_win))
     if probe:

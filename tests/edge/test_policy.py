@@ -125,6 +125,9 @@ CASES = [
     Case("energy, SLO must hold towards the pessimistic edge", 10, "local",
          "held back only by the link's uncertainty: probing", spread=1.0,
          cfg={"objective": "energy", "slo_ms": 120.0}, probe=True),
+    Case("energy, probed when the plan meets the SLO at the estimate itself", 10, "local",
+         "held back only by the link's uncertainty: probing", spread=1.0, inverse_bias=2.0,
+         cfg={"objective": "energy", "slo_ms": 120.0}, probe=True),
     Case("energy, no probe when the plan misses the SLO even at the estimate", 10, "local",
          "least energy", spread=1.0, cfg={"objective": "energy", "slo_ms": 110.0}),
     # ... unless the operator lets the SLO be checked at the risk-discounted rate.
