@@ -137,11 +137,25 @@ class _LogHandler(logging.StreamHandler):
         self._pending.append((time.time(), fields))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._drain()
-        super().emit(record)
+        with self.lock:  # type: ignore[union-attr]
+            self._drain()
+            self._write(record)
+            super().flush()
+
+    def _write(self, record: logging.LogRecord) -> None:
+        # StreamHandler.emit flushes after every record, and flush here drains the queue:
+        # writing each queued record through it nested one call per record (hundreds
+        # queued under load overflowed the stack). Records are written here, flushed once.
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
     def _drain(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # one writer at a time, in order
+            wrote = False
             while self._pending:
                 item = self._pending.popleft()
                 if isinstance(item, tuple):
@@ -151,7 +165,10 @@ class _LogHandler(logging.StreamHandler):
                     item.created, item.msecs = created, (created % 1) * 1000.0
                     if not self.filter(item):
                         continue
-                super().emit(item)
+                self._write(item)
+                wrote = True
+            if wrote:
+                super().flush()
 
     def _drain_loop(self) -> None:
         while not self._wake.wait(self._interval_s):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -37,6 +38,8 @@ import numpy as np
 from devices import DeviceProfile
 from devices.errors import EdgecutError, ModelInputError, ModelUpdateError
 from edge import runtime
+
+log = logging.getLogger("edgecut.updates")
 
 AckFn = Callable[..., None]
 
@@ -629,6 +632,7 @@ class Updater:
                 result = self._on_committed(name, new)
                 ack("reprofiled", **(result or {}))
             except Exception as exc:  # a failed re-profile must not undo a good update
+                log.exception("re-profiling %s version %s failed", name, new.version)
                 ack("reprofile_failed", ok=False, reason=f"{type(exc).__name__}: {exc}")
         return "committed"
 

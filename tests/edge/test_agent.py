@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -309,6 +310,32 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         sock.close()
+
+
+def test_a_long_queue_of_request_records_is_written_whole() -> None:
+    import io
+    import logging
+
+    from edge._agent import log, log_request, setup_logging
+
+    stream = io.StringIO()
+    setup_logging("info", stream)
+    try:
+        # Far more than the interpreter's recursion limit: queued between two writes by
+        # a busy agent (each record used to be written one nested call deeper).
+        n = 3 * sys.getrecursionlimit()
+        for i in range(n):
+            log_request({"event": "request", "n": i})
+        log.info(json.dumps({"event": "reprofiled"}))  # writes the queue, then itself
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [entry.get("n") for entry in lines[:n]] == list(range(n))
+        assert lines[n]["event"] == "reprofiled" and len(lines) == n + 1
+    finally:
+        root = logging.getLogger("edgecut")
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        root.propagate = True
 
 
 def test_request_records_are_written_off_the_request_path_in_order() -> None:
