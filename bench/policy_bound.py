@@ -51,17 +51,27 @@ def main() -> int:
     args = ap.parse_args()
 
     from devices import EnergyModel, load_profile
+    from devices.errors import ConfigError
     from edge._emulator import load_trace
 
-    run = json.loads((Path(args.run) / "replay.json").read_text())
-    info = run["info"]
-    comps = info["candidates"]
-    local = next(c for c in comps.values() if c["kind"] == "local")
-    off = next(c for c in comps.values() if c["kind"] == "offload")
-    energy = EnergyModel.from_profile(load_profile(run["device"]))
+    replay_json = Path(args.run) / "replay.json"
+    try:
+        run = json.loads(replay_json.read_text())
+        info = run["info"]
+        comps = info["candidates"]
+        local = next(c for c in comps.values() if c["kind"] == "local")
+        off = next(c for c in comps.values() if c["kind"] == "offload")
+        energy = EnergyModel.from_profile(load_profile(run["device"]))
+        path, _, select = args.trace.partition("#")
+        trace = load_trace(path, select=select or None).clipped(300e6)
+    except (OSError, ValueError, ConfigError) as exc:
+        print(f"policy_bound: {exc}", file=sys.stderr)
+        return 2
+    except (KeyError, StopIteration) as exc:
+        print(f"policy_bound: {replay_json} is not an edgecut replay output with local and "
+              f"offload candidates (missing {exc})", file=sys.stderr)
+        return 2
     slo = args.slo_ms if args.slo_ms is not None else run["slo_ms"]
-    path, _, select = args.trace.partition("#")
-    trace = load_trace(path, select=select or None).clipped(300e6)
     speedup, rtt_ms = info["speedup"], 40.0
     fixed_ms = rtt_ms + off["cloud_direct_ms"] * info.get("remote_leg_slowness", 1.0)
     bits = (off["up_bytes"] + off["down_bytes"]) * 8.0
