@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -312,15 +316,27 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
         sock.close()
 
 
-def test_a_long_queue_of_request_records_is_written_whole() -> None:
-    import io
-    import logging
+@contextlib.contextmanager
+def _agent_log_to(stream: io.StringIO) -> Iterator[None]:
+    """The agent's logging set up to write to ``stream``, taken down again after."""
+    from edge._agent import setup_logging
 
-    from edge._agent import log, log_request, setup_logging
-
-    stream = io.StringIO()
     setup_logging("info", stream)
     try:
+        yield
+    finally:
+        root = logging.getLogger("edgecut")
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        root.propagate = True
+
+
+def test_a_long_queue_of_request_records_is_written_whole() -> None:
+    from edge._agent import log, log_request
+
+    stream = io.StringIO()
+    with _agent_log_to(stream):
         # Far more than the interpreter's recursion limit: queued between two writes by
         # a busy agent (each record used to be written one nested call deeper).
         n = 3 * sys.getrecursionlimit()
@@ -330,23 +346,13 @@ def test_a_long_queue_of_request_records_is_written_whole() -> None:
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         assert [entry.get("n") for entry in lines[:n]] == list(range(n))
         assert lines[n]["event"] == "reprofiled" and len(lines) == n + 1
-    finally:
-        root = logging.getLogger("edgecut")
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        root.propagate = True
 
 
 def test_request_records_are_written_off_the_request_path_in_order() -> None:
-    import io
-    import logging
-
-    from edge._agent import Fields, log, log_request, request_log, setup_logging
+    from edge._agent import Fields, log, log_request, request_log
 
     stream = io.StringIO()
-    setup_logging("info", stream)
-    try:
+    with _agent_log_to(stream):
         t0 = time.time()
         request_log.info(Fields({"event": "request", "n": 1}))
         log_request({"event": "request", "n": 2})  # only its fields queued
@@ -363,9 +369,3 @@ def test_request_records_are_written_off_the_request_path_in_order() -> None:
         # Stamped when logged, not when written.
         assert all(t0 - 0.01 <= entry["ts"] <= t0 + 1.0 for entry in lines)
         assert str(Fields({"a": 1})) == '{"a": 1}'  # plain handlers still get JSON
-    finally:
-        root = logging.getLogger("edgecut")
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        root.propagate = True
