@@ -61,6 +61,8 @@ def main() -> int:
     ap.add_argument("--policy-extra", default="",
                     help="TOML appended to both objectives' policy (after slo_ms/objective), "
                          "e.g. '[explore]\\nprobe_budget_kb = 2048'")
+    ap.add_argument("--wire", choices=("fp32", "fp16"), default="fp32",
+                    help="how the plans send crossing tensors and offloaded inputs")
     ap.add_argument("--out", default=str(Path.home() / ".cache/edgecut/bench/policy"))
     args = ap.parse_args()
     # A plain SIGTERM would skip the finally blocks that stop the server subprocesses.
@@ -87,7 +89,8 @@ def main() -> int:
         for dev_name in args.devices.split(","):
             dev = load_profile(dev_name)
             plan_dir = out_root / f"{model}-{dev_name}"
-            prepare_plan(model_path, dev, plan_dir, keep=6, log=log)  # each replay loads it
+            # each replay loads it
+            prepare_plan(model_path, dev, plan_dir, keep=6, log=log, wire=args.wire)
             # The SLOs come from the local latency each run measures on the emulated device
             # (the plan's prediction was made with other threads and another host load).
             # (The SLO written here is replaced by the measured one.)
@@ -168,6 +171,10 @@ def main() -> int:
             "foresees this host's stalls (the cheapest realised cost of each request), "
             "a bound no online policy can reach",
             "downlink traces stand in for the uplink except mahimahi .up and orange4g",
+            f"wire format {args.wire}: "
+            + ("float32 inputs and crossing tensors sent at half precision (the cloud "
+               "models take FP16 and cast back), for every strategy alike"
+               if args.wire == "fp16" else "tensors sent as float32"),
             "latency runs: SLO = max(1.3 x local, 100 ms); energy runs: SLO = max(2 x local, "
             "200 ms), local being the emulated device's local latency measured with the "
             "components; ratios for energy runs are of energy per request",

@@ -317,6 +317,9 @@ class Executor:
             crossing, head_ms = self._run_local(self.plan_dir / cand.head_model, feeds)
             crossing = {k: crossing[k] for k in cand.tensors}
             self.costs.observe(cand.cut_id, head_ms=head_ms)
+        # As the cloud model takes them (half precision under a plan's fp16 wire format;
+        # the tail kept here for the fallback takes them alike).
+        crossing = cand.for_wire(crossing)
 
         # The cloud leg gets what the deadline leaves after keeping enough to finish on
         # the device if it fails: the local tail (or whole model) plus a margin.
@@ -451,6 +454,7 @@ class Executor:
         for name, (dtype, shape) in specs.items():
             dims = [batch if (i == 0 and d is None) else (d or 1) for i, d in enumerate(shape)]
             feeds[name] = np.zeros(dims, dtype=dtype)
+        feeds = cand.for_wire(feeds)
         nbytes = _nbytes(feeds)
         if not self.link.spend_probe(nbytes):
             return

@@ -132,20 +132,23 @@ class CloudServer:
 def prepare_plan(model_path: str | Path, device: DeviceProfile, out_dir: str | Path, *,
                  bandwidth_bps: float = 10e6, rtt_s: float = 0.04, objective: str = "latency",
                  slo_ms: float | None = None, keep: int = 6, reuse: bool = True,
-                 log: Callable[[str], None] | None = None) -> Plan:
+                 log: Callable[[str], None] | None = None, wire: str | None = None) -> Plan:
     """The partitioner's plan for ``model_path`` on ``device`` (this host as the cloud),
-    written to ``out_dir``; an existing plan there for the same model and device is reused."""
+    written to ``out_dir``; an existing plan there for the same model and device (and
+    ``wire`` format, when one is asked for) is reused. A new plan sends tensors as
+    ``wire`` (default fp32)."""
     import partition
 
     out = Path(out_dir)
     if reuse and (out / "plan.json").is_file():
         plan = Plan.load(out / "plan.json")
-        if plan.device == device.name and Path(plan.model_path) == Path(model_path):
+        if (plan.device == device.name and Path(plan.model_path) == Path(model_path)
+                and wire in (None, plan.info.get("wire", "fp32"))):
             return plan
     return partition.build_plan(model_path, device, "here", bandwidth_bps, rtt_s,
                                 objective=objective, slo_ms=slo_ms, out_dir=out, keep=keep,
                                 runs=5, measure=min(keep, 6), measure_runs=5, figure=False,
-                                log=log)
+                                log=log, wire=wire or "fp32")
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ def measure_components(executor: Executor, client: OffloadClient, feeds: dict[st
             head_out = sess.run(feeds)
             crossing = {k: head_out[k] for k in c.tensors}
             head = partial(sess.run, feeds)
+        crossing = c.for_wire(crossing)
         r = client.infer(c.cloud_model, crossing, names)  # loads the model, warms the socket
         sizes[c.cut_id] = (r.up_bytes, r.down_bytes)
         jobs[c.cut_id] = (head, lambda cm=c.cloud_model, x=crossing: client.infer(cm, x, names))

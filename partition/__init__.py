@@ -18,7 +18,8 @@ wrappers):
 ``split_model(model, cut_tensors) -> (head, tail)``
     Head: model inputs -> cut tensors. Tail: cut tensors (+ model inputs it still
     needs) -> model outputs. Both checker-valid, dynamic batch kept. ``Splitter(model)``
-    indexes a model once for many splits.
+    indexes a model once for many splits. ``half_precision_inputs(model, names)`` declares
+    float32 inputs FP16 and casts them back inside (a tail for the ``fp16`` wire format).
 
 ``profile_model(model, device, runs=10) -> Profile``
     Per-node median ms with ONNX Runtime's profiler, here, on behalf of ``device``
@@ -84,7 +85,7 @@ from partition._planner import (
     side_times,
 )
 from partition._profile import Profile, fetch_cloud_profile, profile_model
-from partition._split import Splitter, split_model
+from partition._split import Splitter, half_precision_inputs, split_model
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
 from partition._units import parse_bandwidth, parse_duration
 from partition.zoo import ZOO_MODELS, build_zoo, materialize, trained_model, zoo_model
@@ -104,6 +105,7 @@ __all__ = [
     "Plan",
     "Profile",
     "Splitter",
+    "half_precision_inputs",
     "TensorInfo",
     "build_plan",
     "build_zoo",

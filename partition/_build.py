@@ -47,8 +47,8 @@ from partition._profile import (
     random_feeds,
     threads_for,
 )
-from partition._split import Splitter, save_model
-from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
+from partition._split import Splitter, half_precision_inputs, save_model
+from partition._types import LOCAL, OFFLOAD, SPLIT, WIRE_FORMATS, CutCandidate, Plan
 
 CloudSpec = str | Path | dict | Profile
 HERE = "here"
@@ -251,6 +251,7 @@ def build_plan(
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
     measured_mode: str = "fit",
+    wire: str = "fp32",
 ) -> Plan:
     """Plan how to split the model at ``model_path`` between ``device`` and ``cloud``.
 
@@ -265,6 +266,9 @@ def build_plan(
     the measured times replace the predictions where there are any (``"raw"``).
     The plan keeps ``local``, ``offload``, the chosen cut and the ``keep`` best splits
     (all of them when ``keep`` is None); with ``out_dir`` their models are written.
+    ``wire="fp16"`` sends float32 crossing tensors (and the offloaded input) at half
+    precision: the cloud models take FP16 inputs and cast them back, and every byte count
+    and choice is made for the halved transfers.
     """
     say = log or (lambda _msg: None)
     if objective not in OBJECTIVES:
@@ -273,6 +277,8 @@ def build_plan(
         raise PartitionError(f"bandwidth must be a positive number of bit/s, got {bandwidth_bps}")
     if rtt_s < 0:
         raise PartitionError(f"rtt must be >= 0 s, got {rtt_s}")
+    if wire not in WIRE_FORMATS:
+        raise PartitionError(f"wire format must be one of {', '.join(WIRE_FORMATS)}, got {wire!r}")
     dev = resolve_device(device)
     path = Path(model_path)
     model = load_model(path)
@@ -299,10 +305,11 @@ def build_plan(
     cloud_ms = side_times(graph, cprof.nodes, cprof.total_ms, cm_cloud)
 
     t0 = time.perf_counter()
-    optima = {obj: min_cut(graph, dev_ms, cloud_ms, bandwidth_bps, rtt_s, dev, obj) for obj in OBJECTIVES}
+    optima = {obj: min_cut(graph, dev_ms, cloud_ms, bandwidth_bps, rtt_s, dev, obj, wire)
+              for obj in OBJECTIVES}
     plan_ms = (time.perf_counter() - t0) * 1000.0 / len(OBJECTIVES)
     extra_cuts = [m.tensors for m in optima.values() if m.kind == SPLIT]
-    candidates = make_candidates(graph, list(cuts) + extra_cuts, dev_ms, cloud_ms)
+    candidates = make_candidates(graph, list(cuts) + extra_cuts, dev_ms, cloud_ms, wire)
 
     splitter = Splitter(graph.model)
     measured: dict[str, tuple[float, float]] = {}
@@ -366,6 +373,7 @@ def build_plan(
         "measured": sorted(measured),
         "slo_ms": slo_ms,
         "outputs": list(graph.outputs),
+        "wire": wire,
     }
     plan = Plan(
         model=name, model_path=str(path), device=dev.name, candidates=tuple(kept),
@@ -373,7 +381,8 @@ def build_plan(
         objective=objective, inputs=inputs, info=info,
     )
     if out_dir is not None:
-        plan = write_plan_dir(plan, splitter, Path(out_dir), dprof, cprof, graph, dev_ms, figure)
+        plan = write_plan_dir(plan, splitter, Path(out_dir), dprof, cprof, graph, dev_ms, figure,
+                              wire)
     return plan
 
 
@@ -440,8 +449,14 @@ def _head_energy(c: CutCandidate, dev: DeviceProfile) -> float:
 
 
 def write_plan_dir(plan: Plan, splitter: Splitter, out: Path, dprof: Profile, cprof: Profile,
-                   graph: LayerGraph, dev_ms: dict[str, float], figure: bool = True) -> Plan:
-    """Write the models, profiles, plan.json and figure; return the plan with file names."""
+                   graph: LayerGraph, dev_ms: dict[str, float], figure: bool = True,
+                   wire: str = "fp32") -> Plan:
+    """Write the models, profiles, plan.json and figure; return the plan with file names.
+
+    Under ``wire="fp16"`` each cloud model takes its float32 crossing tensors as FP16
+    (listed per candidate in ``extra["wire_fp16"]``, which the executor casts); the
+    offload goes to ``<model>.fp16``, and ``<model>`` itself is still served as it is.
+    """
     from partition.triton import write_repository_entry
 
     out.mkdir(parents=True, exist_ok=True)
@@ -449,21 +464,30 @@ def write_plan_dir(plan: Plan, splitter: Splitter, out: Path, dprof: Profile, cp
     name = plan.model
     full_name = f"{name}.onnx"
     save_model(splitter.model, out / full_name)
+
+    def serve(cloud_name: str, model: onnx.ModelProto, c: CutCandidate, **files: str
+              ) -> CutCandidate:
+        extra = dict(c.extra)
+        if wire == "fp16":
+            model, halved = half_precision_inputs(model, c.tensors)
+            extra["wire_fp16"] = list(halved)
+        write_repository_entry(repo, cloud_name, model)
+        return replace(c, tail_model=f"repository/{cloud_name}/1/model.onnx",
+                       cloud_model=cloud_name, extra=extra, **files)
+
     new = []
     for c in plan.candidates:
         if c.kind == LOCAL:
             new.append(replace(c, head_model=full_name))
         elif c.kind == OFFLOAD:
-            write_repository_entry(repo, name, splitter.model)
-            new.append(replace(c, tail_model=f"repository/{name}/1/model.onnx", cloud_model=name))
+            if wire == "fp16":  # the whole model stays servable to clients that send fp32
+                write_repository_entry(repo, name, splitter.model)
+            new.append(serve(f"{name}.fp16" if wire == "fp16" else name, splitter.model, c))
         else:
             head, tail = splitter.split(c.tensors)
             head_file = f"head.{c.cut_id}.onnx"
             save_model(head, out / head_file)
-            cloud_name = f"{name}.tail.{c.cut_id}"
-            write_repository_entry(repo, cloud_name, tail)
-            new.append(replace(c, head_model=head_file,
-                               tail_model=f"repository/{cloud_name}/1/model.onnx", cloud_model=cloud_name))
+            new.append(serve(f"{name}.tail.{c.cut_id}", tail, c, head_model=head_file))
     plan = replace(plan, candidates=tuple(new))
     dprof.save(out / "profile.device.json")
     cprof.save(out / "profile.cloud.json")

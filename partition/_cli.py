@@ -93,14 +93,17 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
               help="Recorded device profile (edgecut profile); default: profile here.")
 @click.option("--cloud-model", default=None, help="Model name at the cloud service (default: file stem).")
 @click.option("--compress", multiple=True, help="Evaluate a codec for the crossing tensors, e.g. fp16+zstd.")
+@click.option("--wire", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="How crossing tensors travel: fp16 sends float32 ones at half precision "
+                   "(the cloud models take FP16 inputs and cast them back).")
 @click.option("--runs", default=10, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--measure", default=8, show_default=True, type=click.IntRange(0, 1000),
               help="Splits to run for real to replace predictions with measured times.")
 @click.option("--no-figure", is_flag=True, help="Skip plan.png (it needs matplotlib).")
 def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt: str, objective: str,
                   slo_ms: float | None, out_dir: str, keep: int, device_profile: str | None,
-                  cloud_model: str | None, compress: tuple[str, ...], runs: int, measure: int,
-                  no_figure: bool) -> None:
+                  cloud_model: str | None, compress: tuple[str, ...], wire: str, runs: int,
+                  measure: int, no_figure: bool) -> None:
     """Choose where to cut MODEL between DEVICE and CLOUD for a link; write the plan."""
     from rich.table import Table
 
@@ -120,6 +123,7 @@ def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt:
         path, dev, cloud, bw, rtt_s, objective=objective, slo_ms=slo_ms, out_dir=out_dir, keep=keep,
         device_profile=device_profile, runs=runs, measure=measure, cloud_model=cloud_model,
         compression=compress, figure=not no_figure, log=lambda m: console.print(f"[dim]{m}[/dim]"),
+        wire=wire,
     )
     if plan.info["device_profile"]["emulated"]:
         console.print(f"[yellow]device times measured on this host and divided by {dev.name}'s "

@@ -44,6 +44,13 @@ class TensorInfo:
             n *= batch if d is None else d
         return int(n) * self.dtype.itemsize
 
+    def wire_bytes(self, wire: str = "fp32", batch: int = 1) -> int:
+        """Bytes on the link when crossing tensors travel as ``wire`` (see ``WIRE_FORMATS``):
+        under ``fp16`` a float32 tensor is sent at half precision, anything else as it is."""
+        if wire == "fp16" and self.dtype == np.float32:
+            return self.bytes(batch) // 2
+        return self.bytes(batch)
+
 
 @dataclass(frozen=True)
 class LayerNode:
@@ -213,10 +220,11 @@ class LayerGraph:
                     out.append(t)
         return tuple(out)
 
-    def cut_bytes(self, tensors: Iterable[str], batch: int | None = None) -> int:
-        """Bytes of a set of tensors at ``batch`` (default: the graph's batch)."""
+    def cut_bytes(self, tensors: Iterable[str], batch: int | None = None, wire: str = "fp32") -> int:
+        """Bytes of a set of tensors at ``batch`` (default: the graph's batch), as sent
+        in the ``wire`` format."""
         b = self.batch if batch is None else batch
-        return sum(self.tensors[t].bytes(b) for t in tensors)
+        return sum(self.tensors[t].wire_bytes(wire, b) for t in tensors)
 
     def output_bytes(self, batch: int | None = None) -> int:
         return self.cut_bytes(self.outputs, batch)

@@ -187,15 +187,17 @@ def make_candidates(
     cuts: Iterable[Sequence[str]],
     dev_ms: dict[str, float],
     cloud_ms: dict[str, float],
+    wire: str = "fp32",
 ) -> list[CutCandidate]:
-    """``local``, ``offload`` and one ``split`` per distinct cut, with predicted times."""
+    """``local``, ``offload`` and one ``split`` per distinct cut, with predicted times;
+    ``up_bytes`` as the crossing tensors travel in the ``wire`` format."""
     total_dev = sum(dev_ms.values())
     total_cloud = sum(cloud_ms.values())
     down = graph.output_bytes(1)
     out = [
         CutCandidate(LOCAL, LOCAL, (), total_dev, 0.0, 0, 0, extra={"device_nodes": len(graph.nodes)}),
         CutCandidate(OFFLOAD, OFFLOAD, tuple(graph.inputs), 0.0, total_cloud,
-                     graph.input_bytes(1), down, extra={"device_nodes": 0}),
+                     graph.cut_bytes(graph.inputs, 1, wire), down, extra={"device_nodes": 0}),
     ]
     seen: set[frozenset[str]] = {frozenset(graph.inputs)}
     ids: set[str] = {LOCAL, OFFLOAD}
@@ -217,7 +219,7 @@ def make_candidates(
             cid += "_"
         ids.add(cid)
         out.append(CutCandidate(
-            cid, SPLIT, ordered, head, max(tail, 0.0), graph.cut_bytes(ordered, 1), down,
+            cid, SPLIT, ordered, head, max(tail, 0.0), graph.cut_bytes(ordered, 1, wire), down,
             extra={"device_nodes": len(s), "position": max(graph.nodes[n].index for n in s)},
         ))
     return out
@@ -270,8 +272,10 @@ def min_cut(
     rtt_s: float,
     device: DeviceProfile,
     objective: str = "latency",
+    wire: str = "fp32",
 ) -> MinCut:
-    """Exact optimum (latency or energy) over all predecessor-closed device sets."""
+    """Exact optimum (latency or energy) over all predecessor-closed device sets, with
+    crossing tensors sent in the ``wire`` format."""
     if objective not in OBJECTIVES:
         raise PartitionError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if objective == "latency":
@@ -283,7 +287,8 @@ def min_cut(
     # Per-node weighted costs; the cost of sending an output back is paid in the cloud.
     dw = {n: w_dev * dev_ms[n] for n in graph.order}
     cw = {n: w_cloud * cloud_ms[n] for n in graph.order}
-    tr = {name: w_up * transfer_ms(info.bytes(1), bandwidth_bps) for name, info in graph.tensors.items()}
+    tr = {name: w_up * transfer_ms(info.wire_bytes(wire), bandwidth_bps)
+          for name, info in graph.tensors.items()}
     for info in graph.tensors.values():
         if info.is_output and info.producer:
             cw[info.producer] += w_down * transfer_ms(info.bytes(1), bandwidth_bps)

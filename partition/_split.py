@@ -222,3 +222,54 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(p))
     return p
+
+
+def half_precision_inputs(model: onnx.ModelProto, names: Sequence[str]
+                          ) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """A copy of ``model`` whose float32 graph inputs among ``names`` are declared float16
+    and cast back to float32 inside, and the names it changed.
+
+    This is how a tail takes crossing tensors sent at half precision (``wire = "fp16"``):
+    the inputs keep their names, so a client sends the same tensors, cast; Triton and
+    ``edgecut serve`` see an ordinary FP16 input. An input that is also a graph output is
+    left alone (it would come back at half precision).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    outputs = {o.name for o in g.output}
+    init_names = {t.name for t in g.initializer}
+    changed = []
+    for inp in g.input:
+        if (inp.name in names and inp.name not in outputs and inp.name not in init_names
+                and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT):
+            changed.append(inp.name)
+    renamed = {n: f"{n}__fp32" for n in changed}
+    taken = {v.name for v in g.value_info} | {o for n in g.node for o in n.output}
+    for new in renamed.values():
+        if new in taken:
+            raise PartitionError(f"model already has a tensor named '{new}'")
+
+    def rename(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in renamed:
+                    node.input[i] = renamed[name]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    rename(attr.g)
+                for sub in attr.graphs:
+                    rename(sub)
+
+    rename(g)
+    casts = [helper.make_node("Cast", [n], [renamed[n]], to=onnx.TensorProto.FLOAT,
+                              name=f"wire_cast_{n}") for n in changed]
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    for inp in g.input:
+        if inp.name in renamed:
+            inp.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    if changed:
+        onnx.checker.check_model(out)
+    return out, tuple(changed)

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from devices.errors import PartitionError
 
 LOCAL = "local"
 OFFLOAD = "offload"
 SPLIT = "split"
+# How crossing tensors travel to the cloud: as they are, or float32 ones at half precision
+# (the cloud model casts them back; half the bytes for about three significant digits).
+WIRE_FORMATS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,8 @@ class CutCandidate:
     ``tensors`` are the tensors that cross from the device to the cloud at this cut (the
     model inputs for ``offload``; none for ``local``). Times are at batch 1 in
     milliseconds: ``head_ms`` on the device, ``tail_ms`` in the cloud. ``up_bytes`` is
-    what crosses the link uncompressed; ``down_bytes`` is what comes back (the outputs).
+    what crosses the link as sent (see ``for_wire``); ``down_bytes`` is what comes back
+    (the outputs).
     ``head_model`` and ``tail_model`` are file names relative to the plan's folder
     (empty when that side does nothing); ``cloud_model`` is the name the tail is served
     under (``<model>.tail.<cut_id>``, or the whole model's name for ``offload``).
@@ -42,6 +49,14 @@ class CutCandidate:
         data = asdict(self)
         data["tensors"] = list(self.tensors)
         return data
+
+    def for_wire(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``tensors`` as this candidate's cloud model takes them: the ones it was given
+        FP16 inputs for (``extra["wire_fp16"]``, a plan made with ``wire="fp16"``) cast to
+        half precision, the rest as they are."""
+        halved = self.extra.get("wire_fp16") or ()
+        return {k: (v.astype(np.float16) if k in halved and v.dtype == np.float32 else v)
+                for k, v in tensors.items()}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> CutCandidate:

@@ -188,3 +188,49 @@ def test_a_probe_is_big_enough_to_show_a_faster_link_or_not_sent(
         sent = ex.probes_sent
         assert not ex.probe_link(probes=1) and ex.probes_sent == sent
         ex.close()
+
+
+def test_a_plan_with_the_fp16_wire_format_sends_half_and_answers_alike(
+        plan_dir: Path, slow_board: DeviceProfile, zoo_model,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    half_dir = tmp_path_factory.mktemp("plan16")
+    half = prepare_plan(zoo_model("squeezenet"), slow_board, half_dir, keep=3, wire="fp16")
+    full = {c.cut_id: c for c in Plan.load(plan_dir / "plan.json").candidates}
+    offload = half.candidate("offload")
+    assert offload.cloud_model == "squeezenet.fp16" and offload.extra["wire_fp16"] == ["data_0"]
+    assert offload.up_bytes == full["offload"].up_bytes // 2
+    # The whole model is still served as it was, for clients that send float32.
+    assert (half_dir / "repository" / "squeezenet" / "config.pbtxt").is_file()
+    assert "TYPE_FP16" in (half_dir / "repository" / "squeezenet.fp16" / "config.pbtxt").read_text()
+    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_budget_kb = 4096\n")
+    with CloudServer(half_dir / "repository") as srv, OffloadClient(srv.url) as client:
+        ex = Executor(half, half_dir, slow_board, policy=Policy(cfg), client=client,
+                      background_probes=False)
+        feeds = _feeds_for(ex)
+        ref = ex._session_for(ex.model_path).run(feeds)
+        for c in half.candidates:
+            out = ex.infer(feeds, force=c.cut_id)
+            assert out.fallback == "", out.fallback
+            if c.kind != "local":
+                # The bytes on the wire: half the float32 tensors, plus the request's header.
+                assert c.up_bytes <= out.up_bytes < c.up_bytes + 1024
+            for k, v in ref.items():
+                np.testing.assert_allclose(out.outputs[k], v, rtol=1e-2, atol=1e-3)
+                assert out.outputs[k].argmax() == v.argmax()
+        # A probe goes through the FP16 models too (the server would refuse float32).
+        samples = ex.link.total_samples
+        assert ex.probe_link(probes=1) and ex.link.total_samples > samples
+        ex.close()
+    # With the cloud gone, a split continues on the device from the cut with the same
+    # half-precision tail.
+    from tests.conftest import free_port
+
+    gone = OffloadClient(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
+    ex = Executor(half, half_dir, slow_board, policy=Policy(CFG), client=gone)
+    split = next(c for c in half.candidates if c.kind == "split")
+    out = ex.infer(feeds, force=split.cut_id)
+    assert out.executed == f"split@{split.cut_id} -> local tail"
+    for k, v in ref.items():
+        np.testing.assert_allclose(out.outputs[k], v, rtol=1e-2, atol=1e-3)
+    ex.close()
+    gone.close()

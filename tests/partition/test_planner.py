@@ -125,3 +125,22 @@ def test_densenet_min_cut_is_fast(zoo_model) -> None:
         times.append(time.perf_counter() - t0)
     # 50 ms is the target on an idle core; allow for a shared, loaded test host.
     assert sorted(times)[len(times) // 2] < 0.25
+
+
+def test_fp16_wire_halves_float_transfers_and_moves_the_optimum() -> None:
+    g = LayerGraph.from_model(graphs.chain())
+    dev = {"A": 10.0, "B": 1.0, "C": 20.0}
+    cloud = {"A": 1.0, "B": 0.1, "C": 1.0}
+    full = {c.cut_id: c for c in make_candidates(g, [("t1",)], dev, cloud)}
+    half = {c.cut_id: c for c in make_candidates(g, [("t1",)], dev, cloud, wire="fp16")}
+    assert full[OFFLOAD].up_bytes == 4000 and half[OFFLOAD].up_bytes == 2000
+    split = next(k for k, c in half.items() if c.kind == SPLIT)
+    assert full[split].up_bytes == 40 and half[split].up_bytes == 20
+    assert half[split].down_bytes == full[split].down_bytes == 20  # outputs come back as they are
+    # 100 kbit/s, 10 ms: split at t1 = 10 + 40 B (3.2 ms; 1.6 at fp16) + 10 + 1.1 + 1.6 down.
+    assert min_cut(g, dev, cloud, 1e5, 0.01, NANO).cost == pytest.approx(25.9)
+    assert min_cut(g, dev, cloud, 1e5, 0.01, NANO, wire="fp16").cost == pytest.approx(24.3)
+    # 1 Mbit/s: offload at fp32 (4000 B, 32 ms) loses to local; at fp16 (16 ms) it is
+    # 0 + 16 + 10 + 2.1 + 0.16 = 28.26, still behind the split (21.42).
+    mc = min_cut(g, dev, cloud, 1e6, 0.01, NANO, wire="fp16")
+    assert mc.tensors == ("t1",) and mc.cost == pytest.approx(21.42)

@@ -68,3 +68,29 @@ def test_split_keeps_dynamic_batch(zoo_model) -> None:
     want = _session(graph.model).run(None, feeds)[0]
     assert got.shape == want.shape and got.shape[:2] == (3, 1000)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_half_precision_tail_takes_fp16_and_answers_as_the_fp32_one(zoo_model) -> None:
+    from partition import half_precision_inputs
+    from partition.triton import triton_config
+
+    model = onnx.load(zoo_model("squeezenet"))
+    graph = LayerGraph.from_model(model)
+    cut = next(c for c in candidate_cuts(graph) if len(c) == 1)
+    head, tail = Splitter(model).split(cut)
+    half, changed = half_precision_inputs(tail, cut)
+    assert changed == tuple(cut)
+    name = cut[0]
+    (inp,) = [i for i in half.graph.input if i.name == name]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert f'name: "{name}"\n    data_type: TYPE_FP16' in triton_config("t", half)
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    crossing = _session(head).run(None, {"data_0": x})[0]
+    want = _session(tail).run(None, {name: crossing})[0]
+    got = _session(half).run(None, {name: crossing.astype(np.float16)})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-4)
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
+    # Only float32 inputs named are changed; the original model is left as it was.
+    same, none = half_precision_inputs(tail, ["not_an_input"])
+    assert none == () and same == tail
+    assert tail.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
