@@ -36,6 +36,26 @@ def test_profile_then_partition_write_everything(tmp_path, zoo_model, capsys) ->
             if f:
                 onnx.checker.check_model(str(plan_dir / f))
 
+    # --wire fp16: the same candidates, half the bytes up, FP16 cloud inputs.
+    half_dir = tmp_path / "plan16"
+    assert main(["partition", str(model), "--device", "jetson-nano", "--cloud", "here",
+                 "--bandwidth", "20Mbit", "--rtt", "40ms", "--out", str(half_dir), "--keep", "2",
+                 "--device-profile", str(prof), "--runs", "2", "--measure", "0",
+                 "--no-figure", "--wire", "fp16"]) == 0
+    half = Plan.load(half_dir / "plan.json")
+    assert half.info["wire"] == "fp16" and plan.info["wire"] == "fp32"
+    assert half.candidate("offload").up_bytes * 2 == plan.candidate("offload").up_bytes
+    for c in half.candidates:
+        if c.kind != "local":
+            assert c.extra["wire_fp16"] == list(c.tensors)
+            tail = onnx.load(str(half_dir / c.tail_model))
+            assert {i.name: i.type.tensor_type.elem_type for i in tail.graph.input
+                    if i.name in c.tensors} == dict.fromkeys(c.tensors, onnx.TensorProto.FLOAT16)
+    assert main(["partition", str(model), "--device", "jetson-nano", "--cloud", "here",
+                 "--bandwidth", "20Mbit", "--rtt", "40ms", "--out", str(half_dir),
+                 "--wire", "int4"]) == 2
+    assert "int4" in capsys.readouterr().err
+
 
 def test_cli_errors_are_one_line(tmp_path, zoo_model, capsys) -> None:
     model = zoo_model("squeezenet")
