@@ -328,13 +328,18 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         p.kind != LOCAL and p.energy_mj < best.energy_mj
         and _predict(by_id[p.cut_id], ctx, cfg, ctx.link.bandwidth_bps).latency_ms
         <= cfg.slo_ms < at_low.get(p.cut_id, 0.0) for p in allowed)
-    probe = ((link_stale or doubtful) and not explored and can_probe
+    # And while the best plan is local, nothing else will measure the link: after one
+    # slow transfer the device would stay local until the estimate went stale.
+    idle_link = cfg.explore.probe_while_local and best.kind == LOCAL
+    probe = ((link_stale or doubtful or idle_link) and not explored and can_probe
              and any(p.kind != LOCAL and p.up_bytes > best.up_bytes for p in could_win))
     if probe:
         reason += ("; link estimate is stale and a remote plan could win: probing"
                    if link_stale else
                    "; a plan that saves energy is held back only by the link's "
-                   "uncertainty: probing")
+                   "uncertainty: probing" if doubtful else
+                   "; running locally leaves the link unmeasured and a remote plan could "
+                   "win: probing")
     return Decision(
         kind=chosen.kind, cut_id=chosen.cut_id, predicted_ms=chosen.latency_ms,
         predicted_mj=chosen.energy_mj, reason=reason, explored=explored, probe=probe,

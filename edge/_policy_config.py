@@ -65,6 +65,10 @@ class ExploreSettings:
     # a cellular link between offloads; lower it on metered links.
     probe_budget_bytes: int = 2048 * 1024
     probe_refill_s: float = 60.0
+    # While the device runs locally nothing measures the link: probe as soon as a remote
+    # plan could win at the optimistic edge, not only once the estimate is stale. Off by
+    # default: on the 5G and Ghent traces it traded one gap for another (docs/policy.md).
+    probe_while_local: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
         probe_budget_bytes=int(ex.get("probe_budget_kb", float, de.probe_budget_bytes / 1024,
                                       min=0.0) * 1024),
         probe_refill_s=ex.get("probe_refill_s", float, de.probe_refill_s, min=0.1),
+        probe_while_local=ex.get("probe_while_local", bool, de.probe_while_local),
     )
     ex.finish()
 

@@ -78,6 +78,14 @@ CASES = [
          cfg={"link": {"risk": 1.0}}),
     Case("unknown link is planned at its pessimistic edge", 100, "local", spread=2.08,
          confidence=0.0, cfg={"link": {"risk": 0.0}}),
+    # With probe_while_local, running locally while a remote plan could win at the
+    # optimistic edge probes the fresh link at once (local runs measure nothing) ...
+    Case("probe_while_local: a local run probes a fresh link", 100, "local",
+         "running locally leaves the link unmeasured", spread=1.0,
+         cfg={"link": {"risk": 1.0}}, explore={"probe_while_local": True}, probe=True),
+    # ... but never without the budget for one.
+    Case("probe_while_local: no probe beyond the budget", 100, "local", spread=1.0,
+         cfg={"link": {"risk": 1.0}}, explore={"probe_while_local": True}, probe_allowance=0),
     Case("same belief, full confidence", 100, "split@a", spread=2.08, confidence=1.0,
          cfg={"link": {"risk": 0.0}}),
     # Throttled, local takes 200 ms and split@b 195 ms: 2.7 % faster, within the default
@@ -130,6 +138,10 @@ CASES = [
          cfg={"objective": "energy", "slo_ms": 120.0}, probe=True),
     Case("energy, no probe when the plan misses the SLO even at the estimate", 10, "local",
          "least energy", spread=1.0, cfg={"objective": "energy", "slo_ms": 110.0}),
+    Case("energy, probe_while_local: a plan meeting the SLO at the optimistic edge is probed",
+         10, "local", "running locally leaves the link unmeasured", spread=1.0,
+         cfg={"objective": "energy", "slo_ms": 110.0}, explore={"probe_while_local": True},
+         probe=True),
     # ... unless the operator lets the SLO be checked at the risk-discounted rate.
     Case("energy, slo_risk 0 checks at the risk-discounted rate", 10, "split@b",
          "least energy", spread=1.0,
