@@ -36,7 +36,10 @@ def export_triton(
         raise PartitionError(f"plan '{plan.model}': whole model '{whole}' not found")
     written.append(write_repository_entry(out, plan.model, whole, options=options))
     for cand in plan.candidates:
-        if cand.kind != "split" or not cand.tail_model:
+        # Every split's tail, and the offload's own model when it is not the whole one
+        # (a plan for the fp16 wire format offloads to ``<model>.fp16``).
+        if cand.kind == "local" or not cand.tail_model or (
+                cand.kind == "offload" and cand.cloud_model in ("", plan.model)):
             continue
         tail = Path(cand.tail_model)
         if not tail.is_absolute():

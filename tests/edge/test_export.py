@@ -64,6 +64,28 @@ def test_triton_repository_configs_parse_with_tritons_schema(tmp_path: Path, zoo
     assert list(tail_cfg.input[0].dims) == [128, 55, 55]
 
 
+def test_a_plan_for_the_fp16_wire_exports_its_fp16_models(tmp_path: Path, zoo_model) -> None:
+    plan_dir = tmp_path / "plan"
+    assert main(["partition", str(zoo_model("squeezenet")), "--device", "jetson-nano",
+                 "--cloud", "here", "--bandwidth", "20Mbit", "--rtt", "40ms", "--out",
+                 str(plan_dir), "--keep", "1", "--runs", "2", "--measure", "0", "--no-figure",
+                 "--wire", "fp16"]) == 0
+    plan = Plan.load(plan_dir / "plan.json")
+    repo = tmp_path / "repo"
+    assert main(["export", "triton", "--plan", str(plan_dir / "plan.json"), "--out", str(repo)]) == 0
+    names = {p.name for p in repo.iterdir()}
+    # The whole model for float32 clients, the offload's FP16 one, and every tail.
+    assert names == {"squeezenet", *(c.cloud_model for c in plan.candidates if c.cloud_model)}
+    assert "squeezenet.fp16" in names
+    for c in plan.candidates:
+        if c.kind == "local":
+            continue
+        config = model_config_pb2.ModelConfig()
+        text_format.Parse((repo / c.cloud_model / "config.pbtxt").read_text(), config)
+        assert {i.name: i.data_type for i in config.input} == dict.fromkeys(
+            c.tensors, model_config_pb2.TYPE_FP16)
+
+
 def test_export_triton_names_a_missing_tail(tmp_path: Path, zoo_model) -> None:
     plan_path = _plan_with_one_split(tmp_path, zoo_model("squeezenet"))
     (tmp_path / "tail.c1.onnx").unlink()
