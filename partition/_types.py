@@ -29,7 +29,8 @@ class CutCandidate:
     (the outputs).
     ``head_model`` and ``tail_model`` are file names relative to the plan's folder
     (empty when that side does nothing); ``cloud_model`` is the name the tail is served
-    under (``<model>.tail.<cut_id>``, or the whole model's name for ``offload``).
+    under (``<model>.tail.<cut_id>``, or for ``offload`` the whole model's name, or
+    ``<model>.fp16`` in a plan for the fp16 wire format).
     """
 
     cut_id: str
