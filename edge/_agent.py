@@ -138,7 +138,7 @@ class _LogHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self._drain()
+            self._drain(flush=False)
             self._write(record)
             super().flush()
 
@@ -153,7 +153,7 @@ class _LogHandler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
 
-    def _drain(self) -> None:
+    def _drain(self, flush: bool = True) -> None:
         with self.lock:  # type: ignore[union-attr]  # one writer at a time, in order
             wrote = False
             while self._pending:
@@ -167,7 +167,7 @@ class _LogHandler(logging.StreamHandler):
                         continue
                 self._write(item)
                 wrote = True
-            if wrote:
+            if wrote and flush:
                 super().flush()
 
     def _drain_loop(self) -> None:

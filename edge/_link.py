@@ -262,10 +262,13 @@ class LinkEstimator:
             age = max(now - self._last_traffic, 0.0)
             fill = min(1.0, n / min(self.window, 2))
             confidence = fill * 0.5 ** (max(age - self.grace_s, 0.0) / self.half_life_s)
+            bias = 1.0
             if len(self._err) >= _MIN_ERRORS:
-                # How far below the estimate the next sample came, at one sigma.
+                # How far below the estimate the next sample came, at one sigma; and the
+                # mean of estimate / sample, which sets the expected transfer time.
                 ordered = sorted(self._err)
                 sd = max(-ordered[int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
+                bias = sum(math.exp(-e) for e in self._err) / len(self._err)
             elif n > 1:  # too few misses measured yet: the scatter of the samples
                 logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
                 w = self._weights_locked()
@@ -278,9 +281,6 @@ class LinkEstimator:
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.
             headroom = math.log(4.0) if self._bounded else 0.0
-            bias = 1.0
-            if len(self._err) >= _MIN_ERRORS:
-                bias = sum(math.exp(-e) for e in self._err) / len(self._err)
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
                                 min(max(bias, 0.5), 10.0))
 

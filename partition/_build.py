@@ -480,9 +480,11 @@ def write_plan_dir(plan: Plan, splitter: Splitter, out: Path, dprof: Profile, cp
         if c.kind == LOCAL:
             new.append(replace(c, head_model=full_name))
         elif c.kind == OFFLOAD:
+            cloud_name = name
             if wire == "fp16":  # the whole model stays servable to clients that send fp32
                 write_repository_entry(repo, name, splitter.model)
-            new.append(serve(f"{name}.fp16" if wire == "fp16" else name, splitter.model, c))
+                cloud_name = f"{name}.fp16"
+            new.append(serve(cloud_name, splitter.model, c))
         else:
             head, tail = splitter.split(c.tensors)
             head_file = f"head.{c.cut_id}.onnx"

@@ -55,7 +55,9 @@ class CutCandidate:
         """``tensors`` as this candidate's cloud model takes them: the ones it was given
         FP16 inputs for (``extra["wire_fp16"]``, a plan made with ``wire="fp16"``) cast to
         half precision, the rest as they are."""
-        halved = self.extra.get("wire_fp16") or ()
+        halved = self.extra.get("wire_fp16")
+        if not halved:  # an fp32 plan: nothing to cast on the request path
+            return dict(tensors)
         return {k: (v.astype(np.float16) if k in halved and v.dtype == np.float32 else v)
                 for k, v in tensors.items()}
 
