@@ -40,6 +40,7 @@ from devices.errors import (
     OffloadError,
     OffloadRejected,
     PartitionError,
+    TransferAbandoned,
     UnknownProfileError,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "ModelInputError",
     "ModelUpdateError",
     "OffloadError",
+    "TransferAbandoned",
     "OffloadRejected",
     "PartitionError",
     "PowerMode",

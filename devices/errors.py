@@ -14,6 +14,7 @@ the leaves they raise. ``cloud`` stands alone and has its own tree in ``cloud.er
     │   ├── CloudUnavailable       the service cannot be reached or is unhealthy
     │   ├── OffloadRejected        the service answered with an error status
     │   └── DeadlineExceeded       the cloud leg would miss the request's deadline
+    │       └── TransferAbandoned      an upload given up because its progress said so
     ├── ModelUpdateError       a model deployment was rejected (checksum, warm-up, ...)
     └── FleetError             the MQTT fleet link failed or got an invalid message
 
@@ -71,6 +72,19 @@ class DeadlineExceeded(OffloadError):
     """The cloud leg would finish after the request's deadline."""
 
 
+class TransferAbandoned(DeadlineExceeded):
+    """An upload was given up part-way because its measured progress said the answer would
+    come too late. ``rate_bps`` is the rate the upload was progressing at, ``sent_bytes``
+    what had been handed over, ``seconds`` how long it ran."""
+
+    def __init__(self, message: str, *, rate_bps: float = 0.0, sent_bytes: int = 0,
+                 seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.rate_bps = rate_bps
+        self.sent_bytes = sent_bytes
+        self.seconds = seconds
+
+
 class ModelUpdateError(EdgecutError):
     """A model deployment was rejected (download, checksum, signature, warm-up)."""
 
@@ -92,5 +106,6 @@ __all__ = [
     "OffloadError",
     "OffloadRejected",
     "PartitionError",
+    "TransferAbandoned",
     "UnknownProfileError",
 ]

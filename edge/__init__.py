@@ -12,6 +12,7 @@ from devices.errors import (
     ModelError,
     ModelInputError,
     OffloadError,
+    TransferAbandoned,
 )
 from edge._emulator import LinkEmulator, Trace, bundled_trace, load_trace
 from edge._executor import Executor, Outcome
@@ -55,6 +56,7 @@ __all__ = [
     "ModelError",
     "ModelInputError",
     "OffloadError",
+    "TransferAbandoned",
     "Session",
     "TensorSpec",
     "load",

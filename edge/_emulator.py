@@ -13,6 +13,13 @@ less (a bucket left full made a probe right after a health check look 15 ms fast
 every link). The bucket's full depth only keeps timer oversleep from throwing capacity
 away while data waits.
 
+The proxy reads from a sender only while the data it holds for that flow is under one
+round trip at the current rate (what a TCP sender has in flight on a real path: its
+congestion window settles near the bandwidth-delay product), and its sockets take small
+buffers. So a sender sees its writes progress at the link's rate, as it would on a real
+path, instead of handing the whole body to the proxy at once: the offload client uses
+that progress to give up an upload that would miss its deadline.
+
 Trace formats (:func:`load_trace` detects them from the file):
 
 - FCC / HSDPA (Pensieve "cooked"): two columns ``time_s  Mbit/s``;
@@ -30,6 +37,7 @@ import asyncio
 import csv
 import json
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +47,12 @@ from pathlib import Path
 import numpy as np
 
 from devices.errors import ConfigError
+
+# The proxy's socket buffers and read size: small, so that what a sender has handed over
+# is about what the link has in flight (see LinkEmulator).
+_SOCKET_BUFFER = 32 * 1024
+_READ_CHUNK = 16 * 1024
+_MIN_WINDOW = 32 * 1024
 
 _NYU_UNITS = {"mbits/sec": 1e6, "kbits/sec": 1e3, "bits/sec": 1.0, "gbits/sec": 1e9}
 
@@ -460,8 +474,14 @@ class LinkEmulator:
         self._up = _Bucket(self.up_trace, self.clock, burst(self.up_trace))
         self._down = _Bucket(self.down_trace, self.clock, burst(self.down_trace))
         try:
+            # (IPPROTO_TCP named, or asyncio leaves Nagle on for the accepted sockets)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Set before listen so that accepted sockets advertise a small window.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+            sock.bind(("127.0.0.1", self._listen_port))
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", self._listen_port))
+                asyncio.start_server(self._handle, sock=sock, limit=_READ_CHUNK))
             self.port = self._server.sockets[0].getsockname()[1]
         except OSError as exc:
             self._error = exc
@@ -476,7 +496,8 @@ class LinkEmulator:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            up_reader, up_writer = await asyncio.open_connection(*self.target,
+                                                                 limit=_READ_CHUNK)
         except OSError:
             writer.close()
             return
@@ -495,14 +516,27 @@ class LinkEmulator:
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     bucket: _Bucket) -> None:
-        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(maxsize=64)
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        held = 0  # bytes read from the sender and not yet passed on
+        room = asyncio.Event()
+        room.set()
+
+        def window() -> float:
+            # One round trip at the current rate, and never less than a few segments.
+            rate = bucket.trace.rate_at(bucket.clock.now())
+            return max(_MIN_WINDOW, rate / 8.0 * (2.0 * self.delay_s + 0.005))
 
         async def pump() -> None:
+            nonlocal held
             try:
                 while True:
-                    data = await reader.read(65536)
+                    await room.wait()
+                    data = await reader.read(_READ_CHUNK)
                     if not data:
                         break
+                    held += len(data)
+                    if held >= window():
+                        room.clear()
                     await queue.put((time.monotonic() + self.delay_s, data))
             except (ConnectionError, OSError):
                 pass
@@ -529,6 +563,9 @@ class LinkEmulator:
                     chunk, view = view[:piece], view[piece:]
                     await bucket.take(len(chunk))
                     writer.write(chunk)
+                    held -= len(chunk)
+                    if held < window():
+                        room.set()
                     await writer.drain()
         except (ConnectionError, OSError):
             pass

@@ -26,12 +26,30 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from devices import DeviceProfile, EnergyModel, PowerSensor
-from devices.errors import ConfigError, DeadlineExceeded, EdgecutError, OffloadError
+from devices.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    EdgecutError,
+    OffloadError,
+    TransferAbandoned,
+)
 from edge._link import LinkEstimator
-from edge._offload import HALF_OPEN, OPEN, OffloadClient
-from edge._policy import CloudState, CostTable, Decision, DeviceState, Policy, PolicyContext
+from edge._offload import HALF_OPEN, OPEN, OffloadClient, UploadProgress
+from edge._policy import (
+    CloudState,
+    CostTable,
+    Decision,
+    DeviceState,
+    Policy,
+    PolicyContext,
+    Prediction,
+)
 from edge.runtime import Session
 from partition import LOCAL, OFFLOAD, CutCandidate, Plan
+
+# A watched upload is read about this often (each write the path holds back): the last
+# reading that can still give it up in time comes this long before the last moment.
+_RECHECK_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,9 @@ class Executor:
         # A real sensor (INA3221 rails, RAPL) corrects the profile's active power online.
         self.power_sensor = power_sensor
         self.probes_sent = 0
+        # The radio's time spent on probes (health check and inference, seconds): an
+        # energy cost no request carries (the replay charges it to edgecut).
+        self.probe_radio_s = 0.0
         self._max_batch: dict[str, int] = {}
         # Called with every Outcome (the agent's statistics, the demo's live table).
         self.listeners: list[Callable[[Outcome], None]] = []
@@ -325,25 +346,32 @@ class Executor:
         # the device if it fails: the local tail (or whole model) plus a margin.
         local_rest_ms = self._local_rest_ms(cand)
         deadline = None
+        pred = next((p for p in decision.predictions if p.cut_id == cand.cut_id), None)
         if slo > 0:
             budget_ms = slo - head_ms - local_rest_ms - cfg.offload.deadline_margin_ms
             # Never cut the cloud off before twice its predicted time: when the SLO is
             # already lost, falling back early would only add the local rest on top.
-            pred = next((p for p in decision.predictions if p.cut_id == cand.cut_id), None)
             expected = (pred.up_ms + pred.wait_ms + pred.down_ms) if pred else 0.0
             budget_ms = max(budget_ms, 2.0 * expected, local_rest_ms, 20.0)
             deadline = time.monotonic() + budget_ms / 1000.0
         reason = ""
         t0 = time.perf_counter()
+        watch = None
+        if cfg.offload.abandon and slo > 0:
+            watch = self._abandon_watch(pred, head_ms, local_rest_ms, slo, t0)
         try:
             if self.client is None:
                 raise OffloadError("no cloud client configured")
             result = self.client.infer(cand.cloud_model, crossing, self.output_names,
-                                       deadline=deadline, request_id=f"{rid}")
+                                       deadline=deadline, request_id=f"{rid}", watch=watch)
         except OffloadError as exc:
             cloud_ms = (time.perf_counter() - t0) * 1000.0
             reason = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, DeadlineExceeded):
+            if isinstance(exc, TransferAbandoned):
+                # The rate the upload was progressing at is a bandwidth sample as good as
+                # a finished transfer's.
+                self.link.observe_rate(exc.rate_bps)
+            elif isinstance(exc, DeadlineExceeded):
                 # A censored sample: the transfer took at least this long, so the link is
                 # at most this fast. Feeding it keeps the estimate honest on a collapse.
                 self.link.observe_censored(_nbytes(crossing), cloud_ms / 1000.0)
@@ -363,6 +391,38 @@ class Executor:
         if result.server_s is not None:
             out = replace(out, server_ms=result.server_s * 1000.0)
         return out
+
+    def _abandon_watch(self, pred: Prediction | None, head_ms: float, local_rest_ms: float,
+                       slo: float, t0: float) -> Callable[[UploadProgress], str]:
+        """The upload watch of one request: give the upload up when, at the rate it is
+        progressing, the answer would come after the SLO while finishing on the device
+        would still meet it. Past that point it carries on: the device could not make
+        the SLO either, and the transfer is the cheaper of the two to finish."""
+        margin = self.policy.config.offload.deadline_margin_ms
+        # After serialising, what the prediction adds: the round trip, the tail's compute
+        # and the answer's download.
+        after_ms = (pred.wait_ms + pred.down_ms) if pred is not None else 0.0
+
+        latest_ms = slo - local_rest_ms - margin  # a local run started later misses
+
+        def watch(p: UploadProgress) -> str:
+            now_ms = head_ms + (time.perf_counter() - t0) * 1000.0
+            if now_ms > latest_ms:
+                return ""
+            finish_ms = head_ms + p.serialise_s() * 1000.0 + after_ms
+            if finish_ms <= slo:
+                return ""
+            # Late at this rate. Give up now if the rest would need over twice the rate
+            # shown so far, or if the next reading may come too late; else wait and see:
+            # a link can come back within a transfer, and a wrong give-up costs a whole
+            # local run.
+            hopeless = finish_ms - now_ms > 2.0 * (slo - now_ms)
+            if not hopeless and now_ms + _RECHECK_MS <= latest_ms:
+                return ""
+            return (f"upload progressing at {p.rate_bps / 1e6:.1f} Mbit/s would answer at "
+                    f"{finish_ms:.0f} ms, past the {slo:.0f} ms SLO: finished on the device")
+
+        return watch
 
     def _local_rest_ms(self, cand: CutCandidate) -> float:
         snap = {c.cut_id: c for c in self.costs.snapshot()}
@@ -392,10 +452,15 @@ class Executor:
                  outputs: dict, head_ms: float, cloud_ms: float, local_tail_ms: float,
                  up: int, down: int, slo: float, started: float) -> Outcome:
         latency = head_ms + cloud_ms + local_tail_ms
-        est = self.link.estimate()
-        up_ms = min(est.transfer_s(up) * 1000.0, cloud_ms)
-        down_ms = min(est.transfer_s(down) * 1000.0, max(cloud_ms - up_ms, 0.0))
-        wait_ms = max(cloud_ms - up_ms - down_ms, 0.0)
+        if fallback:
+            # What the failed cloud leg sent is unknown: its whole time is charged at the
+            # radio's transmit power, the most it can have cost.
+            up_ms, down_ms, wait_ms = cloud_ms, 0.0, 0.0
+        else:
+            est = self.link.estimate()
+            up_ms = min(est.transfer_s(up) * 1000.0, cloud_ms)
+            down_ms = min(est.transfer_s(down) * 1000.0, max(cloud_ms - up_ms, 0.0))
+            wait_ms = max(cloud_ms - up_ms - down_ms, 0.0)
         energy = self.energy.plan_mj(head_ms + local_tail_ms, up_ms, down_ms, wait_ms)
         missed = slo > 0 and latency > slo
         return Outcome(rid, decision, executed, fallback, latency, head_ms, cloud_ms,
@@ -461,6 +526,7 @@ class Executor:
         self.probes_sent += 1
 
         def run() -> None:
+            started = time.monotonic()
             try:
                 assert self.client is not None
                 self.link.observe_rtt(self.client.ping())
@@ -471,6 +537,8 @@ class Executor:
                 self.link.observe_transfer(r.up_bytes, r.down_bytes, r.seconds, server_s=server_s)
             except EdgecutError:
                 pass
+            finally:
+                self.probe_radio_s += time.monotonic() - started
 
         if self.background_probes:
             self._probe_thread = threading.Thread(target=run, name="edgecut-probe", daemon=True)

@@ -61,6 +61,10 @@ class LinkEstimate:
     #: known). Transfer time goes as 1 / bandwidth, so a link that sometimes comes in far
     #: below its estimate costs more on average than its estimate says.
     inverse_bias: float = 1.0
+    #: How far above the estimate the next sample has come lately, as ``spread`` is how
+    #: far below (0: as ``spread``). After a dip the estimate is low and the link comes
+    #: back well above it more often than the downside says.
+    spread_up: float = 0.0
 
     @property
     def expected_bps(self) -> float:
@@ -195,6 +199,15 @@ class LinkEstimator:
         self._last_traffic = now
         self.total_samples += 1
 
+    def observe_rate(self, bps: float, now: float | None = None) -> None:
+        """A rate measured directly: an upload's writes progressing while the path held
+        them back (one given up part-way, see ``OffloadClient.infer``)."""
+        now = self._clock() if now is None else now
+        if bps <= 0 or not math.isfinite(bps):
+            return
+        with self._lock:
+            self._add_sample_locked(bps, now)
+
     def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> None:
         """A transfer that had not finished after ``seconds`` (we gave up): the link is at
         most ``nbytes`` over the time spent serialising. Lowers the estimate, never raises it."""
@@ -263,11 +276,14 @@ class LinkEstimator:
             fill = min(1.0, n / min(self.window, 2))
             confidence = fill * 0.5 ** (max(age - self.grace_s, 0.0) / self.half_life_s)
             bias = 1.0
+            sd_up = None
             if len(self._err) >= _MIN_ERRORS:
-                # How far below the estimate the next sample came, at one sigma; and the
-                # mean of estimate / sample, which sets the expected transfer time.
+                # How far below (and above) the estimate the next sample came, at one
+                # sigma; and the mean of estimate / sample, which sets the expected
+                # transfer time.
                 ordered = sorted(self._err)
                 sd = max(-ordered[int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
+                sd_up = max(ordered[-1 - int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
                 bias = sum(math.exp(-e) for e in self._err) / len(self._err)
             elif n > 1:  # too few misses measured yet: the scatter of the samples
                 logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
@@ -277,12 +293,14 @@ class LinkEstimator:
                                / sum(w))
             else:
                 sd = 0.5
-            spread = sd + (1.0 - confidence) * math.log(4.0)
+            widen = (1.0 - confidence) * math.log(4.0)
+            spread = sd + widen
+            spread_up = (sd_up if sd_up is not None else sd) + widen
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.
             headroom = math.log(4.0) if self._bounded else 0.0
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
-                                min(max(bias, 0.5), 10.0))
+                                min(max(bias, 0.5), 10.0), spread_up)
 
     # -- probing ------------------------------------------------------------------------
     def resolving_bytes(self, now: float | None = None) -> int:

@@ -6,7 +6,10 @@
 - a per-request deadline: the timeout of every attempt is what is left of it;
 - retries only where they are safe (the request never left, or the call is idempotent,
   which inference is) and only while the deadline leaves room;
-- a circuit breaker (closed -> open after N failures -> half-open trial -> closed).
+- a circuit breaker (closed -> open after N failures -> half-open trial -> closed);
+- optionally a watched upload: the body goes out in slices, the rate its writes progress
+  at is measured (the socket keeps little unsent data, ``TCP_NOTSENT_LOWAT``, so writes
+  progress at the path's rate), and a caller's ``watch`` may give it up part-way.
 
 Errors are translated at this one boundary into the edgecut tree::
 
@@ -14,14 +17,16 @@ Errors are translated at this one boundary into the edgecut tree::
     ├── CloudUnavailable   connection refused/reset, 502/503/504, circuit open
     ├── OffloadRejected    any other error status (the server's message kept)
     └── DeadlineExceeded   the deadline passed or would pass before an answer
+        └── TransferAbandoned  the watch gave the upload up
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +40,7 @@ from devices.errors import (
     DeadlineExceeded,
     OffloadError,
     OffloadRejected,
+    TransferAbandoned,
 )
 
 # ---------------------------------------------------------------------------- tokens
@@ -233,6 +239,66 @@ class CircuitBreaker:
 
 
 @dataclass(frozen=True)
+class UploadProgress:
+    """How a watched upload is going.
+
+    ``rate_bps`` is the rate the writes progressed at since the path first held one back;
+    ``held_bytes`` what was handed over until then: the path's buffers, in flight, not
+    yet delivered.
+    """
+
+    elapsed_s: float
+    sent_bytes: int
+    total_bytes: int
+    rate_bps: float
+    held_bytes: int
+
+    def serialise_s(self) -> float:
+        """Time the whole body takes through the path at this rate: with the path's
+        one-way delay added, when its last byte arrives after the first one was written."""
+        if self.rate_bps <= 0:
+            return float("inf")
+        return self.total_bytes * 8.0 / self.rate_bps
+
+
+# A watched body goes out in slices this big; a write that waits longer than
+# _BLOCKED_S was held back by the path; the rate is read once the path has held the
+# writes back for at least _MIN_RATE_SPAN_S.
+_SLICE = 16 * 1024
+_BLOCKED_S = 0.002
+_MIN_RATE_SPAN_S = 0.015
+_NOTSENT_LOWAT = 16 * 1024
+
+
+def _watched_body(body: bytes, watch: Callable[[UploadProgress], str]) -> Iterator[bytes]:
+    """Yield ``body`` in slices; after each write the path held back, ask ``watch``
+    whether to go on (it returns a reason to give up, or "").
+
+    The path takes data in bursts as its buffers drain, so the rate is the average since
+    the first write it held back, read just after such a write (a burst's end would
+    show the rate of the socket, not the path's)."""
+    total = len(body)
+    t0 = last = time.perf_counter()
+    first: tuple[float, int] | None = None  # (time, bytes) when the path first held a write
+    for sent in range(0, total, _SLICE):
+        if sent:
+            now = time.perf_counter()
+            if now - last > _BLOCKED_S:
+                if first is None:
+                    # What went before is in the path's buffers; this wait also held the
+                    # path's one-way delay, so the rate is measured from here on.
+                    first = (now, sent)
+                elif now - first[0] >= _MIN_RATE_SPAN_S:
+                    rate = (sent - first[1]) * 8.0 / (now - first[0])
+                    why = watch(UploadProgress(now - t0, sent, total, rate, first[1]))
+                    if why:
+                        raise TransferAbandoned(why, rate_bps=rate, sent_bytes=sent,
+                                                seconds=now - t0)
+            last = now
+        yield body[sent:sent + _SLICE]
+
+
+@dataclass(frozen=True)
 class InferResult:
     """Outputs of one offloaded inference and what it cost on the wire.
 
@@ -292,6 +358,16 @@ class OffloadClient:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.breaker = breaker or CircuitBreaker()
+        if transport is None:
+            # Little unsent data in the socket: a watched upload's writes then progress at
+            # the path's rate instead of vanishing into a send buffer of megabytes.
+            opts = ([(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT)]
+                    if hasattr(socket, "TCP_NOTSENT_LOWAT") else [])
+            transport = httpx.HTTPTransport(
+                socket_options=opts,
+                limits=httpx.Limits(max_connections=max_connections,
+                                    max_keepalive_connections=max_connections,
+                                    keepalive_expiry=60.0))
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s),
@@ -345,8 +421,13 @@ class OffloadClient:
     # -- inference ----------------------------------------------------------------------
     def infer(self, model: str, inputs: Mapping[str, np.ndarray],
               outputs: Sequence[str] | None = None, *, deadline: float | None = None,
-              request_id: str | None = None, idempotent: bool = True) -> InferResult:
-        """Run ``model`` on the server. ``deadline`` is a ``time.monotonic()`` instant."""
+              request_id: str | None = None, idempotent: bool = True,
+              watch: Callable[[UploadProgress], str] | None = None) -> InferResult:
+        """Run ``model`` on the server. ``deadline`` is a ``time.monotonic()`` instant.
+
+        ``watch`` sees the upload's progress between slices of the body and may give it
+        up by returning a reason; that raises :class:`TransferAbandoned` at once (no
+        retry: the caller has better things to do with the time)."""
         from cloud import encode_infer_request
 
         if not self.breaker.allow():
@@ -372,8 +453,16 @@ class OffloadClient:
             t0 = time.perf_counter()
             sent = True
             try:
-                resp = self._http.post(url, content=body, headers=headers,
-                                       timeout=httpx.Timeout(timeout))
+                if watch is None:
+                    resp = self._http.post(url, content=body, headers=headers,
+                                           timeout=httpx.Timeout(timeout))
+                else:
+                    resp = self._http.post(url, content=_watched_body(body, watch),
+                                           headers={**headers, "Content-Length": str(len(body))},
+                                           timeout=httpx.Timeout(timeout))
+            except TransferAbandoned:
+                self.breaker.release()
+                raise
             except httpx.TimeoutException as exc:
                 error: OffloadError = DeadlineExceeded(
                     f"model '{model}': no answer within {timeout * 1000:.0f} ms ({exc!r})")

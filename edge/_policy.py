@@ -190,12 +190,43 @@ def _exclusion(c: CutEstimate, p: Prediction, ctx: PolicyContext, cfg: PolicyCon
     return ""
 
 
+def _can_abandon(p: Prediction, local: Prediction, cfg: PolicyConfig) -> bool:
+    """Whether ``p``'s upload could be given up after ``abandon_judge_ms`` and the whole
+    request still run on the device (``local``) within the SLO."""
+    if not cfg.offload.abandon or cfg.slo_ms <= 0 or p.kind == LOCAL or p.up_bytes <= 0:
+        return False
+    spare = cfg.slo_ms - p.head_ms - local.latency_ms - cfg.offload.deadline_margin_ms
+    return spare >= cfg.offload.abandon_judge_ms
+
+
+def _slo_chance(p: Prediction, ctx: PolicyContext, cfg: PolicyConfig,
+                planned_bps: float) -> float:
+    """The chance that ``p`` (predicted at ``planned_bps``) meets the SLO: the log of the
+    link's bandwidth over its estimate taken as a two-piece normal, with the belief's
+    spread below the estimate and its upward spread above (how far off the forecasts
+    have been each way)."""
+    budget_ms = cfg.slo_ms - p.head_ms - p.wait_ms
+    bit_ms = (p.up_ms + p.down_ms) * planned_bps  # bits x 1000: the same at any rate
+    if bit_ms <= 0:
+        return 1.0 if budget_ms >= 0 else 0.0
+    if budget_ms <= 0:
+        return 0.0
+    needed = bit_ms / budget_ms
+    est = ctx.link.bandwidth_bps
+    sd = ctx.link.spread if needed <= est else (ctx.link.spread_up or ctx.link.spread)
+    if sd <= 1e-9:
+        return 1.0 if est >= needed else 0.0
+    z = math.log(est / needed) / sd
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
 def _avg_power_w(p: Prediction) -> float:
     return p.energy_mj / p.latency_ms if p.latency_ms > 0 else 0.0
 
 
 def _score_fn(objective: str, cfg: PolicyConfig, preds: Iterable[Prediction],
-              slo_ms_at_low: Mapping[str, float] | None = None
+              slo_ms_at_low: Mapping[str, float] | None = None,
+              expected_mj: Mapping[str, float] | None = None
               ) -> Callable[[Prediction], float]:
     preds = list(preds)
     if objective == "latency":
@@ -206,10 +237,12 @@ def _score_fn(objective: str, cfg: PolicyConfig, preds: Iterable[Prediction],
     if objective == "energy":
         slo = cfg.slo_ms
         worst = slo_ms_at_low or {}
+        cost = expected_mj or {}
         # Plans that meet the SLO rank by energy; the others after them by lateness. The
         # SLO is a constraint: a plan meets it only if it does at the pessimistic edge of
         # the link belief (``slo_ms_at_low``), not merely at the expected bandwidth.
-        return lambda p: (p.energy_mj if worst.get(p.cut_id, p.latency_ms) <= slo
+        return lambda p: (cost.get(p.cut_id, p.energy_mj)
+                          if worst.get(p.cut_id, p.latency_ms) <= slo
                           else 1e12 + p.latency_ms)
     ref_ms = max(min(p.latency_ms for p in preds), 1e-6)
     ref_mj = max(min(p.energy_mj for p in preds), 1e-6)
@@ -259,6 +292,8 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         notes.append(f"battery {battery:.0f}% below reserve "
                      f"{cfg.rules.battery_reserve_pct:.0f}%: saving energy")
     at_low: dict[str, float] = {}
+    expected_mj: dict[str, float] = {}
+    tries: list[str] = []
     if objective == "energy-no-slo":
         objective = "energy"
         score = _score_fn("energy-only", cfg, allowed)
@@ -269,8 +304,28 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
             by_cut = {c.cut_id: c for c in ctx.candidates}
             at_low = {p.cut_id: _predict(by_cut[p.cut_id], ctx, cfg, low_bw).latency_ms
                       for p in allowed}
-        score = _score_fn(objective, cfg, allowed, at_low)
+            # A plan whose upload can be given up while the device still has time to run
+            # the request (the executor watches the upload) need not meet the SLO at the
+            # pessimistic edge: a transfer that goes badly is caught in time, at the cost
+            # of the radio's time until then and the local run. It is tried when its
+            # chance to meet the SLO is at least abandon_min_chance, and ranked by the
+            # energy it is expected to cost, failures included.
+            local = next((q for q in allowed if q.kind == LOCAL), None)
+            for p in allowed:
+                if local is None or not _can_abandon(p, local, cfg):
+                    continue
+                chance = _slo_chance(p, ctx, cfg, risk_bw)
+                if chance >= cfg.offload.abandon_min_chance:
+                    fail_mj = local.energy_mj + ctx.energy.tx_w * cfg.offload.abandon_judge_ms
+                    at_low[p.cut_id] = -math.inf
+                    expected_mj[p.cut_id] = chance * p.energy_mj + (1.0 - chance) * fail_mj
+                    tries.append(f"{_plan_name(p)} meets the SLO with chance {chance:.0%} "
+                                 "and is given up in time otherwise")
+        score = _score_fn(objective, cfg, allowed, at_low, expected_mj)
     best = min(allowed, key=score)
+    if best.cut_id in expected_mj:
+        notes.append(next(t for t in tries if t.startswith(_plan_name(best) + " "))
+                     + f" (expected {expected_mj[best.cut_id]:.0f} mJ)")
     reason = _explain(best, objective, cfg, allowed, preds,
                       meets_slo=at_low.get(best.cut_id, best.latency_ms) <= cfg.slo_ms)
     fastest = min(allowed, key=lambda p: p.latency_ms)

@@ -406,7 +406,9 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         "fixed strategies and the oracle costed per request from measured components and "
         "the bandwidth each request met (fluid transfer through the trace, scaled by the "
         "slowness edgecut's own transfers measured against that model in the same run); "
-        "edgecut ran for real, after one start-up link probe",
+        "edgecut ran for real, after one start-up link probe; the probes it sent during "
+        "the run are charged to it, their radio time at transmit power shared out over "
+        "the requests",
         "the oracle picks per request the plan that is best at the bandwidth that request "
         "met and is charged that plan's cost with the device as slow as it was then; "
         "info.oracle_hindsight also foresees the host's stalls (the cheapest realised "
@@ -451,6 +453,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         # As a device does when it starts: one probe, so that the first decision is not
         # made on the prior alone (its time is not charged to any request).
         executor.probe_link()
+        startup_probe_s = executor.probe_radio_s
         emu.restart_clock(offset_s)
         step = window / requests
         send = route(executor) if route is not None else executor.infer
@@ -477,6 +480,10 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
     energy = executor.energy
     slo = cfg.slo_ms
     objective = cfg.objective
+    # The probes edgecut sent during the run cost radio time no request carries: shared
+    # out over the requests, at transmit power throughout (the most they can have cost).
+    probe_s = executor.probe_radio_s - startup_probe_s
+    probe_mj_each = energy.plan_mj(0.0, probe_s * 1000.0) / max(len(outcomes), 1)
     # Neurosurgeon: one choice from the profiled components at the window's mean bandwidth.
     mean_bw = trace.mean_between(offset_s, offset_s + window)
     import partition
@@ -521,7 +528,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         measured_dev = out.head_ms + out.local_tail_ms
         options = {k: _compose(p, k_remote, energy) for k, p in parts.items()}
         if out.fallback:
-            mine = (out.latency_ms, energy.plan_mj(measured_dev, 0.0, 0.0, out.cloud_ms))
+            # the failed leg at transmit power throughout, as the executor charges it
+            mine = (out.latency_ms, energy.plan_mj(measured_dev, out.cloud_ms, 0.0, 0.0))
         else:
             _, up_f, _, dn_f = parts[cid]
             up_ms = min(up_f * k_remote, out.cloud_ms)
@@ -539,6 +547,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         bound = options[_pick(options, objective, slo, cfg.latency_weight)]
         hindsight[0].append(bound[0])
         hindsight[1].append(bound[1])
+        mine = (mine[0], mine[1] + probe_mj_each)
         chosen = {"local": options[local_id], "cloud": options[offload_id],
                   "static_split": options[static], "edgecut": mine, "oracle": options[best]}
         for s, (lat, mj) in chosen.items():
@@ -563,6 +572,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         "fallbacks": sum(1 for _, o in outcomes if o.fallback),
         "explored": sum(1 for _, o in outcomes if o.decision.explored),
         "probes": executor.probes_sent,
+        "probe_radio_s": round(probe_s, 3),
+        "probe_mj_per_request": round(probe_mj_each, 2),
         "remote_leg_slowness": round(k_remote, 3),
         "oracle_hindsight": _summarise(hindsight[0], hindsight[1], slo),
     }

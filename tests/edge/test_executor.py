@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from devices import DeviceProfile, PowerSensor, load_profile
-from edge._executor import Executor
+from edge._executor import Executor, Outcome
 from edge._offload import OffloadClient
 from edge._replay import (
     CloudServer,
@@ -234,3 +234,52 @@ def test_a_plan_with_the_fp16_wire_format_sends_half_and_answers_alike(
         np.testing.assert_allclose(out.outputs[k], v, rtol=1e-2, atol=1e-3)
     ex.close()
     gone.close()
+
+
+def test_an_upload_that_would_miss_the_slo_is_given_up_in_time(
+        plan_dir: Path, slow_board: DeviceProfile) -> None:
+    from edge._emulator import LinkEmulator, Trace
+
+    plan = Plan.load(plan_dir / "plan.json")
+    cfg = policy_config_from_text("slo_ms = 900\n")
+
+    def forced_offload(srv: CloudServer, mbps: float) -> tuple[Executor, Outcome]:
+        link = Trace.from_steps([(0.0, mbps * 1e6)], 1000.0)
+        with LinkEmulator("127.0.0.1", srv.port, up=link, delay_s=0.01) as emu, \
+                OffloadClient(emu.url) as client:
+            ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
+                          background_probes=False)
+            out = ex.infer(feeds, force="offload")
+            ex.close()
+        return ex, out
+
+    with CloudServer(plan_dir / "repository") as srv:
+        ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=None)
+        feeds = _feeds_for(ex)
+        ref = ex._session_for(ex.model_path).run(feeds)
+        local_ms = ex._local_rest_ms(plan.candidate("offload"))
+        # 4 Mbit/s: squeezenet's 600 kB input takes 1.2 s to upload, past the SLO, while
+        # the slow board runs it in ~140-250 ms. At first not hopeless (under twice the
+        # time left), so the upload goes on, until it is or until the last reading that
+        # leaves the device time to run.
+        ex, out = forced_offload(srv, 4.0)
+        assert out.executed == "local (fallback)"
+        assert out.fallback.startswith("TransferAbandoned") and "past the 900 ms SLO" in out.fallback
+        assert 300 < out.cloud_ms < 900 - local_ms
+        assert not out.deadline_missed
+        for k, v in ref.items():
+            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+        # The rate the upload showed is a bandwidth sample.
+        assert ex.link.estimate().bandwidth_bps < 8e6
+        # The given-up attempt is charged at the radio's transmit power.
+        assert out.energy_mj == pytest.approx(
+            ex.energy.plan_mj(out.local_tail_ms, out.cloud_ms), rel=1e-6)
+        # 1.5 Mbit/s: over three seconds of upload, hopeless; given up at the first
+        # readings (a 16 kB slice takes 87 ms through this link), well before the last
+        # moment.
+        _, out = forced_offload(srv, 1.5)
+        assert out.fallback.startswith("TransferAbandoned")
+        assert out.cloud_ms < 900 - local_ms - 150 and not out.deadline_missed
+        # A fast upload goes on.
+        _, out = forced_offload(srv, 200.0)
+        assert out.executed == "offload" and out.fallback == ""

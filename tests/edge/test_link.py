@@ -213,3 +213,33 @@ def test_forecast_errors_set_the_spread_and_the_expected_bandwidth() -> None:
     # ... but it does raise the expected transfer time: ~1/11 of the outage's 10x.
     assert 1.5 < after.inverse_bias < 2.5
     assert after.expected_bps < after.bandwidth_bps / 1.5
+
+
+def test_the_upward_spread_is_how_far_above_the_estimate_samples_came() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=2, half_life_s=2.0, prior_rtt_s=0.0, clock=clock)
+    # A link that alternates between 4 and 16 Mbit/s: after a slow sample the next one
+    # comes in far above the estimate, after a fast one far below.
+    for i in range(12):
+        clock.t = 2.0 * i
+        est.observe_transfer(1_000_000, 0, 2.0 if i % 2 else 0.5)
+    e = est.estimate()
+    assert e.spread > 0.3 and e.spread_up > 0.3
+    # A steady link: neither side has any spread beyond the floor.
+    steady = LinkEstimator(window=2, half_life_s=2.0, prior_rtt_s=0.0, clock=clock)
+    for i in range(8):
+        clock.t = 100.0 + 2.0 * i
+        steady.observe_transfer(1_000_000, 0, 1.0)
+    assert steady.estimate().spread_up == pytest.approx(0.05)
+
+
+def test_a_rate_measured_directly_is_a_sample() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=3, prior_rtt_s=0.0, clock=clock)
+    est.observe_transfer(1_000_000, 0, 1.0)  # 8 Mbit/s
+    clock.t = 1.0
+    est.observe_rate(2e6)
+    assert est.estimate().bandwidth_bps == pytest.approx(2 / (1 / 8e6 + 1 / 2e6), rel=0.05)
+    est.observe_rate(float("nan"))
+    est.observe_rate(0.0)
+    assert est.total_samples == 2

@@ -14,7 +14,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from onnx import TensorProto, helper
 
-from devices import CloudUnavailable, ConfigError, DeadlineExceeded, OffloadRejected
+from devices import (
+    CloudUnavailable,
+    ConfigError,
+    DeadlineExceeded,
+    OffloadRejected,
+    TransferAbandoned,
+)
 from edge._emulator import LinkEmulator, Trace
 from edge._offload import (
     CLOSED,
@@ -25,14 +31,15 @@ from edge._offload import (
     KeyToken,
     OffloadClient,
     StaticToken,
+    UploadProgress,
     _server_timing,
 )
 from edge._replay import CloudServer
 
 
-def _write_model(repo: Path, name: str) -> None:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+def _write_model(repo: Path, name: str, width: int = 4) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])
     two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
     graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], name, [x], [y],
                               initializer=[two])
@@ -57,6 +64,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 def server(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, bytes]):
     repo = tmp_path_factory.mktemp("repo")
     _write_model(repo, "double")
+    _write_model(repo, "double_wide", width=100_000)
     with CloudServer(repo, auth_keys=keys[0]) as srv:
         yield srv
 
@@ -186,6 +194,42 @@ def test_deadline_cuts_a_slow_link(server: CloudServer, keys: tuple[Path, bytes]
             took = time.monotonic() - t0
             assert 0.4 < took < 1.5  # no retry past the deadline
             assert client.breaker.state == CLOSED  # slow is not down
+
+
+def test_a_watched_upload_reports_the_links_rate_and_can_be_given_up(
+        server: CloudServer, keys: tuple[Path, bytes]) -> None:
+    token = StaticToken(KeyToken(keys[1], subject="dev1", models=["*"], key_id="dev1").token())
+    link = Trace.from_steps([(0.0, 8e6)], 100.0)  # 8 Mbit/s: 800 kB take 0.8 s
+    big = np.ones((2, 100_000), np.float32)
+    with LinkEmulator("127.0.0.1", server.port, up=link, delay_s=0.01) as emu:
+        with OffloadClient(emu.url, token=token) as client:
+            seen: list[UploadProgress] = []
+
+            def watch_only(p: UploadProgress) -> str:
+                seen.append(p)
+                return ""
+
+            out = client.infer("double_wide", {"x": big}, watch=watch_only)
+            np.testing.assert_array_equal(out.outputs["y"], big * 2)
+            assert len(seen) >= 5
+            # The writes progress at the link's rate once the path's buffers are full,
+            # and those buffers are a small part of the body.
+            rates = sorted(p.rate_bps for p in seen[len(seen) // 2:])
+            assert rates[len(rates) // 2] == pytest.approx(8e6, rel=0.25)
+            assert seen[0].held_bytes < 400_000
+            assert seen[-1].serialise_s() == pytest.approx(0.8, rel=0.25)
+
+            t0 = time.monotonic()
+            with pytest.raises(TransferAbandoned) as info:
+                client.infer("double_wide", {"x": big},
+                             watch=lambda p: "too slow" if p.rate_bps < 20e6 else "")
+            assert time.monotonic() - t0 < 0.4  # given up long before the 0.8 s upload
+            assert info.value.rate_bps == pytest.approx(8e6, rel=0.4)
+            assert 0 < info.value.sent_bytes < big.nbytes
+            assert client.breaker.state == CLOSED  # a slow link is not a dead service
+            # The half-sent request's connection is not reused: the next one works.
+            out = client.infer("double", {"x": X})
+            np.testing.assert_array_equal(out.outputs["y"], X * 2)
 
 
 def test_breaker_half_open_admits_one_trial() -> None:

@@ -153,6 +153,19 @@ CASES = [
     Case("energy, stale link explored", 10, "split@b", "exploring", spread=1.0,
          link_age=100.0, draw=0.01, cfg={"objective": "energy", "slo_ms": 120.0},
          explored=True, probe_allowance=0),
+    # An upload the executor can give up in time: at 100 Mbit/s with spread 1.2, offload
+    # (~109 ms at the risk-discounted rate) misses a 170 ms SLO at the pessimistic edge
+    # (~200 ms), so split@a would be taken; but 170 - 100 (local) - 5 (margin) leaves
+    # 65 ms >= abandon_judge_ms (60) to judge the upload and still run locally, so
+    # offload is held to the SLO at the estimate.
+    Case("energy, an upload that can be given up in time is held to the estimate", 100,
+         "offload", "least energy", spread=1.2, cfg={"objective": "energy", "slo_ms": 170.0}),
+    Case("energy, abandon off: the pessimistic edge holds", 100, "split@a", "least energy",
+         spread=1.2, cfg={"objective": "energy", "slo_ms": 170.0,
+                          "offload": {"abandon": False}}, probe=True),
+    Case("energy, too little time to judge an upload: the pessimistic edge holds", 100,
+         "split@a", "least energy", spread=1.2,
+         cfg={"objective": "energy", "slo_ms": 150.0}, probe=True),
     # objective: weighted
     Case("weighted all latency", 10, "local", "weighted",
          cfg={"objective": "weighted", "latency_weight": 1.0}),
@@ -192,9 +205,12 @@ CASES = [
 
 def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
     cfg = PolicyConfig()
-    top = {k: v for k, v in case.cfg.items() if k != "link"}
+    top = {k: v for k, v in case.cfg.items() if k not in ("link", "offload")}
     if "link" in case.cfg:
         cfg = dataclasses.replace(cfg, link=dataclasses.replace(cfg.link, **case.cfg["link"]))
+    if "offload" in case.cfg:
+        cfg = dataclasses.replace(cfg, offload=dataclasses.replace(cfg.offload,
+                                                                   **case.cfg["offload"]))
     cfg = dataclasses.replace(cfg, rules=Rules(**case.rules),
                               explore=dataclasses.replace(cfg.explore, **case.explore), **top)
     ctx = PolicyContext(
@@ -257,3 +273,26 @@ def test_device_state_from_recorded_sysfs() -> None:
     ctx, cfg = build(Case("", 10, "", cfg={"slo_ms": 150.0},
                           rules={"battery_reserve_pct": 20.0}, device=laptop))
     assert "below reserve" in decide(ctx, cfg).reason
+
+
+def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
+    from edge._policy import _predict, _slo_chance
+
+    offload = CANDIDATES[1]
+    cfg = dataclasses.replace(PolicyConfig(), objective="energy", slo_ms=220.0)
+
+    def chance(mbps: float, spread: float, spread_up: float) -> float:
+        ctx = PolicyContext(candidates=CANDIDATES, energy=ENERGY,
+                            link=dataclasses.replace(link(mbps, spread=spread),
+                                                     spread_up=spread_up),
+                            input_bytes=600_000, reference_input_bytes=600_000)
+        p = _predict(offload, ctx, cfg, ctx.link.bandwidth_bps)
+        return _slo_chance(p, ctx, cfg, ctx.link.bandwidth_bps)
+
+    # offload needs ~26.8 Mbit/s for 220 ms (600 kB up, 40 ms of round trip and tail).
+    assert chance(26.8, 0.2, 0.2) == pytest.approx(0.5, abs=0.02)
+    # Below the estimate only the downside counts, above it only the upside.
+    assert chance(40.0, 0.2, 1.0) == pytest.approx(chance(40.0, 0.2, 0.2))
+    low, wide = chance(20.0, 0.2, 0.2), chance(20.0, 0.2, 1.0)
+    assert low < 0.1 < 0.3 < wide < 0.5
+    assert chance(20.0, 0.0, 0.0) == 0.0 and chance(40.0, 0.0, 0.0) == 1.0

@@ -35,6 +35,16 @@ def test_replay_command_end_to_end(tmp_path: Path, traces_dir: Path) -> None:
         assert bound <= summary["summary"][name]["mean_ms"] + 1e-6, name
     requests = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     assert len(requests) == 8 and all("plan" in r and "met_mbps" in r for r in requests)
+    # The probes sent during the run are charged to edgecut: their radio time at transmit
+    # power, shared out over the requests, is in each request's energy.
+    from devices import EnergyModel, load_profile
+
+    info = summary["info"]
+    tx_w = EnergyModel.from_profile(load_profile("jetson-nano")).tx_w
+    assert info["probe_mj_per_request"] == pytest.approx(
+        tx_w * info["probe_radio_s"] * 1000 / 8, abs=0.1)
+    assert summary["summary"]["edgecut"]["energy_mj"] == pytest.approx(
+        sum(r["edgecut_mj"] for r in requests) / 8, abs=0.05)
     decisions = (out / "decisions.jsonl").read_text().splitlines()
     assert len(decisions) == 8 and "reason" in json.loads(decisions[0])["decision"]
     png = (out / "replay.png").read_bytes()
