@@ -190,12 +190,19 @@ def _exclusion(c: CutEstimate, p: Prediction, ctx: PolicyContext, cfg: PolicyCon
     return ""
 
 
+# Room kept for a local run that goes slower than predicted, as a fraction of it, when an
+# upload may be given up for one (device compute varies run to run by up to a tenth on
+# this host's emulated boards; a real board's clocks and heat move it too).
+LOCAL_SLACK = 0.1
+
+
 def _can_abandon(p: Prediction, local: Prediction, cfg: PolicyConfig) -> bool:
     """Whether ``p``'s upload could be given up after ``abandon_judge_ms`` and the whole
     request still run on the device (``local``) within the SLO."""
     if not cfg.offload.abandon or cfg.slo_ms <= 0 or p.kind == LOCAL or p.up_bytes <= 0:
         return False
-    spare = cfg.slo_ms - p.head_ms - local.latency_ms - cfg.offload.deadline_margin_ms
+    spare = (cfg.slo_ms - p.head_ms - local.latency_ms * (1.0 + LOCAL_SLACK)
+             - cfg.offload.deadline_margin_ms)
     return spare >= cfg.offload.abandon_judge_ms
 
 

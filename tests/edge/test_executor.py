@@ -298,9 +298,10 @@ def test_the_upload_watch_waits_on_a_near_miss_and_gives_up_a_clear_one() -> Non
     # At 10 Mbit/s it answers at 530 ms: late, but within 10 %: the upload goes on while
     # a later reading can still give it up ...
     assert verdict(60, 10.0) == ""
-    # ... and is given up at the last one that leaves the device its 200 ms (and 5 ms).
-    assert "would answer at 530 ms, past the 500 ms SLO" in verdict(290, 10.0)
+    # ... and is given up at the last one that leaves the device its 200 ms (plus a tenth
+    # for a slow run, and the 5 ms margin: 275 ms at the latest).
+    assert "would answer at 530 ms, past the 500 ms SLO" in verdict(260, 10.0)
     # At 6 Mbit/s (850 ms) it is clearly late: given up at once.
     assert "past the 500 ms SLO" in verdict(60, 6.0)
     # Past the last moment the device could make it: the upload carries on.
-    assert verdict(320, 6.0) == ""
+    assert verdict(280, 6.0) == ""

@@ -154,14 +154,14 @@ CASES = [
          link_age=100.0, draw=0.01, cfg={"objective": "energy", "slo_ms": 120.0},
          explored=True, probe_allowance=0),
     # An upload the executor can give up in time: at 100 Mbit/s with spread 1.2, offload
-    # (~109 ms at the risk-discounted rate) misses a 170 ms SLO at the pessimistic edge
-    # (~200 ms), so split@a would be taken; but 170 - 100 (local) - 5 (margin) leaves
-    # 65 ms >= abandon_judge_ms (60) to judge the upload and still run locally, so
-    # offload is held to the SLO at the estimate.
+    # (~109 ms at the risk-discounted rate) misses a 180 ms SLO at the pessimistic edge
+    # (~200 ms), so split@a would be taken; but 180 - 110 (local, plus a tenth) - 5
+    # (margin) leaves 65 ms >= abandon_judge_ms (60) to judge the upload and still run
+    # locally, so offload is tried: its chance to meet the SLO is ~80 %.
     Case("energy, an upload that can be given up in time is held to the estimate", 100,
-         "offload", "least energy", spread=1.2, cfg={"objective": "energy", "slo_ms": 170.0}),
+         "offload", "chance", spread=1.2, cfg={"objective": "energy", "slo_ms": 180.0}),
     Case("energy, abandon off: the pessimistic edge holds", 100, "split@a", "least energy",
-         spread=1.2, cfg={"objective": "energy", "slo_ms": 170.0,
+         spread=1.2, cfg={"objective": "energy", "slo_ms": 180.0,
                           "offload": {"abandon": False}}, probe=True),
     Case("energy, too little time to judge an upload: the pessimistic edge holds", 100,
          "split@a", "least energy", spread=1.2,
