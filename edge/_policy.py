@@ -300,7 +300,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                      f"{cfg.rules.battery_reserve_pct:.0f}%: saving energy")
     at_low: dict[str, float] = {}
     expected_mj: dict[str, float] = {}
-    tries: list[str] = []
+    chances: dict[str, float] = {}
     if objective == "energy-no-slo":
         objective = "energy"
         score = _score_fn("energy-only", cfg, allowed)
@@ -326,13 +326,13 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                     fail_mj = local.energy_mj + ctx.energy.tx_w * cfg.offload.abandon_judge_ms
                     at_low[p.cut_id] = -math.inf
                     expected_mj[p.cut_id] = chance * p.energy_mj + (1.0 - chance) * fail_mj
-                    tries.append(f"{_plan_name(p)} meets the SLO with chance {chance:.0%} "
-                                 "and is given up in time otherwise")
+                    chances[p.cut_id] = chance
         score = _score_fn(objective, cfg, allowed, at_low, expected_mj)
     best = min(allowed, key=score)
-    if best.cut_id in expected_mj:
-        notes.append(next(t for t in tries if t.startswith(_plan_name(best) + " "))
-                     + f" (expected {expected_mj[best.cut_id]:.0f} mJ)")
+    if best.cut_id in chances:
+        notes.append(f"{_plan_name(best)} meets the SLO with chance "
+                     f"{chances[best.cut_id]:.0%} and is given up in time otherwise "
+                     f"(expected {expected_mj[best.cut_id]:.0f} mJ)")
     reason = _explain(best, objective, cfg, allowed, preds,
                       meets_slo=at_low.get(best.cut_id, best.latency_ms) <= cfg.slo_ms)
     fastest = min(allowed, key=lambda p: p.latency_ms)
