@@ -9,10 +9,19 @@ of the belief is how far below the estimate the next sample has come lately (the
 one-sigma quantile, about the 16th percentile, of its recent forecast errors: what a
 decision about the next transfer risks), not how widely the samples scatter; a quantile
 rather than a standard deviation, so that one outage does not make every plan that
-relies on the link look hopeless for the next dozen requests. Confidence decays with the time since traffic last flowed beyond a grace
-period (the usual gap between requests, which the forecast error already covers), so a
-quiet link is treated as unknown rather than as what it was minutes ago. Probes are
-allowed only when the estimate is stale and within a byte budget that refills over time.
+relies on the link look hopeless for the next dozen requests. Confidence decays with the
+time since traffic last flowed beyond a grace period (the usual gap between requests, which
+the forecast error already covers), so a quiet link is treated as unknown rather than as
+what it was minutes ago. Probes are allowed only when the estimate is stale and within a
+byte budget that refills over time.
+
+The harmonic mean is cautious on purpose, and after a dip it sits well below the link's
+usual level (the median of the last ``_LEVEL_WINDOW`` samples) while the link, on every
+trace family here, mostly comes back. How much of that gap the next sample closes is
+learnt online: a least-squares line through the recent forecast errors against the gap
+each was made at (the ``rebound`` of an estimate; 0 on a link whose dips last). It
+serves decisions that can be undone cheaply (an upload that is given up in time), not
+the estimate itself.
 """
 
 from __future__ import annotations
@@ -36,6 +45,16 @@ _ERROR_WINDOW = 16
 _MIN_ERRORS = 4
 _LOW_QUANTILE = 0.159
 _MIN_SPREAD = 0.05
+# The link's usual level: the median of this many recent samples (log bit/s); and how
+# many (gap, error) pairs before the rebound is learnt from them.
+_LEVEL_WINDOW = 16
+_MIN_LEVELS = 4
+_MIN_REBOUND_PAIRS = 8
+
+
+def _median(ordered: list[float]) -> float:
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,26 @@ class LinkEstimate:
     #: far below (0: as ``spread``). After a dip the estimate is low and the link comes
     #: back well above it more often than the downside says.
     spread_up: float = 0.0
+    #: The expected log of the next sample over ``bandwidth_bps``, from how far the
+    #: estimate sits below the link's usual level and how much of such a gap the next
+    #: sample has closed lately (0 until learnt); ``rebound_down`` and ``rebound_up`` are
+    #: that forecast's spreads below and above (0: ``spread`` and ``spread_up``).
+    rebound: float = 0.0
+    rebound_down: float = 0.0
+    rebound_up: float = 0.0
+
+    def chance_at_least(self, bps: float) -> float:
+        """The chance that the link carries at least ``bps`` for the next transfer: its
+        log taken as a two-piece normal around the rebound forecast."""
+        centre = self.bandwidth_bps * math.exp(self.rebound)
+        if bps <= centre:
+            sd = self.rebound_down or self.spread
+        else:
+            sd = self.rebound_up or self.spread_up or self.spread
+        if sd <= 1e-9:
+            return 1.0 if centre >= bps else 0.0
+        z = math.log(centre / max(bps, 1e-9)) / sd
+        return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
     @property
     def expected_bps(self) -> float:
@@ -116,6 +155,9 @@ class LinkEstimator:
         # the sample window: it describes the kind of link, which changes more slowly.
         self._err: deque[float] = deque(maxlen=max(3 * window, _ERROR_WINDOW))
         self._rtt: deque[float] = deque(maxlen=window * 2)
+        self._levels: deque[float] = deque(maxlen=_LEVEL_WINDOW)  # log bit/s
+        # (log(level / estimate), the error that followed) for the rebound's line.
+        self._pairs: deque[tuple[float, float]] = deque(maxlen=self._err.maxlen)
         self._prior_bw = prior_bandwidth_bps
         self._prior_rtt = prior_rtt_s
         self._last_traffic: float | None = None
@@ -191,9 +233,22 @@ class LinkEstimator:
             else:
                 self._add_sample_locked(nbytes * 8.0 / max(payload_s, 0.1 * net_s), now)
 
-    def _add_sample_locked(self, bps: float, now: float) -> None:
+    def _record_miss_locked(self, bps: float) -> None:
+        """Note how far the estimate missed ``bps`` (and at what gap below the level),
+        before the sample joins the window."""
         if self._bw:
-            self._err.append(math.log(max(bps, 1.0) / self._bw_locked()))
+            est = math.log(self._bw_locked())
+            err = math.log(max(bps, 1.0)) - est
+            self._err.append(err)
+            if len(self._levels) >= _MIN_LEVELS:
+                self._pairs.append((self._level_locked() - est, err))
+        self._levels.append(math.log(max(bps, 1.0)))
+
+    def _level_locked(self) -> float:
+        return _median(sorted(self._levels))
+
+    def _add_sample_locked(self, bps: float, now: float) -> None:
+        self._record_miss_locked(bps)
         self._bounded = False
         self._bw.append((bps, now))
         self._last_traffic = now
@@ -218,7 +273,7 @@ class LinkEstimator:
                 return
             bound = nbytes * 8.0 / (seconds - rtt)
             if bound < self._bw_locked():
-                self._err.append(math.log(max(bound, 1.0) / self._bw_locked()))
+                self._record_miss_locked(bound)
                 self._bw.append((bound, now))
                 self.total_samples += 1
             self._last_traffic = now
@@ -236,6 +291,8 @@ class LinkEstimator:
             self._bw.clear()
             self._err.clear()
             self._rtt.clear()
+            self._levels.clear()
+            self._pairs.clear()
             self._last_traffic = None
             self._bounded = False
 
@@ -299,8 +356,30 @@ class LinkEstimator:
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.
             headroom = math.log(4.0) if self._bounded else 0.0
+            rebound, down, up = self._rebound_locked(bw)
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
-                                min(max(bias, 0.5), 10.0), spread_up)
+                                min(max(bias, 0.5), 10.0), spread_up, rebound,
+                                down + widen if down else 0.0, up + widen if up else 0.0)
+
+    def _rebound_locked(self, bw: float) -> tuple[float, float, float]:
+        """The rebound forecast (see the module's notes) and its spreads below and above:
+        a line ``error = a + b * gap`` through the recent pairs, fitted robustly (the
+        median of the pairwise slopes, then the median intercept: one outage must not
+        tilt it) with ``b`` kept in [0, 1] (a gap is never expected to widen, nor to be
+        overshot); (0, 0, 0) until learnt."""
+        if len(self._pairs) < _MIN_REBOUND_PAIRS:
+            return 0.0, 0.0, 0.0
+        pairs = list(self._pairs)
+        slopes = sorted((e2 - e1) / (g2 - g1)
+                        for i, (g1, e1) in enumerate(pairs) for g2, e2 in pairs[i + 1:]
+                        if abs(g2 - g1) > 1e-3)
+        slope = min(max(_median(slopes), 0.0), 1.0) if slopes else 0.0
+        base = _median(sorted(e - slope * g for g, e in pairs))
+        resid = sorted(e - base - slope * g for g, e in pairs)
+        k = int(len(resid) * _LOW_QUANTILE)
+        down = max(-resid[k], _MIN_SPREAD)
+        up = max(resid[-1 - k], _MIN_SPREAD)
+        return base + slope * (self._level_locked() - math.log(bw)), down, up
 
     # -- probing ------------------------------------------------------------------------
     def resolving_bytes(self, now: float | None = None) -> int:

@@ -208,23 +208,16 @@ def _can_abandon(p: Prediction, local: Prediction, cfg: PolicyConfig) -> bool:
 
 def _slo_chance(p: Prediction, ctx: PolicyContext, cfg: PolicyConfig,
                 planned_bps: float) -> float:
-    """The chance that ``p`` (predicted at ``planned_bps``) meets the SLO: the log of the
-    link's bandwidth over its estimate taken as a two-piece normal, with the belief's
-    spread below the estimate and its upward spread above (how far off the forecasts
-    have been each way)."""
+    """The chance that ``p`` (predicted at ``planned_bps``) meets the SLO: that the link
+    carries the bandwidth its transfers need in the time the SLO leaves them, by the
+    link's forecast for the next transfer (``LinkEstimate.chance_at_least``)."""
     budget_ms = cfg.slo_ms - p.head_ms - p.wait_ms
     bit_ms = (p.up_ms + p.down_ms) * planned_bps  # bits x 1000: the same at any rate
     if bit_ms <= 0:
         return 1.0 if budget_ms >= 0 else 0.0
     if budget_ms <= 0:
         return 0.0
-    needed = bit_ms / budget_ms
-    est = ctx.link.bandwidth_bps
-    sd = ctx.link.spread if needed <= est else (ctx.link.spread_up or ctx.link.spread)
-    if sd <= 1e-9:
-        return 1.0 if est >= needed else 0.0
-    z = math.log(est / needed) / sd
-    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+    return ctx.link.chance_at_least(bit_ms / budget_ms)
 
 
 def _avg_power_w(p: Prediction) -> float:

@@ -243,3 +243,57 @@ def test_a_rate_measured_directly_is_a_sample() -> None:
     est.observe_rate(float("nan"))
     est.observe_rate(0.0)
     assert est.total_samples == 2
+
+
+def _feed(est: LinkEstimator, clock: Clock, mbps: list[float]) -> None:
+    for v in mbps:
+        clock.t += 2.0
+        est.observe_transfer(int(v * 1e6 / 8), 0, 1.0)  # one second of the link at v
+
+
+def test_after_a_short_dip_the_rebound_expects_the_link_back() -> None:
+    clock = Clock()
+    # A 30 Mbit/s link with one-sample dips to 5 Mbit/s every sixth sample: after each
+    # dip the harmonic mean sits far below the link's level, and the next sample is back.
+    dipping = LinkEstimator(window=6, half_life_s=10.0, prior_rtt_s=0.0, clock=clock)
+    _feed(dipping, clock, ([30.0] * 5 + [5.0]) * 5)
+    e = dipping.estimate()
+    assert e.bandwidth_bps < 20e6  # the cautious estimate, pulled down by the dip
+    assert e.rebound > 0.3  # the forecast: most of the way back
+    assert e.bandwidth_bps * math.exp(e.rebound) == pytest.approx(30e6, rel=0.2)
+    assert e.chance_at_least(25e6) > 0.5
+    # A link whose drops last (30 and 10 Mbit/s in long stretches): just after a drop
+    # the estimate sits as far below the level, but the link is not coming back.
+    clock.t = 1000.0
+    lasting = LinkEstimator(window=6, half_life_s=10.0, prior_rtt_s=0.0, clock=clock)
+    _feed(lasting, clock, [30.0] * 10 + [10.0] * 10 + [30.0] * 10 + [10.0] * 2)
+    f = lasting.estimate()
+    assert f.bandwidth_bps < 20e6
+    assert f.rebound == pytest.approx(0.0, abs=0.05)
+    # (It has come back up threefold before, so the chance is not nil; but it is less.)
+    assert f.chance_at_least(25e6) < e.chance_at_least(25e6) - 0.2
+    # Until enough misses are known there is no rebound, and the belief's own spreads.
+    fresh = LinkEstimator(window=6, prior_rtt_s=0.0, clock=clock)
+    _feed(fresh, clock, [30.0, 30.0, 5.0])
+    g = fresh.estimate()
+    assert (g.rebound, g.rebound_down, g.rebound_up) == (0.0, 0.0, 0.0)
+    dipping.reset()
+    assert dipping.estimate().rebound == 0.0
+
+
+def test_the_chance_of_a_rate_is_read_around_the_rebound_forecast() -> None:
+    from edge._link import LinkEstimate
+
+    e = LinkEstimate(10e6, 0.02, 1.0, 0.2, 0.0, 6, spread_up=0.4)
+    assert e.chance_at_least(10e6) == pytest.approx(0.5)
+    # Without a rebound: below the estimate the downward spread, above it the upward.
+    assert e.chance_at_least(10e6 * math.exp(-0.2)) == pytest.approx(0.841, abs=0.01)
+    assert e.chance_at_least(10e6 * math.exp(0.4)) == pytest.approx(0.159, abs=0.01)
+    # With one, the centre moves and the forecast's own spreads apply.
+    r = LinkEstimate(10e6, 0.02, 1.0, 0.2, 0.0, 6, spread_up=0.4, rebound=math.log(2.0),
+                     rebound_down=0.1, rebound_up=0.3)
+    assert r.chance_at_least(20e6) == pytest.approx(0.5)
+    assert r.chance_at_least(20e6 * math.exp(-0.1)) == pytest.approx(0.841, abs=0.01)
+    assert r.chance_at_least(20e6 * math.exp(0.3)) == pytest.approx(0.159, abs=0.01)
+    certain = LinkEstimate(10e6, 0.02, 1.0, 0.0, 0.0, 6)
+    assert certain.chance_at_least(9e6) == 1.0 and certain.chance_at_least(11e6) == 0.0

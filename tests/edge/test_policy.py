@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,8 @@ class Case:
     cloud: CloudState = CloudState()
     input_bytes: int = 600_000
     spread: float = 0.0
+    #: the link's rebound forecast, log(next sample / estimate), with spread 0.3 each way
+    rebound: float = 0.0
     link_age: float = 0.0
     confidence: float = 1.0
     draw: float = 1.0
@@ -160,6 +163,14 @@ CASES = [
     # locally, so offload is tried: its chance to meet the SLO is ~80 %.
     Case("energy, an upload that can be given up in time is held to the estimate", 100,
          "offload", "chance", spread=1.2, cfg={"objective": "energy", "slo_ms": 180.0}),
+    # Just after a dip: the estimate is 12 Mbit/s and offload needs ~34.5 for the SLO, a
+    # chance of ~1 % on the belief's own spread. The link's rebound forecast (it has come
+    # back to ~40 Mbit/s after its dips lately) makes it ~69 %: offload is tried.
+    Case("energy, after a dip the rebound forecast sets the chance", 12, "offload",
+         "chance 69%", spread=0.5, rebound=math.log(40 / 12),
+         cfg={"objective": "energy", "slo_ms": 180.0}),
+    Case("energy, after a dip with no rebound learnt the device stays off the link", 12,
+         "split@b", "least energy", spread=0.5, cfg={"objective": "energy", "slo_ms": 180.0}),
     Case("energy, abandon off: the pessimistic edge holds", 100, "split@a", "least energy",
          spread=1.2, cfg={"objective": "energy", "slo_ms": 180.0,
                           "offload": {"abandon": False}}, probe=True),
@@ -215,8 +226,11 @@ def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
                               explore=dataclasses.replace(cfg.explore, **case.explore), **top)
     ctx = PolicyContext(
         candidates=tuple(dataclasses.replace(c, age_s=case.cut_age) for c in CANDIDATES),
-        link=link(case.mbps, spread=case.spread, age=case.link_age,
-                  confidence=case.confidence, inverse_bias=case.inverse_bias),
+        link=dataclasses.replace(
+            link(case.mbps, spread=case.spread, age=case.link_age,
+                 confidence=case.confidence, inverse_bias=case.inverse_bias),
+            rebound=case.rebound, rebound_down=0.3 if case.rebound else 0.0,
+            rebound_up=0.3 if case.rebound else 0.0),
         energy=ENERGY, device=case.device, cloud=case.cloud, input_bytes=case.input_bytes,
         reference_input_bytes=600_000, explore_draw=case.draw,
         probe_allowance=case.probe_allowance)
