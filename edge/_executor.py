@@ -414,9 +414,17 @@ class Executor:
 
         def watch(p: UploadProgress) -> str:
             now_ms = head_ms + (time.perf_counter() - t0) * 1000.0
-            if now_ms > latest_ms:
-                return ""
             finish_ms = head_ms + p.serialise_s() * 1000.0 + after_ms
+            if now_ms > latest_ms:
+                # Too late for the device to make the SLO; still, when the upload would
+                # answer even later than a run started now, that run is the better miss
+                # (a link far slower than hoped, first read late).
+                local_ms = now_ms + local_rest_ms * (1.0 + LOCAL_SLACK)
+                if finish_ms <= local_ms * _CLEARLY_LATE:
+                    return ""
+                return (f"upload progressing at {p.rate_bps / 1e6:.1f} Mbit/s would answer "
+                        f"at {finish_ms:.0f} ms, later than the device would ({local_ms:.0f}"
+                        " ms): finished on the device")
             if finish_ms <= slo:
                 return ""
             # Late at this rate. Give up now if clearly late, or if the next reading may

@@ -261,10 +261,10 @@ class UploadProgress:
         return self.total_bytes * 8.0 / self.rate_bps
 
 
-# A watched body goes out in slices this big; a write that waits longer than
+# A watched body goes out in slices this big (the policy reckons with it too); a write that waits longer than
 # _BLOCKED_S was held back by the path; the rate is read once the path has held the
 # writes back for at least _MIN_RATE_SPAN_S.
-_SLICE = 16 * 1024
+WATCH_SLICE_BYTES = 16 * 1024
 _BLOCKED_S = 0.002
 _MIN_RATE_SPAN_S = 0.015
 _NOTSENT_LOWAT = 16 * 1024
@@ -280,7 +280,7 @@ def _watched_body(body: bytes, watch: Callable[[UploadProgress], str]) -> Iterat
     total = len(body)
     t0 = last = time.perf_counter()
     first: tuple[float, int] | None = None  # (time, bytes) when the path first held a write
-    for sent in range(0, total, _SLICE):
+    for sent in range(0, total, WATCH_SLICE_BYTES):
         if sent:
             now = time.perf_counter()
             if now - last > _BLOCKED_S:
@@ -295,7 +295,7 @@ def _watched_body(body: bytes, watch: Callable[[UploadProgress], str]) -> Iterat
                         raise TransferAbandoned(why, rate_bps=rate, sent_bytes=sent,
                                                 seconds=now - t0)
             last = now
-        yield body[sent:sent + _SLICE]
+        yield body[sent:sent + WATCH_SLICE_BYTES]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from devices import EnergyModel
 from edge._link import LinkEstimate
+from edge._offload import WATCH_SLICE_BYTES
 from edge._policy_config import PolicyConfig
 from partition import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
 
@@ -196,28 +197,42 @@ def _exclusion(c: CutEstimate, p: Prediction, ctx: PolicyContext, cfg: PolicyCon
 LOCAL_SLACK = 0.1
 
 
-def _can_abandon(p: Prediction, local: Prediction, cfg: PolicyConfig) -> bool:
-    """Whether ``p``'s upload could be given up after ``abandon_judge_ms`` and the whole
-    request still run on the device (``local``) within the SLO."""
+def _can_abandon(p: Prediction, local: Prediction, cfg: PolicyConfig,
+                 link: LinkEstimate) -> bool:
+    """Whether ``p``'s upload could be given up once it has shown its rate and the whole
+    request still run on the device (``local``) within the SLO. Showing the rate takes
+    ``abandon_judge_ms``, or on a slow link longer: a round trip (a new connection) and
+    two of the watched upload's slices at the pessimistic rate (the first write the path
+    holds back, then one more)."""
     if not cfg.offload.abandon or cfg.slo_ms <= 0 or p.kind == LOCAL or p.up_bytes <= 0:
         return False
     spare = (cfg.slo_ms - p.head_ms - local.latency_ms * (1.0 + LOCAL_SLACK)
              - cfg.offload.deadline_margin_ms)
-    return spare >= cfg.offload.abandon_judge_ms
+    judge_ms = max(cfg.offload.abandon_judge_ms,
+                   1000.0 * (link.rtt_s + 2 * WATCH_SLICE_BYTES * 8 / max(link.low_bps, 1.0)))
+    return spare >= judge_ms
+
+
+def _slo_bandwidth(p: Prediction, cfg: PolicyConfig, planned_bps: float) -> float:
+    """The bandwidth ``p``'s transfers need (``p`` predicted at ``planned_bps``) to meet
+    the SLO in the time it leaves them: 0 when it moves nothing, inf when no bandwidth
+    would do."""
+    budget_ms = cfg.slo_ms - p.head_ms - p.wait_ms
+    bit_ms = (p.up_ms + p.down_ms) * planned_bps  # bits x 1000: the same at any rate
+    if bit_ms <= 0:
+        return 0.0 if budget_ms >= 0 else math.inf
+    return bit_ms / budget_ms if budget_ms > 0 else math.inf
 
 
 def _slo_chance(p: Prediction, ctx: PolicyContext, cfg: PolicyConfig,
                 planned_bps: float) -> float:
     """The chance that ``p`` (predicted at ``planned_bps``) meets the SLO: that the link
-    carries the bandwidth its transfers need in the time the SLO leaves them, by the
-    link's forecast for the next transfer (``LinkEstimate.chance_at_least``)."""
-    budget_ms = cfg.slo_ms - p.head_ms - p.wait_ms
-    bit_ms = (p.up_ms + p.down_ms) * planned_bps  # bits x 1000: the same at any rate
-    if bit_ms <= 0:
-        return 1.0 if budget_ms >= 0 else 0.0
-    if budget_ms <= 0:
+    carries the bandwidth its transfers need, by the link's forecast for the next
+    transfer (``LinkEstimate.chance_at_least``)."""
+    needed = _slo_bandwidth(p, cfg, planned_bps)
+    if math.isinf(needed):
         return 0.0
-    return ctx.link.chance_at_least(bit_ms / budget_ms)
+    return 1.0 if needed <= 0 else ctx.link.chance_at_least(needed)
 
 
 def _avg_power_w(p: Prediction) -> float:
@@ -312,13 +327,18 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
             # energy it is expected to cost, failures included.
             local = next((q for q in allowed if q.kind == LOCAL), None)
             for p in allowed:
-                if local is None or not _can_abandon(p, local, cfg):
+                if local is None or not _can_abandon(p, local, cfg, ctx.link):
                     continue
                 chance = _slo_chance(p, ctx, cfg, risk_bw)
                 if chance >= cfg.offload.abandon_min_chance:
                     fail_mj = local.energy_mj + ctx.energy.tx_w * cfg.offload.abandon_judge_ms
+                    # When it meets the SLO, its transfers ran at least as fast as that
+                    # needs: it costs at most what it does at that bandwidth.
+                    won_bw = max(risk_bw, _slo_bandwidth(p, cfg, risk_bw))
+                    won_mj = min(p.energy_mj,
+                                 _predict(by_cut[p.cut_id], ctx, cfg, won_bw).energy_mj)
                     at_low[p.cut_id] = -math.inf
-                    expected_mj[p.cut_id] = chance * p.energy_mj + (1.0 - chance) * fail_mj
+                    expected_mj[p.cut_id] = chance * won_mj + (1.0 - chance) * fail_mj
                     chances[p.cut_id] = chance
         score = _score_fn(objective, cfg, allowed, at_low, expected_mj)
     best = min(allowed, key=score)

@@ -87,7 +87,7 @@ class OffloadSettings:
     # be given up only if the SLO leaves it this long before the local run must start.
     abandon_judge_ms: float = 60.0
     # ... and such a plan is tried when its chance to meet the SLO is at least this.
-    abandon_min_chance: float = 0.1
+    abandon_min_chance: float = 0.05
     max_retries: int = 1
     breaker_failures: int = 3
     breaker_reset_s: float = 5.0
@@ -178,7 +178,7 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
         deadline_margin_ms=of.get("deadline_margin_ms", float, 5.0, min=0.0),
         abandon=of.get("abandon", bool, True),
         abandon_judge_ms=of.get("abandon_judge_ms", float, 60.0, min=0.0),
-        abandon_min_chance=of.get("abandon_min_chance", float, 0.1, min=0.0, max=1.0),
+        abandon_min_chance=of.get("abandon_min_chance", float, 0.05, min=0.0, max=1.0),
         max_retries=of.get("max_retries", int, 1, min=0, max=10),
         breaker_failures=of.get("breaker_failures", int, 3, min=1),
         breaker_reset_s=of.get("breaker_reset_s", float, 5.0, min=0.0),

@@ -303,5 +303,8 @@ def test_the_upload_watch_waits_on_a_near_miss_and_gives_up_a_clear_one() -> Non
     assert "would answer at 530 ms, past the 500 ms SLO" in verdict(260, 10.0)
     # At 6 Mbit/s (850 ms) it is clearly late: given up at once.
     assert "past the 500 ms SLO" in verdict(60, 6.0)
-    # Past the last moment the device could make it: the upload carries on.
-    assert verdict(280, 6.0) == ""
+    # Past the last moment the device could make it (a run started at 280 ms answers at
+    # 500 ms, 520 with a slow run's tenth): a near miss carries on ...
+    assert verdict(280, 10.0) == ""
+    # ... but an upload that would answer far later than the device is still given up.
+    assert "would answer at 850 ms, later than the device would (500 ms)" in verdict(280, 6.0)

@@ -169,6 +169,14 @@ CASES = [
     Case("energy, after a dip the rebound forecast sets the chance", 12, "offload",
          "chance 69%", spread=0.5, rebound=math.log(40 / 12),
          cfg={"objective": "energy", "slo_ms": 180.0}),
+    # On a 4 Mbit/s link the upload needs longer to show its rate: a round trip and two
+    # 16 KiB slices at the pessimistic ~2.4 Mbit/s, ~128 ms. A 180 ms SLO leaves 65 ms
+    # after a local run: too little, whatever the chance; 260 ms leaves 145 ms: enough.
+    Case("energy, a slow link cannot show its rate in time: not tried", 4, "split@b",
+         "least energy", spread=0.5, rebound=math.log(40 / 4),
+         cfg={"objective": "energy", "slo_ms": 180.0}),
+    Case("energy, a slow link with time to show its rate: tried", 4, "offload", "chance",
+         spread=0.5, rebound=math.log(40 / 4), cfg={"objective": "energy", "slo_ms": 260.0}),
     Case("energy, after a dip with no rebound learnt the device stays off the link", 12,
          "split@b", "least energy", spread=0.5, cfg={"objective": "energy", "slo_ms": 180.0}),
     Case("energy, abandon off: the pessimistic edge holds", 100, "split@a", "least energy",
@@ -310,3 +318,28 @@ def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
     low, wide = chance(20.0, 0.2, 0.2), chance(20.0, 0.2, 1.0)
     assert low < 0.1 < 0.3 < wide < 0.5
     assert chance(20.0, 0.0, 0.0) == 0.0 and chance(40.0, 0.0, 0.0) == 1.0
+
+
+def test_a_plan_that_may_be_given_up_is_costed_at_the_bandwidth_the_slo_needs() -> None:
+    import re
+
+    from edge._policy import _predict, _slo_bandwidth
+
+    ctx, cfg = build(Case("", 12, "", spread=0.5, rebound=math.log(40 / 12),
+                          cfg={"objective": "energy", "slo_ms": 180.0}))
+    d = decide(ctx, cfg)
+    assert d.plan == "offload"
+    m = re.search(r"chance (\d+)% .*\(expected (\d+) mJ\)", d.reason)
+    assert m, d.reason
+    chance, expected = int(m.group(1)) / 100, float(m.group(2))
+    offload = next(p for p in d.predictions if p.cut_id == "offload")
+    local = next(p for p in d.predictions if p.cut_id == "local")
+    # The plan was predicted at the cautious rate (~10 Mbit/s, ~465 ms of radio); when it
+    # meets the SLO its upload went at least at the ~34.5 Mbit/s the SLO needs.
+    planned_bps = offload.up_bytes * 8 / (offload.up_ms / 1000)
+    needed = _slo_bandwidth(offload, cfg, planned_bps)
+    assert needed == pytest.approx(34.5e6, rel=0.02)
+    won = _predict(CANDIDATES[1], ctx, cfg, needed).energy_mj
+    assert won < offload.energy_mj / 2
+    failed = local.energy_mj + ENERGY.tx_w * cfg.offload.abandon_judge_ms
+    assert expected == pytest.approx(chance * won + (1 - chance) * failed, abs=10)
