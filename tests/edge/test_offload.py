@@ -224,7 +224,11 @@ def test_a_watched_upload_reports_the_links_rate_and_can_be_given_up(
                 client.infer("double_wide", {"x": big},
                              watch=lambda p: "too slow" if p.rate_bps < 20e6 else "")
             assert time.monotonic() - t0 < 0.4  # given up long before the 0.8 s upload
-            assert info.value.rate_bps == pytest.approx(8e6, rel=0.4)
+            # Read this early, the rate includes what the path's buffers still took in
+            # after the first write they held back: it may overstate the link (1.5x here
+            # once, 3x at 2 Mbit/s), not understate it much, which is why the link
+            # estimator lets such a reading lower its estimate but never raise it.
+            assert 8e6 * 0.75 <= info.value.rate_bps <= 8e6 * 3.5
             assert 0 < info.value.sent_bytes < big.nbytes
             assert client.breaker.state == CLOSED  # a slow link is not a dead service
             # The half-sent request's connection is not reused: the next one works.
