@@ -18,8 +18,8 @@ byte budget that refills over time.
 The harmonic mean is cautious on purpose, and after a dip it sits well below the link's
 usual level (the median of the last ``_LEVEL_WINDOW`` samples) while the link, on every
 trace family here, mostly comes back. How much of that gap the next sample closes is
-learnt online: a least-squares line through the recent forecast errors against the gap
-each was made at (the ``rebound`` of an estimate; 0 on a link whose dips last). It
+learnt online: a robust line (median of pairwise slopes) through the recent forecast
+errors against the gap each was made at, refitted when a sample arrives (the ``rebound`` of an estimate; 0 on a link whose dips last). It
 serves decisions that can be undone cheaply (an upload that is given up in time), not
 the estimate itself.
 """
@@ -60,6 +60,27 @@ _PRIOR_PAIRS = 4
 def _median(ordered: list[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _fit_rebound(pairs: list[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """A line ``error = a + b * gap`` through ``pairs``, fitted robustly (the median of
+    the pairwise slopes, then the median intercept: one outage must not tilt it) with
+    ``b`` kept in [0, 1] (a gap is never expected to widen, nor to be overshot). Until
+    the link has shown its own, it leans on a prior (``_PRIOR_REBOUND`` worth
+    ``_PRIOR_PAIRS`` pairs). Returns (a, b, spread below, spread above), the spreads
+    the residuals' one-sigma quantiles, or 0 while fewer than ``_MIN_REBOUND_PAIRS``."""
+    n = len(pairs)
+    slopes = sorted((e2 - e1) / (g2 - g1)
+                    for i, (g1, e1) in enumerate(pairs) for g2, e2 in pairs[i + 1:]
+                    if abs(g2 - g1) > 1e-3)
+    fitted = min(max(_median(slopes), 0.0), 1.0) if slopes else _PRIOR_REBOUND
+    slope = (n * fitted + _PRIOR_PAIRS * _PRIOR_REBOUND) / (n + _PRIOR_PAIRS)
+    base = _median(sorted(e - slope * g for g, e in pairs)) * n / (n + _PRIOR_PAIRS)
+    if n < _MIN_REBOUND_PAIRS:
+        return base, slope, 0.0, 0.0
+    resid = sorted(e - base - slope * g for g, e in pairs)
+    k = int(len(resid) * _LOW_QUANTILE)
+    return base, slope, max(-resid[k], _MIN_SPREAD), max(resid[-1 - k], _MIN_SPREAD)
 
 
 @dataclass(frozen=True)
@@ -163,6 +184,9 @@ class LinkEstimator:
         self._levels: deque[float] = deque(maxlen=_LEVEL_WINDOW)  # log bit/s
         # (log(level / estimate), the error that followed) for the rebound's line.
         self._pairs: deque[tuple[float, float]] = deque(maxlen=self._err.maxlen)
+        # The line through them, refitted as each pair arrives: (a, b, spread below,
+        # spread above); the spreads are 0 until _MIN_REBOUND_PAIRS are known.
+        self._fit = (0.0, _PRIOR_REBOUND, 0.0, 0.0)
         self._prior_bw = prior_bandwidth_bps
         self._prior_rtt = prior_rtt_s
         self._last_traffic: float | None = None
@@ -247,6 +271,7 @@ class LinkEstimator:
             self._err.append(err)
             if len(self._levels) >= _MIN_LEVELS:
                 self._pairs.append((self._level_locked() - est, err))
+                self._fit = _fit_rebound(list(self._pairs))
         self._levels.append(math.log(max(bps, 1.0)))
 
     def _level_locked(self) -> float:
@@ -304,6 +329,7 @@ class LinkEstimator:
             self._rtt.clear()
             self._levels.clear()
             self._pairs.clear()
+            self._fit = (0.0, _PRIOR_REBOUND, 0.0, 0.0)
             self._last_traffic = None
             self._bounded = False
 
@@ -373,30 +399,12 @@ class LinkEstimator:
                                 down + widen if down else 0.0, up + widen if up else 0.0)
 
     def _rebound_locked(self, bw: float) -> tuple[float, float, float]:
-        """The rebound forecast (see the module's notes) and its spreads below and above:
-        a line ``error = a + b * gap`` through the recent pairs, fitted robustly (the
-        median of the pairwise slopes, then the median intercept: one outage must not
-        tilt it) with ``b`` kept in [0, 1] (a gap is never expected to widen, nor to be
-        overshot). Until the link has shown its own, the fit leans on a prior
-        (``_PRIOR_REBOUND`` worth ``_PRIOR_PAIRS`` pairs) and the spreads are the
-        belief's own (returned as 0); (0, 0, 0) until the level is known."""
+        """The rebound forecast (see the module's notes) at estimate ``bw`` and its
+        spreads below and above (0: the belief's own); (0, 0, 0) until the level is known."""
         if len(self._levels) < _MIN_LEVELS or not self._bw:
             return 0.0, 0.0, 0.0
-        pairs = list(self._pairs)
-        n = len(pairs)
-        slopes = sorted((e2 - e1) / (g2 - g1)
-                        for i, (g1, e1) in enumerate(pairs) for g2, e2 in pairs[i + 1:]
-                        if abs(g2 - g1) > 1e-3)
-        fitted = min(max(_median(slopes), 0.0), 1.0) if slopes else _PRIOR_REBOUND
-        slope = (n * fitted + _PRIOR_PAIRS * _PRIOR_REBOUND) / (n + _PRIOR_PAIRS)
-        base = _median(sorted(e - slope * g for g, e in pairs)) if pairs else 0.0
-        base *= n / (n + _PRIOR_PAIRS)
-        rebound = base + slope * (self._level_locked() - math.log(bw))
-        if n < _MIN_REBOUND_PAIRS:
-            return rebound, 0.0, 0.0
-        resid = sorted(e - base - slope * g for g, e in pairs)
-        k = int(len(resid) * _LOW_QUANTILE)
-        return rebound, max(-resid[k], _MIN_SPREAD), max(resid[-1 - k], _MIN_SPREAD)
+        base, slope, down, up = self._fit
+        return base + slope * (self._level_locked() - math.log(bw)), down, up
 
     # -- probing ------------------------------------------------------------------------
     def resolving_bytes(self, now: float | None = None) -> int:

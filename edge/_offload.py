@@ -261,9 +261,9 @@ class UploadProgress:
         return self.total_bytes * 8.0 / self.rate_bps
 
 
-# A watched body goes out in slices this big (the policy reckons with it too); a write that waits longer than
-# _BLOCKED_S was held back by the path; the rate is read once the path has held the
-# writes back for at least _MIN_RATE_SPAN_S.
+# A watched body goes out in slices this big (the policy reckons with it too); a write
+# that waits longer than _BLOCKED_S was held back by the path; the rate is read once the
+# path has held the writes back for at least _MIN_RATE_SPAN_S.
 WATCH_SLICE_BYTES = 16 * 1024
 _BLOCKED_S = 0.002
 _MIN_RATE_SPAN_S = 0.015

@@ -224,15 +224,12 @@ def _slo_bandwidth(p: Prediction, cfg: PolicyConfig, planned_bps: float) -> floa
     return bit_ms / budget_ms if budget_ms > 0 else math.inf
 
 
-def _slo_chance(p: Prediction, ctx: PolicyContext, cfg: PolicyConfig,
-                planned_bps: float) -> float:
-    """The chance that ``p`` (predicted at ``planned_bps``) meets the SLO: that the link
-    carries the bandwidth its transfers need, by the link's forecast for the next
-    transfer (``LinkEstimate.chance_at_least``)."""
-    needed = _slo_bandwidth(p, cfg, planned_bps)
+def _slo_chance(link: LinkEstimate, needed: float) -> float:
+    """The chance that a plan whose transfers need ``needed`` bit/s to meet the SLO (see
+    ``_slo_bandwidth``) does: by the link's forecast for the next transfer."""
     if math.isinf(needed):
         return 0.0
-    return 1.0 if needed <= 0 else ctx.link.chance_at_least(needed)
+    return 1.0 if needed <= 0 else link.chance_at_least(needed)
 
 
 def _avg_power_w(p: Prediction) -> float:
@@ -329,12 +326,13 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
             for p in allowed:
                 if local is None or not _can_abandon(p, local, cfg, ctx.link):
                     continue
-                chance = _slo_chance(p, ctx, cfg, risk_bw)
+                needed = _slo_bandwidth(p, cfg, risk_bw)
+                chance = _slo_chance(ctx.link, needed)
                 if chance >= cfg.offload.abandon_min_chance:
                     fail_mj = local.energy_mj + ctx.energy.tx_w * cfg.offload.abandon_judge_ms
                     # When it meets the SLO, its transfers ran at least as fast as that
                     # needs: it costs at most what it does at that bandwidth.
-                    won_bw = max(risk_bw, _slo_bandwidth(p, cfg, risk_bw))
+                    won_bw = max(risk_bw, needed)
                     won_mj = min(p.energy_mj,
                                  _predict(by_cut[p.cut_id], ctx, cfg, won_bw).energy_mj)
                     at_low[p.cut_id] = -math.inf

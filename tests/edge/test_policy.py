@@ -298,7 +298,7 @@ def test_device_state_from_recorded_sysfs() -> None:
 
 
 def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
-    from edge._policy import _predict, _slo_chance
+    from edge._policy import _predict, _slo_bandwidth, _slo_chance
 
     offload = CANDIDATES[1]
     cfg = dataclasses.replace(PolicyConfig(), objective="energy", slo_ms=220.0)
@@ -309,7 +309,7 @@ def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
                                                      spread_up=spread_up),
                             input_bytes=600_000, reference_input_bytes=600_000)
         p = _predict(offload, ctx, cfg, ctx.link.bandwidth_bps)
-        return _slo_chance(p, ctx, cfg, ctx.link.bandwidth_bps)
+        return _slo_chance(ctx.link, _slo_bandwidth(p, cfg, ctx.link.bandwidth_bps))
 
     # offload needs ~26.8 Mbit/s for 220 ms (600 kB up, 40 ms of round trip and tail).
     assert chance(26.8, 0.2, 0.2) == pytest.approx(0.5, abs=0.02)
