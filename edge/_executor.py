@@ -373,8 +373,8 @@ class Executor:
             cloud_ms = (time.perf_counter() - t0) * 1000.0
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, TransferAbandoned):
-                # The rate the upload was progressing at is a bandwidth sample as good as
-                # a finished transfer's.
+                # The rate the upload was progressing at stands in for a bandwidth
+                # sample until the next transfer measures the link.
                 self.link.observe_rate(exc.rate_bps)
             elif isinstance(exc, DeadlineExceeded):
                 # A censored sample: the transfer took at least this long, so the link is

@@ -55,6 +55,9 @@ _MIN_REBOUND_PAIRS = 8
 # 0.64-0.95 on every trace family in shared/data/traces; half is the cautious side.)
 _PRIOR_REBOUND = 0.5
 _PRIOR_PAIRS = 4
+# The optimistic edge's extra room, in log units, once the link has been quiet so long
+# that nothing is known (confidence 0): on top of the belief's own widening, 16 times.
+_QUIET_HEADROOM = math.log(16.0)
 
 
 def _median(ordered: list[float]) -> float:
@@ -143,8 +146,15 @@ class LinkEstimate:
 
     @property
     def high_bps(self) -> float:
-        """An optimistic bandwidth (the upper edge of the belief)."""
-        return self.bandwidth_bps * math.exp(self.spread + self.headroom)
+        """An optimistic bandwidth: the upper edge of the belief or, when it reaches
+        higher, of the rebound forecast (after a dip the link is expected back towards
+        its usual level), widened further as confidence decays. What exploration and
+        probes look at: a single slow reading must not leave every remote plan looking
+        hopeless, and so the link unmeasured, for good."""
+        edge = self.spread + self.headroom
+        if self.rebound:
+            edge = max(edge, self.rebound + (self.rebound_up or self.spread_up or self.spread))
+        return self.bandwidth_bps * math.exp(edge + (1.0 - self.confidence) * _QUIET_HEADROOM)
 
     def transfer_s(self, nbytes: int, bandwidth_bps: float | None = None) -> float:
         """Seconds to move ``nbytes`` one way at ``bandwidth_bps`` (default: the estimate)."""
@@ -191,6 +201,9 @@ class LinkEstimator:
         self._prior_rtt = prior_rtt_s
         self._last_traffic: float | None = None
         self._bounded = False  # the newest sample is a "faster than this" bound
+        # How many of the newest samples are rate readings (see observe_rate): stand-ins
+        # that the next measured transfer replaces.
+        self._readings = 0
         self._lock = threading.Lock()
         self.probe_budget_bytes = probe_budget_bytes
         self.probe_refill_s = probe_refill_s
@@ -277,7 +290,13 @@ class LinkEstimator:
     def _level_locked(self) -> float:
         return _median(sorted(self._levels))
 
+    def _drop_readings_locked(self) -> None:
+        for _ in range(min(self._readings, len(self._bw))):
+            self._bw.pop()
+        self._readings = 0
+
     def _add_sample_locked(self, bps: float, now: float) -> None:
+        self._drop_readings_locked()
         self._record_miss_locked(bps)
         self._bounded = False
         self._bw.append((bps, now))
@@ -288,16 +307,23 @@ class LinkEstimator:
         """A rate measured directly: an upload's writes progressing while the path held
         them back (one given up part-way, see ``OffloadClient.infer``). Read early in a
         transfer it includes what the path's buffers took in at once, so it can overstate
-        the link, never understate it: a sample when below the estimate, else only a
-        sign that the link is no slower than believed."""
+        the link; read over a few tens of milliseconds it is the link of that instant,
+        which a whole transfer averages out, so it can understate it many times over.
+        Below the estimate it stands in as a sample until the next measured transfer
+        replaces it, and it is no forecast error (one such reading would weigh on the
+        expected transfer time for the next sixteen); above, it is only a sign that the
+        link is no slower than believed."""
         now = self._clock() if now is None else now
         if bps <= 0 or not math.isfinite(bps):
             return
         with self._lock:
+            self._last_traffic = now
             if self._bw and bps >= self._bw_locked():
-                self._last_traffic = now
                 return
-            self._add_sample_locked(bps, now)
+            self._bw.append((bps, now))
+            self._readings += 1
+            self._bounded = False
+            self.total_samples += 1
 
     def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> None:
         """A transfer that had not finished after ``seconds`` (we gave up): the link is at
@@ -309,6 +335,7 @@ class LinkEstimator:
                 return
             bound = nbytes * 8.0 / (seconds - rtt)
             if bound < self._bw_locked():
+                self._drop_readings_locked()
                 self._record_miss_locked(bound)
                 self._bw.append((bound, now))
                 self.total_samples += 1
@@ -332,6 +359,7 @@ class LinkEstimator:
             self._fit = (0.0, _PRIOR_REBOUND, 0.0, 0.0)
             self._last_traffic = None
             self._bounded = False
+            self._readings = 0
 
     # -- estimate -----------------------------------------------------------------------
     def _weights_locked(self) -> list[float]:

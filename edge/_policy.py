@@ -243,7 +243,12 @@ def _score_fn(objective: str, cfg: PolicyConfig, preds: Iterable[Prediction],
     preds = list(preds)
     if objective == "latency":
         margin = 1.0 + cfg.link.remote_margin
-        return lambda p: p.latency_ms * (margin if p.kind != LOCAL else 1.0)
+        slo = cfg.slo_ms
+        worst = slo_ms_at_low or {}
+        # With an SLO, plans that may miss it at the pessimistic edge (``slo_ms_at_low``)
+        # come after those that meet it there.
+        return lambda p: (p.latency_ms * (margin if p.kind != LOCAL else 1.0)
+                          + (1e12 if worst.get(p.cut_id, p.latency_ms) > slo > 0 else 0.0))
     if objective == "energy-only":
         return lambda p: p.energy_mj
     if objective == "energy":
@@ -306,14 +311,27 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     at_low: dict[str, float] = {}
     expected_mj: dict[str, float] = {}
     chances: dict[str, float] = {}
+    by_cut = {c.cut_id: c for c in ctx.candidates}
+    local = next((q for q in allowed if q.kind == LOCAL), None)
     if objective == "energy-no-slo":
         objective = "energy"
         score = _score_fn("energy-only", cfg, allowed)
+    elif objective == "latency":
+        if cfg.slo_ms > 0:
+            # A deadline that a local run would meet is not bet on a link that may not
+            # carry it: a remote plan must meet the SLO ``latency_slo_risk`` spreads below
+            # the estimate, unless its upload can be given up in time.
+            low_bw = ctx.link.bandwidth_bps * math.exp(-max(risk, cfg.link.latency_slo_risk)
+                                                       * ctx.link.spread)
+            at_low = {p.cut_id: (-math.inf if local is not None
+                                 and _can_abandon(p, local, cfg, ctx.link)
+                                 else _predict(by_cut[p.cut_id], ctx, cfg, low_bw).latency_ms)
+                      for p in allowed if p.kind != LOCAL}
+        score = _score_fn(objective, cfg, allowed, at_low)
     else:
         if objective == "energy":
             low_bw = ctx.link.bandwidth_bps * math.exp(-max(risk, cfg.link.slo_risk)
                                                        * ctx.link.spread)
-            by_cut = {c.cut_id: c for c in ctx.candidates}
             at_low = {p.cut_id: _predict(by_cut[p.cut_id], ctx, cfg, low_bw).latency_ms
                       for p in allowed}
             # A plan whose upload can be given up while the device still has time to run
@@ -322,7 +340,6 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
             # of the radio's time until then and the local run. It is tried when its
             # chance to meet the SLO is at least abandon_min_chance, and ranked by the
             # energy it is expected to cost, failures included.
-            local = next((q for q in allowed if q.kind == LOCAL), None)
             for p in allowed:
                 if local is None or not _can_abandon(p, local, cfg, ctx.link):
                     continue
@@ -347,7 +364,14 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     reason = _explain(best, objective, cfg, allowed, preds,
                       meets_slo=at_low.get(best.cut_id, best.latency_ms) <= cfg.slo_ms)
     fastest = min(allowed, key=lambda p: p.latency_ms)
-    if objective == "latency" and fastest is not best:
+    if objective == "latency" and fastest is not best and at_low.get(
+            fastest.cut_id, fastest.latency_ms) > cfg.slo_ms > 0:
+        reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
+                  f"{_plan_name(fastest)} is predicted faster ({fastest.latency_ms:.0f} ms) "
+                  f"but would miss the {cfg.slo_ms:g} ms SLO "
+                  f"({at_low[fastest.cut_id]:.0f} ms) with the link "
+                  f"{max(risk, cfg.link.latency_slo_risk):.2g} spreads below its estimate")
+    elif objective == "latency" and fastest is not best:
         reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
                   f"{_plan_name(fastest)} is predicted only "
                   f"{100 * (1 - fastest.latency_ms / best.latency_ms):.1f}% faster "
@@ -397,7 +421,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # energy objective it pays sooner: when a remote plan that would save energy meets
     # the SLO at the estimate and is held back only by the belief's uncertainty, a fresh
     # sample decides it (a local run costs several offloads' energy).
-    doubtful = bool(at_low) and any(
+    doubtful = objective == "energy" and bool(at_low) and any(
         p.kind != LOCAL and p.energy_mj < best.energy_mj
         and _predict(by_id[p.cut_id], ctx, cfg, ctx.link.bandwidth_bps).latency_ms
         <= cfg.slo_ms < at_low.get(p.cut_id, 0.0) for p in allowed)
