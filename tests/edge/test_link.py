@@ -260,38 +260,41 @@ def test_a_rate_reading_stands_in_until_a_transfer_measures_the_link() -> None:
     for i in range(6):
         clock.t = float(i)
         est.observe_transfer(5_000_000, 0, 1.0)  # 40 Mbit/s
-    errors_before = list(est._err)
+    assert est.estimate().inverse_bias == pytest.approx(1.0)
     # A given-up upload read the link of one bad instant: far below the estimate.
     clock.t = 6.0
     est.observe_rate(2e6)
     est.observe_rate(3e6)
     low = est.estimate()
     assert low.bandwidth_bps < 15e6  # the estimate takes them at once
-    # ... but they are no forecast errors: the expected transfer time is not inflated
-    assert list(est._err) == errors_before and low.inverse_bias == pytest.approx(1.0)
-    # The next measured transfer replaces both readings.
+    # ... but as forecast errors each counts a factor of e at most (taken whole, 2 Mbit/s
+    # against 40 would make the expected transfer time of the next sixteen about 3x)
+    assert list(est._err)[-2:] == pytest.approx([-1.0, -1.0])
+    assert low.inverse_bias == pytest.approx((5 + 2 * math.e) / 7, rel=0.01)
+    # The next measured transfer replaces both readings in the window.
     clock.t = 7.0
     est.observe_transfer(5_000_000, 0, 1.0)
-    e = est.estimate()
-    assert e.bandwidth_bps == pytest.approx(40e6, rel=0.01)
-    assert e.inverse_bias == pytest.approx(1.0, abs=0.01)
+    assert est.estimate().bandwidth_bps == pytest.approx(40e6, rel=0.01)
 
 
-def test_the_optimistic_edge_reaches_for_the_rebound_and_widens_while_quiet() -> None:
+def test_the_optimistic_edge_widens_once_the_link_is_quiet_for_long() -> None:
     clock = Clock()
     est = LinkEstimator(window=6, half_life_s=10.0, prior_rtt_s=0.0, clock=clock)
     _feed(est, clock, [60.0] * 15 + [3.0])
     e = est.estimate()
-    # Just after a deep dip on a steady link the belief's own edge stays low (about the
-    # harmonic mean, 14 Mbit/s); the forecast's is back towards the link's level (half
-    # the gap, the prior), so a probe or an exploration can find it.
-    assert e.bandwidth_bps * math.exp(e.spread + e.headroom) < 20e6
-    assert e.high_bps >= e.bandwidth_bps * math.exp(e.rebound) > 25e6
-    # With nothing heard for a long time, the optimistic edge keeps widening.
-    clock.t += 120.0
+    # A few quiet seconds (a device running locally between probes) do not widen it
+    # beyond the belief's own decay: probing a slow link on every request would cost more
+    # radio time than it saves ...
+    clock.t += 4.0
+    short = est.estimate()
+    assert short.high_bps == pytest.approx(
+        short.bandwidth_bps * math.exp(short.spread + short.headroom))
+    # ... but with nothing heard for minutes, the optimistic edge keeps widening, so that
+    # one slow reading cannot keep every remote plan hopeless, and the link unprobed.
+    clock.t += 116.0
     quiet = est.estimate()
-    assert quiet.confidence < 0.01
     assert quiet.high_bps > 8 * e.high_bps
+    assert quiet.high_bps > 8 * quiet.bandwidth_bps * math.exp(quiet.spread)
 
 
 def _feed(est: LinkEstimator, clock: Clock, mbps: list[float]) -> None:

@@ -98,6 +98,29 @@ CASES = [
     Case("throttled device moves work out", 10, "split@b", "fastest",
          device=DeviceState(throttled=True), cfg={"link": {"remote_margin": 0.0}}),
     Case("cloud queue time counts", 1000, "local", cloud=CloudState(queue_ms=100.0)),
+    # With an SLO, a remote plan must still meet it latency_slo_risk spreads below the
+    # estimate. At 200 Mbit/s with spread 1, offload is fastest (~73 ms at the
+    # risk-discounted 148 Mbit/s); half a spread below (121 Mbit/s) it takes ~80 ms,
+    # within a 90 ms SLO ...
+    Case("latency, a remote plan meets the SLO half a spread below the estimate", 200,
+         "offload", "fastest", spread=1.0, cfg={"slo_ms": 90.0}),
+    # ... but a whole spread below (74 Mbit/s) ~106 ms: split@a, within it at ~87 ms,
+    # is taken instead.
+    Case("latency, a remote plan that may miss the SLO gives way", 200, "split@a",
+         "would miss the 90 ms SLO", spread=1.0,
+         cfg={"slo_ms": 90.0, "link": {"latency_slo_risk": 1.0}}),
+    # When no plan meets the SLO there, the fastest is taken.
+    Case("latency, nothing meets the SLO: fastest", 200, "offload", "fastest", spread=1.0,
+         cfg={"slo_ms": 70.0, "link": {"latency_slo_risk": 1.0}}),
+    # An upload the executor can give up in time (250 - 110 - 5 ms leave 135 ms to judge
+    # it) need not meet the SLO at the edge; with abandon off, split@a (~228 ms three
+    # spreads below) is the fastest plan that does.
+    Case("latency, an upload that can be given up is held to its prediction", 200,
+         "offload", "fastest", spread=1.0,
+         cfg={"slo_ms": 250.0, "link": {"latency_slo_risk": 3.0}}),
+    Case("latency, abandon off: the SLO holds at the edge", 200, "split@a", "would miss",
+         spread=1.0, cfg={"slo_ms": 250.0, "link": {"latency_slo_risk": 3.0},
+                          "offload": {"abandon": False}}),
     # rules
     Case("cloud down", 1000, "local", "cloud unavailable", cloud=CloudState(healthy=False)),
     Case("never send raw input", 1000, "split@a", "never_send_raw_input",
