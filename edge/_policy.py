@@ -381,13 +381,12 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         reason += "; " + "; ".join(notes)
 
     # Exploration and probing look at the optimistic side of the link belief.
-    by_id = {c.cut_id: c for c in ctx.candidates}
     stale_s = cfg.explore.stale_after_s
     link_stale = ctx.link.age_s > stale_s or ctx.link.samples == 0
     can_probe = (cfg.explore.probe_bytes > 0
                  and ctx.probe_allowance >= cfg.explore.probe_bytes)
     opt_bw = ctx.link.high_bps
-    optimistic = {p.cut_id: _predict(by_id[p.cut_id], ctx, cfg, opt_bw) for p in allowed}
+    optimistic = {p.cut_id: _predict(by_cut[p.cut_id], ctx, cfg, opt_bw) for p in allowed}
     # At the optimistic edge a plan is judged by its own prediction there: under the
     # energy objective, the SLO check at the pessimistic edge would rule out every remote
     # plan once the link has gone stale, and nothing would ever refresh it.
@@ -403,8 +402,8 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         # probe instead).
         slo_holds = cfg.slo_ms > 0 and best.latency_ms <= cfg.slo_ms
         stale = [p for p in could_win
-                 if (by_id[p.cut_id].age_s > cfg.explore.costs_stale_after_s
-                     or by_id[p.cut_id].samples == 0
+                 if (by_cut[p.cut_id].age_s > cfg.explore.costs_stale_after_s
+                     or by_cut[p.cut_id].samples == 0
                      # a stale link is refreshed by a probe when one can be sent, which
                      # costs a few hundred kilobytes instead of a request's latency
                      or (p.kind != LOCAL and link_stale and not can_probe))
@@ -423,7 +422,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # sample decides it (a local run costs several offloads' energy).
     doubtful = objective == "energy" and bool(at_low) and any(
         p.kind != LOCAL and p.energy_mj < best.energy_mj
-        and _predict(by_id[p.cut_id], ctx, cfg, ctx.link.bandwidth_bps).latency_ms
+        and _predict(by_cut[p.cut_id], ctx, cfg, ctx.link.bandwidth_bps).latency_ms
         <= cfg.slo_ms < at_low.get(p.cut_id, 0.0) for p in allowed)
     # And while the best plan is local, nothing else will measure the link: after one
     # slow transfer the device would stay local until the estimate went stale.
