@@ -481,9 +481,9 @@ class CostTable:
     side (thermal throttling, contention or a busy cloud slow every cut alike), so one
     local run also corrects the heads of the splits not tried lately; the residual
     corrects what the profile got wrong about one cut. Both are exponentially weighted
-    averages of ratios, each sample clipped to 3x either way, and to 1.5x unless the
-    sample before it was as far off, so that one stall (a GC pause, a page fault, another
-    process on the core) does not swing the table.
+    averages of ratios, each sample clipped to 3x either way; a sample over 1.5x off is
+    held until the next one agrees, so that one stall (a GC pause, a page fault, another
+    process on the core) does not move the table at all.
     """
 
     def __init__(self, plan: Plan, *, ewma: float = 0.3,
@@ -523,16 +523,19 @@ class CostTable:
         if base <= 0:
             return factor, resid
         raw = sample / (base * factor * resid)
-        # A sample far off the prediction (over 1.5x either way) counts in full only when
-        # the one before it on this side was far off the same way: a lone stall (a GC
-        # pause, another process taking the core for a second) moves the table by at most
-        # 1.5x's share, while a real change (throttling, a busy cloud) is followed from its
-        # second sample on.
+        # A sample far off the prediction (over 1.5x either way) is held: it counts only
+        # when the next sample on this side is far off the same way. A lone stall (a GC
+        # pause, another process taking the core for a second) then leaves the table where
+        # it was, while a real change (throttling, a busy cloud) is followed in full from
+        # its second sample on, the held one included.
         before = self._last_raw.get(side, 1.0)
         self._last_raw[side] = raw
-        lone = ((raw > _SPIKE and before <= _SPIKE)
-                or (raw < 1 / _SPIKE and before >= 1 / _SPIKE))
-        low, high = (1 / _SPIKE, _SPIKE) if lone else (1 / 3, 3.0)
+        if raw > _SPIKE or raw < 1 / _SPIKE:
+            agrees = before > _SPIKE if raw > 1 else before < 1 / _SPIKE
+            if not agrees:
+                return factor, resid
+            factor *= 1 + a * (min(max(before, 1 / 3), 3.0) - 1)
+        low, high = 1 / 3, 3.0
         ratio = min(max(raw, low), high)
         # The shared factor takes the ratio's move; the residual keeps what the shared
         # factor does not explain for this cut, learnt far more slowly: the cut measured
