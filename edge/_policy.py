@@ -503,7 +503,7 @@ class CostTable:
         self._samples: dict[str, int] = {}
         self.device_factor = 1.0
         self.cloud_factor = 1.0
-        self._last_raw: dict[str, float] = {}  # the last sample's ratio, per side
+        self._held: dict[str, float] = {}  # a far-off sample's ratio awaiting the next, per side
         for c in plan.candidates:
             self._base[c.cut_id] = CutEstimate(
                 cut_id=c.cut_id, kind=c.kind, head_ms=c.head_ms, tail_ms=c.tail_ms,
@@ -528,13 +528,12 @@ class CostTable:
         # pause, another process taking the core for a second) then leaves the table where
         # it was, while a real change (throttling, a busy cloud) is followed in full from
         # its second sample on, the held one included.
-        before = self._last_raw.get(side, 1.0)
-        self._last_raw[side] = raw
+        held = self._held.pop(side, None)
         if raw > _SPIKE or raw < 1 / _SPIKE:
-            agrees = before > _SPIKE if raw > 1 else before < 1 / _SPIKE
-            if not agrees:
+            if held is None or (held > 1) != (raw > 1):
+                self._held[side] = raw
                 return factor, resid
-            factor *= 1 + a * (min(max(before, 1 / 3), 3.0) - 1)
+            factor *= 1 + a * (min(max(held, 1 / 3), 3.0) - 1)
         low, high = 1 / 3, 3.0
         ratio = min(max(raw, low), high)
         # The shared factor takes the ratio's move; the residual keeps what the shared

@@ -82,3 +82,17 @@ def test_slow_spells_measured_on_local_do_not_make_a_near_whole_head_look_cheape
     # alike: the two stay about 5 ms apart, as profiled (it was 12 ms when the residual
     # of the cut measured took a third of each slow spell).
     assert _head(table, "local") - _head(table, "late") < 8.0
+
+
+def test_a_held_sample_counts_once() -> None:
+    table = CostTable(PLAN, ewma=0.3, clock=lambda: 0.0)
+    table.observe("local", head_ms=100.0)
+    for _ in range(2):  # the device became 4x slower: held, then both followed at 3x
+        table.observe("local", head_ms=400.0)
+    after_two = _head(table, "local")
+    assert after_two == pytest.approx(100.0 * 1.6 * 1.6, rel=0.03)  # and a little residual
+    # The third is still far off (1.56x): held afresh, not the second counted again.
+    table.observe("local", head_ms=400.0)
+    assert _head(table, "local") == pytest.approx(after_two)
+    table.observe("local", head_ms=400.0)
+    assert _head(table, "local") > 1.15 * after_two
