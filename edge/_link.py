@@ -45,11 +45,6 @@ _ERROR_WINDOW = 16
 _MIN_ERRORS = 4
 _LOW_QUANTILE = 0.159
 _MIN_SPREAD = 0.05
-# Until then, the samples' own scatter, shrunk toward this spread as if it came from this
-# many samples: the start-up probe's two samples, a moment apart, agreed within 7 % on
-# the Ghent trace, whose next seconds ranged from 14 to 36 Mbit/s.
-_PRIOR_SPREAD = 0.5
-_PRIOR_SPREAD_WEIGHT = 2.0
 # The link's usual level: the median of this many recent samples (log bit/s); and how
 # many (gap, error) pairs before the rebound is learnt from them.
 _LEVEL_WINDOW = 16
@@ -425,13 +420,14 @@ class LinkEstimator:
                 sd = max(-ordered[int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
                 sd_up = max(ordered[-1 - int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
                 bias = sum(math.exp(-e) for e in self._err) / len(self._err)
-            else:  # too few misses measured yet: the samples' scatter, shrunk to a prior
+            elif n > 1:  # too few misses measured yet: the scatter of the samples
                 logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
                 w = self._weights_locked()
                 mean = sum(wi * x for wi, x in zip(w, logs, strict=True)) / sum(w)
-                var = sum(wi * (x - mean) ** 2 for wi, x in zip(w, logs, strict=True)) / sum(w)
-                sd = math.sqrt((n * var + _PRIOR_SPREAD_WEIGHT * _PRIOR_SPREAD ** 2)
-                               / (n + _PRIOR_SPREAD_WEIGHT))
+                sd = math.sqrt(sum(wi * (x - mean) ** 2 for wi, x in zip(w, logs, strict=True))
+                               / sum(w))
+            else:
+                sd = 0.5
             widen = (1.0 - confidence) * math.log(4.0)
             spread = sd + widen
             spread_up = (sd_up if sd_up is not None else sd) + widen

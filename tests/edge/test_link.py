@@ -356,22 +356,3 @@ def test_the_chance_of_a_rate_is_read_around_the_rebound_forecast() -> None:
     assert r.chance_at_least(20e6 * math.exp(0.3)) == pytest.approx(0.159, abs=0.01)
     certain = LinkEstimate(10e6, 0.02, 1.0, 0.0, 0.0, 6)
     assert certain.chance_at_least(9e6) == 1.0 and certain.chance_at_least(11e6) == 0.0
-
-
-def test_two_agreeing_samples_are_not_yet_a_narrow_belief() -> None:
-    clock = Clock()
-    est = LinkEstimator(window=6, prior_rtt_s=0.0, clock=clock)
-    # Start-up: two transfers a moment apart agree within 7 %; no forecast missed yet.
-    est.observe_transfer(500_000, 0, 0.25)  # 16 Mbit/s
-    est.observe_transfer(500_000, 0, 0.235)  # 17 Mbit/s
-    e = est.estimate()
-    assert e.confidence == pytest.approx(1.0)
-    # Their own scatter is ~0.03; shrunk toward the prior (0.5, worth two samples) the
-    # belief still allows the link the next seconds may bring (Ghent: 14-36 Mbit/s).
-    assert 0.3 < e.spread < 0.5
-    assert e.chance_at_least(24e6) > 0.1
-    # Once enough forecasts were met or missed, they set the spread: a steady link's
-    # belief narrows.
-    for _ in range(4):
-        est.observe_transfer(500_000, 0, 0.25)
-    assert est.estimate().spread < e.spread
