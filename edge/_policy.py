@@ -471,6 +471,12 @@ def _explain(best: Prediction, objective: str, cfg: PolicyConfig,
 
 # A sample more than this far off the prediction is a spike until the next one agrees.
 _SPIKE = 1.5
+# No sample moves the table by more than this ratio either way.
+_CLIP = 3.0
+
+
+def _clipped(ratio: float) -> float:
+    return min(max(ratio, 1 / _CLIP), _CLIP)
 
 
 class CostTable:
@@ -533,16 +539,15 @@ class CostTable:
             if held is None or (held > 1) != (raw > 1):
                 self._held[side] = raw
                 return factor, resid
-            factor *= 1 + a * (min(max(held, 1 / 3), 3.0) - 1)
-        low, high = 1 / 3, 3.0
-        ratio = min(max(raw, low), high)
+            factor *= 1 + a * (_clipped(held) - 1)
+        ratio = _clipped(raw)
         # The shared factor takes the ratio's move; the residual keeps what the shared
         # factor does not explain for this cut, learnt far more slowly: the cut measured
         # most often (local, on most devices) would otherwise take a share of every slow
         # spell into its residual, and splits whose heads are nearly the whole model
         # would look cheaper than local by that share.
         factor *= 1 + a * (ratio - 1)
-        ratio2 = min(max(sample / (base * factor * resid), low), high)
+        ratio2 = _clipped(sample / (base * factor * resid))
         resid *= 1 + (a / 8) * (ratio2 - 1)
         return factor, resid
 

@@ -26,7 +26,7 @@ def _tail(table: CostTable, cut: str) -> float:
 
 
 @pytest.mark.parametrize("stall", [3.0, 13.0])
-def test_a_lone_stall_moves_the_prediction_little(stall: float) -> None:
+def test_a_lone_stall_does_not_move_the_prediction(stall: float) -> None:
     table = CostTable(PLAN, ewma=0.3, clock=lambda: 0.0)
     for _ in range(5):
         table.observe("local", head_ms=100.0)
