@@ -146,6 +146,7 @@ def main() -> int:
                                                    - s["oracle"]["deadline_miss_pct"], 2),
                             "fallbacks": r.info["fallbacks"], "explored": r.info["explored"],
                             "probes": r.info["probes"],
+                            "lookahead_probes": r.info["lookahead_probes"],
                             "probe_mj_per_request": r.info["probe_mj_per_request"],
                             "static_split_cut": r.info["static_split_cut"],
                         }

@@ -7,6 +7,9 @@ runs out of its share of the deadline, the request continues on the device from 
 (the tail model when the plan folder has it) or runs the whole model; it is never lost,
 and the outcome says so. Measured device time, transfer time and bytes update the cost
 table and the link estimator, so the next decision uses what just happened.
+Between requests that come at a steady pace, the executor may probe the link shortly
+before the next one is due, when the policy says the link sits in a dip that the next
+decision would otherwise be planned on (``Policy.lookahead_probe``).
 
 ``compute_scale`` converts device compute measured here into the device's time (trace
 replay emulates a slower or faster board: ``1 / relative_speed``); on a real device it is 1.
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +60,12 @@ _RECHECK_MS = 20.0
 # emulator at a steady rate the projection came within 6 % of the answer, and waiting for
 # the last reading leaves the local run no room for a slow spell of the device.
 _CLEARLY_LATE = 1.1
+# A look-ahead probe goes out this far into the usual gap between requests (the median
+# of the last few), so that it measures the link the next request will meet and is done
+# before that request comes; only once that many gaps are known.
+_LOOKAHEAD_AT = 0.75
+_LOOKAHEAD_GAPS = 8
+_MIN_LOOKAHEAD_GAPS = 3
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,14 @@ class Executor:
         # Called with every Outcome (the agent's statistics, the demo's live table).
         self.listeners: list[Callable[[Outcome], None]] = []
         self._probe_thread: threading.Thread | None = None
+        # When recent requests were decided (the usual gap between them), and the
+        # look-ahead probe waiting for its moment: the next request or close() sets its
+        # event, which calls it off.
+        self._arrivals: deque[float] = deque(maxlen=_LOOKAHEAD_GAPS + 1)
+        self._lookahead_off = threading.Event()
+        self._lookahead_lock = threading.Lock()
+        self._lookahead_thread: threading.Thread | None = None
+        self.lookahead_probes = 0
         # The whole model: the local candidate's file in the plan folder, else model_path.
         local = next((c for c in plan.candidates if c.kind == LOCAL and c.head_model), None)
         model_path = Path(plan.model_path)
@@ -242,6 +261,9 @@ class Executor:
                 self._session_for(tail)
 
     def close(self) -> None:
+        self._lookahead_off.set()
+        if self._lookahead_thread is not None:
+            self._lookahead_thread.join(10)
         if self._probe_thread is not None:
             self._probe_thread.join(10)
         for s in self._sessions.values():
@@ -252,8 +274,9 @@ class Executor:
             self._log = None
 
     # -- decision -----------------------------------------------------------------------
-    def context(self, input_bytes: int) -> PolicyContext:
-        """The policy's view of the world right now."""
+    def context(self, input_bytes: int, *, draw: bool = True) -> PolicyContext:
+        """The policy's view of the world right now (``draw``: with an exploration draw;
+        without, the draw is 1, never exploring, and the generator is left alone)."""
         now = self._clock()
         base = self._device_state()
         local_ms = next((c.head_ms for c in self.costs.snapshot(now) if c.kind == LOCAL), 0.0)
@@ -266,7 +289,8 @@ class Executor:
             candidates=self.costs.snapshot(now), link=self.link.estimate(now),
             energy=self.energy, device=device, cloud=CloudState(healthy=healthy),
             input_bytes=input_bytes, reference_input_bytes=self.reference_input_bytes,
-            explore_draw=self._rng.random(), probe_allowance=self.link.probe_allowance(now))
+            explore_draw=self._rng.random() if draw else 1.0,
+            probe_allowance=self.link.probe_allowance(now))
 
     # -- running ------------------------------------------------------------------------
     def _run_local(self, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
@@ -296,6 +320,9 @@ class Executor:
         rid = self._next_id
         self._next_id += 1
         started = self._clock()
+        with self._lookahead_lock:
+            self._lookahead_off.set()
+            self._arrivals.append(started)
         ctx = self.context(_nbytes(feeds))
         if force is None:
             decision = self.policy.decide(ctx)
@@ -321,6 +348,7 @@ class Executor:
         cand = self.plan.candidate(decision.cut_id)
         out = self._execute(decided.rid, decision, cand, feeds, slo, decided.started)
         out = replace(out, link_bps=decided.link_bps)
+        self._arm_lookahead(decided.started)
         self._write_log(out)
         for listener in self.listeners:
             listener(out)
@@ -480,6 +508,38 @@ class Executor:
                        local_tail_ms, up, down, energy, missed, started, outputs=outputs)
 
     # -- probing ------------------------------------------------------------------------
+    def _arm_lookahead(self, started: float) -> None:
+        """After a request that started at ``started``: when requests come at a steady
+        pace, wait until ``_LOOKAHEAD_AT`` of the usual gap and probe then if the policy
+        says the link sits in a dip (``Policy.lookahead_probe``). A request decided in
+        the meantime calls it off. The wait follows the executor's clock (a trace replay
+        runs its own), so it polls rather than sleeping once."""
+        if self.client is None or not self.policy.config.explore.lookahead_probe:
+            return
+        with self._lookahead_lock:
+            times = list(self._arrivals)
+            if len(times) <= _MIN_LOOKAHEAD_GAPS or times[-1] != started:
+                return  # too few gaps known, or a later request is under way
+            gap = statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+            due = started + _LOOKAHEAD_AT * gap
+            if gap <= 0 or self._clock() >= due:
+                return
+            off = self._lookahead_off = threading.Event()
+
+        def wait() -> None:
+            while self._clock() < due:
+                if off.wait(0.005):
+                    return
+            if self.policy.lookahead_probe(self.context(self.reference_input_bytes,
+                                                        draw=False)):
+                sent = self.probes_sent
+                self._probe()
+                self.lookahead_probes += self.probes_sent - sent
+
+        self._lookahead_thread = threading.Thread(target=wait, name="edgecut-lookahead",
+                                                  daemon=True)
+        self._lookahead_thread.start()
+
     def probe_link(self, probes: int = 2) -> bool:
         """Probe the link now and wait for the answers (a device does this when it starts,
         so that its first decision is not made blind). False when nothing could be sent.

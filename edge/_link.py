@@ -130,6 +130,9 @@ class LinkEstimate:
     rebound: float = 0.0
     rebound_down: float = 0.0
     rebound_up: float = 0.0
+    #: The link's usual level: the median of the recent samples (0 until
+    #: ``_MIN_LEVELS`` are known). Below it, the link is in a dip.
+    level_bps: float = 0.0
 
     def chance_at_least(self, bps: float) -> float:
         """The chance that the link carries at least ``bps`` for the next transfer: its
@@ -435,9 +438,12 @@ class LinkEstimator:
             # for exploration to try a plan that only a fast link would favour.
             headroom = math.log(4.0) if self._bounded else 0.0
             rebound, down, up = self._rebound_locked(bw)
+            level = (math.exp(self._level_locked()) if len(self._levels) >= _MIN_LEVELS
+                     else 0.0)
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
                                 min(max(bias, 0.5), 10.0), spread_up, rebound,
-                                down + widen if down else 0.0, up + widen if up else 0.0)
+                                down + widen if down else 0.0, up + widen if up else 0.0,
+                                level)
 
     def _rebound_locked(self, bw: float) -> tuple[float, float, float]:
         """The rebound forecast (see the module's notes) at estimate ``bw`` and its

@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from devices import EnergyModel
 from edge._link import LinkEstimate
@@ -443,6 +443,28 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     )
 
 
+def lookahead_probe(ctx: PolicyContext, cfg: PolicyConfig) -> bool:
+    """Whether to probe the link now, between requests, for the next one's sake.
+
+    It pays when the link sits in a dip: the plan the policy picks at the estimate
+    uploads less than the one it would pick were the link back at its usual level. The
+    estimate (a harmonic mean) lags a link that comes back, and the next request would
+    be planned on the dip; a probe shortly before it tells which of the two plans it
+    should get. Exploration is left out on both sides (it is the request's to draw).
+    """
+    link = ctx.link
+    if (not cfg.explore.lookahead_probe or cfg.explore.probe_bytes <= 0
+            or ctx.probe_allowance < cfg.explore.probe_bytes or not ctx.cloud.healthy
+            or link.samples == 0 or link.level_bps <= link.bandwidth_bps):
+        return False
+    calm = replace(ctx, explore_draw=1.0)
+    now = decide(calm, cfg)
+    back = decide(replace(calm, link=replace(link, bandwidth_bps=link.level_bps,
+                                             rebound=0.0)), cfg)
+    up = {c.cut_id: c.up_bytes for c in ctx.candidates}
+    return back.kind != LOCAL and up.get(back.cut_id, 0) > up.get(now.cut_id, 0)
+
+
 def _plan_name(p: Prediction) -> str:
     return f"split@{p.cut_id}" if p.kind == SPLIT else p.kind
 
@@ -612,3 +634,7 @@ class Policy:
     def decide(self, context: PolicyContext) -> Decision:
         """Decide for one request under the configuration in force now."""
         return decide(context, self.config)
+
+    def lookahead_probe(self, context: PolicyContext) -> bool:
+        """Whether a probe now would serve the next request (see :func:`lookahead_probe`)."""
+        return lookahead_probe(context, self.config)

@@ -75,6 +75,10 @@ class ExploreSettings:
     # plan could win at the optimistic edge, not only once the estimate is stale. Off by
     # default: on the 5G and Ghent traces it traded one gap for another (docs/policy.md).
     probe_while_local: bool = False
+    # Between requests, while the link sits below its usual level and a remote plan
+    # would win were it back there, probe shortly before the next request is due (at
+    # three quarters of the usual gap): the estimate lags a link that comes back.
+    lookahead_probe: bool = True
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
                                       min=0.0) * 1024),
         probe_refill_s=ex.get("probe_refill_s", float, de.probe_refill_s, min=0.1),
         probe_while_local=ex.get("probe_while_local", bool, de.probe_while_local),
+        lookahead_probe=ex.get("lookahead_probe", bool, de.lookahead_probe),
     )
     ex.finish()
 

@@ -572,6 +572,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         "fallbacks": sum(1 for _, o in outcomes if o.fallback),
         "explored": sum(1 for _, o in outcomes if o.decision.explored),
         "probes": executor.probes_sent,
+        "lookahead_probes": executor.lookahead_probes,
         "probe_radio_s": round(probe_s, 3),
         "probe_mj_per_request": round(probe_mj_each, 2),
         "remote_leg_slowness": round(k_remote, 3),

@@ -17,6 +17,7 @@ from edge._policy import (
     PolicyContext,
     Prediction,
     decide,
+    lookahead_probe,
 )
 from edge._policy_config import (
     OBJECTIVES,
@@ -59,6 +60,7 @@ __all__ = [
     "decide",
     "load_policy_config",
     "load_policy_text",
+    "lookahead_probe",
     "parse_policy_config",
     "policy_config_from_text",
 ]

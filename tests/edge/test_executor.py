@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,51 @@ def test_a_probe_is_big_enough_to_show_a_faster_link_or_not_sent(
         sent = ex.probes_sent
         assert not ex.probe_link(probes=1) and ex.probes_sent == sent
         ex.close()
+
+
+def test_a_dip_is_probed_shortly_before_the_next_request_is_due(
+        plan_dir: Path, slow_board: DeviceProfile) -> None:
+    plan = Plan.load(plan_dir / "plan.json")
+    now = [0.0]
+    with CloudServer(plan_dir / "repository") as srv, OffloadClient(srv.url) as client:
+        ex = Executor(plan, plan_dir, slow_board, policy=Policy(CFG), client=client,
+                      clock=lambda: now[0], background_probes=False)
+        feeds = _feeds_for(ex)
+
+        def link_at(mbps: float, times: int) -> None:
+            for _ in range(times):  # 200 ms of serialising + the 10 ms round trip
+                ex.link.observe_transfer(int(mbps * 1e6 * 0.2 / 8), 0, 0.21)
+
+        ex.link.observe_rtt(0.01)
+        link_at(500.0, 6)  # the link's usual level: the slow board offloads there
+        for _ in range(4):  # a steady pace: one request every 2 s
+            ex.infer(feeds, force="local")
+            now[0] += 2.0
+        assert ex.lookahead_probes == 0  # at its level, the link needs no probe
+        link_at(1.0, 2)  # a dip: the estimate sinks, the level holds
+        dipped = ex.link.estimate()
+        assert dipped.bandwidth_bps < 5e6 and dipped.level_bps > 400e6
+        ex.infer(feeds, force="local")  # at t = 8 s
+        sent = ex.probes_sent
+        now[0] += 1.0
+        time.sleep(0.2)
+        assert ex.probes_sent == sent  # not yet: three quarters of the gap is at 9.5 s
+        now[0] += 0.6
+        deadline = time.monotonic() + 10
+        while ex.lookahead_probes == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ex.lookahead_probes == 1 and ex.probes_sent == sent + 1
+        assert ex.link.estimate().bandwidth_bps > dipped.bandwidth_bps  # it measured
+        # A request that comes before the moment calls the probe off.
+        now[0] = 10.0
+        ex.infer(feeds, force="local")
+        link_at(1.0, 6)
+        now[0] = 11.0
+        ex.decide(feeds)
+        now[0] = 12.0
+        time.sleep(0.2)
+        ex.close()
+        assert ex.lookahead_probes == 1 and ex.probes_sent == sent + 1
 
 
 def test_a_plan_with_the_fp16_wire_format_sends_half_and_answers_alike(

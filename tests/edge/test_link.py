@@ -356,3 +356,18 @@ def test_the_chance_of_a_rate_is_read_around_the_rebound_forecast() -> None:
     assert r.chance_at_least(20e6 * math.exp(0.3)) == pytest.approx(0.159, abs=0.01)
     certain = LinkEstimate(10e6, 0.02, 1.0, 0.0, 0.0, 6)
     assert certain.chance_at_least(9e6) == 1.0 and certain.chance_at_least(11e6) == 0.0
+
+
+def test_the_level_is_the_median_of_the_recent_samples_once_known() -> None:
+    clock = Clock()
+    est = LinkEstimator(window=6, prior_rtt_s=0.0, clock=clock)
+    _feed(est, clock, [30.0, 40.0, 5.0])
+    assert est.estimate().level_bps == 0.0  # too few samples to say what is usual
+    _feed(est, clock, [50.0])
+    # the middle two (30 and 40) meet at their geometric mean: the median is taken in logs
+    assert est.estimate().level_bps == pytest.approx(math.sqrt(30e6 * 40e6), rel=0.01)
+    _feed(est, clock, [4.0])
+    e = est.estimate()
+    # A slow sample pulls the harmonic mean well down; the median moves one sample.
+    assert e.bandwidth_bps < 15e6
+    assert e.level_bps == pytest.approx(30e6, rel=0.01)

@@ -366,3 +366,43 @@ def test_a_plan_that_may_be_given_up_is_costed_at_the_bandwidth_the_slo_needs() 
     assert won < offload.energy_mj / 2
     failed = local.energy_mj + ENERGY.tx_w * cfg.offload.abandon_judge_ms
     assert expected == pytest.approx(chance * won + (1 - chance) * failed, abs=10)
+
+
+@dataclass
+class Ahead:
+    name: str
+    mbps: float
+    level_mbps: float
+    expect: bool
+    explore: dict[str, Any] = field(default_factory=dict)
+    cloud: CloudState = CloudState()
+    probe_allowance: int = 1 << 20
+
+
+# Whether to probe between requests, for the next one's sake: only when the plan picked at
+# the link's usual level uploads more than the one picked at the (dipped) estimate.
+AHEAD = [
+    Ahead("a dip below a level where a split wins", 10, 100, True),
+    Ahead("a dip below a level where offloading wins", 100, 1000, True),
+    Ahead("a dip too shallow to change the plan", 10, 12, False),
+    Ahead("the link at its level", 100, 100, False),
+    Ahead("the link above its level", 1000, 100, False),
+    Ahead("the level not known yet", 10, 0, False),
+    Ahead("no probe budget left", 10, 100, False, probe_allowance=1024),
+    Ahead("probes of no size", 10, 100, False, explore={"probe_bytes": 0}),
+    Ahead("the cloud is down", 10, 100, False, cloud=CloudState(healthy=False)),
+    Ahead("switched off", 10, 100, False, explore={"lookahead_probe": False}),
+]
+
+
+@pytest.mark.parametrize("case", AHEAD, ids=[c.name for c in AHEAD])
+def test_lookahead_probe_table(case: Ahead) -> None:
+    from edge.policy import lookahead_probe
+
+    ctx, cfg = build(Case("", case.mbps, "", explore=case.explore, cloud=case.cloud,
+                          probe_allowance=case.probe_allowance))
+    ctx = dataclasses.replace(ctx, link=dataclasses.replace(
+        ctx.link, level_bps=case.level_mbps * 1e6))
+    assert lookahead_probe(ctx, cfg) is case.expect
+    # It never explores on the request's behalf: the same answer whatever the draw.
+    assert lookahead_probe(dataclasses.replace(ctx, explore_draw=0.0), cfg) is case.expect
