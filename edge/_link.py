@@ -437,21 +437,22 @@ class LinkEstimator:
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.
             headroom = math.log(4.0) if self._bounded else 0.0
-            rebound, down, up = self._rebound_locked(bw)
-            level = (math.exp(self._level_locked()) if len(self._levels) >= _MIN_LEVELS
-                     else 0.0)
+            # The link's usual level (log bit/s), None until enough samples are known.
+            level = self._level_locked() if len(self._levels) >= _MIN_LEVELS else None
+            rebound, down, up = self._rebound_locked(bw, level)
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
                                 min(max(bias, 0.5), 10.0), spread_up, rebound,
                                 down + widen if down else 0.0, up + widen if up else 0.0,
-                                level)
+                                math.exp(level) if level is not None else 0.0)
 
-    def _rebound_locked(self, bw: float) -> tuple[float, float, float]:
-        """The rebound forecast (see the module's notes) at estimate ``bw`` and its
-        spreads below and above (0: the belief's own); (0, 0, 0) until the level is known."""
-        if len(self._levels) < _MIN_LEVELS or not self._bw:
+    def _rebound_locked(self, bw: float, level: float | None) -> tuple[float, float, float]:
+        """The rebound forecast (see the module's notes) at estimate ``bw`` below the
+        link's ``level`` (log bit/s) and its spreads below and above (0: the belief's own);
+        (0, 0, 0) until the level is known."""
+        if level is None:
             return 0.0, 0.0, 0.0
         base, slope, down, up = self._fit
-        return base + slope * (self._level_locked() - math.log(bw)), down, up
+        return base + slope * (level - math.log(bw)), down, up
 
     # -- probing ------------------------------------------------------------------------
     def resolving_bytes(self, now: float | None = None) -> int:

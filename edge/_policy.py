@@ -455,7 +455,7 @@ def lookahead_probe(ctx: PolicyContext, cfg: PolicyConfig) -> bool:
     link = ctx.link
     if (not cfg.explore.lookahead_probe or cfg.explore.probe_bytes <= 0
             or ctx.probe_allowance < cfg.explore.probe_bytes or not ctx.cloud.healthy
-            or link.samples == 0 or link.level_bps <= link.bandwidth_bps):
+            or link.level_bps <= link.bandwidth_bps):  # 0 until the level is known
         return False
     calm = replace(ctx, explore_draw=1.0)
     now = decide(calm, cfg)
