@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from edge._link import LinkEstimate, LinkEstimator
 from edge._policy import (
+    Calibration,
     CloudState,
     CostTable,
     CutEstimate,
@@ -39,6 +40,7 @@ load_policy_text = policy_config_from_text
 
 __all__ = [
     "OBJECTIVES",
+    "Calibration",
     "CloudState",
     "CostTable",
     "CutEstimate",
