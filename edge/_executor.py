@@ -42,7 +42,6 @@ from edge._link import LinkEstimator
 from edge._offload import HALF_OPEN, OPEN, OffloadClient, UploadProgress
 from edge._policy import (
     LOCAL_SLACK,
-    Calibration,
     CloudState,
     CostTable,
     Decision,
@@ -205,7 +204,6 @@ class Executor:
         self.costs = costs or CostTable(
             plan, ewma=cfg.learning.ewma, raw_inputs=self.input_names,
             device_layers=self._device_layers(), clock=clock)
-        self.calibration = Calibration(cfg.learning.calibration_window)
         self.reference_input_bytes = _reference_bytes(full)
 
     # -- sessions -----------------------------------------------------------------------
@@ -292,9 +290,7 @@ class Executor:
             energy=self.energy, device=device, cloud=CloudState(healthy=healthy),
             input_bytes=input_bytes, reference_input_bytes=self.reference_input_bytes,
             explore_draw=self._rng.random() if draw else 1.0,
-            probe_allowance=self.link.probe_allowance(now),
-            local_calibration=self.calibration.factor(LOCAL),
-            remote_calibration=self.calibration.factor(OFFLOAD))
+            probe_allowance=self.link.probe_allowance(now))
 
     # -- running ------------------------------------------------------------------------
     def _run_local(self, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
@@ -352,9 +348,6 @@ class Executor:
         cand = self.plan.candidate(decision.cut_id)
         out = self._execute(decided.rid, decision, cand, feeds, slo, decided.started)
         out = replace(out, link_bps=decided.link_bps)
-        # What this kind of plan realised against its prediction (a fallback's cost
-        # included: it is what the bet cost). A forced plan has no prediction.
-        self.calibration.observe(decision.kind, decision.predicted_ms, out.latency_ms)
         self._arm_lookahead(decided.started)
         self._write_log(out)
         for listener in self.listeners:

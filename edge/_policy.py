@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -104,11 +103,6 @@ class PolicyContext:
     reference_input_bytes: int = 0
     explore_draw: float = 1.0
     probe_allowance: int = 0
-    #: Realised over predicted latency of recently executed local and remote plans (see
-    #: :class:`Calibration`); the latency objective ranks each kind by its prediction
-    #: times its own. 1: no correction.
-    local_calibration: float = 1.0
-    remote_calibration: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -244,19 +238,16 @@ def _avg_power_w(p: Prediction) -> float:
 
 def _score_fn(objective: str, cfg: PolicyConfig, preds: Iterable[Prediction],
               slo_ms_at_low: Mapping[str, float] | None = None,
-              expected_mj: Mapping[str, float] | None = None,
-              calibration: Mapping[bool, float] | None = None
+              expected_mj: Mapping[str, float] | None = None
               ) -> Callable[[Prediction], float]:
     preds = list(preds)
     if objective == "latency":
         margin = 1.0 + cfg.link.remote_margin
         slo = cfg.slo_ms
         worst = slo_ms_at_low or {}
-        weight = calibration or {}
         # With an SLO, plans that may miss it at the pessimistic edge (``slo_ms_at_low``)
         # come after those that meet it there.
         return lambda p: (p.latency_ms * (margin if p.kind != LOCAL else 1.0)
-                          * weight.get(p.kind == LOCAL, 1.0)
                           + (1e12 if worst.get(p.cut_id, p.latency_ms) > slo > 0 else 0.0))
     if objective == "energy-only":
         return lambda p: p.energy_mj
@@ -318,7 +309,6 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         notes.append(f"battery {battery:.0f}% below reserve "
                      f"{cfg.rules.battery_reserve_pct:.0f}%: saving energy")
     at_low: dict[str, float] = {}
-    calibration = {True: 1.0, False: 1.0}  # latency ranking factor: local?
     expected_mj: dict[str, float] = {}
     chances: dict[str, float] = {}
     by_cut = {c.cut_id: c for c in ctx.candidates}
@@ -337,14 +327,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                                  and _can_abandon(p, local, cfg, ctx.link)
                                  else _predict(by_cut[p.cut_id], ctx, cfg, low_bw).latency_ms)
                       for p in allowed if p.kind != LOCAL}
-        calibration = {True: ctx.local_calibration, False: ctx.remote_calibration}
-        score = _score_fn(objective, cfg, allowed, at_low, calibration=calibration)
-        if calibration != {True: 1.0, False: 1.0}:
-            plain = min(allowed, key=_score_fn(objective, cfg, allowed, at_low))
-            if plain is not min(allowed, key=score):
-                notes.append(f"{_plan_name(plain)} lost to the calibration: local "
-                             f"predictions x{ctx.local_calibration:.2f}, remote "
-                             f"x{ctx.remote_calibration:.2f} (realised / predicted lately)")
+        score = _score_fn(objective, cfg, allowed, at_low)
     else:
         if objective == "energy":
             low_bw = ctx.link.bandwidth_bps * math.exp(-max(risk, cfg.link.slo_risk)
@@ -389,17 +372,11 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                   f"({at_low[fastest.cut_id]:.0f} ms) with the link "
                   f"{max(risk, cfg.link.latency_slo_risk):.2g} spreads below its estimate")
     elif objective == "latency" and fastest is not best:
-        calibrated = calibration != {True: 1.0, False: 1.0}
-        if fastest.kind == LOCAL:  # only a calibration can put a slower remote plan first
-            reason = (f"{_plan_name(best)} taken at {best.latency_ms:.0f} ms though "
-                      f"local is predicted at {fastest.latency_ms:.0f} ms")
-        else:
-            reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
-                      f"{_plan_name(fastest)} is predicted only "
-                      f"{100 * (1 - fastest.latency_ms / best.latency_ms):.1f}% faster "
-                      f"({fastest.latency_ms:.0f} ms), within remote_margin "
-                      f"{100 * cfg.link.remote_margin:g}%"
-                      + (" once calibrated" if calibrated else ""))
+        reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
+                  f"{_plan_name(fastest)} is predicted only "
+                  f"{100 * (1 - fastest.latency_ms / best.latency_ms):.1f}% faster "
+                  f"({fastest.latency_ms:.0f} ms), within remote_margin "
+                  f"{100 * cfg.link.remote_margin:g}%")
     if notes:
         reason += "; " + "; ".join(notes)
 
@@ -486,46 +463,6 @@ def lookahead_probe(ctx: PolicyContext, cfg: PolicyConfig) -> bool:
                                              rebound=0.0)), cfg)
     up = {c.cut_id: c.up_bytes for c in ctx.candidates}
     return back.kind != LOCAL and up.get(back.cut_id, 0) > up.get(now.cut_id, 0)
-
-
-class Calibration:
-    """How the latency of the plans executed lately compared with their predictions, per
-    kind (local, remote): the median of realised / predicted over the last ``window``,
-    shrunk towards 1 while few are known (as if ``_CALIBRATION_PRIOR`` more had come out
-    exactly as predicted) and kept within [1/1.25, 1.25].
-
-    The cost table and the link estimate each learn their own part; this is what is left
-    when a decision picks between them. A remote plan is picked when its link estimate
-    is high, and the link then regresses toward its level; a local plan's estimate is
-    high right after a slow run. Near the break-even point both bias the choice."""
-
-    def __init__(self, window: int = 12) -> None:
-        self.window = window
-        self._ratios: dict[bool, deque[float]] = {
-            True: deque(maxlen=max(window, 1)), False: deque(maxlen=max(window, 1))}
-        self._lock = threading.Lock()
-
-    def observe(self, kind: str, predicted_ms: float, realised_ms: float) -> None:
-        """One executed request: its plan's kind and predicted and realised latency."""
-        if self.window <= 0 or predicted_ms <= 0 or realised_ms <= 0:
-            return
-        with self._lock:
-            self._ratios[kind == LOCAL].append(math.log(realised_ms / predicted_ms))
-
-    def factor(self, kind: str) -> float:
-        """The factor to rank plans of ``kind`` by (1 with nothing known)."""
-        with self._lock:
-            logs = sorted(self._ratios[kind == LOCAL])
-        if self.window <= 0 or not logs:
-            return 1.0
-        mid = len(logs) // 2
-        median = logs[mid] if len(logs) % 2 else 0.5 * (logs[mid - 1] + logs[mid])
-        shrunk = median * len(logs) / (len(logs) + _CALIBRATION_PRIOR)
-        return min(max(math.exp(shrunk), 1 / _CALIBRATION_CLIP), _CALIBRATION_CLIP)
-
-
-_CALIBRATION_PRIOR = 4
-_CALIBRATION_CLIP = 1.25
 
 
 def _plan_name(p: Prediction) -> str:

@@ -84,12 +84,6 @@ class ExploreSettings:
 @dataclass(frozen=True)
 class LearningSettings:
     ewma: float = 0.3
-    # Latency objective: each kind of plan (local, remote) is ranked by its prediction
-    # times the median realised / predicted latency of its last this many executed
-    # requests (0: off). A remote plan is taken when its estimate looks good, and so
-    # realises worse than predicted more often than not; a local one right after a slow
-    # run, when its estimate is high.
-    calibration_window: int = 12
 
 
 @dataclass(frozen=True)
@@ -189,9 +183,7 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
     ex.finish()
 
     le = top.table("learning")
-    learning = LearningSettings(
-        ewma=le.get("ewma", float, 0.3, min=0.01, max=1.0),
-        calibration_window=le.get("calibration_window", int, 12, min=0, max=1000))
+    learning = LearningSettings(ewma=le.get("ewma", float, 0.3, min=0.01, max=1.0))
     le.finish()
 
     of = top.table("offload")

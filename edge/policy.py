@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from edge._link import LinkEstimate, LinkEstimator
 from edge._policy import (
-    Calibration,
     CloudState,
     CostTable,
     CutEstimate,
@@ -40,7 +39,6 @@ load_policy_text = policy_config_from_text
 
 __all__ = [
     "OBJECTIVES",
-    "Calibration",
     "CloudState",
     "CostTable",
     "CutEstimate",

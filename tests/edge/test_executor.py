@@ -138,24 +138,6 @@ def test_policy_hot_reload_takes_effect_on_next_request(
     ex.close()
 
 
-def test_what_each_plan_realised_against_its_prediction_calibrates_the_next_decision(
-        plan_dir: Path, slow_board: DeviceProfile) -> None:
-    import math
-
-    plan = Plan.load(plan_dir / "plan.json")
-    ex = Executor(plan, plan_dir, slow_board, policy=Policy(CFG), client=None)
-    feeds = _feeds_for(ex)
-    ex.infer(feeds, force="local")  # forced: no prediction, nothing learnt
-    assert ex.context(1).local_calibration == 1.0
-    outs = [ex.infer(feeds) for _ in range(3)]  # no client: local, each with a prediction
-    logs = sorted(math.log(o.latency_ms / o.decision.predicted_ms) for o in outs)
-    ctx = ex.context(1, draw=False)
-    expected = min(max(math.exp(logs[1] * 3 / 7), 1 / 1.25), 1.25)  # shrunk, clipped
-    assert ctx.local_calibration == pytest.approx(expected)
-    assert ctx.local_calibration != 1.0 and ctx.remote_calibration == 1.0
-    ex.close()
-
-
 class FixedSensor(PowerSensor):
     """A power sensor that always reads the same figure (a board at steady load)."""
 

@@ -11,7 +11,6 @@ import pytest
 
 from devices import EnergyModel, load_profile
 from edge.policy import (
-    Calibration,
     CloudState,
     CutEstimate,
     DeviceState,
@@ -65,8 +64,6 @@ class Case:
     probe_allowance: int = 1 << 20
     cut_age: float = 0.0
     inverse_bias: float = 1.0
-    #: realised / predicted latency of recent local and remote plans
-    calibration: tuple[float, float] = (1.0, 1.0)
 
 
 CASES = [
@@ -101,25 +98,6 @@ CASES = [
     Case("throttled device moves work out", 10, "split@b", "fastest",
          device=DeviceState(throttled=True), cfg={"link": {"remote_margin": 0.0}}),
     Case("cloud queue time counts", 1000, "local", cloud=CloudState(queue_ms=100.0)),
-    # Calibration (latency objective): throttled without a margin, split@b (195 ms) beats
-    # local (200 ms) by 2.5 % ...
-    Case("calibration: remote plans that realised 5% slower lately give way", 10, "local",
-         "split@b lost to the calibration", device=DeviceState(throttled=True),
-         cfg={"link": {"remote_margin": 0.0}}, calibration=(1.0, 1.05)),
-    Case("calibration: local runs that realised 5% faster lately are kept", 10, "local",
-         "lost to the calibration: local predictions x0.95",
-         device=DeviceState(throttled=True), cfg={"link": {"remote_margin": 0.0}},
-         calibration=(0.95, 1.0)),
-    # ... and unthrottled, split@b (~115 ms) loses to local (100 ms) unless remote plans
-    # have lately realised well under their predictions (x0.8: 92 ms, 96 with the margin).
-    Case("calibration: remote plans that realised 20% faster lately win", 10, "split@b",
-         "taken at 115 ms though local is predicted at 100 ms", calibration=(1.0, 0.8)),
-    Case("calibration within 1% of the prediction changes nothing", 10, "local", "fastest",
-         calibration=(1.0, 0.99)),
-    # The energy objective ranks by energy and checks the SLO on the link belief: the
-    # calibration of latencies does not enter.
-    Case("calibration leaves the energy objective alone", 10, "split@b", "least energy",
-         cfg={"objective": "energy", "slo_ms": 150.0}, calibration=(0.8, 1.25)),
     # With an SLO, a remote plan must still meet it latency_slo_risk spreads below the
     # estimate. At 200 Mbit/s with spread 1, offload is fastest (~73 ms at the
     # risk-discounted 148 Mbit/s); half a spread below (121 Mbit/s) it takes ~80 ms,
@@ -286,8 +264,7 @@ def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
             rebound_up=0.3 if case.rebound else 0.0),
         energy=ENERGY, device=case.device, cloud=case.cloud, input_bytes=case.input_bytes,
         reference_input_bytes=600_000, explore_draw=case.draw,
-        probe_allowance=case.probe_allowance, local_calibration=case.calibration[0],
-        remote_calibration=case.calibration[1])
+        probe_allowance=case.probe_allowance)
     return ctx, cfg
 
 
@@ -429,25 +406,3 @@ def test_lookahead_probe_table(case: Ahead) -> None:
     assert lookahead_probe(ctx, cfg) is case.expect
     # It never explores on the request's behalf: the same answer whatever the draw.
     assert lookahead_probe(dataclasses.replace(ctx, explore_draw=0.0), cfg) is case.expect
-
-
-def test_calibration_is_the_shrunk_median_per_kind_within_bounds() -> None:
-    cal = Calibration(window=4)
-    assert cal.factor("local") == 1.0 and cal.factor("offload") == 1.0  # nothing known
-    cal.observe("offload", 100.0, 120.0)
-    # one ratio of 1.2, shrunk as if four more had come out as predicted: 1.2 ** (1/5)
-    assert cal.factor("offload") == pytest.approx(1.2 ** 0.2)
-    assert cal.factor("split") == pytest.approx(1.2 ** 0.2)  # every remote kind is one
-    assert cal.factor("local") == 1.0
-    for realised in (110.0, 300.0, 90.0, 110.0):  # a fallback's 3x does not move the median
-        cal.observe("split", 100.0, realised)
-    # the window keeps the last four: 1.1, 3.0, 0.9, 1.1 -> median 1.1, shrunk by 4/8
-    assert cal.factor("offload") == pytest.approx(1.1 ** 0.5)
-    for _ in range(4):
-        cal.observe("local", 100.0, 10.0)
-    assert cal.factor("local") == pytest.approx(1 / 1.25)  # clipped
-    cal.observe("local", 0.0, 50.0)  # a forced plan has no prediction: ignored
-    assert cal.factor("local") == pytest.approx(1 / 1.25)
-    off = Calibration(window=0)
-    off.observe("offload", 100.0, 200.0)
-    assert off.factor("offload") == 1.0
