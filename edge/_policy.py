@@ -279,12 +279,6 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # about a sixteenth of the outage's slowness, on average).
     risk_bw = min(ctx.link.bandwidth_bps * math.exp(-risk * ctx.link.spread),
                   ctx.link.expected_bps)
-    # ... nor, with the estimate above the link's usual level, above where the link's own
-    # rebound forecast expects the next sample: a link caught at a high point regresses
-    # toward its level (on the Ghent trace, offloads taken at estimates half again above
-    # the level realised up to 1.14x their predictions).
-    if ctx.link.bandwidth_bps > ctx.link.level_bps > 0 and ctx.link.rebound < 0:
-        risk_bw = min(risk_bw, ctx.link.bandwidth_bps * math.exp(ctx.link.rebound))
     preds: list[Prediction] = []
     for c in ctx.candidates:
         p = _predict(c, ctx, cfg, risk_bw)

@@ -64,8 +64,6 @@ class Case:
     probe_allowance: int = 1 << 20
     cut_age: float = 0.0
     inverse_bias: float = 1.0
-    #: the link's usual level, Mbit/s (0: not known yet)
-    level: float = 0.0
 
 
 CASES = [
@@ -100,15 +98,6 @@ CASES = [
     Case("throttled device moves work out", 10, "split@b", "fastest",
          device=DeviceState(throttled=True), cfg={"link": {"remote_margin": 0.0}}),
     Case("cloud queue time counts", 1000, "local", cloud=CloudState(queue_ms=100.0)),
-    # At 100 Mbit/s split@a wins (~81 ms), but a link seen at 100 whose usual level is 40
-    # and whose rebound forecast puts the next sample at 40 is planned at 40: split@a
-    # would take ~106 ms, and local (100 ms) stays.
-    Case("an estimate above the link's level is planned at the rebound forecast", 100,
-         "local", "fastest", level=40.0, rebound=math.log(40 / 100)),
-    Case("above the level with no rebound learnt: the estimate", 100, "split@a", "fastest",
-         level=40.0),
-    Case("below the level a negative forecast is left to the other discounts", 100,
-         "split@a", "fastest", level=200.0, rebound=math.log(40 / 100)),
     # With an SLO, a remote plan must still meet it latency_slo_risk spreads below the
     # estimate. At 200 Mbit/s with spread 1, offload is fastest (~73 ms at the
     # risk-discounted 148 Mbit/s); half a spread below (121 Mbit/s) it takes ~80 ms,
@@ -272,7 +261,7 @@ def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
             link(case.mbps, spread=case.spread, age=case.link_age,
                  confidence=case.confidence, inverse_bias=case.inverse_bias),
             rebound=case.rebound, rebound_down=0.3 if case.rebound else 0.0,
-            rebound_up=0.3 if case.rebound else 0.0, level_bps=case.level * 1e6),
+            rebound_up=0.3 if case.rebound else 0.0),
         energy=ENERGY, device=case.device, cloud=case.cloud, input_bytes=case.input_bytes,
         reference_input_bytes=600_000, explore_draw=case.draw,
         probe_allowance=case.probe_allowance)
