@@ -182,6 +182,7 @@ class Executor:
         # Called with every Outcome (the agent's statistics, the demo's live table).
         self.listeners: list[Callable[[Outcome], None]] = []
         self._probe_thread: threading.Thread | None = None
+        self._probe_lock = threading.Lock()
         # When recent requests were decided (the usual gap between them), and the
         # look-ahead probe waiting for its moment: the next request or close() sets its
         # event, which calls it off.
@@ -530,11 +531,10 @@ class Executor:
             while self._clock() < due:
                 if off.wait(0.005):
                     return
-            if self.policy.lookahead_probe(self.context(self.reference_input_bytes,
-                                                        draw=False)):
-                sent = self.probes_sent
-                self._probe()
-                self.lookahead_probes += self.probes_sent - sent
+            if (self.policy.lookahead_probe(self.context(self.reference_input_bytes,
+                                                         draw=False))
+                    and self._probe()):
+                self.lookahead_probes += 1
 
         self._lookahead_thread = threading.Thread(target=wait, name="edgecut-lookahead",
                                                   daemon=True)
@@ -558,13 +558,29 @@ class Executor:
             self.background_probes = background
         return self.probes_sent > sent
 
-    def _probe(self) -> None:
-        """Send a light, valid request to refresh a stale link estimate (within budget)."""
+    def _probe(self) -> bool:
+        """Send a light, valid request to refresh a stale link estimate (within budget);
+        whether one went out. Request threads and the look-ahead may ask at once: one
+        probe at a time."""
+        with self._probe_lock:
+            run = self._next_probe_locked()
+            if run is not None and self.background_probes:
+                self._probe_thread = threading.Thread(target=run, name="edgecut-probe",
+                                                      daemon=True)
+                self._probe_thread.start()
+                return True
+        if run is not None:
+            run()
+        return run is not None
+
+    def _next_probe_locked(self) -> Callable[[], None] | None:
+        """The probe to send now, its bytes spent and counted; None when none should go
+        (one is under way, nothing remote to probe, or the budget is short)."""
         if self._probe_thread is not None and self._probe_thread.is_alive():
-            return
+            return None
         remote = [c for c in self.plan.candidates if c.kind != LOCAL and c.up_bytes > 0]
         if not remote:
-            return
+            return None
         want = self.link.probe_size(self.policy.config.explore.probe_bytes)
         allowance = self.link.probe_allowance()
         resolving = self.link.resolving_bytes()
@@ -582,12 +598,12 @@ class Executor:
             if batch >= 1 and up * batch >= resolving:
                 options.append((abs(up * batch - target), c.tail_ms * batch, batch, c))
         if not options:
-            return
+            return None
         _, _, batch, cand = min(options, key=lambda o: o[:2])
         try:
             specs = self._cloud_input_specs(cand)
         except EdgecutError:
-            return
+            return None
         feeds = {}
         for name, (dtype, shape) in specs.items():
             dims = [batch if (i == 0 and d is None) else (d or 1) for i, d in enumerate(shape)]
@@ -595,7 +611,7 @@ class Executor:
         feeds = cand.for_wire(feeds)
         nbytes = _nbytes(feeds)
         if not self.link.spend_probe(nbytes):
-            return
+            return None
         self.probes_sent += 1
 
         def run() -> None:
@@ -613,11 +629,7 @@ class Executor:
             finally:
                 self.probe_radio_s += time.monotonic() - started
 
-        if self.background_probes:
-            self._probe_thread = threading.Thread(target=run, name="edgecut-probe", daemon=True)
-            self._probe_thread.start()
-        else:
-            run()
+        return run
 
     def _cloud_max_batch(self, cand: CutCandidate) -> int:
         """The largest batch ``cand``'s cloud model takes: its ``max_batch_size`` in the
