@@ -89,6 +89,10 @@ class Outcome:
     #: The cloud's own compute time as its ``Server-Timing`` header reported it (0 when
     #: nothing ran remotely or the server did not say).
     server_ms: float = 0.0
+    #: Under a raced decision, which side answered first (``cloud`` or ``device``; ""
+    #: when the request was not raced). ``local_tail_ms`` is then the device's run, which
+    #: went on at the same time as the cloud leg (``cloud_ms``) rather than after it.
+    raced: str = ""
     outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +104,7 @@ class Outcome:
             "up_bytes": self.up_bytes, "down_bytes": self.down_bytes,
             "energy_mj": round(self.energy_mj, 3), "deadline_missed": self.deadline_missed,
             "link_mbps": round(self.link_bps / 1e6, 3), "server_ms": round(self.server_ms, 3),
+            "raced": self.raced,
         }
 
 
@@ -191,6 +196,8 @@ class Executor:
         self._lookahead_lock = threading.Lock()
         self._lookahead_thread: threading.Thread | None = None
         self.lookahead_probes = 0
+        # The legs of raced requests (the losing one may run on after the answer).
+        self._race_threads: list[threading.Thread] = []
         # The whole model: the local candidate's file in the plan folder, else model_path.
         local = next((c for c in plan.candidates if c.kind == LOCAL and c.head_model), None)
         model_path = Path(plan.model_path)
@@ -267,6 +274,8 @@ class Executor:
             self._lookahead_thread.join(10)
         if self._probe_thread is not None:
             self._probe_thread.join(10)
+        for t in self._race_threads:
+            t.join(10)
         for s in self._sessions.values():
             s.close()
         self._sessions.clear()
@@ -388,6 +397,11 @@ class Executor:
             expected = (pred.up_ms + pred.wait_ms + pred.down_ms) if pred else 0.0
             budget_ms = max(budget_ms, 2.0 * expected, local_rest_ms, 20.0)
             deadline = time.monotonic() + budget_ms / 1000.0
+        if decision.race and self.client is not None:
+            leg = self._race_leg(cand, feeds, crossing)
+            if leg is not None:
+                return self._race(rid, decision, cand, crossing, leg, head_ms, slo, started,
+                                  pred)
         reason = ""
         t0 = time.perf_counter()
         watch = None
@@ -425,6 +439,128 @@ class Executor:
         if result.server_s is not None:
             out = replace(out, server_ms=result.server_s * 1000.0)
         return out
+
+    def _race_leg(self, cand: CutCandidate, feeds: Mapping[str, np.ndarray],
+                  crossing: Mapping[str, np.ndarray]
+                  ) -> tuple[Path, dict[str, np.ndarray]] | None:
+        """What the device runs to race ``cand``'s cloud leg: the whole model beside an
+        offload, the local tail from the cut beside a split (None when the plan folder
+        has no tail for it: the device would have to start over, and that is no race)."""
+        if cand.kind == OFFLOAD:
+            return self.model_path, dict(feeds)
+        tail = self._local_tail_path(cand)
+        if tail is None:
+            return None
+        sess = self._session_for(tail)
+        extra = {s.name: feeds[s.name] for s in sess.inputs if s.name in feeds}
+        return tail, {**crossing, **extra}
+
+    def _race(self, rid: int, decision: Decision, cand: CutCandidate,
+              crossing: dict[str, np.ndarray], leg: tuple[Path, dict[str, np.ndarray]],
+              head_ms: float, slo: float, started: float, pred: Prediction | None) -> Outcome:
+        """Run the cloud leg and the device's own run of the rest of the request at the
+        same time; the first answer is the request's. The cloud leg's upload is given up
+        once the device has answered (what it showed of the link is kept); the device's
+        run is left to finish when the cloud answers first (its time still counts as a
+        measurement). On an emulated board the device answers when its scaled time is up.
+        """
+        assert self.client is not None
+        client = self.client
+        leg_path, leg_feeds = leg
+        done = threading.Condition()
+        state: dict[str, Any] = {}
+        cloud_won = threading.Event()
+        t0 = time.perf_counter()
+
+        def run_device() -> None:
+            try:
+                outputs, ms = self._run_local(leg_path, leg_feeds)
+                if leg_path == self.model_path:
+                    self.costs.observe_local_full(ms)
+                with done:
+                    state["device_ms"] = ms
+                # A board slower than this host answers when its own time is up.
+                cloud_won.wait(max(ms / 1000.0 - (time.perf_counter() - t0), 0.0))
+                with done:
+                    state.setdefault("winner", "device")  # unless the cloud was first
+                    state["device"] = outputs
+                    done.notify_all()
+            except Exception as exc:  # noqa: BLE001 - reported as the request's error
+                with done:
+                    state["device_error"] = exc
+                    done.notify_all()
+
+        def watch(p: UploadProgress) -> str:
+            return "the device answered first" if state.get("winner") == "device" else ""
+
+        expected = (pred.up_ms + pred.wait_ms + pred.down_ms) if pred else 0.0
+        budget_ms = max(slo, 2.0 * expected, 1000.0)
+
+        def run_cloud() -> None:
+            t_cloud = time.perf_counter()
+            try:
+                result = client.infer(cand.cloud_model, crossing, self.output_names,
+                                      deadline=time.monotonic() + budget_ms / 1000.0,
+                                      request_id=f"{rid}", watch=watch)
+            except OffloadError as exc:
+                if isinstance(exc, TransferAbandoned):
+                    self.link.observe_rate(exc.rate_bps)
+                elif isinstance(exc, DeadlineExceeded):
+                    self.link.observe_censored(_nbytes(crossing), time.perf_counter() - t_cloud)
+                with done:
+                    state["cloud_error"] = exc
+                    done.notify_all()
+                return
+            server_s = result.server_s if result.server_s is not None else cand.tail_ms / 1000.0
+            self.link.observe_transfer(result.up_bytes, result.down_bytes, result.seconds,
+                                       server_s=server_s)
+            if result.server_s is not None:
+                self.costs.observe(cand.cut_id, tail_ms=result.server_s * 1000.0)
+            with done:
+                state["cloud"] = result
+                if state.setdefault("winner", "cloud") == "cloud":
+                    cloud_won.set()
+                done.notify_all()
+
+        threads = [threading.Thread(target=run_device, name="edgecut-race-device", daemon=True),
+                   threading.Thread(target=run_cloud, name="edgecut-race-cloud", daemon=True)]
+        for t in threads:
+            t.start()
+        self._race_threads = [t for t in self._race_threads if t.is_alive()] + threads
+        with done:
+            done.wait_for(lambda: "winner" in state
+                          or ("device_error" in state and "cloud_error" in state))
+            if "winner" not in state:
+                raise state["device_error"]
+            winner = state["winner"]
+            waited_ms = (time.perf_counter() - t0) * 1000.0
+            device_ms = state.get("device_ms", 0.0)
+            cloud_error = state.get("cloud_error")
+        if winner == "cloud":
+            result = state["cloud"]
+            cloud_ms = result.seconds * 1000.0
+            outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
+            # The device computed until the answer came; the radio carried the transfers.
+            est = self.link.estimate()
+            up_ms = min(est.transfer_s(result.up_bytes) * 1000.0, cloud_ms)
+            down_ms = min(est.transfer_s(result.down_bytes) * 1000.0, max(cloud_ms - up_ms, 0))
+            energy = self.energy.plan_mj(head_ms + cloud_ms, up_ms, down_ms)
+            latency = head_ms + cloud_ms
+            out = Outcome(rid, decision, decision.plan, "", latency, head_ms, cloud_ms,
+                          device_ms, result.up_bytes, result.down_bytes, energy,
+                          slo > 0 and latency > slo, started, raced="cloud",
+                          server_ms=(result.server_s or 0.0) * 1000.0, outputs=outputs)
+            return out
+        # The device answered first: the cloud leg's time until then is charged at the
+        # radio's transmit power, the most it can have cost.
+        latency = head_ms + device_ms
+        executed = "local (raced)" if cand.kind == OFFLOAD else f"{decision.plan} -> local tail"
+        fallback = f"{type(cloud_error).__name__}: {cloud_error}" if cloud_error else ""
+        energy = self.energy.plan_mj(head_ms + device_ms, max(waited_ms, device_ms))
+        return Outcome(rid, decision, executed, fallback, latency, head_ms,
+                       max(waited_ms, device_ms), device_ms, 0, 0, energy,
+                       slo > 0 and latency > slo, started, raced="device",
+                       outputs=state["device"])
 
     def _abandon_watch(self, pred: Prediction | None, head_ms: float, local_rest_ms: float,
                        slo: float, t0: float) -> Callable[[UploadProgress], str]:

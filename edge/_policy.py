@@ -134,6 +134,8 @@ class Decision:
     probe: bool = False
     objective: str = "latency"
     deadline_ms: float = 0.0
+    #: Run the request on the device at the same time and take the first answer.
+    race: bool = False
     predictions: tuple[Prediction, ...] = field(default=(), compare=False)
 
     @property
@@ -147,7 +149,7 @@ class Decision:
             "predicted_ms": round(self.predicted_ms, 3),
             "predicted_mj": round(self.predicted_mj, 3), "reason": self.reason,
             "explored": self.explored, "probe": self.probe, "objective": self.objective,
-            "deadline_ms": self.deadline_ms,
+            "deadline_ms": self.deadline_ms, "race": self.race,
         }
 
 
@@ -213,11 +215,10 @@ def _can_abandon(p: Prediction, local: Prediction, cfg: PolicyConfig,
     return spare >= judge_ms
 
 
-def _slo_bandwidth(p: Prediction, cfg: PolicyConfig, planned_bps: float) -> float:
-    """The bandwidth ``p``'s transfers need (``p`` predicted at ``planned_bps``) to meet
-    the SLO in the time it leaves them: 0 when it moves nothing, inf when no bandwidth
-    would do."""
-    budget_ms = cfg.slo_ms - p.head_ms - p.wait_ms
+def _bandwidth_within(p: Prediction, planned_bps: float, within_ms: float) -> float:
+    """The bandwidth ``p``'s transfers need (``p`` predicted at ``planned_bps``) for it to
+    answer within ``within_ms``: 0 when it moves nothing, inf when no bandwidth would do."""
+    budget_ms = within_ms - p.head_ms - p.wait_ms
     bit_ms = (p.up_ms + p.down_ms) * planned_bps  # bits x 1000: the same at any rate
     if bit_ms <= 0:
         return 0.0 if budget_ms >= 0 else math.inf
@@ -225,8 +226,8 @@ def _slo_bandwidth(p: Prediction, cfg: PolicyConfig, planned_bps: float) -> floa
 
 
 def _slo_chance(link: LinkEstimate, needed: float) -> float:
-    """The chance that a plan whose transfers need ``needed`` bit/s to meet the SLO (see
-    ``_slo_bandwidth``) does: by the link's forecast for the next transfer."""
+    """The chance that a plan whose transfers need ``needed`` bit/s to answer in time (see
+    ``_bandwidth_within``) does: by the link's forecast for the next transfer."""
     if math.isinf(needed):
         return 0.0
     return 1.0 if needed <= 0 else link.chance_at_least(needed)
@@ -343,7 +344,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
             for p in allowed:
                 if local is None or not _can_abandon(p, local, cfg, ctx.link):
                     continue
-                needed = _slo_bandwidth(p, cfg, risk_bw)
+                needed = _bandwidth_within(p, risk_bw, cfg.slo_ms)
                 chance = _slo_chance(ctx.link, needed)
                 if chance >= cfg.offload.abandon_min_chance:
                     fail_mj = local.energy_mj + ctx.energy.tx_w * cfg.offload.abandon_judge_ms
@@ -415,6 +416,27 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
             reason = (f"exploring {_plan_name(chosen)}: its estimate is stale and it could beat "
                       f"{_plan_name(best)} (predicted {chosen.latency_ms:.0f} ms vs "
                       f"{best.latency_ms:.0f} ms)")
+    # Latency objective: a remote plan that may answer before a local run would, or may
+    # not, is raced against one (the device runs the request at the same time and the
+    # first answer is taken), so that the bet costs no latency when it loses. Of the
+    # remote plans, the one likeliest to answer first; the price is the device's energy.
+    race = False
+    if (objective == "latency" and cfg.offload.race and not explored and local is not None
+            and ctx.cloud.healthy):
+        odds = {p.cut_id: _slo_chance(ctx.link, _bandwidth_within(p, risk_bw, local.latency_ms))
+                for p in allowed if p.kind != LOCAL}
+        if odds:
+            pick = chosen if chosen.kind != LOCAL else min(
+                (p for p in allowed if p.kind != LOCAL),
+                key=lambda p: (-odds[p.cut_id], p.latency_ms))
+            win = odds[pick.cut_id]
+            lo = cfg.offload.race_min_chance
+            if (win <= 1.0 - lo) if chosen.kind != LOCAL else (win >= lo):
+                race = True
+                chosen = pick
+                reason = (f"racing {_plan_name(pick)} against a local run: it answers first "
+                          f"with chance {win:.0%} ({pick.latency_ms:.0f} ms predicted, local "
+                          f"{local.latency_ms:.0f} ms); the first answer is taken")
     # A probe pays when the link is stale and a plan that uploads more than the current
     # best could win: the best one's own small transfers would never tell. Under the
     # energy objective it pays sooner: when a remote plan that would save energy meets
@@ -436,10 +458,16 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                    "uncertainty: probing" if doubtful else
                    "; running locally leaves the link unmeasured and a remote plan could "
                    "win: probing")
+    predicted_ms, predicted_mj = chosen.latency_ms, chosen.energy_mj
+    if race and local is not None:
+        # At most the local run's time; the device computes throughout and the radio
+        # carries the transfers.
+        predicted_ms = min(chosen.latency_ms, local.latency_ms)
+        predicted_mj = ctx.energy.plan_mj(local.latency_ms, chosen.up_ms, chosen.down_ms)
     return Decision(
-        kind=chosen.kind, cut_id=chosen.cut_id, predicted_ms=chosen.latency_ms,
-        predicted_mj=chosen.energy_mj, reason=reason, explored=explored, probe=probe,
-        objective=objective, deadline_ms=cfg.slo_ms, predictions=tuple(preds),
+        kind=chosen.kind, cut_id=chosen.cut_id, predicted_ms=predicted_ms,
+        predicted_mj=predicted_mj, reason=reason, explored=explored, probe=probe,
+        objective=objective, deadline_ms=cfg.slo_ms, race=race, predictions=tuple(preds),
     )
 
 

@@ -98,6 +98,11 @@ class OffloadSettings:
     abandon_judge_ms: float = 60.0
     # ... and such a plan is tried when its chance to meet the SLO is at least this.
     abandon_min_chance: float = 0.05
+    # Latency objective: while a remote plan may or may not answer before a local run
+    # would (its chance to is within race_min_chance of 0 or 1), run the request on the
+    # device at the same time and take whichever answer comes first.
+    race: bool = True
+    race_min_chance: float = 0.05
     max_retries: int = 1
     breaker_failures: int = 3
     breaker_reset_s: float = 5.0
@@ -192,6 +197,8 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
         abandon=of.get("abandon", bool, True),
         abandon_judge_ms=of.get("abandon_judge_ms", float, 60.0, min=0.0),
         abandon_min_chance=of.get("abandon_min_chance", float, 0.05, min=0.0, max=1.0),
+        race=of.get("race", bool, True),
+        race_min_chance=of.get("race_min_chance", float, 0.05, min=0.0, max=0.5),
         max_retries=of.get("max_retries", int, 1, min=0, max=10),
         breaker_failures=of.get("breaker_failures", int, 3, min=1),
         breaker_reset_s=of.get("breaker_reset_s", float, 5.0, min=0.0),

@@ -313,7 +313,9 @@ def _host_slowdown(out: Outcome, comps: dict[str, Components]) -> float:
     ratio = 1.0
     if comp.device_head_ms > 0 and out.head_ms > 0:
         ratio = out.head_ms / comp.device_head_ms
-    elif out.fallback and out.local_tail_ms > 0 and local.device_head_ms > 0:
+    elif ((out.fallback or out.raced) and comp.kind != LOCAL and comp.device_head_ms == 0
+          and out.local_tail_ms > 0 and local.device_head_ms > 0):
+        # the whole model ran on the device: after a failed cloud leg, or beside it
         ratio = out.local_tail_ms / local.device_head_ms
     elif out.server_ms > 0 and comp.cloud_compute_ms >= _MIN_GAUGE_COMPUTE_MS:
         ratio = out.server_ms / comp.cloud_compute_ms
@@ -512,7 +514,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         expected = parts if slowdown == 1.0 else {
             k: _parts(c, t_start, 1.0, trace, speedup, rtt_s) for k, c in comps.items()}
         rows.append((t_start, out, parts, expected))
-        if comp.kind != LOCAL and not out.fallback and out.up_bytes >= 16384:
+        if (comp.kind != LOCAL and not out.fallback and out.raced != "device"
+                and out.up_bytes >= 16384):
             fluid = sum(parts[cid][1:])
             if fluid > 0:
                 ratios.append(out.cloud_ms / fluid)
@@ -527,7 +530,16 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         cid = out.decision.cut_id
         measured_dev = out.head_ms + out.local_tail_ms
         options = {k: _compose(p, k_remote, energy) for k, p in parts.items()}
-        if out.fallback:
+        if out.raced:
+            # Raced: the first of two legs that ran at the same time, as the executor
+            # charged it. What each leg measured stands for its own plan: the cloud leg
+            # when it answered, the device's whole-model run when it finished.
+            mine = (out.latency_ms, out.energy_mj)
+            if out.raced == "cloud":
+                options[cid] = (out.head_ms + out.cloud_ms, options[cid][1])
+            if comp.kind == OFFLOAD and out.local_tail_ms > 0:
+                options[local_id] = (out.local_tail_ms, energy.plan_mj(out.local_tail_ms))
+        elif out.fallback:
             # the failed leg at transmit power throughout, as the executor charges it
             mine = (out.latency_ms, energy.plan_mj(measured_dev, out.cloud_ms, 0.0, 0.0))
         else:
@@ -558,7 +570,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             "bandwidth_mbps": round(trace.rate_at(t_start) / 1e6, 3),
             "met_mbps": round(trace.mean_between(t_start, t_start + max(out.cloud_ms, 1.0) / 1000 * speedup) / 1e6, 3),
             "plan": out.decision.plan, "executed": out.executed, "fallback": out.fallback,
-            "explored": out.decision.explored, "probe": out.decision.probe,
+            "explored": out.decision.explored, "probe": out.decision.probe, "raced": out.raced,
             "reason": out.decision.reason, "predicted_ms": round(out.decision.predicted_ms, 2),
             "oracle_plan": best, "link_estimate_mbps": round(out.link_bps / 1e6, 3),
             **{f"{s}_ms": round(v[0], 2) for s, v in chosen.items()},

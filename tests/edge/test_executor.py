@@ -354,3 +354,86 @@ def test_the_upload_watch_waits_on_a_near_miss_and_gives_up_a_clear_one() -> Non
     assert verdict(280, 10.0) == ""
     # ... but an upload that would answer far later than the device is still given up.
     assert "would answer at 850 ms, later than the device would (500 ms)" in verdict(280, 6.0)
+
+
+def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
+        plan_dir: Path, slow_board: DeviceProfile) -> None:
+    """A raced offload through the emulator: on a slow link the device answers first
+    and the request does not wait for the upload; on a fast one the cloud does."""
+    from dataclasses import replace
+
+    from edge._emulator import LinkEmulator, Trace
+
+    plan = Plan.load(plan_dir / "plan.json")
+    cfg = policy_config_from_text("slo_ms = 900\n")
+
+    def raced_offload(srv: CloudServer, mbps: float) -> tuple[Executor, Outcome, float]:
+        link = Trace.from_steps([(0.0, mbps * 1e6)], 1000.0)
+        with LinkEmulator("127.0.0.1", srv.port, up=link, delay_s=0.01) as emu, \
+                OffloadClient(emu.url) as client:
+            ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
+                          background_probes=False,
+                          compute_scale=1.0 / slow_board.relative_speed)
+            decided = ex.decide(feeds, force="offload")
+            decided = decided._replace(decision=replace(decided.decision, race=True))
+            t0 = time.perf_counter()
+            out = ex.infer(feeds, decided=decided)
+            wall_s = time.perf_counter() - t0
+            ex.close()  # waits for the losing leg
+        return ex, out, wall_s
+
+    with CloudServer(plan_dir / "repository") as srv:
+        ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=None)
+        feeds = _feeds_for(ex)
+        ref = ex._session_for(ex.model_path).run(feeds)
+        ex.close()
+        with OffloadClient(srv.url) as direct:  # the server's first run loads the model
+            direct.infer(plan.candidate("offload").cloud_model, feeds)
+        # 4 Mbit/s: squeezenet's 600 kB input would take 1.2 s to upload; the slow board
+        # runs it in ~140-250 ms and that answer is the request's, at once.
+        ex, out, wall_s = raced_offload(srv, 4.0)
+        assert out.raced == "device" and out.executed == "local (raced)"
+        assert out.fallback == "" and out.up_bytes == 0
+        assert out.latency_ms == pytest.approx(out.local_tail_ms) and out.latency_ms < 600
+        assert wall_s < 0.9
+        for k, v in ref.items():
+            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+        # The given-up upload showed the link's rate; the device's run is a cost sample.
+        assert ex.link.estimate().bandwidth_bps < 8e6
+        assert next(c for c in ex.costs.snapshot() if c.kind == "local").samples >= 1
+        # The device computed throughout and the radio sent until the answer.
+        assert out.energy_mj == pytest.approx(
+            ex.energy.plan_mj(out.local_tail_ms, out.cloud_ms), rel=1e-6)
+        assert out.to_dict()["raced"] == "device"
+        # 200 Mbit/s: the cloud answers well before the slow board would.
+        ex, out, _ = raced_offload(srv, 200.0)
+        assert out.raced == "cloud" and out.executed == "offload" and out.fallback == ""
+        assert out.up_bytes > 0 and out.latency_ms == pytest.approx(out.cloud_ms)
+        for k, v in ref.items():
+            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+
+
+def test_a_raced_request_outlives_a_dead_cloud(plan_dir: Path,
+                                               slow_board: DeviceProfile) -> None:
+    from dataclasses import replace
+
+    from tests.conftest import free_port
+
+    plan = Plan.load(plan_dir / "plan.json")
+    client = OffloadClient(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
+    ex = Executor(plan, plan_dir, slow_board, policy=Policy(CFG), client=client,
+                  compute_scale=1.0 / slow_board.relative_speed)
+    feeds = _feeds_for(ex)
+    ref = ex._session_for(ex.model_path).run(feeds)
+    split = next(c for c in plan.candidates if c.kind == "split")
+    for cut in ("offload", split.cut_id):
+        decided = ex.decide(feeds, force=cut)
+        out = ex.infer(feeds, decided=decided._replace(
+            decision=replace(decided.decision, race=True)))
+        assert out.raced == "device" and "CloudUnavailable" in out.fallback
+        assert out.executed == ("local (raced)" if cut == "offload"
+                                else f"split@{cut} -> local tail")
+        for k, v in ref.items():
+            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+    ex.close()
+    client.close()

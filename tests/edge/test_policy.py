@@ -64,7 +64,12 @@ class Case:
     probe_allowance: int = 1 << 20
     cut_age: float = 0.0
     inverse_bias: float = 1.0
+    #: whether the decision races its remote plan against a local run (the rows above
+    #: the race rows run with ``offload.race`` off, to show each rule on its own)
+    race: bool = False
 
+
+RACE = {"offload": {"race": True}}
 
 CASES = [
     # objective: latency
@@ -242,6 +247,37 @@ CASES = [
          cfg={"link": {"remote_margin": 0.0}}),
     Case("fresh estimates are not explored", 10, "local", spread=0.0, draw=0.01,
          explore={"max_regret": 3.0}),
+    # Racing (latency objective): at 100 Mbit/s, spread 1, split@a (87 ms at the
+    # risk-discounted bandwidth) needs 47 Mbit/s to answer before the 100 ms local run:
+    # a 78 % chance, so the device runs the request as well and the first answer is taken.
+    Case("race: a remote bet that may lose is raced", 100, "split@a", "with chance 78%",
+         spread=1.0, cfg=RACE, race=True, predicted_ms=87.0297),
+    # Nearly certain to win (spread 0.1): no need to spend the device's energy.
+    Case("race: a sure win is not raced", 100, "split@a", "fastest", spread=0.1, cfg=RACE),
+    # At 30 Mbit/s local is best, but split@a still answers first with chance 33 %
+    # (offload 16 %, split@b never): raced, at most the local run's time.
+    Case("race: a remote plan that may win is raced beside the local run", 30, "split@a",
+         "answers first with chance 33%", spread=1.0, cfg=RACE, race=True,
+         predicted_ms=100.0),
+    Case("race: off, the same link runs locally", 30, "local", spread=1.0,
+         cfg={"offload": {"race": False}}),
+    # A chance below race_min_chance (5 %) is not worth the radio.
+    Case("race: a remote plan with no real chance is not raced", 10, "local", "fastest",
+         spread=0.3, cfg=RACE),
+    Case("race: a higher race_min_chance leaves the 33 % bet alone", 30, "local",
+         spread=1.0, cfg={"offload": {"race": True, "race_min_chance": 0.4}}),
+    # Only the latency objective races: the energy objective counts the device's energy
+    # (here it bets on split@a, which it can give up in time, without a local run beside).
+    Case("race: never under the energy objective", 30, "split@a", "least energy",
+         spread=1.0, cfg={"offload": {"race": True}, "objective": "energy",
+                          "slo_ms": 400.0}),
+    Case("race: never with the cloud down", 30, "local", spread=1.0, cfg=RACE,
+         cloud=CloudState(healthy=False)),
+    # Privacy: only cuts after "fc" may go; split@b cannot answer within 100 ms at all.
+    Case("race: only what the rules allow is raced", 30, "local", spread=1.0, cfg=RACE,
+         rules={"cuts_after": "fc"}),
+    Case("race: privacy leaves a split to race", 100, "split@a", "racing split@a",
+         spread=1.0, cfg=RACE, rules={"never_send_raw_input": True}, race=True),
 ]
 
 
@@ -250,9 +286,8 @@ def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
     top = {k: v for k, v in case.cfg.items() if k not in ("link", "offload")}
     if "link" in case.cfg:
         cfg = dataclasses.replace(cfg, link=dataclasses.replace(cfg.link, **case.cfg["link"]))
-    if "offload" in case.cfg:
-        cfg = dataclasses.replace(cfg, offload=dataclasses.replace(cfg.offload,
-                                                                   **case.cfg["offload"]))
+    cfg = dataclasses.replace(cfg, offload=dataclasses.replace(
+        cfg.offload, **{"race": False, **case.cfg.get("offload", {})}))
     cfg = dataclasses.replace(cfg, rules=Rules(**case.rules),
                               explore=dataclasses.replace(cfg.explore, **case.explore), **top)
     ctx = PolicyContext(
@@ -276,6 +311,8 @@ def test_decision_table(case: Case) -> None:
     assert case.reason in d.reason
     assert d.explored is case.explored
     assert d.probe is case.probe
+    assert d.race is case.race
+    assert d.to_dict()["race"] is case.race
     if case.predicted_ms is not None:
         assert d.predicted_ms == pytest.approx(case.predicted_ms)
     assert decide(ctx, cfg) == d  # pure: the same inputs give the same decision
@@ -321,7 +358,7 @@ def test_device_state_from_recorded_sysfs() -> None:
 
 
 def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
-    from edge._policy import _predict, _slo_bandwidth, _slo_chance
+    from edge._policy import _bandwidth_within, _predict, _slo_chance
 
     offload = CANDIDATES[1]
     cfg = dataclasses.replace(PolicyConfig(), objective="energy", slo_ms=220.0)
@@ -332,7 +369,7 @@ def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
                                                      spread_up=spread_up),
                             input_bytes=600_000, reference_input_bytes=600_000)
         p = _predict(offload, ctx, cfg, ctx.link.bandwidth_bps)
-        return _slo_chance(ctx.link, _slo_bandwidth(p, cfg, ctx.link.bandwidth_bps))
+        return _slo_chance(ctx.link, _bandwidth_within(p, ctx.link.bandwidth_bps, cfg.slo_ms))
 
     # offload needs ~26.8 Mbit/s for 220 ms (600 kB up, 40 ms of round trip and tail).
     assert chance(26.8, 0.2, 0.2) == pytest.approx(0.5, abs=0.02)
@@ -346,7 +383,7 @@ def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
 def test_a_plan_that_may_be_given_up_is_costed_at_the_bandwidth_the_slo_needs() -> None:
     import re
 
-    from edge._policy import _predict, _slo_bandwidth
+    from edge._policy import _bandwidth_within, _predict
 
     ctx, cfg = build(Case("", 12, "", spread=0.5, rebound=math.log(40 / 12),
                           cfg={"objective": "energy", "slo_ms": 180.0}))
@@ -360,7 +397,7 @@ def test_a_plan_that_may_be_given_up_is_costed_at_the_bandwidth_the_slo_needs() 
     # The plan was predicted at the cautious rate (~10 Mbit/s, ~465 ms of radio); when it
     # meets the SLO its upload went at least at the ~34.5 Mbit/s the SLO needs.
     planned_bps = offload.up_bytes * 8 / (offload.up_ms / 1000)
-    needed = _slo_bandwidth(offload, cfg, planned_bps)
+    needed = _bandwidth_within(offload, planned_bps, cfg.slo_ms)
     assert needed == pytest.approx(34.5e6, rel=0.02)
     won = _predict(CANDIDATES[1], ctx, cfg, needed).energy_mj
     assert won < offload.energy_mj / 2
