@@ -514,7 +514,9 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         expected = parts if slowdown == 1.0 else {
             k: _parts(c, t_start, 1.0, trace, speedup, rtt_s) for k, c in comps.items()}
         rows.append((t_start, out, parts, expected))
-        if (comp.kind != LOCAL and not out.fallback and out.raced != "device"
+        # (Not from raced requests: the device's run beside the cloud leg shares this
+        # host with the server, which a real device would not.)
+        if (comp.kind != LOCAL and not out.fallback and not out.raced
                 and out.up_bytes >= 16384):
             fluid = sum(parts[cid][1:])
             if fluid > 0:
@@ -532,11 +534,10 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         options = {k: _compose(p, k_remote, energy) for k, p in parts.items()}
         if out.raced:
             # Raced: the first of two legs that ran at the same time, as the executor
-            # charged it. What each leg measured stands for its own plan: the cloud leg
-            # when it answered, the device's whole-model run when it finished.
+            # charged it. The device's whole-model run, when it finished, stands for the
+            # local plan; the cloud leg is not taken for its plan (on this host the
+            # device's run slowed the server's compute beside it), which stays modelled.
             mine = (out.latency_ms, out.energy_mj)
-            if out.raced == "cloud":
-                options[cid] = (out.head_ms + out.cloud_ms, options[cid][1])
             if comp.kind == OFFLOAD and out.local_tail_ms > 0:
                 options[local_id] = (out.local_tail_ms, energy.plan_mj(out.local_tail_ms))
         elif out.fallback:
