@@ -145,7 +145,7 @@ def main() -> int:
                             "miss_delta_pp": round(s["edgecut"]["deadline_miss_pct"]
                                                    - s["oracle"]["deadline_miss_pct"], 2),
                             "fallbacks": r.info["fallbacks"], "explored": r.info["explored"],
-                            "probes": r.info["probes"],
+                            "probes": r.info["probes"], "raced": r.info["raced"],
                             "lookahead_probes": r.info["lookahead_probes"],
                             "probe_mj_per_request": r.info["probe_mj_per_request"],
                             "static_split_cut": r.info["static_split_cut"],

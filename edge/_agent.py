@@ -747,7 +747,8 @@ class Agent:
             log_request({
                 "event": "request", "model": name, "version": version.version,
                 "plan": decision.plan, "executed": outcome.executed,
-                "fallback": outcome.fallback, "reason": decision.reason, "ok": True,
+                "fallback": outcome.fallback, "raced": outcome.raced,
+                "reason": decision.reason, "ok": True,
                 "ms": round(ms, 3), "device_ms": round(outcome.head_ms + outcome.local_tail_ms, 3),
                 "cloud_ms": round(outcome.cloud_ms, 3), "up_bytes": outcome.up_bytes,
                 "down_bytes": outcome.down_bytes, "energy_mj": round(outcome.energy_mj, 3),

@@ -584,6 +584,9 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         "candidates": {k: c.__dict__ for k, c in comps.items()},
         "fallbacks": sum(1 for _, o in outcomes if o.fallback),
         "explored": sum(1 for _, o in outcomes if o.decision.explored),
+        # raced requests by which side answered first
+        "raced": {side: sum(1 for _, o in outcomes if o.raced == side)
+                  for side in ("cloud", "device")},
         "probes": executor.probes_sent,
         "lookahead_probes": executor.lookahead_probes,
         "probe_radio_s": round(probe_s, 3),

@@ -80,12 +80,13 @@ def test_replay_sets_the_slo_from_the_measured_local_latency(tmp_path: Path,
 
 
 def _outcome(cut: str, kind: str, *, head_ms: float = 0.0, local_tail_ms: float = 0.0,
-             server_ms: float = 0.0, fallback: str = ""):
+             server_ms: float = 0.0, fallback: str = "", raced: str = ""):
     from edge._executor import Outcome
     from edge._policy import Decision
 
     return Outcome(0, Decision(kind, cut, 0.0, 0.0, "test"), kind, fallback, 0.0, head_ms,
-                   0.0, local_tail_ms, 0, 0, 0.0, False, 0.0, server_ms=server_ms)
+                   0.0, local_tail_ms, 0, 0, 0.0, False, 0.0, server_ms=server_ms,
+                   raced=raced)
 
 
 def test_host_slowdown_is_read_from_what_the_request_computed() -> None:
@@ -105,6 +106,14 @@ def test_host_slowdown_is_read_from_what_the_request_computed() -> None:
     # ... or the whole model when it fell back to the device
     assert _host_slowdown(_outcome("offload", "offload", local_tail_ms=300.0,
                                    fallback="DeadlineExceeded"), comps) == 3.0
+    # ... or raced beside it, whichever side answered first (the device's run went on)
+    assert _host_slowdown(_outcome("offload", "offload", local_tail_ms=200.0,
+                                   server_ms=75.0, raced="cloud"), comps) == 2.0
+    assert _host_slowdown(_outcome("offload", "offload", local_tail_ms=150.0,
+                                   raced="device"), comps) == 1.5
+    # a raced split's device run is its local tail: the head is the gauge
+    assert _host_slowdown(_outcome("s", "split", head_ms=120.0, local_tail_ms=60.0,
+                                   raced="device"), comps) == 1.5
     # a tail of a few milliseconds is mostly request handling: no gauge, no correction
     assert _host_slowdown(_outcome("s", "split", server_ms=30.0), comps) == 1.0
     # a stall is taken at most as 10x
