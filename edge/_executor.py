@@ -66,6 +66,9 @@ _CLEARLY_LATE = 1.1
 _LOOKAHEAD_AT = 0.75
 _LOOKAHEAD_GAPS = 8
 _MIN_LOOKAHEAD_GAPS = 3
+# A raced request's cloud leg is given up this many times the device's expected time
+# after it started, if neither it nor the device has answered by then.
+_RACE_CLOUD_SPAN = 1.25
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,9 @@ class Outcome:
     server_ms: float = 0.0
     #: Under a raced decision, which side answered first (``cloud`` or ``device``; ""
     #: when the request was not raced). ``local_tail_ms`` is then the device's run, which
-    #: went on at the same time as the cloud leg (``cloud_ms``) rather than after it.
+    #: went on at the same time as the cloud leg rather than after it; when the device
+    #: answered first, ``cloud_ms`` is the most the cloud leg can have run (its cut-off,
+    #: or until it failed), the radio time it is charged.
     raced: str = ""
     outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
@@ -401,7 +406,7 @@ class Executor:
             leg = self._race_leg(cand, feeds, crossing)
             if leg is not None:
                 return self._race(rid, decision, cand, crossing, leg, head_ms, slo, started,
-                                  pred)
+                                  local_rest_ms)
         reason = ""
         t0 = time.perf_counter()
         watch = None
@@ -457,7 +462,8 @@ class Executor:
 
     def _race(self, rid: int, decision: Decision, cand: CutCandidate,
               crossing: dict[str, np.ndarray], leg: tuple[Path, dict[str, np.ndarray]],
-              head_ms: float, slo: float, started: float, pred: Prediction | None) -> Outcome:
+              head_ms: float, slo: float, started: float, device_ms_expected: float
+              ) -> Outcome:
         """Run the cloud leg and the device's own run of the rest of the request at the
         same time; the first answer is the request's. The cloud leg's upload is given up
         once the device has answered (what it showed of the link is kept); the device's
@@ -493,8 +499,13 @@ class Executor:
         def watch(p: UploadProgress) -> str:
             return "the device answered first" if state.get("winner") == "device" else ""
 
-        expected = (pred.up_ms + pred.wait_ms + pred.down_ms) if pred else 0.0
-        budget_ms = max(slo, 2.0 * expected, 1000.0)
+        # An answer from the cloud after the device's is of no use but as a measure of the
+        # link: the cloud leg may run until a little after the device is expected to
+        # answer (a slow spell of the device is given its time). Cut then, it leaves a
+        # bound on the link ("at most this fast"); left to run on, a small upload that the
+        # path's buffers swallowed whole would wait out a slow link behind the next
+        # requests, and the estimate would hear nothing of it meanwhile.
+        budget_ms = max(_RACE_CLOUD_SPAN * device_ms_expected, 50.0)
 
         def run_cloud() -> None:
             t_cloud = time.perf_counter()
@@ -551,14 +562,16 @@ class Executor:
                           slo > 0 and latency > slo, started, raced="cloud",
                           server_ms=(result.server_s or 0.0) * 1000.0, outputs=outputs)
             return out
-        # The device answered first: the cloud leg's time until then is charged at the
-        # radio's transmit power, the most it can have cost.
+        # The device answered first. The cloud leg ran until it failed, or runs on until
+        # it is given up (at most until its cut-off): that time is charged at the radio's
+        # transmit power, the most it can have cost.
         latency = head_ms + device_ms
         executed = "local (raced)" if cand.kind == OFFLOAD else f"{decision.plan} -> local tail"
         fallback = f"{type(cloud_error).__name__}: {cloud_error}" if cloud_error else ""
-        energy = self.energy.plan_mj(head_ms + device_ms, max(waited_ms, device_ms))
+        radio_ms = waited_ms if cloud_error else max(budget_ms, waited_ms)
+        energy = self.energy.plan_mj(head_ms + device_ms, radio_ms)
         return Outcome(rid, decision, executed, fallback, latency, head_ms,
-                       max(waited_ms, device_ms), device_ms, 0, 0, energy,
+                       radio_ms, device_ms, 0, 0, energy,
                        slo > 0 and latency > slo, started, raced="device",
                        outputs=state["device"])
 
