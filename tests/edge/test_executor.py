@@ -114,6 +114,17 @@ def test_bandwidth_drop_changes_plan_within_ten_requests(
                                 before=8, after=10)
     assert r["plan_at_high"] != "local"  # at 50 Mbit/s the slow board offloads
     assert r["changed_after_requests"] is not None and r["changed_after_requests"] <= 10
+    # Racing (on by default) may still send a small split out for a few requests while
+    # the estimate comes down, but no request waits on the 1 Mbit/s link: the device
+    # answers every one (raced, or a fallback from the cut).
+    low = [x for x in r["records"] if x["phase"] == "low"]
+    assert all(x["executed"].startswith("local") or x["executed"].endswith("local tail")
+               for x in low), [x["executed"] for x in low]
+    # Without racing, the plan itself goes local.
+    no_race = policy_config_from_text("slo_ms = 400\n[offload]\nrace = false\n")
+    r = scenario_bandwidth_drop(zoo_model("squeezenet"), slow_board, plan_dir, no_race,
+                                before=8, after=10)
+    assert r["changed_after_requests"] is not None and r["changed_after_requests"] <= 10
     assert "local" in r["plans_after_drop"]
 
 
@@ -374,6 +385,7 @@ def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
             ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
                           background_probes=False,
                           compute_scale=1.0 / slow_board.relative_speed)
+            ex._session_for(ex.model_path).run(feeds)  # a first run is slow
             decided = ex.decide(feeds, force="offload")
             decided = decided._replace(decision=replace(decided.decision, race=True))
             t0 = time.perf_counter()
@@ -394,8 +406,9 @@ def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
         ex, out, wall_s = raced_offload(srv, 4.0)
         assert out.raced == "device" and out.executed == "local (raced)"
         assert out.fallback == "" and out.up_bytes == 0
-        assert out.latency_ms == pytest.approx(out.local_tail_ms) and out.latency_ms < 600
-        assert wall_s < 0.9
+        # The request did not wait for the upload (1.2 s at least).
+        assert out.latency_ms == pytest.approx(out.local_tail_ms) and out.latency_ms < 1000
+        assert wall_s < 1.1
         for k, v in ref.items():
             np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
         # The given-up upload showed the link's rate; the device's run is a cost sample.
@@ -437,3 +450,28 @@ def test_a_raced_request_outlives_a_dead_cloud(plan_dir: Path,
             np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
     ex.close()
     client.close()
+
+
+def test_a_raced_request_survives_a_cloud_leg_that_breaks_unexpectedly(
+        plan_dir: Path, slow_board: DeviceProfile) -> None:
+    """Not only the client's own errors: whatever the cloud leg raises, the device's
+    answer is the request's and the error is reported (a leg that died silently would
+    leave the request waiting on it)."""
+    from dataclasses import replace
+
+    class BrokenClient(OffloadClient):
+        def infer(self, *args, **kwargs):  # a fault injected behind the real interface
+            raise RuntimeError("decoder blew up")
+
+    plan = Plan.load(plan_dir / "plan.json")
+    with BrokenClient("http://127.0.0.1:9") as client:
+        ex = Executor(plan, plan_dir, slow_board, policy=Policy(CFG), client=client,
+                      compute_scale=1.0 / slow_board.relative_speed)
+        feeds = _feeds_for(ex)
+        decided = ex.decide(feeds, force="offload")
+        out = ex.infer(feeds, decided=decided._replace(
+            decision=replace(decided.decision, race=True)))
+        ex.close()
+    assert out.raced == "device" and out.executed == "local (raced)"
+    assert out.fallback == "RuntimeError: decoder blew up"
+    assert set(out.outputs) == set(ex.output_names)
