@@ -47,6 +47,13 @@ def plan_dir(slow_board: DeviceProfile, zoo_model, tmp_path_factory: pytest.Temp
 CFG = policy_config_from_text("slo_ms = 400\n[offload]\nbreaker_failures = 3\n")
 
 
+def _assert_answers(ref: dict[str, np.ndarray], outputs: dict[str, np.ndarray], *,
+                    rtol: float = 1e-3, atol: float = 1e-4) -> None:
+    """Every reference output, and the same values in ``outputs``."""
+    for k, v in ref.items():
+        np.testing.assert_allclose(outputs[k], v, rtol=rtol, atol=atol)
+
+
 def test_every_plan_gives_the_local_answer(plan_dir: Path, slow_board: DeviceProfile) -> None:
     plan = Plan.load(plan_dir / "plan.json")
     with CloudServer(plan_dir / "repository") as srv, OffloadClient(srv.url) as client:
@@ -60,8 +67,7 @@ def test_every_plan_gives_the_local_answer(plan_dir: Path, slow_board: DevicePro
             kinds.add(c.kind)
             assert out.fallback == "" and out.executed == (
                 f"split@{c.cut_id}" if c.kind == "split" else c.kind)
-            for k, v in ref.items():
-                np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+            _assert_answers(ref, out.outputs, rtol=1e-3, atol=1e-4)
             if c.kind != "local":
                 assert out.up_bytes > 0 and out.cloud_ms > 0
         ex.close()
@@ -86,8 +92,7 @@ def test_unreachable_cloud_falls_back_from_the_cut(plan_dir: Path,
     out2 = ex.infer(feeds, force="offload")
     assert out2.executed == "local (fallback)"
     for o in (out, out2):
-        for k, v in ref.items():
-            np.testing.assert_allclose(o.outputs[k], v, rtol=1e-3, atol=1e-4)
+        _assert_answers(ref, o.outputs, rtol=1e-3, atol=1e-4)
     ex.close()
     client.close()
 
@@ -287,8 +292,7 @@ def test_a_plan_with_the_fp16_wire_format_sends_half_and_answers_alike(
     split = next(c for c in half.candidates if c.kind == "split")
     out = ex.infer(feeds, force=split.cut_id)
     assert out.executed == f"split@{split.cut_id} -> local tail"
-    for k, v in ref.items():
-        np.testing.assert_allclose(out.outputs[k], v, rtol=1e-2, atol=1e-3)
+    _assert_answers(ref, out.outputs, rtol=1e-2, atol=1e-3)
     ex.close()
     gone.close()
 
@@ -321,8 +325,7 @@ def test_an_upload_that_would_miss_the_slo_is_given_up_in_time(
         assert out.executed == "local (fallback)"
         assert out.fallback.startswith("TransferAbandoned") and "past the 900 ms SLO" in out.fallback
         assert out.cloud_ms < 900 - local_ms - 150 and not out.deadline_missed
-        for k, v in ref.items():
-            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+        _assert_answers(ref, out.outputs, rtol=1e-3, atol=1e-4)
         # The rate the upload showed is a bandwidth sample.
         assert ex.link.estimate().bandwidth_bps < 8e6
         # The given-up attempt is charged at the radio's transmit power.
@@ -409,8 +412,7 @@ def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
         # The request did not wait for the upload (1.2 s at least).
         assert out.latency_ms == pytest.approx(out.local_tail_ms) and out.latency_ms < 1000
         assert wall_s < 1.1
-        for k, v in ref.items():
-            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+        _assert_answers(ref, out.outputs, rtol=1e-3, atol=1e-4)
         # The given-up upload showed the link's rate; the device's run is a cost sample.
         assert ex.link.estimate().bandwidth_bps < 8e6
         assert next(c for c in ex.costs.snapshot() if c.kind == "local").samples >= 1
@@ -422,8 +424,7 @@ def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
         ex, out, _ = raced_offload(srv, 200.0)
         assert out.raced == "cloud" and out.executed == "offload" and out.fallback == ""
         assert out.up_bytes > 0 and out.latency_ms == pytest.approx(out.cloud_ms)
-        for k, v in ref.items():
-            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+        _assert_answers(ref, out.outputs, rtol=1e-3, atol=1e-4)
 
 
 def test_a_raced_request_outlives_a_dead_cloud(plan_dir: Path,
@@ -446,8 +447,7 @@ def test_a_raced_request_outlives_a_dead_cloud(plan_dir: Path,
         assert out.raced == "device" and "CloudUnavailable" in out.fallback
         assert out.executed == ("local (raced)" if cut == "offload"
                                 else f"split@{cut} -> local tail")
-        for k, v in ref.items():
-            np.testing.assert_allclose(out.outputs[k], v, rtol=1e-3, atol=1e-4)
+        _assert_answers(ref, out.outputs, rtol=1e-3, atol=1e-4)
     ex.close()
     client.close()
 
