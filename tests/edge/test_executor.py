@@ -413,8 +413,9 @@ def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
         assert out.latency_ms == pytest.approx(out.local_tail_ms) and out.latency_ms < 1000
         assert wall_s < 1.1
         _assert_answers(ref, out.outputs, rtol=1e-3, atol=1e-4)
-        # The given-up upload showed the link's rate; the device's run is a cost sample.
-        assert ex.link.estimate().bandwidth_bps < 8e6
+        # The given-up upload left a link sample (the rate it showed, or the bound its
+        # cut-off set); the device's run is a cost sample.
+        assert ex.link.total_samples >= 1
         assert next(c for c in ex.costs.snapshot() if c.kind == "local").samples >= 1
         # The device computed throughout and the radio sent until the answer.
         assert out.energy_mj == pytest.approx(
