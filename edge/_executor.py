@@ -420,17 +420,20 @@ class Executor:
         except OffloadError as exc:
             cloud_ms = (time.perf_counter() - t0) * 1000.0
             reason = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, TransferAbandoned):
-                # The rate the upload was progressing at stands in for a bandwidth
-                # sample until the next transfer measures the link.
-                self.link.observe_rate(exc.rate_bps)
-            elif isinstance(exc, DeadlineExceeded):
-                # A censored sample: the transfer took at least this long, so the link is
-                # at most this fast. Feeding it keeps the estimate honest on a collapse.
-                self.link.observe_censored(_nbytes(crossing), cloud_ms / 1000.0)
+            self._observe_cloud_failure(exc, crossing, cloud_ms / 1000.0)
             return self._fallback(rid, decision, cand, feeds, crossing, head_ms, cloud_ms,
                                   reason, slo, started)
         cloud_ms = result.seconds * 1000.0
+        self._observe_cloud(cand, result)
+        outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
+        out = self._outcome(rid, decision, decision.plan, "", outputs, head_ms, cloud_ms, 0.0,
+                            result.up_bytes, result.down_bytes, slo, started)
+        if result.server_s is not None:
+            out = replace(out, server_ms=result.server_s * 1000.0)
+        return out
+
+    def _observe_cloud(self, cand: CutCandidate, result: Any) -> None:
+        """Fold a cloud leg's answer into the link estimate and the cost table."""
         server_s = result.server_s if result.server_s is not None else cand.tail_ms / 1000.0
         self.link.observe_transfer(result.up_bytes, result.down_bytes, result.seconds,
                                    server_s=server_s)
@@ -438,12 +441,24 @@ class Executor:
             self.costs.observe(cand.cut_id, tail_ms=result.server_s * 1000.0)
         else:
             self.costs.observe(cand.cut_id)
-        outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
-        out = self._outcome(rid, decision, decision.plan, "", outputs, head_ms, cloud_ms, 0.0,
-                            result.up_bytes, result.down_bytes, slo, started)
-        if result.server_s is not None:
-            out = replace(out, server_ms=result.server_s * 1000.0)
-        return out
+
+    def _observe_cloud_failure(self, exc: Exception, crossing: Mapping[str, np.ndarray],
+                               seconds: float) -> None:
+        """What a failed cloud leg says of the link: a given-up upload's rate stands in
+        for a bandwidth sample until the next transfer measures the link; a leg that ran
+        out of time is a censored sample (the transfer took at least this long, so the
+        link is at most this fast), which keeps the estimate honest on a collapse."""
+        if isinstance(exc, TransferAbandoned):
+            self.link.observe_rate(exc.rate_bps)
+        elif isinstance(exc, DeadlineExceeded):
+            self.link.observe_censored(_nbytes(crossing), seconds)
+
+    def _tail_feeds(self, tail: Path, feeds: Mapping[str, np.ndarray],
+                    crossing: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The local tail's inputs: the crossing tensors plus any model input it reads."""
+        sess = self._session_for(tail)
+        extra = {s.name: feeds[s.name] for s in sess.inputs if s.name in feeds}
+        return {**crossing, **extra}
 
     def _race_leg(self, cand: CutCandidate, feeds: Mapping[str, np.ndarray],
                   crossing: Mapping[str, np.ndarray]
@@ -456,9 +471,7 @@ class Executor:
         tail = self._local_tail_path(cand)
         if tail is None:
             return None
-        sess = self._session_for(tail)
-        extra = {s.name: feeds[s.name] for s in sess.inputs if s.name in feeds}
-        return tail, {**crossing, **extra}
+        return tail, self._tail_feeds(tail, feeds, crossing)
 
     def _race(self, rid: int, decision: Decision, cand: CutCandidate,
               crossing: dict[str, np.ndarray], leg: tuple[Path, dict[str, np.ndarray]],
@@ -516,19 +529,12 @@ class Executor:
                                       deadline=time.monotonic() + budget_ms / 1000.0,
                                       request_id=f"{rid}", watch=watch)
             except Exception as exc:  # noqa: BLE001 - any failure leaves it to the device
-                if isinstance(exc, TransferAbandoned):
-                    self.link.observe_rate(exc.rate_bps)
-                elif isinstance(exc, DeadlineExceeded):
-                    self.link.observe_censored(_nbytes(crossing), time.perf_counter() - t_cloud)
+                self._observe_cloud_failure(exc, crossing, time.perf_counter() - t_cloud)
                 with done:
                     state["cloud_error"] = exc
                     done.notify_all()
                 return
-            server_s = result.server_s if result.server_s is not None else cand.tail_ms / 1000.0
-            self.link.observe_transfer(result.up_bytes, result.down_bytes, result.seconds,
-                                       server_s=server_s)
-            if result.server_s is not None:
-                self.costs.observe(cand.cut_id, tail_ms=result.server_s * 1000.0)
+            self._observe_cloud(cand, result)
             with done:
                 state["cloud"] = result
                 if state.setdefault("winner", "cloud") == "cloud":
@@ -630,9 +636,8 @@ class Executor:
                   started: float) -> Outcome:
         tail_path = self._local_tail_path(cand)
         if tail_path is not None and cand.kind != OFFLOAD:
-            sess = self._session_for(tail_path)
-            extra = {s.name: feeds[s.name] for s in sess.inputs if s.name in feeds}
-            outputs, ms = self._run_local(tail_path, {**crossing, **extra})
+            outputs, ms = self._run_local(tail_path, self._tail_feeds(tail_path, feeds,
+                                                                      crossing))
             executed = f"{decision.plan} -> local tail"
         else:
             outputs, ms = self._run_local(self.model_path, feeds)
