@@ -52,7 +52,7 @@ def main() -> int:
 
     from devices import EnergyModel, load_profile
     from devices.errors import ConfigError
-    from edge._emulator import load_trace
+    from edge.lab._emulator import load_trace
 
     replay_json = Path(args.run) / "replay.json"
     try:

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import devices  # noqa: E402
 from edge import runtime  # noqa: E402
-from edge.quantize import agreement, compare_latency, quantize_model  # noqa: E402
+from edge.runtime.quantize import agreement, compare_latency, quantize_model  # noqa: E402
 from partition import zoo  # noqa: E402
 
 _FONTS = (

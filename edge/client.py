@@ -45,14 +45,24 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-try:  # the ``fast`` extra: a C parser for responses
-    import httptools
-except ImportError:  # pragma: no cover - exercised on installs without the extra
-    httptools = None
-
 from devices.errors import CloudUnavailable, ModelInputError, OffloadRejected
 
 log = logging.getLogger("edgecut.client")
+_NOT_LOADED = object()
+_httptools_module: Any = _NOT_LOADED
+
+
+def _httptools() -> Any:
+    """The ``fast`` extra's C response parser, imported when a client first connects (an
+    application that only imports ``edge`` pays for numpy and the standard library alone)."""
+    global _httptools_module
+    if _httptools_module is _NOT_LOADED:
+        try:
+            import httptools
+        except ImportError:  # pragma: no cover - exercised on installs without the extra
+            httptools = None
+        _httptools_module = httptools
+    return _httptools_module
 
 _SHM_ROOT = "/dev/shm"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -130,6 +140,7 @@ class _Connection:
         else:
             sock.sendall(raw + body if body else raw)
         response = _Response()
+        httptools = _httptools()
         parser = response.parser = httptools.HttpResponseParser(response)
         received = 0
         try:
@@ -279,7 +290,7 @@ class Client:
             path = url[len("unix://"):]
             if not path:
                 raise ValueError(f"client url {url!r}: expected unix:///path/to/socket")
-            if httptools is not None:
+            if _httptools() is not None:
                 self._make = lambda: _Connection(lambda: _unix_socket(path, timeout),
                                                  "localhost")
             else:
@@ -293,7 +304,7 @@ class Client:
             if parts.scheme == "https":
                 self._make = lambda: _StdlibConnection(
                     http.client.HTTPSConnection(host, port, timeout=timeout))
-            elif httptools is not None:
+            elif _httptools() is not None:
                 port = port or 80
                 host_header = (f"[{host}]" if ":" in host else host) + (
                     f":{port}" if port != 80 else "")

@@ -67,7 +67,7 @@ def _load_toml_example(text: str, where: str) -> None:
 
         load_policy_text(text, where)
     elif first == "# agent.toml":
-        from edge._agent_config import load_agent_config_text
+        from edge.agent._config import load_agent_config_text
 
         load_agent_config_text(text, where)
     elif first == "# device profile":

@@ -17,7 +17,7 @@ import numpy as np
 
 from cloud.protocol import decode_infer_response, encode_infer_request
 from edge import Client
-from edge._agent import Agent, AgentServer
+from edge.agent._daemon import Agent, AgentServer
 from tests.edge.conftest import slow_model, tiny_model, write_agent_config
 
 

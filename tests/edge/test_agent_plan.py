@@ -10,7 +10,7 @@ import pytest
 
 from cloud import InferenceService, ServerThread, create_app
 from devices import load_profile
-from edge._agent import Agent
+from edge.agent._daemon import Agent
 from partition import build_plan
 from tests.conftest import free_port
 from tests.edge.conftest import write_agent_config
@@ -101,7 +101,7 @@ def test_one_worker_runs_local_decisions_inline_and_remote_ones_on_the_worker(
     import threading
 
     from edge import Client
-    from edge._agent import AgentServer
+    from edge.agent._daemon import AgentServer
 
     service, cloud, agent = _cloud_and_agent(
         tmp_path, squeezenet_plan,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import Client
-from edge._agent import Agent, AgentServer
+from edge.agent._daemon import Agent, AgentServer
 from tests.conftest import free_port
 from tests.edge.conftest import tiny_model, write_agent_config
 

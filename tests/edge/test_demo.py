@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from edge._demo import default_trace
 from edge.cli import main
+from edge.lab._demo import default_trace
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from devices import ConfigError
-from edge._emulator import LinkEmulator, Trace, TraceClock, load_trace
+from edge.lab._emulator import LinkEmulator, Trace, TraceClock, load_trace
 from tests.conftest import serve_connections
 
 # Per-trace means from ../shared/data/traces/README.md (Mbit/s).

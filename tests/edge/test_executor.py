@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from devices import DeviceProfile, PowerSensor, load_profile
-from edge._executor import Executor, Outcome
-from edge._offload import OffloadClient
-from edge._replay import (
+from edge.lab._replay import (
     CloudServer,
     _feeds_for,
     prepare_plan,
     scenario_bandwidth_drop,
     scenario_cloud_kill,
 )
+from edge.offload._client import OffloadClient
+from edge.offload._executor import Executor, Outcome
 from edge.policy import Policy, policy_config_from_text
 from partition import Plan
 
@@ -299,7 +299,7 @@ def test_a_plan_with_the_fp16_wire_format_sends_half_and_answers_alike(
 
 def test_an_upload_that_would_miss_the_slo_is_given_up_in_time(
         plan_dir: Path, slow_board: DeviceProfile) -> None:
-    from edge._emulator import LinkEmulator, Trace
+    from edge.lab._emulator import LinkEmulator, Trace
 
     plan = Plan.load(plan_dir / "plan.json")
     cfg = policy_config_from_text("slo_ms = 900\n")
@@ -340,8 +340,8 @@ def test_the_upload_watch_waits_on_a_near_miss_and_gives_up_a_clear_one() -> Non
     import time
     from types import SimpleNamespace
 
-    from edge._offload import UploadProgress
-    from edge._policy import Prediction
+    from edge.offload._client import UploadProgress
+    from edge.policy._decide import Prediction
 
     fake = SimpleNamespace(policy=Policy(policy_config_from_text("slo_ms = 500\n")))
     pred = Prediction("offload", "offload", 0.0, 0.0, 0.0, 0.0, 50.0, 0.0, 0)
@@ -376,7 +376,7 @@ def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
     and the request does not wait for the upload; on a fast one the cloud does."""
     from dataclasses import replace
 
-    from edge._emulator import LinkEmulator, Trace
+    from edge.lab._emulator import LinkEmulator, Trace
 
     plan = Plan.load(plan_dir / "plan.json")
     cfg = policy_config_from_text("slo_ms = 900\n")

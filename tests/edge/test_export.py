@@ -89,7 +89,7 @@ def test_a_plan_for_the_fp16_wire_exports_its_fp16_models(tmp_path: Path, zoo_mo
 def test_export_triton_names_a_missing_tail(tmp_path: Path, zoo_model) -> None:
     plan_path = _plan_with_one_split(tmp_path, zoo_model("squeezenet"))
     (tmp_path / "tail.c1.onnx").unlink()
-    from edge._export import export_triton
+    from edge.lab._export import export_triton
 
     with pytest.raises(PartitionError, match="tail.c1.onnx.*c1"):
         export_triton(Plan.load(plan_path), tmp_path, tmp_path / "repo")
@@ -110,7 +110,7 @@ def test_kserve_manifest_is_valid_yaml_with_required_fields(tmp_path: Path) -> N
 
 
 def test_schema_rejects_a_manifest_without_storage() -> None:
-    from edge._export import ClusterOptions, kserve_manifest
+    from edge.lab._export import ClusterOptions, kserve_manifest
 
     doc = kserve_manifest(ClusterOptions())
     del doc["spec"]["predictor"]["model"]["storageUri"]
@@ -134,7 +134,7 @@ def test_plain_kubernetes_manifests(tmp_path: Path, server: str) -> None:
 
 
 def test_bad_cluster_options_are_named() -> None:
-    from edge._export import ClusterOptions, kserve_manifest, kubernetes_manifests
+    from edge.lab._export import ClusterOptions, kserve_manifest, kubernetes_manifests
 
     with pytest.raises(ConfigError, match="name"):
         kserve_manifest(ClusterOptions(name="Not_A_Label"))

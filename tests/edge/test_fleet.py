@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge._agent import Agent
+from edge.agent._daemon import Agent
 from tests.edge.conftest import tiny_model, write_agent_config
 
 

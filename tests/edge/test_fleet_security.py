@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge._agent import Agent
+from edge.agent._daemon import Agent
 from tests.conftest import free_port
 from tests.edge.conftest import _USER_LINE, Broker, tiny_model, write_agent_config
 

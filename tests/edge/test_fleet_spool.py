@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge._agent import Agent
-from edge._spool import TelemetrySpool
+from edge.agent._daemon import Agent
+from edge.agent._spool import TelemetrySpool
 from tests.edge.conftest import tiny_model, write_agent_config
 
 

@@ -341,7 +341,7 @@ def test_after_a_short_dip_the_rebound_expects_the_link_back() -> None:
 
 
 def test_the_chance_of_a_rate_is_read_around_the_rebound_forecast() -> None:
-    from edge._link import LinkEstimate
+    from edge.policy._link import LinkEstimate
 
     e = LinkEstimate(10e6, 0.02, 1.0, 0.2, 0.0, 6, spread_up=0.4)
     assert e.chance_at_least(10e6) == pytest.approx(0.5)

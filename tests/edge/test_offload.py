@@ -21,8 +21,9 @@ from devices import (
     OffloadRejected,
     TransferAbandoned,
 )
-from edge._emulator import LinkEmulator, Trace
-from edge._offload import (
+from edge.lab._emulator import LinkEmulator, Trace
+from edge.lab._replay import CloudServer
+from edge.offload._client import (
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -34,7 +35,6 @@ from edge._offload import (
     UploadProgress,
     _server_timing,
 )
-from edge._replay import CloudServer
 
 
 def _write_model(repo: Path, name: str, width: int = 4) -> None:

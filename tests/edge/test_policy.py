@@ -358,7 +358,7 @@ def test_device_state_from_recorded_sysfs() -> None:
 
 
 def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
-    from edge._policy import _bandwidth_within, _predict, _slo_chance
+    from edge.policy._decide import _bandwidth_within, _predict, _slo_chance
 
     offload = CANDIDATES[1]
     cfg = dataclasses.replace(PolicyConfig(), objective="energy", slo_ms=220.0)
@@ -383,7 +383,7 @@ def test_the_chance_to_meet_the_slo_uses_each_side_of_the_belief() -> None:
 def test_a_plan_that_may_be_given_up_is_costed_at_the_bandwidth_the_slo_needs() -> None:
     import re
 
-    from edge._policy import _bandwidth_within, _predict
+    from edge.policy._decide import _bandwidth_within, _predict
 
     ctx, cfg = build(Case("", 12, "", spread=0.5, rebound=math.log(40 / 12),
                           cfg={"objective": "energy", "slo_ms": 180.0}))

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from devices.errors import ConfigError, ModelError
 from edge.cli import main
-from edge.quantize import agreement, integer_kernels, load_samples, quantize_model
+from edge.runtime.quantize import agreement, integer_kernels, load_samples, quantize_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -64,7 +64,7 @@ def test_replay_rejects_unknown_model_and_bad_trace(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_replay_sets_the_slo_from_the_measured_local_latency(tmp_path: Path,
                                                              traces_dir: Path) -> None:
-    from edge._replay import replay
+    from edge.lab._replay import replay
     from edge.policy import policy_config_from_text
     from partition import zoo_model
 
@@ -81,8 +81,8 @@ def test_replay_sets_the_slo_from_the_measured_local_latency(tmp_path: Path,
 
 def _outcome(cut: str, kind: str, *, head_ms: float = 0.0, local_tail_ms: float = 0.0,
              server_ms: float = 0.0, fallback: str = "", raced: str = ""):
-    from edge._executor import Outcome
-    from edge._policy import Decision
+    from edge.offload._executor import Outcome
+    from edge.policy._decide import Decision
 
     return Outcome(0, Decision(kind, cut, 0.0, 0.0, "test"), kind, fallback, 0.0, head_ms,
                    0.0, local_tail_ms, 0, 0, 0.0, False, 0.0, server_ms=server_ms,
@@ -90,7 +90,7 @@ def _outcome(cut: str, kind: str, *, head_ms: float = 0.0, local_tail_ms: float 
 
 
 def test_host_slowdown_is_read_from_what_the_request_computed() -> None:
-    from edge._replay import Components, _host_slowdown
+    from edge.lab._replay import Components, _host_slowdown
 
     comps = {
         "local": Components("local", "local", 50.0, 100.0, 0.0, 0, 0),
@@ -121,8 +121,8 @@ def test_host_slowdown_is_read_from_what_the_request_computed() -> None:
 
 
 def test_a_slow_spell_slows_the_modelled_cloud_compute_too() -> None:
-    from edge._emulator import Trace
-    from edge._replay import Components, _parts
+    from edge.lab._emulator import Trace
+    from edge.lab._replay import Components, _parts
 
     trace = Trace.from_steps([(0.0, 8e6)], 100.0)  # 1 MB/s
     comp = Components("offload", "offload", 0.0, 0.0, 60.0, 100_000, 1_000)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 import devices
 from devices.errors import BackendError, ModelError, ModelInputError
 from edge import runtime
-from edge._ort_backend import provider_list, tensorrt_options
+from edge.runtime._ort import provider_list, tensorrt_options
 
 TRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -15,7 +15,7 @@ import pytest
 
 from devices.errors import EdgecutError
 from edge import Client
-from edge._agent import Agent, AgentServer
+from edge.agent._daemon import Agent, AgentServer
 from tests.conftest import free_port
 from tests.edge.conftest import tiny_model, write_agent_config
 

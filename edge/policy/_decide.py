@@ -30,9 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from devices import EnergyModel
-from edge._link import LinkEstimate
-from edge._offload import WATCH_SLICE_BYTES
-from edge._policy_config import PolicyConfig
+from edge.policy._config import PolicyConfig
+from edge.policy._link import WATCH_SLICE_BYTES, LinkEstimate
 from partition import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
 
 

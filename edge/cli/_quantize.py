@@ -38,7 +38,7 @@ def _source(value: str, option: str) -> str | int:
 
 def _split_folder(folder: str, model: Path) -> tuple[list[Any], list[Any]]:
     """Hold out the last quarter of a folder's samples for evaluation."""
-    from edge.quantize import load_samples
+    from edge.runtime.quantize import load_samples
 
     samples = load_samples(folder, model)
     if len(samples) < 4:
@@ -107,7 +107,7 @@ def quantize(model: str, calibration: str, out_path: str, evaluation: str | None
              method: str, op_types: str | None, quantize_head: bool, no_preprocess: bool,
              threads: int | None, as_json: bool) -> None:
     """Quantize MODEL (a .onnx path, or a zoo/trained model name) to static INT8."""
-    from edge.quantize import quantize_model
+    from edge.runtime.quantize import quantize_model
 
     path = _resolve_model(model)
     calib: Any = _source(calibration, "--calibration")

@@ -42,6 +42,7 @@ from devices.errors import (
     OffloadRejected,
     TransferAbandoned,
 )
+from edge.policy._link import WATCH_SLICE_BYTES
 
 # ---------------------------------------------------------------------------- tokens
 
@@ -261,10 +262,9 @@ class UploadProgress:
         return self.total_bytes * 8.0 / self.rate_bps
 
 
-# A watched body goes out in slices this big (the policy reckons with it too); a write
+# A watched body goes out in slices of WATCH_SLICE_BYTES (edge.policy._link); a write
 # that waits longer than _BLOCKED_S was held back by the path; the rate is read once the
 # path has held the writes back for at least _MIN_RATE_SPAN_S.
-WATCH_SLICE_BYTES = 16 * 1024
 _BLOCKED_S = 0.002
 _MIN_RATE_SPAN_S = 0.015
 _NOTSENT_LOWAT = 16 * 1024

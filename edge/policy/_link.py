@@ -69,6 +69,10 @@ _QUIET_AFTER_S = 30.0
 # them whole made a 1.8 Mbit/s reading on 5G weigh on every transfer for sixteen.
 _READING_ERROR = 1.0
 
+# The offload client sends a watched upload in slices this big; the policy reckons with
+# one slice in flight when it works out how soon a slow upload can be given up.
+WATCH_SLICE_BYTES = 16 * 1024
+
 
 def _median(ordered: list[float]) -> float:
     mid = len(ordered) // 2

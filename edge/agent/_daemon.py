@@ -1,6 +1,6 @@
 """The edge agent: a long-running daemon that serves models to local applications.
 
-One process holds, for each configured model, a :class:`~edge._updates.ModelSlot` (the
+One process holds, for each configured model, a :class:`~edge.agent._updates.ModelSlot` (the
 serving version, swapped atomically by updates) and answers the Open Inference Protocol on
 127.0.0.1 and/or a Unix socket. The protocol, its codec and the HTTP app are the cloud
 package's (``cloud.create_app`` over an ``InferenceService``): the agent only supplies a
@@ -36,7 +36,7 @@ from cloud._deferred import after_answer
 from cloud._runtime import ModelRuntime, Prepared
 from devices.errors import ConfigError, EdgecutError, ModelInputError, ModelUpdateError
 from edge import runtime
-from edge._agent_config import (
+from edge.agent._config import (
     AgentConfig,
     keep_restart_only,
     load_agent_config,
@@ -44,7 +44,7 @@ from edge._agent_config import (
     parse_agent_config,
     restart_only_changes,
 )
-from edge._updates import (
+from edge.agent._updates import (
     Deployment,
     ModelSlot,
     ModelStore,
@@ -275,7 +275,7 @@ class _Stats:
 
 
 def _is_policy_config(value: Any) -> bool:
-    from edge._policy_config import PolicyConfig
+    from edge.policy._config import PolicyConfig
 
     return isinstance(value, PolicyConfig)
 
@@ -288,7 +288,7 @@ class _PolicySource:
 
     @property
     def config(self) -> Any:
-        from edge._policy_config import PolicyConfig
+        from edge.policy._config import PolicyConfig
 
         return self._agent.policy_config or PolicyConfig()
 
@@ -442,7 +442,7 @@ class Agent:
         overlay = self._read_overlay(config.data_dir).get("policy") if data is None else data
         if not config.policy_file and not overlay:
             return None
-        from edge._policy_config import PolicyConfigWatcher, parse_policy_config
+        from edge.policy._config import PolicyConfigWatcher, parse_policy_config
 
         if overlay:
             return parse_policy_config(dict(overlay), "policy (fleet)")
@@ -476,9 +476,9 @@ class Agent:
             old.close()
 
     def _build_executor(self, name: str, plan_path: str, cloud: Any, version: str) -> _Planned:
-        from edge._executor import Executor
-        from edge._offload import FileToken, OffloadClient
-        from edge._policy import Policy
+        from edge.offload._client import FileToken, OffloadClient
+        from edge.offload._executor import Executor
+        from edge.policy._decide import Policy
         from partition import Plan
 
         plan = Plan.load(plan_path)
@@ -631,7 +631,7 @@ class Agent:
             base_dir = Path(current.source).resolve().parent if current.source else Path(".")
             new = parse_agent_config(new_raw, f"config/set {version}", base_dir, version)
             if policy_data is not None:
-                from edge._policy_config import parse_policy_config
+                from edge.policy._config import parse_policy_config
 
                 policy = parse_policy_config(dict(policy_data), f"config/set {version} policy")
             else:
@@ -844,7 +844,7 @@ class Agent:
         plan = build_plan(version.path, self.profile, self.config.cloud.url, bandwidth, rtt,
                           objective=objective, out_dir=out_dir, figure=False)
         plan_path = str(out_dir / "plan.json")
-        from edge._offload import OffloadClient
+        from edge.offload._client import OffloadClient
 
         with OffloadClient(self.config.cloud.url, timeout_s=self.config.cloud.timeout_s) as c:
             missing = sorted({cand.cloud_model for cand in plan.candidates
@@ -898,7 +898,7 @@ class Agent:
     def start_fleet(self) -> None:
         if not self.config.mqtt.enabled or self.fleet is not None:
             return
-        from edge._fleet import FleetLink
+        from edge.agent._fleet import FleetLink
 
         self.fleet = FleetLink(self.config.mqtt, self.config.device_id, self.config.data_dir, self)
         self.fleet.start()

@@ -1,25 +1,14 @@
-"""The policy engine's public face: decide local, offload or split per request.
+"""Where a request is decided: local, offload or split, from the plan and measured state.
 
-See :mod:`edge._policy` for the reasoning order and ``docs/policy.md`` for the
-``policy.toml`` reference.
+Owns: the pure decision function (``_decide``), the cost table corrected online, the link
+estimator (``_link``) and ``policy.toml`` (``_config``). See ``docs/policy.md``.
+May import: ``partition`` (plans and cuts), ``devices`` (energy model), the standard
+library; never the network, the runtime or the agent.
 """
 
 from __future__ import annotations
 
-from edge._link import LinkEstimate, LinkEstimator
-from edge._policy import (
-    CloudState,
-    CostTable,
-    CutEstimate,
-    Decision,
-    DeviceState,
-    Policy,
-    PolicyContext,
-    Prediction,
-    decide,
-    lookahead_probe,
-)
-from edge._policy_config import (
+from edge.policy._config import (
     OBJECTIVES,
     DeviceSettings,
     ExploreSettings,
@@ -33,6 +22,19 @@ from edge._policy_config import (
     parse_policy_config,
     policy_config_from_text,
 )
+from edge.policy._decide import (
+    CloudState,
+    CostTable,
+    CutEstimate,
+    Decision,
+    DeviceState,
+    Policy,
+    PolicyContext,
+    Prediction,
+    decide,
+    lookahead_probe,
+)
+from edge.policy._link import LinkEstimate, LinkEstimator
 
 #: Validate ``policy.toml`` text (an alias kept for the docs and the fleet link).
 load_policy_text = policy_config_from_text

@@ -107,7 +107,7 @@ def agent(ctx: click.Context, config_path: str | None) -> None:
         return
     if config_path is None:
         raise click.UsageError("give --config agent.toml (or use `edgecut agent install`)")
-    from edge._agent import run_agent
+    from edge.agent._daemon import run_agent
 
     sys.exit(run_agent(config_path))
 

@@ -220,13 +220,13 @@ def load(
 
 
 def _ort_factory() -> Backend:
-    from edge._ort_backend import OrtBackend
+    from edge.runtime._ort import OrtBackend
 
     return OrtBackend()
 
 
 def _litert_factory() -> Backend:
-    from edge._litert_backend import LiteRTBackend
+    from edge.runtime._litert import LiteRTBackend
 
     return LiteRTBackend()
 

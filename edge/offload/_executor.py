@@ -38,9 +38,8 @@ from devices.errors import (
     OffloadError,
     TransferAbandoned,
 )
-from edge._link import LinkEstimator
-from edge._offload import HALF_OPEN, OPEN, OffloadClient, UploadProgress
-from edge._policy import (
+from edge.offload._client import HALF_OPEN, OPEN, OffloadClient, UploadProgress
+from edge.policy._decide import (
     LOCAL_SLACK,
     CloudState,
     CostTable,
@@ -50,6 +49,7 @@ from edge._policy import (
     PolicyContext,
     Prediction,
 )
+from edge.policy._link import LinkEstimator
 from edge.runtime import Session
 from partition import LOCAL, OFFLOAD, CutCandidate, Plan
 

@@ -15,7 +15,7 @@ has finished (on disk, so a restart remembers them too) and answers a redelivere
 the stored final ack instead of running it again. Payloads that are too large, not JSON,
 or of the wrong shape get an error ack and change nothing. docs/mqtt.md has the schemas.
 
-Telemetry goes through :class:`edge._spool.TelemetrySpool`: a record is on disk before it
+Telemetry goes through :class:`edge.agent._spool.TelemetrySpool`: a record is on disk before it
 is published and leaves the disk only when the broker has acknowledged it (QoS 2, so a
 re-send after a lost acknowledgement is not delivered twice), so an outage loses nothing
 up to the spool bound and records are sent in sequence order after a reconnect.
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devices.errors import EdgecutError, FleetError
-from edge._agent_config import MqttConfig
-from edge._spool import TelemetrySpool
+from edge.agent._config import MqttConfig
+from edge.agent._spool import TelemetrySpool
 
 log = logging.getLogger("edgecut.fleet")
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from devices import DeviceProfile
 from devices.errors import BackendError, ModelError
-from edge.runtime import Backend, Session, TensorSpec, _InputCheck, check_output_names
+from edge.runtime._contract import Backend, Session, TensorSpec, _InputCheck, check_output_names
 
 # ONNX Runtime's type strings to NumPy dtypes; the inverse is derived, not written twice.
 _ORT_TYPES: dict[str, np.dtype] = {

@@ -44,11 +44,11 @@ import numpy as np
 
 from devices import DeviceProfile, EnergyModel, load_profile
 from devices.errors import ConfigError, EdgecutError
-from edge._emulator import LinkEmulator, Trace, load_trace
-from edge._executor import Executor, Outcome
-from edge._offload import CircuitBreaker, OffloadClient
-from edge._policy import Policy
-from edge._policy_config import PolicyConfig
+from edge.lab._emulator import LinkEmulator, Trace, load_trace
+from edge.offload._client import CircuitBreaker, OffloadClient
+from edge.offload._executor import Executor, Outcome
+from edge.policy._config import PolicyConfig
+from edge.policy._decide import Policy
 from partition import LOCAL, OFFLOAD, CutCandidate, Plan
 
 STRATEGIES = ("local", "cloud", "static_split", "edgecut", "oracle")
@@ -91,7 +91,7 @@ class CloudServer:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(Path(__file__).resolve().parents[1]))
+                                     cwd=str(Path(__file__).resolve().parents[2]))
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -269,7 +269,7 @@ def _seed_plan_table(executor: Executor, comps: dict[str, Components], cfg: Poli
     """Start the executor's plan table from measured components, as a deployed device
     would from its profiling run (the plan's own figures were predicted with other
     threads and another host load)."""
-    from edge._policy import CostTable
+    from edge.policy._decide import CostTable
 
     plan_m = replace(executor.plan, candidates=tuple(
         replace(c, head_ms=comps[c.cut_id].device_head_ms,

@@ -41,9 +41,9 @@ def replay(trace: str | None, model: str, device_name: str, policy_path: str | N
     requests.jsonl, decisions.jsonl and replay.png to OUT.
     """
     from devices import load_profile
-    from edge._policy_config import PolicyConfig, load_policy_config
-    from edge._replay import replay as run_replay
-    from edge._replay import summary_table
+    from edge.lab._replay import replay as run_replay
+    from edge.lab._replay import summary_table
+    from edge.policy._config import PolicyConfig, load_policy_config
 
     if model.endswith(".onnx"):
         model_path = Path(model)
@@ -61,7 +61,7 @@ def replay(trace: str | None, model: str, device_name: str, policy_path: str | N
     cfg = load_policy_config(policy_path) if policy_path else PolicyConfig(slo_ms=0.0)
     out = Path(out_dir)
     if trace is None:
-        from edge._emulator import bundled_trace
+        from edge.lab._emulator import bundled_trace
 
         trace = str(bundled_trace())
     result = run_replay(trace, model_path, device, cfg, plan_dir=plan_dir or out / "plan",

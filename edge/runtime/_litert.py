@@ -9,7 +9,7 @@ import numpy as np
 
 from devices import DeviceProfile
 from devices.errors import BackendError, ModelError
-from edge.runtime import Backend, Session, TensorSpec, _InputCheck, check_output_names
+from edge.runtime._contract import Backend, Session, TensorSpec, _InputCheck, check_output_names
 
 
 def _interpreter_class() -> Any:

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 import yaml
 
-from edge._export import ClusterOptions, export_triton, kserve_manifest, kubernetes_manifests
+from edge.lab._export import ClusterOptions, export_triton, kserve_manifest, kubernetes_manifests
 
 
 @click.group()

@@ -25,7 +25,7 @@ from typing import Any
 import click
 import numpy as np
 
-from edge._executor import Executor, Outcome
+from edge.offload._executor import Executor, Outcome
 
 STRATEGY_LABELS = {
     "local": "local only",
@@ -73,7 +73,7 @@ class _AgentRoute:
         self._last: Outcome | None = None
 
     def __call__(self, executor: Executor) -> Callable[[dict[str, np.ndarray]], Outcome]:
-        from edge._agent import _Planned
+        from edge.agent._daemon import _Planned
 
         executor.listeners.append(self._remember)
         slot = self._agent.slots[self._model]
@@ -179,7 +179,7 @@ _SHARED_TRACE = Path("data/traces/nr5g_5gophers/car-driving-trace-1.csv")
 
 def default_trace() -> str | None:
     """The demo's trace from ``../shared`` beside the checkout or the working folder."""
-    roots = [Path(__file__).resolve().parents[2] / "shared", Path.cwd().parent / "shared",
+    roots = [Path(__file__).resolve().parents[3] / "shared", Path.cwd().parent / "shared",
              Path.cwd() / "shared"]
     for root in roots:
         if (root / _SHARED_TRACE).is_file():
@@ -191,11 +191,11 @@ def run_demo(*, model: str, device: str, trace: str | None, requests: int, durat
              out_dir: Path, slo_ms: float, objective: str, seed: int, console: Any) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns the replay's JSON summary."""
     from devices import load_profile
-    from edge._agent import Agent, AgentServer
-    from edge._emulator import bundled_trace
-    from edge._policy_config import PolicyConfig
-    from edge._replay import prepare_plan, replay
+    from edge.agent._daemon import Agent, AgentServer
     from edge.client import Client
+    from edge.lab._emulator import bundled_trace
+    from edge.lab._replay import prepare_plan, replay
+    from edge.policy._config import PolicyConfig
     from partition import zoo_model
 
     started = time.monotonic()

@@ -18,18 +18,18 @@ from devices.errors import EdgecutError
 
 # command name -> "module:attribute" of a click command, imported on first use.
 _LAZY_COMMANDS = {
-    "zoo": "edge._cli_zoo:zoo",
-    "quantize": "edge._quantize_cli:quantize",
+    "zoo": "edge.cli._zoo:zoo",
+    "quantize": "edge.cli._quantize:quantize",
     "profile": "partition._cli:profile",
     "partition": "partition._cli:partition_cmd",
     "serve": "cloud._cli:serve",
     "token": "cloud._cli:token",
-    "replay": "edge._replay_cli:replay",
-    "agent": "edge._agent_cli:agent",
-    "demo": "edge._demo:demo",
-    "export": "edge._export_cli:export",
-    "devices": "edge._cli_devices:devices_cmd",
-    "health": "edge._cli_health:health",
+    "replay": "edge.cli._replay:replay",
+    "agent": "edge.cli._agent:agent",
+    "demo": "edge.lab._demo:demo",
+    "export": "edge.cli._export:export",
+    "devices": "edge.cli._devices:devices_cmd",
+    "health": "edge.cli._health:health",
 }
 
 

@@ -122,7 +122,7 @@ class QuantizeReport:
 def _input_specs(model_path: str | Path) -> list[tuple[str, np.dtype, tuple[int | None, ...]]]:
     import onnxruntime as ort
 
-    from edge._ort_backend import _spec
+    from edge.runtime._ort import _spec
 
     so = ort.SessionOptions()
     so.log_severity_level = 3

@@ -1,0 +1,48 @@
+"""What an application on the device pays for ``from edge import Client``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+_PROBE = """
+import json, sys
+before = set(sys.modules)
+from edge import Client
+print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))
+"""
+
+
+def _stdlib_names() -> set[str]:
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is not None:
+        return set(names)
+    # Python 3.8/3.9 have no list: ask where each module was loaded from instead.
+    return set()
+
+
+def test_client_import_needs_only_numpy_and_the_standard_library() -> None:
+    out = subprocess.run([sys.executable, "-c", _PROBE], check=True, capture_output=True,
+                         text=True).stdout
+    loaded = set(json.loads(out))
+    ours = {"edge", "devices", "numpy"}
+    stdlib = _stdlib_names()
+    foreign = sorted(m for m in loaded - ours if not m.startswith("_") and m not in stdlib)
+    assert foreign == [], f"from edge import Client imported {foreign}"
+    heavy = {"onnx", "onnxruntime", "httpx", "partition", "cloud", "click", "rich", "paho",
+             "uvicorn", "jwt", "cryptography", "httptools", "yaml", "matplotlib"}
+    assert not loaded & heavy
+
+
+def test_lazy_names_still_resolve() -> None:
+    import edge
+
+    assert edge.Executor.__name__ == "Executor"
+    assert edge.load_trace.__module__ == "edge.lab._emulator"
+    try:
+        edge.NoSuchThing  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchThing" in str(exc)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
