@@ -59,9 +59,13 @@ class GrpcServer:
         ])
         servicer = InferenceServicer(self.service, self.gate, self.shm)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        bound = server.add_insecure_port(f"{self._bind_host()}:{self.port}")
+        try:
+            bound = server.add_insecure_port(f"{self._bind_host()}:{self.port}")
+        except RuntimeError:  # grpcio's way of saying the address is taken or not here
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot bind the gRPC port {self.host}:{self.port}")
+            raise OSError(f"cannot bind the gRPC port {self.target} (in use, or not an "
+                          "address of this host)")
         self.port = bound
         await server.start()
         self._server = server
