@@ -407,6 +407,30 @@ def restart_only_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     return changed
 
 
+def security_warnings(config: AgentConfig) -> list[str]:
+    """What in ``config`` leaves the device open, in words (logged loudly at start)."""
+    out = []
+    mq = config.mqtt
+    if mq.enabled and not mq.tls.enabled:
+        out.append(f"mqtt: the fleet link to {mq.host}:{mq.port} is not encrypted "
+                   "([mqtt.tls] enabled = false): anyone on the path can read telemetry "
+                   "and inject commands")
+    if mq.enabled and mq.tls.enabled and mq.tls.insecure:
+        out.append("mqtt.tls.insecure = true: the broker's certificate name is not checked")
+    if mq.enabled and not mq.username and not mq.tls.cert_file:
+        out.append("mqtt: no username and no client certificate: the broker cannot tell "
+                   "this device from anyone else")
+    if mq.enabled and not config.updates.public_key_file:
+        out.append("updates.public_key_file is not set: anyone who can publish on the "
+                   "broker can deploy models and change security settings on this device")
+    if config.api.port and config.api.host not in ("127.0.0.1", "::1", "localhost"):
+        out.append(f"api.host = {config.api.host!r}: the local API has no authentication "
+                   "and is reachable beyond this machine")
+    if config.updates.allow_http:
+        out.append("updates.allow_http = true: model downloads may travel unencrypted")
+    return out
+
+
 def load_agent_config(path: str | Path, overlay: Mapping[str, Any] | None = None,
                       version: str = "file") -> AgentConfig:
     """Read ``agent.toml``, lay ``overlay`` (a config applied over MQTT) over it, and parse."""
