@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ def _image(tmp_path: Path) -> Path:
 def _install(tmp_path: Path, *extra: str) -> tuple[Path, Path, str]:
     unit = tmp_path / "edgecut-agent.service"
     config = tmp_path / "etc" / "agent.toml"
-    exe = shutil.which("edgecut") or str(Path(__file__).resolve().parents[2] / ".venv/bin/edgecut")
+    # The console script of this environment: systemd-analyze checks that it exists.
+    exe = str(Path(sys.executable).parent / "edgecut")
     args = ["install", "--unit-path", str(unit), "--config-path", str(config),
             "--profile", "jetson-orin-nano", "--device-id", "orin-7",
             "--data-dir", str(tmp_path / "var"), "--exe", exe, *extra]
