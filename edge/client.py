@@ -571,6 +571,16 @@ class Client:
         self._raise_for(status, data, f"model '{model}'" if model else "server metadata")
         return json.loads(data)
 
+    def stream(self, model: str, frames: Any, *, window: int = 4,
+               outputs: Sequence[str] | None = None) -> Any:
+        """Run an iterable of frames (input dicts) through the agent's ``<model>.stream``
+        with up to ``window`` in flight; yields one ``StreamFrame`` per frame, in order
+        (``ok``, ``dropped`` by the agent's overload policy, or ``error``). The next frame
+        is taken from ``frames`` only when a slot frees (back-pressure)."""
+        from edge._client_stream import run_stream
+
+        return run_stream(self, model, frames, window=window, outputs=outputs)
+
     def agent_status(self) -> dict[str, Any]:
         """The agent's own status (models and versions, profile, config version)."""
         status, data, _ = self._request("GET", "/agent/status")

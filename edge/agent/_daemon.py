@@ -891,6 +891,8 @@ class Agent:
         record["temperature_c"] = None if state is None else round(state.max_temp_c, 1)
         record["throttled"] = None if state is None else state.throttled
         record["config_version"] = self.config.version
+        streams = getattr(self, "streams", None)
+        record["streams"] = streams.stats() if streams is not None else {}
         return record
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -907,6 +909,9 @@ class Agent:
         if self.fleet is not None:
             self.fleet.stop()
             self.fleet = None
+        streams = getattr(self, "streams", None)
+        if streams is not None:
+            streams.close()
         for planned in self.executors.values():
             planned.close()
         self.executors.clear()
@@ -923,10 +928,12 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     when done.
     """
     from cloud import InferenceService, create_app
+    from edge.agent._stream import STREAM_SUFFIX, STREAM_WINDOW, AgentStreams, StreamModelRuntime
 
     service = InferenceService(dynamic_batching=False)
     registered: set[str] = set()
     lock = threading.Lock()
+    agent.streams = AgentStreams(agent)
 
     def sync() -> None:
         with lock:
@@ -937,10 +944,17 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                     instances = [AgentModelRuntime(agent, name)
                                  for _ in range(agent.config.api.workers)]
                     service.add_runtime(name, instances, version="live")
+                    # <model>.stream: frames of a camera stream through one pipeline (a
+                    # thread per frame waiting on it; see edge/agent/_stream.py).
+                    service.add_runtime(name + STREAM_SUFFIX, [
+                        StreamModelRuntime(instances[0], name, agent.streams,
+                                           partial(agent.infer, name))
+                        for _ in range(STREAM_WINDOW)], version="live")
                     registered.add(name)
             for name in list(registered):
                 if name not in agent.slots:
                     service.remove_model(name)
+                    service.remove_model(name + STREAM_SUFFIX)
                     registered.discard(name)
 
     sync()
