@@ -115,6 +115,9 @@ class Metrics:
             ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge(
             "edgecut_requests_in_flight", "Inference requests being served", ["model"], registry=r)
+        self.relay = Counter(
+            "edgecut_relay_requests", "Requests a chain's middle node forwarded to its next hop "
+            "or finished itself when the next hop failed", ["model", "outcome"], registry=r)
         self.http = Counter(
             "edgecut_http_responses", "HTTP responses by status code", ["code"], registry=r)
         self.text_sources: list[Callable[[], bytes]] = []
