@@ -269,7 +269,7 @@ def _seed_plan_table(executor: Executor, comps: dict[str, Components], cfg: Poli
     """Start the executor's plan table from measured components, as a deployed device
     would from its profiling run (the plan's own figures were predicted with other
     threads and another host load)."""
-    from edge.policy._decide import CostTable
+    from edge.policy._costs import CostTable
 
     plan_m = replace(executor.plan, candidates=tuple(
         replace(c, head_ms=comps[c.cut_id].device_head_ms,

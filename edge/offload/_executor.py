@@ -41,8 +41,10 @@ from edge.offload._probing import _LOOKAHEAD_GAPS, _Probing
 from edge.offload._race import _Racing
 from edge.offload._sessions import _Sessions
 from edge.offload._watch import abandon_watch
-from edge.policy._decide import CloudState, CostTable, Decision, DeviceState, Policy, PolicyContext
+from edge.policy._costs import CostTable
+from edge.policy._decide import Policy
 from edge.policy._link import LinkEstimator
+from edge.policy._state import CloudState, Decision, DeviceState, PolicyContext
 from edge.runtime import Session
 from partition import LOCAL, OFFLOAD, CutCandidate, Plan
 
