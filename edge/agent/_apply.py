@@ -25,7 +25,7 @@ from edge.agent._config import (
 )
 from edge.agent._lanes import _Planned
 from edge.agent._logging import log
-from edge.agent._updates import ModelSlot, ModelVersion
+from edge.agent._slots import ModelSlot, ModelVersion
 
 _OVERLAY = "config-overlay.json"
 _CONFIG_MSG_KEYS = {"id", "version", "config", "policy"}

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from devices.errors import ConfigError
+from edge.agent._fetch import Deployment
 from edge.agent._lanes import _PolicySource
 from edge.agent._logging import log
-from edge.agent._updates import Deployment, ModelVersion, sample_inputs, warm_up
+from edge.agent._slots import ModelVersion, sample_inputs, warm_up
 
 _COMMANDS = ("reprofile", "rollback", "reload", "telemetry", "status", "ping")
 

@@ -37,15 +37,10 @@ from edge.agent._commands import _FleetHandling
 from edge.agent._config import AgentConfig
 from edge.agent._lanes import _Lanes, _Planned
 from edge.agent._logging import log, setup_logging
+from edge.agent._slots import ModelSlot, ModelVersion, sample_inputs, warm_up
 from edge.agent._stats import _Stats
-from edge.agent._updates import (
-    ModelSlot,
-    ModelStore,
-    ModelVersion,
-    Updater,
-    sample_inputs,
-    warm_up,
-)
+from edge.agent._store import ModelStore
+from edge.agent._updates import Updater
 
 
 def _agent_version() -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from cloud._deferred import after_answer
 from devices.errors import EdgecutError, ModelInputError
 from edge.agent._logging import log, log_request, request_log
-from edge.agent._updates import ModelSlot, ModelVersion
+from edge.agent._slots import ModelSlot, ModelVersion
 
 if TYPE_CHECKING:
     from edge.agent._daemon import Agent
