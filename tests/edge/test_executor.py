@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from devices import DeviceProfile, PowerSensor, load_profile
-from edge.lab._replay import (
-    CloudServer,
-    _feeds_for,
-    prepare_plan,
-    scenario_bandwidth_drop,
-    scenario_cloud_kill,
-)
+from edge.lab._scenarios import _feeds_for, scenario_bandwidth_drop, scenario_cloud_kill
+from edge.lab._server import CloudServer, prepare_plan
 from edge.offload._client import OffloadClient
 from edge.offload._executor import Executor, Outcome
 from edge.policy import Policy, policy_config_from_text
