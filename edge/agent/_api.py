@@ -197,7 +197,7 @@ class AgentServer:
     def __init__(self, agent: Agent) -> None:
         import uvicorn
 
-        from cloud._server import uvicorn_config
+        from cloud.http._server import uvicorn_config
 
         self.agent = agent
         self.app, self.service, self.inner_app = build_app(agent)
@@ -208,7 +208,7 @@ class AgentServer:
         # protocol (``lane.answered`` counts them); None without httptools or when off.
         self.lane: Any = None
         if agent.config.api.fast_lane and config.http == "httptools":
-            from cloud._lane import lane_protocol
+            from cloud.http._lane import lane_protocol
 
             self.lane = lane_protocol(inner, timing="agent")
             config.http = self.lane or config.http
