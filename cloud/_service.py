@@ -118,6 +118,8 @@ class InferenceService:
         self._failed: dict[str, str] = {}  # model -> why its last load failed
         self._lock = threading.RLock()  # serializes loads and unloads, not requests
         self._closed = False
+        #: Readiness requires every model to be serving (Triton's --strict-readiness).
+        self.strict_readiness = True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,9 +145,16 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        """Server readiness: not closed, and every model it tried to load is serving (a
-        failed reload of a model whose old versions still serve does not count)."""
-        return not self._closed and all(name in self._models for name in self._failed)
+        """Server readiness: not closed, and (with ``strict_readiness``, Triton's default)
+        every model it tried to load is serving (a failed reload of a model whose old
+        versions still serve does not count)."""
+        if self._closed:
+            return False
+        return not self.strict_readiness or all(name in self._models for name in self._failed)
+
+    def failed(self) -> dict[str, str]:
+        """Models whose last load failed and that serve no version: name -> why."""
+        return {name: why for name, why in self._failed.items() if name not in self._models}
 
     # ------------------------------------------------------------------ runtimes in code
 

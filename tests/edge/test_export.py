@@ -130,6 +130,19 @@ def test_plain_kubernetes_manifests(tmp_path: Path, server: str) -> None:
         jsonschema.validate(doc, schema)
     container = docs[0]["spec"]["template"]["spec"]["containers"][0]
     assert ("tritonserver" if server == "triton" else "edgecut") == container["command"][0]
+    # gRPC is on in both (tritonserver's flag names, which edgecut serve takes too)
+    assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(container["command"])
+    assert not any(a.startswith("--allow-grpc") for a in container["command"])
+    assert {p["name"] for p in docs[1]["spec"]["ports"]} == {"http", "grpc"}
+    if server == "edgecut":  # the container's command line parses as edgecut serve's
+        from cloud._cli import serve
+
+        (tmp_path / "models").mkdir()
+        (tmp_path / "keys").mkdir()
+        args = [a.replace("/models", str(tmp_path / "models")).replace("/keys", str(tmp_path / "keys"))
+                for a in container["command"][2:]]
+        params = serve.make_context("serve", args).params
+        assert (params["port"], params["grpc_port"], params["metrics_port"]) == (8000, 8001, 8002)
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
 
 
