@@ -22,7 +22,8 @@ for the time measured here divided by the profile's ``relative_speed``, as the r
 does). Per model: the plan (``prepare_plan``, cloud = this host); the SLO is a rule,
 twice the least-latency plan's predicted latency; ``sequential_fps`` runs the
 least-latency plan one frame at a time; ``stream_fps`` runs ``choose_stream``'s plan
-through the pipeline (window 4, queue 1, ``block``: the source is held back, so every
+through the pipeline (window: the frames one frame's trip past the device covers at the
+predicted bottleneck, queue 1, ``block``: the source is held back, so every
 frame's latency counts its wait in the queue), measured over the frames after the first
 four; ``pipeline_bound_fps`` is 1 / the slowest stage measured in that run (median device
 stage, upload and download at the emulated rate, median server compute); ``p95_ms``
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -206,7 +208,11 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float) -> 
                 _run_stream(pipe(st_pick.candidate, 1), frames[:2])
                 seq_n = max(6, n_frames // 3)
                 seq_res, seq_fps = _run_stream(pipe(lat_pick.candidate, 1), frames[:seq_n])
-                sp = pipe(st_pick.candidate, 4)
+                # frames in flight past the device: enough to cover one frame's trip at
+                # the predicted bottleneck (more only queue inside the pipeline)
+                depth = max(1, math.ceil((st_pick.latency_ms - st_pick.stages_ms[0])
+                                         / max(st_pick.stages_ms)))
+                sp = pipe(st_pick.candidate, depth)
                 res, fps = _run_stream(sp, frames)
         finally:
             emu.stop()
@@ -231,7 +237,7 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float) -> 
         "fraction_of_bound": round(fps / bound, 3) if bound else None,
         "vs_sequential": round(fps / seq_fps, 3) if seq_fps else None,
         "p95_ms": round(p95, 1), "within_slo": bool(p95 <= slo),
-        "frames": len(frames), "dropped": sp.stats.dropped, "lost": sp.stats.lost,
+        "frames": len(frames), "window": sp.window, "dropped": sp.stats.dropped, "lost": sp.stats.lost,
         "fallbacks": sp.stats.fallbacks, "errors": sp.stats.errors,
         "sequential_lost": 0 if len(seq_res) == seq_n else seq_n - len(seq_res),
     }
