@@ -23,7 +23,8 @@ from edge.offload._client import (
     TokenSource,
     UploadProgress,
 )
-from edge.offload._executor import Decided, Executor, Outcome
+from edge.offload._executor import Executor
+from edge.offload._outcome import Decided, Outcome
 from edge.offload._stream import OVERLOAD_POLICIES, StreamPipeline, StreamResult, StreamStats
 
 __all__ = [

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from devices import CloudUnavailable, ConfigError, DeadlineExceeded, OffloadRejected
-from edge.lab._replay import CloudServer, _feeds_for
+from edge.lab._scenarios import _feeds_for
+from edge.lab._server import CloudServer
 from edge.offload import CircuitBreaker, FileToken, KeyToken, StaticToken, offload_client
 from edge.offload._client import OPEN
 from edge.offload._executor import Executor
