@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,33 @@ def _load(o: ServeOptions) -> tuple[Any, Any]:
     return service, verifier
 
 
+def metrics_http_server(metrics: Any, host: str, port: int) -> Any:
+    """``GET /metrics`` on its own port (Triton's ``--metrics-port``), in a daemon thread;
+    ``shutdown()`` the returned server to stop it."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:  # scrapes are not worth a log line each
+            pass
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"metrics are at /metrics\n"]
+        body = metrics.exposition()
+        start_response("200 OK", [("Content-Type", metrics.content_type),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = make_server(host, port, app, server_class=Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="edgecut-metrics", daemon=True).start()
+    return server
+
+
 def run(o: ServeOptions) -> None:
     """Serve until SIGTERM/SIGINT; ``click.ClickException`` for a runtime failure."""
     import uvicorn
@@ -114,11 +142,8 @@ def run(o: ServeOptions) -> None:
                 service, gate=gate, shm=shm if o.grpc_address in _LOOPBACK else None,
                 host=o.grpc_address, port=o.grpc_port))
         if o.metrics_port is not None:
-            from prometheus_client import start_http_server
-
             try:
-                metrics_server, _thread = start_http_server(
-                    o.metrics_port, addr=o.host, registry=service.metrics.registry)
+                metrics_server = metrics_http_server(service.metrics, o.host, o.metrics_port)
             except OSError as exc:
                 raise click.ClickException(
                     f"cannot serve metrics on {o.host}:{o.metrics_port} ({exc})") from exc

@@ -20,13 +20,10 @@ from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from cloud import InferenceService, ModelRuntime, ServerThread, TensorMeta, create_app, mint_token
-from cloud._gate import Gate
-from cloud._shm import SharedMemoryRegistry
+from cloud import InferenceService, ModelRuntime, TensorMeta, mint_token
 from cloud.errors import ModelNotReady, Unavailable
-from cloud.grpc import GrpcServer, grpc_code
-from tests.cloud.conftest import write_version, x_batch
-from tests.conftest import free_port
+from cloud.grpc import grpc_code
+from tests.cloud.conftest import GrpcStack, write_version, x_batch
 
 # Every v2 datatype (BYTES is TensorProto.STRING) through an Identity of its own.
 ALL_TYPES = {
@@ -60,40 +57,6 @@ def sample(datatype: str, rng: np.random.Generator) -> np.ndarray:
         info = np.iinfo(dtype)
         return rng.integers(info.min, info.max, (2, 3), dtype=dtype, endpoint=True)
     return rng.standard_normal((2, 3)).astype(dtype)
-
-
-class GrpcStack:
-    """An HTTP and a gRPC server over one service, gate and set of shm regions."""
-
-    def __init__(self, service: InferenceService, **gate_kwargs) -> None:
-        self.service = service
-        self.gate = Gate(**gate_kwargs)
-        self.shm = SharedMemoryRegistry()
-        self.grpc = GrpcServer(service, gate=self.gate, shm=self.shm, port=0)
-        app = create_app(service, gate=self.gate, shared_memory=self.shm)
-        self.http = ServerThread(app, port=free_port(), companions=[self.grpc]).start()
-        self.target = self.grpc.target
-
-    def client(self) -> tg.InferenceServerClient:
-        return tg.InferenceServerClient(self.target)
-
-    def close(self) -> None:
-        self.http.stop()
-        self.service.close()
-
-
-@pytest.fixture
-def stacks():
-    made: list[GrpcStack] = []
-
-    def make(service: InferenceService, **gate_kwargs) -> GrpcStack:
-        stack = GrpcStack(service, **gate_kwargs)
-        made.append(stack)
-        return stack
-
-    yield make
-    for stack in made:
-        stack.close()
 
 
 @pytest.fixture

@@ -69,8 +69,15 @@ def test_triton_flags_and_env_vars_serve_http_and_grpc(repo):
         x.set_data_from_numpy(data)
         np.testing.assert_allclose(client.infer("affine", [x]).as_numpy("y"), 2 * data + 2.0)
         client.close()
-        scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        assert 'model="affine"' in scrape
+        # Triton's metrics port (8002 in Triton) serves the same text as /metrics
+        deadline = time.monotonic() + 10
+        line = 'nv_inference_request_success{model="affine",version="2"} 1'
+        while time.monotonic() < deadline:
+            scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            if line in scrape:
+                break
+            time.sleep(0.05)
+        assert line in scrape and "edgecut_inference_requests_total" in scrape
     finally:
         err = _stop(proc)
     assert '"level": "debug"' in err  # --log-verbose 1

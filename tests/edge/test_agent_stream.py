@@ -11,7 +11,8 @@ import pytest
 from cloud import InferenceService, ServerThread, create_app
 from devices import load_profile
 from edge import Client
-from edge.agent._daemon import Agent, AgentServer
+from edge.agent._api import AgentServer
+from edge.agent._daemon import Agent
 from partition import build_plan
 from tests.conftest import free_port
 from tests.edge.conftest import tiny_model, write_agent_config

@@ -11,6 +11,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from cloud._config import read_config
 from devices.errors import ConfigError, PartitionError
 from edge.cli import main
 from partition import CutCandidate, Plan
@@ -58,6 +59,9 @@ def test_triton_repository_configs_parse_with_tritons_schema(tmp_path: Path, zoo
         assert config.dynamic_batching.max_queue_delay_microseconds == 500
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
         assert config.output[0].data_type == model_config_pb2.TYPE_FP32
+        # and edgecut serve loads the same file by the same schema
+        served = read_config(repo / name)
+        assert (served.name, served.max_batch_size, served.instance_count) == (name, 16, 2)
     tail_cfg = model_config_pb2.ModelConfig()
     text_format.Parse((repo / "squeezenet.tail.c1" / "config.pbtxt").read_text(), tail_cfg)
     assert tail_cfg.input[0].name == "r9"
@@ -82,6 +86,7 @@ def test_a_plan_for_the_fp16_wire_exports_its_fp16_models(tmp_path: Path, zoo_mo
             continue
         config = model_config_pb2.ModelConfig()
         text_format.Parse((repo / c.cloud_model / "config.pbtxt").read_text(), config)
+        assert read_config(repo / c.cloud_model).name == c.cloud_model
         assert {i.name: i.data_type for i in config.input} == dict.fromkeys(
             c.tensors, model_config_pb2.TYPE_FP16)
 
