@@ -146,7 +146,10 @@ def run_chains(models: list[str], runs: int) -> dict:
     }
 
 
-def _run_stream(pipe, frames: list) -> tuple[list, float]:  # noqa: ANN001
+def _run_stream(pipe, frames: list, rate_fps: float | None = None) -> tuple[list, float]:  # noqa: ANN001
+    """Feed ``frames`` (at ``rate_fps`` like a camera, else as fast as the pipeline takes
+    them) and collect the results; returns them and the rate of answered frames after
+    the first four."""
     import threading
 
     got: list = []
@@ -155,11 +158,17 @@ def _run_stream(pipe, frames: list) -> tuple[list, float]:  # noqa: ANN001
     def read() -> None:
         for r in pipe.results():
             got.append(r)
-            stamps.append(time.perf_counter())
+            if r.status != "dropped":
+                stamps.append(time.perf_counter())
 
     reader = threading.Thread(target=read)
     reader.start()
-    for f in frames:
+    t0 = time.perf_counter()
+    for i, f in enumerate(frames):
+        if rate_fps:
+            wait = t0 + i / rate_fps - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
         pipe.submit(f)
     pipe.close()
     reader.join(600)
