@@ -13,8 +13,11 @@ Plan: ``partition.choose_stream`` over the model's plan with the executor's curr
 estimate and the policy's SLO (``slo_ms``; none: the highest rate), re-chosen every
 ``REPLAN_EVERY`` frames, so a running stream follows the link without losing or
 reordering frames; a cloud leg that had the link to itself is fed to the link estimate.
-Overload: ``drop_oldest`` (camera analytics wants the newest frame); a dropped frame's
-request is answered 503 with a message that says so, and the agent counts it.
+Overload: the service runs at most ``STREAM_WINDOW`` frames of a model at once (one per
+instance) and the pipeline's queue holds that many, so frames are held back, not
+dropped, at the agent; should one still be dropped (``drop_oldest``), its request is
+answered 503 saying so and counted. Dropping for freshness is the application's choice,
+made in ``edge.Client.stream(overload="drop_oldest")``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ from devices.errors import EdgecutError
 
 STREAM_SUFFIX = ".stream"
 STREAM_WINDOW = 4
-STREAM_QUEUE = 2
+# Frames past the pipeline's window wait in its queue: as deep as the instances that can
+# hand it frames, so one client's window never makes the agent drop; a client that wants
+# the newest frames drops on its side (edge.Client.stream(overload="drop_oldest")).
+STREAM_QUEUE = STREAM_WINDOW
 REPLAN_EVERY = 8
 DROPPED_MESSAGE = "frame dropped by the stream's overload policy (drop_oldest)"
 

@@ -49,8 +49,7 @@ def test_client_stream_through_the_agent_in_order_with_the_local_answer(
             assert client.ready("squeezenet.stream")
             got = list(client.stream("squeezenet", iter(frames), window=3))
             assert [g.seq for g in got] == list(range(8))
-            # the agent's pipeline drops only when frames queue past it; with three in
-            # flight and a queue of two nothing is dropped, and every answer is right
+            # the agent holds frames back rather than dropping them: every answer is right
             assert [g.status for g in got] == ["ok"] * 8, [g.error for g in got]
             for g, want in zip(got, expected, strict=True):
                 name = next(iter(want))
@@ -85,4 +84,20 @@ def test_a_model_without_a_plan_streams_frame_by_frame(tmp_path: Path) -> None:
             list(client.stream("tiny", xs, window=0))
         bad = list(client.stream("tiny", [{"x": np.zeros((1, 4), np.float64)}]))
         assert bad[0].status == "error" and "x" in bad[0].error
+        # a live source faster than the stream: the client keeps the newest frame and
+        # reports every other one dropped, in its place
+        def camera():  # noqa: ANN202
+            for i in range(30):
+                yield {"x": np.full((1, 4), i, dtype=np.float32)}
+
+        got = list(client.stream("tiny", camera(), window=1, overload="drop_oldest"))
+        assert [g.seq for g in got] == list(range(30))
+        ok = [g for g in got if g.status == "ok"]
+        assert all(g.status in ("ok", "dropped") for g in got)
+        assert got[-1].status == "ok"  # the newest frame is never the one dropped
+        assert sum(g.status == "dropped" for g in got) >= 1
+        for g in ok:
+            np.testing.assert_array_equal(g.outputs["y"], np.full((1, 4), 2.0 * g.seq, np.float32))
+        with pytest.raises(ValueError, match="overload"):
+            list(client.stream("tiny", xs, overload="newest"))
     agent.close()
