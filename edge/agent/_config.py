@@ -51,7 +51,6 @@ class ApiConfig:
 class CloudConfig:
     url: str = ""
     token_file: str = ""
-    timeout_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -272,10 +271,13 @@ def parse_agent_config(
         raise ConfigError(f"{api_t.where}: set 'port' or 'unix_socket' (both are off)")
 
     cloud_t = top.table("cloud")
+    if cloud_t.has("timeout_s"):
+        # One timeout per cloud call: policy.toml's, which the fleet can push and replay reads.
+        raise ConfigError(f"{cloud_t.where}: key 'timeout_s' moved: the cloud call's timeout "
+                          "is policy.toml's [offload] timeout_ms")
     cloud = CloudConfig(
         url=cloud_t.get("url", str, ""),
         token_file=_resolve(base, cloud_t.get("token_file", str, "")),
-        timeout_s=cloud_t.get("timeout_s", float, 2.0, min=0.01, max=600.0),
     )
     cloud_t.finish()
     if cloud.url and not cloud.url.startswith(("http://", "https://")):
