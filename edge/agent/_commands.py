@@ -113,8 +113,9 @@ class _FleetHandling:
         plan_path = str(out_dir / "plan.json")
         from edge.offload import offload_client
 
+        cloud = self.config.cloud
         settings = _PolicySource(self).config.offload
-        with offload_client(self.config.cloud.url, settings=settings) as c:
+        with offload_client(cloud.url, protocol=cloud.protocol, settings=settings) as c:
             missing = sorted({cand.cloud_model for cand in plan.candidates
                               if cand.cloud_model and not c.ready(cand.cloud_model)})
         result: dict[str, Any] = {"plan": plan_path, "chosen": plan.chosen,

@@ -45,12 +45,18 @@ class ApiConfig:
     # Inference requests the agent runs inline are answered inside the HTTP protocol,
     # without the ASGI request cycle (cloud.http._lane); false: every request takes that cycle.
     fast_lane: bool = True
+    # KServe v2 / Triton gRPC on api.host (DeepStream's nvinferserver, tritonclient.grpc);
+    # 0: off. Needs the grpc extra.
+    grpc_port: int = 0
 
 
 @dataclass(frozen=True)
 class CloudConfig:
     url: str = ""
     token_file: str = ""
+    # How the offload client speaks to the cloud: "http" (KServe v2 REST) or "grpc"
+    # (KServe v2 gRPC: edgecut serve --grpc-port, or any Triton).
+    protocol: str = "http"
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,7 @@ def parse_agent_config(
         shared_memory=api_t.get("shared_memory", bool, True),
         inline_max_ms=api_t.get("inline_max_ms", float, 50.0, min=0.0, max=10000.0),
         fast_lane=api_t.get("fast_lane", bool, True),
+        grpc_port=api_t.get("grpc_port", int, 0, min=0, max=65535),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:
@@ -278,11 +285,18 @@ def parse_agent_config(
     cloud = CloudConfig(
         url=cloud_t.get("url", str, ""),
         token_file=_resolve(base, cloud_t.get("token_file", str, "")),
+        protocol=cloud_t.get("protocol", str, "http"),
     )
     cloud_t.finish()
-    if cloud.url and not cloud.url.startswith(("http://", "https://")):
+    if cloud.protocol not in ("http", "grpc"):
+        raise ConfigError(f"{cloud_t.where}: key 'protocol': expected \"http\" or \"grpc\", "
+                          f"got {cloud.protocol!r}")
+    schemes = ("http://", "https://") + (("grpc://", "grpcs://") if cloud.protocol == "grpc" else ())
+    if cloud.url and not cloud.url.startswith(schemes):
+        expected = ("an http:// or https:// URL" if cloud.protocol == "http" else
+                    "a grpc://, grpcs://, http:// or https:// URL (protocol grpc)")
         raise ConfigError(
-            f"{cloud_t.where}: key 'url': expected an http:// or https:// URL, got {cloud.url!r}"
+            f"{cloud_t.where}: key 'url': expected {expected}, got {cloud.url!r}"
         )
 
     mq = top.table("mqtt")

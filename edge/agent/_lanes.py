@@ -89,7 +89,8 @@ class _Lanes:
         token = FileToken(cloud.token_file) if cloud.token_file else None
         # The call's timeout, retries and breaker are policy.toml's [offload] keys.
         source = _PolicySource(self)
-        client = offload_client(cloud.url, settings=source.config.offload, token=token)
+        client = offload_client(cloud.url, protocol=cloud.protocol, token=token,
+                                settings=source.config.offload)
         source = _PolicySource(self, client)
         try:
             executor = Executor(plan, Path(plan_path).parent, self.profile,
