@@ -99,6 +99,10 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     from cloud import InferenceService, create_app
 
     service = InferenceService(dynamic_batching=False)
+    from edge.agent._metrics import AgentCollector
+
+    # the device's own figures (decisions, fallbacks, link, energy, power) on /metrics
+    service.metrics.registry.register(AgentCollector(agent))
     registered: set[str] = set()
     lock = threading.Lock()
 
