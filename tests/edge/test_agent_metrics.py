@@ -66,7 +66,8 @@ def test_agent_offloads_over_grpc_and_exports_device_metrics(
                 if served >= 4:
                     break
                 time.sleep(0.05)
-            assert served == 4
+            assert served >= 4  # (and the executor's link probes, when it sent any)
+            before = _samples(httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=10).text)
             cloud.stop()  # the cloud goes: the device answers, and says so
             for _ in range(3):
                 out = agent.infer("squeezenet", x)
@@ -76,9 +77,14 @@ def test_agent_offloads_over_grpc_and_exports_device_metrics(
         cloud.stop()
         service.close()
         agent.close()
-    decided = {dict(k[1])["plan"]: v for k, v in got.items()
-               if k[0] == "edgecut_agent_decisions_total"}
-    assert sum(decided.values()) == 7 and "local" not in decided, decided
+    def decided(samples: dict) -> dict[str, float]:
+        return {dict(k[1])["plan"]: v for k, v in samples.items()
+                if k[0] == "edgecut_agent_decisions_total"}
+
+    # all four planned remote while the cloud was up; seven in all (once the breaker
+    # opens after the cloud went, the policy may plan local)
+    assert sum(decided(before).values()) == 4 and "local" not in decided(before)
+    assert sum(decided(got).values()) == 7, decided(got)
     m = (("model", "squeezenet"),)
     assert got[("edgecut_agent_fallbacks_total", m)] >= 1
     assert got.get(("edgecut_agent_errors_total", m), 0) == 0
