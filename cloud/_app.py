@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from cloud._auth import Principal, TokenVerifier
+from cloud._conn import Peer
 from cloud._deferred import after_answer
 from cloud._service import InferenceService, InferResult
-from cloud._shm import SharedMemoryRegistry
+from cloud._shm import Caller, SharedMemoryRegistry
 from cloud.errors import (
     CloudError,
     Forbidden,
@@ -74,10 +75,16 @@ class _App:
         max_in_flight: int,
         max_pending_bytes: int,
         shared_memory: bool = False,
+        shm_allowed_uids: tuple[int, ...] = (),
+        metrics: bool = True,
+        max_bytes_elements: int = 1 << 20,
     ) -> None:
         self.service = service
         # The system shared memory extension: on for servers that only local clients reach.
-        self.shm = SharedMemoryRegistry() if shared_memory else None
+        self.shm = SharedMemoryRegistry(allowed_uids=shm_allowed_uids) if shared_memory else None
+        self.metrics = metrics
+        self.max_bytes_elements = max_bytes_elements
+        self._profiling = False  # one profile at a time: each takes every core it is given
         self.max_in_flight = max_in_flight
         self._in_flight = 0
         self.max_pending_bytes = max_pending_bytes
@@ -121,7 +128,7 @@ class _App:
                     f"server is at its limit of {self.max_in_flight} requests in progress; retry later"
                 )
             status, body, extra = await self._route(method, path, headers, receive, request_id,
-                                                    held, scope.get("client"))
+                                                    held, _peer(scope))
         except _Disconnected:
             return  # the client is gone; nothing to answer
         except CloudError as exc:
@@ -145,7 +152,7 @@ class _App:
 
     # ------------------------------------------------------------------ the lane
 
-    def serve_now(self, model: str, headers: dict[str, str], body: bytes
+    def serve_now(self, model: str, headers: dict[str, str], body: bytes, peer: Peer | None = None
                   ) -> tuple[int, bytes, list] | Coroutine[Any, Any, tuple[int, bytes, list]] | None:
         """``POST /v2/models/{model}/infer`` with its body read, served without a task.
 
@@ -161,17 +168,24 @@ class _App:
         path = f"/v2/models/{model}/infer"
         if (headers.get("content-encoding", "identity") != "identity"
                 or (HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES)
-                or self._in_flight >= self.max_in_flight or len(body) > self.max_body_bytes):
+                or self._in_flight >= self.max_in_flight or len(body) > self.max_body_bytes
+                or (len(body) > _OFFLOAD_JSON_BYTES and self.service.takes_bytes(model, None))):
             return None
         try:
-            request = decode_infer_request(body, headers, shared_memory=self.shm)
+            # Who may use the model first: nothing is decoded for a refused caller (the
+            # ordinary route then answers the refusal).
+            principal = self._principal(headers)
+            if principal is not None:
+                principal.require(model)
+            request = decode_infer_request(
+                body, headers, shared_memory=self._shm_view(principal, peer),
+                check=self.service.input_check(model, None, self.max_bytes_elements))
         except CloudError:
             return None
         if any("shared_memory_region" in o.parameters for o in request.outputs or ()):
             return None
         self._in_flight += 1
         try:
-            self._scoped(headers, model)
             result = self.service.infer_now(model, request)
         except CloudError as exc:
             return self._final(*self._error(exc, "POST", path, request_id), request_id)
@@ -273,7 +287,6 @@ class _App:
                 raise ProtocolError(f"Content-Length must be an integer, got {declared!r}") from None
             if size > limit:
                 raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
-            self._hold(held, size)  # before reading: a refused body is never read
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -285,8 +298,9 @@ class _App:
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                if size is None or total > size:
-                    self._hold(held, len(chunk))  # chunked, or more than declared
+                # Held as it arrives, not as declared: a client that declares 64 MB and
+                # sends one byte holds one byte of the budget.
+                self._hold(held, len(chunk))
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -327,6 +341,26 @@ class _App:
             return None
         return self.verifier.verify(headers.get("authorization"))
 
+    def _caller(self, principal: Principal | None, peer: Peer | None) -> Caller:
+        """The shared memory identity of a request: its token's subject when auth is on,
+        else the Unix-socket peer's uid, else the peer's address."""
+        peer = peer or Peer("unknown")
+        uid = peer.uid if peer.address is None else None
+        if principal is not None:
+            name = f"sub:{principal.subject}"
+        elif peer.address is None:
+            if uid is None:
+                raise Forbidden("system shared memory: the Unix-socket peer's uid is unknown")
+            name = f"uid:{uid}"
+        else:
+            name = f"addr:{peer.address}"
+        return Caller(name, uid, peer.local)
+
+    def _shm_view(self, principal: Principal | None, peer: Peer | None) -> Any:
+        if self.shm is None:
+            return None
+        return _LazyView(self, principal, peer)
+
     def _scoped(self, headers: dict[str, str], model: str) -> None:
         principal = self._principal(headers)
         if principal is not None:
@@ -340,10 +374,10 @@ class _App:
 
     async def _route(self, method: str, path: str, headers: dict[str, str], receive: Receive,
                      request_id: str, held: list[int],
-                     client: Any = None) -> tuple[int, bytes, list]:
+                     peer: Peer | None = None) -> tuple[int, bytes, list]:
         parts = path.strip("/").split("/")
         n = len(parts)
-        if parts == ["metrics"]:
+        if parts == ["metrics"] and self.metrics:
             _allow(method, "GET")
             if self.metrics_require_auth:
                 self._principal(headers)
@@ -366,7 +400,7 @@ class _App:
             ready = self.service.ready
             return (200 if ready else 503), _json({"ready": ready}), _JSON
         if section == "systemsharedmemory" and self.shm is not None:
-            return await self._shared_memory(method, path, parts, headers, receive, held, client)
+            return await self._shared_memory(method, path, parts, headers, receive, held, peer)
         if section == "models":
             if n == 3 and parts[2] == "stats":
                 _allow(method, "GET")
@@ -388,8 +422,10 @@ class _App:
                 raise NotFound(f"no endpoint {path!r}")
             if action == "infer":
                 _allow(method, "POST")
-                self._scoped(headers, model)
-                return await self._infer(model, version, headers, receive, held)
+                principal = self._principal(headers)
+                if principal is not None:
+                    principal.require(model)
+                return await self._infer(model, version, headers, receive, held, principal, peer)
             self._scoped(headers, model)
             if action == "":
                 _allow(method, "GET")
@@ -409,6 +445,9 @@ class _App:
                 return 200, _json(self.service.statistics(model, version)), _JSON
             if action == "profile":
                 _allow(method, "POST")
+                principal = self._principal(headers)
+                if principal is not None:
+                    principal.require_admin()
                 return await self._profile(model, version, headers, receive, held)
             raise NotFound(f"no endpoint {path!r}")
         if section == "repository":
@@ -433,37 +472,45 @@ class _App:
                 if not isinstance(params, dict):
                     raise ProtocolError("'parameters' must be an object")
                 if parts[4] == "load":
-                    await asyncio.to_thread(self.service.load, model, params)
+                    await _off_loop(functools.partial(self.service.load, model, params))
                 else:
                     version = params.get("version")
                     if version is not None and not isinstance(version, str):
                         raise ProtocolError("unload parameter 'version' must be a string")
-                    await asyncio.to_thread(self.service.unload, model, version)
+                    await _off_loop(functools.partial(self.service.unload, model, version))
                 return 200, b"", _JSON
         raise NotFound(f"no endpoint {path!r}")
 
     async def _infer(self, model: str, version: str | None, headers: dict[str, str],
-                     receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
+                     receive: Receive, held: list[int], principal: Principal | None,
+                     peer: Peer | None) -> tuple[int, bytes, list]:
         self.service.require(model, version)  # 404 before reading a body for nothing
         body = await self._body(headers, receive, held)
-        if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
-            request = await asyncio.to_thread(decode_infer_request, body, headers,
-                                              shared_memory=self.shm)
+        shm = self._shm_view(principal, peer)
+        # Datatypes, shapes and element counts are checked against the model before any
+        # tensor is decoded, so a request the model cannot take costs nothing to refuse.
+        check = self.service.input_check(model, version, self.max_bytes_elements)
+        # On the loop only what costs O(tensors): binary numeric tensors (a view of the
+        # body). JSON and BYTES bodies of any size go to a thread.
+        if len(body) > _OFFLOAD_JSON_BYTES and (HEADER_LENGTH.lower() not in headers
+                                                or self.service.takes_bytes(model, version)):
+            request = await _off_loop(functools.partial(
+                decode_infer_request, body, headers, shared_memory=shm, check=check))
         else:
-            request = decode_infer_request(body, headers, shared_memory=self.shm)
+            request = decode_infer_request(body, headers, shared_memory=shm, check=check)
         to_shm = {o.name: o.parameters for o in request.outputs or ()
                   if "shared_memory_region" in o.parameters}
         if to_shm:
-            if self.shm is None:
+            if shm is None:
                 raise ProtocolError(f"output {next(iter(to_shm))!r}: names shared_memory_region "
                                     "but this server has the system shared memory extension off")
             for oname, oparams in to_shm.items():
-                self.shm.check_output(oname, oparams)  # before spending the inference
+                shm.check_output(oname, oparams)  # before spending the inference
         result = await self.service.infer(model, version, request)
         placed = {}
         for oname, oparams in to_shm.items():
             if oname in result.outputs:
-                size = self.shm.write(oname, result.outputs[oname], oparams)
+                size = shm.write(oname, result.outputs[oname], oparams)
                 placed[oname] = {"shared_memory_region": oparams["shared_memory_region"],
                                  "shared_memory_byte_size": size}
         binary = [name for name in result.outputs
@@ -473,7 +520,7 @@ class _App:
         kwargs = {"model_version": result.version, "request_id": request.id, "binary": binary,
                   "shared_memory": placed}
         if json_elements > _OFFLOAD_JSON_ELEMENTS:
-            out, out_headers = await asyncio.to_thread(
+            out, out_headers = await _off_loop(
                 functools.partial(encode_infer_response, model, result.outputs, **kwargs))
         else:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
@@ -481,37 +528,38 @@ class _App:
 
     async def _shared_memory(self, method: str, path: str, parts: list[str],
                              headers: dict[str, str], receive: Receive, held: list[int],
-                             client: Any) -> tuple[int, bytes, list]:
-        """``/v2/systemsharedmemory/...``: register, unregister and status (as Triton)."""
+                             peer: Peer | None) -> tuple[int, bytes, list]:
+        """``/v2/systemsharedmemory/...``: register, unregister and status (as Triton), each
+        on the caller's own regions only."""
         assert self.shm is not None
-        if client is not None and client[0] not in ("127.0.0.1", "::1", "localhost"):
-            # Only a process on this host can share memory with the server; a remote peer
-            # must not map (or have outputs written into) this host's shm objects.
+        # Only a process on this host can share memory with the server; a remote peer
+        # must not map (or have outputs written into) this host's shm objects.
+        caller = self._caller(self._principal(headers), peer)
+        if not caller.local:
             raise Forbidden(
-                f"system shared memory is for clients on this host only, not {client[0]}")
-        self._principal(headers)
+                f"system shared memory is for clients on this host only, not {caller.principal}")
         n = len(parts)
         if n == 3 and parts[2] == "status":
             _allow(method, "GET")
-            return 200, _json(self.shm.status()), _JSON
+            return 200, _json(self.shm.status(None, caller)), _JSON
         if n == 3 and parts[2] == "unregister":
             _allow(method, "POST")
-            self.shm.unregister()
+            self.shm.unregister(None, caller)
             return 200, b"", _JSON
         if n == 5 and parts[2] == "region" and parts[3]:
             name, action = parts[3], parts[4]
             if action == "status":
                 _allow(method, "GET")
-                return 200, _json(self.shm.status(name)), _JSON
+                return 200, _json(self.shm.status(name, caller)), _JSON
             if action == "unregister":
                 _allow(method, "POST")
-                self.shm.unregister(name)
+                self.shm.unregister(name, caller)
                 return 200, b"", _JSON
             if action == "register":
                 _allow(method, "POST")
                 body = await self._json_body(headers, receive, held)
-                # Opening and mapping a file: off the event loop, it may touch the disk.
-                await asyncio.to_thread(self.shm.register, name, body)
+                # Opening a file: off the event loop, it may touch the disk.
+                await _off_loop(functools.partial(self.shm.register, name, body, caller))
                 return 200, b"", _JSON
         raise NotFound(f"no endpoint {path!r}")
 
@@ -526,12 +574,60 @@ class _App:
                 raise ProtocolError(f"profile '{key}' must be an integer in 1..{top}, got {value!r}")
         if shapes is not None and not (
             isinstance(shapes, dict)
-            and all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v)
+            and all(isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                and d > 0 for d in v)
                     for v in shapes.values())
         ):
             raise ProtocolError("profile 'shapes' must map input names to lists of positive integers")
-        result = await self.service.profile(model, version, runs, batch, shapes)
+        if self._profiling:
+            raise Overloaded("a profile is already running; one runs at a time, retry later")
+        self._profiling = True
+        try:
+            result = await self.service.profile(model, version, runs, batch, shapes)
+        finally:
+            self._profiling = False
         return 200, _json(result), _JSON
+
+
+class _LazyView:
+    """A request's view of the shared memory registry, resolved on first use (most
+    requests carry no region, and need no caller identity)."""
+
+    __slots__ = ("_app", "_principal", "_peer", "_view")
+
+    def __init__(self, app: _App, principal: Principal | None, peer: Peer | None) -> None:
+        self._app, self._principal, self._peer, self._view = app, principal, peer, None
+
+    def _get(self) -> Any:
+        if self._view is None:
+            assert self._app.shm is not None
+            self._view = self._app.shm.for_caller(self._app._caller(self._principal, self._peer))
+        return self._view
+
+    def read(self, *args: Any) -> Any:
+        return self._get().read(*args)
+
+    def check_output(self, *args: Any) -> None:
+        self._get().check_output(*args)
+
+    def write(self, *args: Any) -> int:
+        return self._get().write(*args)
+
+
+def _peer(scope: Scope) -> Peer | None:
+    """The connection's peer: from the guarded protocol, else from the ASGI client."""
+    peer = scope.get("edgecut.peer")
+    if peer is not None:
+        return peer
+    client = scope.get("client")
+    if client:
+        return Peer(str(client[0]))
+    return None  # a Unix socket without the guarded protocol: no uid known
+
+
+async def _off_loop(call: Callable[[], Any]) -> Any:
+    # run_in_executor rather than asyncio.to_thread: the agent runs on Python 3.8.
+    return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 def _allow(method: str, allowed: str) -> None:
@@ -548,6 +644,9 @@ def create_app(
     max_in_flight: int = 512,
     max_pending_bytes: int = 512 * 1024 * 1024,
     shared_memory: bool = False,
+    shm_allowed_uids: tuple[int, ...] = (),
+    metrics: bool = True,
+    max_bytes_elements: int = 1 << 20,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
@@ -560,7 +659,11 @@ def create_app(
     (counted from ``Content-Length`` before reading); beyond it a request gets 503.
     ``shared_memory``: serve the system shared memory extension (``/v2/systemsharedmemory``,
     inputs and outputs in ``/dev/shm`` regions); only requests from loopback or Unix-socket
-    peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket.
+    peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket. A
+    region belongs to who registered it (see :mod:`cloud._shm`); ``shm_allowed_uids``: the
+    owners, besides the server's own uid, whose files TCP loopback clients may register.
+    ``metrics``: serve ``/metrics`` here (off when it has its own port). ``max_bytes_elements``:
+    the most BYTES elements one input may have.
     """
     if verifier is None:
         log.warning("AUTH IS OFF: every client may use every model and change the repository")
@@ -569,5 +672,6 @@ def create_app(
     if max_pending_bytes < max_body_bytes:
         raise ValueError("max_pending_bytes must be at least max_body_bytes")
     return _App(service, verifier, max_body_bytes, metrics_require_auth, max_in_flight,
-                max_pending_bytes, shared_memory)
+                max_pending_bytes, shared_memory, tuple(shm_allowed_uids), metrics,
+                max_bytes_elements)
 

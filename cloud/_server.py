@@ -4,6 +4,7 @@ the edge agent), plus structured JSON logging."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -13,7 +14,11 @@ from typing import Any
 
 import uvicorn
 
+from cloud._conn import ConnectionLimits, guarded_protocol
+
 __all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "uvicorn_config"]
+
+log = logging.getLogger("edgecut.cloud.http")
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -64,28 +69,46 @@ def _raise_body_high_water() -> None:
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
-                   limit_concurrency: int | None = 1024, backlog: int = 2048,
-                   log_level: str = "warning") -> uvicorn.Config:
+                   limits: ConnectionLimits | None = None,
+                   limit_concurrency: int | None = None, backlog: int = 2048,
+                   log_level: str = "warning", base_protocol: type | None = None,
+                   uds: str | None = None) -> uvicorn.Config:
     """uvicorn settings for the service: httptools and uvloop when installed, no access
-    log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and a
-    cap on concurrent connections that answers 503 beyond it (bounded memory)."""
+    log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and
+    the connection limits of :mod:`cloud._conn` (``limits``; ``limit_concurrency``, if
+    given, sets its ``max_connections``).
+
+    ``base_protocol``: a subclass of uvicorn's httptools protocol to guard instead of the
+    plain one (the local API's fast lane). ``uds``: listen on this Unix socket instead.
+    """
+    limits = limits or ConnectionLimits()
+    if limit_concurrency is not None:
+        limits = dataclasses.replace(limits, max_connections=limit_concurrency)
     try:
         import uvloop  # noqa: F401
 
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
+    http: Any
     try:
-        import httptools  # noqa: F401
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        http = "httptools"
         _raise_body_high_water()
+        http = guarded_protocol(base_protocol or HttpToolsProtocol, limits)
     except ImportError:
+        # Without httptools only uvicorn's own limits apply (h11 bounds the head's size).
         http = "h11"
+        log.warning("httptools is not installed: header and body timeouts and the "
+                    "per-client connection cap are off (pip install httptools)")
+    # The connection cap is the guard's (new connections beyond it are refused while the
+    # open ones keep being served), not uvicorn's limit_concurrency (which answered 503 to
+    # every request once idle connections filled it).
     return uvicorn.Config(
-        app, host=host, port=port, loop=loop, http=http, lifespan="on", access_log=False,
-        log_config=None, log_level=log_level, limit_concurrency=limit_concurrency,
-        backlog=backlog, timeout_keep_alive=30,
+        app, host=host, port=port, uds=uds, loop=loop, http=http, lifespan="on", access_log=False,
+        log_config=None, log_level=log_level, limit_concurrency=None,
+        backlog=backlog, timeout_keep_alive=max(1, int(round(limits.keep_alive_timeout_s))),
+        h11_max_incomplete_event_size=limits.max_header_bytes or None,
     )
 
 
@@ -100,7 +123,8 @@ class ServerThread:
         self.config = uvicorn_config(app, host, port, **kwargs)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, name="edgecut-uvicorn", daemon=True)
-        self.url = f"http://{host}:{port}"
+        uds = kwargs.get("uds")
+        self.url = f"unix://{uds}" if uds else f"http://{host}:{port}"
 
     def _run(self) -> None:
         if self.config.loop == "uvloop":

@@ -18,9 +18,10 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,11 @@ class _Model:
         return max(self.versions, key=_version_key)
 
 
+_VERSION_RE = re.compile(r"^[0-9]{1,18}$")
+
+
 def _version_key(version: str) -> tuple[int, int | str]:
-    return (0, int(version)) if version.isdigit() else (1, version)
+    return (0, int(version)) if _VERSION_RE.match(version) else (1, version)
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,9 @@ class InferenceService:
         default_max_queue_delay_us: int = 0,
         ort_spinning: bool = True,
         metrics: Metrics | None = None,
+        profile_max_elements: int = 1 << 24,
     ) -> None:
+        self.profile_max_elements = profile_max_elements
         self.repository = Path(repository) if repository is not None else None
         if self.repository is not None and not self.repository.is_dir():
             raise RepositoryError(f"model repository {self.repository} is not a directory")
@@ -188,6 +194,7 @@ class InferenceService:
         self.metrics = metrics or Metrics()
         self._models: dict[str, _Model] = {}
         self._failed: dict[str, str] = {}  # model -> why its last load failed
+        self._skipped: dict[str, list[str]] = {}  # model -> version folders passed over
         self._lock = threading.RLock()  # serializes loads and unloads, not requests
         self._closed = False
 
@@ -202,7 +209,21 @@ class InferenceService:
                 loaded.append(name)
             except CloudError as exc:
                 log.error("model %s failed to load: %s", name, exc, extra={"model": name})
+            except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+                log.exception("model %s failed to load", name, extra={"model": name})
+                with self._lock:
+                    self._failed[name] = f"{type(exc).__name__}: {exc}"
         return loaded
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """Models whose last load failed, and version folders skipped: ``{model: why}``
+        (what ``edgecut serve --exit-on-error`` exits on)."""
+        out = dict(self._failed)
+        for name, skipped in self._skipped.items():
+            if skipped:
+                out[name] = "; ".join([*([out[name]] if name in out else []), *skipped])
+        return out
 
     def close(self) -> None:
         """Unload everything (queued requests finish first)."""
@@ -328,6 +349,9 @@ class InferenceService:
             elif not ready_only:
                 reason = self._failed.get(name, "")
                 entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason or "unloaded"})
+            if not ready_only:
+                for why in self._skipped.get(name, ()):
+                    entries.append({"name": name, "state": "UNAVAILABLE", "reason": why})
         return entries
 
     def load(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
@@ -355,6 +379,9 @@ class InferenceService:
                 if not isinstance(exc, NotFound):
                     self._failed[name] = str(exc)
                 raise
+            except (OSError, ValueError) as exc:  # an unreadable folder or file
+                self._failed[name] = f"{type(exc).__name__}: {exc}"
+                raise RepositoryError(f"model {name!r} failed to load: {exc}") from exc
 
     def _load_locked(self, name: str, model_dir: Path, params: dict[str, Any]) -> None:
         if not model_dir.is_dir():
@@ -365,10 +392,22 @@ class InferenceService:
                 f"{model_dir / 'config.pbtxt'}: name {config.name!r} does not match the folder {name!r}"
             )
         filename = config.default_model_filename
-        available = [
-            int(p.name) for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
-        ]
+        available = []
+        skipped = []
+        for p in sorted(model_dir.iterdir()):
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            if not _VERSION_RE.match(p.name):
+                # str.isdigit() takes '²' and '١' (which int() then refuses or reads):
+                # a version folder is ASCII digits, anything else is skipped and reported.
+                skipped.append(f"version folder {p.name!r} is not ASCII digits; skipped")
+            elif not (p / filename).is_file():
+                skipped.append(f"version {p.name} has no {filename}; skipped")
+            else:
+                available.append(int(p.name))
+        for why in skipped:
+            log.warning("model %s: %s", name, why, extra={"model": name})
+        self._skipped[name] = skipped
         wanted = config.version_policy.select(available)
         if not wanted:
             raise RepositoryError(
@@ -469,6 +508,11 @@ class InferenceService:
                 per.add(record.compute_s)
             metrics.batch.observe(record.size)
             metrics.compute.observe(record.compute_s)
+            if record.reruns:
+                self.metrics.batch_reruns.labels(name, version).inc(record.reruns)
+                log.warning("model %s:%s: a batch of %d requests failed; reran each alone, "
+                            "%d failed alone", name, version, record.reruns,
+                            record.failed_alone, extra={"model": name})
 
         batcher = Batcher(runtimes, settings, on_batch, name=f"{name}:{version}")
         signature = tuple(
@@ -511,6 +555,34 @@ class InferenceService:
     def require(self, name: str, version: str | None = None) -> None:
         """Raise ``NotFound``/``ModelNotReady`` unless ``name`` (``version``) can serve."""
         self._version(name, version)
+
+    def input_check(self, name: str, version: str | None, max_bytes_elements: int
+                    ) -> Callable[[str, str, tuple[int, ...]], None] | None:
+        """A check of one input's ``(name, datatype, shape)`` against the model, for the
+        decoder to call before it decodes the input's data (``None``: an unknown model,
+        which the service refuses later). BYTES inputs may have at most
+        ``max_bytes_elements`` elements."""
+        model = self._models.get(name)
+        if model is None:
+            return None
+        if version is None:
+            targets = list(model.versions.values())  # routing may pick any of them
+        elif version in model.versions:
+            targets = [model.versions[version]]
+        else:
+            return None
+        if not targets:
+            return None
+        return functools.partial(_check_input, name, targets, max_bytes_elements)
+
+    def takes_bytes(self, name: str, version: str | None) -> bool:
+        """Whether the model (any loaded version when ``version`` is None) has BYTES inputs."""
+        model = self._models.get(name)
+        if model is None:
+            return False
+        versions = model.versions.values() if version is None else [
+            v for k, v in model.versions.items() if k == version]
+        return any(dtype.kind == "O" for v in versions for _n, dtype, _s in v.signature)
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
@@ -783,8 +855,72 @@ class InferenceService:
             raise ProtocolError(f"model {name!r} is not an ONNX model; only ONNX models can be profiled")
         if batch < 1:
             raise ProtocolError(f"profile batch must be >= 1, got {batch}")
-        result = await asyncio.to_thread(runtime.profile, runs, batch, 2, shapes)
+        _check_profile_shapes(name, runtime, batch, shapes or {}, self.profile_max_elements)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            None, functools.partial(runtime.profile, runs, batch, 2, shapes))
         return {"model": name, "version": target.version, **result}
+
+
+def _check_input(model: str, targets: list[_Version], max_bytes_elements: int, tensor: str,
+                 datatype: str, shape: tuple[int, ...]) -> None:
+    if datatype == "BYTES":
+        count = 1
+        for d in shape:
+            count *= d
+        if count > max_bytes_elements:
+            raise ProtocolError(
+                f"input {tensor!r}: {count} BYTES elements exceed the limit of "
+                f"{max_bytes_elements}")
+    dtype = DATATYPES.get(datatype)
+    why = ""
+    for target in targets:
+        for name, expected, dims in target.signature:
+            if name != tensor:
+                continue
+            if expected != dtype:
+                why = (f"input {tensor!r}: expected datatype {_datatype_name(expected)}, "
+                       f"got {datatype}")
+            elif len(dims) != len(shape) or not _dims_match(dims, shape,
+                                                              target.max_batch_size > 0):
+                why = f"input {tensor!r}: expected shape {list(dims)}, got {list(shape)}"
+            else:
+                return
+            break
+        else:
+            why = why or (f"model {model!r} has no input {tensor!r}; expected "
+                          f"{[n for n, _d, _s in target.signature]}")
+    raise ProtocolError(why)
+
+
+def _check_profile_shapes(name: str, runtime: OnnxRuntime, batch: int,
+                          shapes: Mapping[str, Sequence[int]], max_elements: int) -> None:
+    """Refuse profile shapes the model cannot take, or inputs too large to allocate."""
+    metas = {m.name: m for m in runtime.inputs}
+    unknown = [k for k in shapes if k not in metas]
+    if unknown:
+        raise ProtocolError(f"profile of {name!r}: no input {unknown[0]!r}; inputs are "
+                            f"{list(metas)}")
+    batched = runtime.max_batch_size > 0
+    total = 0
+    for meta in runtime.inputs:
+        dims = list(meta.shape)
+        if meta.name in shapes:
+            shape = list(shapes[meta.name])
+            if len(shape) != len(dims) or not _dims_match(tuple(dims), tuple(shape), batched):
+                raise ProtocolError(f"profile of {name!r}: input {meta.name!r} takes shape "
+                                    f"{dims} (-1: any), got {shape}")
+        else:
+            if batched and dims:
+                dims[0] = batch
+            shape = [d if d >= 0 else 1 for d in dims]
+        count = 1
+        for d in shape:
+            count *= d
+        total += count
+    if total > max_elements:
+        raise ProtocolError(f"profile of {name!r}: inputs of {total} elements exceed the "
+                            f"limit of {max_elements}")
 
 
 def _peek_default(model: _Model) -> _Version:
@@ -797,7 +933,8 @@ def _peek_default(model: _Model) -> _Version:
 
 
 def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], batched: bool) -> bool:
-    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+    for i in range(len(expected)):  # lengths compared by the caller (no zip strict on 3.8)
+        e, g = expected[i], got[i]
         if batched and i == 0:
             continue
         if e >= 0 and e != g:

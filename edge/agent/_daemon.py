@@ -1032,15 +1032,15 @@ class AgentServer:
         self.app, self.service, self.inner_app = build_app(agent)
         inner = self.inner_app
         self.sockets = _sockets(agent.config)
-        config = uvicorn_config(self.app)
         # The fast lane: the same answers, with inline inferences served inside the HTTP
         # protocol (``lane.answered`` counts them); None without httptools or when off.
+        # Either way the protocol is wrapped in the cloud server's connection limits.
         self.lane: Any = None
-        if agent.config.api.fast_lane and config.http == "httptools":
+        if agent.config.api.fast_lane:
             from cloud._lane import lane_protocol
 
             self.lane = lane_protocol(inner, timing="agent")
-            config.http = self.lane or config.http
+        config = uvicorn_config(self.app, base_protocol=self.lane)
         config.timeout_graceful_shutdown = int(max(1, round(agent.config.shutdown_grace_s)))
         config.lifespan = "off"
         self.config = config
