@@ -864,14 +864,6 @@ class InferenceService:
 
 def _check_input(model: str, targets: list[_Version], max_bytes_elements: int, tensor: str,
                  datatype: str, shape: tuple[int, ...]) -> None:
-    if datatype == "BYTES":
-        count = 1
-        for d in shape:
-            count *= d
-        if count > max_bytes_elements:
-            raise ProtocolError(
-                f"input {tensor!r}: {count} BYTES elements exceed the limit of "
-                f"{max_bytes_elements}")
     dtype = DATATYPES.get(datatype)
     why = ""
     for target in targets:
@@ -885,12 +877,23 @@ def _check_input(model: str, targets: list[_Version], max_bytes_elements: int, t
                                                               target.max_batch_size > 0):
                 why = f"input {tensor!r}: expected shape {list(dims)}, got {list(shape)}"
             else:
-                return
+                why = ""
             break
         else:
-            why = why or (f"model {model!r} has no input {tensor!r}; expected "
-                          f"{[n for n, _d, _s in target.signature]}")
-    raise ProtocolError(why)
+            why = (f"model {model!r} has no input {tensor!r}; expected "
+                   f"{[n for n, _d, _s in target.signature]}")
+        if not why:
+            break
+    if why:
+        raise ProtocolError(why)
+    if datatype == "BYTES":
+        count = 1
+        for d in shape:
+            count *= d
+        if count > max_bytes_elements:
+            raise ProtocolError(
+                f"input {tensor!r}: {count} BYTES elements exceed the limit of "
+                f"{max_bytes_elements}")
 
 
 def _check_profile_shapes(name: str, runtime: OnnxRuntime, batch: int,

@@ -945,7 +945,8 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
 
     sync()
     agent.model_listeners.append(sync)
-    inner = create_app(service, shared_memory=agent.config.api.shared_memory)
+    inner = create_app(service, shared_memory=agent.config.api.shared_memory,
+                       shm_allowed_uids=agent.config.api.shm_allow_uids)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/agent/status":
@@ -1040,7 +1041,8 @@ class AgentServer:
             from cloud._lane import lane_protocol
 
             self.lane = lane_protocol(inner, timing="agent")
-        config = uvicorn_config(self.app, base_protocol=self.lane)
+        config = uvicorn_config(self.app, base_protocol=self.lane,
+                                limits=agent.config.api.connection_limits())
         config.timeout_graceful_shutdown = int(max(1, round(agent.config.shutdown_grace_s)))
         config.lifespan = "off"
         self.config = config

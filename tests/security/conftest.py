@@ -73,6 +73,21 @@ def public_dir() -> Iterator[Path]:
     path.rmdir()
 
 
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, bytes]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "k.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return folder, private
+
+
 class ServeProcess:
     """`edgecut serve` in a child process, with its URL and a liveness check."""
 

@@ -136,21 +136,6 @@ def test_truncated_region_is_a_400_not_a_sigbus(serve_process, repo, shm_file):
     assert _infer_shm(server.url, "victim").status_code == 200
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Path, bytes]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    folder = tmp_path / "keys"
-    folder.mkdir()
-    (folder / "k.pem").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return folder, private
-
-
 def test_regions_belong_to_the_token_that_registered_them(serve_process, repo, shm_file, keys):
     """Tenant A's token cannot list, read, write or unregister tenant B's region."""
     folder, private = keys
