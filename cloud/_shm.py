@@ -273,7 +273,7 @@ class _CallerView:
     def read(self, tensor: str, datatype: str, shape: tuple[int, ...],
              params: Mapping[str, Any]) -> np.ndarray:
         """Input ``tensor``, copied out of its region with ``pread``."""
-        from cloud.protocol import DATATYPES, _decode_bytes_elements
+        from cloud._tensors import DATATYPES, decode_bytes_elements
 
         region, start, size = self._window(tensor, params)
         count = 1
@@ -299,7 +299,7 @@ class _CallerView:
                     "truncated?")
             done += got
         if datatype == "BYTES":
-            return _decode_bytes_elements(tensor, view, count).reshape(shape)
+            return decode_bytes_elements(tensor, view, count).reshape(shape)
         array = buf.view(DATATYPES[datatype]).reshape(shape)
         if datatype == "BOOL" and array.size and np.any(buf > 1):
             raise ProtocolError(f"tensor {tensor!r}: BOOL bytes must be 0 or 1")

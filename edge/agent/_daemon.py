@@ -1027,7 +1027,7 @@ class AgentServer:
     def __init__(self, agent: Agent) -> None:
         import uvicorn
 
-        from cloud._server import uvicorn_config
+        from cloud.http._server import uvicorn_config
 
         self.agent = agent
         self.app, self.service, self.inner_app = build_app(agent)
@@ -1038,7 +1038,7 @@ class AgentServer:
         # Either way the protocol is wrapped in the cloud server's connection limits.
         self.lane: Any = None
         if agent.config.api.fast_lane:
-            from cloud._lane import lane_protocol
+            from cloud.http._lane import lane_protocol
 
             self.lane = lane_protocol(inner, timing="agent")
         config = uvicorn_config(self.app, base_protocol=self.lane,

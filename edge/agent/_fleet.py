@@ -15,6 +15,13 @@ has finished (on disk, so a restart remembers them too) and answers a redelivere
 the stored final ack instead of running it again. Payloads that are too large, not JSON,
 or of the wrong shape get an error ack and change nothing. docs/mqtt.md has the schemas.
 
+Everything that arrives is hostile until checked (docs/mqtt.md, "Trust model"): a
+payload over ``mqtt.max_payload_bytes`` is refused before it is queued (and with MQTT 5
+the broker is told the limit at connect, so it never sends one); the queues are bounded
+by their payload bytes; a retained message on a command topic is refused (only status is
+retained, so a command left on the broker is not run by every device that connects
+later); an MQTT 5 response topic must lie under ``P/D/reply/``.
+
 Telemetry goes through :class:`edge.agent._spool.TelemetrySpool`: a record is on disk before it
 is published and leaves the disk only when the broker has acknowledged it (QoS 2, so a
 re-send after a lost acknowledgement is not delivered twice), so an outage loses nothing
@@ -47,6 +54,10 @@ TELEMETRY_QOS = 2
 _FINAL_STEPS = ("committed", "rejected", "rolled_back", "superseded")
 _REMEMBER_IDS = 1000
 _MAX_QUEUED = 256
+# Bytes of an MQTT PUBLISH packet besides the payload: fixed header, topic, packet id and
+# properties; the limit told to the broker leaves room for them.
+_PACKET_OVERHEAD = 4096
+_RESTART_BACKOFF_S = 1.0
 
 
 class FleetHandler(Protocol):
@@ -135,6 +146,11 @@ class FleetLink:
         # Bounded: a flood of commands is answered "busy" rather than queued without end.
         self._commands: queue.Queue[tuple[Any, ...] | None] = queue.Queue(_MAX_QUEUED)
         self._deploys: queue.Queue[tuple[Any, ...] | None] = queue.Queue(_MAX_QUEUED)
+        self._queued_bytes = 0
+        self._queued_lock = threading.Lock()
+        # Worker threads restarted after an uncaught error (each one is logged).
+        self.restarts: dict[str, int] = {}
+        self.last_thread_error = ""
         self._reply = threading.local()
         self._threads: list[threading.Thread] = []
         self.telemetry_interval_s = config.telemetry_interval_s
@@ -201,6 +217,9 @@ class FleetLink:
 
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 7 * 24 * 3600
+            # The broker must not send this client a packet larger than it will accept.
+            props.MaximumPacketSize = min(self.config.max_payload_bytes + _PACKET_OVERHEAD,
+                                          268_435_455)
             kwargs = {"clean_start": False, "properties": props}
         self._client.connect_async(self.config.host, self.config.port,
                                    self.config.keepalive_s, **kwargs)
@@ -210,9 +229,36 @@ class FleetLink:
                              (self._deploy_worker, "fleet-deploys"),
                              (self._telemetry_sender, "fleet-telemetry"),
                              (self._telemetry_timer, "fleet-timer")):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            t = threading.Thread(target=self._supervised, args=(target, name), name=name,
+                                 daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _supervised(self, target: Callable[[], None], name: str) -> None:
+        """Run a worker loop; an uncaught error is logged, counted and the loop restarted.
+
+        The link never goes on half-alive: a telemetry thread that died would leave the
+        status saying "connected" while nothing is sent.
+        """
+        while not self._stop.is_set():
+            try:
+                target()
+                return
+            except Exception as exc:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self.last_thread_error = f"{name}: {type(exc).__name__}: {exc}"
+                log.exception(json.dumps({"event": "fleet_thread_restarted", "thread": name,
+                                          "restarts": self.restarts[name],
+                                          "error": f"{type(exc).__name__}: {exc}"}))
+                self._stop.wait(_RESTART_BACKOFF_S)
+
+    def health(self) -> dict[str, Any]:
+        """The link's own state for status and telemetry: threads, restarts, the spool."""
+        return {"threads_alive": sum(t.is_alive() for t in self._threads),
+                "threads": len(self._threads), "restarts": dict(self.restarts),
+                "last_thread_error": self.last_thread_error or None,
+                "spool_error": self.spool.error or None,
+                "spool_dropped": self.spool.dropped}
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish ``offline`` (retained), disconnect, and stop the threads.
@@ -259,7 +305,16 @@ class FleetLink:
             log.warning(json.dumps({"event": "mqtt_connect_failed", "reason": str(reason)}))
             return
         self.connects += 1
-        client.subscribe([(t, 1) for t in self._subscriptions()])
+        if self.config.protocol == "5":
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            # Retained commands are not sent at all (retainHandling 2), and a command
+            # published with the retain flag keeps it (retainAsPublished), so it is
+            # refused below even when it arrives live.
+            opts = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=2)
+            client.subscribe([(t, opts) for t in self._subscriptions()])
+        else:
+            client.subscribe([(t, 1) for t in self._subscriptions()])
         self.publish_status()
         self.connected.set()
         self._wake.set()
@@ -305,8 +360,11 @@ class FleetLink:
             record = {"error": f"telemetry failed: {type(exc).__name__}: {exc}"}
         record.setdefault("device_id", self.device_id)
         record.setdefault("ts", now_iso())
-        record["spool"] = {"pending": len(self.spool), "evicted": self.spool.evicted}
-        record["fleet"] = {"connects": self.connects, "rejected_messages": self.rejected_messages}
+        record["spool"] = {"pending": len(self.spool), "evicted": self.spool.evicted,
+                           "dropped": self.spool.dropped, "corrupt": self.spool.corrupt,
+                           "error": self.spool.error or None}
+        record["fleet"] = {"connects": self.connects, "rejected_messages": self.rejected_messages,
+                           "thread_restarts": sum(self.restarts.values())}
         seq, _ = self.spool.append(record)
         self._wake.set()
         return seq
@@ -373,23 +431,66 @@ class FleetLink:
                 break
         if kind is None:
             return
+        size = len(message.payload)
+        if message.retain:
+            self._refuse(kind, topic, message.payload,
+                         "refused: a retained message on a command topic is never run "
+                         "(publish commands without the retain flag, and clear it)")
+            return
+        limit = self.config.max_payload_bytes
+        if size > limit:
+            self._refuse(kind, topic, b"", f"refused: payload of {size} bytes exceeds the "
+                                           f"limit of {limit} (mqtt.max_payload_bytes)")
+            return
         # MQTT 5 request/response: an operator may name a response topic and correlation
         # data; the acks then also go there (the ack topics get them in any case).
         props = getattr(message, "properties", None)
-        reply = (getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None))
-        item = (kind, bytes(message.payload), topic, reply)
-        try:
-            (self._deploys if kind == "deploy" else self._commands).put_nowait(item)
-        except queue.Full:
-            self.rejected_messages += 1
-            self.ack(kind, {"id": None, "ok": False, "topic": topic,
-                            "error": f"busy: {_MAX_QUEUED} commands are already waiting"})
+        response = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        if response is not None and not self._response_topic_ok(response):
+            self._refuse(kind, topic, message.payload,
+                         f"refused: response topic {str(response)[:128]!r} is not under "
+                         f"'{self.base}/reply/'")
+            return
+        if correlation is not None and len(correlation) > 256:
+            correlation = None
+        item = (kind, bytes(message.payload), topic, (response, correlation))
+        with self._queued_lock:
+            busy = self._queued_bytes + size > self.config.max_queued_bytes
+            if not busy:
+                self._queued_bytes += size
+        if not busy:
+            try:
+                (self._deploys if kind == "deploy" else self._commands).put_nowait(item)
+                return
+            except queue.Full:
+                with self._queued_lock:
+                    self._queued_bytes -= size
+        self._refuse(kind, topic, message.payload,
+                     f"busy: {_MAX_QUEUED} commands or {self.config.max_queued_bytes} bytes "
+                     "(mqtt.max_queued_bytes) are already waiting")
+
+    def _response_topic_ok(self, topic: object) -> bool:
+        prefix = f"{self.base}/reply/"
+        return (isinstance(topic, str) and topic.startswith(prefix) and len(topic) <= 256
+                and len(topic) > len(prefix) and not any(c in topic for c in "+#\0"))
+
+    def _refuse(self, kind: str, topic: str, payload: bytes, error: str) -> None:
+        """Answer a message that is not queued (on paho's thread: no parsing of big data)."""
+        self.rejected_messages += 1
+        self.ack(kind, {"id": _peek_id(payload), "ok": False, "topic": topic, "error": error})
+        log.warning(json.dumps({"event": "fleet_refused", "topic": topic, "error": error}))
+
+    def _dequeued(self, item: tuple[Any, ...]) -> None:
+        with self._queued_lock:
+            self._queued_bytes -= len(item[1])
 
     def _command_worker(self) -> None:
         while True:
             item = self._commands.get()
             if item is None:
                 return
+            self._dequeued(item)
             self._handle(*item)
 
     def _deploy_worker(self) -> None:
@@ -397,6 +498,7 @@ class FleetLink:
             item = self._deploys.get()
             if item is None:
                 return
+            self._dequeued(item)
             self._handle(*item)
 
     def ack(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -445,14 +547,8 @@ class FleetLink:
             msg = self._decode(kind, payload)
         except FleetError as exc:
             self.rejected_messages += 1
-            cid = None
-            try:
-                raw = json.loads(payload.decode("utf-8")) if len(payload) <= 65536 else None
-                if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-                    cid = raw["id"][:_MAX_ID]
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                pass
-            self.ack(kind, {"id": cid, "ok": False, "error": str(exc), "topic": topic})
+            self.ack(kind, {"id": _peek_id(payload), "ok": False, "error": str(exc),
+                            "topic": topic})
             log.warning(json.dumps({"event": "fleet_rejected", "topic": topic, "error": str(exc)}))
             return
         cid = msg["id"]
@@ -506,3 +602,16 @@ class FleetLink:
         if kind == "config" and body.get("ok"):
             self.publish_status()
         return self.ack(kind, body)
+
+
+def _peek_id(payload: bytes) -> str | None:
+    """The ``id`` of a refused message, when it is small JSON with a string id."""
+    if not payload or len(payload) > 65536:
+        return None
+    try:
+        raw = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+        return raw["id"][:_MAX_ID]
+    return None

@@ -27,8 +27,10 @@ Trace formats (:func:`load_trace` detects them from the file):
 - Ghent 4G JSON: ``uplink.trace_pattern`` of ``{time (end, s), duration (ms), capacity
   (bytes per ms)}``;
 - NYU-METS CSV: ``value,unit`` rows with ``Mbits/sec``, ``Kbits/sec`` or ``bits/sec``;
-- 5Gophers CSV: the static runs (``protocol,carrier,...,throughput_mbps``, one run chosen
-  with ``select``) or the driving trace (one column per carrier).
+- 5Gophers CSV, any of its layouts: one ``throughput_mbps`` column beside the columns that
+  name a run (static runs ``carrier,num_tcp_conn,server_location,run_num``; walking and
+  panel tests other ones, or none; one run chosen with ``select``), or one
+  ``<carrier>_throughput_mbps`` column per carrier (the driving traces).
 """
 
 from __future__ import annotations
@@ -202,12 +204,18 @@ def _read_mahimahi(path: Path, lines: list[str], bin_s: float) -> Trace:
 
 def _read_ghent(path: Path, text: str) -> Trace:
     try:
-        pattern = json.loads(text)["uplink"]["trace_pattern"]
+        doc = json.loads(text)
+        # The data sit under "uplink" (the AlphaRTC-gym convention the conversion used);
+        # a file with them under "downlink" instead is read from there.
+        pattern = (doc.get("uplink") or {}).get("trace_pattern") or \
+            (doc.get("downlink") or {}).get("trace_pattern")
+        if not pattern:
+            raise KeyError("trace_pattern")
         starts = [float(p["time"]) - float(p["duration"]) / 1000.0 for p in pattern]
         # capacity is bytes per millisecond: x 8000 gives bit/s.
         rates = [float(p["capacity"]) * 8000.0 for p in pattern]
         end = float(pattern[-1]["time"])
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ConfigError(
             f"{path}: expected Ghent JSON {{'uplink': {{'trace_pattern': [{{time, duration, "
             f"capacity}}]}}}}: {exc}"
@@ -232,43 +240,87 @@ def _read_nyu(path: Path, rows: list[list[str]]) -> Trace:
     return _from_samples(path.name, [float(i) for i in range(len(rates))], rates)
 
 
+# Columns of a 5Gophers CSV that are measurements or sample indices, not what names a run.
+_5G_MEASURES = ("seq_num", "throughput_mbps", "rtt_in_ms")
+
+
+def _5g_number(path: Path, n: int, col: str, value: str) -> float | None:
+    if value.strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}:{n}: column {col!r}: expected a number, got {value!r}") from exc
+
+
 def _read_5gophers(path: Path, rows: list[list[str]], select: dict[str, str]) -> Trace:
-    header, body = rows[0], [r for r in rows[1:] if r]
-    if "throughput_mbps" in header:
-        keys = ("carrier", "num_tcp_conn", "server_location", "run_num")
-        for k in select:
-            if k not in keys:
-                raise ConfigError(f"{path}: unknown selector key {k!r}, expected one of {keys}")
-        idx = {k: header.index(k) for k in keys}
-        first = None
-        samples: list[tuple[float, float]] = []
-        for row in body:
-            run = tuple(row[idx[k]] for k in keys)
-            if any(row[idx[k]].lower() != v.lower() for k, v in select.items()):
+    """Any 5Gophers layout: one ``throughput_mbps`` column with the columns that name a
+    run beside it (static runs: ``carrier,num_tcp_conn,server_location,run_num``; the
+    walking and panel tests: others, or none), or one ``<carrier>_throughput_mbps``
+    column per carrier (the driving traces). ``select`` picks a carrier and/or the run by
+    any naming column (default: the first carrier, the first run); rows without a
+    throughput (ping rows) are skipped; time is ``seq_num``, or the row number."""
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+    body = [(n, r) for n, r in enumerate(rows[1:], 2) if any(c.strip() for c in r)]
+    for n, r in body:
+        if len(r) != len(header):
+            raise ConfigError(f"{path}:{n}: expected {len(header)} columns as in the header, "
+                              f"got {len(r)}")
+    seq = lower.index("seq_num") if "seq_num" in lower else None
+    per_carrier = [i for i, h in enumerate(lower)
+                   if h.endswith("_throughput_mbps") and h != "throughput_mbps"]
+    if "throughput_mbps" in lower:
+        value_col = lower.index("throughput_mbps")
+        keys = [h for h in lower if h not in _5G_MEASURES and not h.endswith("_mbps")
+                and not h.endswith("_ms")]
+        label_for = ""
+    elif per_carrier:
+        carriers = [lower[i][:-len("_throughput_mbps")] for i in per_carrier]
+        want = select.get("carrier", carriers[0]).lower()
+        if want not in carriers:
+            raise ConfigError(f"{path}: unknown carrier {select['carrier']!r}, expected one of "
+                              + ", ".join(header[i].split("_")[0] for i in per_carrier))
+        value_col = per_carrier[carriers.index(want)]
+        keys = [h for h in lower if h not in _5G_MEASURES and not h.endswith("_mbps")
+                and not h.endswith("_ms")]
+        label_for = header[value_col].split("_")[0]
+        select = {k: v for k, v in select.items() if k.lower() != "carrier"}
+        keys = []  # the carriers were measured side by side: one run per file
+    else:
+        raise ConfigError(f"{path}: expected a 5Gophers CSV with a 'throughput_mbps' column "
+                          "or '<carrier>_throughput_mbps' columns")
+    sel = {k.lower(): v for k, v in select.items()}
+    for k in sel:
+        if k not in keys:
+            raise ConfigError(f"{path}: unknown selector key {k!r}, expected one of "
+                              f"{tuple(keys) + (('carrier',) if per_carrier else ())}")
+    idx = {k: lower.index(k) for k in keys}
+    first: tuple[str, ...] | None = None
+    times: list[float] = []
+    rates: list[float] = []
+    for row_no, (n, row) in enumerate(body):
+        if any(row[idx[k]].strip().lower() != v.lower() for k, v in sel.items()):
+            continue
+        value = _5g_number(path, n, header[value_col], row[value_col])
+        if value is None:  # a ping row, or a carrier without a sample then
+            if per_carrier:
+                value = 0.0
+            else:
                 continue
-            if first is None:
-                first = run
-            if run != first:
-                continue
-            samples.append((float(row[header.index("seq_num")]),
-                            float(row[header.index("throughput_mbps")]) * 1e6))
-        if not samples:
-            raise ConfigError(f"{path}: no run matches selector {select}")
-        label = "/".join(first or ())
-        return _from_samples(f"{path.name}#{label}", [s[0] for s in samples],
-                             [s[1] for s in samples])
-    columns = [h for h in header if h.endswith("_throughput_mbps")]
-    if not columns:
-        raise ConfigError(f"{path}: expected a 5Gophers CSV (throughput_mbps columns)")
-    carrier = select.get("carrier", columns[0].split("_")[0])
-    col = f"{carrier}_throughput_mbps"
-    matches = [h for h in columns if h.lower() == col.lower()]
-    if not matches:
-        raise ConfigError(f"{path}: unknown carrier {carrier!r}, expected one of "
-                          + ", ".join(h.split("_")[0] for h in columns))
-    ci, si = header.index(matches[0]), header.index("seq_num")
-    return _from_samples(f"{path.name}#{carrier}", [float(r[si]) for r in body],
-                         [float(r[ci] or 0.0) * 1e6 for r in body])
+        run = tuple(row[idx[k]].strip() for k in keys)
+        if first is None:
+            first = run
+        if run != first:
+            continue
+        t = _5g_number(path, n, "seq_num", row[seq]) if seq is not None else None
+        times.append(float(row_no) if t is None else t)
+        rates.append(value * 1e6)
+    if first is None:
+        raise ConfigError(f"{path}: no run matches selector {select}"
+                          if sel else f"{path}: no throughput samples")
+    label = "/".join(p for p in ((label_for,) + first) if p)
+    return _from_samples(f"{path.name}#{label}" if label else path.name, times, rates)
 
 
 def bundled_trace() -> Path:
@@ -297,6 +349,7 @@ def load_trace(path: str | Path, *, select: str | Mapping[str, str] | None = Non
         raise ConfigError(f"{path}: trace file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read trace: {exc}") from exc
+    text = text.lstrip("\ufeff")  # a byte-order mark from a spreadsheet's export
     stripped = text.lstrip()
     if stripped.startswith("{"):
         return _read_ghent(path, text)
@@ -304,7 +357,7 @@ def load_trace(path: str | Path, *, select: str | Mapping[str, str] | None = Non
     first = next((ln for ln in lines if ln.strip()), "")
     if "," in first:
         rows = list(csv.reader(lines))
-        if first.startswith("protocol,"):
+        if "throughput_mbps" in first.lower():
             return _read_5gophers(path, rows, sel)
         return _read_nyu(path, rows)
     parts = first.split()

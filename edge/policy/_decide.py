@@ -286,7 +286,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         preds.append(Prediction(**{**p.__dict__, "excluded": why}) if why else p)
     allowed = [p for p in preds if not p.excluded]
     notes: list[str] = []
-    if cfg.rules.max_power_w > 0:
+    if cfg.rules.max_power_w > 0 and allowed:
         within = [p for p in allowed if _avg_power_w(p) <= cfg.rules.max_power_w]
         if within:
             for p in allowed:
@@ -364,12 +364,13 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     reason = _explain(best, objective, cfg, allowed, preds,
                       meets_slo=at_low.get(best.cut_id, best.latency_ms) <= cfg.slo_ms)
     fastest = min(allowed, key=lambda p: p.latency_ms)
-    if objective == "latency" and fastest is not best and at_low.get(
-            fastest.cut_id, fastest.latency_ms) > cfg.slo_ms > 0:
+    # (A local plan has no pessimistic-edge figure: its own prediction stands for it.)
+    fastest_low = at_low.get(fastest.cut_id, fastest.latency_ms)
+    if objective == "latency" and fastest is not best and fastest_low > cfg.slo_ms > 0:
         reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
                   f"{_plan_name(fastest)} is predicted faster ({fastest.latency_ms:.0f} ms) "
                   f"but would miss the {cfg.slo_ms:g} ms SLO "
-                  f"({at_low[fastest.cut_id]:.0f} ms) with the link "
+                  f"({fastest_low:.0f} ms) with the link "
                   f"{max(risk, cfg.link.latency_slo_risk):.2g} spreads below its estimate")
     elif objective == "latency" and fastest is not best:
         reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "

@@ -33,11 +33,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ConnectionLimits", "Peer", "guarded_protocol"]
+from cloud._peer import Peer
+
+__all__ = ["ConnectionLimits", "guarded_protocol"]
 
 log = logging.getLogger("edgecut.cloud.http")
 
-_LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
 @dataclass(frozen=True)
@@ -58,25 +59,6 @@ class ConnectionLimits:
     max_connections: int = 1024
     #: open connections from one client address (one uid on a Unix socket)
     max_connections_per_client: int = 256
-
-
-@dataclass(frozen=True)
-class Peer:
-    """The other end of a connection: ``address`` for TCP, ``uid`` for a Unix socket."""
-
-    address: str | None = None
-    uid: int | None = None
-
-    @property
-    def local(self) -> bool:
-        """On this host: a Unix-socket peer or a loopback address."""
-        if self.address is None:
-            return True
-        return self.address.startswith(_LOOPBACK) or self.address == "localhost"
-
-    @property
-    def key(self) -> str:
-        return f"uid:{self.uid}" if self.address is None else f"addr:{self.address}"
 
 
 def _peer_of(transport: Any) -> Peer:

@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from cloud._conn import ConnectionLimits, guarded_protocol
+from cloud.http._conn import ConnectionLimits, guarded_protocol
 
 __all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "uvicorn_config"]
 
@@ -75,7 +75,7 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
                    uds: str | None = None) -> uvicorn.Config:
     """uvicorn settings for the service: httptools and uvloop when installed, no access
     log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and
-    the connection limits of :mod:`cloud._conn` (``limits``; ``limit_concurrency``, if
+    the connection limits of :mod:`cloud.http._conn` (``limits``; ``limit_concurrency``, if
     given, sets its ``max_connections``).
 
     ``base_protocol``: a subclass of uvicorn's httptools protocol to guard instead of the
