@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cloud._shm import Caller
+from cloud._shm import Caller, SharedMemoryRegistry
 from cloud.errors import Forbidden
 
-__all__ = ["Peer", "caller_of"]
+__all__ = ["Peer", "caller_of", "shm_view"]
 
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 
@@ -55,3 +55,30 @@ def caller_of(principal: Any, peer: Peer | None) -> Caller:
     else:
         name = f"addr:{peer.address}"
     return Caller(name, uid, peer.local)
+
+
+def shm_view(registry: SharedMemoryRegistry, principal: Any, peer: Peer | None) -> Any:
+    """A request's view of ``registry`` (what the decoder reads inputs through), resolved
+    on first use: most requests name no region and need no caller identity."""
+    return _LazyView(registry, principal, peer)
+
+
+class _LazyView:
+    __slots__ = ("_registry", "_principal", "_peer", "_view")
+
+    def __init__(self, registry: SharedMemoryRegistry, principal: Any, peer: Peer | None) -> None:
+        self._registry, self._principal, self._peer, self._view = registry, principal, peer, None
+
+    def _get(self) -> Any:
+        if self._view is None:
+            self._view = self._registry.for_caller(caller_of(self._principal, self._peer))
+        return self._view
+
+    def read(self, *args: Any) -> Any:
+        return self._get().read(*args)
+
+    def check_output(self, *args: Any) -> None:
+        self._get().check_output(*args)
+
+    def write(self, *args: Any) -> int:
+        return self._get().write(*args)

@@ -22,7 +22,7 @@ from typing import Any
 from cloud._auth import TokenVerifier
 from cloud._deferred import after_answer
 from cloud._gate import Gate
-from cloud._peer import Peer, caller_of
+from cloud._peer import Peer, caller_of, shm_view
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
@@ -316,7 +316,7 @@ class _App:
     def _shm_view(self, principal: Any, peer: Peer | None) -> Any:
         if self.shm is None:
             return None
-        return _LazyView(self.shm, principal, peer)
+        return shm_view(self.shm, principal, peer)
 
     def _scoped(self, headers: dict[str, str], model: str) -> None:
         self.gate.require_model(headers.get("authorization"), model)
@@ -536,30 +536,6 @@ class _App:
         finally:
             self._profiling = False
         return 200, _json(result), _JSON
-
-
-class _LazyView:
-    """A request's view of the shared memory registry, resolved on first use (most
-    requests carry no region, and need no caller identity)."""
-
-    __slots__ = ("_shm", "_principal", "_peer", "_view")
-
-    def __init__(self, shm: SharedMemoryRegistry, principal: Any, peer: Peer | None) -> None:
-        self._shm, self._principal, self._peer, self._view = shm, principal, peer, None
-
-    def _get(self) -> Any:
-        if self._view is None:
-            self._view = self._shm.for_caller(caller_of(self._principal, self._peer))
-        return self._view
-
-    def read(self, *args: Any) -> Any:
-        return self._get().read(*args)
-
-    def check_output(self, *args: Any) -> None:
-        self._get().check_output(*args)
-
-    def write(self, *args: Any) -> int:
-        return self._get().write(*args)
 
 
 def _peer(scope: Scope) -> Peer | None:

@@ -174,8 +174,10 @@ class _Blocking(ModelRuntime):
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.started = threading.Event()
 
     def predict(self, inputs):
+        self.started.set()
         self.release.wait(30)
         return {"y": inputs["x"]}
 
@@ -191,9 +193,16 @@ def test_health_answers_while_the_inference_queue_is_full():
 
         async def fill() -> list:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-                pending = [asyncio.ensure_future(client.post(
-                    "/v2/models/blocked/infer", content=body, headers=headers))
-                    for _ in range(3)]  # one running, two queued: full
+                def post() -> asyncio.Future:
+                    return asyncio.ensure_future(client.post(
+                        "/v2/models/blocked/infer", content=body, headers=headers))
+
+                pending = [post()]  # one running (once the worker took it) ...
+                deadline = time.monotonic() + 20
+                while not runtime.started.is_set():
+                    assert time.monotonic() < deadline, "the first request did not start"
+                    await asyncio.sleep(0.02)
+                pending += [post(), post()]  # ... and two queued: full
                 deadline = time.monotonic() + 20
                 while True:  # until all three are in (the gauge of requests in flight)
                     text = (await client.get("/metrics")).text
