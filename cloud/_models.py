@@ -308,15 +308,15 @@ def check_input(model: str, targets: list[Version], max_bytes_elements: int, ten
         if not why:
             break
     if why:
-        raise ProtocolError(why)
+        raise _invalid(targets[0], why)  # counted as the service's own checks are
     if datatype == "BYTES":
         count = 1
         for d in shape:
             count *= d
         if count > max_bytes_elements:
-            raise ProtocolError(
-                f"input {tensor!r}: {count} BYTES elements exceed the limit of "
-                f"{max_bytes_elements}")
+            raise _invalid(targets[0],
+                           f"input {tensor!r}: {count} BYTES elements exceed the limit of "
+                           f"{max_bytes_elements}")
 
 
 def check_profile_shapes(name: str, runtime: Any, batch: int, shapes: dict[str, list[int]],

@@ -161,16 +161,29 @@ class _App:
                 or len(body) > self.gate.max_body_bytes
                 or (len(body) > _OFFLOAD_JSON_BYTES and self.service.takes_bytes(model, None))):
             return None
+        refused: list[CloudError] = []
         try:
             # Who may use the model first: nothing is decoded for a refused caller (the
             # ordinary route then answers the refusal).
             principal = self._principal(headers)
             if principal is not None:
                 principal.require(model)
+            check = self.service.input_check(model, None, self.max_bytes_elements)
+
+            def lane_check(name: str, datatype: str, shape: tuple[int, ...]) -> None:
+                try:
+                    check(name, datatype, shape)  # type: ignore[misc]
+                except CloudError as exc:
+                    refused.append(exc)
+                    raise
+
             request = decode_infer_request(
                 body, headers, shared_memory=self._shm_view(principal, peer),
-                check=self.service.input_check(model, None, self.max_bytes_elements))
+                check=None if check is None else lane_check)
         except CloudError:
+            if refused:  # the model's own refusal: the lane answers it as the route would
+                return self._final(*self._error(refused[0], "POST", path, request_id),
+                                   request_id)
             return None
         if any("shared_memory_region" in o.parameters for o in request.outputs or ()):
             return None
