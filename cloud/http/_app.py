@@ -77,11 +77,11 @@ class _App:
         max_bytes_elements: int = 1 << 20,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.gate = gate
         # The system shared memory extension: on for servers that only local clients reach.
         self.shm = shm
         self.metrics_require_auth = metrics_require_auth
-        self.metrics = metrics
         self.max_bytes_elements = max_bytes_elements
         self._profiling = False  # one profile at a time: each takes every core it is given
         self._ids = itertools.count(1)

@@ -1,57 +1,24 @@
 """Running the ASGI app with uvicorn: in the foreground (the CLI) or in a thread (tests,
-the edge agent), plus structured JSON logging."""
+the edge agent); the JSON log layout is ``cloud._logs``."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 
+from cloud._logs import JsonLogFormatter, configure_logging
 from cloud.http._conn import ConnectionLimits, guarded_protocol
-
-__all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "uvicorn_config"]
 
 log = logging.getLogger("edgecut.cloud.http")
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any ``extra`` fields
-    (``request_id``, ``model``, ``status``, ...)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str = "info", stream: Any = None) -> None:
-    """Send ``edgecut.*`` and uvicorn's logs to ``stream`` as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    for name in ("edgecut", "uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
-
+__all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "serve_with", "uvicorn_config"]
 
 # uvicorn pauses reading a connection whenever 64 KiB of body wait for the app, so a 600 KB
 # tensor arrives in ten pause/resume round trips through the event loop, which measured
@@ -112,6 +79,19 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     )
 
 
+async def serve_with(server: uvicorn.Server, companions: Sequence[Any] = ()) -> None:
+    """Run ``server`` with its companion servers (started first, stopped last)."""
+    started = []
+    try:
+        for companion in companions:
+            await companion.start()
+            started.append(companion)
+        await server.serve()
+    finally:
+        for companion in reversed(started):
+            await companion.stop()
+
+
 class ServerThread:
     """uvicorn serving ``app`` in a background thread; a context manager.
 
@@ -119,20 +99,24 @@ class ServerThread:
     and stops the server (graceful shutdown) on exit.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+                 companions: Sequence[Any] = (), **kwargs: Any) -> None:
         self.config = uvicorn_config(app, host, port, **kwargs)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, name="edgecut-uvicorn", daemon=True)
         uds = kwargs.get("uds")
         self.url = f"unix://{uds}" if uds else f"http://{host}:{port}"
+        # Servers of other transports over the same service (e.g. cloud.grpc.GrpcServer):
+        # async start()/stop() on this loop, the one the service serves requests on.
+        self.companions = list(companions)
 
     def _run(self) -> None:
         if self.config.loop == "uvloop":
             import uvloop
 
-            uvloop.run(self.server.serve())
+            uvloop.run(serve_with(self.server, self.companions))
         else:
-            asyncio.run(self.server.serve())
+            asyncio.run(serve_with(self.server, self.companions))
 
     def start(self, timeout: float = 20.0) -> ServerThread:
         self.thread.start()

@@ -147,6 +147,7 @@ class AgentConfig:
     data_dir: str
     log_level: str
     log_requests: bool
+    log_format: str
     shutdown_grace_s: float
     policy_file: str
     api: ApiConfig
@@ -171,6 +172,7 @@ class AgentConfig:
 RESTART_ONLY = (
     ("agent", "device_id"),
     ("agent", "data_dir"),
+    ("agent", "log_format"),
     ("api",),
     ("mqtt", "enabled"),
     ("mqtt", "host"),
@@ -269,6 +271,7 @@ def parse_agent_config(
     data_dir = _resolve(base, agent.get("data_dir", str, "/var/lib/edgecut"))
     log_level = agent.get("log_level", str, "info", choices=("debug", "info", "warning", "error"))
     log_requests = agent.get("log_requests", bool, True)
+    log_format = agent.get("log_format", str, "json", choices=("json", "text"))
     grace = agent.get("shutdown_grace_s", float, 10.0, min=0.0, max=600.0)
     agent.finish()
 
@@ -402,6 +405,7 @@ def parse_agent_config(
         data_dir=data_dir,
         log_level=log_level,
         log_requests=log_requests,
+        log_format=log_format,
         shutdown_grace_s=grace,
         policy_file=policy_file,
         api=api,

@@ -1,6 +1,8 @@
 """A repository with bad folders: version folders named with non-ASCII digits and a model
-that does not load. The server serves the rest and reports the problems in the repository
-index; `--exit-on-error` opts into exiting instead."""
+that does not load. Bad version folders are skipped with a warning and shown in the
+repository index, never taking the server down; a model that fails to load stops it at
+start-up only with --exit-on-error (Triton's default, true), and with
+--exit-on-error=false the rest is served."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def _repo(tmp_path: Path) -> Path:
 
 
 def test_bad_folders_and_models_are_skipped_and_reported(serve_process, tmp_path):
-    server = serve_process(_repo(tmp_path), "--no-auth")
+    server = serve_process(_repo(tmp_path), "--no-auth", "--exit-on-error=false")
     body, headers = encode_infer_request({"x": np.ones((1, 4), np.float32)})
     for model in ("affine", "other"):
         r = httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, headers=headers,
@@ -55,11 +57,23 @@ def test_bad_folders_and_models_are_skipped_and_reported(serve_process, tmp_path
                       timeout=10).status_code == 200
 
 
-def test_exit_on_error_exits_naming_the_problems(tmp_path):
+def test_odd_version_folders_alone_do_not_stop_the_server(serve_process, tmp_path):
+    """With the default --exit-on-error=true: '²' made `edgecut serve` exit at start."""
+    root = _repo(tmp_path)
+    shutil.rmtree(root / "broken")
+    server = serve_process(root, "--no-auth")
+    body, headers = encode_infer_request({"x": np.ones((1, 4), np.float32)})
+    r = httpx.post(f"{server.url}/v2/models/affine/infer", content=body, headers=headers,
+                   timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"]
+    assert httpx.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_exit_on_error_exits_naming_the_model(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "edge.cli", "serve", "--repository", str(_repo(tmp_path)),
-         "--port", str(free_port()), "--no-auth", "--exit-on-error", "--log-level", "error"],
+         "--port", str(free_port()), "--no-auth", "--exit-on-error=true", "--log-level",
+         "error"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert "--exit-on-error" in done.stderr and "broken" in done.stderr
-    assert "not ASCII digits" in done.stderr
+    assert done.returncode == 1
+    assert "broken" in done.stderr and "--exit-on-error=false" in done.stderr
