@@ -67,7 +67,7 @@ _BOOL = click.BOOL
               help="Largest accepted request body; larger gets 413 (gRPC: RESOURCE_EXHAUSTED).")
 @click.option("--max-pending-mb", type=click.FloatRange(0.001, 1 << 20), default=512,
               help="Request bodies all requests in progress may hold together; beyond, 503.")
-@click.option("--max-connections", type=click.IntRange(1, 1000000), default=512,
+@click.option("--max-connections", type=click.IntRange(1, 1000000), default=1024,
               help="Open HTTP connections, all clients together; a new one beyond gets 503 "
                    "and is closed (the open ones keep being served).")
 @click.option("--max-connections-per-client", type=click.IntRange(0, 1000000), default=256,

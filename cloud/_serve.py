@@ -47,7 +47,7 @@ class ServeOptions:
     max_queue: int = 128
     max_body_bytes: int = 64 * 1024 * 1024
     max_pending_bytes: int = 512 * 1024 * 1024
-    max_connections: int = 512
+    max_connections: int = 1024
     max_in_flight: int = 512
     ort_spinning: bool = True
     shared_memory: bool = True
@@ -160,7 +160,8 @@ def run(o: ServeOptions) -> None:
                     f"gRPC needs the grpc extra: pip install 'edgecut[grpc]' ({exc})") from exc
             companions.append(GrpcServer(
                 service, gate=gate, shm=shm if o.grpc_address in _LOOPBACK else None,
-                host=o.grpc_address, port=o.grpc_port))
+                host=o.grpc_address, port=o.grpc_port,
+                max_bytes_elements=o.max_bytes_elements))
         if o.metrics_port is not None:
             try:
                 metrics_server = metrics_http_server(service.metrics, metrics_host,
@@ -176,7 +177,8 @@ def run(o: ServeOptions) -> None:
                              metrics=o.allow_metrics and o.metrics_port is None,
                              metrics_require_auth=o.metrics_auth,
                              max_bytes_elements=o.max_bytes_elements,
-                             shared_memory=(shm or False) if o.host in _LOOPBACK else False)
+                             shared_memory=(shm if shm is not None else False)
+                             if o.host in _LOOPBACK else False)
             limits = ConnectionLimits(
                 header_timeout_s=o.header_timeout, max_header_bytes=o.max_header_bytes,
                 keep_alive_timeout_s=o.keep_alive_timeout, body_timeout_s=o.body_timeout,
