@@ -45,6 +45,9 @@ class ApiConfig:
     # Inference requests the agent runs inline are answered inside the HTTP protocol,
     # without the ASGI request cycle (cloud.http._lane); false: every request takes that cycle.
     fast_lane: bool = True
+    # KServe v2 / Triton gRPC on api.host (DeepStream's nvinferserver, tritonclient.grpc);
+    # 0: off. Needs the grpc extra.
+    grpc_port: int = 0
     # Connection limits against hostile local users or, with host = 0.0.0.0, the network
     # (cloud.http._conn): the same meaning and defaults as `edgecut serve`'s flags.
     header_timeout_s: float = 10.0
@@ -73,7 +76,9 @@ class ApiConfig:
 class CloudConfig:
     url: str = ""
     token_file: str = ""
-    timeout_s: float = 2.0
+    # How the offload client speaks to the cloud: "http" (KServe v2 REST) or "grpc"
+    # (KServe v2 gRPC: edgecut serve --grpc-port, or any Triton).
+    protocol: str = "http"
 
 
 @dataclass(frozen=True)
@@ -299,21 +304,32 @@ def parse_agent_config(
         max_connections_per_client=api_t.get("max_connections_per_client", int, 256, min=0,
                                              max=1000000),
         shm_allow_uids=tuple(api_t.get_list("shm_allow_uids", int, [])),
+        grpc_port=api_t.get("grpc_port", int, 0, min=0, max=65535),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:
         raise ConfigError(f"{api_t.where}: set 'port' or 'unix_socket' (both are off)")
 
     cloud_t = top.table("cloud")
+    if cloud_t.has("timeout_s"):
+        # One timeout per cloud call: policy.toml's, which the fleet can push and replay reads.
+        raise ConfigError(f"{cloud_t.where}: key 'timeout_s' moved: the cloud call's timeout "
+                          "is policy.toml's [offload] timeout_ms")
     cloud = CloudConfig(
         url=cloud_t.get("url", str, ""),
         token_file=_resolve(base, cloud_t.get("token_file", str, "")),
-        timeout_s=cloud_t.get("timeout_s", float, 2.0, min=0.01, max=600.0),
+        protocol=cloud_t.get("protocol", str, "http"),
     )
     cloud_t.finish()
-    if cloud.url and not cloud.url.startswith(("http://", "https://")):
+    if cloud.protocol not in ("http", "grpc"):
+        raise ConfigError(f"{cloud_t.where}: key 'protocol': expected \"http\" or \"grpc\", "
+                          f"got {cloud.protocol!r}")
+    schemes = ("http://", "https://") + (("grpc://", "grpcs://") if cloud.protocol == "grpc" else ())
+    if cloud.url and not cloud.url.startswith(schemes):
+        expected = ("an http:// or https:// URL" if cloud.protocol == "http" else
+                    "a grpc://, grpcs://, http:// or https:// URL (protocol grpc)")
         raise ConfigError(
-            f"{cloud_t.where}: key 'url': expected an http:// or https:// URL, got {cloud.url!r}"
+            f"{cloud_t.where}: key 'url': expected {expected}, got {cloud.url!r}"
         )
 
     mq = top.table("mqtt")
