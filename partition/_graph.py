@@ -466,12 +466,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model '{p}': file not found")
-    if p.suffix.lower() == ".tflite" or _is_tflite(p):
-        raise ModelError(
-            f"model '{p}': a TFLite graph; TFLite graphs are not partitioned, profiled or "
-            "quantized by edgecut (it runs them whole on the device with LiteRT). Give an "
-            "ONNX model, e.g. converted with tf2onnx"
-        )
+    reject_tflite(p)
     try:
         model = onnx.load(str(p))
     except Exception as exc:  # protobuf DecodeError and friends
@@ -479,6 +474,17 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise ModelError(f"model '{p}': not a readable ONNX model (no graph nodes)")
     return model
+
+
+def reject_tflite(path: str | Path) -> None:
+    """A clear error for a TFLite file given where an ONNX graph is needed."""
+    p = Path(path)
+    if p.suffix.lower() == ".tflite" or _is_tflite(p):
+        raise ModelError(
+            f"model '{p}': a TFLite graph; TFLite graphs are not partitioned, profiled or "
+            "quantized by edgecut (it runs them whole on the device with LiteRT). Give an "
+            "ONNX model, e.g. converted with tf2onnx"
+        )
 
 
 def _is_tflite(path: Path) -> bool:
