@@ -173,3 +173,67 @@ def test_expression_errors_are_clear() -> None:
     with pytest.raises(PartitionError, match="unsupported"):
         evaluate("__import__('os')", {})
     assert evaluate("floor(H/2 - 1/2) + 1", {"H": 31}) == 16
+
+
+def test_unseen_trained_model_plans_exports_and_serves(tmp_path: Path, monkeypatch,
+                                                       trained_model) -> None:
+    """PP-OCR's classifier (dims of -1 in the file) planned from a relative path: every
+    written half passes the full checker, every Triton config parses with Triton's own
+    schema with the inferred dims, the plan exports from another folder, and a served
+    tail answers like the whole model."""
+    import tritonclient.http as triton_http
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from cloud import InferenceService, ServerThread, create_app
+    from edge.cli import main
+    from partition import build_plan
+    from tests.conftest import free_port
+
+    src = Path(trained_model("ppocr_cls"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "cls.onnx").write_bytes(src.read_bytes())
+    monkeypatch.chdir(work)
+    plan = build_plan("cls.onnx", "generic-x86", "here", 20e6, 0.02, out_dir="plan", keep=3,
+                      runs=2, measure=0, threads=1, figure=False, shapes=[{"H": 48, "W": 192}])
+    plan_dir = work / "plan"
+    assert plan.info["sizes"]["reference"] == {"H": 48, "W": 192}
+    assert all(c.up_bytes >= 0 and c.down_bytes >= 0 for c in plan.candidates)
+    assert plan.candidate("offload").up_bytes == 3 * 48 * 192 * 4
+    splits = [c for c in plan.candidates if c.kind == SPLIT]
+    assert splits
+    for c in splits:
+        onnx.checker.check_model(str(plan_dir / c.head_model), full_check=True)
+        onnx.checker.check_model(str(plan_dir / c.tail_model), full_check=True)
+        config = model_config_pb2.ModelConfig()
+        text_format.Parse((plan_dir / Path(c.tail_model).parents[1] / "config.pbtxt").read_text(), config)
+        tail = onnx.load(str(plan_dir / c.tail_model))
+        for spec, vi in zip(config.input, tail.graph.input):  # noqa: B905
+            assert len(spec.dims) == len(vi.type.tensor_type.shape.dim) - 1 >= 1
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "repo"
+    assert main(["export", "triton", "--plan", str(plan_dir / "plan.json"), "--out", str(repo)]) == 0
+    service = InferenceService(repo, intra_op_threads=1)
+    service.load_all()
+    port = free_port()
+    server = ServerThread(create_app(service), port=port)
+    server.start()
+    try:
+        c = splits[0]
+        x = np.random.default_rng(1).standard_normal((1, 3, 48, 192)).astype(np.float32)
+        src_model = load_model(src)
+        whole = _run(src_model, {"x": x})
+        mids = _run(onnx.load(str(plan_dir / c.head_model)), {"x": x})
+        client = triton_http.InferenceServerClient(f"127.0.0.1:{port}")
+        inputs = []
+        for name, value in mids.items():
+            inp = triton_http.InferInput(name, list(value.shape), "FP32")
+            inp.set_data_from_numpy(value, binary_data=True)
+            inputs.append(inp)
+        result = client.infer(c.cloud_model, inputs)
+        out = src_model.graph.output[0].name
+        np.testing.assert_allclose(result.as_numpy(out), whole[out], rtol=1e-4, atol=1e-5)
+    finally:
+        server.stop()
+        service.close()
