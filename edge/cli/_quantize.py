@@ -72,13 +72,15 @@ def _print_report(report: Any) -> None:
              f"{lat.intra_op_threads} threads)")
     if report.agreement is not None:
         agr = report.agreement
-        what = {
-            "top1": f"top-1 {agr.score:.2%} of {agr.positions} rows",
-            "iou": f"IoU {agr.score:.4f} of the maps thresholded at {agr.threshold:g}",
-            "sequence": (f"decoded text identical for {agr.score:.2%} of samples, character "
-                         f"error rate {agr.char_error_rate or 0.0:.2%}"),
-            "cosine": f"cosine {agr.score:.4f}",
-        }[agr.metric]
+        if agr.metric == "top1":
+            what = f"top-1 {agr.score:.2%} of {agr.positions} rows"
+        elif agr.metric == "iou":
+            what = f"IoU {agr.score:.4f} of the maps thresholded at {agr.threshold:g}"
+        elif agr.metric == "sequence":
+            what = (f"decoded text identical for {agr.score:.2%} of samples, character "
+                    f"error rate {agr.char_error_rate or 0.0:.2%}")
+        else:
+            what = f"cosine {agr.score:.4f}"
         echo(f"agreement    {agr.task}: {what}; cosine mean {agr.cosine_mean:.4f} "
              f"(min {agr.cosine_min:.4f}) over {agr.samples} samples")
 

@@ -237,3 +237,40 @@ def test_unseen_trained_model_plans_exports_and_serves(tmp_path: Path, monkeypat
     finally:
         server.stop()
         service.close()
+
+
+def test_plan_costs_every_cut_at_any_size(tmp_path: Path) -> None:
+    """A plan profiled at three sizes: bytes at a fourth size equal the arrays the split
+    head returns; times grow with the input and pass through the profiled points; the
+    plan records the sizes measured; a request's shapes bind the dims."""
+    from partition import bind_sizes, build_plan, cost_at, parse_shapes
+
+    path = tmp_path / "convnet.onnx"
+    onnx.save(_conv_model(True), str(path))
+    shapes = parse_shapes("H=64,W=64;H=32,W=32;128x96")
+    plan = build_plan(path, "generic-x86", "here", 20e6, 0.02, keep=None, runs=3, measure=0,
+                      threads=1, figure=False, shapes=shapes, out_dir=tmp_path / "plan")
+    info = plan.info["sizes"]
+    assert info["symbols"] == ["N", "H", "W"] and info["batch_symbols"] == ["N"]
+    assert info["profiled"] == [{"H": 64, "W": 64}, {"H": 32, "W": 32}, {"H": 128, "W": 96}]
+    assert plan.inputs["img"]["dims"] == ["N", 3, "H", "W"]
+    x = np.random.default_rng(2).standard_normal((2, 3, 80, 56)).astype(np.float32)
+    env = bind_sizes(plan.inputs, {"img": x.shape})
+    assert env == {"N": 2, "H": 80, "W": 56}
+    want = _run(load_model(path), {"img": x})
+    for c in plan.candidates:
+        head_ms, tail_ms, up, down = cost_at(c, env)
+        assert head_ms >= 0 and tail_ms >= 0
+        rows = c.extra["by_size"]
+        assert [r["sizes"]["H"] for r in rows] == [64, 32, 128]
+        # At a profiled size the curve is the profiled value itself.
+        at = cost_at(c, rows[2]["sizes"])
+        assert at[:2] == pytest.approx((rows[2]["head_ms"], rows[2]["tail_ms"]))
+        if c.kind == SPLIT:
+            mids = _run(onnx.load(str(tmp_path / "plan" / c.head_model)), {"img": x})
+            assert up == sum(v.nbytes for v in mids.values())
+            assert down == sum(v.nbytes for v in want.values())
+    local = plan.candidate("local")
+    small, big = cost_at(local, {"N": 1, "H": 32, "W": 32}), cost_at(local, {"N": 1, "H": 256, "W": 256})
+    assert big[0] > small[0]
+    assert plan.candidate("offload").up_bytes == 3 * 64 * 64 * 4
