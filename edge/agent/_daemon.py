@@ -196,7 +196,7 @@ def run_agent(config_path: str | Path) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     setup_logging("info")
     agent = Agent(config_path)
-    setup_logging(agent.config.log_level)
+    setup_logging(agent.config.log_level, log_format=agent.config.log_format)
     server = AgentServer(agent)
     agent.start_fleet()
     watch_stop = threading.Event()

@@ -69,14 +69,16 @@ class _Lanes:
             old.close()
 
     def _build_executor(self, name: str, plan_path: str, cloud: Any, version: str) -> _Planned:
-        from edge.offload._client import FileToken, OffloadClient
+        from edge.offload import offload_client
+        from edge.offload._client import FileToken
         from edge.offload._executor import Executor
         from edge.policy._decide import Policy
         from partition import Plan
 
         plan = Plan.load(plan_path)
         token = FileToken(cloud.token_file) if cloud.token_file else None
-        client = OffloadClient(cloud.url, token=token, timeout_s=cloud.timeout_s)
+        client = offload_client(cloud.url, protocol=cloud.protocol, token=token,
+                                timeout_s=cloud.timeout_s)
         try:
             executor = Executor(plan, Path(plan_path).parent, self.profile,
                                 policy=Policy(_PolicySource(self)), client=client)
