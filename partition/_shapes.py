@@ -7,6 +7,8 @@ symbols too, named ``<input>_<axis>``; a ``-1`` is never a size.
 
 How shapes are found, in order:
 
+0. onnx's shape inference, when it leaves no needed dim unknown (models whose only dynamic
+   dim is the batch).
 1. ONNX Runtime's symbolic shape inference (``onnxruntime.tools.symbolic_shape_infer``,
    sympy underneath) on a copy with the file's intermediate shapes removed (they may hold
    ``-1`` or stale dims) and the input symbols renamed to identifiers.
@@ -118,6 +120,34 @@ def _normalized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]
     return m, renamed, symbols, batch
 
 
+_LIGHT_ELEMENTS = 4096  # initializers above this size travel to inference without data
+
+
+def _light(m: onnx.ModelProto) -> onnx.ModelProto:
+    """``m`` without the data of its large initializers: shape inference needs only their
+    shapes (and the values of small ones: shape constants), and serializing 100 MB of
+    weights for it took seconds."""
+    light = onnx.ModelProto()
+    saved = list(m.graph.initializer)
+    del m.graph.initializer[:]
+    try:
+        light.CopyFrom(m)
+    finally:
+        m.graph.initializer.extend(saved)
+    for t in saved:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n <= _LIGHT_ELEMENTS:
+            light.graph.initializer.append(t)
+        else:
+            stub = light.graph.initializer.add()
+            stub.name = t.name
+            stub.data_type = t.data_type
+            stub.dims.extend(t.dims)
+    return light
+
+
 def _read(vi: onnx.ValueInfoProto) -> tuple[tuple[Dim, ...], np.dtype] | None:
     if not vi.type.HasField("tensor_type"):
         return None
@@ -180,14 +210,23 @@ def infer_symbolic(model: onnx.ModelProto, names: Sequence[str],
     ``sizes`` maps symbols (or the file's own dim names) to representative sizes; probing
     uses them as its base point."""
     m, renamed, symbols, batch = _normalized(model)
-    inferred, method = _run_inference(m)
-    g = inferred.graph
     syms = set(symbols)
-    shapes: dict[str, tuple[tuple[Dim, ...], np.dtype]] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        got = _read(vi)
-        if got is not None and _known(got[0], syms):
-            shapes[vi.name] = got
+    # onnx's own inference first (fast, C++): enough where only the batch is dynamic;
+    # ONNX Runtime's symbolic inference (sympy, seconds) when a dim it leaves unknown
+    # depends on the input's size.
+    inferred, method = None, ""
+    light = _light(m)
+    try:
+        quick = onnx.shape_inference.infer_shapes(light)
+        shapes = _collect(quick.graph, syms)
+        if all(n in shapes for n in names):
+            inferred, method = quick, "onnx"
+    except Exception:  # noqa: BLE001 - the symbolic pass below reports a broken graph
+        pass
+    if inferred is None:
+        inferred, method = _run_inference(light)
+        shapes = _collect(inferred.graph, syms)
+    g = inferred.graph
     input_dims = {i.name: shapes[i.name][0] for i in g.input if i.name in shapes}
     missing = [n for n in names if n not in shapes]
     probed: tuple[str, ...] = ()
@@ -200,8 +239,12 @@ def infer_symbolic(model: onnx.ModelProto, names: Sequence[str],
         method += "+probed"
     # The annotated model keeps what inference found plus the probed shapes, so the
     # split halves and the Triton configs have a shape for every crossing tensor.
-    annotated = onnx.ModelProto()
-    annotated.CopyFrom(inferred)
+    # ``m`` is this function's own copy (with the weights): it takes inference's value
+    # infos and outputs, rather than copying the weights once more.
+    annotated = m
+    del annotated.graph.output[:]
+    annotated.graph.output.extend(g.output)
+    annotated.graph.value_info.extend(g.value_info)
     outs = {o.name for o in annotated.graph.output}
     stale = [vi for vi in annotated.graph.value_info if vi.name in probed]
     for vi in stale:
@@ -215,6 +258,15 @@ def infer_symbolic(model: onnx.ModelProto, names: Sequence[str],
     _fill_outputs(annotated, shapes)
     return ShapeTable(annotated, shapes, tuple(symbols), tuple(batch), renamed, method,
                       probed, approximate, input_dims)
+
+
+def _collect(g: onnx.GraphProto, syms: set[str]) -> dict[str, tuple[tuple[Dim, ...], np.dtype]]:
+    shapes: dict[str, tuple[tuple[Dim, ...], np.dtype]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        got = _read(vi)
+        if got is not None and _known(got[0], syms):
+            shapes[vi.name] = got
+    return shapes
 
 
 def _fill_outputs(model: onnx.ModelProto, shapes: Mapping[str, tuple[tuple[Dim, ...], np.dtype]]) -> None:
