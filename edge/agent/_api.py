@@ -97,10 +97,12 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     when done.
     """
     from cloud import InferenceService, create_app
+    from edge.agent._stream import STREAM_SUFFIX, STREAM_WINDOW, AgentStreams, StreamModelRuntime
 
     service = InferenceService(dynamic_batching=False)
     registered: set[str] = set()
     lock = threading.Lock()
+    agent.streams = AgentStreams(agent)
 
     def sync() -> None:
         with lock:
@@ -111,10 +113,17 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                     instances = [AgentModelRuntime(agent, name)
                                  for _ in range(agent.config.api.workers)]
                     service.add_runtime(name, instances, version="live")
+                    # <model>.stream: frames of a camera stream through one pipeline (a
+                    # thread per frame waiting on it; see edge/agent/_stream.py).
+                    service.add_runtime(name + STREAM_SUFFIX, [
+                        StreamModelRuntime(instances[0], name, agent.streams,
+                                           partial(agent.infer, name))
+                        for _ in range(STREAM_WINDOW)], version="live")
                     registered.add(name)
             for name in list(registered):
                 if name not in agent.slots:
                     service.remove_model(name)
+                    service.remove_model(name + STREAM_SUFFIX)
                     registered.discard(name)
 
     sync()

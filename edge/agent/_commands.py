@@ -114,7 +114,8 @@ class _FleetHandling:
         from edge.offload import offload_client
 
         cloud = self.config.cloud
-        with offload_client(cloud.url, protocol=cloud.protocol, timeout_s=cloud.timeout_s) as c:
+        settings = _PolicySource(self).config.offload
+        with offload_client(cloud.url, protocol=cloud.protocol, settings=settings) as c:
             missing = sorted({cand.cloud_model for cand in plan.candidates
                               if cand.cloud_model and not c.ready(cand.cloud_model)})
         result: dict[str, Any] = {"plan": plan_path, "chosen": plan.chosen,

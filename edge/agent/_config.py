@@ -54,7 +54,6 @@ class ApiConfig:
 class CloudConfig:
     url: str = ""
     token_file: str = ""
-    timeout_s: float = 2.0
     # How the offload client speaks to the cloud: "http" (KServe v2 REST) or "grpc"
     # (KServe v2 gRPC: edgecut serve --grpc-port, or any Triton).
     protocol: str = "http"
@@ -279,10 +278,13 @@ def parse_agent_config(
         raise ConfigError(f"{api_t.where}: set 'port' or 'unix_socket' (both are off)")
 
     cloud_t = top.table("cloud")
+    if cloud_t.has("timeout_s"):
+        # One timeout per cloud call: policy.toml's, which the fleet can push and replay reads.
+        raise ConfigError(f"{cloud_t.where}: key 'timeout_s' moved: the cloud call's timeout "
+                          "is policy.toml's [offload] timeout_ms")
     cloud = CloudConfig(
         url=cloud_t.get("url", str, ""),
         token_file=_resolve(base, cloud_t.get("token_file", str, "")),
-        timeout_s=cloud_t.get("timeout_s", float, 2.0, min=0.01, max=600.0),
         protocol=cloud_t.get("protocol", str, "http"),
     )
     cloud_t.finish()

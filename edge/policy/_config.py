@@ -258,7 +258,11 @@ class PolicyConfig:
     link: LinkSettings = section(LinkSettings)
     explore: ExploreSettings = section(ExploreSettings)
     learning: LearningSettings = section(LearningSettings)
-    offload: OffloadSettings = section(OffloadSettings)
+    offload: OffloadSettings = section(
+        OffloadSettings, "The agent, `edgecut replay` and the demo build their cloud client "
+        "from these keys (`timeout_ms` is the one timeout of a cloud call; agent.toml has none), "
+        "and the agent follows a policy reloaded or pushed over the fleet link from its next "
+        "request on.")
     device: DeviceSettings = section(DeviceSettings)
     source: str = ""
 
