@@ -93,7 +93,13 @@ from partition._chain import (
     min_cut_chain,
     plan_chain,
 )
-from partition._chain_export import Segment, chain_segments, segment_models, write_chain
+from partition._chain_export import (
+    Segment,
+    chain_segments,
+    device_candidate,
+    segment_models,
+    write_chain,
+)
 from partition._compress import decode, encode, evaluate_compression
 from partition._costmodel import CostModel
 from partition._graph import LayerGraph, LayerNode, TensorInfo, load_model
@@ -135,6 +141,7 @@ __all__ = [
     "cut_id_for",
     "CutCandidate",
     "decode",
+    "device_candidate",
     "encode",
     "enumerate_chain",
     "evaluate_compression",

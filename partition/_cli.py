@@ -79,14 +79,24 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
 
 @click.command("partition")
 @click.argument("model")
-@click.option("--device", "device_name", required=True, help="Device profile name or .toml path.")
-@click.option("--cloud", required=True,
-              help="Cloud service URL, a recorded cloud profile .json, or 'here' (this host).")
-@click.option("--bandwidth", required=True, help="Uplink bandwidth, e.g. 20Mbit, 1Gbit, 500kbit.")
-@click.option("--rtt", required=True, help="Round-trip time, e.g. 40ms or 0.04s.")
-@click.option("--objective", type=click.Choice(["latency", "energy"]), default="latency", show_default=True)
+@click.option("--device", "device_name", default=None,
+              help="Device profile name or .toml path (required without --chain).")
+@click.option("--cloud", default=None,
+              help="Cloud service URL, a recorded cloud profile .json, or 'here' (this host); "
+                   "required without --chain.")
+@click.option("--bandwidth", default=None, help="Uplink bandwidth, e.g. 20Mbit, 1Gbit, 500kbit.")
+@click.option("--rtt", default=None, help="Round-trip time, e.g. 40ms or 0.04s.")
+@click.option("--objective", type=click.Choice(["latency", "energy", "throughput"]), default="latency",
+              show_default=True, help="throughput: a stream's frames/s within --slo-ms (with --chain).")
 @click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Latency SLO for the energy objective.")
+              help="Latency SLO for the energy objective, per frame for throughput.")
+@click.option("--chain", default=None,
+              help="Plan across a chain of nodes instead: name=profile,... in order, e.g. "
+                   "device=jetson-nano,edge=jetson-agx-orin,cloud=here.")
+@click.option("--links", default=None,
+              help="With --chain: the link into each later node, e.g. edge=1000Mbit/2ms,cloud=20Mbit/40ms.")
+@click.option("--relay-url", "relay_urls", multiple=True,
+              help="With --chain: node=URL of the node after a middle node (writes its relay).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the plan.")
 @click.option("--keep", default=8, show_default=True, type=click.IntRange(0, 10000), help="Best splits to keep.")
 @click.option("--device-profile", default=None, type=click.Path(dir_okay=False),
@@ -103,9 +113,27 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
 def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt: str, objective: str,
                   slo_ms: float | None, out_dir: str, keep: int, device_profile: str | None,
                   cloud_model: str | None, compress: tuple[str, ...], wire: str, runs: int,
-                  measure: int, no_figure: bool) -> None:
-    """Choose where to cut MODEL between DEVICE and CLOUD for a link; write the plan."""
+                  measure: int, no_figure: bool, chain: str | None, links: str | None,
+                  relay_urls: tuple[str, ...]) -> None:
+    """Choose where to cut MODEL between DEVICE and CLOUD for a link; write the plan.
+    With --chain and --links: where each layer runs along a chain of nodes."""
     from rich.table import Table
+
+    if chain is not None:
+        from partition._chain_cli import run_chain
+
+        if not links:
+            raise ConfigError("--chain needs --links (the link into each later node)")
+        run_chain(_model_path(model), chain, links, objective, slo_ms, out_dir, runs, relay_urls,
+                  _console())
+        return
+    missing = [f"--{k}" for k, v in (("device", device_name), ("cloud", cloud),
+                                      ("bandwidth", bandwidth), ("rtt", rtt)) if v is None]
+    if missing:
+        raise ConfigError(f"partition: {', '.join(missing)} required (or plan a chain with --chain)")
+    if objective == "throughput":
+        raise ConfigError("--objective throughput plans a chain: give --chain device=...,cloud=here "
+                          "--links cloud=RATE/RTT")
 
     from devices import load_profile
     from partition._build import build_plan
