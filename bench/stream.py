@@ -21,7 +21,7 @@ trip), this process as the device (an emulated jetson-nano: every device stage i
 for the time measured here divided by the profile's ``relative_speed``, as the replay
 does). Per model: the plan (``prepare_plan``, cloud = this host); the SLO is a rule,
 twice the least-latency plan's predicted latency; ``sequential_fps`` runs the
-least-latency plan one frame at a time; ``stream_fps`` runs ``choose_stream``'s plan
+least-latency plan one frame at a time (each submitted when the previous is answered); ``stream_fps`` runs ``choose_stream``'s plan
 through the pipeline (window: how many of the slowest stage one frame's trip past the
 device holds (at most 4), both measured on frames of that plan run one at a time first;
 queue 1; ``drop_oldest``; uploads paced at the link's
@@ -182,6 +182,20 @@ def _run_stream(pipe, frames: list, rate_fps: float | None = None) -> tuple[list
     return got, fps
 
 
+def _run_one_by_one(pipe, frames: list) -> tuple[list, float]:  # noqa: ANN001
+    """Each frame submitted when the previous one is answered (nothing waits in the
+    queue); returns the results and frames per second over all of them."""
+    got = []
+    t0 = time.perf_counter()
+    for f in frames:
+        r = pipe.result(pipe.submit(f), timeout_s=600)
+        if r is not None:
+            got.append(r)
+    fps = len(got) / (time.perf_counter() - t0)
+    pipe.close()
+    return got, fps
+
+
 def _stages(warm: list, cand, bandwidth_bps: float) -> tuple[float, float, float, float, float]:  # noqa: ANN001
     """(device, uplink, cloud, downlink, trip) ms of ``cand`` from frames run one at a
     time: the device stage as held, the link's transfers at its rate, the server's
@@ -238,13 +252,13 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                                           cloud_timeout_s=60.0, device_time=device_time,
                                           intra_op_threads=1)
                 # warm both plans' sessions and the server's
-                _run_stream(pipe(lat_pick.candidate, 1), frames[:2])
+                _run_one_by_one(pipe(lat_pick.candidate, 1), frames[:2])
                 # the stream plan one frame at a time: its stage times (the pipeline's bound)
                 # and the trip that sets how many frames to keep in flight
-                warm, _ = _run_stream(pipe(st_pick.candidate, 1), frames[:5])
+                warm, _ = _run_one_by_one(pipe(st_pick.candidate, 1), frames[:5])
                 dev, up, cloud, down, trip = _stages(warm[1:], st_pick.candidate, bandwidth_bps)
                 seq_n = max(6, n_frames // 3)
-                seq_res, seq_fps = _run_stream(pipe(lat_pick.candidate, 1), frames[:seq_n])
+                seq_res, seq_fps = _run_one_by_one(pipe(lat_pick.candidate, 1), frames[:seq_n])
                 # frames in flight past the device: as many as one frame's trip past the
                 # device (measured one frame at a time above) holds of the slowest stage;
                 # more would only wait in the server's queue and add to every frame's latency
