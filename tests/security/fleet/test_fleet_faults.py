@@ -1,0 +1,104 @@
+"""Faults never leave the fleet link half-alive: a full disk under the spool, damaged spool
+records and sequence files, a telemetry thread that throws."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from edge.agent._spool import TelemetrySpool
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _on_a_tiny_disk(tmp_path: Path, script: str, size: str = "128k") -> dict:
+    """Run ``script`` (Python) with ``DISK`` a folder on its own tmpfs of ``size``.
+
+    The tmpfs is mounted in a private mount namespace (``unshare``: as root, or as an
+    unprivileged user where user namespaces are allowed), so a real ``ENOSPC`` comes from
+    the kernel and nothing outside the test sees the mount.
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    body = "import json, os, sys\nDISK = sys.argv[1]\n" + textwrap.dedent(script)
+    (tmp_path / "script.py").write_text(body)
+    cmd = ["unshare", "--mount", "--map-root-user", "sh", "-c",
+           f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$1" "$2" "$0"',
+           str(disk), sys.executable, str(tmp_path / "script.py")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_full_disk_drops_by_policy_reports_it_and_recovers(tmp_path: Path) -> None:
+    result = _on_a_tiny_disk(tmp_path, """
+        import errno
+        from edge.agent._spool import TelemetrySpool
+
+        spool = TelemetrySpool(os.path.join(DISK, "spool"), max_bytes=10_000_000)
+        seqs = [spool.append({"n": i, "pad": "x" * 200})[0] for i in range(5)]
+        ballast = os.path.join(DISK, "ballast")
+
+        def fill():
+            fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                while True:
+                    os.write(fd, bytes(4096))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+            finally:
+                os.close(fd)
+
+        # A: the disk fills while records are spooled: the oldest make room.
+        fill()
+        full = [spool.append({"n": 100 + i, "pad": "x" * 200}) for i in range(10)]
+        a = {"error": spool.error, "evicted": spool.evicted, "dropped": spool.dropped,
+             "stored": sum(p is not None for _, p in full)}
+        # B: everything was acknowledged, and the disk fills again: nothing to evict, so
+        # new records are dropped (and their numbers are never used again).
+        for seq in spool.pending():
+            spool.delete(seq)
+        fill()
+        dropped = [spool.append({"n": 200 + i}) for i in range(5)]
+        b = {"error": spool.error, "dropped": spool.dropped,
+             "stored": sum(p is not None for _, p in dropped)}
+        os.unlink(ballast)  # space comes back
+        after = [spool.append({"n": 300 + i})[0] for i in range(3)]
+        every = seqs + [s for s, _ in full] + [s for s, _ in dropped] + after
+        print(json.dumps({"a": a, "b": b, "every": every, "after": after,
+                          "error_after": spool.error, "pending": spool.pending(),
+                          "on_disk": sorted(int(p[:-5]) for p in os.listdir(
+                              os.path.join(DISK, "spool")) if p.endswith(".json"))}))
+    """)
+    a, b = result["a"], result["b"]
+    assert "No space left" in a["error"] and "No space left" in b["error"]
+    # Policy: the oldest records go first to make room, then new ones are dropped.
+    assert a["evicted"] >= 1 and a["stored"] >= 1
+    assert b["stored"] == 0 and b["dropped"] - a["dropped"] == 5
+    # Resumed by itself once space came back.
+    assert result["error_after"] == ""
+    assert result["every"] == sorted(set(result["every"])), "a sequence number repeated"
+    assert result["pending"] == result["on_disk"] == result["after"]
+
+
+def test_a_damaged_record_is_never_published_and_a_damaged_counter_never_repeats(
+        tmp_path: Path) -> None:
+    spool = TelemetrySpool(tmp_path, max_bytes=100_000)
+    seqs = [spool.append({"n": i})[0] for i in range(4)]
+    assert seqs == [0, 1, 2, 3]
+    (tmp_path / f"{1:016d}.json").write_bytes(b"\x00garbage")
+    (tmp_path / f"{2:016d}.json").write_text(json.dumps({"n": 2, "seq": 99}))  # not its seq
+    assert spool.read(0) is not None
+    assert spool.read(1) is None and spool.read(2) is None
+    assert spool.corrupt == 2 and spool.pending() == [0, 3]
+    for seq in seqs:
+        spool.delete(seq)
+    (tmp_path / "next_seq").write_text("garbage")
+    again = TelemetrySpool(tmp_path, max_bytes=100_000)
+    nxt = again.append({"n": 9})[0]
+    assert nxt > 3  # never a number that may have been published
+    third = TelemetrySpool(tmp_path, max_bytes=100_000)
+    assert third.append({"n": 10})[0] == nxt + 1  # and from then on, one by one
