@@ -102,3 +102,66 @@ def test_a_damaged_record_is_never_published_and_a_damaged_counter_never_repeats
     assert nxt > 3  # never a number that may have been published
     third = TelemetrySpool(tmp_path, max_bytes=100_000)
     assert third.append({"n": 10})[0] == nxt + 1  # and from then on, one by one
+
+
+def test_the_agent_reports_a_full_disk_and_resumes_by_itself(
+        tmp_path: Path, mosquitto, observer_factory) -> None:
+    """A real agent process whose data folder is a 160 KB tmpfs: the broker goes away,
+    telemetry fills the disk, the agent says so and keeps serving; the broker comes back,
+    the spool drains and telemetry resumes, with no sequence number used twice."""
+    import signal
+    import time
+
+    from tests.edge.conftest import tiny_model, wait_ready, write_agent_config
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")},
+                             mqtt_port=mosquitto.port, telemetry_s=0.05)
+    cfg.write_text(cfg.read_text().replace(f'data_dir = "{tmp_path / "data"}"',
+                                           f'data_dir = "{disk / "data"}"'))
+    obs = observer_factory(["t/dev1/telemetry"], client_id="disk-obs", qos=2)
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--map-root-user", "sh", "-c",
+             'mount -t tmpfs -o size=160k tmpfs "$0" && exec "$1" -m edge.cli agent --config "$2"',
+             str(disk), sys.executable, str(cfg)], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"unix://{tmp_path / 'agent.sock'}", proc)
+        obs.wait_for(lambda: len(obs.json_on("t/dev1/telemetry")) >= 5, 30, "telemetry")
+        mosquitto.stop()
+        deadline = time.monotonic() + 60
+        while b"spool_write_failed" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        line = [json.loads(x) for x in log.read_text().splitlines()
+                if "spool_write_failed" in x][0]
+        assert "No space left" in line["error"]
+        # Still serving while the disk is full.
+        from edge import Client
+
+        with Client(f"unix://{tmp_path / 'agent.sock'}") as client:
+            import numpy as np
+
+            assert client.infer("tiny", {"x": np.ones((1, 4), np.float32)})["y"][0, 0] == 2.0
+            fleet = client.agent_status()["fleet"]
+            assert "No space left" in (fleet.get("spool_error") or "")
+        mosquitto.start()
+
+        def recovered() -> list[dict]:
+            return [m for m in obs.json_on("t/dev1/telemetry")
+                    if m["spool"]["dropped"] > 0 and m["spool"]["error"] is None]
+
+        obs.wait_for(recovered, 60, "telemetry after the disk had room again")
+        assert b"spool_recovered" in log.read_bytes()
+        seqs = [m["seq"] for m in obs.json_on("t/dev1/telemetry")]
+        assert len(seqs) == len(set(seqs)), "a sequence number was published twice"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
