@@ -165,3 +165,81 @@ def test_the_agent_reports_a_full_disk_and_resumes_by_itself(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _restart_with(tmp_path: Path, files: dict[str, bytes], caplog) -> tuple:
+    """An agent whose data folder holds ``files`` (damaged state) when it starts."""
+    import logging
+
+    from edge.agent._daemon import Agent
+    from tests.edge.conftest import tiny_model, write_agent_config
+
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")})
+    data = tmp_path / "data"
+    for rel, content in files.items():
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(content)
+    with caplog.at_level(logging.ERROR, logger="edgecut"):
+        agent = Agent(cfg)
+    return agent, [r.getMessage() for r in caplog.records]
+
+
+def test_a_damaged_state_file_is_logged_and_the_config_serves(tmp_path: Path, caplog) -> None:
+    import numpy as np
+
+    for content in (b"\x00\xffnot json", b"[1, 2]", b'{"tiny": 5}',
+                    b'{"tiny": {"version": "..", "path": "/etc/shadow"}}',
+                    b'{"tiny": {"version": "9", "path": "/etc/shadow", "previous": 7}}',
+                    b'{"../x": {"version": "1", "path": "/x"}}'):
+        caplog.clear()
+        agent, logs = _restart_with(tmp_path, {"models/state.json": content}, caplog)
+        try:
+            assert agent.slots["tiny"].current.version == "1"
+            assert agent.infer("tiny", {"x": np.ones((1, 4), np.float32)})["y"][0, 0] == 2.0
+            assert any("state.json" in m and "ignored" in m for m in logs), (content, logs)
+        finally:
+            agent.close()
+
+
+def test_a_damaged_state_file_falls_back_to_its_last_good_copy(tmp_path: Path,
+                                                                caplog) -> None:
+    from tests.edge.conftest import tiny_model
+
+    v2 = tiny_model(tmp_path / "data" / "models" / "tiny" / "2" / "model.onnx", factor=3.0)
+    good = json.dumps({"tiny": {"version": "2", "path": str(v2), "previous": None}}).encode()
+    agent, logs = _restart_with(tmp_path, {"models/state.json": b"{torn",
+                                           "models/state.json.prev": good}, caplog)
+    try:
+        assert agent.slots["tiny"].current.version == "2"
+        assert any("last good copy" in m for m in logs), logs
+    finally:
+        agent.close()
+
+
+def test_a_state_entry_pointing_outside_the_store_is_not_loaded(tmp_path: Path,
+                                                                 caplog) -> None:
+    from tests.edge.conftest import tiny_model
+
+    elsewhere = tiny_model(tmp_path / "elsewhere" / "model.onnx", factor=7.0)
+    state = json.dumps({"tiny": {"version": "7", "path": str(elsewhere)}}).encode()
+    agent, logs = _restart_with(tmp_path, {"models/state.json": state}, caplog)
+    try:
+        assert agent.slots["tiny"].current.version == "1"
+        assert any("outside" in m for m in logs), logs
+    finally:
+        agent.close()
+
+
+def test_a_damaged_overlay_is_logged_and_the_file_config_serves(tmp_path: Path,
+                                                                caplog) -> None:
+    for content in (b"\x00garbage", b'"a string"', b'{"config": 5, "version": 7}',
+                    b'{"config": {"agent": {"log_level": 3}}}',
+                    b'{"config": {"cloud": {"url": "https://attacker.example"}}}'):
+        caplog.clear()
+        agent, logs = _restart_with(tmp_path, {"config-overlay.json": content}, caplog)
+        try:
+            assert agent.config.cloud.url == ""
+            assert agent.config.log_level == "info"
+            assert any("overlay" in m for m in logs), (content, logs)
+        finally:
+            agent.close()
