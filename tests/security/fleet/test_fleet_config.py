@@ -69,7 +69,8 @@ def test_a_signed_config_may_change_them_and_it_survives_a_restart(device: Devic
 
 
 def test_a_signed_config_is_not_replayed(device: Device) -> None:
-    msg = device.signed_config("cloud-2", {"cloud": {"url": "https://gpu-2.example:8000"}})
+    msg = device.signed_config("cloud-2", {"cloud": {"url": "https://gpu-2.example:8000"}},
+                               counter=5)
     assert device.send("config/set", msg)["ok"] is True
     ack = device.send("config/set", {**msg, "id": "again"})
     assert ack["ok"] is False and "replay" in ack["error"]
@@ -97,7 +98,7 @@ def test_an_unsigned_policy_may_not_turn_the_privacy_rule_off(device: Device) ->
     assert device.agent.policy_config.rules.never_send_raw_input is True
     # Tuning that keeps the rule is fine unsigned.
     ack = device.send("config/set", {"id": "tune", "version": "p3", "policy": {
-        "objective": "energy", "rules": {"never_send_raw_input": True}}})
+        "objective": "energy", "slo_ms": 100.0, "rules": {"never_send_raw_input": True}}})
     assert ack["ok"] is True, ack
 
 
