@@ -185,7 +185,9 @@ class Gate:
             raise ConfigError(f"config/set: unknown field(s) {unknown}; expected "
                               "['config', 'id', 'policy', 'signed', 'version']")
         change = _change(msg, "config/set")
-        touched = security_changes(current_raw, merge(current_raw, change.patch))
+        new_raw = merge(current_raw, change.patch)
+        touched = [k for k in security_changes(current_raw, new_raw)
+                   if not _safer(k, _lookup(new_raw, k))]
         if change.policy is not None and _privacy_on(current_policy) and not _privacy_asked(
                 change.policy):
             touched.append("policy.rules.never_send_raw_input")
@@ -218,6 +220,15 @@ def _change(msg: Mapping[str, Any], where: str) -> ConfigChange:
     if not patch and policy is None:
         raise ConfigError(f"{where}: nothing to apply (give 'config' and/or 'policy')")
     return ConfigChange(version, patch, policy)
+
+
+# Security keys an unsigned message may still turn off: the change only narrows what the
+# device sends out (offloading off: every request runs on the device).
+_SAFE_OFF = {"cloud.url": ""}
+
+
+def _safer(key: str, value: Any) -> bool:
+    return key in _SAFE_OFF and value == _SAFE_OFF[key]
 
 
 def _privacy_on(policy: Any) -> bool:

@@ -107,3 +107,13 @@ def test_harmless_keys_still_apply_unsigned(device: Device) -> None:
         "mqtt": {"telemetry_interval_s": 30.0}, "updates": {"error_rate_threshold": 0.1}}})
     assert ack["ok"] is True, ack
     assert device.agent.config.updates.error_rate_threshold == 0.1
+
+
+def test_turning_offloading_off_needs_no_signature(device: Device) -> None:
+    """Narrowing what leaves the device is not a weakening: cloud.url may go to ''."""
+    ack = device.send("config/set", {"id": "off", "version": "v2",
+                                     "config": {"cloud": {"url": ""}}})
+    assert ack["ok"] is True, ack
+    ack = device.send("config/set", {"id": "on", "version": "v3",
+                                     "config": {"cloud": {"url": "https://x.example"}}})
+    assert ack["ok"] is False and "cloud.url" in ack["error"]
