@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--no-scenarios", action="store_true")
     ap.add_argument("--policy-extra", default="",
                     help="TOML appended to both objectives' policy (after slo_ms/objective), "
-                         "e.g. '[explore]\\nprobe_budget_kb = 2048'")
+                         "e.g. '[explore]\\nprobe_budget_kib = 2048'")
     ap.add_argument("--wire", choices=("fp32", "fp16"), default="fp32",
                     help="how the plans send crossing tensors and offloaded inputs")
     ap.add_argument("--out", default=str(Path.home() / ".cache/edgecut/bench/policy"))

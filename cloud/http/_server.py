@@ -1,12 +1,11 @@
 """Running the ASGI app with uvicorn: in the foreground (the CLI) or in a thread (tests,
-the edge agent), plus structured JSON logging."""
+the edge agent); the JSON log layout is ``cloud._logs``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -14,40 +13,12 @@ from typing import Any
 
 import uvicorn
 
+from cloud._logs import JsonLogFormatter, configure_logging
+from cloud.http._conn import ConnectionLimits, guarded_protocol
+
+log = logging.getLogger("edgecut.cloud.http")
+
 __all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "serve_with", "uvicorn_config"]
-
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any ``extra`` fields
-    (``request_id``, ``model``, ``status``, ...)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str = "info", stream: Any = None) -> None:
-    """Send ``edgecut.*`` and uvicorn's logs to ``stream`` as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    for name in ("edgecut", "uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
-
 
 # uvicorn pauses reading a connection whenever 64 KiB of body wait for the app, so a 600 KB
 # tensor arrives in ten pause/resume round trips through the event loop, which measured
@@ -65,28 +36,46 @@ def _raise_body_high_water() -> None:
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
-                   limit_concurrency: int | None = 1024, backlog: int = 2048,
-                   log_level: str = "warning") -> uvicorn.Config:
+                   limits: ConnectionLimits | None = None,
+                   limit_concurrency: int | None = None, backlog: int = 2048,
+                   log_level: str = "warning", base_protocol: type | None = None,
+                   uds: str | None = None) -> uvicorn.Config:
     """uvicorn settings for the service: httptools and uvloop when installed, no access
-    log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and a
-    cap on concurrent connections that answers 503 beyond it (bounded memory)."""
+    log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and
+    the connection limits of :mod:`cloud.http._conn` (``limits``; ``limit_concurrency``, if
+    given, sets its ``max_connections``).
+
+    ``base_protocol``: a subclass of uvicorn's httptools protocol to guard instead of the
+    plain one (the local API's fast lane). ``uds``: listen on this Unix socket instead.
+    """
+    limits = limits or ConnectionLimits()
+    if limit_concurrency is not None:
+        limits = dataclasses.replace(limits, max_connections=limit_concurrency)
     try:
         import uvloop  # noqa: F401
 
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
+    http: Any
     try:
-        import httptools  # noqa: F401
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        http = "httptools"
         _raise_body_high_water()
+        http = guarded_protocol(base_protocol or HttpToolsProtocol, limits)
     except ImportError:
+        # Without httptools only uvicorn's own limits apply (h11 bounds the head's size).
         http = "h11"
+        log.warning("httptools is not installed: header and body timeouts and the "
+                    "per-client connection cap are off (pip install httptools)")
+    # The connection cap is the guard's (new connections beyond it are refused while the
+    # open ones keep being served), not uvicorn's limit_concurrency (which answered 503 to
+    # every request once idle connections filled it).
     return uvicorn.Config(
-        app, host=host, port=port, loop=loop, http=http, lifespan="on", access_log=False,
-        log_config=None, log_level=log_level, limit_concurrency=limit_concurrency,
-        backlog=backlog, timeout_keep_alive=30,
+        app, host=host, port=port, uds=uds, loop=loop, http=http, lifespan="on", access_log=False,
+        log_config=None, log_level=log_level, limit_concurrency=None,
+        backlog=backlog, timeout_keep_alive=max(1, int(round(limits.keep_alive_timeout_s))),
+        h11_max_incomplete_event_size=limits.max_header_bytes or None,
     )
 
 
@@ -115,7 +104,8 @@ class ServerThread:
         self.config = uvicorn_config(app, host, port, **kwargs)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, name="edgecut-uvicorn", daemon=True)
-        self.url = f"http://{host}:{port}"
+        uds = kwargs.get("uds")
+        self.url = f"unix://{uds}" if uds else f"http://{host}:{port}"
         # Servers of other transports over the same service (e.g. cloud.grpc.GrpcServer):
         # async start()/stop() on this loop, the one the service serves requests on.
         self.companions = list(companions)

@@ -46,13 +46,40 @@ class ApiConfig:
     # Inference requests the agent runs inline are answered inside the HTTP protocol,
     # without the ASGI request cycle (cloud.http._lane); false: every request takes that cycle.
     fast_lane: bool = True
+    # KServe v2 / Triton gRPC on api.host (DeepStream's nvinferserver, tritonclient.grpc);
+    # 0: off. Needs the grpc extra.
+    grpc_port: int = 0
+    # Connection limits against hostile local users or, with host = 0.0.0.0, the network
+    # (cloud.http._conn): the same meaning and defaults as `edgecut serve`'s flags.
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    keep_alive_timeout_s: float = 30.0
+    body_timeout_s: float = 20.0
+    body_min_bytes_per_s: float = 4096.0
+    max_connections: int = 1024
+    max_connections_per_client: int = 256
+    # Besides the agent's own uid, the owners whose /dev/shm files TCP loopback clients may
+    # register (Unix-socket clients may register only their own files).
+    shm_allow_uids: tuple[int, ...] = ()
+
+    def connection_limits(self) -> Any:
+        """These limits as the cloud server's ``ConnectionLimits``."""
+        from cloud.http._conn import ConnectionLimits
+
+        return ConnectionLimits(
+            header_timeout_s=self.header_timeout_s, max_header_bytes=self.max_header_bytes,
+            keep_alive_timeout_s=self.keep_alive_timeout_s, body_timeout_s=self.body_timeout_s,
+            body_min_rate=self.body_min_bytes_per_s, max_connections=self.max_connections,
+            max_connections_per_client=self.max_connections_per_client)
 
 
 @dataclass(frozen=True)
 class CloudConfig:
     url: str = ""
     token_file: str = ""
-    timeout_s: float = 2.0
+    # How the offload client speaks to the cloud: "http" (KServe v2 REST) or "grpc"
+    # (KServe v2 gRPC: edgecut serve --grpc-port, or any Triton).
+    protocol: str = "http"
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,7 @@ class AgentConfig:
     data_dir: str
     log_level: str
     log_requests: bool
+    log_format: str
     shutdown_grace_s: float
     policy_file: str
     api: ApiConfig
@@ -150,6 +178,7 @@ class AgentConfig:
 RESTART_ONLY = (
     ("agent", "device_id"),
     ("agent", "data_dir"),
+    ("agent", "log_format"),
     ("api",),
     ("mqtt", "enabled"),
     ("mqtt", "host"),
@@ -248,6 +277,7 @@ def parse_agent_config(
     data_dir = _resolve(base, agent.get("data_dir", str, "/var/lib/edgecut"))
     log_level = agent.get("log_level", str, "info", choices=("debug", "info", "warning", "error"))
     log_requests = agent.get("log_requests", bool, True)
+    log_format = agent.get("log_format", str, "json", choices=("json", "text"))
     grace = agent.get("shutdown_grace_s", float, 10.0, min=0.0, max=600.0)
     agent.finish()
 
@@ -264,21 +294,43 @@ def parse_agent_config(
         shared_memory=api_t.get("shared_memory", bool, True),
         inline_max_ms=api_t.get("inline_max_ms", float, 50.0, min=0.0, max=10000.0),
         fast_lane=api_t.get("fast_lane", bool, True),
+        header_timeout_s=api_t.get("header_timeout_s", float, 10.0, min=0.0, max=3600.0),
+        max_header_bytes=api_t.get("max_header_bytes", int, 64 * 1024, min=0, max=1 << 30),
+        keep_alive_timeout_s=api_t.get("keep_alive_timeout_s", float, 30.0, min=1.0,
+                                       max=3600.0),
+        body_timeout_s=api_t.get("body_timeout_s", float, 20.0, min=0.0, max=3600.0),
+        body_min_bytes_per_s=api_t.get("body_min_bytes_per_s", float, 4096.0, min=0.0,
+                                       max=1e12),
+        max_connections=api_t.get("max_connections", int, 1024, min=1, max=1000000),
+        max_connections_per_client=api_t.get("max_connections_per_client", int, 256, min=0,
+                                             max=1000000),
+        shm_allow_uids=tuple(api_t.get_list("shm_allow_uids", int, [])),
+        grpc_port=api_t.get("grpc_port", int, 0, min=0, max=65535),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:
         raise ConfigError(f"{api_t.where}: set 'port' or 'unix_socket' (both are off)")
 
     cloud_t = top.table("cloud")
+    if cloud_t.has("timeout_s"):
+        # One timeout per cloud call: policy.toml's, which the fleet can push and replay reads.
+        raise ConfigError(f"{cloud_t.where}: key 'timeout_s' moved: the cloud call's timeout "
+                          "is policy.toml's [offload] timeout_ms")
     cloud = CloudConfig(
         url=cloud_t.get("url", str, ""),
         token_file=_resolve(base, cloud_t.get("token_file", str, "")),
-        timeout_s=cloud_t.get("timeout_s", float, 2.0, min=0.01, max=600.0),
+        protocol=cloud_t.get("protocol", str, "http"),
     )
     cloud_t.finish()
-    if cloud.url and not cloud.url.startswith(("http://", "https://")):
+    if cloud.protocol not in ("http", "grpc"):
+        raise ConfigError(f"{cloud_t.where}: key 'protocol': expected \"http\" or \"grpc\", "
+                          f"got {cloud.protocol!r}")
+    schemes = ("http://", "https://") + (("grpc://", "grpcs://") if cloud.protocol == "grpc" else ())
+    if cloud.url and not cloud.url.startswith(schemes):
+        expected = ("an http:// or https:// URL" if cloud.protocol == "http" else
+                    "a grpc://, grpcs://, http:// or https:// URL (protocol grpc)")
         raise ConfigError(
-            f"{cloud_t.where}: key 'url': expected an http:// or https:// URL, got {cloud.url!r}"
+            f"{cloud_t.where}: key 'url': expected {expected}, got {cloud.url!r}"
         )
 
     mq = top.table("mqtt")
@@ -371,6 +423,7 @@ def parse_agent_config(
         data_dir=data_dir,
         log_level=log_level,
         log_requests=log_requests,
+        log_format=log_format,
         shutdown_grace_s=grace,
         policy_file=policy_file,
         api=api,
