@@ -17,6 +17,7 @@ from typing import Any
 
 from devices.config import Table, read_toml
 from devices.errors import ConfigError
+from edge.agent._names import NAME_PATTERN, is_name
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_MQTT_PACKET = 268_435_455
@@ -399,12 +400,13 @@ def parse_agent_config(
     for i, item in enumerate(raw_models):
         mt = Table(item, f"{source} [[models]] #{i + 1}")
         name = mt.get("name", str)
-        if not _ID_RE.match(name):
-            raise ConfigError(f"{mt.where}: key 'name': invalid model name {name!r}")
+        if not is_name(name):
+            raise ConfigError(f"{mt.where}: key 'name': invalid model name {name!r} (expected "
+                              f"{NAME_PATTERN})")
         m = ModelConfig(
             name=name,
             path=_resolve(base, mt.get("path", str)),
-            version=mt.get("version", str, "1"),
+            version=_model_version(mt),
             plan=_resolve(base, mt.get("plan", str, "")),
             warmup_runs=mt.get("warmup_runs", int, 2, min=0, max=1000),
             warmup_inputs=_resolve(base, mt.get("warmup_inputs", str, "")),
@@ -433,6 +435,13 @@ def parse_agent_config(
         source=source,
         raw=copy.deepcopy(dict(data)),
     )
+
+
+def _model_version(mt: Table) -> str:
+    version = mt.get("version", str, "1")
+    if not is_name(version):
+        raise ConfigError(f"{mt.where}: key 'version': expected {NAME_PATTERN}, got {version!r}")
+    return version
 
 
 def merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
