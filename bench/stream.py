@@ -22,8 +22,8 @@ for the time measured here divided by the profile's ``relative_speed``, as the r
 does). Per model: the plan (``prepare_plan``, cloud = this host); the SLO is a rule,
 twice the least-latency plan's predicted latency; ``sequential_fps`` runs the
 least-latency plan one frame at a time; ``stream_fps`` runs ``choose_stream``'s plan
-through the pipeline (window: the frames one frame's trip past the device covers at the
-predicted bottleneck, plus one; queue 1; ``drop_oldest``; uploads paced at the link's
+through the pipeline (window: how many of the slowest stage one frame's trip past the
+device holds, both measured on three frames run one at a time first; queue 1; ``drop_oldest``; uploads paced at the link's
 rate) fed by a 15 frames/s camera for about 12 s, measured over the answered frames
 after the first four; ``pipeline_bound_fps`` is 1 / the slowest stage measured in that run (median device
 stage, upload and download at the emulated rate, median server compute); ``p95_ms``
@@ -180,6 +180,19 @@ def _run_stream(pipe, frames: list, rate_fps: float | None = None) -> tuple[list
     return got, fps
 
 
+def _depth(warm: list, cand, bandwidth_bps: float) -> int:  # noqa: ANN001
+    import statistics
+
+    ok = [r for r in warm if r.status == "ok"]
+    if not ok or cand.kind == "local":
+        return 1
+    trip = statistics.median(r.latency_ms - r.device_ms for r in ok)
+    up = cand.up_bytes * 8000.0 / bandwidth_bps
+    compute = statistics.median(r.compute_ms or r.server_ms or 0.0 for r in ok)
+    slowest = max(statistics.median(r.device_ms for r in ok), up, compute, 1e-3)
+    return max(1, math.ceil(trip / slowest))
+
+
 def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                   stream_seconds: float = 12.0) -> dict:
     import statistics
@@ -221,13 +234,13 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                                           intra_op_threads=1)
                 # warm both plans' sessions and the server's
                 _run_stream(pipe(lat_pick.candidate, 1), frames[:2])
-                _run_stream(pipe(st_pick.candidate, 1), frames[:2])
+                warm, _ = _run_stream(pipe(st_pick.candidate, 1), frames[:3])
                 seq_n = max(6, n_frames // 3)
                 seq_res, seq_fps = _run_stream(pipe(lat_pick.candidate, 1), frames[:seq_n])
-                # frames in flight past the device: enough to cover one frame's trip at
-                # the predicted bottleneck, and one more for jitter
-                depth = 1 + max(1, math.ceil((st_pick.latency_ms - st_pick.stages_ms[0])
-                                             / max(st_pick.stages_ms)))
+                # frames in flight past the device: as many as one frame's trip past the
+                # device (measured one frame at a time above) holds of the slowest stage;
+                # more would only wait in the server's queue and add to every frame's latency
+                depth = _depth(warm[1:], st_pick.candidate, bandwidth_bps)
                 sp = pipe(st_pick.candidate, depth, "drop_oldest")
                 camera = CAMERA_FPS
                 n_cam = int(CAMERA_FPS * stream_seconds)
@@ -238,7 +251,9 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
     c = st_pick.candidate
     ok = [r for r in res if r.status in ("ok", "fallback")]
     dev = statistics.median([r.device_ms for r in ok]) if ok else 0.0
-    servers = [r.server_ms for r in ok if r.server_ms is not None]
+    # the cloud stage is the model's run there; the server's time also holds the wait in
+    # its queue behind the other frames in flight, which is the pipeline, not a stage
+    servers = [r.compute_ms for r in ok if r.compute_ms is not None]
     cloud = statistics.median(servers) if servers else 0.0
     up = c.up_bytes * 8000.0 / bandwidth_bps if c.kind != "local" else 0.0
     down = c.down_bytes * 8000.0 / bandwidth_bps if c.kind != "local" else 0.0

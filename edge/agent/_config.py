@@ -20,6 +20,7 @@ from typing import Any
 from devices.config import Table, read_toml
 from devices.errors import ConfigError
 from devices.schema import parse, parse_table, section, setting
+from edge.agent._names import NAME_PATTERN, is_name
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_MQTT_PACKET = 268_435_455
@@ -150,12 +151,12 @@ class CloudConfig:
 class ModelConfig:
     """One model the agent serves. ``path`` is the version it starts with."""
 
-    name: str = setting("", "the model's name in the API (1-64 of `[A-Za-z0-9_.-]`)",
+    name: str = setting("", "the model's name in the API (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`)",
                         note="the model's name in the API", required=True,
                         example="squeezenet")
     path: str = setting("", "the model file the agent starts with", required=True, path=True,
                         example="/var/lib/edgecut/models/squeezenet.onnx")
-    version: str = setting("1", "the version name of `path`")
+    version: str = setting("1", "the version name of `path` (a name as the model's)")
     plan: str = setting("", "`plan.json` from `edgecut partition` (split and offload plans)",
                         note="plan.json from `edgecut partition` (split/offload plans)",
                         path=True)
@@ -443,8 +444,12 @@ def parse_agent_config(
         where = f"{source} [[models]] #{i + 1}"
         m = parse_table(ModelConfig, Table(item, where),
                         resolve=lambda value: _resolve(base, value))
-        if not _ID_RE.match(m.name):
-            raise ConfigError(f"{where}: key 'name': invalid model name {m.name!r}")
+        if not is_name(m.name):
+            raise ConfigError(f"{where}: key 'name': invalid model name {m.name!r} (expected "
+                              f"{NAME_PATTERN})")
+        if not is_name(m.version):
+            raise ConfigError(f"{where}: key 'version': expected {NAME_PATTERN}, got "
+                              f"{m.version!r}")
         if any(x.name == m.name for x in models):
             raise ConfigError(f"{where}: model '{m.name}' is listed twice")
         models.append(m)
