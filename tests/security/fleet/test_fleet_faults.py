@@ -246,3 +246,61 @@ def test_a_damaged_overlay_is_logged_and_the_file_config_serves(tmp_path: Path,
             assert any("overlay" in m for m in logs), (content, logs)
         finally:
             agent.close()
+
+
+class _OnceBroken:
+    """The agent as the fleet link sees it (FleetHandler), whose next telemetry record
+    cannot be encoded: the fault kills the telemetry timer's loop unless it is watched."""
+
+    def __init__(self, agent) -> None:
+        self._agent = agent
+        self.broken = True
+
+    def __getattr__(self, name: str):
+        return getattr(self._agent, name)
+
+    def telemetry(self) -> dict:
+        record = self._agent.telemetry()
+        if self.broken:
+            self.broken = False
+            record["bad"] = object()  # not JSON: the spool's encoder raises TypeError
+        return record
+
+
+def test_a_telemetry_thread_that_throws_is_restarted_and_reported(
+        tmp_path: Path, mosquitto, observer_factory) -> None:
+    from edge.agent._daemon import Agent
+    from tests.edge.conftest import tiny_model, write_agent_config
+
+    cfg = write_agent_config(tmp_path, models={"tiny": tiny_model(tmp_path / "t.onnx")},
+                             mqtt_port=mosquitto.port, telemetry_s=0.1)
+    obs = observer_factory(["t/dev1/telemetry"], client_id="wd-obs")
+    agent = Agent(cfg)
+    agent.start_fleet()
+    try:
+        obs.wait_for(lambda: obs.json_on("t/dev1/telemetry"), 20, "telemetry")
+        agent.fleet.handler = _OnceBroken(agent)
+        obs.wait_for(lambda: agent.fleet.restarts.get("fleet-timer"), 20, "a restart")
+        health = agent.fleet.health()
+        assert "TypeError" in health["last_thread_error"]
+        assert health["threads_alive"] == health["threads"]
+        # Telemetry goes on, and says the thread was restarted.
+        obs.wait_for(lambda: [m for m in obs.json_on("t/dev1/telemetry")
+                              if m["fleet"]["thread_restarts"] >= 1], 20, "telemetry again")
+    finally:
+        agent.close()
+
+
+def test_weak_settings_are_warned_about_loudly(tmp_path: Path) -> None:
+    from edge.agent._config import parse_agent_config, security_warnings
+
+    base = {"agent": {"device_id": "d"}, "mqtt": {"enabled": True}}
+    warnings = " | ".join(security_warnings(parse_agent_config(
+        {**base, "api": {"host": "0.0.0.0"}}, "a.toml")))
+    assert "not encrypted" in warnings and "no username" in warnings
+    assert "updates.public_key_file is not set" in warnings
+    assert "api.host = '0.0.0.0'" in warnings and "no authentication" in warnings
+    quiet = parse_agent_config({"agent": {"device_id": "d"}, "mqtt": {
+        "enabled": True, "username": "d", "tls": {"enabled": True}},
+        "updates": {"public_key_file": "k.pub"}}, "a.toml", tmp_path)
+    assert security_warnings(quiet) == []
