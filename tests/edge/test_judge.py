@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from devices import ConfigError
 from edge.lab._cloudgpu import CLOUD_PROFILES, cloud_profile
 from edge.lab._emulator import load_trace
 from edge.lab._judge import best_fixed, data_files, judge_run, select_windows, summarise
-from devices import ConfigError
 
 
 def _fig(mean: float, mj: float, miss: float = 0.0) -> dict[str, float]:
