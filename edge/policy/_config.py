@@ -103,6 +103,13 @@ class OffloadSettings:
     # device at the same time and take whichever answer comes first.
     race: bool = True
     race_min_chance: float = 0.05
+    # Latency objective: racing and probing may add at most this fraction to the energy
+    # of the plans the device runs, over time (an allowance that each request earns as
+    # this share of its plan's predicted energy, and that a race's extra energy and a
+    # probe's radio time spend; it saves up at most one local run's worth). An
+    # operator's price for latency, not a fitted figure: 0 races never, a large value
+    # races whenever the chance says so (the behaviour before issue 25).
+    race_energy_budget: float = 0.2
     max_retries: int = 1
     breaker_failures: int = 3
     breaker_reset_s: float = 5.0
@@ -199,6 +206,8 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
         abandon_min_chance=of.get("abandon_min_chance", float, 0.05, min=0.0, max=1.0),
         race=of.get("race", bool, True),
         race_min_chance=of.get("race_min_chance", float, 0.05, min=0.0, max=0.5),
+        race_energy_budget=of.get("race_energy_budget", float,
+                                  OffloadSettings.race_energy_budget, min=0.0),
         max_retries=of.get("max_retries", int, 1, min=0, max=10),
         breaker_failures=of.get("breaker_failures", int, 3, min=1),
         breaker_reset_s=of.get("breaker_reset_s", float, 5.0, min=0.0),
