@@ -102,6 +102,9 @@ class PolicyContext:
     reference_input_bytes: int = 0
     explore_draw: float = 1.0
     probe_allowance: int = 0
+    #: Energy the latency objective may still spend on racing (mJ; see ``[offload]
+    #: race_energy_budget``): the executor's running allowance. Unbounded when unknown.
+    race_allowance_mj: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ class Decision:
     deadline_ms: float = 0.0
     #: Run the request on the device at the same time and take the first answer.
     race: bool = False
+    #: What the race adds to the energy of the plan that would run without it (mJ).
+    race_extra_mj: float = 0.0
     predictions: tuple[Prediction, ...] = field(default=(), compare=False)
 
     @property
@@ -421,6 +426,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # first answer is taken), so that the bet costs no latency when it loses. Of the
     # remote plans, the one likeliest to answer first; the price is the device's energy.
     race = False
+    race_extra_mj = 0.0
     if (objective == "latency" and cfg.offload.race and not explored and local is not None
             and ctx.cloud.healthy):
         odds = {p.cut_id: _slo_chance(ctx.link, _bandwidth_within(p, risk_bw, local.latency_ms))
@@ -431,8 +437,19 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                 key=lambda p: (-odds[p.cut_id], p.latency_ms))
             win = odds[pick.cut_id]
             lo = cfg.offload.race_min_chance
-            if (win <= 1.0 - lo) if chosen.kind != LOCAL else (win >= lo):
+            # The race's price: the device's run beside a remote plan, or the radio
+            # beside a local one, over what the plan chosen alone would cost.
+            base_mj = chosen.energy_mj
+            extra_mj = max(ctx.energy.plan_mj(local.latency_ms, pick.up_ms, pick.down_ms)
+                           - base_mj, 0.0)
+            close = (win <= 1.0 - lo) if chosen.kind != LOCAL else (win >= lo)
+            if close and extra_mj > ctx.race_allowance_mj:
+                reason += (f"; not racing {_plan_name(pick)}: it would add {extra_mj:.0f} mJ, "
+                           f"over the {max(ctx.race_allowance_mj, 0.0):.0f} mJ left of "
+                           f"race_energy_budget")
+            elif close:
                 race = True
+                race_extra_mj = extra_mj
                 chosen = pick
                 reason = (f"racing {_plan_name(pick)} against a local run: it answers first "
                           f"with chance {win:.0%} ({pick.latency_ms:.0f} ms predicted, local "
@@ -467,7 +484,8 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     return Decision(
         kind=chosen.kind, cut_id=chosen.cut_id, predicted_ms=predicted_ms,
         predicted_mj=predicted_mj, reason=reason, explored=explored, probe=probe,
-        objective=objective, deadline_ms=cfg.slo_ms, race=race, predictions=tuple(preds),
+        objective=objective, deadline_ms=cfg.slo_ms, race=race, race_extra_mj=race_extra_mj,
+        predictions=tuple(preds),
     )
 
 
