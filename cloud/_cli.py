@@ -54,11 +54,11 @@ def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth:
     """Serve a model repository over the Open Inference Protocol (KServe v2 REST)."""
     import uvicorn
 
-    from cloud._app import create_app
     from cloud._auth import TokenVerifier
-    from cloud._server import configure_logging, uvicorn_config
     from cloud._service import InferenceService
     from cloud.errors import CloudError
+    from cloud.http._app import create_app
+    from cloud.http._server import configure_logging, uvicorn_config
 
     configure_logging(log_level)
     if no_auth and auth_keys:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud._tensors import DATATYPES
 from cloud.errors import ExecutionError, RepositoryError
-from cloud.protocol import DATATYPES
 
 __all__ = ["ModelRuntime", "OnnxRuntime", "TensorMeta", "ort_providers"]
 

@@ -180,7 +180,7 @@ class SharedMemoryRegistry:
     def read(self, tensor: str, datatype: str, shape: tuple[int, ...],
              params: Mapping[str, Any]) -> np.ndarray:
         """Input ``tensor`` as a read-only view of its region (no copy)."""
-        from cloud.protocol import DATATYPES, _decode_bytes_elements
+        from cloud._tensors import DATATYPES, decode_bytes_elements
 
         region, start, size = self._window(tensor, params)
         count = 1
@@ -188,7 +188,7 @@ class SharedMemoryRegistry:
             count *= d
         view = memoryview(region.mapping)[start:start + size]
         if datatype == "BYTES":
-            return _decode_bytes_elements(tensor, view, count).reshape(shape)
+            return decode_bytes_elements(tensor, view, count).reshape(shape)
         dtype = DATATYPES[datatype]
         expected = count * dtype.itemsize
         if size != expected:

@@ -57,6 +57,16 @@ device_factor, cloud_factor)``
     Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
     ``fp32``, each optionally ``+zstd`` or ``+lz4``.
 
+``choose_stream(candidates, bandwidth_bps, rtt_s, device, slo_ms)`` / ``stream_stages``
+    A stream's plan: the highest pipeline rate (1 / slowest of device head, uplink,
+    cloud tail, downlink) whose per-frame latency meets the SLO, exact over the candidates.
+
+``plan_chain(graph, node_ms, hops, device, objective, slo_ms)`` -> ``ChainPlan``
+    A plan over an ordered chain of nodes (device, edge nodes, cloud) with a ``Hop`` per
+    link: every layer labelled with a node so data only moves forward; exact min cut on
+    an expanded graph for latency and energy, enumeration of nested ideals for stream
+    throughput (``enumerate_chain``, ``evaluate_labels``, ``min_cut_chain``).
+
 ``parse_bandwidth("20Mbit") -> bit/s``, ``parse_duration("40ms") -> s``.
 """
 
@@ -69,6 +79,17 @@ from partition._build import (
     rescale,
     resolve_cloud,
     write_plan_dir,
+)
+from partition._chain import (
+    CHAIN_OBJECTIVES,
+    ChainCost,
+    ChainPlan,
+    Hop,
+    enumerate_chain,
+    evaluate_labels,
+    ideal_sets,
+    min_cut_chain,
+    plan_chain,
 )
 from partition._compress import decode, encode, evaluate_compression
 from partition._costmodel import CostModel
@@ -86,49 +107,63 @@ from partition._planner import (
 )
 from partition._profile import Profile, fetch_cloud_profile, profile_model
 from partition._split import Splitter, half_precision_inputs, split_model
+from partition._stream import StreamChoice, bound_fps, choose_stream, stream_stages
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
 from partition._units import parse_bandwidth, parse_duration
 from partition.zoo import ZOO_MODELS, build_zoo, materialize, trained_model, zoo_model
 
 __all__ = [
+    "CHAIN_OBJECTIVES",
     "LOCAL",
     "OFFLOAD",
     "SPLIT",
     "ZOO_MODELS",
-    "Choice",
-    "CostModel",
-    "CutCandidate",
-    "LayerGraph",
-    "LayerNode",
-    "Measurement",
-    "MinCut",
-    "Plan",
-    "Profile",
-    "Splitter",
-    "half_precision_inputs",
-    "TensorInfo",
+    "bound_fps",
     "build_plan",
     "build_zoo",
     "candidate_cuts",
+    "ChainCost",
+    "ChainPlan",
+    "Choice",
     "choose",
+    "choose_stream",
+    "CostModel",
     "cut_id_for",
+    "CutCandidate",
     "decode",
     "encode",
+    "enumerate_chain",
     "evaluate_compression",
+    "evaluate_labels",
     "fetch_cloud_profile",
+    "half_precision_inputs",
+    "Hop",
+    "ideal_sets",
+    "LayerGraph",
+    "LayerNode",
     "load_model",
     "make_candidates",
     "materialize",
     "measure_candidates",
+    "Measurement",
     "min_cut",
+    "min_cut_chain",
+    "MinCut",
     "parse_bandwidth",
     "parse_duration",
+    "Plan",
+    "plan_chain",
     "predict",
+    "Profile",
     "profile_model",
     "rescale",
     "resolve_cloud",
     "side_times",
     "split_model",
+    "Splitter",
+    "stream_stages",
+    "StreamChoice",
+    "TensorInfo",
     "trained_model",
     "write_plan_dir",
     "zoo_model",

@@ -39,7 +39,7 @@ class ApiConfig:
     # thread, so the loop is never held longer than this. 0 turns it off.
     inline_max_ms: float = 50.0
     # Inference requests the agent runs inline are answered inside the HTTP protocol,
-    # without the ASGI request cycle (cloud._lane); false: every request takes that cycle.
+    # without the ASGI request cycle (cloud.http._lane); false: every request takes that cycle.
     fast_lane: bool = True
 
 

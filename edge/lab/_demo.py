@@ -73,7 +73,7 @@ class _AgentRoute:
         self._last: Outcome | None = None
 
     def __call__(self, executor: Executor) -> Callable[[dict[str, np.ndarray]], Outcome]:
-        from edge.agent._daemon import _Planned
+        from edge.agent._lanes import _Planned
 
         executor.listeners.append(self._remember)
         slot = self._agent.slots[self._model]

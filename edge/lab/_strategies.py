@@ -37,8 +37,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from devices import EnergyModel
+from edge.lab._costing import (
+    Components,
+    _compose,
+    _host_slowdown,
+    _parts,
+    _pick,
+    _summarise,
+)
 from edge.lab._emulator import Trace
-from edge.lab._replay import Components, _compose, _host_slowdown, _parts, _pick, _summarise
 from edge.offload._executor import Outcome
 from partition import LOCAL, OFFLOAD
 

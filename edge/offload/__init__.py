@@ -18,7 +18,8 @@ from edge.offload._client import (
     TokenSource,
     UploadProgress,
 )
-from edge.offload._executor import Decided, Executor, Outcome
+from edge.offload._executor import Executor
+from edge.offload._outcome import Decided, Outcome
 
 __all__ = [
     "CircuitBreaker",

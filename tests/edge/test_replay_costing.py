@@ -22,8 +22,8 @@ from __future__ import annotations
 import pytest
 
 from devices import EnergyModel
+from edge.lab._costing import Components
 from edge.lab._emulator import Trace
-from edge.lab._replay import Components
 from edge.lab._strategies import cost_strategies, scaled_components
 from edge.offload._executor import Outcome
 from edge.policy import Decision

@@ -19,8 +19,9 @@ import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from cloud._auth import Principal, TokenVerifier
+from cloud._auth import TokenVerifier
 from cloud._deferred import after_answer
+from cloud._gate import Gate
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
@@ -31,7 +32,7 @@ from cloud.errors import (
     PayloadTooLarge,
     ProtocolError,
 )
-from cloud.protocol import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from cloud.http._codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
 
 __all__ = ["create_app"]
 
@@ -68,24 +69,14 @@ class _App:
     def __init__(
         self,
         service: InferenceService,
-        verifier: TokenVerifier | None,
-        max_body_bytes: int,
+        gate: Gate,
         metrics_require_auth: bool,
-        max_in_flight: int,
-        max_pending_bytes: int,
-        shared_memory: bool = False,
+        shm: SharedMemoryRegistry | None = None,
     ) -> None:
         self.service = service
+        self.gate = gate
         # The system shared memory extension: on for servers that only local clients reach.
-        self.shm = SharedMemoryRegistry() if shared_memory else None
-        self.max_in_flight = max_in_flight
-        self._in_flight = 0
-        self.max_pending_bytes = max_pending_bytes
-        self._pending_bytes = 0  # request bodies held right now, all requests together
-        self._refused = 0
-        self._refused_logged_at = 0.0
-        self.verifier = verifier
-        self.max_body_bytes = max_body_bytes
+        self.shm = shm
         self.metrics_require_auth = metrics_require_auth
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}"
@@ -112,14 +103,13 @@ class _App:
             headers[key.decode("latin-1").lower()] = value.decode("latin-1")
         request_id = headers.get("x-request-id", "")[:128] or f"{self._id_prefix}-{next(self._ids)}"
         method, path = scope["method"], scope["path"]
-        self._in_flight += 1
+        gate = self.gate
+        gate.in_flight += 1
         held = [0]
         try:
-            if self._in_flight > self.max_in_flight and method == "POST":
+            if method == "POST" and gate.at_limit():
                 # Refused before its body is read: memory stays bounded however many come.
-                raise Overloaded(
-                    f"server is at its limit of {self.max_in_flight} requests in progress; retry later"
-                )
+                raise gate.refuse_busy()
             status, body, extra = await self._route(method, path, headers, receive, request_id,
                                                     held, scope.get("client"))
         except _Disconnected:
@@ -130,8 +120,8 @@ class _App:
             log.exception("%s %s failed", method, path, extra={"request_id": request_id})
             status, body, extra = 500, _json({"error": "internal server error"}), _JSON
         finally:
-            self._in_flight -= 1
-            self._pending_bytes -= held[0]
+            gate.in_flight -= 1
+            gate.release(held[0])
         out_headers = self._final_headers(status, body, extra, request_id)
         try:
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
@@ -149,7 +139,7 @@ class _App:
                   ) -> tuple[int, bytes, list] | Coroutine[Any, Any, tuple[int, bytes, list]] | None:
         """``POST /v2/models/{model}/infer`` with its body read, served without a task.
 
-        For the local API's fast lane (:mod:`cloud._lane`), called on the event loop:
+        For the local API's fast lane (:mod:`cloud.http._lane`), called on the event loop:
         when the model's batcher runs the request inline, the answer is returned ready
         to write (status, body, headers with ``content-length`` and ``x-request-id``);
         when the runtime queued it for its worker, a coroutine to await for that answer.
@@ -161,7 +151,8 @@ class _App:
         path = f"/v2/models/{model}/infer"
         if (headers.get("content-encoding", "identity") != "identity"
                 or (HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES)
-                or self._in_flight >= self.max_in_flight or len(body) > self.max_body_bytes):
+                or self.gate.in_flight >= self.gate.max_in_flight
+                or len(body) > self.gate.max_body_bytes):
             return None
         try:
             request = decode_infer_request(body, headers, shared_memory=self.shm)
@@ -169,27 +160,28 @@ class _App:
             return None
         if any("shared_memory_region" in o.parameters for o in request.outputs or ()):
             return None
-        self._in_flight += 1
+        gate = self.gate
+        gate.in_flight += 1
         try:
-            self._scoped(headers, model)
+            gate.require_model(headers.get("authorization"), model)
             result = self.service.infer_now(model, request)
         except CloudError as exc:
             return self._final(*self._error(exc, "POST", path, request_id), request_id)
         finally:
-            self._in_flight -= 1
+            gate.in_flight -= 1
         if result is None:
             return None
         if isinstance(result, InferResult):
             return self._final(*self._answer(model, request, result), request_id)
 
         async def settle() -> tuple[int, bytes, list]:
-            self._in_flight += 1
+            gate.in_flight += 1
             try:
                 done = await result
             except CloudError as exc:
                 return self._final(*self._error(exc, "POST", path, request_id), request_id)
             finally:
-                self._in_flight -= 1
+                gate.in_flight -= 1
             return self._final(*self._answer(model, request, done), request_id)
 
         return settle()
@@ -238,32 +230,16 @@ class _App:
     def _log_error(self, method: str, path: str, status: int, exc: Exception,
                    request_id: str) -> None:
         if isinstance(exc, Overloaded):
-            # Under overload thousands of 503s a second would flood the log and cost the
-            # CPU the server is short of: one line a second, with how many were refused.
-            now = time.monotonic()
-            self._refused += 1
-            if now - self._refused_logged_at < 1.0:
-                return
-            count, self._refused, self._refused_logged_at = self._refused, 0, now
-            log.warning("%s %s -> 503: %s (%d refused in the last second)", method, path, exc,
-                        count, extra={"request_id": request_id, "status": status, "path": path})
+            self.gate.log_refused(f"{method} {path} -> 503", exc,
+                                  {"request_id": request_id, "status": status, "path": path})
             return
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "%s %s -> %d: %s", method, path, status, exc,
                 extra={"request_id": request_id, "status": status, "path": path})
 
-    def _hold(self, held: list[int], size: int) -> None:
-        """Count ``size`` more body bytes against the server-wide budget, or refuse."""
-        if self._pending_bytes + size > self.max_pending_bytes:
-            raise Overloaded(
-                f"server holds {self._pending_bytes} bytes of requests, its budget is "
-                f"{self.max_pending_bytes}; retry later"
-            )
-        self._pending_bytes += size
-        held[0] += size
-
     async def _body(self, headers: dict[str, str], receive: Receive, held: list[int]) -> bytes:
-        limit = self.max_body_bytes
+        gate = self.gate
+        limit = gate.max_body_bytes
         declared = headers.get("content-length")
         size = None
         if declared is not None:
@@ -271,9 +247,8 @@ class _App:
                 size = int(declared)
             except ValueError:
                 raise ProtocolError(f"Content-Length must be an integer, got {declared!r}") from None
-            if size > limit:
-                raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
-            self._hold(held, size)  # before reading: a refused body is never read
+            gate.check_size(size)
+            gate.hold(held, size)  # before reading: a refused body is never read
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -286,7 +261,7 @@ class _App:
                 if total > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
                 if size is None or total > size:
-                    self._hold(held, len(chunk))  # chunked, or more than declared
+                    gate.hold(held, len(chunk))  # chunked, or more than declared
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -304,7 +279,7 @@ class _App:
             raise ProtocolError(f"body is not valid {encoding} data ({exc})") from None
         if len(plain) > limit or inflater.unconsumed_tail:
             raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
-        self._hold(held, len(plain))
+        gate.hold(held, len(plain))
         if not inflater.eof:
             raise ProtocolError(f"{encoding} body is truncated")
         return plain
@@ -322,19 +297,14 @@ class _App:
             raise ProtocolError("the JSON body must be an object")
         return value
 
-    def _principal(self, headers: dict[str, str]) -> Principal | None:
-        if self.verifier is None:
-            return None
-        return self.verifier.verify(headers.get("authorization"))
+    def _principal(self, headers: dict[str, str]) -> Any:
+        return self.gate.principal(headers.get("authorization"))
 
     def _scoped(self, headers: dict[str, str], model: str) -> None:
-        principal = self._principal(headers)
-        if principal is not None:
-            principal.require(model)
+        self.gate.require_model(headers.get("authorization"), model)
 
     def _visible(self, headers: dict[str, str]) -> Callable[[str], bool]:
-        principal = self._principal(headers)
-        return (lambda _m: True) if principal is None else principal.may_use
+        return self.gate.visible(headers.get("authorization"))
 
     # ------------------------------------------------------------------ routing
 
@@ -424,10 +394,7 @@ class _App:
             if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
                 _allow(method, "POST")
                 model = parts[3]
-                principal = self._principal(headers)
-                if principal is not None:
-                    principal.require(model)
-                    principal.require_admin()
+                self.gate.require_admin(headers.get("authorization"), model)
                 body = await self._json_body(headers, receive, held)
                 params = body.get("parameters", {})
                 if not isinstance(params, dict):
@@ -547,7 +514,8 @@ def create_app(
     metrics_require_auth: bool = False,
     max_in_flight: int = 512,
     max_pending_bytes: int = 512 * 1024 * 1024,
-    shared_memory: bool = False,
+    shared_memory: bool | SharedMemoryRegistry = False,
+    gate: Gate | None = None,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
@@ -560,14 +528,19 @@ def create_app(
     (counted from ``Content-Length`` before reading); beyond it a request gets 503.
     ``shared_memory``: serve the system shared memory extension (``/v2/systemsharedmemory``,
     inputs and outputs in ``/dev/shm`` regions); only requests from loopback or Unix-socket
-    peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket.
+    peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket; pass a
+    :class:`~cloud._shm.SharedMemoryRegistry` to share its regions with another transport.
+    ``gate``: the auth and limits shared with another transport of the same server
+    (then ``verifier`` and the three limits are taken from it).
     """
-    if verifier is None:
+    if gate is None:
+        gate = Gate(verifier, max_in_flight=max_in_flight, max_pending_bytes=max_pending_bytes,
+                    max_body_bytes=max_body_bytes)
+    if gate.verifier is None:
         log.warning("AUTH IS OFF: every client may use every model and change the repository")
-    if max_body_bytes < 1:
-        raise ValueError("max_body_bytes must be positive")
-    if max_pending_bytes < max_body_bytes:
-        raise ValueError("max_pending_bytes must be at least max_body_bytes")
-    return _App(service, verifier, max_body_bytes, metrics_require_auth, max_in_flight,
-                max_pending_bytes, shared_memory)
+    if isinstance(shared_memory, SharedMemoryRegistry):
+        shm: SharedMemoryRegistry | None = shared_memory
+    else:
+        shm = SharedMemoryRegistry() if shared_memory else None
+    return _App(service, gate, metrics_require_auth, shm)
 
