@@ -154,7 +154,7 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     lat = [r for r in nt if r["objective"] == "latency"]
     en = [r for r in nt if r["objective"] == "energy"]
     head: dict[str, Any] = {
-        "runs": len(runs),
+        "runs_total": len(runs),
         "nontrivial_runs": len(nt),
         "nontrivial_families": sorted({r["family"] for r in nt}),
         "worst_ratio_to_oracle": _worst(lat, "ratio_to_oracle"),

@@ -19,11 +19,6 @@ from edge.offload._outcome import Outcome
 from edge.policy._decide import Decision
 from partition import OFFLOAD, CutCandidate
 
-# A raced request's cloud leg is given up this many times the device's expected time
-# after it started, if neither it nor the device has answered by then.
-_RACE_CLOUD_SPAN = 1.25
-
-
 
 class _Racing:
     """A raced request's two legs and which answered first."""
@@ -48,7 +43,7 @@ class _Racing:
         """Run the cloud leg and the device's own run of the rest of the request at the
         same time; the first answer is the request's. Once the device has answered, the
         cloud leg's upload is given up at its next held-back write, and the leg is cut
-        off at ``_RACE_CLOUD_SPAN`` x the device's expected time in any case (what it
+        off at ``[offload] race_cloud_span`` x the device's expected time in any case (what it
         showed of the link is kept); the device's run is left to finish when the cloud
         answers first (its time still counts as a measurement). On an emulated board the
         device answers when its scaled time is up.
@@ -92,7 +87,8 @@ class _Racing:
         # bound on the link ("at most this fast"); left to run on, a small upload that the
         # path's buffers swallowed whole would wait out a slow link behind the next
         # requests, and the estimate would hear nothing of it meanwhile.
-        budget_ms = max(_RACE_CLOUD_SPAN * device_ms_expected, 50.0) + saving_s * 1000.0
+        span = self.policy.config.offload.race_cloud_span
+        budget_ms = max(span * device_ms_expected, 50.0) + saving_s * 1000.0
 
         def run_cloud() -> None:
             t_cloud = time.perf_counter()

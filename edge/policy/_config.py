@@ -110,6 +110,10 @@ class OffloadSettings:
     # operator's price for latency, not a fitted figure: 0 races never, a large value
     # races whenever the chance says so (the behaviour before issue 25).
     race_energy_budget: float = 0.2
+    # A raced request's cloud leg is given up this many times the device's expected time
+    # after it started, if neither has answered (set on the bandwidth-drop scenario: a
+    # small upload the path swallowed would otherwise wait out a collapsed link).
+    race_cloud_span: float = 1.25
     max_retries: int = 1
     breaker_failures: int = 3
     breaker_reset_s: float = 5.0
@@ -208,6 +212,8 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
         race_min_chance=of.get("race_min_chance", float, 0.05, min=0.0, max=0.5),
         race_energy_budget=of.get("race_energy_budget", float,
                                   OffloadSettings.race_energy_budget, min=0.0),
+        race_cloud_span=of.get("race_cloud_span", float, OffloadSettings.race_cloud_span,
+                               min=1.0, max=10.0),
         max_retries=of.get("max_retries", int, 1, min=0, max=10),
         breaker_failures=of.get("breaker_failures", int, 3, min=1),
         breaker_reset_s=of.get("breaker_reset_s", float, 5.0, min=0.0),
