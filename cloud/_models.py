@@ -67,6 +67,26 @@ class Stats:
     batches: dict[int, Duration] = field(default_factory=dict)
 
 
+    def triton_values(self, pending: int) -> dict[str, float]:
+        """This version's Triton metrics (``nv_inference_*``), durations in microseconds.
+
+        Input and output copies are part of the runtime's run here, so they count as
+        compute_infer; compute_input and compute_output stay 0.
+        """
+        with self.lock:
+            return {
+                "nv_inference_request_success": self.success.count,
+                "nv_inference_request_failure": self.fail.count,
+                "nv_inference_count": self.inference_count,
+                "nv_inference_exec_count": self.execution_count,
+                "nv_inference_request_duration_us": self.success.ns // 1000,
+                "nv_inference_queue_duration_us": self.queue.ns // 1000,
+                "nv_inference_compute_input_duration_us": 0,
+                "nv_inference_compute_infer_duration_us": self.compute.ns // 1000,
+                "nv_inference_compute_output_duration_us": 0,
+                "nv_inference_pending_request_count": pending,
+            }
+
     def record_batch(self, record: BatchRecord) -> None:
         """Count one executed batch (called from the batcher's worker)."""
         with self.lock:

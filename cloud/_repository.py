@@ -71,6 +71,16 @@ def onnx_instances(name: str, path: Path, config: ModelConfig, defaults: Any
                     intra_op_threads=threads, spinning=defaults.ort_spinning)
         for _ in range(count)
     ]
+    if config.parameters.get("relay_next_url"):
+        # A middle node of a chain: run this node's segment and forward the rest.
+        from cloud._relay import relay_instances
+
+        metrics = getattr(defaults, "metrics", None)
+        instances = relay_instances(  # type: ignore[assignment]
+            name, path, config.parameters, instances,
+            lambda p: OnnxRuntime(p, max_batch_size=config.max_batch_size, providers=defaults.providers,
+                                  intra_op_threads=threads, spinning=defaults.ort_spinning),
+            (lambda outcome: metrics.relay.labels(name, outcome).inc()) if metrics is not None else None)
     runtime = instances[0]
     # With a config.pbtxt its dynamic_batching block decides (as in Triton); without
     # one, the service's default does.

@@ -28,7 +28,7 @@ import numpy as np
 from cloud._batcher import Batcher, BatcherSettings, BatchRecord
 from cloud._config import ModelConfig
 from cloud._deferred import after_answer
-from cloud._metrics import Metrics
+from cloud._metrics import Metrics, triton_text
 from cloud._models import (
     Model,
     Stats,
@@ -114,10 +114,13 @@ class InferenceService:
         self.default_max_queue_delay_us = default_max_queue_delay_us
         self.ort_spinning = ort_spinning
         self.metrics = metrics or Metrics()
+        self.metrics.text_sources.append(self._triton_metrics)
         self._models: dict[str, Model] = {}
         self._failed: dict[str, str] = {}  # model -> why its last load failed
         self._lock = threading.RLock()  # serializes loads and unloads, not requests
         self._closed = False
+        #: Readiness requires every model to be serving (Triton's --strict-readiness).
+        self.strict_readiness = True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,9 +146,16 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        """Server readiness: not closed, and every model it tried to load is serving (a
-        failed reload of a model whose old versions still serve does not count)."""
-        return not self._closed and all(name in self._models for name in self._failed)
+        """Server readiness: not closed, and (with ``strict_readiness``, Triton's default)
+        every model it tried to load is serving (a failed reload of a model whose old
+        versions still serve does not count)."""
+        if self._closed:
+            return False
+        return not self.strict_readiness or all(name in self._models for name in self._failed)
+
+    def failed(self) -> dict[str, str]:
+        """Models whose last load failed and that serve no version: name -> why."""
+        return {name: why for name, why in self._failed.items() if name not in self._models}
 
     # ------------------------------------------------------------------ runtimes in code
 
@@ -526,6 +536,15 @@ class InferenceService:
         target.metrics.failure(type(exc).__name__)
 
     # ------------------------------------------------------------------ statistics, profile
+
+    def _triton_metrics(self) -> bytes:
+        """Triton's ``nv_inference_*`` family for every served version (from its stats)."""
+        rows = []
+        for model in sorted(self._models.values(), key=lambda m: m.name):
+            for version in sorted(model.versions, key=version_key):
+                v = model.versions[version]
+                rows.append((model.name, version, v.stats.triton_values(v.batcher.queued)))
+        return triton_text(rows)
 
     def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """Triton's statistics extension: per model version counts and cumulative times."""

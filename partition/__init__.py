@@ -66,6 +66,8 @@ device_factor, cloud_factor)``
     link: every layer labelled with a node so data only moves forward; exact min cut on
     an expanded graph for latency and energy, enumeration of nested ideals for stream
     throughput (``enumerate_chain``, ``evaluate_labels``, ``min_cut_chain``).
+    ``chain_segments`` / ``segment_models`` / ``write_chain``: what each node receives,
+    runs and sends, as models and a Triton repository per node (a middle node relays).
 
 ``parse_bandwidth("20Mbit") -> bit/s``, ``parse_duration("40ms") -> s``.
 """
@@ -91,6 +93,7 @@ from partition._chain import (
     min_cut_chain,
     plan_chain,
 )
+from partition._chain_export import Segment, chain_segments, segment_models, write_chain
 from partition._compress import decode, encode, evaluate_compression
 from partition._costmodel import CostModel
 from partition._graph import LayerGraph, LayerNode, TensorInfo, load_model
@@ -126,6 +129,7 @@ __all__ = [
     "ChainPlan",
     "Choice",
     "choose",
+    "chain_segments",
     "choose_stream",
     "CostModel",
     "cut_id_for",
@@ -157,14 +161,17 @@ __all__ = [
     "Profile",
     "profile_model",
     "rescale",
+    "segment_models",
     "resolve_cloud",
     "side_times",
     "split_model",
+    "Segment",
     "Splitter",
     "stream_stages",
     "StreamChoice",
     "TensorInfo",
     "trained_model",
+    "write_chain",
     "write_plan_dir",
     "zoo_model",
 ]

@@ -72,8 +72,10 @@ class _App:
         gate: Gate,
         metrics_require_auth: bool,
         shm: SharedMemoryRegistry | None = None,
+        metrics: bool = True,
     ) -> None:
         self.service = service
+        self.metrics = metrics
         self.gate = gate
         # The system shared memory extension: on for servers that only local clients reach.
         self.shm = shm
@@ -313,7 +315,7 @@ class _App:
                      client: Any = None) -> tuple[int, bytes, list]:
         parts = path.strip("/").split("/")
         n = len(parts)
-        if parts == ["metrics"]:
+        if parts == ["metrics"] and self.metrics:
             _allow(method, "GET")
             if self.metrics_require_auth:
                 self._principal(headers)
@@ -516,6 +518,7 @@ def create_app(
     max_pending_bytes: int = 512 * 1024 * 1024,
     shared_memory: bool | SharedMemoryRegistry = False,
     gate: Gate | None = None,
+    metrics: bool = True,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
@@ -531,7 +534,8 @@ def create_app(
     peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket; pass a
     :class:`~cloud._shm.SharedMemoryRegistry` to share its regions with another transport.
     ``gate``: the auth and limits shared with another transport of the same server
-    (then ``verifier`` and the three limits are taken from it).
+    (then ``verifier`` and the three limits are taken from it). ``metrics``: serve
+    ``/metrics`` (Triton's ``--allow-metrics``).
     """
     if gate is None:
         gate = Gate(verifier, max_in_flight=max_in_flight, max_pending_bytes=max_pending_bytes,
@@ -542,5 +546,5 @@ def create_app(
         shm: SharedMemoryRegistry | None = shared_memory
     else:
         shm = SharedMemoryRegistry() if shared_memory else None
-    return _App(service, gate, metrics_require_auth, shm)
+    return _App(service, gate, metrics_require_auth, shm, metrics)
 

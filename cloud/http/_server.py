@@ -9,11 +9,12 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 
-__all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "uvicorn_config"]
+__all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "serve_with", "uvicorn_config"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -89,6 +90,19 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     )
 
 
+async def serve_with(server: uvicorn.Server, companions: Sequence[Any] = ()) -> None:
+    """Run ``server`` with its companion servers (started first, stopped last)."""
+    started = []
+    try:
+        for companion in companions:
+            await companion.start()
+            started.append(companion)
+        await server.serve()
+    finally:
+        for companion in reversed(started):
+            await companion.stop()
+
+
 class ServerThread:
     """uvicorn serving ``app`` in a background thread; a context manager.
 
@@ -96,19 +110,23 @@ class ServerThread:
     and stops the server (graceful shutdown) on exit.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+                 companions: Sequence[Any] = (), **kwargs: Any) -> None:
         self.config = uvicorn_config(app, host, port, **kwargs)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, name="edgecut-uvicorn", daemon=True)
         self.url = f"http://{host}:{port}"
+        # Servers of other transports over the same service (e.g. cloud.grpc.GrpcServer):
+        # async start()/stop() on this loop, the one the service serves requests on.
+        self.companions = list(companions)
 
     def _run(self) -> None:
         if self.config.loop == "uvloop":
             import uvloop
 
-            uvloop.run(self.server.serve())
+            uvloop.run(serve_with(self.server, self.companions))
         else:
-            asyncio.run(self.server.serve())
+            asyncio.run(serve_with(self.server, self.companions))
 
     def start(self, timeout: float = 20.0) -> ServerThread:
         self.thread.start()

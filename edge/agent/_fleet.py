@@ -15,6 +15,13 @@ has finished (on disk, so a restart remembers them too) and answers a redelivere
 the stored final ack instead of running it again. Payloads that are too large, not JSON,
 or of the wrong shape get an error ack and change nothing. docs/mqtt.md has the schemas.
 
+Everything that arrives is hostile until checked (docs/mqtt.md, "Trust model"): a
+payload over ``mqtt.max_payload_bytes`` is refused before it is queued (and with MQTT 5
+the broker is told the limit at connect, so it never sends one); the queues are bounded
+by their payload bytes; a retained message on a command topic is refused (only status is
+retained, so a command left on the broker is not run by every device that connects
+later); an MQTT 5 response topic must lie under ``P/D/reply/``.
+
 Telemetry goes through :class:`edge.agent._spool.TelemetrySpool`: a record is on disk before it
 is published and leaves the disk only when the broker has acknowledged it (QoS 2, so a
 re-send after a lost acknowledgement is not delivered twice), so an outage loses nothing
@@ -68,6 +75,7 @@ class FleetHandler(Protocol):
 
     def telemetry(self) -> dict[str, Any]:
         """One telemetry record (the link adds ``seq``)."""
+
 
 
 class _SeenIds:
@@ -133,6 +141,11 @@ class FleetLink(_Connection, _Telemetry):
         # Bounded: a flood of commands is answered "busy" rather than queued without end.
         self._commands: queue.Queue[tuple[Any, ...] | None] = queue.Queue(_MAX_QUEUED)
         self._deploys: queue.Queue[tuple[Any, ...] | None] = queue.Queue(_MAX_QUEUED)
+        self._queued_bytes = 0
+        self._queued_lock = threading.Lock()
+        # Worker threads restarted after an uncaught error (each one is logged).
+        self.restarts: dict[str, int] = {}
+        self.last_thread_error = ""
         self._reply = threading.local()
         self._threads: list[threading.Thread] = []
         self.telemetry_interval_s = config.telemetry_interval_s
@@ -149,23 +162,66 @@ class FleetLink(_Connection, _Telemetry):
                 break
         if kind is None:
             return
+        size = len(message.payload)
+        if message.retain:
+            self._refuse(kind, topic, message.payload,
+                         "refused: a retained message on a command topic is never run "
+                         "(publish commands without the retain flag, and clear it)")
+            return
+        limit = self.config.max_payload_bytes
+        if size > limit:
+            self._refuse(kind, topic, b"", f"refused: payload of {size} bytes exceeds the "
+                                           f"limit of {limit} (mqtt.max_payload_bytes)")
+            return
         # MQTT 5 request/response: an operator may name a response topic and correlation
         # data; the acks then also go there (the ack topics get them in any case).
         props = getattr(message, "properties", None)
-        reply = (getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None))
-        item = (kind, bytes(message.payload), topic, reply)
-        try:
-            (self._deploys if kind == "deploy" else self._commands).put_nowait(item)
-        except queue.Full:
-            self.rejected_messages += 1
-            self.ack(kind, {"id": None, "ok": False, "topic": topic,
-                            "error": f"busy: {_MAX_QUEUED} commands are already waiting"})
+        response = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        if response is not None and not self._response_topic_ok(response):
+            self._refuse(kind, topic, message.payload,
+                         f"refused: response topic {str(response)[:128]!r} is not under "
+                         f"'{self.base}/reply/'")
+            return
+        if correlation is not None and len(correlation) > 256:
+            correlation = None
+        item = (kind, bytes(message.payload), topic, (response, correlation))
+        with self._queued_lock:
+            busy = self._queued_bytes + size > self.config.max_queued_bytes
+            if not busy:
+                self._queued_bytes += size
+        if not busy:
+            try:
+                (self._deploys if kind == "deploy" else self._commands).put_nowait(item)
+                return
+            except queue.Full:
+                with self._queued_lock:
+                    self._queued_bytes -= size
+        self._refuse(kind, topic, message.payload,
+                     f"busy: {_MAX_QUEUED} commands or {self.config.max_queued_bytes} bytes "
+                     "(mqtt.max_queued_bytes) are already waiting")
+
+    def _response_topic_ok(self, topic: object) -> bool:
+        prefix = f"{self.base}/reply/"
+        return (isinstance(topic, str) and topic.startswith(prefix) and len(topic) <= 256
+                and len(topic) > len(prefix) and not any(c in topic for c in "+#\0"))
+
+    def _refuse(self, kind: str, topic: str, payload: bytes, error: str) -> None:
+        """Answer a message that is not queued (on paho's thread: no parsing of big data)."""
+        self.rejected_messages += 1
+        self.ack(kind, {"id": _peek_id(payload), "ok": False, "topic": topic, "error": error})
+        log.warning(json.dumps({"event": "fleet_refused", "topic": topic, "error": error}))
+
+    def _dequeued(self, item: tuple[Any, ...]) -> None:
+        with self._queued_lock:
+            self._queued_bytes -= len(item[1])
 
     def _command_worker(self) -> None:
         while True:
             item = self._commands.get()
             if item is None:
                 return
+            self._dequeued(item)
             self._handle(*item)
 
     def _deploy_worker(self) -> None:
@@ -173,6 +229,7 @@ class FleetLink(_Connection, _Telemetry):
             item = self._deploys.get()
             if item is None:
                 return
+            self._dequeued(item)
             self._handle(*item)
 
     def ack(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -221,14 +278,8 @@ class FleetLink(_Connection, _Telemetry):
             msg = self._decode(kind, payload)
         except FleetError as exc:
             self.rejected_messages += 1
-            cid = None
-            try:
-                raw = json.loads(payload.decode("utf-8")) if len(payload) <= 65536 else None
-                if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-                    cid = raw["id"][:_MAX_ID]
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                pass
-            self.ack(kind, {"id": cid, "ok": False, "error": str(exc), "topic": topic})
+            self.ack(kind, {"id": _peek_id(payload), "ok": False, "error": str(exc),
+                            "topic": topic})
             log.warning(json.dumps({"event": "fleet_rejected", "topic": topic, "error": str(exc)}))
             return
         cid = msg["id"]
@@ -283,6 +334,18 @@ class FleetLink(_Connection, _Telemetry):
             self.publish_status()
         return self.ack(kind, body)
 
+
+def _peek_id(payload: bytes) -> str | None:
+    """The ``id`` of a refused message, when it is small JSON with a string id."""
+    if not payload or len(payload) > 65536:
+        return None
+    try:
+        raw = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+        return raw["id"][:_MAX_ID]
+    return None
 
 
 __all__ = ["TELEMETRY_QOS", "FleetHandler", "FleetLink", "now_iso"]

@@ -1,5 +1,6 @@
-"""The fleet link's MQTT connection: the client (TLS, credentials, last will), connecting
-and reconnecting with backoff, subscriptions, and the retained status.
+"""The fleet link's MQTT connection: the client (TLS, credentials, last will, the packet
+size told to the broker), connecting and reconnecting with backoff, supervised worker
+threads, subscriptions, and the retained status.
 
 ``_Connection`` is one of the jobs of :class:`~edge.agent._fleet.FleetLink`.
 """
@@ -11,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ log = logging.getLogger("edgecut.fleet")
 
 # A command topic's suffix and the kind of message it carries.
 _KINDS = {"config/set": "config", "models/deploy": "deploy", "cmd": "cmd"}
+# Bytes of an MQTT PUBLISH packet besides the payload: fixed header, topic, packet id and
+# properties; the limit told to the broker leaves room for them.
+_PACKET_OVERHEAD = 4096
+_RESTART_BACKOFF_S = 1.0
 
 
 def now_iso() -> str:
@@ -27,7 +33,7 @@ def now_iso() -> str:
 
 
 class _Connection:
-    """Connecting, staying connected, and the status message."""
+    """Connecting, staying connected, the worker threads, and the status message."""
 
     def _make_client(self) -> Any:
         mqtt = self._mqtt
@@ -88,6 +94,9 @@ class _Connection:
 
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 7 * 24 * 3600
+            # The broker must not send this client a packet larger than it will accept.
+            props.MaximumPacketSize = min(self.config.max_payload_bytes + _PACKET_OVERHEAD,
+                                          268_435_455)
             kwargs = {"clean_start": False, "properties": props}
         self._client.connect_async(self.config.host, self.config.port,
                                    self.config.keepalive_s, **kwargs)
@@ -97,9 +106,36 @@ class _Connection:
                              (self._deploy_worker, "fleet-deploys"),
                              (self._telemetry_sender, "fleet-telemetry"),
                              (self._telemetry_timer, "fleet-timer")):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            t = threading.Thread(target=self._supervised, args=(target, name), name=name,
+                                 daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _supervised(self, target: Callable[[], None], name: str) -> None:
+        """Run a worker loop; an uncaught error is logged, counted and the loop restarted.
+
+        The link never goes on half-alive: a telemetry thread that died would leave the
+        status saying "connected" while nothing is sent.
+        """
+        while not self._stop.is_set():
+            try:
+                target()
+                return
+            except Exception as exc:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self.last_thread_error = f"{name}: {type(exc).__name__}: {exc}"
+                log.exception(json.dumps({"event": "fleet_thread_restarted", "thread": name,
+                                          "restarts": self.restarts[name],
+                                          "error": f"{type(exc).__name__}: {exc}"}))
+                self._stop.wait(_RESTART_BACKOFF_S)
+
+    def health(self) -> dict[str, Any]:
+        """The link's own state for status and telemetry: threads, restarts, the spool."""
+        return {"threads_alive": sum(t.is_alive() for t in self._threads),
+                "threads": len(self._threads), "restarts": dict(self.restarts),
+                "last_thread_error": self.last_thread_error or None,
+                "spool_error": self.spool.error or None,
+                "spool_dropped": self.spool.dropped}
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish ``offline`` (retained), disconnect, and stop the threads.
@@ -146,7 +182,16 @@ class _Connection:
             log.warning(json.dumps({"event": "mqtt_connect_failed", "reason": str(reason)}))
             return
         self.connects += 1
-        client.subscribe([(t, 1) for t in self._subscriptions()])
+        if self.config.protocol == "5":
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            # Retained commands are not sent at all (retainHandling 2), and a command
+            # published with the retain flag keeps it (retainAsPublished), so it is
+            # refused below even when it arrives live.
+            opts = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=2)
+            client.subscribe([(t, opts) for t in self._subscriptions()])
+        else:
+            client.subscribe([(t, 1) for t in self._subscriptions()])
         self.publish_status()
         self.connected.set()
         self._wake.set()

@@ -35,8 +35,11 @@ class _Telemetry:
             record = {"error": f"telemetry failed: {type(exc).__name__}: {exc}"}
         record.setdefault("device_id", self.device_id)
         record.setdefault("ts", now_iso())
-        record["spool"] = {"pending": len(self.spool), "evicted": self.spool.evicted}
-        record["fleet"] = {"connects": self.connects, "rejected_messages": self.rejected_messages}
+        record["spool"] = {"pending": len(self.spool), "evicted": self.spool.evicted,
+                           "dropped": self.spool.dropped, "corrupt": self.spool.corrupt,
+                           "error": self.spool.error or None}
+        record["fleet"] = {"connects": self.connects, "rejected_messages": self.rejected_messages,
+                           "thread_restarts": sum(self.restarts.values())}
         seq, _ = self.spool.append(record)
         self._wake.set()
         return seq

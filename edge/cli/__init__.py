@@ -30,6 +30,7 @@ _LAZY_COMMANDS = {
     "export": "edge.cli._export:export",
     "devices": "edge.cli._devices:devices_cmd",
     "health": "edge.cli._health:health",
+    "sign": "edge.cli._sign:sign",
 }
 
 
@@ -52,7 +53,10 @@ class _LazyGroup(click.Group):
         return getattr(importlib.import_module(module_name), attr)
 
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# Every option of every command may also come from EDGECUT_<COMMAND>_<OPTION> (click's
+# automatic environment variables), e.g. EDGECUT_SERVE_GRPC_PORT=8001.
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                               "auto_envvar_prefix": "EDGECUT"})
 @click.version_option(package_name="edgecut")
 def cli() -> None:
     """edgecut: edge inference with cloud offload (run locally, offload, or split)."""

@@ -29,7 +29,7 @@ class CloudServer:
 
     def __init__(self, repository: str | Path, *, port: int | None = None, threads: int = 1,
                  auth_keys: str | Path | None = None, startup_timeout_s: float = 120.0,
-                 log_path: str | Path | None = None) -> None:
+                 log_path: str | Path | None = None, grpc_port: int | None = None) -> None:
         # The server runs from the package root, so a relative path must be made absolute.
         self.repository = Path(repository).resolve()
         self.port = port or _free_port()
@@ -38,10 +38,18 @@ class CloudServer:
         self.startup_timeout_s = startup_timeout_s
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen[bytes] | None = None
+        # gRPC beside HTTP (edgecut serve --grpc-port); 0 picks a free port here.
+        self.grpc_port = _free_port() if grpc_port == 0 else grpc_port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        if self.grpc_port is None:
+            raise EdgecutError("this server was started without gRPC (grpc_port)")
+        return f"grpc://127.0.0.1:{self.grpc_port}"
 
     def start(self) -> CloudServer:
         import httpx
@@ -50,6 +58,8 @@ class CloudServer:
                "--port", str(self.port), "--intra-op-threads", str(self.threads),
                "--log-level", "warning"]
         cmd += ["--auth-keys", str(Path(self.auth_keys).resolve())] if self.auth_keys else ["--no-auth"]
+        if self.grpc_port is not None:
+            cmd += ["--grpc-port", str(self.grpc_port)]
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,

@@ -250,7 +250,8 @@ def test_install_writes_a_unit_and_a_config_for_the_board(tmp_path: Path) -> Non
     config = tmp_path / "etc" / "agent.toml"
     args = ["install", "--unit-path", str(unit), "--config-path", str(config),
             "--profile", "jetson-orin-nano", "--device-id", "orin-7",
-            "--data-dir", str(tmp_path / "var"), "--exe", "/usr/local/bin/edgecut"]
+            "--data-dir", str(tmp_path / "var"), "--exe", "/usr/local/bin/edgecut",
+            "--no-user-setup"]
     result = CliRunner().invoke(agent_cmd, args)
     assert result.exit_code == 0, result.output
     text = unit.read_text()
