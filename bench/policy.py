@@ -158,6 +158,9 @@ def main() -> int:
                             "fallbacks": r.info["fallbacks"], "explored": r.info["explored"],
                         }
                         runs.append(run)
+                        # what is done so far, in case the run is cut short
+                        (out_root / "partial.json").write_text(json.dumps(
+                            {"bench": "policy", **summarise(runs), "runs": runs}))
                         log(json.dumps({k: run.get(k) for k in (
                             "nontrivial", "ratio_to_oracle", "energy_ratio_to_oracle",
                             "miss_delta_pp", "best_fixed_hindsight",
