@@ -70,8 +70,10 @@ def main() -> int:
     ap.add_argument("--scenarios", action="store_true",
                     help="also the cloud-kill and bandwidth-drop scenarios")
     ap.add_argument("--policy-extra", default="",
-                    help="TOML appended to both objectives' policy (after slo_ms/objective)")
-    ap.add_argument("--wire", choices=("fp32", "fp16"), default="fp32")
+                    help="TOML appended to both objectives' policy (after slo_ms/objective), "
+                         "e.g. '[explore]\\nprobe_budget_kib = 2048'")
+    ap.add_argument("--wire", choices=("fp32", "fp16"), default="fp32",
+                    help="how the plans send crossing tensors and offloaded inputs")
     ap.add_argument("--out", default=str(Path.home() / ".cache/edgecut/bench/policy"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

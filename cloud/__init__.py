@@ -142,8 +142,8 @@ _LAZY = {
     "Prepared": "cloud._runtime",
     "TensorMeta": "cloud._runtime",
     "ServerThread": "cloud.http._server",
-    "JsonLogFormatter": "cloud.http._server",
-    "configure_logging": "cloud.http._server",
+    "JsonLogFormatter": "cloud._logs",
+    "configure_logging": "cloud._logs",
     "InferenceService": "cloud._service",
     "InferResult": "cloud._service",
 }
@@ -151,10 +151,11 @@ _LAZY = {
 if TYPE_CHECKING:
     from cloud._auth import Principal, TokenVerifier, mint_token
     from cloud._config import ModelConfig, VersionPolicy, config_from_text
+    from cloud._logs import JsonLogFormatter, configure_logging
     from cloud._runtime import ModelRuntime, OnnxRuntime, Prepared, TensorMeta
     from cloud._service import InferenceService, InferResult
     from cloud.http._app import create_app
-    from cloud.http._server import JsonLogFormatter, ServerThread, configure_logging
+    from cloud.http._server import ServerThread
 
 
 def __getattr__(name: str) -> Any:

@@ -75,6 +75,8 @@ _BOOL = click.BOOL
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-verbose", type=click.IntRange(0, 10), default=0,
               help="Triton's verbosity: 1 or more logs at debug level.")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
+              help="json: one object per line (the agent's layout); text: for a terminal.")
 def serve(repository: str, host: str, port: int, allow_http: bool, grpc_port: int | None,
           allow_grpc: bool | None, grpc_address: str | None, metrics_port: int | None,
           allow_metrics: bool, exit_on_error: bool, strict_readiness: bool,
@@ -82,7 +84,8 @@ def serve(repository: str, host: str, port: int, allow_http: bool, grpc_port: in
           issuers: tuple[str, ...], providers: str | None, intra_op_threads: int | None,
           max_queue: int, max_body_mb: float, max_pending_mb: float, max_connections: int,
           max_in_flight: int, ort_spinning: bool, no_shared_memory: bool,
-          no_dynamic_batching: bool, log_level: str, log_verbose: int) -> None:
+          no_dynamic_batching: bool, log_level: str, log_verbose: int,
+          log_format: str) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2): HTTP/REST,
     and gRPC with --grpc-port. Every option may also come from an environment variable,
     EDGECUT_SERVE_<OPTION> (e.g. EDGECUT_SERVE_GRPC_PORT=8001). Exit status: 1 for a
@@ -114,7 +117,7 @@ def serve(repository: str, host: str, port: int, allow_http: bool, grpc_port: in
         max_pending_bytes=int(max_pending_mb * 1024 * 1024), max_connections=max_connections,
         max_in_flight=max_in_flight, ort_spinning=ort_spinning,
         shared_memory=not no_shared_memory, dynamic_batching=not no_dynamic_batching,
-        log_level="debug" if log_verbose > 0 else log_level,
+        log_level="debug" if log_verbose > 0 else log_level, log_format=log_format,
     )
     if not auth_keys:
         click.secho(

@@ -53,6 +53,7 @@ class ServeOptions:
     shared_memory: bool = True
     dynamic_batching: bool = True
     log_level: str = "info"
+    log_format: str = "json"
 
 
 def _load(o: ServeOptions) -> tuple[Any, Any]:
@@ -118,11 +119,12 @@ def run(o: ServeOptions) -> None:
     import uvicorn
 
     from cloud._gate import Gate
+    from cloud._logs import configure_logging
     from cloud._shm import SharedMemoryRegistry
     from cloud.http._app import create_app
-    from cloud.http._server import configure_logging, uvicorn_config
+    from cloud.http._server import uvicorn_config
 
-    configure_logging(o.log_level)
+    configure_logging(o.log_level, log_format=o.log_format)
     service, verifier = _load(o)
     gate = Gate(verifier, max_in_flight=o.max_in_flight, max_pending_bytes=o.max_pending_bytes,
                 max_body_bytes=o.max_body_bytes)

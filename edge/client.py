@@ -233,6 +233,19 @@ class Client(_SharedMemory):
         self._raise_for(status, data, f"model '{model}'" if model else "server metadata")
         return json.loads(data)
 
+    def stream(self, model: str, frames: Any, *, window: int = 4,
+               outputs: Sequence[str] | None = None, overload: str = "block",
+               queue_size: int = 1) -> Any:
+        """Run an iterable of frames (input dicts) through the agent's ``<model>.stream``
+        with up to ``window`` in flight; yields one ``StreamFrame`` per frame, in order
+        (``ok``, ``dropped``, or ``error`` with the reason). ``overload="block"`` takes
+        the next frame only when a slot frees (back-pressure); ``"drop_oldest"`` reads a
+        live source as fast as it yields and keeps the newest ``queue_size`` waiting."""
+        from edge._client_stream import run_stream
+
+        return run_stream(self, model, frames, window=window, outputs=outputs,
+                          overload=overload, queue_size=queue_size)
+
     def agent_status(self) -> dict[str, Any]:
         """The agent's own status (models and versions, profile, config version)."""
         status, data, _ = self._request("GET", "/agent/status")

@@ -41,9 +41,9 @@ __all__ = [
 _LAZY = {
     "create_app": "cloud.http._app",
     "lane_protocol": "cloud.http._lane",
-    "JsonLogFormatter": "cloud.http._server",
+    "JsonLogFormatter": "cloud._logs",
     "ServerThread": "cloud.http._server",
-    "configure_logging": "cloud.http._server",
+    "configure_logging": "cloud._logs",
     "uvicorn_config": "cloud.http._server",
 }
 

@@ -1,12 +1,9 @@
 """Running the ASGI app with uvicorn: in the foreground (the CLI) or in a thread (tests,
-the edge agent), plus structured JSON logging."""
+the edge agent); the JSON log layout is ``cloud._logs``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -14,40 +11,9 @@ from typing import Any
 
 import uvicorn
 
+from cloud._logs import JsonLogFormatter, configure_logging
+
 __all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "serve_with", "uvicorn_config"]
-
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any ``extra`` fields
-    (``request_id``, ``model``, ``status``, ...)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str = "info", stream: Any = None) -> None:
-    """Send ``edgecut.*`` and uvicorn's logs to ``stream`` as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    for name in ("edgecut", "uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
-
 
 # uvicorn pauses reading a connection whenever 64 KiB of body wait for the app, so a 600 KB
 # tensor arrives in ten pause/resume round trips through the event loop, which measured

@@ -1,6 +1,9 @@
 """The agent's local API: the cloud package's Open Inference Protocol app over the
 agent's models (``AgentModelRuntime`` per model), ``/agent/status``, its sockets, the
 server with the daemon's signal handling, and systemd's readiness and watchdog pings.
+With ``[api] grpc_port`` the same service also answers KServe v2 / Triton gRPC (the cloud
+package's ``GrpcServer``, on the same event loop, with the same limits and shared
+memory regions).
 """
 
 from __future__ import annotations
@@ -94,10 +97,12 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     when done.
     """
     from cloud import InferenceService, create_app
+    from edge.agent._stream import STREAM_SUFFIX, STREAM_WINDOW, AgentStreams, StreamModelRuntime
 
     service = InferenceService(dynamic_batching=False)
     registered: set[str] = set()
     lock = threading.Lock()
+    agent.streams = AgentStreams(agent)
 
     def sync() -> None:
         with lock:
@@ -108,10 +113,17 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                     instances = [AgentModelRuntime(agent, name)
                                  for _ in range(agent.config.api.workers)]
                     service.add_runtime(name, instances, version="live")
+                    # <model>.stream: frames of a camera stream through one pipeline (a
+                    # thread per frame waiting on it; see edge/agent/_stream.py).
+                    service.add_runtime(name + STREAM_SUFFIX, [
+                        StreamModelRuntime(instances[0], name, agent.streams,
+                                           partial(agent.infer, name))
+                        for _ in range(STREAM_WINDOW)], version="live")
                     registered.add(name)
             for name in list(registered):
                 if name not in agent.slots:
                     service.remove_model(name)
+                    service.remove_model(name + STREAM_SUFFIX)
                     registered.discard(name)
 
     sync()
@@ -236,6 +248,17 @@ class AgentServer:
 
         self.server = _Server(config)
         self._thread: threading.Thread | None = None
+        # gRPC beside HTTP: the same service, limits and shm regions, on the same loop.
+        self.grpc: Any = None
+        api = agent.config.api
+        if api.grpc_port:
+            try:
+                from cloud.grpc._server import GrpcServer
+            except ImportError as exc:
+                raise EdgecutError(f"[api] grpc_port needs the grpc extra: pip install "
+                                   f"'edgecut[grpc]' ({exc})") from exc
+            self.grpc = GrpcServer(self.service, gate=inner.gate, shm=inner.shm,
+                                   host=api.host, port=api.grpc_port)
 
     @property
     def url(self) -> str:
@@ -260,15 +283,29 @@ class AgentServer:
 
         threading.Thread(target=work, name="agent-reload", daemon=True).start()
 
+    @property
+    def grpc_target(self) -> str | None:
+        """``host:port`` of the gRPC endpoint, or None when it is off."""
+        return None if self.grpc is None else self.grpc.target
+
+    async def _serve_all(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.start()
+        try:
+            await self.server.serve(sockets=self.sockets)
+        finally:
+            if self.grpc is not None:
+                await self.grpc.stop(self.agent.config.shutdown_grace_s)
+
     def _serve(self) -> None:
         import asyncio
 
         if self.config.loop == "uvloop":
             import uvloop
 
-            uvloop.run(self.server.serve(sockets=self.sockets))
+            uvloop.run(self._serve_all())
         else:
-            asyncio.run(self.server.serve(sockets=self.sockets))
+            asyncio.run(self._serve_all())
 
     def serve_forever(self) -> None:
         try:

@@ -111,9 +111,11 @@ class _FleetHandling:
         plan = build_plan(version.path, self.profile, self.config.cloud.url, bandwidth, rtt,
                           objective=objective, out_dir=out_dir, figure=False)
         plan_path = str(out_dir / "plan.json")
-        from edge.offload._client import OffloadClient
+        from edge.offload import offload_client
 
-        with OffloadClient(self.config.cloud.url, timeout_s=self.config.cloud.timeout_s) as c:
+        cloud = self.config.cloud
+        settings = _PolicySource(self).config.offload
+        with offload_client(cloud.url, protocol=cloud.protocol, settings=settings) as c:
             missing = sorted({cand.cloud_model for cand in plan.candidates
                               if cand.cloud_model and not c.ready(cand.cloud_model)})
         result: dict[str, Any] = {"plan": plan_path, "chosen": plan.chosen,

@@ -45,13 +45,18 @@ class ApiConfig:
     # Inference requests the agent runs inline are answered inside the HTTP protocol,
     # without the ASGI request cycle (cloud.http._lane); false: every request takes that cycle.
     fast_lane: bool = True
+    # KServe v2 / Triton gRPC on api.host (DeepStream's nvinferserver, tritonclient.grpc);
+    # 0: off. Needs the grpc extra.
+    grpc_port: int = 0
 
 
 @dataclass(frozen=True)
 class CloudConfig:
     url: str = ""
     token_file: str = ""
-    timeout_s: float = 2.0
+    # How the offload client speaks to the cloud: "http" (KServe v2 REST) or "grpc"
+    # (KServe v2 gRPC: edgecut serve --grpc-port, or any Triton).
+    protocol: str = "http"
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class AgentConfig:
     data_dir: str
     log_level: str
     log_requests: bool
+    log_format: str
     shutdown_grace_s: float
     policy_file: str
     api: ApiConfig
@@ -149,6 +155,7 @@ class AgentConfig:
 RESTART_ONLY = (
     ("agent", "device_id"),
     ("agent", "data_dir"),
+    ("agent", "log_format"),
     ("api",),
     ("mqtt", "enabled"),
     ("mqtt", "host"),
@@ -247,6 +254,7 @@ def parse_agent_config(
     data_dir = _resolve(base, agent.get("data_dir", str, "/var/lib/edgecut"))
     log_level = agent.get("log_level", str, "info", choices=("debug", "info", "warning", "error"))
     log_requests = agent.get("log_requests", bool, True)
+    log_format = agent.get("log_format", str, "json", choices=("json", "text"))
     grace = agent.get("shutdown_grace_s", float, 10.0, min=0.0, max=600.0)
     agent.finish()
 
@@ -263,21 +271,32 @@ def parse_agent_config(
         shared_memory=api_t.get("shared_memory", bool, True),
         inline_max_ms=api_t.get("inline_max_ms", float, 50.0, min=0.0, max=10000.0),
         fast_lane=api_t.get("fast_lane", bool, True),
+        grpc_port=api_t.get("grpc_port", int, 0, min=0, max=65535),
     )
     api_t.finish()
     if api.port == 0 and not api.unix_socket:
         raise ConfigError(f"{api_t.where}: set 'port' or 'unix_socket' (both are off)")
 
     cloud_t = top.table("cloud")
+    if cloud_t.has("timeout_s"):
+        # One timeout per cloud call: policy.toml's, which the fleet can push and replay reads.
+        raise ConfigError(f"{cloud_t.where}: key 'timeout_s' moved: the cloud call's timeout "
+                          "is policy.toml's [offload] timeout_ms")
     cloud = CloudConfig(
         url=cloud_t.get("url", str, ""),
         token_file=_resolve(base, cloud_t.get("token_file", str, "")),
-        timeout_s=cloud_t.get("timeout_s", float, 2.0, min=0.01, max=600.0),
+        protocol=cloud_t.get("protocol", str, "http"),
     )
     cloud_t.finish()
-    if cloud.url and not cloud.url.startswith(("http://", "https://")):
+    if cloud.protocol not in ("http", "grpc"):
+        raise ConfigError(f"{cloud_t.where}: key 'protocol': expected \"http\" or \"grpc\", "
+                          f"got {cloud.protocol!r}")
+    schemes = ("http://", "https://") + (("grpc://", "grpcs://") if cloud.protocol == "grpc" else ())
+    if cloud.url and not cloud.url.startswith(schemes):
+        expected = ("an http:// or https:// URL" if cloud.protocol == "http" else
+                    "a grpc://, grpcs://, http:// or https:// URL (protocol grpc)")
         raise ConfigError(
-            f"{cloud_t.where}: key 'url': expected an http:// or https:// URL, got {cloud.url!r}"
+            f"{cloud_t.where}: key 'url': expected {expected}, got {cloud.url!r}"
         )
 
     mq = top.table("mqtt")
@@ -369,6 +388,7 @@ def parse_agent_config(
         data_dir=data_dir,
         log_level=log_level,
         log_requests=log_requests,
+        log_format=log_format,
         shutdown_grace_s=grace,
         policy_file=policy_file,
         api=api,

@@ -170,6 +170,8 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
         record["temperature_c"] = None if state is None else round(state.max_temp_c, 1)
         record["throttled"] = None if state is None else state.throttled
         record["config_version"] = self.config.version
+        streams = getattr(self, "streams", None)
+        record["streams"] = streams.stats() if streams is not None else {}
         return record
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -186,6 +188,9 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
         if self.fleet is not None:
             self.fleet.stop()
             self.fleet = None
+        streams = getattr(self, "streams", None)
+        if streams is not None:
+            streams.close()
         for planned in self.executors.values():
             planned.close()
         self.executors.clear()
@@ -196,7 +201,7 @@ def run_agent(config_path: str | Path) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     setup_logging("info")
     agent = Agent(config_path)
-    setup_logging(agent.config.log_level)
+    setup_logging(agent.config.log_level, log_format=agent.config.log_format)
     server = AgentServer(agent)
     agent.start_fleet()
     watch_stop = threading.Event()

@@ -27,16 +27,26 @@ if TYPE_CHECKING:
 
 
 class _PolicySource:
-    """Hands the policy the config in force now (file, SIGHUP or MQTT), read per request."""
+    """Hands the policy the config in force now (file, SIGHUP or MQTT), read per request,
+    and keeps ``client`` (the executor's offload client, when given) on its ``[offload]``
+    keys: a policy pushed or reloaded changes the next call's timeout, retries and breaker."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, client: Any = None) -> None:
         self._agent = agent
+        self._client = client
+        self._followed: Any = None
 
     @property
     def config(self) -> Any:
         from edge.policy._config import PolicyConfig
 
-        return self._agent.policy_config or PolicyConfig()
+        cfg = self._agent.policy_config or PolicyConfig()
+        if self._client is not None and cfg.offload != self._followed:
+            from edge.offload import follow_offload_settings
+
+            follow_offload_settings(self._client, cfg.offload)
+            self._followed = cfg.offload
+        return cfg
 
 
 class _Planned:
@@ -69,17 +79,22 @@ class _Lanes:
             old.close()
 
     def _build_executor(self, name: str, plan_path: str, cloud: Any, version: str) -> _Planned:
-        from edge.offload._client import FileToken, OffloadClient
+        from edge.offload import offload_client
+        from edge.offload._client import FileToken
         from edge.offload._executor import Executor
         from edge.policy._decide import Policy
         from partition import Plan
 
         plan = Plan.load(plan_path)
         token = FileToken(cloud.token_file) if cloud.token_file else None
-        client = OffloadClient(cloud.url, token=token, timeout_s=cloud.timeout_s)
+        # The call's timeout, retries and breaker are policy.toml's [offload] keys.
+        source = _PolicySource(self)
+        client = offload_client(cloud.url, protocol=cloud.protocol, token=token,
+                                settings=source.config.offload)
+        source = _PolicySource(self, client)
         try:
             executor = Executor(plan, Path(plan_path).parent, self.profile,
-                                policy=Policy(_PolicySource(self)), client=client)
+                                policy=Policy(source), client=client)
             executor.warm_up()
         except EdgecutError:
             client.close()

@@ -1,9 +1,10 @@
-"""The agent's log: one JSON object per line, per-request records written off the
-request path (``log_request``), and the set-up the daemon runs (``setup_logging``)."""
+"""The agent's log: per-request records written off the request path (``log_request``),
+and the set-up the daemon runs (``setup_logging``). The layout is the one ``edgecut serve``
+writes (``cloud._logs``): one JSON object per line with every ``extra`` field, or plain
+text for a person at a terminal."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -11,41 +12,10 @@ import time
 from collections import deque
 from typing import Any
 
+from cloud._logs import Fields, log_formatter
+
 log = logging.getLogger("edgecut.agent")
 request_log = logging.getLogger("edgecut.agent.request")
-
-
-class Fields(dict):
-    """A log message given as its fields: JSON when printed, merged as they are by
-    ``JsonFormatter`` (no encoding and parsing again on the request path)."""
-
-    def __str__(self) -> str:
-        return json.dumps(self)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger and the message (parsed when JSON)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        if isinstance(record.msg, Fields) and not record.args:
-            body.update(record.msg)
-        else:
-            msg = record.getMessage()
-            if msg.startswith("{"):
-                try:
-                    body.update(json.loads(msg))
-                except ValueError:
-                    body["msg"] = msg
-            else:
-                body["msg"] = msg
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, separators=(",", ":"))
 
 
 class _LogHandler(logging.StreamHandler):
@@ -146,7 +116,9 @@ def log_request(fields: dict[str, Any]) -> None:
         request_log.info(Fields(fields))
 
 
-def setup_logging(level: str, stream: Any = None) -> None:
+def setup_logging(level: str, stream: Any = None, log_format: str = "json") -> None:
+    """Send ``edgecut.*`` and uvicorn's logs to ``stream`` (stderr) in ``log_format``
+    (``json`` or ``text``), request records through the deferred writer."""
     global _request_handler
     root = logging.getLogger("edgecut")
     for h in list(root.handlers):
@@ -154,9 +126,13 @@ def setup_logging(level: str, stream: Any = None) -> None:
             root.removeHandler(h)
             h.close()
     handler = _LogHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(log_formatter(log_format))
     handler._edgecut_agent = True  # type: ignore[attr-defined]
     root.addHandler(handler)
+    # The local API's server (uvicorn) logs in the same layout, to the same place.
+    server_log = logging.getLogger("uvicorn")
+    server_log.handlers[:] = [handler]
+    server_log.propagate = False
     between = [request_log, log]  # the loggers from the request logger up to ``root``
     if not root.handlers[:-1] and not root.filters and all(
             lg.propagate and not lg.handlers and not lg.filters for lg in between):

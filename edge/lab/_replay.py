@@ -56,7 +56,8 @@ from edge.lab._emulator import LinkEmulator, Trace, load_trace
 from edge.lab._scenarios import scenario_bandwidth_drop, scenario_cloud_kill
 from edge.lab._server import CloudServer, prepare_plan
 from edge.lab._strategies import STRATEGIES, cost_strategies, scaled_components
-from edge.offload._client import CircuitBreaker, OffloadClient
+from edge.offload import offload_client
+from edge.offload._client import OffloadClient
 from edge.offload._executor import Executor, Outcome
 from edge.policy._config import PolicyConfig
 from edge.policy._decide import Policy
@@ -163,10 +164,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             Path(out_dir).mkdir(parents=True, exist_ok=True)
         # The estimator and cost ages run on the trace clock: staleness is about how much
         # the link may have changed, which happens in trace time.
-        client = OffloadClient(emu.url, timeout_s=cfg.offload.timeout_ms / 1000.0,
-                               max_retries=cfg.offload.max_retries,
-                               breaker=CircuitBreaker(cfg.offload.breaker_failures,
-                                                      cfg.offload.breaker_reset_s))
+        # The call's timeout, retries and breaker: the policy's [offload] keys, as the agent.
+        client = offload_client(emu.url, settings=cfg.offload)
         executor = Executor(plan, plan_dir, dev, policy=Policy(cfg), client=client,
                             compute_scale=1.0 / dev.relative_speed,
                             cloud_compute_scale=cloud.compute_scale,

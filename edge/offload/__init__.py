@@ -45,6 +45,7 @@ __all__ = [
     "StreamStats",
     "TokenSource",
     "UploadProgress",
+    "follow_offload_settings",
 ]
 
 
@@ -52,10 +53,17 @@ __all__ = [
 PROTOCOLS = ("http", "grpc")
 
 
-def offload_client(url: str, *, protocol: str = "http", **kwargs: Any) -> OffloadClient:
+def offload_client(url: str, *, protocol: str = "http", settings: Any = None,
+                   **kwargs: Any) -> OffloadClient:
     """An offload client for ``protocol``: ``http`` (KServe v2 REST, :class:`OffloadClient`)
     or ``grpc`` (KServe v2 gRPC, ``GrpcOffloadClient``, same contract). ``kwargs`` are the
-    clients' common options (``token``, ``timeout_s``, ``max_retries``, ``breaker``)."""
+    clients' common options (``token``, ``timeout_s``, ``max_retries``, ``breaker``);
+    ``settings`` (``policy.toml``'s ``[offload]``, an ``OffloadSettings``) gives the
+    timeout, retries and breaker instead (see :func:`follow_offload_settings`)."""
+    if settings is not None:
+        kwargs.update(timeout_s=settings.timeout_ms / 1000.0, max_retries=settings.max_retries,
+                      breaker=CircuitBreaker(settings.breaker_failures,
+                                             settings.breaker_reset_s))
     if protocol == "http":
         return OffloadClient(url, **kwargs)
     if protocol == "grpc":
@@ -65,3 +73,14 @@ def offload_client(url: str, *, protocol: str = "http", **kwargs: Any) -> Offloa
     from devices.errors import ConfigError
 
     raise ConfigError(f"offload protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+
+
+def follow_offload_settings(client: Any, settings: Any) -> None:
+    """Make ``client`` (either transport) follow ``policy.toml``'s ``[offload]`` keys:
+    ``timeout_ms`` (the call's one timeout), ``max_retries``, ``breaker_failures`` and
+    ``breaker_reset_s``. Each is read per call, so a policy pushed or reloaded while the
+    device serves takes effect on the next request."""
+    client.timeout_s = settings.timeout_ms / 1000.0
+    client.max_retries = settings.max_retries
+    client.breaker.failure_threshold = settings.breaker_failures
+    client.breaker.reset_timeout_s = settings.breaker_reset_s

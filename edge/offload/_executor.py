@@ -234,6 +234,10 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         with self._lookahead_lock:
             self._lookahead_off.set()
             self._arrivals.append(started)
+        # The config in force for this request, read before the context: a source that
+        # keeps the client on its [offload] keys (the agent's) has then updated the breaker
+        # the context reports.
+        _ = self.policy.config
         ctx = self.context(_nbytes(feeds))
         if force is None:
             decision = self.policy.decide(ctx)

@@ -95,7 +95,8 @@ class StreamPipeline:
                  cloud_timeout_s: float = 10.0,
                  device_time: Callable[[str, float], float] | None = None,
                  chooser: Callable[[], CutCandidate] | None = None, replan_every: int = 0,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None,
+                 on_alone_leg: Callable[[Any], None] | None = None) -> None:
         if overload not in OVERLOAD_POLICIES:
             raise ConfigError(f"stream overload policy must be one of {', '.join(OVERLOAD_POLICIES)}, "
                               f"got {overload!r}")
@@ -114,6 +115,7 @@ class StreamPipeline:
         self._chooser = chooser
         self._replan_every = replan_every
         self._threads = intra_op_threads
+        self._on_alone_leg = on_alone_leg
         self._cand = candidate
         self._sessions: dict[str, Any] = {}
         self._session_lock = threading.Lock()
@@ -123,6 +125,8 @@ class StreamPipeline:
         self._done: dict[int, StreamResult] = {}
         self._next_seq = 0
         self._next_out = 0
+        self._finished = 0  # frames with a result (delivered or not)
+        self._inflight = 0  # cloud legs under way
         self._closing = False
         self._slots = threading.Semaphore(window)
         self.stats = StreamStats()
@@ -184,13 +188,27 @@ class StreamPipeline:
                 self._cv.notify_all()
             yield res
 
+    def result(self, seq: int, timeout_s: float | None = None) -> StreamResult | None:
+        """Wait for frame ``seq``'s result (``None`` after ``timeout_s``). For callers
+        that wait per frame (one thread per frame in flight, as the agent's API does)
+        instead of iterating ``results()``; use one way or the other on a pipeline."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cv:
+            while seq not in self._done:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cv.wait(left)
+            self.stats.delivered += 1
+            return self._done.pop(seq)
+
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop taking frames and wait until every submitted frame has finished."""
         with self._cv:
             self._closing = True
             self._cv.notify_all()
             end = time.monotonic() + timeout_s
-            while len(self._done) + self._next_out < self._next_seq and time.monotonic() < end:
+            while self._finished < self._next_seq and time.monotonic() < end:
                 self._cv.wait(0.1)
         self._device_thread.join(timeout_s)
         self._pool.shutdown(wait=True)
@@ -207,6 +225,7 @@ class StreamPipeline:
     # -- stages ---------------------------------------------------------------------------
     def _finish_locked(self, res: StreamResult) -> None:
         self._done[res.seq] = res
+        self._finished += 1
         if res.status == "dropped":
             self.stats.dropped += 1
         elif res.status == "fallback":
@@ -252,10 +271,14 @@ class StreamPipeline:
     def _device_loop(self) -> None:
         started = 0
         while True:
+            # A slot first, then the frame: under drop_oldest the device then takes the
+            # newest frame there is when it can start one, not one it held while waiting.
+            self._slots.acquire()
             with self._cv:
                 while not self._queue and not self._closing:
                     self._cv.wait()
                 if not self._queue:
+                    self._slots.release()
                     return
                 seq, feeds, t_in = self._queue.popleft()
                 self._cv.notify_all()
@@ -266,7 +289,6 @@ class StreamPipeline:
                     pass  # keep the plan in force; the next check may do better
             started += 1
             cand = self._cand
-            self._slots.acquire()
             try:
                 self._start(seq, feeds, t_in, cand)
             except BaseException as exc:  # a frame must end with a result, whatever happened
@@ -291,6 +313,9 @@ class StreamPipeline:
     def _remote(self, seq: int, feeds: dict[str, np.ndarray], crossing: dict[str, np.ndarray],
                 t_in: float, cand: CutCandidate, dev_ms: float) -> None:
         t0 = time.perf_counter()
+        with self._cv:
+            self._inflight += 1
+            alone = self._inflight == 1
         try:
             try:
                 if self.client is None:
@@ -299,6 +324,15 @@ class StreamPipeline:
                                            deadline=time.monotonic() + self.cloud_timeout_s,
                                            request_id=f"stream-{seq}")
                 cloud_ms = (time.perf_counter() - t0) * 1000.0
+                with self._cv:
+                    alone = alone and self._inflight == 1
+                if alone and self._on_alone_leg is not None:
+                    # Only a leg that had the link to itself measures the link: legs that
+                    # overlapped shared it and would read it slower than it is.
+                    try:
+                        self._on_alone_leg(result)
+                    except Exception:  # noqa: BLE001 - an observer must not cost the frame
+                        pass
                 server = result.server_s * 1000.0 if result.server_s is not None else None
                 res = StreamResult(seq, "ok", cand.cut_id, self._outputs(result.outputs),
                                    (time.perf_counter() - t_in) * 1000.0, dev_ms, cloud_ms, server)
@@ -309,6 +343,8 @@ class StreamPipeline:
             res = StreamResult(seq, "error", cand.cut_id, error=f"{type(exc).__name__}: {exc}",
                                latency_ms=(time.perf_counter() - t_in) * 1000.0)
         finally:
+            with self._cv:
+                self._inflight -= 1
             self._slots.release()
         self._finish(res)
 

@@ -178,8 +178,8 @@ def test_power_sensor_corrects_the_energy_model(plan_dir: Path,
 def test_a_probe_is_big_enough_to_show_a_faster_link_or_not_sent(
         plan_dir: Path, slow_board: DeviceProfile) -> None:
     plan = Plan.load(plan_dir / "plan.json")
-    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_kb = 16\n"
-                                  "probe_budget_kb = 2048\nprobe_refill_s = 1e9\n")
+    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_kib = 16\n"
+                                  "probe_budget_kib = 2048\nprobe_refill_s = 1e9\n")
     with CloudServer(plan_dir / "repository") as srv, OffloadClient(srv.url) as client:
         ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
                       background_probes=False)
@@ -259,7 +259,7 @@ def test_a_plan_with_the_fp16_wire_format_sends_half_and_answers_alike(
     # The whole model is still served as it was, for clients that send float32.
     assert (half_dir / "repository" / "squeezenet" / "config.pbtxt").is_file()
     assert "TYPE_FP16" in (half_dir / "repository" / "squeezenet.fp16" / "config.pbtxt").read_text()
-    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_budget_kb = 4096\n")
+    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_budget_kib = 4096\n")
     with CloudServer(half_dir / "repository") as srv, OffloadClient(srv.url) as client:
         ex = Executor(half, half_dir, slow_board, policy=Policy(cfg), client=client,
                       background_probes=False)
