@@ -3,10 +3,13 @@
 Public API (everything works on ``onnx.ModelProto`` in memory; file paths are thin
 wrappers):
 
-``LayerGraph.from_model(model, batch=1)``
+``LayerGraph.from_model(model, batch=1, sizes=None)``
     The layer DAG: ``nodes`` (compute nodes; constants and weight-only producers are
-    folded away so a cut never carries weights), ``tensors`` (every activation with
-    shape, dtype, ``bytes(batch)``; the batch dim is ``None``, a parameter),
+    folded away so a cut never carries weights; an ``If``/``Loop``/``Scan`` reads what
+    its bodies read from the outer scope), ``tensors`` (every activation with dtype,
+    ``dims`` as functions of the dynamic input dims (``symbols``: ``N``, ``H``, ``W``;
+    ``-1`` and unnamed dims too), ``bytes(batch, sizes)`` exact at any size, never
+    negative; ``shape`` has ``None`` for dynamic dims), ``sizes`` (the reference sizes),
     ``inputs``, ``outputs``, ``order`` (topological), ``crossing(device_nodes)``,
     ``device_side(cut_tensors)``, ``frontiers()``, ``ideals()`` (every valid cut, when
     there are not too many).
@@ -53,6 +56,12 @@ device_factor, cloud_factor)``
     Time head and tail sessions for real (as ratios to an interleaved whole-model run);
     correct all predictions by an observed whole-model time on either side.
 
+``cost_at(candidate, sizes)`` / ``bind_sizes(plan.inputs, shapes)`` / ``parse_shapes(text)``
+    A candidate's (head ms, tail ms, up bytes, down bytes) at any sizes of the model's
+    dynamic dims: bytes exact from expressions, times interpolated between the sizes the
+    plan was profiled at (``build_plan(shapes=...)``, ``--shapes``); the sizes a
+    request's input shapes give; ``"H=640,W=640"`` parsed.
+
 ``encode(array, codec)`` / ``decode(data, codec, shape, dtype)``
     Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
     ``fp32``, each optionally ``+zstd`` or ``+lz4``.
@@ -93,7 +102,13 @@ from partition._chain import (
     min_cut_chain,
     plan_chain,
 )
-from partition._chain_export import Segment, chain_segments, segment_models, write_chain
+from partition._chain_export import (
+    Segment,
+    chain_segments,
+    device_candidate,
+    segment_models,
+    write_chain,
+)
 from partition._compress import decode, encode, evaluate_compression
 from partition._costmodel import CostModel
 from partition._graph import LayerGraph, LayerNode, TensorInfo, load_model
@@ -109,6 +124,8 @@ from partition._planner import (
     side_times,
 )
 from partition._profile import Profile, fetch_cloud_profile, profile_model
+from partition._sizes import bind as bind_sizes
+from partition._sizes import cost_at, parse_shapes
 from partition._split import Splitter, half_precision_inputs, split_model
 from partition._stream import StreamChoice, bound_fps, choose_stream, stream_stages
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
@@ -122,6 +139,7 @@ __all__ = [
     "SPLIT",
     "ZOO_MODELS",
     "bound_fps",
+    "bind_sizes",
     "build_plan",
     "build_zoo",
     "candidate_cuts",
@@ -132,9 +150,11 @@ __all__ = [
     "chain_segments",
     "choose_stream",
     "CostModel",
+    "cost_at",
     "cut_id_for",
     "CutCandidate",
     "decode",
+    "device_candidate",
     "encode",
     "enumerate_chain",
     "evaluate_compression",
@@ -155,6 +175,7 @@ __all__ = [
     "MinCut",
     "parse_bandwidth",
     "parse_duration",
+    "parse_shapes",
     "Plan",
     "plan_chain",
     "predict",

@@ -7,8 +7,11 @@ travel back along the chain.
 
 Files per node (``write_chain``):
 
-* the device, ``<out>/<device>/``: ``head.onnx`` (its segment, when it has one) and
-  ``chain.json`` (the plan: labels, boundaries, costs, nodes, hops);
+* the device, ``<out>/<device>/``: ``head.onnx`` (its segment, when it has one),
+  ``tail.onnx`` (the rest from its cut, for finishing on the device when the next node
+  fails) and ``chain.json`` (the plan: labels, boundaries, costs, nodes, hops);
+  ``device_candidate`` turns it into the ``CutCandidate`` the executor and the stream
+  pipeline run, with the first later node as their "cloud";
 * every later node, ``<out>/<node>/repository/<model>.seg<j>/1/``: ``model.onnx``, the
   whole rest of the model from what arrives there (what the node serves when it is the
   last hop, and what a relay runs when its next hop fails), and for a middle node with
@@ -31,6 +34,7 @@ from devices.errors import PartitionError
 from partition._chain import ChainPlan
 from partition._graph import LayerGraph
 from partition._split import Splitter, save_model
+from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,12 @@ def write_chain(model: onnx.ModelProto, graph: LayerGraph, plan: ChainPlan, mode
         if j == 0:
             if seg is not None:
                 save_model(seg, folder / "head.onnx")
+            if segs[0].sends and seg is not None:
+                # the rest from the device's cut, for finishing on the device when the
+                # next node cannot be reached
+                later = [o for o in graph.outputs if o not in segs[0].outputs_here]
+                save_model(_extract(Splitter(model), f"{model_name}_tail0", segs[0].sends, later),
+                           folder / "tail.onnx")
             continue
         if rest is None:
             continue  # nothing reaches this node: the plan ends before it
@@ -160,3 +170,23 @@ def write_chain(model: onnx.ModelProto, graph: LayerGraph, plan: ChainPlan, mode
     }
     (folders[node_names[0]] / "chain.json").write_text(json.dumps(doc, indent=2))
     return folders
+
+
+def device_candidate(graph: LayerGraph, plan: ChainPlan, model_name: str) -> CutCandidate:
+    """What the device runs of a chain plan, as a two-sided candidate whose "cloud" is the
+    next node (``<model>.seg1``): the head and the device's rest (``head.onnx``,
+    ``tail.onnx`` in its folder), the bytes of the first hop, and the rest of the chain's
+    predicted time as the tail's."""
+    seg = chain_segments(graph, plan)[0]
+    c = plan.cost
+    if not seg.sends:
+        return CutCandidate(LOCAL, LOCAL, (), c.latency_ms, 0.0, 0, 0)
+    up_bytes = graph.cut_bytes(seg.sends, 1)
+    down_bytes = sum(graph.tensors[o].bytes(1) for o in graph.outputs if o not in seg.outputs_here)
+    rest_ms = c.latency_ms - c.compute_ms[0] - c.up_ms[0] - c.down_ms[0]
+    if not seg.nodes:
+        return CutCandidate(OFFLOAD, OFFLOAD, tuple(seg.sends), 0.0, rest_ms, up_bytes, down_bytes,
+                            cloud_model=f"{model_name}.seg1")
+    return CutCandidate("chain", SPLIT, tuple(seg.sends), c.compute_ms[0], rest_ms, up_bytes,
+                        down_bytes, head_model="head.onnx", tail_model="tail.onnx",
+                        cloud_model=f"{model_name}.seg1")

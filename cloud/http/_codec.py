@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -305,12 +305,17 @@ _REQUEST_PLANS: dict[bytes, tuple] = {}
 
 
 def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *,
-                         shared_memory: Any = None) -> InferRequest:
+                         shared_memory: Any = None,
+                         check: Callable[[str, str, tuple[int, ...]], None] | None = None
+                         ) -> InferRequest:
     """Decode and validate an inference request body (JSON or binary extension).
 
     ``shared_memory``: reads inputs whose parameters name a ``shared_memory_region``
     (``read(name, datatype, shape, params) -> ndarray``, the system shared memory
-    extension); without it such inputs are refused.
+    extension); without it such inputs are refused. ``check(name, datatype, shape)``:
+    called for every input before its data is decoded (the server checks the model's
+    signature and element counts there, so a tensor the model cannot take is refused
+    before any work is spent on it).
     """
     json_part, tail = _parts(body, headers)
     # A client sends the same header again and again (same shapes, the same shared
@@ -321,6 +326,9 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
     if plan is not None:
         steps, size, seen = plan
         if size == len(tail) and (shared_memory is not None or not any(s[0] for s in steps)):
+            if check is not None:
+                for _in_shm, name, datatype, shape, _extra in steps:
+                    check(name, datatype, shape)
             inputs: dict[str, np.ndarray] = {}
             offset = 0
             for in_shm, name, datatype, shape, extra in steps:
@@ -331,7 +339,7 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
                                                 tail[offset : offset + extra])
                     offset += extra
             return dataclasses.replace(seen, inputs=inputs)
-    request, plan = _decode_request(json_part, tail, shared_memory)
+    request, plan = _decode_request(json_part, tail, shared_memory, check)
     if plan is not None and key:
         if len(_REQUEST_PLANS) >= 64:
             _REQUEST_PLANS.clear()
@@ -339,7 +347,8 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
     return request
 
 
-def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any
+def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any,
+                    check: Callable[[str, str, tuple[int, ...]], None] | None = None
                     ) -> tuple[InferRequest, tuple | None]:
     """The request, and its plan (see decode_infer_request) unless it has JSON data."""
     message, _ = _split_body(json_part, {})
@@ -373,6 +382,8 @@ def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any
                 f"{', '.join(DATATYPES)}"
             )
         shape = check_shape(name, entry.get("shape"))
+        if check is not None:
+            check(name, datatype, shape)
         params = _check_params(f"tensor {name!r}", entry.get("parameters"))
         size = params.get("binary_data_size")
         if size is not None:

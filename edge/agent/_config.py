@@ -48,6 +48,28 @@ class ApiConfig:
     # KServe v2 / Triton gRPC on api.host (DeepStream's nvinferserver, tritonclient.grpc);
     # 0: off. Needs the grpc extra.
     grpc_port: int = 0
+    # Connection limits against hostile local users or, with host = 0.0.0.0, the network
+    # (cloud.http._conn): the same meaning and defaults as `edgecut serve`'s flags.
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    keep_alive_timeout_s: float = 30.0
+    body_timeout_s: float = 20.0
+    body_min_bytes_per_s: float = 4096.0
+    max_connections: int = 1024
+    max_connections_per_client: int = 256
+    # Besides the agent's own uid, the owners whose /dev/shm files TCP loopback clients may
+    # register (Unix-socket clients may register only their own files).
+    shm_allow_uids: tuple[int, ...] = ()
+
+    def connection_limits(self) -> Any:
+        """These limits as the cloud server's ``ConnectionLimits``."""
+        from cloud.http._conn import ConnectionLimits
+
+        return ConnectionLimits(
+            header_timeout_s=self.header_timeout_s, max_header_bytes=self.max_header_bytes,
+            keep_alive_timeout_s=self.keep_alive_timeout_s, body_timeout_s=self.body_timeout_s,
+            body_min_rate=self.body_min_bytes_per_s, max_connections=self.max_connections,
+            max_connections_per_client=self.max_connections_per_client)
 
 
 @dataclass(frozen=True)
@@ -271,6 +293,17 @@ def parse_agent_config(
         shared_memory=api_t.get("shared_memory", bool, True),
         inline_max_ms=api_t.get("inline_max_ms", float, 50.0, min=0.0, max=10000.0),
         fast_lane=api_t.get("fast_lane", bool, True),
+        header_timeout_s=api_t.get("header_timeout_s", float, 10.0, min=0.0, max=3600.0),
+        max_header_bytes=api_t.get("max_header_bytes", int, 64 * 1024, min=0, max=1 << 30),
+        keep_alive_timeout_s=api_t.get("keep_alive_timeout_s", float, 30.0, min=1.0,
+                                       max=3600.0),
+        body_timeout_s=api_t.get("body_timeout_s", float, 20.0, min=0.0, max=3600.0),
+        body_min_bytes_per_s=api_t.get("body_min_bytes_per_s", float, 4096.0, min=0.0,
+                                       max=1e12),
+        max_connections=api_t.get("max_connections", int, 1024, min=1, max=1000000),
+        max_connections_per_client=api_t.get("max_connections_per_client", int, 256, min=0,
+                                             max=1000000),
+        shm_allow_uids=tuple(api_t.get_list("shm_allow_uids", int, [])),
         grpc_port=api_t.get("grpc_port", int, 0, min=0, max=65535),
     )
     api_t.finish()

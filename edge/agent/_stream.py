@@ -88,7 +88,8 @@ class AgentStreams:
         return StreamPipeline(ex.plan_dir, ex.model_path, choose(), device, ex.client,
                               ex.output_names, window=STREAM_WINDOW, queue_size=STREAM_QUEUE,
                               overload="drop_oldest", chooser=choose, replan_every=REPLAN_EVERY,
-                              on_alone_leg=observe)
+                              on_alone_leg=observe,
+                              uplink_bps=lambda: ex.link.estimate(time.monotonic()).bandwidth_bps)
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._lock:

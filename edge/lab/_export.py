@@ -33,6 +33,12 @@ def export_triton(
     if not whole.is_absolute():
         whole = plan_dir / whole
     if not whole.is_file():
+        # A plan made from a path relative to another working directory: the plan folder
+        # holds its own copy of the whole model (the local candidate's model).
+        local = [c.head_model for c in plan.candidates if c.kind == "local" and c.head_model]
+        if local and (plan_dir / local[0]).is_file():
+            whole = plan_dir / local[0]
+    if not whole.is_file():
         raise PartitionError(f"plan '{plan.model}': whole model '{whole}' not found")
     written.append(write_repository_entry(out, plan.model, whole, options=options))
     for cand in plan.candidates:

@@ -46,7 +46,7 @@ from edge.policy._decide import Policy
 from edge.policy._link import LinkEstimator
 from edge.policy._state import CloudState, Decision, DeviceState, PolicyContext
 from edge.runtime import Session
-from partition import LOCAL, OFFLOAD, CutCandidate, Plan
+from partition import LOCAL, OFFLOAD, CutCandidate, Plan, bind_sizes, cost_at
 
 
 class Executor(_Sessions, _Folding, _Racing, _Probing):
@@ -141,6 +141,11 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             plan, ewma=cfg.learning.ewma, raw_inputs=self.input_names,
             device_layers=self._device_layers(), clock=clock)
         self.reference_input_bytes = _reference_bytes(full)
+        # A plan with costs by input size (partition._sizes): each candidate's times at
+        # the plan's reference size, against which a request's own size is costed; the
+        # cost table learns at the reference (observations are divided by the factors).
+        self._size_ref = _size_reference(plan)
+        self._request = threading.local()
 
     def close(self) -> None:
         self._lookahead_off.set()
@@ -158,7 +163,26 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             self._log = None
 
     # -- decision -----------------------------------------------------------------------
-    def context(self, input_bytes: int, *, draw: bool = True) -> PolicyContext:
+    def sized(self, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float, int, int]]:
+        """Per cut id, (head factor, tail factor, up bytes, down bytes) at the sizes of
+        ``feeds``' dynamic dims (see ``PolicyContext.sized``); empty for a plan without
+        size data or inputs that bind no dim."""
+        if not self._size_ref:
+            return {}
+        env_ref, ref = self._size_ref
+        sizes = bind_sizes(self.plan.inputs, {k: np.shape(v) for k, v in feeds.items()})
+        if not sizes:
+            return {}
+        env = {**env_ref, **sizes}
+        out = {}
+        for c in self.plan.candidates:
+            head, tail, up, down = cost_at(c, env)
+            h0, t0 = ref[c.cut_id]
+            out[c.cut_id] = (head / h0 if h0 > 0 else 1.0, tail / t0 if t0 > 0 else 1.0, up, down)
+        return out
+
+    def context(self, input_bytes: int, *, draw: bool = True,
+                sized: Mapping[str, tuple[float, float, int, int]] | None = None) -> PolicyContext:
         """The policy's view of the world right now (``draw``: with an exploration draw;
         without, the draw is 1, never exploring, and the generator is left alone)."""
         now = self._clock()
@@ -174,7 +198,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             energy=self.energy, device=device, cloud=CloudState(healthy=healthy),
             input_bytes=input_bytes, reference_input_bytes=self.reference_input_bytes,
             explore_draw=self._rng.random() if draw else 1.0,
-            probe_allowance=self.link.probe_allowance(now),
+            probe_allowance=self.link.probe_allowance(now), sized=dict(sized or {}),
             race_allowance_mj=self._race_allowance(local_ms))
 
     def _race_allowance(self, local_ms: float) -> float:
@@ -238,7 +262,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         # keeps the client on its [offload] keys (the agent's) has then updated the breaker
         # the context reports.
         _ = self.policy.config
-        ctx = self.context(_nbytes(feeds))
+        ctx = self.context(_nbytes(feeds), sized=self.sized(feeds))
         if force is None:
             decision = self.policy.decide(ctx)
             self._spend_allowance(decision)
@@ -273,9 +297,11 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
     def _execute(self, rid: int, decision: Decision, cand: CutCandidate,
                  feeds: Mapping[str, np.ndarray], slo: float, started: float) -> Outcome:
         cfg = self.policy.config
+        head_f, tail_f = self.sized(feeds).get(cand.cut_id, (1.0, 1.0, 0, 0))[:2]
+        self._request.tail_factor = tail_f  # for the cloud leg's observation (_fold)
         if cand.kind == LOCAL:
             outputs, ms = self._run_local(self.model_path, feeds)
-            self.costs.observe_local_full(ms)
+            self.costs.observe_local_full(ms / head_f)
             return self._outcome(rid, decision, "local", "", outputs, ms, 0.0, 0.0, 0, 0,
                                  slo, started)
 
@@ -286,7 +312,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         else:
             crossing, head_ms = self._run_local(self.plan_dir / cand.head_model, feeds)
             crossing = {k: crossing[k] for k in cand.tensors}
-            self.costs.observe(cand.cut_id, head_ms=head_ms)
+            self.costs.observe(cand.cut_id, head_ms=head_ms / head_f)
         # As the cloud model takes them (half precision under a plan's fp16 wire format;
         # the tail kept here for the fallback takes them alike).
         crossing = cand.for_wire(crossing)
@@ -347,3 +373,17 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _size_reference(plan: Plan) -> tuple[dict[str, int], dict[str, tuple[float, float]]] | None:
+    """The plan's reference sizes and each candidate's (head, tail) ms there, when every
+    candidate carries times by size."""
+    rows = [c.extra.get("by_size") for c in plan.candidates]
+    if not rows or not all(r and isinstance(r, list) for r in rows):
+        return None
+    env = {str(k): int(v) for k, v in rows[0][0].get("sizes", {}).items()}
+    ref = {}
+    for c in plan.candidates:
+        head, tail, _, _ = cost_at(c, env)
+        ref[c.cut_id] = (head, tail)
+    return env, ref

@@ -41,7 +41,10 @@ class _Folding:
         self.link.observe_transfer(result.up_bytes, result.down_bytes,
                                    self._cloud_seconds(result), server_s=server_s)
         if result.server_s is not None:
-            self.costs.observe(cand.cut_id, tail_ms=server_s * 1000.0)
+            # Learnt at the plan's reference input size: a request of another size is
+            # divided by its tail factor (set per request by the executor).
+            factor = getattr(getattr(self, "_request", None), "tail_factor", 1.0) or 1.0
+            self.costs.observe(cand.cut_id, tail_ms=server_s * 1000.0 / factor)
         else:
             self.costs.observe(cand.cut_id)
 

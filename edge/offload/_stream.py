@@ -21,6 +21,9 @@ Flow control, end to end:
 plan for frames the device has not started; frames in flight finish on their own plan
 and are delivered in order, so a re-plan loses and reorders nothing.
 
+With ``uplink_bps`` (the link's rate), cloud legs start their uploads one after another
+at that rate instead of all at once: uploads sharing the link would each take longer.
+
 The device is one resource: the head stage and any local fallback hold the same lock.
 ``device_time(kind, measured_ms)`` maps the time measured here to the emulated device's
 (the stage is held that long), for running an emulated board on a faster host.
@@ -96,7 +99,8 @@ class StreamPipeline:
                  device_time: Callable[[str, float], float] | None = None,
                  chooser: Callable[[], CutCandidate] | None = None, replan_every: int = 0,
                  intra_op_threads: int | None = None,
-                 on_alone_leg: Callable[[Any], None] | None = None) -> None:
+                 on_alone_leg: Callable[[Any], None] | None = None,
+                 uplink_bps: Callable[[], float] | None = None) -> None:
         if overload not in OVERLOAD_POLICIES:
             raise ConfigError(f"stream overload policy must be one of {', '.join(OVERLOAD_POLICIES)}, "
                               f"got {overload!r}")
@@ -116,6 +120,9 @@ class StreamPipeline:
         self._replan_every = replan_every
         self._threads = intra_op_threads
         self._on_alone_leg = on_alone_leg
+        self._uplink_bps = uplink_bps
+        self._pace_lock = threading.Lock()
+        self._next_up = 0.0
         self._cand = candidate
         self._sessions: dict[str, Any] = {}
         self._session_lock = threading.Lock()
@@ -307,11 +314,13 @@ class StreamPipeline:
             crossing, dev_ms = {k: v for k, v in feeds.items() if k in cand.tensors or not cand.tensors}, 0.0
         else:
             out, dev_ms = self._on_device("head", self.plan_dir / cand.head_model, feeds)
-            crossing = {k: out[k] for k in cand.tensors}
+            # a cut may carry a model input on (a chain's device sends what later nodes read)
+            crossing = {k: out[k] if k in out else feeds[k] for k in cand.tensors}
         self._pool.submit(self._remote, seq, feeds, crossing, t_in, cand, dev_ms)
 
     def _remote(self, seq: int, feeds: dict[str, np.ndarray], crossing: dict[str, np.ndarray],
                 t_in: float, cand: CutCandidate, dev_ms: float) -> None:
+        self._pace(cand)
         t0 = time.perf_counter()
         with self._cv:
             self._inflight += 1
@@ -347,6 +356,21 @@ class StreamPipeline:
                 self._inflight -= 1
             self._slots.release()
         self._finish(res)
+
+    def _pace(self, cand: CutCandidate) -> None:
+        """Start uploads one after another at the link's rate: overlapping uploads share
+        the link, so each would take longer and every frame would wait for the slowest."""
+        if self._uplink_bps is None or not cand.up_bytes:
+            return
+        rate = self._uplink_bps()
+        if not rate or rate <= 0:
+            return
+        with self._pace_lock:
+            now = time.perf_counter()
+            start = max(now, self._next_up)
+            self._next_up = start + cand.up_bytes * 8.0 / rate
+        if start > now:
+            time.sleep(start - now)
 
     def _fall_back(self, seq: int, feeds: dict[str, np.ndarray], crossing: dict[str, np.ndarray],
                    t_in: float, cand: CutCandidate, dev_ms: float, cloud_ms: float,

@@ -40,21 +40,25 @@ from partition import LOCAL, OFFLOAD, SPLIT
 
 def _predict(c: CutEstimate, ctx: PolicyContext, cfg: PolicyConfig, bandwidth_bps: float
              ) -> Prediction:
-    scale = 1.0
-    if ctx.input_bytes > 0 and ctx.reference_input_bytes > 0:
-        scale = ctx.input_bytes / ctx.reference_input_bytes
-    head = c.head_ms * scale
+    sized = ctx.sized.get(c.cut_id)
+    if sized is not None:  # the request's dims through the plan's cost curves, exact bytes
+        head_f, tail_f, up_bytes, down_bytes = sized
+    else:  # no size data in the plan: scale by the input's bytes
+        head_f = tail_f = 1.0
+        if ctx.input_bytes > 0 and ctx.reference_input_bytes > 0:
+            head_f = tail_f = ctx.input_bytes / ctx.reference_input_bytes
+        up_bytes, down_bytes = int(c.up_bytes * head_f), int(c.down_bytes * head_f)
+    head = c.head_ms * head_f
     if ctx.device.throttled:
         head *= cfg.device.throttle_slowdown
     if head > 0:
         head += ctx.device.local_queue_ms
-    up_bytes = int(c.up_bytes * scale) if c.kind != LOCAL else 0
     if c.kind == LOCAL:
         return Prediction(c.cut_id, c.kind, head, ctx.energy.plan_mj(head), head, 0.0, 0.0,
                           0.0, 0)
     up_ms = up_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
-    down_ms = c.down_bytes * scale * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
-    wait_ms = ctx.link.rtt_s * 1000.0 + c.tail_ms * scale + ctx.cloud.queue_ms
+    down_ms = down_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
+    wait_ms = ctx.link.rtt_s * 1000.0 + c.tail_ms * tail_f + ctx.cloud.queue_ms
     latency = head + up_ms + wait_ms + down_ms
     energy = ctx.energy.plan_mj(head, up_ms, down_ms, wait_ms)
     return Prediction(c.cut_id, c.kind, latency, energy, head, up_ms, wait_ms, down_ms, up_bytes)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from devices import EnergyModel
@@ -80,6 +81,10 @@ class PolicyContext:
     reference_input_bytes: int = 0
     explore_draw: float = 1.0
     probe_allowance: int = 0
+    #: Per cut id, the request's own size: (head factor, tail factor, up bytes, down bytes),
+    #: the factors relative to the plan's reference size (``partition.cost_at``). A cut
+    #: listed here is costed by these instead of the input-bytes ratio.
+    sized: Mapping[str, tuple[float, float, int, int]] = field(default_factory=dict)
     #: Energy the latency objective may still spend on racing (mJ; see ``[offload]
     #: race_energy_budget``): the executor's running allowance. Unbounded when unknown.
     race_allowance_mj: float = math.inf

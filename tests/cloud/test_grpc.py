@@ -136,14 +136,21 @@ def test_infer_typed_contents_and_output_selection(stack):
     assert [o.name for o in response.outputs] == ["z"]
     z = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(2, 4)
     np.testing.assert_allclose(z, -x)
-    # INT8 values beyond its range in the 32-bit contents field are refused by name
+    # INT8 values beyond its range in the 32-bit contents field are refused by name (to a
+    # model with an INT8 input: to affine the datatype itself is refused before decoding)
+    bad = service_pb2.ModelInferRequest(model_name="typed")
+    bad.inputs.add(name="i8", datatype="INT8", shape=[2, 3]).contents.int_contents.extend(
+        [1, 2, 3, 4, 5, 300])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(bad, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tensor 'i8': values 1..300 do not fit datatype INT8" in err.value.details()
     bad = service_pb2.ModelInferRequest(model_name="affine")
     bad.inputs.add(name="x", datatype="INT8", shape=[1, 4]).contents.int_contents.extend(
         [1, 2, 3, 300])
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(bad, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "tensor 'x': values 1..300 do not fit datatype INT8" in err.value.details()
+    assert "input 'x': expected datatype FP32, got INT8" in err.value.details()
     channel.close()
 
 

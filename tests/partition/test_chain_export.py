@@ -9,10 +9,12 @@ import onnxruntime as ort
 import pytest
 
 from devices import load_profile
+from edge.offload import StreamPipeline
 from partition import (
     ChainPlan,
     LayerGraph,
     chain_segments,
+    device_candidate,
     evaluate_labels,
     segment_models,
     write_chain,
@@ -134,5 +136,22 @@ def test_three_node_chain_of_real_servers_with_a_relay(tmp_path, zoo_model) -> N
             metrics = httpx.get(f"{edge.url}/metrics").text
             assert 'edgecut_relay_requests_total{model="sq.seg1",outcome="forwarded"} 1.0' in metrics
             assert 'edgecut_relay_requests_total{model="sq.seg1",outcome="finished_here"} 1.0' in metrics
+            # the device's side of the plan, through the stream pipeline: answered by the
+            # chain, then (the edge node gone too) finished on the device from its cut
+            cand = device_candidate(g, plan, "sq")
+            assert cand.kind == "split" and cand.cloud_model == "sq.seg1"
+            whole = tmp_path / "whole.onnx"
+            onnx.save(g.model, str(whole))
+            pipe = StreamPipeline(folders["device"], whole, cand, NANO, client, ["softmaxout_1"],
+                                  window=2, intra_op_threads=1)
+            first = pipe.result(pipe.submit(feeds), timeout_s=60)
+            edge.kill()
+            second = pipe.result(pipe.submit(feeds), timeout_s=60)
+            pipe.close()
+            assert first is not None and first.status == "ok"
+            assert second is not None and second.status == "fallback"
+            for r in (first, second):
+                np.testing.assert_allclose(r.outputs["softmaxout_1"], want, rtol=1e-4, atol=1e-4)
+            assert pipe.stats.lost == 0
     finally:
         cloud.stop()
