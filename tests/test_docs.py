@@ -144,8 +144,9 @@ def test_console_examples_run(doc: Path, tmp_path: Path) -> None:
 
 
 def test_config_reference_and_examples_follow_the_schemas() -> None:
-    """docs/policy.md's key tables and edge/data/policy.example.toml are written from the
-    schema in edge/policy/_config.py (run scripts/config_docs.py after changing a key)."""
+    """docs/policy.md's and docs/agent.md's key tables and edge/data/*.example.toml are
+    written from the schemas in edge/policy/_config.py and edge/agent/_config.py (run
+    scripts/config_docs.py after changing a key)."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -142,7 +142,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                 **agent.status(),
                 "fleet": None if fleet is None else {
                     "connected": fleet.connected.is_set(), "connects": fleet.connects,
-                    "telemetry_pending": len(fleet.spool)},
+                    "telemetry_pending": len(fleet.spool), **fleet.health()},
             }).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
