@@ -95,7 +95,8 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
         self.updater = Updater(self.slots, self.store, self.profile,
                                lambda: self.config.updates, self._warmup_for,
                                on_committed=self._after_update,
-                               on_models_changed=self._models_changed, gate=self.gate)
+                               on_models_changed=self._models_changed, gate=self.gate,
+                               trusted=self._trusted_path)
         self.fleet: Any = None
         self.reprofile_hooks: list[Callable[[str, ModelVersion], Any]] = []
         # Called after the set of served models changed (the local API registers them).
@@ -119,6 +120,11 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
                 return m.warmup_runs, m.warmup_inputs
         return 2, ""
 
+    def _trusted_path(self, name: str, path: str) -> bool:
+        """A model path read back from state.json: inside the store, or the configured one."""
+        configured = {m.name: m.path for m in self.config.models}
+        return self.store.holds(path) or configured.get(name) == path
+
     def _initial_version(self, m: Any) -> ModelVersion:
         """The committed version from ``state.json`` when it loads, else the configured one."""
         entry = self.store.state().get(m.name)
@@ -130,7 +136,7 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
         candidates.append((m.version, m.path))
         last: Exception | None = None
         for version, path in candidates:
-            if path != m.path and not self.store.holds(path):
+            if path != m.path and not self._trusted_path(m.name, path):
                 # state.json names only versions the store holds (or the configured one).
                 log.error(json.dumps({"event": "state_ignored", "model": m.name,
                                       "version": version, "path": path,

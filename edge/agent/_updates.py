@@ -69,11 +69,14 @@ class Updater:
         on_committed: Callable[[str, ModelVersion], dict[str, Any] | None] | None = None,
         on_models_changed: Callable[[], None] | None = None,
         gate: Any = None,
+        trusted: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.slots = slots
         # The trust gate (edge.agent._trust.Gate): checks the file against a signed
         # document and records its counter before the version is used.
         self._gate = gate
+        # (model, path) -> whether a path read back from state.json may be loaded.
+        self._trusted = trusted or (lambda name, path: self.store.holds(path))
         self.store = store
         self.profile = profile
         self._settings = settings  # returns the current UpdatesConfig (hot-reloadable)
@@ -302,6 +305,10 @@ class Updater:
                 entry = self.store.state().get(name, {}).get("previous")
                 if not entry:
                     raise ModelUpdateError(f"rollback: model '{name}' has no previous version")
+                if not self._trusted(name, entry["path"]):
+                    raise ModelUpdateError(
+                        f"rollback: the previous version of '{name}' in state.json lies outside "
+                        "the model store; it is not loaded")
                 try:
                     session = self.load(entry["path"])
                 except EdgecutError as exc:

@@ -502,12 +502,14 @@ class OffloadClient:
         return self._with_retries(model, attempt, deadline, idempotent)
 
     def _with_retries(self, model: str,
-                      attempt: Callable[[float], tuple[dict[str, np.ndarray], int, int, float | None]],
+                      attempt: Callable[[float], tuple[dict[str, np.ndarray], int, int, float | None,
+                                                         float | None]],
                       deadline: float | None, idempotent: bool) -> InferResult:
         """The deadline, retry, re-authentication and breaker rules around ``attempt``
         (one try with the given timeout), the same for every transport.
 
-        ``attempt`` returns (outputs, bytes up, bytes down, server seconds) or raises:
+        ``attempt`` returns (outputs, bytes up, bytes down, server seconds, server compute
+        seconds) or raises:
         :class:`AttemptFailed` (may be retried), :class:`AuthRefused` (retried once with
         a fresh token), ``OffloadRejected`` (the service is up, the request is wrong) or
         ``TransferAbandoned`` (given up by the caller's watch).

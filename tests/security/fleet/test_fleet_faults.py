@@ -304,3 +304,18 @@ def test_weak_settings_are_warned_about_loudly(tmp_path: Path) -> None:
         "enabled": True, "username": "d", "tls": {"enabled": True}},
         "updates": {"public_key_file": "k.pub"}}, "a.toml", tmp_path)
     assert security_warnings(quiet) == []
+
+
+def test_rollback_does_not_load_a_previous_version_outside_the_store(device) -> None:
+    """state.json edited to name a file elsewhere: a fleet rollback refuses to load it."""
+    from tests.edge.conftest import tiny_model
+
+    elsewhere = tiny_model(device.root / "elsewhere.onnx", factor=9.0)
+    state = device.store / "state.json"
+    state.write_text(json.dumps({"tiny": {
+        "version": "1", "path": str(device.root / "v1.onnx"),
+        "previous": {"version": "0", "path": str(elsewhere)}}}))
+    ack = device.send("cmd", {"id": "rb", "command": "rollback", "model": "tiny"})
+    assert ack["ok"] is False and "outside the model store" in ack["error"]
+    assert device.agent.slots["tiny"].current.version == "1"
+    device.alive()
