@@ -23,8 +23,8 @@ baselines; ``soak_good_errors`` its non-200 answers and connection errors under 
 ``soak_peak_rss_mb`` the server's peak RSS meanwhile.
 
 The load generator is a separate process (asyncio over raw HTTP/1.1 keep-alive
-connections, one per client; for gRPC, grpc.aio over one HTTP/2 channel with every call
-multiplexed on it, as gRPC clients do): each request is encoded once (binary tensors;
+connections, one per client; for gRPC at concurrency 1 blocking calls, above it grpc.aio
+over one HTTP/2 channel with every call multiplexed on it, as gRPC clients do): each request is encoded once (binary tensors;
 a serialized ``ModelInferRequest`` with raw contents) and re-sent, and gRPC answers are
 not parsed, as HTTP answers are only read.
 Prints one JSON object with --json.
@@ -128,8 +128,41 @@ async def _grpc_clients(spec: dict, payload: bytes, start: float, end: float, ou
         await channel.close()
 
 
+def _grpc_blocking(spec: dict, payload: bytes, out: dict) -> None:
+    """One client, blocking calls: gRPC's lowest-latency way from Python (grpc.aio adds
+    an event loop hop per call), as the raw HTTP client is HTTP's."""
+    import grpc
+
+    channel = grpc.insecure_channel(
+        f"{spec['host']}:{spec['port']}",
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    start = time.perf_counter()
+    warm, end = start + spec["warmup"], start + spec["warmup"] + spec["duration"]
+    try:
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            try:
+                call(payload, timeout=60)
+                status = 200
+            except grpc.RpcError as exc:
+                status = 503 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 500
+            t1 = time.perf_counter()
+            if warm <= t1 <= end:
+                out["codes"][status] = out["codes"].get(status, 0) + 1
+                if status == 200:
+                    out["done"] += 1
+            if t0 >= warm and status == 200:
+                out["lat"].append(t1 - t0)
+    finally:
+        channel.close()
+
+
 def _run_phase(runner, spec: dict, payload: bytes) -> dict:
     out = {"codes": {}, "lat": [], "done": 0, "conn_errors": 0}
+    if spec.get("protocol") == "grpc" and spec["concurrency"] == 1:
+        _grpc_blocking(spec, payload, out)
+        return out
 
     async def main() -> None:
         start = time.perf_counter()

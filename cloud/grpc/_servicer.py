@@ -84,6 +84,11 @@ def _peer(context: Any) -> Peer | None:
     return Peer(peer or "unknown")
 
 
+async def _off_loop(call: Callable[[], Any]) -> Any:
+    # run_in_executor rather than asyncio.to_thread: the agent may run on Python 3.8.
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
 def _authorization(context: Any) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
@@ -198,7 +203,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise RepositoryError(
                 f"repository {request.repository_name!r}: this server has one repository; "
                 "leave repository_name empty")
-        await asyncio.to_thread(self.service.load, request.model_name, params)
+        await _off_loop(functools.partial(self.service.load, request.model_name, params))
         return service_pb2.RepositoryModelLoadResponse()
 
     @_unary
@@ -212,7 +217,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                   f"{sorted(params)}")
         if version is not None and not isinstance(version, str):
             raise ProtocolError("unload parameter 'version' must be a string")
-        await asyncio.to_thread(self.service.unload, request.model_name, version)
+        await _off_loop(functools.partial(self.service.unload, request.model_name, version))
         return service_pb2.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------------ system shared memory
@@ -243,7 +248,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         shm, caller = self._local_shm(context)
         body = {"key": request.key, "offset": request.offset, "byte_size": request.byte_size}
-        await asyncio.to_thread(shm.register, request.name, body, caller)
+        await _off_loop(functools.partial(shm.register, request.name, body, caller))
         return service_pb2.SystemSharedMemoryRegisterResponse()
 
     @_unary

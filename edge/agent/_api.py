@@ -100,6 +100,10 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     from edge.agent._stream import STREAM_SUFFIX, STREAM_WINDOW, AgentStreams, StreamModelRuntime
 
     service = InferenceService(dynamic_batching=False)
+    from edge.agent._metrics import AgentCollector
+
+    # the device's own figures (decisions, fallbacks, link, energy, power) on /metrics
+    service.metrics.registry.register(AgentCollector(agent))
     registered: set[str] = set()
     lock = threading.Lock()
     agent.streams = AgentStreams(agent)
@@ -138,7 +142,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                 **agent.status(),
                 "fleet": None if fleet is None else {
                     "connected": fleet.connected.is_set(), "connects": fleet.connects,
-                    "telemetry_pending": len(fleet.spool)},
+                    "telemetry_pending": len(fleet.spool), **fleet.health()},
             }).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
