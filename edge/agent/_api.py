@@ -97,7 +97,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     when done.
     """
     from cloud import InferenceService, create_app
-    from edge.agent._stream import STREAM_SUFFIX, STREAM_WINDOW, AgentStreams, StreamModelRuntime
+    from edge.agent._stream import STREAM_SUFFIX, AgentStreams, StreamModelRuntime
 
     service = InferenceService(dynamic_batching=False)
     from edge.agent._metrics import AgentCollector
@@ -122,7 +122,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                     service.add_runtime(name + STREAM_SUFFIX, [
                         StreamModelRuntime(instances[0], name, agent.streams,
                                            partial(agent.infer, name))
-                        for _ in range(STREAM_WINDOW)], version="live")
+                        for _ in range(agent.config.stream.window)], version="live")
                     registered.add(name)
             for name in list(registered):
                 if name not in agent.slots:

@@ -255,6 +255,25 @@ class UpdatesConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """Camera streams on ``<model>.stream`` (docs/streams.md): frames pipelined across the
+    device, the link and the cloud, planned for throughput within the policy's SLO."""
+
+    window: int = setting(4, "frames of one model past the device at once (and requests the "
+                          "API runs at once on `<model>.stream`)",
+                          note="frames of one model past the device at once", min=1, max=64)
+    queue_size: int = setting(4, "frames waiting for the device; with `window` or fewer clients' "
+                              "frames in flight nothing is dropped",
+                              note="frames waiting for the device", min=1, max=1024)
+    overload: str = setting("drop_oldest", "a frame arriving at a full queue: `drop_oldest` keeps "
+                            "the newest (the dropped request is answered 503), `block` waits",
+                            note="drop_oldest keeps the newest (dropped: 503), block waits",
+                            choices=("drop_oldest", "block"))
+    replan_every: int = setting(8, "frames between re-plans from the link estimate; 0: never",
+                                min=0, max=100000)
+
+
+@dataclass(frozen=True)
 class AgentFile:
     """``agent.toml``'s tables (``[[models]]`` beside them is :class:`ModelConfig`): the
     schema the parser reads and the docs and example file are written from."""
@@ -266,6 +285,7 @@ class AgentFile:
                                  "retries and breaker are `policy.toml`'s `[offload]` keys.")
     mqtt: MqttConfig = section(MqttConfig, "The fleet link (docs/mqtt.md).")
     updates: UpdatesConfig = section(UpdatesConfig)
+    stream: StreamConfig = section(StreamConfig)
 
 
 #: The example file's header (``edge/data/agent.example.toml`` is written from the schema).
@@ -298,6 +318,7 @@ class AgentConfig:
     version: str = "file"
     source: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -314,6 +335,7 @@ RESTART_ONLY = (
     ("agent", "data_dir"),
     ("agent", "log_format"),
     ("api",),
+    ("stream",),
     ("mqtt", "enabled"),
     ("mqtt", "host"),
     ("mqtt", "port"),
@@ -467,6 +489,7 @@ def parse_agent_config(
         cloud=cloud,
         mqtt=mqtt,
         updates=f.updates,
+        stream=f.stream,
         models=tuple(models),
         version=version,
         source=source,
