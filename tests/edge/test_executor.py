@@ -115,12 +115,16 @@ def test_bandwidth_drop_changes_plan_within_ten_requests(
     # large: every race that the chance calls for is affordable).
     insured = policy_config_from_text(
         "slo_ms = 400\n[offload]\nbreaker_failures = 3\nrace_energy_budget = 100\n")
+    # The drop is to 0.1 Mbit/s: squeezenet's 600 kB input then takes 48 s to upload,
+    # ten times and more the emulated board's run even on a busy host (its time is this
+    # host's x 33); at 1 Mbit/s (4.8 s) a busy host's board came close enough that the plan
+    # could rightly stay as it was.
     r = scenario_bandwidth_drop(zoo_model("squeezenet"), slow_board, plan_dir, insured,
-                                before=8, after=10)
+                                before=8, after=10, low_bps=0.1e6)
     assert r["plan_at_high"] != "local"  # at 50 Mbit/s the slow board offloads
     assert r["changed_after_requests"] is not None and r["changed_after_requests"] <= 10
     # Racing (on by default) may still send a small split out for a few requests while
-    # the estimate comes down, but no request waits on the 1 Mbit/s link: the device
+    # the estimate comes down, but no request waits on the 0.1 Mbit/s link: the device
     # answers every one (raced, or a fallback from the cut).
     low = [x for x in r["records"] if x["phase"] == "low"]
     assert all(x["executed"].startswith("local") or x["executed"].endswith("local tail")
@@ -128,7 +132,7 @@ def test_bandwidth_drop_changes_plan_within_ten_requests(
     # Without racing, the plan itself goes local.
     no_race = policy_config_from_text("slo_ms = 400\n[offload]\nrace = false\n")
     r = scenario_bandwidth_drop(zoo_model("squeezenet"), slow_board, plan_dir, no_race,
-                                before=8, after=10)
+                                before=8, after=10, low_bps=0.1e6)
     assert r["changed_after_requests"] is not None and r["changed_after_requests"] <= 10
     assert "local" in r["plans_after_drop"]
 
