@@ -8,13 +8,13 @@ which keeps the added latency in the tens of microseconds. Only this module (and
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import json
 import logging
 import os
 import time
+import typing
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -23,6 +23,7 @@ from cloud._auth import Principal, TokenVerifier
 from cloud._deferred import after_answer
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
+from cloud._threads import to_thread
 from cloud.errors import (
     CloudError,
     Forbidden,
@@ -37,9 +38,11 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("edgecut.cloud.http")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# typing's spellings: these aliases are evaluated at import, and Python 3.8 cannot
+# subscript dict or collections.abc.Callable at run time.
+Scope = typing.Dict[str, Any]
+Receive = typing.Callable[[], typing.Awaitable[typing.Dict[str, Any]]]
+Send = typing.Callable[[typing.Dict[str, Any]], typing.Awaitable[None]]
 
 _JSON = [(b"content-type", b"application/json")]
 # JSON bodies larger than this are decoded and encoded off the event loop (a 1x3x224x224
@@ -433,12 +436,12 @@ class _App:
                 if not isinstance(params, dict):
                     raise ProtocolError("'parameters' must be an object")
                 if parts[4] == "load":
-                    await asyncio.to_thread(self.service.load, model, params)
+                    await to_thread(self.service.load, model, params)
                 else:
                     version = params.get("version")
                     if version is not None and not isinstance(version, str):
                         raise ProtocolError("unload parameter 'version' must be a string")
-                    await asyncio.to_thread(self.service.unload, model, version)
+                    await to_thread(self.service.unload, model, version)
                 return 200, b"", _JSON
         raise NotFound(f"no endpoint {path!r}")
 
@@ -447,7 +450,7 @@ class _App:
         self.service.require(model, version)  # 404 before reading a body for nothing
         body = await self._body(headers, receive, held)
         if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
-            request = await asyncio.to_thread(decode_infer_request, body, headers,
+            request = await to_thread(decode_infer_request, body, headers,
                                               shared_memory=self.shm)
         else:
             request = decode_infer_request(body, headers, shared_memory=self.shm)
@@ -473,7 +476,7 @@ class _App:
         kwargs = {"model_version": result.version, "request_id": request.id, "binary": binary,
                   "shared_memory": placed}
         if json_elements > _OFFLOAD_JSON_ELEMENTS:
-            out, out_headers = await asyncio.to_thread(
+            out, out_headers = await to_thread(
                 functools.partial(encode_infer_response, model, result.outputs, **kwargs))
         else:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
@@ -511,7 +514,7 @@ class _App:
                 _allow(method, "POST")
                 body = await self._json_body(headers, receive, held)
                 # Opening and mapping a file: off the event loop, it may touch the disk.
-                await asyncio.to_thread(self.shm.register, name, body)
+                await to_thread(self.shm.register, name, body)
                 return 200, b"", _JSON
         raise NotFound(f"no endpoint {path!r}")
 

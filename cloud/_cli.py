@@ -52,7 +52,14 @@ def serve(repository: str, host: str, port: int, auth_keys: str | None, no_auth:
           max_pending_mb: float, max_connections: int, max_in_flight: int, ort_spinning: bool, no_shared_memory: bool,
           no_dynamic_batching: bool, log_level: str) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2 REST)."""
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise click.ClickException(
+            f"edgecut serve needs the ASGI server uvicorn ({exc}); install it with "
+            "pip install 'uvicorn>=0.30' (a plain `pip install edgecut` brings it; an install "
+            "made with --no-deps, as on some Jetson images, does not)"
+        ) from exc
 
     from cloud._app import create_app
     from cloud._auth import TokenVerifier

@@ -32,6 +32,7 @@ from cloud._config import ModelConfig, read_config
 from cloud._deferred import after_answer
 from cloud._metrics import Metrics, VersionMetrics
 from cloud._runtime import ModelRuntime, OnnxRuntime
+from cloud._threads import to_thread
 from cloud.errors import (
     CloudError,
     ModelNotReady,
@@ -783,7 +784,7 @@ class InferenceService:
             raise ProtocolError(f"model {name!r} is not an ONNX model; only ONNX models can be profiled")
         if batch < 1:
             raise ProtocolError(f"profile batch must be >= 1, got {batch}")
-        result = await asyncio.to_thread(runtime.profile, runs, batch, 2, shapes)
+        result = await to_thread(runtime.profile, runs, batch, 2, shapes)
         return {"model": name, "version": target.version, **result}
 
 
@@ -797,7 +798,7 @@ def _peek_default(model: _Model) -> _Version:
 
 
 def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], batched: bool) -> bool:
-    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+    for i, (e, g) in enumerate(zip(expected, got)):
         if batched and i == 0:
             continue
         if e >= 0 and e != g:

@@ -5,6 +5,17 @@ The base layer of edgecut: ``partition`` and ``edge`` build on it; it imports ne
 
 from __future__ import annotations
 
+from devices._board import (
+    JetsonRelease,
+    NvpModel,
+    active_power_mode,
+    compute_for_providers,
+    import_onnxruntime,
+    litert_flavour,
+    onnxruntime_advice,
+    read_l4t,
+    read_nvpmodel,
+)
 from devices._detect import detect, detect_name
 from devices._energy import EnergyModel
 from devices._power import (
@@ -40,11 +51,22 @@ from devices.errors import (
     OffloadError,
     OffloadRejected,
     PartitionError,
+    SensorUnreadable,
     TransferAbandoned,
     UnknownProfileError,
 )
 
 __all__ = [
+    "JetsonRelease",
+    "NvpModel",
+    "SensorUnreadable",
+    "active_power_mode",
+    "compute_for_providers",
+    "import_onnxruntime",
+    "litert_flavour",
+    "onnxruntime_advice",
+    "read_l4t",
+    "read_nvpmodel",
     "BatteryState",
     "EnergyModel",
     "Ina3221Sensor",

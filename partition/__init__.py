@@ -57,6 +57,10 @@ device_factor, cloud_factor)``
     Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
     ``fp32``, each optionally ``+zstd`` or ``+lz4``.
 
+``portable_model(model)`` / ``save_model(model, path)``
+    A model stamped with an IR version (<= 9) the oldest supported ONNX Runtime (1.16)
+    reads; every ONNX file edgecut writes goes through ``save_model``.
+
 ``parse_bandwidth("20Mbit") -> bit/s``, ``parse_duration("40ms") -> s``.
 """
 
@@ -84,6 +88,7 @@ from partition._planner import (
     predict,
     side_times,
 )
+from partition._portable import MAX_IR_VERSION, MAX_OPSETS, portable_model, save_model
 from partition._profile import Profile, fetch_cloud_profile, profile_model
 from partition._split import Splitter, half_precision_inputs, split_model
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
@@ -92,6 +97,8 @@ from partition.zoo import ZOO_MODELS, build_zoo, materialize, trained_model, zoo
 
 __all__ = [
     "LOCAL",
+    "MAX_IR_VERSION",
+    "MAX_OPSETS",
     "OFFLOAD",
     "SPLIT",
     "ZOO_MODELS",
@@ -123,9 +130,11 @@ __all__ = [
     "min_cut",
     "parse_bandwidth",
     "parse_duration",
+    "portable_model",
     "predict",
     "profile_model",
     "rescale",
+    "save_model",
     "resolve_cloud",
     "side_times",
     "split_model",

@@ -39,6 +39,7 @@ from partition._planner import (
     side_times,
     with_times,
 )
+from partition._portable import save_model
 from partition._profile import (
     Profile,
     fetch_cloud_profile,
@@ -47,7 +48,7 @@ from partition._profile import (
     random_feeds,
     threads_for,
 )
-from partition._split import Splitter, half_precision_inputs, save_model
+from partition._split import Splitter, half_precision_inputs
 from partition._types import LOCAL, OFFLOAD, SPLIT, WIRE_FORMATS, CutCandidate, Plan
 
 CloudSpec = str | Path | dict | Profile
@@ -140,10 +141,10 @@ def measure_candidates(
         for c in chunk:
             head, tail = splitter.split(c.tensors)
             hs, ts = make_session(head, threads, level), make_session(tail, threads, level)
-            mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds), strict=True))
+            mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds)))
             tf = {i.name: mids.get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
             got = ts.run(None, tf)
-            for a, b in zip(got, want, strict=True):
+            for a, b in zip(got, want):
                 max_diff = max(max_diff, float(np.max(np.abs(a - b))))
             runners.append((c.cut_id, hs, ts, tf))
         samples: dict[str, tuple[list[float], list[float]]] = {r[0]: ([], []) for r in runners}
@@ -226,7 +227,7 @@ def _correct(pred: list[float], meas: list[float]) -> tuple[float, float]:
         a, b = np.polyfit(pred, meas, 1)
         if a > 0 and b >= 0:
             return float(a), float(b)
-    ratios = [m / p for p, m in zip(pred, meas, strict=True) if p > 0]
+    ratios = [m / p for p, m in zip(pred, meas) if p > 0]
     return (float(statistics.median(ratios)) if ratios else 1.0), 0.0
 
 

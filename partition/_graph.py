@@ -434,7 +434,9 @@ def _shapes_by_running(
 ) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
     """Shapes that inference could not find, from one batch-1 run with zeros. Dims
     that change between batch 1 and batch 2 are the batch dim."""
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -457,8 +459,8 @@ def _shapes_by_running(
             feeds[i.name] = np.zeros(shape, dtype=dtype)
         results.append(sess.run(names, feeds))
     out = {}
-    for n, a1, a2 in zip(names, results[0], results[1], strict=True):
-        dims = tuple(None if d1 != d2 else d1 for d1, d2 in zip(a1.shape, a2.shape, strict=False))
+    for n, a1, a2 in zip(names, results[0], results[1]):
+        dims = tuple(None if d1 != d2 else d1 for d1, d2 in zip(a1.shape, a2.shape))
         out[n] = (dims, a1.dtype)
     return out
 

@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ from edge import runtime
 
 log = logging.getLogger("edgecut.updates")
 
-AckFn = Callable[..., None]
+# typing's Callable: the alias is evaluated at import, on Python 3.8 too.
+AckFn = typing.Callable[..., None]
 
 _VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 _SUFFIXES = (".onnx", ".ort", ".tflite")

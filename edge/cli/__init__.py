@@ -30,6 +30,7 @@ _LAZY_COMMANDS = {
     "export": "edge.cli._export:export",
     "devices": "edge.cli._devices:devices_cmd",
     "health": "edge.cli._health:health",
+    "doctor": "edge.cli._doctor:doctor",
 }
 
 

@@ -30,7 +30,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from devices import DeviceProfile, EnergyModel, PowerSensor
+from devices import (
+    DeviceProfile,
+    EnergyModel,
+    PowerSensor,
+    active_power_mode,
+    compute_for_providers,
+)
 from devices.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -167,10 +173,15 @@ class Executor:
             probe_budget_bytes=cfg.explore.probe_budget_bytes,
             probe_refill_s=cfg.explore.probe_refill_s, grace_s=cfg.explore.stale_after_s,
             clock=clock)
+        # The power mode the board is in: set in policy.toml, else nvpmodel's active mode
+        # (on a Jetson), else the profile's default.
+        self.power_mode = (cfg.device.power_mode or active_power_mode(device)
+                           or device.default_power_mode)
         self.energy = energy or EnergyModel.from_profile(
-            device, cfg.device.power_mode or None, cfg.device.radio or None, cfg.device.compute)
+            device, self.power_mode, cfg.device.radio or None,
+            "gpu" if cfg.device.compute == "auto" else cfg.device.compute)
         self.compute_scale = compute_scale
-        self._device_state = device_state or (lambda: DeviceState(device.default_power_mode))
+        self._device_state = device_state or (lambda: DeviceState(self.power_mode))
         self._clock = clock
         self._rng = random.Random(seed)
         self._threads = intra_op_threads
@@ -212,6 +223,12 @@ class Executor:
             model_path = self.plan_dir / model_path
         self.model_path = model_path
         full = self._session_for(self.model_path)
+        if energy is None and cfg.device.compute == "auto":
+            # Active power from the providers the session really got: a GPU wheel that
+            # fell back to the CPU (or a CPU-only board) draws the CPU's figure.
+            self.energy = EnergyModel.from_profile(
+                device, self.power_mode, cfg.device.radio or None,
+                compute_for_providers(full.providers))
         self.input_names = tuple(s.name for s in full.inputs)
         self.output_names = tuple(s.name for s in full.outputs)
         self.costs = costs or CostTable(
@@ -677,7 +694,7 @@ class Executor:
             times = list(self._arrivals)
             if len(times) <= _MIN_LOOKAHEAD_GAPS or times[-1] != started:
                 return  # too few gaps known, or a later request is under way
-            gap = statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+            gap = statistics.median(b - a for a, b in zip(times, times[1:]))
             due = started + _LOOKAHEAD_AT * gap
             if gap <= 0 or self._clock() >= due:
                 return

@@ -113,7 +113,7 @@ class OffloadSettings:
 class DeviceSettings:
     power_mode: str = ""
     radio: str = ""
-    compute: str = "gpu"
+    compute: str = "auto"
     throttle_slowdown: float = 2.0
 
 
@@ -210,7 +210,7 @@ def parse_policy_config(data: dict[str, Any], source: str = "policy.toml") -> Po
     device = DeviceSettings(
         power_mode=dv.get("power_mode", str, ""),
         radio=dv.get("radio", str, ""),
-        compute=dv.get("compute", str, "gpu", choices=("gpu", "cpu")),
+        compute=dv.get("compute", str, "auto", choices=("auto", "gpu", "cpu")),
         throttle_slowdown=dv.get("throttle_slowdown", float, 2.0, min=1.0),
     )
     dv.finish()

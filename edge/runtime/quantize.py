@@ -42,19 +42,23 @@ import os
 import sys
 import tempfile
 import time
+import typing
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Union
 
 import numpy as np
 import onnx
 
 from devices.errors import ConfigError, ModelError
+from partition._portable import save_model
 
-Feeds = dict[str, np.ndarray]
-Calibration = str | Path | int | Sequence[Mapping[str, np.ndarray] | np.ndarray]
+# typing's spellings: these aliases are evaluated at import, on Python 3.8 too.
+Feeds = Dict[str, np.ndarray]
+Calibration = Union[str, Path, int,
+                    typing.Sequence[Union[typing.Mapping[str, np.ndarray], np.ndarray]]]
 
 ACTIVATION_TYPES = ("uint8", "int8")
 WEIGHT_TYPES = ("int8", "uint8")
@@ -120,7 +124,9 @@ class QuantizeReport:
 
 
 def _input_specs(model_path: str | Path) -> list[tuple[str, np.dtype, tuple[int | None, ...]]]:
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     from edge.runtime._ort import _spec
 
@@ -217,7 +223,7 @@ def _as_samples(source: Calibration, model_path: str | Path, seed: int) -> tuple
         if source < 1:
             raise ConfigError(f"calibration: expected at least 1 sample, got {source}")
         return random_samples(model_path, source, seed), f"{source} random normal samples (seed {seed})"
-    if isinstance(source, str | Path):
+    if isinstance(source, (str, Path)):
         text = str(source)
         if text.isdigit():
             return _as_samples(int(text), model_path, seed)
@@ -336,7 +342,9 @@ def _preprocess(src: Path, dst: Path, optimize: bool) -> None:
 
 def integer_kernels(model_path: str | Path) -> Counter[str]:
     """Op types of the graph ONNX Runtime actually runs (after its optimizations) on CPU."""
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     with tempfile.TemporaryDirectory(prefix="edgecut-opt-") as tmp:
         out = Path(tmp) / "optimized.onnx"
@@ -352,7 +360,9 @@ def integer_kernels(model_path: str | Path) -> Counter[str]:
 
 
 def _session(path: str | Path, threads: int) -> Any:
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -378,7 +388,7 @@ def agreement(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray]) 
     matches = positions = items = 0
     cosines: list[float] = []
     max_diff = 0.0
-    for ref, cand in zip(reference, candidate, strict=True):
+    for ref, cand in zip(reference, candidate):
         ref = _drop_trailing_ones(np.asarray(ref, dtype=np.float64))
         cand = _drop_trailing_ones(np.asarray(cand, dtype=np.float64))
         if ref.shape != cand.shape:
@@ -427,7 +437,7 @@ def compare_latency(fp32_path: str | Path, int8_path: str | Path, feeds: Feeds, 
             sess.run(None, feeds)
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        for sess, bucket in zip(sessions, times, strict=True):
+        for sess, bucket in zip(sessions, times):
             start = time.perf_counter()
             sess.run(None, feeds)
             bucket.append((time.perf_counter() - start) * 1000)
@@ -527,7 +537,7 @@ def quantize_model(
         staged = Path(tmp) / "fp32.onnx"
         model = _upgrade_opset(onnx.load(str(src)))
         sums = _sum_to_add(model)
-        onnx.save(model, str(staged))
+        save_model(model, staged)
         prepared = staged
         preprocessed: bool | str = False
         if preprocess:
@@ -572,6 +582,9 @@ def quantize_model(
                 )
         except Exception as exc:
             raise ModelError(f"model '{src}': static quantization failed: {exc}") from exc
+    # The quantizer stamps its output with the onnx package's IR version; restamp it so
+    # the oldest supported runtime (ONNX Runtime 1.16) loads it too.
+    save_model(onnx.load(str(out)), out)
     quantize_s = time.perf_counter() - started
 
     kernels = integer_kernels(out)
