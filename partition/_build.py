@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import onnx
@@ -51,7 +51,8 @@ from partition._profile import (
 from partition._split import Splitter, half_precision_inputs
 from partition._types import LOCAL, OFFLOAD, SPLIT, WIRE_FORMATS, CutCandidate, Plan
 
-CloudSpec = str | Path | dict | Profile
+# typing.Union: the alias is evaluated at import, on Python 3.8 too.
+CloudSpec = Union[str, Path, dict, Profile]
 HERE = "here"
 
 

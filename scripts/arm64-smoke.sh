@@ -96,6 +96,9 @@ WHEEL=$(basename "$(ls "$WORK"/dist/edgecut-*.whl)")
 mkdir -p "$ROOT/tmp/dist"
 cp "$WORK/dist/$WHEEL" "$ROOT/tmp/dist/"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# This machine's trust store: where HTTPS goes through a proxy with its own CA, Debian's
+# bundle in the fresh root would refuse the registry's certificate.
+cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/host-ca-certificates.crt"
 
 for fs in proc sys dev; do
   mount --bind "/$fs" "$ROOT/$fs"
@@ -106,7 +109,9 @@ done
 # folders that do not exist there); proxies pass through.
 in_root() {
   local envs=(HOME=/root PATH=/opt/edgecut/bin:/usr/bin:/bin LANG=C.UTF-8
-              PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180)
+              PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180
+              PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt
+              SSL_CERT_FILE=/etc/ssl/certs/host-ca-certificates.crt)
   for v in http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY; do
     [ -n "${!v:-}" ] && envs+=("$v=${!v}")
   done

@@ -28,6 +28,8 @@ PACKAGES = ("edge", "devices", "partition", "cloud")
 # device suites do not install (`edgecut partition --figure` is a workstation tool).
 NOT_DEVICE_SIDE = {"partition._figure"}
 _GENERICS = {"dict", "list", "tuple", "set", "frozenset", "type"}
+_BUILTIN_TYPES = _GENERICS | {"str", "bytes", "bytearray", "int", "float", "bool", "complex",
+                              "object"}
 
 
 def _sources() -> list[Path]:
@@ -68,8 +70,9 @@ def _run_time_newer_syntax(tree: ast.AST) -> list[tuple[int, str]]:
                 found.append((stmt.lineno, f"{sub.value.id}[...] evaluated at import needs "
                                            "Python 3.9 (use typing's Dict, List, ...)"))
             if isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.BitOr) and any(
-                    isinstance(side, ast.Subscript) or (isinstance(side, ast.Constant)
-                                                        and side.value is None)
+                    isinstance(side, ast.Subscript)
+                    or (isinstance(side, ast.Constant) and side.value is None)
+                    or (isinstance(side, ast.Name) and side.id in _BUILTIN_TYPES)
                     for side in (sub.left, sub.right)):
                 found.append((stmt.lineno, "a union type evaluated at import needs Python 3.10"))
     return found
@@ -87,9 +90,9 @@ def test_the_checker_finds_what_it_looks_for() -> None:
     sample = ("from collections.abc import Sequence\n"
               "Alias = dict[str, int]\nOpt = list[int] | None\n"
               "def f(x):\n    return isinstance(x, int | str)\n"
-              "Seq = Sequence[int]\n")
+              "Seq = Sequence[int]\nSpec = str | Path\nFlags = READ | WRITE\n")
     lines = sorted({line for line, _ in _run_time_newer_syntax(ast.parse(sample))})
-    assert lines == [2, 3, 5, 6]
+    assert lines == [2, 3, 5, 6, 7]
     assert _run_time_newer_syntax(ast.parse("x: dict[str, int] | None = None\n")) == []
 
 

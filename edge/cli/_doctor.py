@@ -56,7 +56,7 @@ def _power(root: Path, profile: devices.DeviceProfile, found: Findings) -> None:
     nvp = devices.read_nvpmodel(root)
     default = profile.default_power_mode
     if nvp is None:
-        found.add("power mode", f"no nvpmodel -> profile default {default}")
+        found.add("power mode", f"no nvpmodel -> the profile's default mode ({default})")
         return
     where = f"nvpmodel id {nvp.mode_id}, from {nvp.source}" if nvp.mode_id is not None \
         else f"from {nvp.source}"
