@@ -63,7 +63,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--block", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dynamic", choices=("yes", "no", "only"), default="yes",
+                    help="PP-OCR at input sizes the plan was not made at (see bench/_dynamic.py)")
     args = ap.parse_args()
+    if args.dynamic == "only":
+        args.models = ""
 
     dev = load_profile(args.device)
     scale = 1.0 / dev.relative_speed
@@ -72,7 +76,7 @@ def main() -> int:
     max_diff = 0.0
     per_model = {}
     densenet_plan_ms = None
-    for name in args.models.split(","):
+    for name in [m for m in args.models.split(",") if m]:
         path = zoo_model(name)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"edgecut-bench-{name}-") as out:
@@ -155,14 +159,20 @@ def main() -> int:
             })
             if not args.json:
                 print(json.dumps(cases[-1]), flush=True)
+    dynamic: dict = {}
+    if args.dynamic != "no":
+        from bench._dynamic import run as run_dynamic
+
+        dynamic = run_dynamic(log=None if args.json else print)
     result = {
+        **dynamic,
         "device": dev.name,
         "relative_speed": dev.relative_speed,
         "rtt_ms": args.rtt_ms,
         "threads": args.threads,
         "cases": cases,
-        "max_ratio": max(c["ratio"] for c in cases),
-        "max_static_ratio": max(c["static_ratio"] for c in cases),
+        "max_ratio": max((c["ratio"] for c in cases), default=None),
+        "max_static_ratio": max((c["static_ratio"] for c in cases), default=None),
         "densenet121_plan_ms": None if densenet_plan_ms is None else round(densenet_plan_ms, 2),
         "head_tail_max_abs_diff": max_diff,
         "models": per_model,

@@ -5,7 +5,7 @@ the run near 25 minutes on two shared cores; 96 requests over the first 192 s of
 for resnet50 and inception_v1, on the jetson-nano and jetson-orin-nano profiles: edgecut's adaptive policy runs for real
 through the link emulator to a real ``edgecut serve``; local-only, cloud-only, the best
 static split (Neurosurgeon) and the per-request oracle are costed on the same request
-sequence from measured components (see edge/lab/_replay.py). Then the energy objective under
+sequence from measured components (see edge/lab/_replay.py, edge/lab/_costing.py). Then the energy objective under
 an SLO on two traces per pair (replayed at 2x real time, see --energy-duration), the cloud
 killed mid-run, and a 50 -> 1 Mbit/s drop.
 
@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--no-scenarios", action="store_true")
     ap.add_argument("--policy-extra", default="",
                     help="TOML appended to both objectives' policy (after slo_ms/objective), "
-                         "e.g. '[explore]\\nprobe_budget_kb = 2048'")
+                         "e.g. '[explore]\\nprobe_budget_kib = 2048'")
     ap.add_argument("--wire", choices=("fp32", "fp16"), default="fp32",
                     help="how the plans send crossing tensors and offloaded inputs")
     ap.add_argument("--out", default=str(Path.home() / ".cache/edgecut/bench/policy"))

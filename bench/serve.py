@@ -3,17 +3,30 @@
     python bench/serve.py --json [--models resnet50,squeezenet] [--duration S] [--rounds 4]
 
 For each model: starts `edgecut serve` (a subprocess) on 127.0.0.1 with a repository holding
-the model (max batch 8, dynamic batching), then, interleaved over ``--rounds`` rounds:
-the server at concurrency 1, bare ONNX Runtime at batch 1 (in this process, the server
-idle), the server at concurrency 4 and 16, and bare ONNX Runtime replaying the batch sizes
-the server's batcher formed at concurrency 16 (read from the statistics extension).
+the model (max batch 8, dynamic batching), HTTP and gRPC, then, interleaved over
+``--rounds`` rounds: the server at concurrency 1 over HTTP and over gRPC, bare ONNX Runtime
+at batch 1 (in this process, the server idle), the server at concurrency 4 and 16 over
+HTTP and at 16 over gRPC, and after each concurrency-16 phase bare ONNX Runtime replaying
+the batch sizes the server's batcher formed in it (read from the statistics extension), so
+each transport's ratio is against bare ONNX Runtime on its own batches.
 Latency percentiles pool every request of every round; throughput ratios are per round,
 reported as the median with the min-max spread. Finally an overload phase
 (``--overload-concurrency`` closed-loop clients against a queue of 32) counts 503s, other
 errors and the server's peak RSS, sampled from /proc while it runs.
 
+Then the hostile-client soak (``--soak-duration``, 0 skips it) on the first model, with a
+fresh server at its default connection limits: a well-behaved client at concurrency 4
+runs alone (``--soak-baseline`` s), then for ``--soak-duration`` s beside 500 slow
+connections and a stream of malformed requests (``bench/_soak.py``), then alone again.
+``soak_good_throughput_ratio`` is its throughput under attack over the mean of the two
+baselines; ``soak_good_errors`` its non-200 answers and connection errors under attack;
+``soak_peak_rss_mb`` the server's peak RSS meanwhile.
+
 The load generator is a separate process (asyncio over raw HTTP/1.1 keep-alive
-connections): each request is encoded once, with binary tensors, and re-sent.
+connections, one per client; for gRPC at concurrency 1 blocking calls, above it grpc.aio
+over one HTTP/2 channel with every call multiplexed on it, as gRPC clients do): each request is encoded once (binary tensors;
+a serialized ``ModelInferRequest`` with raw contents) and re-sent, and gRPC answers are
+not parsed, as HTTP answers are only read.
 Prints one JSON object with --json.
 """
 
@@ -83,12 +96,80 @@ async def _client(host: str, port: int, payload: bytes, start_at: float, warmup_
         writer.close()
 
 
+async def _grpc_clients(spec: dict, payload: bytes, start: float, end: float, out: dict) -> None:
+    import grpc
+
+    channel = grpc.aio.insecure_channel(
+        f"{spec['host']}:{spec['port']}",
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    # No serializers: the request goes out as the bytes encoded once, the answer stays bytes.
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    warm = start + spec["warmup"]
+
+    async def one() -> None:
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            try:
+                await call(payload, timeout=60)
+                status = 200
+            except grpc.aio.AioRpcError as exc:
+                status = 503 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 500
+            t1 = time.perf_counter()
+            if warm <= t1 <= end:
+                out["codes"][status] = out["codes"].get(status, 0) + 1
+                if status == 200:
+                    out["done"] += 1
+            if t0 >= warm and status == 200:
+                out["lat"].append(t1 - t0)
+
+    try:
+        await asyncio.gather(*(one() for _ in range(spec["concurrency"])))
+    finally:
+        await channel.close()
+
+
+def _grpc_blocking(spec: dict, payload: bytes, out: dict) -> None:
+    """One client, blocking calls: gRPC's lowest-latency way from Python (grpc.aio adds
+    an event loop hop per call), as the raw HTTP client is HTTP's."""
+    import grpc
+
+    channel = grpc.insecure_channel(
+        f"{spec['host']}:{spec['port']}",
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    start = time.perf_counter()
+    warm, end = start + spec["warmup"], start + spec["warmup"] + spec["duration"]
+    try:
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            try:
+                call(payload, timeout=60)
+                status = 200
+            except grpc.RpcError as exc:
+                status = 503 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 500
+            t1 = time.perf_counter()
+            if warm <= t1 <= end:
+                out["codes"][status] = out["codes"].get(status, 0) + 1
+                if status == 200:
+                    out["done"] += 1
+            if t0 >= warm and status == 200:
+                out["lat"].append(t1 - t0)
+    finally:
+        channel.close()
+
+
 def _run_phase(runner, spec: dict, payload: bytes) -> dict:
     out = {"codes": {}, "lat": [], "done": 0, "conn_errors": 0}
+    if spec.get("protocol") == "grpc" and spec["concurrency"] == 1:
+        _grpc_blocking(spec, payload, out)
+        return out
 
     async def main() -> None:
         start = time.perf_counter()
         end = start + spec["warmup"] + spec["duration"]
+        if spec.get("protocol") == "grpc":
+            await _grpc_clients(spec, payload, start, end, out)
+            return
         await asyncio.gather(*(
             _client(spec["host"], spec["port"], payload, start, spec["warmup"], end, out)
             for _ in range(spec["concurrency"])
@@ -128,9 +209,9 @@ class LoadGenerator:
                                      stdout=subprocess.PIPE, text=True)
 
     def run(self, host: str, port: int, payload_path: str, concurrency: int, duration: float,
-            warmup: float) -> dict:
+            warmup: float, protocol: str = "http") -> dict:
         spec = {"host": host, "port": port, "payload": payload_path, "concurrency": concurrency,
-                "duration": duration, "warmup": warmup}
+                "duration": duration, "warmup": warmup, "protocol": protocol}
         self.proc.stdin.write(json.dumps(spec) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -210,11 +291,13 @@ def _write_repo(root: Path, model: str, source: Path, max_batch: int, delay_us: 
 
 
 class Server:
-    def __init__(self, repo: Path, port: int, threads: int, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, repo: Path, port: int, threads: int, extra: tuple[str, ...] = (),
+                 grpc_port: int | None = None) -> None:
         self.port = port
+        grpc = ("--grpc-port", str(grpc_port)) if grpc_port else ()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge.cli", "serve", "--repository", str(repo),
-             "--port", str(port), "--no-auth", "--intra-op-threads", str(threads),
+             "--port", str(port), *grpc, "--no-auth", "--intra-op-threads", str(threads),
              "--log-level", "warning", "--max-in-flight", "4096", *extra],
             cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -318,19 +401,28 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
             + f"Content-Length: {len(body)}\r\n\r\n").encode()
     payload = workdir / f"{model}.http"
     payload.write_bytes(head + body)
+    from cloud.grpc import encode_infer_request as encode_grpc
+
+    grpc_payload = workdir / f"{model}.grpc"
+    grpc_payload.write_bytes(
+        encode_grpc(model, {input_name: x}, request_id="bench").SerializeToString())
+    grpc_port = free_port()
 
     spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
     # A window long enough for ~300 batch-1 runs (~35 batches of 8), so that counting
     # completed requests is not quantized by a handful of batches; 3 to 10 s.
     calibration = bare_b1(session, x, 1.0)["p50_ms"] / 1e3
     window = args.duration or min(10.0, max(3.0, 300 * calibration))
-    server = Server(repo, port, args.threads, (spin, *args.server_arg))
+    server = Server(repo, port, args.threads, (spin, *args.server_arg), grpc_port=grpc_port)
     host = "127.0.0.1"
     rounds: dict[str, list] = {k: [] for k in (
-        "c1", "c4", "c16", "bare_b1", "bare_same", "hist", "server_cpu", "bare_cpu")}
+        "c1", "c4", "c16", "bare_b1", "bare_same", "hist", "server_cpu", "bare_cpu",
+        "grpc_c1", "grpc_c16", "grpc_bare_same", "grpc_hist")}
     try:
         for _ in range(args.rounds):
             rounds["c1"].append(gen.run(host, port, str(payload), 1, window, args.warmup))
+            rounds["grpc_c1"].append(gen.run(host, grpc_port, str(grpc_payload), 1, window,
+                                             args.warmup, "grpc"))
             rounds["bare_b1"].append(bare_b1(session, x, window))
             rounds["c4"].append(gen.run(host, port, str(payload), 4, window, args.warmup))
             before = _batch_histogram(host, port, model)
@@ -347,6 +439,14 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
             throughput, cpu_per_image = bare_same_batches(session, x, hist, window)
             rounds["bare_same"].append(throughput)
             rounds["bare_cpu"].append(cpu_per_image)
+            before = _batch_histogram(host, port, model)
+            rounds["grpc_c16"].append(gen.run(host, grpc_port, str(grpc_payload), 16, window,
+                                              args.warmup, "grpc"))
+            after = _batch_histogram(host, port, model)
+            ghist = {b: after.get(b, 0) - before.get(b, 0) for b in after}
+            ghist = {b: n for b, n in ghist.items() if n > 0}
+            rounds["grpc_hist"].append(ghist)
+            rounds["grpc_bare_same"].append(bare_same_batches(session, x, ghist, window)[0])
         rss_before = _rss_mb(server.proc.pid)
         peak = [rss_before]
         stop = threading.Event()
@@ -380,6 +480,9 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
     bare_p50, bare_p50_spread = _pct(pooled_b1, 50) * 1e3, [
         min(r["p50_ms"] for r in rounds["bare_b1"]), max(r["p50_ms"] for r in rounds["bare_b1"])]
     added = [r["p50_ms"] - b["p50_ms"] for r, b in zip(rounds["c1"], rounds["bare_b1"], strict=True)]
+    grpc_ratios = [r["throughput"] / b
+                   for r, b in zip(rounds["grpc_c16"], rounds["grpc_bare_same"], strict=True)]
+    pooled_grpc_c1 = sorted(t for r in rounds["grpc_c1"] for t in r["lat"])
     codes = overload["codes"]
     merged_hist: dict[int, int] = {}
     for h in rounds["hist"]:
@@ -397,6 +500,24 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
         "overload_other_errors": sum(n for c, n in codes.items() if c not in (200, 503))
         + overload["conn_errors"],
         "overload_peak_rss_mb": round(max(peak), 1),
+        # the same server over gRPC (KServe v2 / Triton GRPCInferenceService)
+        "grpc_throughput_c16": round(statistics.median(
+            [r["throughput"] for r in rounds["grpc_c16"]]), 2),
+        "grpc_bare_ort_throughput_same_batches": round(statistics.median(
+            rounds["grpc_bare_same"]), 2),
+        "grpc_throughput_ratio_c16": round(statistics.median(grpc_ratios), 3),
+        "grpc_throughput_ratio_c16_spread": [round(min(grpc_ratios), 3),
+                                             round(max(grpc_ratios), 3)],
+        "grpc_p50_ms_c1": round(_pct(pooled_grpc_c1, 50) * 1e3, 3),
+        "grpc_p50_ms_c1_spread": [round(min(r["p50_ms"] for r in rounds["grpc_c1"]), 3),
+                                  round(max(r["p50_ms"] for r in rounds["grpc_c1"]), 3)],
+        "grpc_p99_ms_c1": round(_pct(pooled_grpc_c1, 99) * 1e3, 3),
+        "grpc_minus_http_p50_ms_c1_per_round": [
+            round(g["p50_ms"] - h["p50_ms"], 3)
+            for g, h in zip(rounds["grpc_c1"], rounds["c1"], strict=True)],
+        "grpc_p50_ms_c16": round(statistics.median([r["p50_ms"] for r in rounds["grpc_c16"]]), 3),
+        "grpc_errors_c1_c16": sum(n for r in rounds["grpc_c1"] + rounds["grpc_c16"]
+                                  for c, n in r["codes"].items() if c != 200),
         # context for the numbers above
         "window_s": round(window, 2),
         "added_p50_ms_c1": round(statistics.median(added), 3),
@@ -427,6 +548,83 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
     }
 
 
+def soak(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator) -> dict:
+    """The hostile-client soak (see the module docstring)."""
+    from cloud import encode_infer_request
+    from partition import zoo
+    from tests.conftest import free_port
+
+    source = zoo.zoo_model(model)
+    repo = workdir / f"soak-{model}"
+    _write_repo(repo, model, source, args.max_batch, args.delay_us, args.queue)
+    import onnxruntime as ort
+
+    input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]
+                                      ).get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    body, headers = encode_infer_request({input_name: x})
+    port = free_port()
+    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    payload = workdir / f"soak-{model}.http"
+    payload.write_bytes(head + body)
+    spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
+    server = Server(repo, port, args.threads, (spin, *args.server_arg))
+    host = "127.0.0.1"
+    try:
+        gen.run(host, port, str(payload), 4, 2.0, 0.5)  # warm-up
+        before = gen.run(host, port, str(payload), 4, args.soak_baseline, args.warmup)
+        peak = [_rss_mb(server.proc.pid)]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    peak.append(_rss_mb(server.proc.pid))
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        attackers = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "_soak.py"), str(port),
+             str(args.soak_duration + 2.0), model], stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)  # the slow connections are open before the measurement starts
+        under = gen.run(host, port, str(payload), 4, args.soak_duration - 2.0, 0.0)
+        attack_out, _ = attackers.communicate(timeout=120)
+        stop.set()
+        sampler.join()
+        after = gen.run(host, port, str(payload), 4, args.soak_baseline, args.warmup)
+        alive = _http(host, port, "GET", "/v2/health/live")[0] == 200
+    finally:
+        server.stop()
+    baseline = (before["throughput"] + after["throughput"]) / 2
+    attack = json.loads(attack_out)
+    return {
+        "soak_good_throughput_ratio": round(under["throughput"] / baseline, 3),
+        "soak_good_errors": sum(n for c, n in under["codes"].items() if c != 200)
+        + under["conn_errors"],
+        "soak_peak_rss_mb": round(max(peak), 1),
+        # context
+        "soak_model": model,
+        "soak_duration_s": args.soak_duration,
+        "soak_good_throughput": round(under["throughput"], 2),
+        "soak_good_throughput_alone_before_after": [round(before["throughput"], 2),
+                                                   round(after["throughput"], 2)],
+        "soak_good_p50_ms": round(under["p50_ms"], 3) if under["p50_ms"] else None,
+        "soak_good_p50_ms_alone_before": round(before["p50_ms"], 3) if before["p50_ms"] else None,
+        "soak_rss_before_mb": round(peak[0], 1),
+        "soak_slow_connections": 500,
+        "soak_slow_connects": attack["slow_connects"],
+        "soak_slow_answers": attack["slow_answers"],
+        "soak_slow_connect_errors": attack["slow_errors"],
+        "soak_malformed_answers": attack["malformed_answers"],
+        "soak_server_alive_after": alive,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -447,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-duration", type=float, default=5.0)
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for edgecut serve (repeatable)")
+    parser.add_argument("--soak-duration", type=float, default=60.0,
+                        help="seconds of the hostile-client soak (0: skip it)")
+    parser.add_argument("--soak-baseline", type=float, default=15.0,
+                        help="seconds the good client runs alone before and after the soak")
+    parser.add_argument("--skip-models", action="store_true",
+                        help="run only the soak (no per-model rounds)")
     parser.add_argument("--_loadgen", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._loadgen:
@@ -467,8 +671,10 @@ def main(argv: list[str] | None = None) -> int:
                    "max_queue_size": args.queue},
         "bare_ort": {"process": "this benchmark process, server idle meanwhile",
                      "intra_op_threads": args.threads, "ort_spinning": args.spinning},
-        "load_generator": {"process": "separate process, 1 thread, asyncio raw HTTP/1.1",
-                           "encoding": "binary tensors, encoded once, re-sent"},
+        "load_generator": {"process": "separate process, 1 thread, asyncio raw HTTP/1.1; "
+                                      "grpc.aio over one HTTP/2 channel",
+                           "encoding": "binary tensors (gRPC: raw_input_contents), encoded "
+                                       "once, re-sent"},
         "onnxruntime": ort.__version__,
         "providers": ort_providers(),
         "window_s": args.duration or "auto: 300 x bare batch-1 p50 within 3..10 s, per model",
@@ -479,8 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     gen = LoadGenerator()
     try:
         with tempfile.TemporaryDirectory(prefix="edgecut-bench-") as tmp:
-            for model in args.models.split(","):
-                result[model] = bench_model(model, args, Path(tmp), gen)
+            models = args.models.split(",")
+            if not args.skip_models:
+                for model in models:
+                    result[model] = bench_model(model, args, Path(tmp), gen)
+            if args.soak_duration > 0:
+                result.update(soak(models[0], args, Path(tmp), gen))
     finally:
         gen.close()
     if args.json:

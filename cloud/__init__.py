@@ -1,5 +1,19 @@
 """The offload service: the Open Inference Protocol (KServe v2) over HTTP.
 
+Layout: the private modules at this level are the protocol-agnostic core, one folder per
+transport sits beside them and may import the core, never another transport::
+
+    errors.py       the error tree (each leaf carries its HTTP status)
+    _tensors.py     datatypes, the raw tensor byte layout, InferRequest (every transport)
+    _service.py     InferenceService: routing, validation, inference, repository, metadata
+    _models.py      served versions, request checks, config and statistics rendering
+    _batcher.py     dynamic batching and the worker threads; _runtime.py: model runtimes
+    _config.py      config.pbtxt; _auth.py: JWT; _gate.py: auth and admission limits
+    _shm.py         system shared memory regions; _metrics.py: Prometheus metrics
+    http/           REST: the codec, the ASGI app, the local API's fast lane, uvicorn
+    protocol.py     the REST codec's public face (what the edge client imports)
+    _cli.py         ``edgecut serve`` and ``edgecut token``
+
 Protocol codec (pure, used by the service and by the edge offload client)::
 
     body, headers = encode_infer_request({"x": array}, outputs=None, binary=True)
@@ -116,7 +130,7 @@ __all__ = [
 # The service side (uvicorn, prometheus, jwt, onnxruntime) loads on first use, so that an
 # edge device importing the codec pays only for NumPy.
 _LAZY = {
-    "create_app": "cloud._app",
+    "create_app": "cloud.http._app",
     "Principal": "cloud._auth",
     "TokenVerifier": "cloud._auth",
     "mint_token": "cloud._auth",
@@ -127,20 +141,21 @@ _LAZY = {
     "OnnxRuntime": "cloud._runtime",
     "Prepared": "cloud._runtime",
     "TensorMeta": "cloud._runtime",
-    "ServerThread": "cloud._server",
-    "JsonLogFormatter": "cloud._server",
-    "configure_logging": "cloud._server",
+    "ServerThread": "cloud.http._server",
+    "JsonLogFormatter": "cloud._logs",
+    "configure_logging": "cloud._logs",
     "InferenceService": "cloud._service",
     "InferResult": "cloud._service",
 }
 
 if TYPE_CHECKING:
-    from cloud._app import create_app
     from cloud._auth import Principal, TokenVerifier, mint_token
     from cloud._config import ModelConfig, VersionPolicy, config_from_text
+    from cloud._logs import JsonLogFormatter, configure_logging
     from cloud._runtime import ModelRuntime, OnnxRuntime, Prepared, TensorMeta
-    from cloud._server import JsonLogFormatter, ServerThread, configure_logging
     from cloud._service import InferenceService, InferResult
+    from cloud.http._app import create_app
+    from cloud.http._server import ServerThread
 
 
 def __getattr__(name: str) -> Any:

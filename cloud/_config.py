@@ -1,32 +1,32 @@
-"""Reading the subset of Triton's ``config.pbtxt`` (protobuf text format) the service uses.
+"""Reading ``config.pbtxt`` by Triton's own schema: protobuf text format into Triton's
+``ModelConfig`` message (``tritonclient``'s ``model_config_pb2``), then the settings edgecut
+serves by.
 
-Triton configs carry many fields this service does not implement (optimization, model
-warmup, ...); they are parsed and ignored so that one repository serves both servers.
-The fields read: ``name``, ``max_batch_size``, ``dynamic_batching`` (``preferred_batch_size``,
+Because the schema is Triton's, a misspelt or unknown field is an error naming the file,
+the line and the field, as in Triton; a field edgecut does not implement and that would
+change what a model computes or how requests flow (sequence batching, ensembles, decoupled
+models, ragged batches, reshapes, custom operations, ...) is a "not supported" error at
+load, never silently ignored. Hints that change only speed (``optimization``,
+``model_warmup``, instance ``kind``/``gpus``, rate limiters) are accepted and ignored.
+
+The settings read: ``name``, ``platform``/``backend`` (ONNX Runtime only),
+``max_batch_size``, ``dynamic_batching`` (``preferred_batch_size``,
 ``max_queue_delay_microseconds``, ``default_queue_policy.max_queue_size``),
-``instance_group`` (``count``, summed), ``version_policy`` (``latest``/``specific``/``all``),
-``default_model_filename``, and the string ``parameters`` map, where edgecut reads
-``default_version``, ``canary_version``, ``canary_fraction`` and ``intra_op_threads``.
+``instance_group`` (``count``, summed), ``version_policy``, ``default_model_filename``, and
+the string ``parameters``, where edgecut reads ``default_version``, ``canary_version``,
+``canary_fraction`` and ``intra_op_threads``. Strings keep their text (UTF-8).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloud.errors import RepositoryError
-
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<comment>\#[^\n]*)
-      | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-      | (?P<punct>[{}\[\]:,;<>])
-      | (?P<word>[A-Za-z0-9_.+\-]+)
-    )""",
-    re.VERBOSE,
-)
 
 
 @dataclass(frozen=True)
@@ -61,188 +61,202 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     default_model_filename: str = "model.onnx"
     parameters: dict[str, str] = field(default_factory=dict)
+    #: the whole parsed config (Triton's ``ModelConfig`` message); None without a file
+    triton: Any = field(default=None, compare=False, repr=False)
 
 
-def _tokens(text: str, where: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos = 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            line = text.count("\n", 0, pos) + 1
-            raise RepositoryError(f"{where}: cannot parse config.pbtxt near line {line}")
-        pos = m.end()
-        kind = m.lastgroup
-        if kind == "comment":
-            continue
-        out.append((kind, m.group(kind)))  # type: ignore[arg-type]
-    return out
+_PB2 = "tritonclient.grpc.model_config_pb2"
 
 
-class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]], where: str) -> None:
-        self.tokens, self.pos, self.where = tokens, 0, where
-
-    def _peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def _take(self) -> tuple[str, str]:
-        tok = self._peek()
-        if tok is None:
-            raise RepositoryError(f"{self.where}: config.pbtxt ends unexpectedly")
-        self.pos += 1
-        return tok
-
-    def message(self, closing: str | None) -> dict[str, list[Any]]:
-        fields: dict[str, list[Any]] = {}
-        while True:
-            tok = self._peek()
-            if tok is None:
-                if closing is not None:
-                    raise RepositoryError(f"{self.where}: config.pbtxt misses a closing '{closing}'")
-                return fields
-            if tok[1] == closing:
-                self.pos += 1
-                return fields
-            if tok[1] in ",;":
-                self.pos += 1
-                continue
-            kind, name = self._take()
-            if kind != "word":
-                raise RepositoryError(f"{self.where}: expected a field name, got {name!r}")
-            if self._peek() is not None and self._peek()[1] == ":":  # type: ignore[index]
-                self.pos += 1
-            fields.setdefault(name, []).extend(self._value(name))
-
-    def _value(self, name: str) -> list[Any]:
-        kind, text = self._take()
-        if text in ("{", "<"):
-            return [self.message("}" if text == "{" else ">")]
-        if text == "[":
-            values: list[Any] = []
-            while True:
-                tok = self._peek()
-                if tok is None:
-                    raise RepositoryError(f"{self.where}: list '{name}' misses its ']'")
-                if tok[1] == "]":
-                    self.pos += 1
-                    return values
-                if tok[1] == ",":
-                    self.pos += 1
-                    continue
-                values.extend(self._value(name))
-        if kind == "string":
-            return [bytes(text[1:-1], "utf-8").decode("unicode_escape")]
-        if kind == "word":
-            return [_scalar(text)]
-        raise RepositoryError(f"{self.where}: unexpected {text!r} after field '{name}'")
+def model_config_pb2() -> Any:
+    """Triton's ``model_config_pb2`` module, loaded without the rest of ``tritonclient.grpc``
+    (which would pull in grpcio and take a second): only protobuf is needed to read a
+    config. Registered under its own name, so a later ``import tritonclient.grpc`` reuses
+    it rather than registering the schema twice."""
+    module = sys.modules.get(_PB2)
+    if module is not None:
+        return module
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        raise RepositoryError("reading config.pbtxt needs Triton's schema: pip install tritonclient")
+    path = Path(list(spec.submodule_search_locations)[0]) / "grpc" / "model_config_pb2.py"
+    loader_spec = importlib.util.spec_from_file_location(_PB2, path)
+    if loader_spec is None or loader_spec.loader is None or not path.is_file():
+        raise RepositoryError(f"reading config.pbtxt needs Triton's schema; {path} is missing")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[_PB2] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # e.g. a protobuf runtime older than the schema was built for
+        del sys.modules[_PB2]
+        raise RepositoryError(f"cannot load Triton's model config schema ({exc})") from exc
+    return module
 
 
-def _scalar(text: str) -> Any:
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text, text)
+def _field_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(^|[\s{{\[,;<]){re.escape(name)}\s*[:{{<\[]", re.M)
 
 
-def parse_pbtxt(text: str, where: str = "config.pbtxt") -> dict[str, list[Any]]:
-    """Parse protobuf text format into ``{field: [values...]}`` (messages are dicts)."""
-    return _Parser(_tokens(text, where), where).message(None)
+_FIELD: dict[str, re.Pattern] = {}
 
 
-def _one(fields: dict[str, list[Any]], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    values = fields.get(key)
-    if not values:
-        return None
-    value = values[-1]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise RepositoryError(f"{where}: field '{key}' has the wrong type ({value!r})")
-    return value
+def _strip_comments(text: str) -> str:
+    # A '#' inside a string literal is rare in a config and only blurs a line number.
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def _line_of(text: str, name: str) -> int:
+    """The first line where field ``name`` is set (comments skipped); 1 if not found."""
+    pattern = _field_pattern(name)
+    for number, line in enumerate(_strip_comments(text).splitlines(), 1):
+        if pattern.search(line):
+            return number
+    return 1
+
+
+class _Refusal:
+    """Collects the first unsupported feature of a config, with the line it is on."""
+
+    def __init__(self, text: str, where: str) -> None:
+        self.text, self.where = text, where
+
+    def __call__(self, name: str, what: str) -> RepositoryError:
+        line = _line_of(self.text, name)
+        return RepositoryError(
+            f"{self.where}:{line}: field '{name}': {what} is not supported by edgecut serve "
+            "(remove it, or serve this model with Triton)")
+
+
+_ONNX_PLATFORMS = ("", "onnxruntime_onnx")
+_ONNX_BACKENDS = ("", "onnxruntime")
+
+
+def _check_supported(proto: Any, text: str, where: str) -> None:
+    refuse = _Refusal(text, where)
+    scheduling = proto.WhichOneof("scheduling_choice")
+    if scheduling == "sequence_batching":
+        raise refuse("sequence_batching", "sequence batching (a stateful model)")
+    if scheduling == "ensemble_scheduling" or proto.platform == "ensemble":
+        raise refuse("ensemble_scheduling" if scheduling else "platform", "an ensemble")
+    if proto.platform not in _ONNX_PLATFORMS:
+        raise refuse("platform", f"platform {proto.platform!r} (only onnxruntime_onnx)")
+    if proto.backend not in _ONNX_BACKENDS:
+        raise refuse("backend", f"backend {proto.backend!r} (only onnxruntime)")
+    if proto.model_transaction_policy.decoupled:
+        raise refuse("decoupled", "a decoupled model (several responses per request)")
+    if proto.batch_input or proto.batch_output:
+        raise refuse("batch_input" if proto.batch_input else "batch_output", "ragged batching")
+    for kind, tensors in (("input", proto.input), ("output", proto.output)):
+        for tensor in tensors:
+            if tensor.HasField("reshape"):
+                raise refuse("reshape", f"{kind} {tensor.name!r}: a reshape")
+            if tensor.is_shape_tensor:
+                raise refuse("is_shape_tensor", f"{kind} {tensor.name!r}: a shape tensor")
+            if getattr(tensor, "allow_ragged_batch", False):
+                raise refuse("allow_ragged_batch", f"{kind} {tensor.name!r}: a ragged batch")
+            if getattr(tensor, "optional", False):
+                raise refuse("optional", f"{kind} {tensor.name!r}: an optional input")
+    if proto.model_operations.op_library_filename:
+        raise refuse("op_library_filename", "a custom operation library")
+    if proto.model_repository_agents.agents:
+        raise refuse("model_repository_agents", "a repository agent")
+    if proto.response_cache.enable:
+        raise refuse("response_cache", "the response cache")
+    if proto.cc_model_filenames:
+        raise refuse("cc_model_filenames", "per-GPU model files")
+    batching = proto.dynamic_batching
+    if batching.priority_levels or batching.priority_queue_policy:
+        raise refuse("priority_levels" if batching.priority_levels else
+                      "priority_queue_policy", "request priorities")
+    queue = batching.default_queue_policy
+    if queue.default_timeout_microseconds or queue.allow_timeout_override:
+        raise refuse("default_timeout_microseconds" if queue.default_timeout_microseconds
+                     else "allow_timeout_override", "a queue timeout")
+
+
+def parse_config(text: str, where: str = "config.pbtxt") -> Any:
+    """``config.pbtxt`` text as Triton's ``ModelConfig`` message; ``RepositoryError`` naming
+    ``where``, the line and the field for text that is not valid by Triton's schema."""
+    from google.protobuf import text_format
+
+    proto = model_config_pb2().ModelConfig()
+    try:
+        text_format.Parse(text, proto)
+    except text_format.ParseError as exc:
+        message = str(exc)
+        line, column = exc.GetLine(), exc.GetColumn()
+        if line is not None:
+            # protobuf's text starts with "line:column : "; the location is put first once
+            message = re.sub(r"^\d+:\d+ : ", "", message)
+            raise RepositoryError(f"{where}:{line}:{column}: {message}") from None
+        raise RepositoryError(f"{where}: {message}") from None
+    return proto
 
 
 def config_from_text(text: str, where: str = "config.pbtxt") -> ModelConfig:
-    """A :class:`ModelConfig` from ``config.pbtxt`` text; errors name ``where`` and the field."""
-    fields = parse_pbtxt(text, where)
-    kwargs: dict[str, Any] = {}
-    name = _one(fields, "name", str, where)
-    if name is not None:
-        kwargs["name"] = name
-    mbs = _one(fields, "max_batch_size", int, where)
-    if mbs is not None:
-        if mbs < 0:
-            raise RepositoryError(f"{where}: max_batch_size must be >= 0, got {mbs}")
-        kwargs["max_batch_size"] = mbs
-    batching = _one(fields, "dynamic_batching", dict, where)
-    if batching is not None:
+    """A :class:`ModelConfig` from ``config.pbtxt`` text; errors name ``where``, the line
+    and the field."""
+    proto = parse_config(text, where)
+    _check_supported(proto, text, where)
+    kwargs: dict[str, Any] = {"triton": proto}
+    if proto.name:
+        kwargs["name"] = proto.name
+    if proto.max_batch_size < 0:
+        raise RepositoryError(f"{where}:{_line_of(text, 'max_batch_size')}: field "
+                              f"'max_batch_size' must be >= 0, got {proto.max_batch_size}")
+    if _given(text, "max_batch_size"):  # proto3 has no presence: absent reads as 0
+        kwargs["max_batch_size"] = proto.max_batch_size
+    if proto.HasField("dynamic_batching"):
+        batching = proto.dynamic_batching
         kwargs["dynamic_batching"] = True
-        preferred = batching.get("preferred_batch_size", [])
-        if not all(isinstance(p, int) and p > 0 for p in preferred):
-            raise RepositoryError(f"{where}: preferred_batch_size must be positive integers")
+        preferred = list(batching.preferred_batch_size)
+        if not all(p > 0 for p in preferred):
+            raise RepositoryError(f"{where}:{_line_of(text, 'preferred_batch_size')}: field "
+                                  "'preferred_batch_size' must be positive integers")
         kwargs["preferred_batch_sizes"] = tuple(sorted(preferred))
-        delay = _one(batching, "max_queue_delay_microseconds", int, where)
-        if delay is not None:
-            if delay < 0:
-                raise RepositoryError(f"{where}: max_queue_delay_microseconds must be >= 0")
-            kwargs["max_queue_delay_us"] = delay
-        policy = _one(batching, "default_queue_policy", dict, where)
-        if policy is not None:
-            size = _one(policy, "max_queue_size", int, where)
-            if size is not None and size > 0:
-                kwargs["max_queue_size"] = size
-    groups = fields.get("instance_group", [])
-    if groups:
-        total = 0
-        for group in groups:
-            if not isinstance(group, dict):
-                raise RepositoryError(f"{where}: instance_group entries must be messages")
-            count = _one(group, "count", int, where)
-            total += 1 if count is None else count
-        if total < 1:
-            raise RepositoryError(f"{where}: instance_group count must be >= 1")
-        kwargs["instance_count"] = total
-    policy_msg = _one(fields, "version_policy", dict, where)
-    if policy_msg is not None:
-        kwargs["version_policy"] = _version_policy(policy_msg, where)
-    filename = _one(fields, "default_model_filename", str, where)
-    if filename is not None:
-        if "/" in filename or filename in ("", ".", ".."):
-            raise RepositoryError(f"{where}: default_model_filename must be a plain file name")
+        kwargs["max_queue_delay_us"] = int(batching.max_queue_delay_microseconds)
+        if batching.default_queue_policy.max_queue_size > 0:
+            kwargs["max_queue_size"] = int(batching.default_queue_policy.max_queue_size)
+    if proto.instance_group:
+        # Triton reads a count of 0 (or none) as 1; a negative one is an error.
+        if any(g.count < 0 for g in proto.instance_group):
+            raise RepositoryError(f"{where}:{_line_of(text, 'count')}: field 'count': "
+                                  "instance_group count must be >= 1")
+        kwargs["instance_count"] = sum(g.count or 1 for g in proto.instance_group)
+    if proto.HasField("version_policy"):
+        kwargs["version_policy"] = _version_policy(proto.version_policy, text, where)
+    if proto.default_model_filename:
+        filename = proto.default_model_filename
+        if "/" in filename or filename in (".", ".."):
+            raise RepositoryError(f"{where}:{_line_of(text, 'default_model_filename')}: field "
+                                  "'default_model_filename' must be a plain file name")
         kwargs["default_model_filename"] = filename
-    params: dict[str, str] = {}
-    for entry in fields.get("parameters", []):
-        if not isinstance(entry, dict):
-            raise RepositoryError(f"{where}: parameters entries must be messages")
-        key = _one(entry, "key", str, where)
-        value = _one(entry, "value", dict, where)
-        if key is None or value is None:
-            raise RepositoryError(f"{where}: a parameters entry needs key and value")
-        string = _one(value, "string_value", str, where)
-        if string is None:
-            raise RepositoryError(f"{where}: parameter '{key}' needs a string_value")
-        params[key] = string
-    kwargs["parameters"] = params
+    kwargs["parameters"] = {key: value.string_value for key, value in proto.parameters.items()}
     return ModelConfig(**kwargs)
 
 
-def _version_policy(msg: dict[str, list[Any]], where: str) -> VersionPolicy:
-    if "latest" in msg:
-        latest = msg["latest"][-1]
-        n = _one(latest, "num_versions", int, where) if isinstance(latest, dict) else None
-        if n is None or n < 1:
-            raise RepositoryError(f"{where}: version_policy.latest.num_versions must be >= 1")
+def _given(text: str, name: str) -> bool:
+    return _FIELD.get(name, _field_pattern(name)).search(_strip_comments(text)) is not None
+
+
+def _version_policy(msg: Any, text: str, where: str) -> VersionPolicy:
+    choice = msg.WhichOneof("policy_choice")
+    if choice == "latest":
+        n = msg.latest.num_versions
+        if n < 1:
+            raise RepositoryError(f"{where}:{_line_of(text, 'num_versions')}: field "
+                                  "'num_versions': version_policy.latest.num_versions must be >= 1")
         return VersionPolicy("latest", num_versions=n)
-    if "specific" in msg:
-        specific = msg["specific"][-1]
-        versions = specific.get("versions", []) if isinstance(specific, dict) else []
-        if not versions or not all(isinstance(v, int) and v > 0 for v in versions):
-            raise RepositoryError(f"{where}: version_policy.specific.versions must be positive integers")
+    if choice == "specific":
+        versions = list(msg.specific.versions)
+        if not versions or not all(v > 0 for v in versions):
+            raise RepositoryError(f"{where}:{_line_of(text, 'versions')}: field 'versions': "
+                                  "version_policy.specific.versions must be positive integers")
         return VersionPolicy("specific", versions=tuple(versions))
-    if "all" in msg:
+    if choice == "all":
         return VersionPolicy("all")
-    raise RepositoryError(f"{where}: version_policy must be latest, specific or all")
+    raise RepositoryError(f"{where}:{_line_of(text, 'version_policy')}: field "
+                          "'version_policy' must be latest, specific or all")
 
 
 def read_config(model_dir: Path) -> ModelConfig:

@@ -2,7 +2,7 @@
 
 Counting a request in statistics and metrics, and queueing its log record, cost tens of
 microseconds each right after an inference (cold caches). While the fast lane
-(:mod:`cloud._lane`) serves a request, :func:`after_answer` holds such work and the lane
+(:mod:`cloud.http._lane`) serves a request, :func:`after_answer` holds such work and the lane
 runs it once the answer is written; anywhere else it runs at once.
 """
 

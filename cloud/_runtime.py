@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from cloud._tensors import DATATYPES
 from cloud.errors import ExecutionError, RepositoryError
-from cloud.protocol import DATATYPES
 
 __all__ = ["ModelRuntime", "OnnxRuntime", "TensorMeta", "ort_providers"]
 

@@ -17,22 +17,36 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cloud._batcher import Batcher, BatcherSettings, BatchRecord
-from cloud._config import ModelConfig, read_config
+from cloud._config import ModelConfig
 from cloud._deferred import after_answer
-from cloud._metrics import Metrics, VersionMetrics
+from cloud._metrics import Metrics, triton_text
+from cloud._models import (
+    Model,
+    Stats,
+    Version,
+    check_input,
+    check_name,
+    check_profile_shapes,
+    config_json,
+    peek_default,
+    replace_versions,
+    stats_json,
+    validate,
+    version_key,
+)
+from cloud._repository import onnx_instances, read_model_dir, repository_names
 from cloud._runtime import ModelRuntime, OnnxRuntime
-from cloud._threads import to_thread
+from cloud._tensors import DATATYPES, InferRequest
 from cloud.errors import (
     CloudError,
     ModelNotReady,
@@ -41,7 +55,6 @@ from cloud.errors import (
     RepositoryError,
     Unavailable,
 )
-from cloud.protocol import DATATYPES, InferRequest
 
 __all__ = ["InferResult", "InferenceService"]
 
@@ -56,89 +69,6 @@ EXTENSIONS = (
     "edgecut_profile",
     "edgecut_canary",
 )
-
-
-@dataclass
-class _Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, seconds: float, n: int = 1) -> None:
-        self.count += n
-        self.ns += int(seconds * 1e9)
-
-    def as_json(self) -> dict:
-        return {"count": self.count, "ns": self.ns}
-
-
-@dataclass
-class _Stats:
-    """Triton's statistics extension counters for one version."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    inference_count: int = 0
-    execution_count: int = 0
-    last_inference_ms: int = 0
-    success: _Duration = field(default_factory=_Duration)
-    fail: _Duration = field(default_factory=_Duration)
-    queue: _Duration = field(default_factory=_Duration)
-    compute: _Duration = field(default_factory=_Duration)
-    batches: dict[int, _Duration] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class _Version:
-    model: str
-    version: str
-    runtime: ModelRuntime
-    batcher: Batcher
-    metrics: VersionMetrics
-    stats: _Stats
-    source: Path | None = None
-    mtime: float | None = None
-    # (name, dtype, shape) per input, precomputed for the per-request checks
-    signature: tuple[tuple[str, np.dtype, tuple[int, ...]], ...] = ()
-    output_names: tuple[str, ...] = ()
-    max_batch_size: int = 0
-
-    def close(self) -> None:
-        self.batcher.close()
-
-
-@dataclass(eq=False)
-class _Model:
-    name: str
-    versions: dict[str, _Version]
-    config: ModelConfig | None = None
-    from_repository: bool = False
-    default_version: str | None = None
-    canary_version: str | None = None
-    canary_fraction: float = 0.0
-    _canary_acc: float = 0.0
-    in_flight: int = 0
-
-    def route(self) -> _Version:
-        versions = self.versions
-        if not versions:
-            raise ModelNotReady(f"model {self.name!r} has no version ready")
-        if self.canary_version in versions and self.canary_fraction > 0:
-            # Deterministic weighted round robin: exactly this fraction, evenly spread.
-            self._canary_acc += self.canary_fraction
-            if self._canary_acc >= 1.0:
-                self._canary_acc -= 1.0
-                return versions[self.canary_version]  # type: ignore[index]
-        if self.default_version in versions:
-            return versions[self.default_version]  # type: ignore[index]
-        return versions[self.highest]
-
-    @functools.cached_property
-    def highest(self) -> str:
-        # versions is never mutated in place (a change builds a new _Model), so cache it
-        return max(self.versions, key=_version_key)
-
-
-def _version_key(version: str) -> tuple[int, int | str]:
-    return (0, int(version)) if version.isdigit() else (1, version)
 
 
 @dataclass(frozen=True)
@@ -176,7 +106,9 @@ class InferenceService:
         default_max_queue_delay_us: int = 0,
         ort_spinning: bool = True,
         metrics: Metrics | None = None,
+        profile_max_elements: int = 1 << 24,
     ) -> None:
+        self.profile_max_elements = profile_max_elements
         self.repository = Path(repository) if repository is not None else None
         if self.repository is not None and not self.repository.is_dir():
             raise RepositoryError(f"model repository {self.repository} is not a directory")
@@ -187,10 +119,14 @@ class InferenceService:
         self.default_max_queue_delay_us = default_max_queue_delay_us
         self.ort_spinning = ort_spinning
         self.metrics = metrics or Metrics()
-        self._models: dict[str, _Model] = {}
+        self.metrics.text_sources.append(self._triton_metrics)
+        self._models: dict[str, Model] = {}
         self._failed: dict[str, str] = {}  # model -> why its last load failed
+        self._skipped: dict[str, list[str]] = {}  # model -> version folders passed over
         self._lock = threading.RLock()  # serializes loads and unloads, not requests
         self._closed = False
+        #: Readiness requires every model to be serving (Triton's --strict-readiness).
+        self.strict_readiness = True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -203,6 +139,10 @@ class InferenceService:
                 loaded.append(name)
             except CloudError as exc:
                 log.error("model %s failed to load: %s", name, exc, extra={"model": name})
+            except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+                log.exception("model %s failed to load", name, extra={"model": name})
+                with self._lock:
+                    self._failed[name] = f"{type(exc).__name__}: {exc}"
         return loaded
 
     def close(self) -> None:
@@ -216,9 +156,16 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        """Server readiness: not closed, and every model it tried to load is serving (a
-        failed reload of a model whose old versions still serve does not count)."""
-        return not self._closed and all(name in self._models for name in self._failed)
+        """Server readiness: not closed, and (with ``strict_readiness``, Triton's default)
+        every model it tried to load is serving (a failed reload of a model whose old
+        versions still serve does not count)."""
+        if self._closed:
+            return False
+        return not self.strict_readiness or all(name in self._models for name in self._failed)
+
+    def failed(self) -> dict[str, str]:
+        """Models whose last load failed and that serve no version: name -> why."""
+        return {name: why for name, why in self._failed.items() if name not in self._models}
 
     # ------------------------------------------------------------------ runtimes in code
 
@@ -239,7 +186,7 @@ class InferenceService:
         (the old one drains first, so this call may block: call it off the event loop);
         other versions of the model stay.
         """
-        _check_name(name)
+        check_name(name)
         if not version or "/" in version:
             raise RepositoryError(f"model {name!r}: invalid version {version!r}")
         runtimes = [instances] if isinstance(instances, ModelRuntime) or not isinstance(
@@ -258,7 +205,7 @@ class InferenceService:
             versions = dict(current.versions) if current else {}
             old = versions.get(version)
             versions[version] = built
-            model = _Model(name, versions) if current is None else _replace_versions(current, versions)
+            model = Model(name, versions) if current is None else replace_versions(current, versions)
             self._models = {**self._models, name: model}
         if old is not None:
             old.close()
@@ -278,7 +225,7 @@ class InferenceService:
                 closing = [model.versions[version]]
                 rest = {k: v for k, v in model.versions.items() if k != version}
                 if rest:
-                    self._models = {**self._models, name: _replace_versions(model, rest)}
+                    self._models = {**self._models, name: replace_versions(model, rest)}
                 else:
                     self._models = {k: v for k, v in self._models.items() if k != name}
         for item in closing:
@@ -311,11 +258,7 @@ class InferenceService:
     # ------------------------------------------------------------------ repository extension
 
     def _repository_names(self) -> list[str]:
-        if self.repository is None:
-            return []
-        return sorted(
-            p.name for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        return repository_names(self.repository)
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """The repository index: every model on disk or registered, with its state."""
@@ -324,11 +267,14 @@ class InferenceService:
         for name in sorted(names):
             model = self._models.get(name)
             if model is not None and model.versions:
-                for version in sorted(model.versions, key=_version_key):
+                for version in sorted(model.versions, key=version_key):
                     entries.append({"name": name, "version": version, "state": "READY", "reason": ""})
             elif not ready_only:
                 reason = self._failed.get(name, "")
                 entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason or "unloaded"})
+            if not ready_only:  # version folders passed over, each with why
+                for why in self._skipped.get(name, ()):
+                    entries.append({"name": name, "state": "UNAVAILABLE", "reason": why})
         return entries
 
     def load(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
@@ -338,7 +284,7 @@ class InferenceService:
         ``parameters`` may set ``default_version``, ``canary_version`` and
         ``canary_fraction`` (overriding ``config.pbtxt``'s ``parameters``).
         """
-        _check_name(name)
+        check_name(name)
         if self.repository is None:
             raise RepositoryError("this service has no model repository to load from")
         params = dict(parameters or {})
@@ -356,30 +302,19 @@ class InferenceService:
                 if not isinstance(exc, NotFound):
                     self._failed[name] = str(exc)
                 raise
+            except (OSError, ValueError) as exc:  # an unreadable folder or file
+                self._failed[name] = f"{type(exc).__name__}: {exc}"
+                raise RepositoryError(f"model {name!r} failed to load: {exc}") from exc
 
     def _load_locked(self, name: str, model_dir: Path, params: dict[str, Any]) -> None:
         if not model_dir.is_dir():
             raise NotFound(f"model {name!r} is not in the repository {self.repository}")
-        config = read_config(model_dir)
-        if config.name is not None and config.name != name:
-            raise RepositoryError(
-                f"{model_dir / 'config.pbtxt'}: name {config.name!r} does not match the folder {name!r}"
-            )
+        config, wanted, self._skipped[name] = read_model_dir(name, model_dir)
         filename = config.default_model_filename
-        available = [
-            int(p.name) for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
-        ]
-        wanted = config.version_policy.select(available)
-        if not wanted:
-            raise RepositoryError(
-                f"model {name!r}: no version to load (on disk: {sorted(available)}, policy "
-                f"{config.version_policy.kind})"
-            )
         current = self._models.get(name)
         old_versions = current.versions if current else {}
-        versions: dict[str, _Version] = {}
-        built: list[_Version] = []
+        versions: dict[str, Version] = {}
+        built: list[Version] = []
         try:
             for v in wanted:
                 path = model_dir / str(v) / filename
@@ -396,7 +331,7 @@ class InferenceService:
             for version in built:
                 version.close()
             raise
-        model = _Model(name, versions, config, from_repository=True)
+        model = Model(name, versions, config, from_repository=True)
         merged = {**config.parameters, **{k: v for k, v in params.items() if v is not None}}
         model.default_version = _opt_str(merged.get("default_version"))
         model.canary_version = _opt_str(merged.get("canary_version"))
@@ -413,69 +348,43 @@ class InferenceService:
                     version.close()
                 raise RepositoryError(
                     f"model {name!r}: {label} {chosen!r} is not among the loaded versions "
-                    f"{sorted(versions, key=_version_key)}"
+                    f"{sorted(versions, key=version_key)}"
                 )
         model.canary_fraction = fraction if model.canary_version else 0.0
         self._models = {**self._models, name: model}
         for v, old in old_versions.items():
             if versions.get(v) is not old:
                 old.close()  # drains what it already queued
-        log.info("model %s loaded versions %s", name, sorted(versions, key=_version_key),
+        log.info("model %s loaded versions %s", name, sorted(versions, key=version_key),
                  extra={"model": name})
 
-    def _load_onnx_version(self, name: str, version: str, path: Path, config: ModelConfig) -> _Version:
-        count = config.instance_count
-        threads = self.intra_op_threads
-        if "intra_op_threads" in config.parameters:
-            try:
-                threads = int(config.parameters["intra_op_threads"])
-            except ValueError:
-                raise RepositoryError(f"model {name!r}: parameter intra_op_threads must be an integer") from None
-        if threads is None:
-            threads = max(1, (os.cpu_count() or 1) // count)
-        instances = [
-            OnnxRuntime(path, max_batch_size=config.max_batch_size, providers=self.providers,
-                        intra_op_threads=threads, spinning=self.ort_spinning)
-            for _ in range(count)
-        ]
-        runtime = instances[0]
-        # With a config.pbtxt its dynamic_batching block decides (as in Triton); without
-        # one, the service's default does.
-        has_config = (path.parent.parent / "config.pbtxt").is_file()
-        batching = config.dynamic_batching if has_config else self.dynamic_batching
-        delay = config.max_queue_delay_us if config.dynamic_batching else self.default_max_queue_delay_us
-        settings = BatcherSettings(
-            max_batch_size=runtime.max_batch_size if batching else 0,
-            max_queue_delay_s=delay / 1e6,
-            preferred_batch_sizes=config.preferred_batch_sizes,
-            max_queue_size=config.max_queue_size or self.max_queue_size,
-        )
+    def _load_onnx_version(self, name: str, version: str, path: Path, config: ModelConfig) -> Version:
+        instances, settings = onnx_instances(name, path, config, self)
         version_obj = self._build_version(name, version, instances, settings)
         version_obj.source = path
         return version_obj
 
     def _build_version(self, name: str, version: str, runtimes: list[ModelRuntime],
-                       settings: BatcherSettings) -> _Version:
+                       settings: BatcherSettings) -> Version:
         runtime = runtimes[0]
-        stats = _Stats()
+        stats = Stats()
         metrics = self.metrics.for_version(name, version)
 
         def on_batch(record: BatchRecord) -> None:
-            with stats.lock:
-                stats.execution_count += 1
-                stats.compute.add(record.compute_s, record.requests)
-                for q in record.queue_s:
-                    stats.queue.add(q)
-                per = stats.batches.setdefault(record.size, _Duration())
-                per.add(record.compute_s)
+            stats.record_batch(record)
             metrics.batch.observe(record.size)
             metrics.compute.observe(record.compute_s)
+            if record.reruns:
+                self.metrics.batch_reruns.labels(name, version).inc(record.reruns)
+                log.warning("model %s:%s: a batch of %d requests failed; reran each alone, "
+                            "%d failed alone", name, version, record.reruns,
+                            record.failed_alone, extra={"model": name})
 
         batcher = Batcher(runtimes, settings, on_batch, name=f"{name}:{version}")
         signature = tuple(
             (m.name, DATATYPES[m.datatype], tuple(m.shape)) for m in runtime.inputs
         )
-        return _Version(
+        return Version(
             name, version, runtime, batcher, metrics, stats,
             signature=signature,
             output_names=tuple(m.name for m in runtime.outputs),
@@ -491,27 +400,55 @@ class InferenceService:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
-    def _require(self, name: str) -> _Model:
+    def _require(self, name: str) -> Model:
         model = self._models.get(name)
         if model is None:
             raise NotFound(f"unknown model {name!r}")
         return model
 
-    def _version(self, name: str, version: str | None) -> _Version:
+    def _version(self, name: str, version: str | None) -> Version:
         model = self._require(name)
         if version is None:
-            return _peek_default(model)
+            return peek_default(model)
         found = model.versions.get(version)
         if found is None:
             raise NotFound(
                 f"model {name!r} has no version {version!r} loaded "
-                f"(loaded: {sorted(model.versions, key=_version_key)})"
+                f"(loaded: {sorted(model.versions, key=version_key)})"
             )
         return found
 
     def require(self, name: str, version: str | None = None) -> None:
         """Raise ``NotFound``/``ModelNotReady`` unless ``name`` (``version``) can serve."""
         self._version(name, version)
+
+    def input_check(self, name: str, version: str | None, max_bytes_elements: int
+                    ) -> Callable[[str, str, tuple[int, ...]], None] | None:
+        """A check of one input's ``(name, datatype, shape)`` against the model, for the
+        decoder to call before it decodes the input's data (``None``: an unknown model,
+        which the service refuses later). BYTES inputs may have at most
+        ``max_bytes_elements`` elements."""
+        model = self._models.get(name)
+        if model is None:
+            return None
+        if version is None:
+            targets = list(model.versions.values())  # routing may pick any of them
+        elif version in model.versions:
+            targets = [model.versions[version]]
+        else:
+            return None
+        if not targets:
+            return None
+        return functools.partial(check_input, name, targets, max_bytes_elements)
+
+    def takes_bytes(self, name: str, version: str | None) -> bool:
+        """Whether the model (any loaded version when ``version`` is None) has BYTES inputs."""
+        model = self._models.get(name)
+        if model is None:
+            return False
+        versions = model.versions.values() if version is None else [
+            v for k, v in model.versions.items() if k == version]
+        return any(dtype.kind == "O" for v in versions for _n, dtype, _s in v.signature)
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
@@ -526,7 +463,7 @@ class InferenceService:
         chosen = self._version(name, version)
         return {
             "name": name,
-            "versions": sorted(model.versions, key=_version_key) if version is None else [version],
+            "versions": sorted(model.versions, key=version_key) if version is None else [version],
             "platform": chosen.runtime.platform,
             "inputs": [m.as_json() for m in chosen.runtime.inputs],
             "outputs": [m.as_json() for m in chosen.runtime.outputs],
@@ -534,43 +471,7 @@ class InferenceService:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Triton's model configuration extension, as JSON (what ``get_model_config`` reads)."""
-        model = self._require(name)
-        chosen = self._version(name, version)
-        batched = chosen.max_batch_size > 0
-        settings = chosen.batcher.settings
-
-        def dims(shape: tuple[int, ...]) -> list[int]:
-            return list(shape[1:] if batched else shape)
-
-        config: dict[str, Any] = {
-            "name": name,
-            "platform": chosen.runtime.platform,
-            "max_batch_size": chosen.max_batch_size,
-            "input": [{"name": m.name, "data_type": "TYPE_" + _config_type(m.datatype),
-                       "dims": dims(m.shape)} for m in chosen.runtime.inputs],
-            "output": [{"name": m.name, "data_type": "TYPE_" + _config_type(m.datatype),
-                        "dims": dims(m.shape)} for m in chosen.runtime.outputs],
-            "instance_group": [{"count": len(chosen.batcher.instances)}],
-        }
-        if settings.max_batch_size > 0:
-            config["dynamic_batching"] = {
-                "preferred_batch_size": list(settings.preferred_batch_sizes),
-                "max_queue_delay_microseconds": int(settings.max_queue_delay_s * 1e6),
-                "default_queue_policy": {"max_queue_size": settings.max_queue_size},
-            }
-        if model.config is not None:
-            policy = model.config.version_policy
-            config["version_policy"] = (
-                {"latest": {"num_versions": policy.num_versions}} if policy.kind == "latest"
-                else {"specific": {"versions": list(policy.versions)}} if policy.kind == "specific"
-                else {"all": {}}
-            )
-        config["parameters"] = {
-            "default_version": {"string_value": model.default_version or ""},
-            "canary_version": {"string_value": model.canary_version or ""},
-            "canary_fraction": {"string_value": str(model.canary_fraction)},
-        }
-        return config
+        return config_json(self._require(name), self._version(name, version))
 
     # ------------------------------------------------------------------ inference
 
@@ -578,7 +479,7 @@ class InferenceService:
         """Validate ``request`` against the model's signature, queue it and await outputs."""
         model = self._require(name)
         target = self._version(name, version) if version is not None else model.route()
-        batch = self._validate(target, request)
+        batch = validate(target, request)
         start = time.perf_counter()
         self._enter(model)
         try:
@@ -611,7 +512,7 @@ class InferenceService:
         if model is None or model.canary_fraction > 0:
             return None
         target = model.route()
-        batch = self._validate(target, request)
+        batch = validate(target, request)
         start = time.perf_counter()
         # Counted in flight only if it waits: an inline run begins and ends before anyone
         # else (a scrape of the gauge included) gets the loop.
@@ -633,7 +534,7 @@ class InferenceService:
             raise done.error
         return self._finish(target, request, done, batch, start)
 
-    async def _settle(self, model: _Model, target: _Version, request: InferRequest, batch: int,
+    async def _settle(self, model: Model, target: Version, request: InferRequest, batch: int,
                       start: float, future: asyncio.Future) -> InferResult:
         try:
             item = await future
@@ -644,15 +545,15 @@ class InferenceService:
             self._leave(model)
         return self._finish(target, request, item, batch, start)
 
-    def _enter(self, model: _Model) -> None:
+    def _enter(self, model: Model) -> None:
         model.in_flight += 1
         self.metrics.in_flight.labels(model.name).inc()
 
-    def _leave(self, model: _Model) -> None:
+    def _leave(self, model: Model) -> None:
         model.in_flight -= 1
         self.metrics.in_flight.labels(model.name).dec()
 
-    def _finish(self, target: _Version, request: InferRequest, item: Any, batch: int,
+    def _finish(self, target: Version, request: InferRequest, item: Any, batch: int,
                 start: float) -> InferResult:
         after_answer(self._count, target, batch, time.perf_counter() - start, item.queue_s)
         outputs = item.outputs
@@ -667,7 +568,7 @@ class InferenceService:
         )
 
     @staticmethod
-    def _count(target: _Version, batch: int, elapsed: float, queue_s: float) -> None:
+    def _count(target: Version, batch: int, elapsed: float, queue_s: float) -> None:
         stats = target.stats
         with stats.lock:
             stats.inference_count += batch
@@ -678,67 +579,21 @@ class InferenceService:
         m.queue.observe(queue_s)
         m.request_time.observe(elapsed)
 
-    def _record_failure(self, target: _Version, exc: CloudError, elapsed: float) -> None:
+    def _record_failure(self, target: Version, exc: CloudError, elapsed: float) -> None:
         with target.stats.lock:
             target.stats.fail.add(elapsed)
         target.metrics.failure(type(exc).__name__)
 
-    def _validate(self, target: _Version, request: InferRequest) -> int:
-        inputs = request.inputs
-        name = target.model
-        signature = target.signature
-        if len(inputs) != len(signature) or any(s[0] not in inputs for s in signature):
-            expected = [s[0] for s in signature]
-            unknown = [n for n in inputs if n not in expected]
-            if unknown:
-                raise self._invalid(target, f"model {name!r} has no input {unknown[0]!r}; expected {expected}")
-            missing = [n for n in expected if n not in inputs]
-            raise self._invalid(target, f"model {name!r}: input {missing[0]!r} is missing; expected {expected}")
-        batch = 1
-        batched = target.max_batch_size > 0
-        for index, (tensor, dtype, shape) in enumerate(target.signature):
-            array = inputs.get(tensor)
-            if array is None:
-                raise self._invalid(target, f"model {name!r}: input {tensor!r} is missing")
-            if array.dtype != dtype:
-                raise self._invalid(
-                    target,
-                    f"input {tensor!r}: expected datatype {_datatype_name(dtype)}, got "
-                    f"{_datatype_name(array.dtype)}",
-                )
-            got = array.shape
-            if len(got) != len(shape) or not _dims_match(shape, got, batched):
-                raise self._invalid(
-                    target, f"input {tensor!r}: expected shape {list(shape)}, got {list(got)}"
-                )
-            if batched:
-                b = got[0]
-                if index == 0:
-                    batch = b
-                elif b != batch:
-                    raise self._invalid(
-                        target, f"input {tensor!r}: batch size {b} differs from the other inputs' {batch}"
-                    )
-        if batched and not 1 <= batch <= target.max_batch_size:
-            raise self._invalid(
-                target, f"batch size {batch} is outside 1..{target.max_batch_size} for model {name!r}"
-            )
-        if request.outputs is not None:
-            for out in request.outputs:
-                if out.name not in target.output_names:
-                    raise self._invalid(
-                        target, f"model {name!r} has no output {out.name!r}; outputs are "
-                        f"{list(target.output_names)}"
-                    )
-        return batch
-
-    def _invalid(self, target: _Version, message: str) -> ProtocolError:
-        target.metrics.failure("ProtocolError")
-        with target.stats.lock:
-            target.stats.fail.add(0.0)
-        return ProtocolError(message)
-
     # ------------------------------------------------------------------ statistics, profile
+
+    def _triton_metrics(self) -> bytes:
+        """Triton's ``nv_inference_*`` family for every served version (from its stats)."""
+        rows = []
+        for model in sorted(self._models.values(), key=lambda m: m.name):
+            for version in sorted(model.versions, key=version_key):
+                v = model.versions[version]
+                rows.append((model.name, version, v.stats.triton_values(v.batcher.queued)))
+        return triton_text(rows)
 
     def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """Triton's statistics extension: per model version counts and cumulative times."""
@@ -750,30 +605,8 @@ class InferenceService:
                 pairs = [(model, v) for v in model.versions.values()]
             else:
                 pairs = [(model, self._version(name, version))]
-        out = []
-        for model, v in sorted(pairs, key=lambda p: (p[0].name, _version_key(p[1].version))):
-            s = v.stats
-            with s.lock:
-                out.append({
-                    "name": model.name,
-                    "version": v.version,
-                    "last_inference": s.last_inference_ms,
-                    "inference_count": s.inference_count,
-                    "execution_count": s.execution_count,
-                    "inference_stats": {
-                        "success": s.success.as_json(),
-                        "fail": s.fail.as_json(),
-                        "queue": s.queue.as_json(),
-                        "compute_input": {"count": 0, "ns": 0},
-                        "compute_infer": s.compute.as_json(),
-                        "compute_output": {"count": 0, "ns": 0},
-                    },
-                    "batch_stats": [
-                        {"batch_size": size, "compute_infer": d.as_json()}
-                        for size, d in sorted(s.batches.items())
-                    ],
-                })
-        return {"model_stats": out}
+        return stats_json(sorted(pairs, key=lambda p: (p[0].name, version_key(p[1].version))))
+
 
     async def profile(self, name: str, version: str | None, runs: int, batch: int,
                       shapes: dict[str, list[int]] | None = None) -> dict[str, Any]:
@@ -784,54 +617,14 @@ class InferenceService:
             raise ProtocolError(f"model {name!r} is not an ONNX model; only ONNX models can be profiled")
         if batch < 1:
             raise ProtocolError(f"profile batch must be >= 1, got {batch}")
-        result = await to_thread(runtime.profile, runs, batch, 2, shapes)
+        check_profile_shapes(name, runtime, batch, shapes or {}, self.profile_max_elements)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            None, functools.partial(runtime.profile, runs, batch, 2, shapes))
         return {"model": name, "version": target.version, **result}
-
-
-def _peek_default(model: _Model) -> _Version:
-    versions = model.versions
-    if not versions:
-        raise ModelNotReady(f"model {model.name!r} has no version ready")
-    if model.default_version in versions:
-        return versions[model.default_version]  # type: ignore[index]
-    return versions[model.highest]
-
-
-def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], batched: bool) -> bool:
-    for i, (e, g) in enumerate(zip(expected, got)):
-        if batched and i == 0:
-            continue
-        if e >= 0 and e != g:
-            return False
-    return True
-
-
-def _datatype_name(dtype: np.dtype) -> str:
-    for name, dt in DATATYPES.items():
-        if dt == dtype:
-            return name
-    return str(dtype)
-
-
-def _config_type(datatype: str) -> str:
-    return {"FP16": "FP16", "FP32": "FP32", "FP64": "FP64", "BYTES": "STRING"}.get(datatype, datatype)
 
 
 def _opt_str(value: Any) -> str | None:
     if value is None or value == "":
         return None
     return str(value)
-
-
-def _check_name(name: str) -> None:
-    if not name or "/" in name or name in (".", "..") or name.startswith("."):
-        raise RepositoryError(f"invalid model name {name!r}")
-
-
-def _replace_versions(model: _Model, versions: dict[str, _Version]) -> _Model:
-    default = model.default_version if model.default_version in versions else None
-    canary = model.canary_version if model.canary_version in versions else None
-    return _Model(
-        model.name, versions, model.config, model.from_repository,
-        default, canary, model.canary_fraction if canary else 0.0,
-    )

@@ -18,6 +18,8 @@ the leaves they raise. ``cloud`` stands alone and has its own tree in ``cloud.er
     │       └── TransferAbandoned      an upload given up because its progress said so
     ├── ModelUpdateError       a model deployment was rejected (checksum, warm-up, ...)
     └── FleetError             the MQTT fleet link failed or got an invalid message
+        └── TrustError             a fleet message failed a trust check (signature,
+                                   freshness, counter, a key only the operator may set)
 
 Every message names the thing (file, key, tensor, model) and what was expected.
 """
@@ -98,6 +100,12 @@ class FleetError(EdgecutError):
     """The MQTT fleet link failed or received an invalid message."""
 
 
+class TrustError(FleetError):
+    """A fleet message was refused by a trust check: a missing or wrong signature, an
+    expired or replayed document, a relabelled or downgraded update, or a key that may
+    be set only locally or by a signed message."""
+
+
 __all__ = [
     "BackendError",
     "CloudUnavailable",
@@ -105,6 +113,7 @@ __all__ = [
     "DeadlineExceeded",
     "EdgecutError",
     "FleetError",
+    "TrustError",
     "ModelError",
     "ModelInputError",
     "ModelUpdateError",

@@ -3,10 +3,13 @@
 Public API (everything works on ``onnx.ModelProto`` in memory; file paths are thin
 wrappers):
 
-``LayerGraph.from_model(model, batch=1)``
+``LayerGraph.from_model(model, batch=1, sizes=None)``
     The layer DAG: ``nodes`` (compute nodes; constants and weight-only producers are
-    folded away so a cut never carries weights), ``tensors`` (every activation with
-    shape, dtype, ``bytes(batch)``; the batch dim is ``None``, a parameter),
+    folded away so a cut never carries weights; an ``If``/``Loop``/``Scan`` reads what
+    its bodies read from the outer scope), ``tensors`` (every activation with dtype,
+    ``dims`` as functions of the dynamic input dims (``symbols``: ``N``, ``H``, ``W``;
+    ``-1`` and unnamed dims too), ``bytes(batch, sizes)`` exact at any size, never
+    negative; ``shape`` has ``None`` for dynamic dims), ``sizes`` (the reference sizes),
     ``inputs``, ``outputs``, ``order`` (topological), ``crossing(device_nodes)``,
     ``device_side(cut_tensors)``, ``frontiers()``, ``ideals()`` (every valid cut, when
     there are not too many).
@@ -53,6 +56,12 @@ device_factor, cloud_factor)``
     Time head and tail sessions for real (as ratios to an interleaved whole-model run);
     correct all predictions by an observed whole-model time on either side.
 
+``cost_at(candidate, sizes)`` / ``bind_sizes(plan.inputs, shapes)`` / ``parse_shapes(text)``
+    A candidate's (head ms, tail ms, up bytes, down bytes) at any sizes of the model's
+    dynamic dims: bytes exact from expressions, times interpolated between the sizes the
+    plan was profiled at (``build_plan(shapes=...)``, ``--shapes``); the sizes a
+    request's input shapes give; ``"H=640,W=640"`` parsed.
+
 ``encode(array, codec)`` / ``decode(data, codec, shape, dtype)``
     Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
     ``fp32``, each optionally ``+zstd`` or ``+lz4``.
@@ -60,6 +69,18 @@ device_factor, cloud_factor)``
 ``portable_model(model)`` / ``save_model(model, path)``
     A model stamped with an IR version (<= 9) the oldest supported ONNX Runtime (1.16)
     reads; every ONNX file edgecut writes goes through ``save_model``.
+
+``choose_stream(candidates, bandwidth_bps, rtt_s, device, slo_ms)`` / ``stream_stages``
+    A stream's plan: the highest pipeline rate (1 / slowest of device head, uplink,
+    cloud tail, downlink) whose per-frame latency meets the SLO, exact over the candidates.
+
+``plan_chain(graph, node_ms, hops, device, objective, slo_ms)`` -> ``ChainPlan``
+    A plan over an ordered chain of nodes (device, edge nodes, cloud) with a ``Hop`` per
+    link: every layer labelled with a node so data only moves forward; exact min cut on
+    an expanded graph for latency and energy, enumeration of nested ideals for stream
+    throughput (``enumerate_chain``, ``evaluate_labels``, ``min_cut_chain``).
+    ``chain_segments`` / ``segment_models`` / ``write_chain``: what each node receives,
+    runs and sends, as models and a Triton repository per node (a middle node relays).
 
 ``parse_bandwidth("20Mbit") -> bit/s``, ``parse_duration("40ms") -> s``.
 """
@@ -73,6 +94,24 @@ from partition._build import (
     rescale,
     resolve_cloud,
     write_plan_dir,
+)
+from partition._chain import (
+    CHAIN_OBJECTIVES,
+    ChainCost,
+    ChainPlan,
+    Hop,
+    enumerate_chain,
+    evaluate_labels,
+    ideal_sets,
+    min_cut_chain,
+    plan_chain,
+)
+from partition._chain_export import (
+    Segment,
+    chain_segments,
+    device_candidate,
+    segment_models,
+    write_chain,
 )
 from partition._compress import decode, encode, evaluate_compression
 from partition._costmodel import CostModel
@@ -90,55 +129,81 @@ from partition._planner import (
 )
 from partition._portable import MAX_IR_VERSION, MAX_OPSETS, portable_model, save_model
 from partition._profile import Profile, fetch_cloud_profile, profile_model
+from partition._sizes import bind as bind_sizes
+from partition._sizes import cost_at, parse_shapes
 from partition._split import Splitter, half_precision_inputs, split_model
+from partition._stream import StreamChoice, bound_fps, choose_stream, stream_stages
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
 from partition._units import parse_bandwidth, parse_duration
 from partition.zoo import ZOO_MODELS, build_zoo, materialize, trained_model, zoo_model
 
 __all__ = [
+    "CHAIN_OBJECTIVES",
     "LOCAL",
     "MAX_IR_VERSION",
     "MAX_OPSETS",
     "OFFLOAD",
     "SPLIT",
     "ZOO_MODELS",
-    "Choice",
-    "CostModel",
-    "CutCandidate",
-    "LayerGraph",
-    "LayerNode",
-    "Measurement",
-    "MinCut",
-    "Plan",
-    "Profile",
-    "Splitter",
-    "half_precision_inputs",
-    "TensorInfo",
+    "bound_fps",
+    "bind_sizes",
     "build_plan",
     "build_zoo",
     "candidate_cuts",
+    "ChainCost",
+    "ChainPlan",
+    "Choice",
     "choose",
+    "chain_segments",
+    "choose_stream",
+    "CostModel",
+    "cost_at",
     "cut_id_for",
+    "CutCandidate",
     "decode",
+    "device_candidate",
     "encode",
+    "enumerate_chain",
     "evaluate_compression",
+    "evaluate_labels",
     "fetch_cloud_profile",
+    "half_precision_inputs",
+    "Hop",
+    "ideal_sets",
+    "LayerGraph",
+    "LayerNode",
     "load_model",
     "make_candidates",
     "materialize",
     "measure_candidates",
+    "Measurement",
     "min_cut",
+    "min_cut_chain",
+    "MinCut",
     "parse_bandwidth",
     "parse_duration",
     "portable_model",
+
+    "parse_shapes",
+    "Plan",
+    "plan_chain",
     "predict",
+    "Profile",
     "profile_model",
     "rescale",
     "save_model",
+
+    "segment_models",
     "resolve_cloud",
     "side_times",
     "split_model",
+    "Segment",
+    "Splitter",
+    "stream_stages",
+    "StreamChoice",
+    "TensorInfo",
     "trained_model",
+    "write_chain",
     "write_plan_dir",
     "zoo_model",
 ]

@@ -17,7 +17,7 @@ import math
 import socket
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
@@ -61,7 +61,7 @@ def resolve_device(device: DeviceProfile | str | Path) -> DeviceProfile:
 
 
 def resolve_cloud(cloud: CloudSpec, model: onnx.ModelProto, model_name: str, runs: int,
-                  threads: int | None = None) -> Profile:
+                  threads: int | None = None, sizes: Mapping[str, int] | None = None) -> Profile:
     """A cloud profile from a URL (the service's profile extension), a recorded file,
     a dict, or ``"here"`` (profile this host as the cloud: no emulation)."""
     if isinstance(cloud, Profile):
@@ -74,7 +74,7 @@ def resolve_cloud(cloud: CloudSpec, model: onnx.ModelProto, model_name: str, run
     if text == HERE:
         host = load_profile("generic-x86")
         prof = profile_model(model, host, runs=runs, model_name=model_name, emulate=False,
-                             threads=threads)
+                             threads=threads, sizes=sizes)
         return replace(prof, device="cloud (this host)")
     path = Path(text)
     if not path.is_file():
@@ -118,6 +118,7 @@ def measure_candidates(
     measure_tail: bool = True,
     block: int = 12,
     anchor_ms: float | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> Measurement:
     """Run each candidate's head then tail session here (batch 1, fixed threads).
 
@@ -129,7 +130,7 @@ def measure_candidates(
     """
     splitter = model if isinstance(model, Splitter) else Splitter(model)
     full = make_session(splitter.model, threads, level)
-    feeds = random_feeds(full)
+    feeds = random_feeds(full, sizes=sizes)
     want = full.run(None, feeds)
     times: dict[str, tuple[float, float]] = {}
     ratios: dict[str, tuple[float, float]] = {}
@@ -254,6 +255,7 @@ def build_plan(
     log: Callable[[str], None] | None = None,
     measured_mode: str = "fit",
     wire: str = "fp32",
+    shapes: Sequence[Mapping[str, int]] | None = None,
 ) -> Plan:
     """Plan how to split the model at ``model_path`` between ``device`` and ``cloud``.
 
@@ -271,6 +273,10 @@ def build_plan(
     ``wire="fp16"`` sends float32 crossing tensors (and the offloaded input) at half
     precision: the cloud models take FP16 inputs and cast them back, and every byte count
     and choice is made for the halved transfers.
+    ``shapes``: sizes of the model's dynamic dims to profile at (``[{"H": 640, "W": 640},
+    ...]``; the first is the reference the plan is chosen at); by default the reference
+    sizes, half and twice them. Every candidate gets its bytes as expressions and its times
+    per profiled size (see :mod:`partition._sizes`); ``info["sizes"]`` records them.
     """
     say = log or (lambda _msg: None)
     if objective not in OBJECTIVES:
@@ -285,7 +291,10 @@ def build_plan(
     path = Path(model_path)
     model = load_model(path)
     name = cloud_model or path.stem
-    graph = LayerGraph.from_model(model)
+    given = [dict(p) for p in shapes] if shapes else []
+    graph = LayerGraph.from_model(model, sizes=given[0] if given else None)
+    points = _size_points(graph, given)
+    ref_env = graph.env(points[0], 1)
     cuts = candidate_cuts(graph)
     if not cuts:
         raise PartitionError(
@@ -295,11 +304,12 @@ def build_plan(
     n_threads = threads or threads_for(dev)
     if device_profile is None:
         say(f"profiling {name} here for {dev.name} (times / relative_speed {dev.relative_speed:g})")
-        dprof = profile_model(graph.model, dev, runs=runs, model_name=name, threads=n_threads)
+        dprof = profile_model(graph.model, dev, runs=runs, model_name=name, threads=n_threads,
+                              sizes=ref_env)
     else:
         dprof = _resolve_profile(device_profile)
     say("cloud profile: " + str(cloud))
-    cprof = resolve_cloud(cloud, graph.model, name, runs, threads=n_threads)
+    cprof = resolve_cloud(cloud, graph.model, name, runs, threads=n_threads, sizes=ref_env)
 
     cm_dev = CostModel.fit(graph, dprof.nodes, dev.name)
     cm_cloud = CostModel.fit(graph, cprof.nodes, cprof.device or "cloud")
@@ -329,9 +339,12 @@ def build_plan(
         say(f"measuring {len(pick)} candidates (head then tail sessions, {measure_runs} runs)")
         measured = measure_candidates(
             splitter, pick, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
-            measure_head=can_head, measure_tail=can_tail,
+            measure_head=can_head, measure_tail=can_tail, sizes=ref_env,
         ).times
     candidates = _apply_measurements(candidates, measured, can_head, can_tail, measured_mode)
+    size_info = _by_size(graph, candidates, points, dprof, cprof, dev, cloud, name,
+                         runs, n_threads, device_profile is None, wire, say)
+    candidates = size_info.pop("candidates")
 
     best = choose(candidates, bandwidth_bps, rtt_s, dev, objective, slo_ms)
     ranked = sorted(
@@ -358,7 +371,8 @@ def build_plan(
         ]
 
     inputs = {
-        t: {"shape": list(graph.tensors[t].shape), "dtype": str(graph.tensors[t].dtype)}
+        t: {"shape": list(graph.tensors[t].shape), "dtype": str(graph.tensors[t].dtype),
+            "dims": list(graph.tensors[t].dims)}
         for t in graph.inputs
     }
     info: dict[str, Any] = {
@@ -376,9 +390,10 @@ def build_plan(
         "slo_ms": slo_ms,
         "outputs": list(graph.outputs),
         "wire": wire,
+        "sizes": size_info,
     }
     plan = Plan(
-        model=name, model_path=str(path), device=dev.name, candidates=tuple(kept),
+        model=name, model_path=str(path.resolve()), device=dev.name, candidates=tuple(kept),
         chosen=best.candidate.cut_id, link={"bandwidth_bps": float(bandwidth_bps), "rtt_s": float(rtt_s)},
         objective=objective, inputs=inputs, info=info,
     )
@@ -386,6 +401,119 @@ def build_plan(
         plan = write_plan_dir(plan, splitter, Path(out_dir), dprof, cprof, graph, dev_ms, figure,
                               wire)
     return plan
+
+
+def _size_points(graph: LayerGraph, given: list[dict[str, int]]) -> list[dict[str, int]]:
+    """Sizes of the non-batch symbols to profile at, the reference first."""
+    from partition._sizes import default_points
+
+    free = [s for s in graph.symbols if s not in graph.batch_symbols]
+    if not free:
+        return [{}]
+    ref = {k: graph.sizes[k] for k in free}
+    if not given:
+        return default_points(ref)
+    points = []
+    for p in given:
+        env = dict(ref)
+        for k, v in p.items():
+            sym = graph.renamed.get(k, k)
+            if sym not in graph.symbols:
+                raise PartitionError(
+                    f"shapes: '{k}' is not a dynamic dim of the model; its dims are "
+                    f"{', '.join(graph.symbols)}"
+                )
+            if sym in free:
+                env[sym] = int(v)
+        if env not in points:
+            points.append(env)
+    return points
+
+
+def _by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict[str, int]],
+             dprof: Profile, cprof: Profile,
+             dev: DeviceProfile, cloud: CloudSpec, name: str, runs: int, threads: int,
+             profile_device: bool, wire: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every candidate's byte expressions and its times at each profiled size (the
+    reference's from the plan's own candidates, the others profiled here)."""
+    from partition._sizes import size_rows
+
+    size_expr = " + ".join(
+        f"{graph.tensors[t].bytes_expr()}/{graph.tensors[t].dtype.itemsize}" for t in graph.inputs)
+    down_expr = graph.cut_bytes_expr(graph.outputs)
+    heads: dict[str, list[float]] = {c.cut_id: [c.head_ms] for c in candidates}
+    tails: dict[str, list[float]] = {c.cut_id: [c.tail_ms] for c in candidates}
+    measured_points = [points[0]]
+    cloud_here = str(cloud) == HERE or _measured_here(cprof)
+    notes = []
+    for p in points[1:]:
+        if not profile_device:
+            notes.append("device profile given: other sizes not profiled")
+            break
+        env = graph.env(p, 1)
+        say(f"profiling {name} at {p}")
+        try:
+            dp = profile_model(graph.model, dev, runs=max(3, runs // 2), model_name=name,
+                               threads=threads, sizes=env)
+            if cloud_here:
+                cp = resolve_cloud(HERE, graph.model, name, max(3, runs // 2), threads, env)
+            else:
+                cp = None
+        except Exception as exc:  # noqa: BLE001 - a size the model rejects is skipped, said
+            notes.append(f"size {p} not profiled: {exc}"[:300])
+            continue
+        dms = side_times(graph, dp.nodes, dp.total_ms)
+        if cp is not None:
+            cms = side_times(graph, cp.nodes, cp.total_ms)
+        else:  # a remote cloud profiled at the reference only: scale it as the device's work
+            ref_dev = side_times(graph, dprof.nodes, dprof.total_ms)
+            ref_cloud = side_times(graph, cprof.nodes, cprof.total_ms)
+            cms = {n: ref_cloud[n] * (dms[n] / ref_dev[n] if ref_dev[n] > 0 else 1.0) for n in graph.order}
+            notes.append(f"cloud times at {p} scaled from the reference by the device's per-node ratio")
+        total_dev, total_cloud = sum(dms.values()), sum(cms.values())
+        for c in candidates:
+            if c.kind == LOCAL:
+                h, t = total_dev, 0.0
+            elif c.kind == OFFLOAD:
+                h, t = 0.0, total_cloud
+            else:
+                s = graph.device_side(c.tensors)
+                h = sum(dms[n] for n in s)
+                t = max(0.0, total_cloud - sum(cms[n] for n in s))
+            # The reference's correction of this candidate (profile -> session times, as a
+            # ratio) carries to every size; an intercept fitted at one size would not.
+            h *= _ratio(c.head_ms, c.extra.get("predicted_head_ms"))
+            t *= _ratio(c.tail_ms, c.extra.get("predicted_tail_ms"))
+            heads[c.cut_id].append(h)
+            tails[c.cut_id].append(t)
+        measured_points.append(p)
+    out = []
+    for c in candidates:
+        e = dict(c.extra)
+        e["up_bytes_expr"] = graph.cut_bytes_expr(c.tensors, wire) if c.kind != LOCAL else "0"
+        e["down_bytes_expr"] = down_expr if c.kind != LOCAL else "0"
+        e["size_expr"] = size_expr
+        e["by_size"] = size_rows([graph.env(p, 1) for p in measured_points], size_expr,
+                                 heads[c.cut_id], tails[c.cut_id])
+        out.append(replace(c, extra=e))
+    return {
+        "candidates": out,
+        "symbols": list(graph.symbols),
+        "batch_symbols": list(graph.batch_symbols),
+        "reference": dict(points[0]),
+        "profiled": [dict(p) for p in measured_points],
+        "assumed": list(graph.assumed_sizes),
+        "shape_method": graph.shape_method,
+        "probed_tensors": len(graph.probed),
+        "approximate_tensors": list(graph.approximate),
+        "notes": notes,
+    }
+
+
+def _ratio(corrected: float, predicted: float | None) -> float:
+    if not predicted or predicted <= 0 or corrected <= 0:
+        return 1.0
+    return min(2.0, max(0.5, corrected / predicted))
 
 
 def _optimum_ids(candidates: Sequence[CutCandidate], optima: dict) -> list[str]:

@@ -20,14 +20,17 @@ def _console():  # noqa: ANN202 - rich is imported lazily
 
 
 def _model_path(model: str) -> Path:
-    """A file path, or a zoo model name (materialized on first use)."""
-    from partition.zoo import ZOO_MODELS, zoo_model
+    """A file path, a zoo model name (materialized on first use) or a trained model's
+    name (``ppocr_det``, fetched on first use)."""
+    from partition.zoo import TRAINED_MODELS, ZOO_MODELS, trained_model, zoo_model
 
     path = Path(model)
     if path.is_file():
         return path
     if model in ZOO_MODELS:
         return zoo_model(model)
+    if model in TRAINED_MODELS:
+        return trained_model(model)
     if path.suffix or "/" in model:
         raise ModelError(f"model '{model}': file not found")
     raise ModelError(f"model '{model}': not a file and not a zoo model ({', '.join(ZOO_MODELS)})")
@@ -40,7 +43,11 @@ def _model_path(model: str) -> Path:
 @click.option("--runs", default=10, show_default=True, type=click.IntRange(1, 1000), help="Profiled runs (after warm-up).")
 @click.option("--threads", default=None, type=click.IntRange(1, 1024), help="Intra-op threads (default: the device's).")
 @click.option("--no-emulate", is_flag=True, help="Do not scale times by the device's relative_speed.")
-def profile(model: str, device_name: str, out_path: str, runs: int, threads: int | None, no_emulate: bool) -> None:
+@click.option("--shapes", default=None, metavar="NAME=SIZE,...",
+              help="Sizes of the model's dynamic dims to profile at, e.g. H=640,W=640 "
+                   "(default: 224 for each dim but the batch, which is 1).")
+def profile(model: str, device_name: str, out_path: str, runs: int, threads: int | None, no_emulate: bool,
+            shapes: str | None) -> None:
     """Measure every node's latency of MODEL with ONNX Runtime's profiler."""
     from rich.table import Table
 
@@ -52,9 +59,18 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
 
     dev = load_profile(device_name)
     path = _model_path(model)
-    graph = LayerGraph.from_model(load_model(path))
+    from partition._sizes import parse_shapes
+
+    points = parse_shapes(shapes) if shapes else []
+    if len(points) > 1:
+        raise ConfigError("--shapes: profile takes one size (NAME=SIZE,...); partition takes several")
+    graph = LayerGraph.from_model(load_model(path), sizes=points[0] if points else None)
+    env = graph.env(points[0] if points else None, 1)
     prof = profile_model(graph.model, dev, runs=runs, threads=threads, model_name=path.stem,
-                         emulate=not no_emulate)
+                         emulate=not no_emulate, sizes=env)
+    if graph.assumed_sizes:
+        _console().print(f"[yellow]no size given for {', '.join(graph.assumed_sizes)}: profiled at "
+                         f"{env} (give --shapes)[/yellow]")
     cm = CostModel.fit(graph, prof.nodes, dev.name)
     prof = replace(prof, extra={**prof.extra, "cost_model": cm.summary()})
     prof.save(out_path)
@@ -79,14 +95,24 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
 
 @click.command("partition")
 @click.argument("model")
-@click.option("--device", "device_name", required=True, help="Device profile name or .toml path.")
-@click.option("--cloud", required=True,
-              help="Cloud service URL, a recorded cloud profile .json, or 'here' (this host).")
-@click.option("--bandwidth", required=True, help="Uplink bandwidth, e.g. 20Mbit, 1Gbit, 500kbit.")
-@click.option("--rtt", required=True, help="Round-trip time, e.g. 40ms or 0.04s.")
-@click.option("--objective", type=click.Choice(["latency", "energy"]), default="latency", show_default=True)
+@click.option("--device", "device_name", default=None,
+              help="Device profile name or .toml path (required without --chain).")
+@click.option("--cloud", default=None,
+              help="Cloud service URL, a recorded cloud profile .json, or 'here' (this host); "
+                   "required without --chain.")
+@click.option("--bandwidth", default=None, help="Uplink bandwidth, e.g. 20Mbit, 1Gbit, 500kbit.")
+@click.option("--rtt", default=None, help="Round-trip time, e.g. 40ms or 0.04s.")
+@click.option("--objective", type=click.Choice(["latency", "energy", "throughput"]), default="latency",
+              show_default=True, help="throughput: a stream's frames/s within --slo-ms (with --chain).")
 @click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Latency SLO for the energy objective.")
+              help="Latency SLO for the energy objective, per frame for throughput.")
+@click.option("--chain", default=None,
+              help="Plan across a chain of nodes instead: name=profile,... in order, e.g. "
+                   "device=jetson-nano,edge=jetson-agx-orin,cloud=here.")
+@click.option("--links", default=None,
+              help="With --chain: the link into each later node, e.g. edge=1000Mbit/2ms,cloud=20Mbit/40ms.")
+@click.option("--relay-url", "relay_urls", multiple=True,
+              help="With --chain: node=URL of the node after a middle node (writes its relay).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the plan.")
 @click.option("--keep", default=8, show_default=True, type=click.IntRange(0, 10000), help="Best splits to keep.")
 @click.option("--device-profile", default=None, type=click.Path(dir_okay=False),
@@ -100,16 +126,40 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
 @click.option("--measure", default=8, show_default=True, type=click.IntRange(0, 1000),
               help="Splits to run for real to replace predictions with measured times.")
 @click.option("--no-figure", is_flag=True, help="Skip plan.png (it needs matplotlib).")
+@click.option("--shapes", multiple=True, metavar="NAME=SIZE,...",
+              help="Sizes of the model's dynamic dims to profile at, one size per option or "
+                   "separated by ';' (e.g. --shapes H=640,W=640 --shapes H=320,W=320); the "
+                   "first is the size the plan is chosen at. Default: 224 for each dim but "
+                   "the batch, half and twice that.")
 def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt: str, objective: str,
                   slo_ms: float | None, out_dir: str, keep: int, device_profile: str | None,
                   cloud_model: str | None, compress: tuple[str, ...], wire: str, runs: int,
-                  measure: int, no_figure: bool) -> None:
-    """Choose where to cut MODEL between DEVICE and CLOUD for a link; write the plan."""
+                  measure: int, no_figure: bool, chain: str | None, links: str | None,
+                  relay_urls: tuple[str, ...], shapes: tuple[str, ...]) -> None:
+    """Choose where to cut MODEL between DEVICE and CLOUD for a link; write the plan.
+    With --chain and --links: where each layer runs along a chain of nodes."""
     from rich.table import Table
+
+    if chain is not None:
+        from partition._chain_cli import run_chain
+
+        if not links:
+            raise ConfigError("--chain needs --links (the link into each later node)")
+        run_chain(_model_path(model), chain, links, objective, slo_ms, out_dir, runs, relay_urls,
+                  _console())
+        return
+    missing = [f"--{k}" for k, v in (("device", device_name), ("cloud", cloud),
+                                      ("bandwidth", bandwidth), ("rtt", rtt)) if v is None]
+    if missing:
+        raise ConfigError(f"partition: {', '.join(missing)} required (or plan a chain with --chain)")
+    if objective == "throughput":
+        raise ConfigError("--objective throughput plans a chain: give --chain device=...,cloud=here "
+                          "--links cloud=RATE/RTT")
 
     from devices import load_profile
     from partition._build import build_plan
     from partition._planner import predict, transfer_ms
+    from partition._sizes import parse_shapes
     from partition._units import parse_bandwidth, parse_duration
 
     bw = parse_bandwidth(bandwidth)
@@ -123,8 +173,16 @@ def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt:
         path, dev, cloud, bw, rtt_s, objective=objective, slo_ms=slo_ms, out_dir=out_dir, keep=keep,
         device_profile=device_profile, runs=runs, measure=measure, cloud_model=cloud_model,
         compression=compress, figure=not no_figure, log=lambda m: console.print(f"[dim]{m}[/dim]"),
-        wire=wire,
+        wire=wire, shapes=parse_shapes(list(shapes)) if shapes else None,
     )
+    sizes = plan.info.get("sizes", {})
+    if sizes.get("assumed"):
+        console.print(f"[yellow]no size given for {', '.join(sizes['assumed'])}: planned at "
+                      f"{sizes['reference']} (give --shapes)[/yellow]")
+    if sizes.get("symbols"):
+        console.print(f"dynamic dims {', '.join(sizes['symbols'])} (shapes by "
+                      f"{sizes['shape_method']}); profiled at "
+                      + "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in sizes["profiled"]))
     if plan.info["device_profile"]["emulated"]:
         console.print(f"[yellow]device times measured on this host and divided by {dev.name}'s "
                       f"relative_speed {dev.relative_speed:g}[/yellow]")

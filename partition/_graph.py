@@ -14,7 +14,7 @@ and consumed by at least one node on the cloud side.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +23,20 @@ import onnx
 from onnx import helper
 
 from devices.errors import ModelError, PartitionError
+from partition._expr import Dim, evaluate, numel, product
+from partition._shapes import infer_symbolic, reference_sizes
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """An activation tensor: shape with ``None`` for the batch (or another dynamic) dim."""
+    """An activation tensor.
+
+    ``dims`` is its shape as a function of the model's dynamic input dims: each an ``int``
+    or an expression over the symbols (``"N"``, ``"floor(H/4)"``; see
+    :mod:`partition._expr`). ``shape`` is the same with ``None`` for every symbolic dim.
+    ``sizes`` holds the reference size of every symbol (the graph's planning sizes) and
+    ``batch_symbols`` those that the ``batch`` argument sets.
+    """
 
     name: str
     dtype: np.dtype
@@ -36,20 +45,47 @@ class TensorInfo:
     consumers: tuple[str, ...]
     is_input: bool = False
     is_output: bool = False
+    dims: tuple[Dim, ...] = ()
+    sizes: tuple[tuple[str, int], ...] = ()
+    batch_symbols: tuple[str, ...] = ()
 
-    def bytes(self, batch: int = 1) -> int:
-        """Size in bytes at the given batch size (dynamic dims take ``batch``)."""
-        n = 1
-        for d in self.shape:
-            n *= batch if d is None else d
-        return int(n) * self.dtype.itemsize
+    def env(self, batch: int = 1, sizes: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Symbol sizes: the reference ones, the batch symbols at ``batch``, then ``sizes``."""
+        env = dict(self.sizes)
+        env.update({b: batch for b in self.batch_symbols})
+        if sizes:
+            env.update(sizes)
+        return env
 
-    def wire_bytes(self, wire: str = "fp32", batch: int = 1) -> int:
+    def numel(self, batch: int = 1, sizes: Mapping[str, int] | None = None) -> int:
+        if not self.dims:  # built by hand without symbolic dims: dynamic dims are the batch
+            n = 1
+            for d in self.shape:
+                n *= batch if d is None else d
+            return int(n)
+        return numel(self.dims, self.env(batch, sizes))
+
+    def bytes(self, batch: int = 1, sizes: Mapping[str, int] | None = None) -> int:
+        """Size in bytes at ``batch`` and the symbol ``sizes`` (the reference sizes for
+        symbols not given). Never negative: a dim that evaluates below zero is an error."""
+        return self.numel(batch, sizes) * self.dtype.itemsize
+
+    def wire_bytes(self, wire: str = "fp32", batch: int = 1,
+                   sizes: Mapping[str, int] | None = None) -> int:
         """Bytes on the link when crossing tensors travel as ``wire`` (see ``WIRE_FORMATS``):
         under ``fp16`` a float32 tensor is sent at half precision, anything else as it is."""
         if wire == "fp16" and self.dtype == np.float32:
-            return self.bytes(batch) // 2
-        return self.bytes(batch)
+            return self.bytes(batch, sizes) // 2
+        return self.bytes(batch, sizes)
+
+    def bytes_expr(self, wire: str = "fp32") -> str:
+        """The byte count as one expression over the symbols (for the device's policy)."""
+        item = self.dtype.itemsize
+        if wire == "fp16" and self.dtype == np.float32:
+            item = 2
+        dims = self.dims or tuple(d if d is not None else (self.batch_symbols or ("N",))[0]
+                                  for d in self.shape)
+        return f"{item}*{product(dims)}"
 
 
 @dataclass(frozen=True)
@@ -84,59 +120,53 @@ class LayerGraph:
     folded: tuple[str, ...] = ()
     preds: dict[str, tuple[str, ...]] = field(default_factory=dict)
     succs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The dynamic input dims: every symbol, those that are the batch, the reference size
+    # of the others (what ``bytes(1)`` and the planner use), and how shapes were found.
+    symbols: tuple[str, ...] = ()
+    batch_symbols: tuple[str, ...] = ()
+    sizes: dict[str, int] = field(default_factory=dict)
+    assumed_sizes: tuple[str, ...] = ()
+    shape_method: str = ""
+    probed: tuple[str, ...] = ()
+    approximate: tuple[str, ...] = ()
+    renamed: dict[str, str] = field(default_factory=dict)
+    init_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     # -- construction -------------------------------------------------------------------
 
     @staticmethod
-    def from_model(model: onnx.ModelProto, batch: int = 1) -> LayerGraph:
-        """Analyse ``model`` (a ModelProto); dynamic dims other than known ones are
-        resolved by running shape inference, and the batch dim stays a parameter."""
+    def from_model(model: onnx.ModelProto, batch: int = 1,
+                   sizes: Mapping[str, int] | None = None) -> LayerGraph:
+        """Analyse ``model`` (a ModelProto). Every tensor's shape is found as a function
+        of the model's dynamic input dims (see :mod:`partition._shapes`); ``sizes`` gives
+        the reference size of each symbol (by its name in the file or as renamed), the
+        batch symbols take ``batch``, and a symbol given no size takes
+        ``partition._shapes.DEFAULT_SIZE`` (listed in ``assumed_sizes``)."""
         if not isinstance(model, onnx.ModelProto):
             raise ModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
         if batch < 1:
             raise PartitionError(f"batch must be >= 1, got {batch}")
         model = _named_copy(model)
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model)
-        except Exception as exc:  # onnx raises several types for a broken graph
-            raise ModelError(f"model '{model.graph.name}': shape inference failed: {exc}") from exc
-        graph = inferred.graph
+        graph = model.graph
         inits = {t.name for t in graph.initializer}
-        infos: dict[str, onnx.ValueInfoProto] = {}
-        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-            infos[vi.name] = vi
         inputs = tuple(i.name for i in graph.input if i.name not in inits)
         outputs = tuple(o.name for o in graph.output)
         if not inputs:
             raise ModelError(f"model '{graph.name}': no data inputs")
+        reads = {n.name: _reads(n) for n in graph.node}
 
         weight: set[str] = set(inits) | {""}
         folded: list[str] = []
         compute: list[onnx.NodeProto] = []
         for node in graph.node:
-            if all(i in weight for i in node.input):
+            if all(i in weight for i in reads[node.name]):
                 weight.update(node.output)
                 folded.append(node.name)
             else:
                 compute.append(node)
-        # Constant-only subgraphs feeding a node add to its weight bytes.
-        const_bytes = {t.name: _tensor_bytes(t) for t in graph.initializer}
-        init_dims = {t.name: tuple(t.dims) for t in graph.initializer}
-        # Outputs of folded producers (Constant, Unsqueeze of a weight, ...): sizes from
-        # shape inference.
-        for w in weight - set(inits) - {""}:
-            shp = _shapes(infos, {w}).get(w)
-            if shp is not None and all(d is not None for d in shp[0]):
-                dims = tuple(int(d) for d in shp[0])  # type: ignore[arg-type]
-                init_dims.setdefault(w, dims)
-                const_bytes.setdefault(w, int(np.prod(dims, dtype=np.int64)) * shp[1].itemsize)
-        for node in graph.node:
-            if node.name in folded and node.op_type == "Constant":
-                for a in node.attribute:
-                    if a.name == "value":
-                        const_bytes[node.output[0]] = _tensor_bytes(a.t)
 
-        # Keep only nodes that lead to an output: dead ends never run in a split.
+        # Keep only nodes that lead to an output: dead ends never run in a split. A
+        # subgraph's reads from the outer scope count as inputs of its node.
         producer_of = {o: n for n in compute for o in n.output}
         live: set[str] = set()
         stack = [o for o in outputs if o in producer_of]
@@ -151,38 +181,61 @@ class LayerGraph:
             if n is None or n.name in live:
                 continue
             live.add(n.name)
-            stack.extend(i for i in n.input if i not in weight)
+            stack.extend(i for i in reads[n.name] if i not in weight)
         compute = [n for n in compute if n.name in live]
 
-        shapes = _shapes(infos, {i for n in compute for i in list(n.input) + list(n.output)} - weight)
-        unknown = [t for t, s in shapes.items() if s is None]
-        if unknown:
-            shapes.update(_shapes_by_running(model, unknown, inputs, infos))
+        acts = ({i for n in compute for i in reads[n.name]} | {o for n in compute for o in n.output}
+                | set(inputs)) - weight
+        table = infer_symbolic(model, sorted(acts), sizes)
+        weight_shapes = {w: (tuple(int(d) for d in table.shapes[w][0]), table.shapes[w][1])
+                         for w in weight - set(inits) - {""}
+                         if w in table.shapes and all(isinstance(d, int) for d in table.shapes[w][0])}
+        env = reference_sizes(table.symbols, table.batch_symbols, sizes, table.renamed, batch)
+        ref = tuple(sorted((k, v) for k, v in env.items() if k not in table.batch_symbols))
+        assumed = tuple(s for s in table.symbols if s not in table.batch_symbols
+                        and s not in (sizes or {}) and not any(
+                            table.renamed.get(k) == s for k in (sizes or {})))
+        env1 = dict(env)
+        env1.update({b: 1 for b in table.batch_symbols})
+
+        # Constant-only subgraphs feeding a node add to its weight bytes.
+        const_bytes = {t.name: _tensor_bytes(t) for t in graph.initializer}
+        init_dims = {t.name: tuple(t.dims) for t in graph.initializer}
+        for w, (dims, dtype) in weight_shapes.items():
+            init_dims.setdefault(w, dims)
+            const_bytes.setdefault(w, int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        for node in graph.node:
+            if node.name in folded and node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        const_bytes[node.output[0]] = _tensor_bytes(a.t)
 
         consumers: dict[str, list[str]] = {}
         for n in compute:
-            for i in dict.fromkeys(n.input):
+            for i in dict.fromkeys(reads[n.name]):
                 if i not in weight:
                     consumers.setdefault(i, []).append(n.name)
+
+        def info(name: str, producer: str, is_input: bool = False) -> TensorInfo:
+            dims, dtype = table.shapes[name]
+            shape = tuple(d if isinstance(d, int) else None for d in dims)
+            return TensorInfo(name, np.dtype(dtype), shape, producer, tuple(consumers.get(name, ())),
+                              is_input=is_input, is_output=name in outputs, dims=tuple(dims),
+                              sizes=ref, batch_symbols=table.batch_symbols)
+
         tensors: dict[str, TensorInfo] = {}
         for name in inputs:
-            tensors[name] = TensorInfo(
-                name, shapes[name][1], shapes[name][0], "", tuple(consumers.get(name, ())),
-                is_input=True, is_output=name in outputs,
-            )
+            tensors[name] = info(name, "", is_input=True)
         nodes: dict[str, LayerNode] = {}
         for idx, n in enumerate(compute):
-            acts_in = tuple(i for i in dict.fromkeys(n.input) if i not in weight)
+            acts_in = tuple(i for i in dict.fromkeys(reads[n.name]) if i not in weight)
             acts_out = tuple(o for o in n.output if o)
             for o in acts_out:
-                shape, dtype = shapes[o]
-                tensors[o] = TensorInfo(
-                    o, dtype, shape, n.name, tuple(consumers.get(o, ())), is_output=o in outputs
-                )
+                tensors[o] = info(o, n.name)
             pbytes = sum(const_bytes.get(i, 0) for i in n.input if i in weight)
             nodes[n.name] = LayerNode(
                 n.name, n.op_type, acts_in, acts_out,
-                _flops(n, shapes, init_dims), pbytes, idx,
+                _flops(n, tensors, init_dims, env1), pbytes, idx,
             )
         preds: dict[str, tuple[str, ...]] = {}
         succs: dict[str, list[str]] = {n: [] for n in nodes}
@@ -193,15 +246,20 @@ class LayerGraph:
                 succs[p].append(n.name)
         order = _topological(nodes, preds)
         return LayerGraph(
-            model=model, nodes=nodes, tensors=tensors, inputs=inputs, outputs=outputs,
+            model=table.model, nodes=nodes, tensors=tensors, inputs=inputs, outputs=outputs,
             order=order, batch=batch, folded=tuple(folded), preds=preds,
             succs={k: tuple(v) for k, v in succs.items()},
+            symbols=table.symbols, batch_symbols=table.batch_symbols, sizes=dict(ref),
+            assumed_sizes=assumed, shape_method=table.method, probed=table.probed,
+            approximate=table.approximate, renamed=dict(table.renamed),
+            init_dims=init_dims,
         )
 
     @staticmethod
-    def from_path(path: str | Path, batch: int = 1) -> LayerGraph:
+    def from_path(path: str | Path, batch: int = 1,
+                  sizes: Mapping[str, int] | None = None) -> LayerGraph:
         """Load an ONNX file and analyse it (a thin wrapper over :meth:`from_model`)."""
-        return LayerGraph.from_model(load_model(path), batch=batch)
+        return LayerGraph.from_model(load_model(path), batch=batch, sizes=sizes)
 
     # -- cuts ---------------------------------------------------------------------------
 
@@ -220,17 +278,66 @@ class LayerGraph:
                     out.append(t)
         return tuple(out)
 
-    def cut_bytes(self, tensors: Iterable[str], batch: int | None = None, wire: str = "fp32") -> int:
-        """Bytes of a set of tensors at ``batch`` (default: the graph's batch), as sent
-        in the ``wire`` format."""
+    def cut_bytes(self, tensors: Iterable[str], batch: int | None = None, wire: str = "fp32",
+                  sizes: Mapping[str, int] | None = None) -> int:
+        """Bytes of a set of tensors at ``batch`` (default: the graph's batch) and the
+        symbol ``sizes`` (default: the reference sizes), as sent in the ``wire`` format."""
         b = self.batch if batch is None else batch
-        return sum(self.tensors[t].wire_bytes(wire, b) for t in tensors)
+        return sum(self.tensors[t].wire_bytes(wire, b, sizes) for t in tensors)
 
-    def output_bytes(self, batch: int | None = None) -> int:
-        return self.cut_bytes(self.outputs, batch)
+    def cut_bytes_expr(self, tensors: Iterable[str], wire: str = "fp32") -> str:
+        """The bytes of a set of tensors as one expression over the symbols."""
+        parts = [self.tensors[t].bytes_expr(wire) for t in tensors]
+        return " + ".join(parts) if parts else "0"
 
-    def input_bytes(self, batch: int | None = None) -> int:
-        return self.cut_bytes(self.inputs, batch)
+    def output_bytes(self, batch: int | None = None, sizes: Mapping[str, int] | None = None) -> int:
+        return self.cut_bytes(self.outputs, batch, sizes=sizes)
+
+    def input_bytes(self, batch: int | None = None, sizes: Mapping[str, int] | None = None) -> int:
+        return self.cut_bytes(self.inputs, batch, sizes=sizes)
+
+    def env(self, sizes: Mapping[str, int] | None = None, batch: int | None = None) -> dict[str, int]:
+        """Every symbol's size: the reference sizes, batch symbols at ``batch``, then
+        ``sizes`` (by symbol, or by the file's own dim name)."""
+        env = dict(self.sizes)
+        env.update({b: self.batch if batch is None else batch for b in self.batch_symbols})
+        for k, v in (sizes or {}).items():
+            env[self.renamed.get(k, k)] = int(v)
+        return env
+
+    def sizes_of(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+        """The symbol sizes that concrete input shapes (name -> shape) bind: what a
+        request's arrays say about ``H``, ``W``, ``N``. A dim that contradicts the model's
+        fixed one is an error naming the input."""
+        out: dict[str, int] = {}
+        for name in self.inputs:
+            if name not in shapes:
+                continue
+            dims = self.tensors[name].dims
+            got = tuple(int(x) for x in shapes[name])
+            if dims and len(dims) != len(got):
+                raise PartitionError(f"input '{name}': expected rank {len(dims)}, got shape {list(got)}")
+            for d, v in zip(dims, got):  # noqa: B905 (Python 3.8)
+                if isinstance(d, int):
+                    if d != v:
+                        raise PartitionError(f"input '{name}': expected dim {d}, got shape {list(got)}")
+                elif d.isidentifier():
+                    out[d] = v
+        return out
+
+    def node_flops(self, name: str, sizes: Mapping[str, int] | None = None) -> float:
+        """A node's approximate FLOPs at the symbol ``sizes`` (reference sizes otherwise)."""
+        proto = self._protos().get(name)
+        if proto is None:
+            return self.nodes[name].flops
+        return _flops(proto, self.tensors, self.init_dims, self.env(sizes, 1))
+
+    def _protos(self) -> dict[str, onnx.NodeProto]:
+        cached = self.__dict__.get("_proto_cache")
+        if cached is None:
+            cached = {n.name: n for n in self.model.graph.node if n.name in self.nodes}
+            self.__dict__["_proto_cache"] = cached
+        return cached
 
     def is_valid_cut(self, device_nodes: Iterable[str]) -> bool:
         """True when ``device_nodes`` is closed under predecessors."""
@@ -359,6 +466,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model '{p}': file not found")
+    reject_tflite(p)
     try:
         model = onnx.load(str(p))
     except Exception as exc:  # protobuf DecodeError and friends
@@ -366,6 +474,27 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise ModelError(f"model '{p}': not a readable ONNX model (no graph nodes)")
     return model
+
+
+def reject_tflite(path: str | Path) -> None:
+    """A clear error for a TFLite file given where an ONNX graph is needed."""
+    p = Path(path)
+    if p.suffix.lower() == ".tflite" or _is_tflite(p):
+        raise ModelError(
+            f"model '{p}': a TFLite graph; TFLite graphs are not partitioned, profiled or "
+            "quantized by edgecut (it runs them whole on the device with LiteRT). Give an "
+            "ONNX model, e.g. converted with tf2onnx"
+        )
+
+
+def _is_tflite(path: Path) -> bool:
+    # A FlatBuffer with TFLite's file identifier at bytes 4..8.
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return head[4:8] == b"TFL3"
 
 
 def _named_copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -400,71 +529,6 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
     return int(n) * itemsize
 
 
-def _shapes(
-    infos: dict[str, onnx.ValueInfoProto], names: set[str]
-) -> dict[str, tuple[tuple[int | None, ...], np.dtype] | None]:
-    out: dict[str, tuple[tuple[int | None, ...], np.dtype] | None] = {}
-    for name in names:
-        vi = infos.get(name)
-        if vi is None or not vi.type.HasField("tensor_type"):
-            out[name] = None
-            continue
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape") or tt.elem_type == 0:
-            out[name] = None
-            continue
-        dims: list[int | None] = []
-        ok = True
-        for i, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif i == 0:
-                dims.append(None)  # the batch dim: a parameter
-            else:
-                ok = False
-        out[name] = (tuple(dims), helper.tensor_dtype_to_np_dtype(tt.elem_type)) if ok else None
-    return out
-
-
-def _shapes_by_running(
-    model: onnx.ModelProto,
-    names: list[str],
-    inputs: Sequence[str],
-    infos: dict[str, onnx.ValueInfoProto],
-) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
-    """Shapes that inference could not find, from one batch-1 run with zeros. Dims
-    that change between batch 1 and batch 2 are the batch dim."""
-    from devices import import_onnxruntime
-
-    ort = import_onnxruntime()
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    for n in names:
-        probe.graph.output.append(onnx.ValueInfoProto(name=n))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"model '{model.graph.name}': cannot determine tensor shapes: {exc}") from exc
-    results = []
-    for b in (1, 2):
-        feeds = {}
-        for i in sess.get_inputs():
-            shape = [b if not isinstance(d, int) else d for d in i.shape]
-            dtype = _ort_dtype(i.type)
-            feeds[i.name] = np.zeros(shape, dtype=dtype)
-        results.append(sess.run(names, feeds))
-    out = {}
-    for n, a1, a2 in zip(names, results[0], results[1]):
-        dims = tuple(None if d1 != d2 else d1 for d1, d2 in zip(a1.shape, a2.shape))
-        out[n] = (dims, a1.dtype)
-    return out
-
-
 def _ort_dtype(type_str: str) -> np.dtype:
     table = {
         "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -476,19 +540,47 @@ def _ort_dtype(type_str: str) -> np.dtype:
     return np.dtype(table[type_str])
 
 
-def _flops(node: onnx.NodeProto, shapes: dict, init_dims: dict[str, tuple[int, ...]]) -> float:
-    """Approximate FLOPs at batch 1 (2 per multiply-add), from output shapes and weights."""
-    def numel(t: str) -> int:
-        s = shapes.get(t)
-        if not s:
-            return 0
-        n = 1
-        for d in s[0]:
-            n *= 1 if d is None else d
-        return n
+def _reads(node: onnx.NodeProto) -> tuple[str, ...]:
+    """What a node reads: its inputs, then what its subgraphs (If branches, Loop and Scan
+    bodies, at any depth) read from the enclosing scope."""
+    out = [i for i in node.input if i]
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sg in subs:
+            out.extend(sorted(outer_names(sg)))
+    return tuple(dict.fromkeys(out))
 
-    out_n = sum(numel(o) for o in node.output if o)
-    in_n = sum(numel(i) for i in node.input if i in shapes)
+
+def outer_names(g: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from outside itself (nested subgraphs included)."""
+    local = {i.name for i in g.input} | {t.name for t in g.initializer}
+    for n in g.node:
+        local.update(n.output)
+    used: set[str] = set()
+    for n in g.node:
+        used.update(i for i in n.input if i)
+        for a in n.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for sg in subs:
+                used.update(outer_names(sg))
+    return used - local
+
+
+def _flops(node: onnx.NodeProto, tensors: Mapping[str, TensorInfo],
+           init_dims: dict[str, tuple[int, ...]], env: Mapping[str, int]) -> float:
+    """Approximate FLOPs (2 per multiply-add) at the symbol sizes ``env``, from output
+    shapes and weights."""
+    def count(t: str) -> int:
+        info = tensors.get(t)
+        if info is None:
+            return 0
+        try:
+            return numel(info.dims, env) if info.dims else info.numel(1)
+        except PartitionError:
+            return 0
+
+    out_n = sum(count(o) for o in node.output if o)
+    in_n = sum(count(i) for i in node.input if i in tensors)
     if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
         w = init_dims.get(node.input[1])
         if w:
@@ -498,9 +590,17 @@ def _flops(node: onnx.NodeProto, shapes: dict, init_dims: dict[str, tuple[int, .
             return 2.0 * out_n * k
     if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1:
         w = init_dims.get(node.input[1])
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if w and len(w) >= 2:
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             k = w[-1] if attrs.get("transB", 0) else w[-2]
+            return 2.0 * out_n * k
+        b = tensors.get(node.input[1])
+        if b is not None and len(b.dims or b.shape) >= 2:
+            d = (b.dims or b.shape)[-1 if attrs.get("transB", 0) else -2]
+            try:
+                k = evaluate(d, env) if d is not None else 1
+            except PartitionError:
+                k = 1
             return 2.0 * out_n * k
     if node.op_type in ("MaxPool", "AveragePool"):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -1,4 +1,8 @@
-"""A small Dinic max-flow for the planner's min cut (networkx's is ~50x slower here).
+"""A small Dinic max-flow for the planner's min cut, so the planner needs no graph library.
+
+On DenseNet-121's flow graph (299 nodes) it took 0.8-92 ms where networkx's
+``minimum_cut`` took 58-137 ms (1.2x to 69x faster; 1-100 Mbit/s, both objectives,
+seeded log-normal node times, a busy 2-core host; measured once when networkx was dropped).
 
 Integer capacities; ``None`` means infinite. Terminal edges of the same node are netted
 first (a node that pays both a device and a cloud cost pays the smaller one whichever

@@ -348,6 +348,12 @@ def min_cut(
             g.add_edge(aux, c, None)
             if info.producer:
                 g.add_edge(c, info.producer, None)  # no flow back from the cloud
+    # A node that produces a model output stays in the cloud, as in enumeration and the
+    # splitter: a cut tensor may not be a model output (the tail returns every output),
+    # even when the output is also read by later nodes.
+    for info in graph.tensors.values():
+        if info.is_output and info.producer:
+            g.add_edge(info.producer, t, None)
     g.node(s)
     g.node(t)
     flow, side = g.min_cut(s, t)

@@ -20,6 +20,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,14 +151,18 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int, level: str 
         raise ModelError(f"ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def random_feeds(session: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs for every input of an ORT session."""
+def random_feeds(session: Any, batch: int = 1, seed: int = 0,
+                 sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs for every input of an ORT session: a named dynamic dim takes
+    its size from ``sizes`` (by the model's dim name), any other dynamic dim ``batch``."""
     from partition._graph import _ort_dtype
 
     rng = np.random.default_rng(seed)
+    sizes = sizes or {}
     feeds = {}
     for i in session.get_inputs():
-        shape = [batch if not isinstance(d, int) else d for d in i.shape]
+        shape = [d if isinstance(d, int) and d > 0 else int(sizes.get(d, batch)) if isinstance(d, str)
+                 else batch for d in i.shape]
         dtype = _ort_dtype(i.type)
         if dtype.kind == "f":
             feeds[i.name] = rng.standard_normal(shape).astype(dtype)
@@ -186,6 +191,7 @@ def profile_model(
     threads: int | None = None,
     model_name: str = "",
     emulate: bool = True,
+    sizes: Mapping[str, int] | None = None,
 ) -> Profile:
     """Profile every node of ``model`` here with ORT's profiler (median of ``runs``
     after ``warmup``), on behalf of ``device``: times are divided by its
@@ -207,9 +213,17 @@ def profile_model(
             sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"model '{model_name or model.graph.name}': ONNX Runtime cannot load it: {exc}") from exc
-        feeds = random_feeds(sess)
-        for _ in range(warmup + runs):
-            sess.run(None, feeds)
+        feeds = random_feeds(sess, sizes=sizes)
+        try:
+            for _ in range(warmup + runs):
+                sess.run(None, feeds)
+        except Exception as exc:  # ORT's Fail/InvalidArgument: the model rejects this size
+            shapes = {k: list(v.shape) for k, v in feeds.items()}
+            raise ModelError(
+                f"model '{model_name or model.graph.name}' does not run at input shapes {shapes}: "
+                f"{str(exc)[-300:]}. Give the sizes it takes for its dynamic dims "
+                "(--shapes NAME=SIZE,..., e.g. H=48,W=320)"
+            ) from exc
         trace_path = sess.end_profiling()
         events = json.loads(Path(trace_path).read_text())
     per_node: dict[str, list[float]] = {}
@@ -231,7 +245,7 @@ def profile_model(
             node_ms[n.name] = 0.0  # fused into a neighbour or folded as a constant
             fused.append(n.name)
     total = make_session(data, n_threads, device.graph_optimization)
-    total_ms = time_session(total, random_feeds(total), runs, warmup=warmup) * scale
+    total_ms = time_session(total, random_feeds(total, sizes=sizes), runs, warmup=warmup) * scale
     return Profile(
         model=model_name or model.graph.name,
         device=device.name,
@@ -244,7 +258,8 @@ def profile_model(
         emulated=emulate and device.relative_speed != 1.0,
         source="measured here",
         host=socket.gethostname(),
-        extra={"fused_or_folded": fused, "graph_optimization": device.graph_optimization},
+        extra={"fused_or_folded": fused, "graph_optimization": device.graph_optimization,
+               **({"sizes": dict(sizes)} if sizes else {})},
     )
 
 

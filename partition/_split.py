@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from devices.errors import PartitionError
-from partition._graph import _named_copy
+from partition._graph import _named_copy, outer_names
 
 
 class Splitter:
@@ -26,8 +26,10 @@ class Splitter:
         model = _named_copy(model)
         self._inferred = False
         if not any(vi.name for vi in model.graph.value_info):
-            model = onnx.shape_inference.infer_shapes(model)
-            self._inferred = True
+            try:
+                model = onnx.shape_inference.infer_shapes(model)
+            except Exception:  # noqa: BLE001 - the symbolic pass below gets another go
+                pass
         self.model = model
         g = model.graph
         self.inits = {t.name: t for t in g.initializer}
@@ -73,23 +75,29 @@ class Splitter:
             # Subgraph attributes (If/Loop) may read outer-scope tensors.
             for a in node.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
-                    stack.extend(_outer_names(a.g))
+                    stack.extend(outer_names(a.g))
                 elif a.type == onnx.AttributeProto.GRAPHS:
                     for sg in a.graphs:
-                        stack.extend(_outer_names(sg))
+                        stack.extend(outer_names(sg))
         return sorted(nodes), reached_inputs
 
     def _value_info(self, name: str) -> onnx.ValueInfoProto:
         vi = self.infos.get(name)
-        if (vi is None or not vi.type.HasField("tensor_type")) and not self._inferred:
-            # Partial value_info in the file: infer once, then look again.
+        if not _typed(vi) and not self._inferred:
+            # Partial value_info in the file: infer once (symbolically, probing what
+            # inference cannot reach), then look again.
             self._inferred = True
-            for v in onnx.shape_inference.infer_shapes(self.model).graph.value_info:
-                self.infos.setdefault(v.name, v)
+            from partition._shapes import infer_symbolic
+
+            wanted = sorted(set(self.producer) | self.input_names)
+            table = infer_symbolic(self.model, wanted)
+            for v in list(table.model.graph.value_info) + list(table.model.graph.output):
+                if not _typed(self.infos.get(v.name)):
+                    self.infos[v.name] = v
             vi = self.infos.get(name)
-        if vi is None or not vi.type.HasField("tensor_type") or vi.type.tensor_type.elem_type == 0:
+        if not _typed(vi):
             raise PartitionError(
-                f"tensor '{name}': no type information (run shape inference on the model first)"
+                f"tensor '{name}': no type or shape information, and shape inference found none"
             )
         out = onnx.ValueInfoProto()
         out.CopyFrom(vi)
@@ -104,10 +112,10 @@ class Splitter:
         for n in nodes:
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
-                    used.update(_outer_names(a.g))
+                    used.update(outer_names(a.g))
                 elif a.type == onnx.AttributeProto.GRAPHS:
                     for sg in a.graphs:
-                        used.update(_outer_names(sg))
+                        used.update(outer_names(sg))
         inits = [self.inits[t] for t in sorted(used) if t in self.inits]
         produced = {o for n in nodes for o in n.output}
         keep_vi = [
@@ -192,14 +200,16 @@ class Splitter:
 
 
 
-def _outer_names(g: onnx.GraphProto) -> set[str]:
-    local = {i.name for i in g.input} | {t.name for t in g.initializer}
-    for n in g.node:
-        local.update(n.output)
-    used: set[str] = set()
-    for n in g.node:
-        used.update(i for i in n.input if i and i not in local)
-    return used
+def _typed(vi: onnx.ValueInfoProto | None) -> bool:
+    """A value info with an element type and a shape whose every dim is known (a value
+    or a name; a negative value is not a size)."""
+    if vi is None or not vi.type.HasField("tensor_type"):
+        return False
+    tt = vi.type.tensor_type
+    if tt.elem_type == 0 or not tt.HasField("shape"):
+        return False
+    return all((d.HasField("dim_value") and d.dim_value >= 0) or (d.HasField("dim_param") and d.dim_param)
+               for d in tt.shape.dim)
 
 
 def split_model(

@@ -53,15 +53,24 @@ def _tensor_block(value_info: onnx.ValueInfoProto, batched: bool) -> str:
         raise PartitionError(
             f"tensor '{value_info.name}': element type {ttype.elem_type} has no Triton type"
         )
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
+    if not ttype.HasField("shape"):
+        raise PartitionError(
+            f"tensor '{value_info.name}': no shape in the model; Triton needs its dims "
+            "(split the model with partition.Splitter, which infers them)"
+        )
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+            for d in ttype.shape.dim]
     if batched:
         dims = dims[1:]  # Triton's dims leave out the batch dimension
+    # A tensor with no dims left (a scalar, or [batch] alone) is Triton's [1] reshaped
+    # to [] for the model.
     dims_text = ", ".join(str(d) for d in dims) if dims else "1"
+    reshape = "" if dims else "\n    reshape: { shape: [ ] }"
     return (
         "  {\n"
         f'    name: "{value_info.name}"\n'
         f"    data_type: {_TRITON_TYPES[ttype.elem_type]}\n"
-        f"    dims: [ {dims_text} ]\n"
+        f"    dims: [ {dims_text} ]{reshape}\n"
         "  }"
     )
 

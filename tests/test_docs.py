@@ -118,6 +118,14 @@ def test_console_examples_run(doc: Path, tmp_path: Path) -> None:
     )
 
 
+def test_config_reference_and_examples_follow_the_schemas() -> None:
+    """docs/policy.md's key tables and edge/data/policy.example.toml are written from the
+    schema in edge/policy/_config.py (run scripts/config_docs.py after changing a key)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 # ```text blocks of docs/jetson.md that start with "$ edgecut doctor": the output shown is
 # what the command prints, run from the repository root (the recorded boards under
 # tests/devices/data, and this host). Lines about this interpreter's packages are compared

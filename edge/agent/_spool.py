@@ -9,19 +9,36 @@ first (and counted, so telemetry can say how many were dropped).
 One file per record keeps each write atomic (write a temporary file, then rename) and
 makes eviction and deletion O(1) without rewriting a log; telemetry is a few records a
 minute, so the file count stays small.
+
+Faults (the disk is full, a file is damaged) never stop telemetry for good:
+
+- A write that fails (``ENOSPC``, ``EIO``, ...) evicts the oldest record and tries once
+  more; when that fails too the new record is dropped (``dropped`` counts them), ``error``
+  says why and one log line says so; the next write that succeeds clears ``error`` and
+  logs the recovery. Nothing waits for an operator.
+- A sequence number is handed out only after ``next_seq`` beyond it is on disk (fsync of
+  the file and its folder), so no number that was ever published is used again. A damaged
+  ``next_seq`` is replaced by the time in milliseconds (a jump, never a repeat: numbers
+  grow by about one per record) and the jump is logged.
+- A record file that does not hold its own JSON record (``seq`` matching its name) is
+  never published: it is deleted and logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 _SUFFIX = ".json"
 _SEQ_FILE = "next_seq"
+
+log = logging.getLogger("edgecut.fleet.spool")
 
 
 class TelemetrySpool:
@@ -37,12 +54,17 @@ class TelemetrySpool:
         self._sizes: OrderedDict[int, int] = OrderedDict()
         self._bytes = 0
         self.evicted = 0
+        self.dropped = 0
+        self.corrupt = 0
+        self.error = ""
         for path in sorted(self._dir.glob("*" + _SUFFIX)):
             try:
                 seq = int(path.stem)
-            except ValueError:
+                size = path.stat().st_size
+            except (ValueError, OSError):
                 continue
-            size = path.stat().st_size
+            if seq < 0:
+                continue
             self._sizes[seq] = size
             self._bytes += size
         for tmp in self._dir.glob("*.tmp"):
@@ -51,40 +73,96 @@ class TelemetrySpool:
         self._next_seq = max(last + 1, self._read_seq())
 
     def _read_seq(self) -> int:
+        path = self._dir / _SEQ_FILE
         try:
-            return int((self._dir / _SEQ_FILE).read_text().strip())
-        except (OSError, ValueError):
+            text = path.read_text()
+        except FileNotFoundError:
             return 0
+        except OSError as exc:
+            text = f"<unreadable: {exc}>"
+        try:
+            value = int(text.strip())
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+        # Numbers before the damage may have been published: jump past any of them.
+        floor = int(time.time() * 1000)
+        log.error(json.dumps({"event": "spool_next_seq_ignored", "file": str(path),
+                              "content": text[:64], "continuing_from": floor}))
+        return floor
 
     def _path(self, seq: int) -> Path:
         return self._dir / f"{seq:016d}{_SUFFIX}"
 
-    @staticmethod
-    def _write_atomic(path: Path, data: bytes) -> None:
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise
+        fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # not every file system fsyncs folders; the rename is atomic anyway
+        finally:
+            os.close(fd)
 
-    def append(self, record: dict[str, Any]) -> tuple[int, bytes]:
-        """Give ``record`` the next sequence number (field ``seq``), store it, return both."""
+    def _evict_oldest(self) -> None:
+        old, size = self._sizes.popitem(last=False)
+        self._path(old).unlink(missing_ok=True)
+        self._bytes -= size
+        self.evicted += 1
+
+    def _store(self, seq: int, payload: bytes) -> None:
+        # The sequence counter is on disk beyond ``seq`` before ``seq`` can be published,
+        # so sequence numbers never repeat for one device, even across restarts.
+        self._write_atomic(self._dir / _SEQ_FILE, str(seq + 1).encode())
+        self._write_atomic(self._path(seq), payload)
+
+    def append(self, record: dict[str, Any]) -> tuple[int, bytes | None]:
+        """Give ``record`` the next sequence number (field ``seq``), store it, return both.
+
+        The payload is ``None`` when the record could not be stored and was dropped.
+        """
         with self._lock:
             seq = self._next_seq
-            self._next_seq += 1
-            # The sequence counter survives restarts even when the spool is empty, so
-            # sequence numbers never repeat for one device.
-            self._write_atomic(self._dir / _SEQ_FILE, str(self._next_seq).encode())
+            self._next_seq += 1  # used even when the write fails: never handed out twice
             payload = json.dumps({**record, "seq": seq}, separators=(",", ":")).encode()
-            self._write_atomic(self._path(seq), payload)
+            try:
+                try:
+                    self._store(seq, payload)
+                except OSError:
+                    if not self._sizes:
+                        raise
+                    self._evict_oldest()  # the drop policy: oldest first, then the new one
+                    self._store(seq, payload)
+            except OSError as exc:
+                self.dropped += 1
+                if not self.error:
+                    log.error(json.dumps({"event": "spool_write_failed", "dir": str(self._dir),
+                                          "error": f"{type(exc).__name__}: {exc}",
+                                          "policy": "oldest evicted, then new records "
+                                                    "dropped until a write succeeds"}))
+                self.error = f"{type(exc).__name__}: {exc}"
+                return seq, None
+            if self.error:
+                log.warning(json.dumps({"event": "spool_recovered", "dir": str(self._dir),
+                                        "dropped": self.dropped}))
+                self.error = ""
             self._sizes[seq] = len(payload)
             self._bytes += len(payload)
             while self._bytes > self._max_bytes and len(self._sizes) > 1:
-                old, size = self._sizes.popitem(last=False)
-                self._path(old).unlink(missing_ok=True)
-                self._bytes -= size
-                self.evicted += 1
+                self._evict_oldest()
             return seq, payload
 
     def delete(self, seq: int) -> None:
@@ -102,11 +180,25 @@ class TelemetrySpool:
             return list(self._sizes)
 
     def read(self, seq: int) -> bytes | None:
-        """The stored payload of ``seq``, or ``None`` when it was evicted or deleted."""
+        """The stored payload of ``seq``; ``None`` when it was evicted, deleted or damaged
+        (a damaged one is deleted and logged, never published)."""
         try:
-            return self._path(seq).read_bytes()
+            data = self._path(seq).read_bytes()
         except OSError:
             return None
+        try:
+            record = json.loads(data.decode("utf-8"))
+            ok = isinstance(record, dict) and record.get("seq") == seq
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            ok = False
+        if ok:
+            return data
+        self.corrupt += 1
+        log.error(json.dumps({"event": "spool_record_dropped", "seq": seq,
+                              "file": str(self._path(seq)), "bytes": len(data),
+                              "reason": "not the JSON record of this sequence number"}))
+        self.delete(seq)
+        return None
 
     def __contains__(self, seq: int) -> bool:
         with self._lock:

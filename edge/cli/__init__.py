@@ -31,6 +31,7 @@ _LAZY_COMMANDS = {
     "devices": "edge.cli._devices:devices_cmd",
     "health": "edge.cli._health:health",
     "doctor": "edge.cli._doctor:doctor",
+    "sign": "edge.cli._sign:sign",
 }
 
 
@@ -53,7 +54,10 @@ class _LazyGroup(click.Group):
         return getattr(importlib.import_module(module_name), attr)
 
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# Every option of every command may also come from EDGECUT_<COMMAND>_<OPTION> (click's
+# automatic environment variables), e.g. EDGECUT_SERVE_GRPC_PORT=8001.
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                               "auto_envvar_prefix": "EDGECUT"})
 @click.version_option(package_name="edgecut")
 def cli() -> None:
     """edgecut: edge inference with cloud offload (run locally, offload, or split)."""

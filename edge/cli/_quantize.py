@@ -15,6 +15,9 @@ def _resolve_model(model: str) -> Path:
     """A model path, or the name of a zoo or trained model (fetched on first use)."""
     path = Path(model)
     if path.is_file():
+        from partition._graph import reject_tflite
+
+        reject_tflite(path)
         return path
     from partition import zoo
 
@@ -69,9 +72,17 @@ def _print_report(report: Any) -> None:
              f"{lat.intra_op_threads} threads)")
     if report.agreement is not None:
         agr = report.agreement
-        echo(f"agreement    top-1 {agr.top1_agreement:.2%} of {agr.positions} positions, "
-             f"cosine mean {agr.cosine_mean:.4f} (min {agr.cosine_min:.4f}) "
-             f"over {agr.samples} samples")
+        if agr.metric == "top1":
+            what = f"top-1 {agr.score:.2%} of {agr.positions} rows"
+        elif agr.metric == "iou":
+            what = f"IoU {agr.score:.4f} of the maps thresholded at {agr.threshold:g}"
+        elif agr.metric == "sequence":
+            what = (f"decoded text identical for {agr.score:.2%} of samples, character "
+                    f"error rate {agr.char_error_rate or 0.0:.2%}")
+        else:
+            what = f"cosine {agr.score:.4f}"
+        echo(f"agreement    {agr.task}: {what}; cosine mean {agr.cosine_mean:.4f} "
+             f"(min {agr.cosine_min:.4f}) over {agr.samples} samples")
 
 
 @click.command()
@@ -101,11 +112,18 @@ def _print_report(report: Any) -> None:
 @click.option("--no-preprocess", is_flag=True, help="Skip shape inference and graph optimization.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="intra_op threads for the comparison (default: all cores).")
+@click.option("--task", type=click.Choice(["auto", "classifier", "dense", "ctc", "other"]),
+              default="auto", show_default=True,
+              help="What the first output is, which picks the agreement metric: top-1 "
+                   "(classifier), IoU of thresholded maps (dense), decoded-text equality "
+                   "(ctc), cosine (other); auto decides from the output's shape.")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Binarization threshold of dense probability maps (PP-OCR's detector: 0.3).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def quantize(model: str, calibration: str, out_path: str, evaluation: str | None,
              activation_type: str, weight_type: str, per_channel: bool, reduce_range: bool,
              method: str, op_types: str | None, quantize_head: bool, no_preprocess: bool,
-             threads: int | None, as_json: bool) -> None:
+             threads: int | None, task: str, threshold: float, as_json: bool) -> None:
     """Quantize MODEL (a .onnx path, or a zoo/trained model name) to static INT8."""
     from edge.runtime.quantize import quantize_model
 
@@ -129,7 +147,7 @@ def quantize(model: str, calibration: str, out_path: str, evaluation: str | None
         path, out_path, calib, evaluation=held, per_channel=per_channel,
         activation_type=activation_type, weight_type=weight_type, reduce_range=reduce_range,
         calibrate_method=method, preprocess=not no_preprocess, float_head=not quantize_head,
-        op_types=types, intra_op_threads=threads, **labels,
+        op_types=types, intra_op_threads=threads, task=task, threshold=threshold, **labels,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -8,6 +8,7 @@ inside the functions that draw.
 
 from __future__ import annotations
 
-from edge.lab._emulator import LinkEmulator, Trace, TraceClock, bundled_trace, load_trace
+from edge.lab._emulator import LinkEmulator
+from edge.lab._traces import Trace, TraceClock, bundled_trace, load_trace
 
 __all__ = ["LinkEmulator", "Trace", "TraceClock", "bundled_trace", "load_trace"]

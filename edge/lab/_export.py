@@ -33,6 +33,12 @@ def export_triton(
     if not whole.is_absolute():
         whole = plan_dir / whole
     if not whole.is_file():
+        # A plan made from a path relative to another working directory: the plan folder
+        # holds its own copy of the whole model (the local candidate's model).
+        local = [c.head_model for c in plan.candidates if c.kind == "local" and c.head_model]
+        if local and (plan_dir / local[0]).is_file():
+            whole = plan_dir / local[0]
+    if not whole.is_file():
         raise PartitionError(f"plan '{plan.model}': whole model '{whole}' not found")
     written.append(write_repository_entry(out, plan.model, whole, options=options))
     for cand in plan.candidates:
@@ -125,13 +131,23 @@ def kubernetes_manifests(options: ClusterOptions, server: str = "triton") -> lis
         )
     claim, _, sub_path = options.storage_uri[len("pvc://"):].partition("/")
     labels = {"app": options.name, "app.kubernetes.io/part-of": "edgecut"}
+    # Both servers take tritonserver's flags: HTTP on 8000, gRPC on 8001, metrics on 8002.
+    ports = ["--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"]
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "persistentVolumeClaim": {"claimName": claim}}]
+    mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": "/models", "subPath": sub_path}]
     if server == "triton":
         image = options.image
         command = ["tritonserver", "--model-repository=/models", "--model-control-mode=poll",
-                   "--http-port=8000", "--allow-grpc=false"]
+                   *ports]
     else:
         image = EDGECUT_IMAGE
-        command = ["edgecut", "serve", "--repository", "/models", "--host", "0.0.0.0", "--port", "8000"]
+        # The devices' token-signing public keys come from a Secret (edgecut serve refuses
+        # to run without auth unless told --no-auth, which a cluster service must not be).
+        command = ["edgecut", "serve", "--model-repository=/models", "--http-address=0.0.0.0",
+                   *ports, "--auth-keys=/keys"]
+        volumes.append({"name": "auth-keys", "secret": {"secretName": f"{options.name}-auth-keys"}})
+        mounts.append({"name": "auth-keys", "mountPath": "/keys", "readOnly": True})
     resources: dict[str, Any] = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
     if options.gpus:
         resources["limits"]["nvidia.com/gpu"] = str(options.gpus)
@@ -151,14 +167,16 @@ def kubernetes_manifests(options: ClusterOptions, server: str = "triton") -> lis
                             "name": server,
                             "image": image,
                             "command": command,
-                            "ports": [{"name": "http", "containerPort": 8000}],
+                            "ports": [{"name": "http", "containerPort": 8000},
+                                      {"name": "grpc", "containerPort": 8001},
+                                      {"name": "metrics", "containerPort": 8002}],
                             "readinessProbe": probe,
                             "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": 8000}},
                             "resources": resources,
-                            "volumeMounts": [{"name": "models", "mountPath": "/models", "subPath": sub_path}],
+                            "volumeMounts": mounts,
                         }
                     ],
-                    "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim}}],
+                    "volumes": volumes,
                 },
             },
         },
@@ -169,7 +187,8 @@ def kubernetes_manifests(options: ClusterOptions, server: str = "triton") -> lis
         "metadata": {"name": options.name, "namespace": options.namespace, "labels": labels},
         "spec": {
             "selector": {"app": options.name},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8000}],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8000},
+                      {"name": "grpc", "port": 8001, "targetPort": 8001}],
             "type": "LoadBalancer",
         },
     }

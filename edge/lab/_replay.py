@@ -24,146 +24,48 @@ components instead of being run again (two cores cannot afford five runs per tra
 Strategies: ``local``, ``cloud`` (offload everything), ``static_split`` (Neurosurgeon:
 the plan's best candidate for the window's mean bandwidth, chosen once), ``edgecut``, and
 ``oracle`` (per request, the best candidate given the bandwidth that request met).
+
+Beside this module: the server and plan it runs against (``_server``), the costing of the
+fixed strategies from measured components (``_costing``) and the fault scenarios
+(``_scenarios``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from devices import DeviceProfile, EnergyModel, load_profile
-from devices.errors import ConfigError, EdgecutError
+from devices import DeviceProfile, load_profile
+from devices.errors import ConfigError
+from edge.lab._costing import (
+    Components,
+    _compose,
+    _host_slowdown,
+    _parts,
+    _pick,
+    _seed_plan_table,
+    _summarise,
+    measure_components,
+)
 from edge.lab._emulator import LinkEmulator, Trace, load_trace
-from edge.offload._client import CircuitBreaker, OffloadClient
+from edge.lab._scenarios import scenario_bandwidth_drop, scenario_cloud_kill
+from edge.lab._server import CloudServer, prepare_plan
+from edge.offload import offload_client
+from edge.offload._client import OffloadClient
 from edge.offload._executor import Executor, Outcome
 from edge.policy._config import PolicyConfig
 from edge.policy._decide import Policy
-from partition import LOCAL, OFFLOAD, CutCandidate, Plan
+from partition import LOCAL, OFFLOAD, CutCandidate
 
 STRATEGIES = ("local", "cloud", "static_split", "edgecut", "oracle")
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class CloudServer:
-    """``edgecut serve`` as a subprocess on 127.0.0.1 (started, waited for, stopped)."""
-
-    def __init__(self, repository: str | Path, *, port: int | None = None, threads: int = 1,
-                 auth_keys: str | Path | None = None, startup_timeout_s: float = 120.0,
-                 log_path: str | Path | None = None) -> None:
-        # The server runs from the package root, so a relative path must be made absolute.
-        self.repository = Path(repository).resolve()
-        self.port = port or _free_port()
-        self.threads = threads
-        self.auth_keys = auth_keys
-        self.startup_timeout_s = startup_timeout_s
-        self.log_path = Path(log_path) if log_path else None
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> CloudServer:
-        import httpx
-
-        cmd = [sys.executable, "-m", "edge.cli", "serve", "--repository", str(self.repository),
-               "--port", str(self.port), "--intra-op-threads", str(self.threads),
-               "--log-level", "warning"]
-        cmd += ["--auth-keys", str(Path(self.auth_keys).resolve())] if self.auth_keys else ["--no-auth"]
-        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(Path(__file__).resolve().parents[2]))
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise EdgecutError(f"edgecut serve exited with {self.proc.returncode} "
-                                   f"(repository {self.repository})")
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise EdgecutError(f"edgecut serve on {self.url} not ready after {self.startup_timeout_s} s")
-
-    def kill(self) -> None:
-        """Kill the server abruptly (a crashed cloud)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def __enter__(self) -> CloudServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def prepare_plan(model_path: str | Path, device: DeviceProfile, out_dir: str | Path, *,
-                 bandwidth_bps: float = 10e6, rtt_s: float = 0.04, objective: str = "latency",
-                 slo_ms: float | None = None, keep: int = 6, reuse: bool = True,
-                 log: Callable[[str], None] | None = None, wire: str | None = None) -> Plan:
-    """The partitioner's plan for ``model_path`` on ``device`` (this host as the cloud),
-    written to ``out_dir``; an existing plan there for the same model and device (and
-    ``wire`` format, when one is asked for) is reused. A new plan sends tensors as
-    ``wire`` (default fp32)."""
-    import partition
-
-    out = Path(out_dir)
-    if reuse and (out / "plan.json").is_file():
-        plan = Plan.load(out / "plan.json")
-        if (plan.device == device.name and Path(plan.model_path) == Path(model_path)
-                and wire in (None, plan.info.get("wire", "fp32"))):
-            return plan
-    return partition.build_plan(model_path, device, "here", bandwidth_bps, rtt_s,
-                                objective=objective, slo_ms=slo_ms, out_dir=out, keep=keep,
-                                runs=5, measure=min(keep, 6), measure_runs=5, figure=False,
-                                log=log, wire=wire or "fp32")
-
-
-@dataclass(frozen=True)
-class Components:
-    """Measured cost components of one candidate (device ms already emulated)."""
-
-    cut_id: str
-    kind: str
-    host_head_ms: float
-    device_head_ms: float
-    cloud_direct_ms: float
-    up_bytes: int
-    down_bytes: int
-    #: The server's own compute within ``cloud_direct_ms`` (its Server-Timing), 0 if unknown.
-    cloud_compute_ms: float = 0.0
 
 
 @dataclass
@@ -186,174 +88,6 @@ class ReplayResult:
                 "objective": self.objective, "slo_ms": self.slo_ms, "summary": self.summary,
                 "notes": self.notes, "info": self.info}
 
-
-def _median_ms(fn: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
-
-
-def measure_components(executor: Executor, client: OffloadClient, feeds: dict[str, np.ndarray],
-                       relative_speed: float, rounds: int = 5) -> dict[str, Components]:
-    """Time every candidate's device part here and its cloud leg directly (no emulator).
-
-    Interleaved: each round runs every candidate once, and the medians over rounds are
-    kept, so that a burst of load from other work on this host hits all candidates alike.
-    A head is never taken as slower than the whole model it is a part of.
-    """
-    names = executor.output_names
-    jobs: dict[str, tuple[Callable[[], object] | None, Callable[[], object] | None]] = {}
-    sizes: dict[str, tuple[int, int]] = {}
-    for c in executor.plan.candidates:
-        if c.kind == LOCAL:
-            sess = executor._session_for(executor.model_path)
-            jobs[c.cut_id] = (lambda s=sess: s.run(feeds), None)
-            sizes[c.cut_id] = (0, 0)
-            continue
-        head: Callable[[], object] | None = None
-        if c.kind == OFFLOAD:
-            crossing = dict(feeds)
-        else:
-            sess = executor._head_session(c)
-            head_out = sess.run(feeds)
-            crossing = {k: head_out[k] for k in c.tensors}
-            head = partial(sess.run, feeds)
-        crossing = c.for_wire(crossing)
-        r = client.infer(c.cloud_model, crossing, names)  # loads the model, warms the socket
-        sizes[c.cut_id] = (r.up_bytes, r.down_bytes)
-        jobs[c.cut_id] = (head, lambda cm=c.cloud_model, x=crossing: client.infer(cm, x, names))
-    head_t: dict[str, list[float]] = {k: [] for k in jobs}
-    cloud_t: dict[str, list[float]] = {k: [] for k in jobs}
-    compute_t: dict[str, list[float]] = {k: [] for k in jobs}
-    ratio: dict[str, list[float]] = {k: [] for k in jobs}
-    local_id = next(c.cut_id for c in executor.plan.candidates if c.kind == LOCAL)
-    local_job = jobs[local_id][0]
-    assert local_job is not None
-    for _ in range(rounds):
-        for cid, (head, cloud) in jobs.items():
-            if head is not None and cid != local_id:
-                # Each head is timed right after a whole-model run and kept as a ratio to
-                # it: on a host whose load swings, the pair sees the same load.
-                ref = _median_ms(local_job, 1)
-                head_t[local_id].append(ref)
-                t = _median_ms(head, 1)
-                head_t[cid].append(t)
-                ratio[cid].append(t / ref)
-            if cloud is not None:
-                t0 = time.perf_counter()
-                r = cloud()
-                cloud_t[cid].append((time.perf_counter() - t0) * 1000.0)
-                server_s = getattr(r, "server_s", None)
-                if server_s is not None:
-                    compute_t[cid].append(server_s * 1000.0)
-    if not head_t[local_id]:
-        head_t[local_id] = [_median_ms(local_job, 1) for _ in range(rounds)]
-    out: dict[str, Components] = {}
-    local_host = statistics.median(head_t[local_id])
-    for c in executor.plan.candidates:
-        host = statistics.median(head_t[c.cut_id]) if head_t[c.cut_id] else 0.0
-        if c.kind != LOCAL and ratio[c.cut_id]:
-            host = min(statistics.median(ratio[c.cut_id]), 1.0) * local_host
-        cloud = statistics.median(cloud_t[c.cut_id]) if cloud_t[c.cut_id] else 0.0
-        compute = statistics.median(compute_t[c.cut_id]) if compute_t[c.cut_id] else 0.0
-        out[c.cut_id] = Components(c.cut_id, c.kind, host, host / relative_speed, cloud,
-                                   *sizes[c.cut_id], cloud_compute_ms=compute)
-    return out
-
-
-def _seed_plan_table(executor: Executor, comps: dict[str, Components], cfg: PolicyConfig,
-                     clock: Callable[[], float]) -> None:
-    """Start the executor's plan table from measured components, as a deployed device
-    would from its profiling run (the plan's own figures were predicted with other
-    threads and another host load)."""
-    from edge.policy._decide import CostTable
-
-    plan_m = replace(executor.plan, candidates=tuple(
-        replace(c, head_ms=comps[c.cut_id].device_head_ms,
-                tail_ms=max(comps[c.cut_id].cloud_direct_ms, 0.0))
-        for c in executor.plan.candidates))
-    executor.plan = plan_m
-    executor.costs = CostTable(plan_m, ewma=cfg.learning.ewma, raw_inputs=executor.input_names,
-                               device_layers=executor._device_layers(), clock=clock)
-
-
-def _parts(comp: Components, t_start: float, slowdown: float, trace: Trace, speedup: float,
-           rtt_s: float) -> tuple[float, float, float, float]:
-    """(head, upload, waiting, download) ms of one candidate for a request starting at
-    trace time ``t_start``: the fluid transfer times through the trace."""
-    head = comp.device_head_ms * slowdown
-    if comp.kind == LOCAL:
-        return head, 0.0, 0.0, 0.0
-    # The cloud runs on this host too: a slow spell slows its compute alike.
-    cloud_ms = comp.cloud_direct_ms * slowdown
-    t_up = t_start + comp.host_head_ms * slowdown / 1000.0 * speedup
-    up_s = trace.send_time(t_up, comp.up_bytes * 8.0, speedup)
-    t_down = t_up + (up_s + rtt_s + cloud_ms / 1000.0) * speedup
-    down_s = trace.send_time(t_down, comp.down_bytes * 8.0, speedup)
-    return head, up_s * 1000.0, rtt_s * 1000.0 + cloud_ms, down_s * 1000.0
-
-
-# Below this the server's compute is mostly request handling: too noisy a gauge of the host.
-_MIN_GAUGE_COMPUTE_MS = 5.0
-
-
-def _host_slowdown(out: Outcome, comps: dict[str, Components]) -> float:
-    """How much slower than its median this host ran during one request (1 = as usual).
-
-    Measured on what the request computed: its head on the device, else the whole model
-    when it fell back to the device, else the server's own compute (the cloud is this
-    host too), so that requests edgecut sent away in a slow spell are not compared with
-    alternatives charged at the host's usual speed.
-    """
-    comp = comps[out.decision.cut_id]
-    local = next(c for c in comps.values() if c.kind == LOCAL)
-    ratio = 1.0
-    if comp.device_head_ms > 0 and out.head_ms > 0:
-        ratio = out.head_ms / comp.device_head_ms
-    elif ((out.fallback or out.raced) and comp.kind != LOCAL and comp.device_head_ms == 0
-          and out.local_tail_ms > 0 and local.device_head_ms > 0):
-        # the whole model ran on the device: after a failed cloud leg, or beside it
-        ratio = out.local_tail_ms / local.device_head_ms
-    elif out.server_ms > 0 and comp.cloud_compute_ms >= _MIN_GAUGE_COMPUTE_MS:
-        ratio = out.server_ms / comp.cloud_compute_ms
-    return min(max(ratio, 0.2), 10.0)
-
-
-def _compose(parts: tuple[float, float, float, float], k: float,
-             energy: EnergyModel) -> tuple[float, float]:
-    """(latency ms, energy mJ) with the remote leg scaled by ``k`` (the emulator's and the
-    server's measured slowness relative to the fluid model)."""
-    head, up, wait, down = parts
-    up, wait, down = up * k, wait * k, down * k
-    return head + up + wait + down, energy.plan_mj(head, up, down, wait)
-
-
-def _pick(options: dict[str, tuple[float, float]], objective: str, slo_ms: float,
-          weight: float) -> str:
-    if objective == "energy" and slo_ms > 0:
-        ok = {k: v for k, v in options.items() if v[0] <= slo_ms}
-        if ok:
-            return min(ok, key=lambda k: ok[k][1])
-        return min(options, key=lambda k: options[k][0])
-    if objective == "weighted":
-        ref_ms = max(min(v[0] for v in options.values()), 1e-6)
-        ref_mj = max(min(v[1] for v in options.values()), 1e-6)
-        return min(options, key=lambda k: weight * options[k][0] / ref_ms
-                   + (1 - weight) * options[k][1] / ref_mj)
-    return min(options, key=lambda k: options[k][0])
-
-
-def _summarise(lat: list[float], mj: list[float], slo_ms: float) -> dict[str, float]:
-    arr = np.asarray(lat)
-    return {
-        "mean_ms": round(float(arr.mean()), 2),
-        "p95_ms": round(float(np.percentile(arr, 95)), 2),
-        "energy_mj": round(float(np.mean(mj)), 2),
-        "deadline_miss_pct": round(100.0 * float(np.mean(arr > slo_ms)), 2) if slo_ms > 0 else 0.0,
-    }
 
 
 def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile | str,
@@ -426,10 +160,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             Path(out_dir).mkdir(parents=True, exist_ok=True)
         # The estimator and cost ages run on the trace clock: staleness is about how much
         # the link may have changed, which happens in trace time.
-        client = OffloadClient(emu.url, timeout_s=cfg.offload.timeout_ms / 1000.0,
-                               max_retries=cfg.offload.max_retries,
-                               breaker=CircuitBreaker(cfg.offload.breaker_failures,
-                                                      cfg.offload.breaker_reset_s))
+        # The call's timeout, retries and breaker: the policy's [offload] keys, as the agent.
+        client = offload_client(emu.url, settings=cfg.offload)
         executor = Executor(plan, plan_dir, dev, policy=Policy(cfg), client=client,
                             compute_scale=1.0 / dev.relative_speed,
                             clock=lambda: emu.trace_time(), seed=seed,
@@ -665,136 +397,18 @@ def summary_table(result: ReplayResult) -> str:
 
 
 
-def _feeds_for(executor: Executor, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    full = executor._session_for(executor.model_path)
-    return {s.name: rng.standard_normal([d if d is not None else 1 for d in s.shape])
-            .astype(s.dtype) for s in full.inputs}
 
 
-def scenario_cloud_kill(model_path: str | Path, device: DeviceProfile, plan_dir: str | Path,
-                        policy: PolicyConfig, *, before: int = 6, down: int = 8,
-                        after: int = 10, breaker_reset_s: float = 1.0,
-                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Kill the cloud server mid-run and bring it back on the same port.
-
-    Returns how many requests were lost (raised instead of answering; must be 0), how
-    many fell back, whether every answer matched the local model's, the breaker's
-    transitions, and whether offloading resumed after the cloud returned.
-    """
-    say = log or (lambda _m: None)
-    plan = prepare_plan(model_path, device, plan_dir, log=say)
-    srv = CloudServer(Path(plan_dir) / "repository").start()
-    breaker = CircuitBreaker(policy.offload.breaker_failures, breaker_reset_s)
-    client = OffloadClient(srv.url, timeout_s=5.0, breaker=breaker, max_retries=1)
-    ex = Executor(plan, plan_dir, device, policy=Policy(policy), client=client,
-                  compute_scale=1.0 / device.relative_speed, intra_op_threads=1)
-    feeds = _feeds_for(ex)
-    reference = ex._session_for(ex.model_path).run(feeds)
-    ex.probe_link()
-    records: list[dict[str, Any]] = []
-    lost = 0
-    wrong = 0
-
-    def one(phase: str) -> None:
-        nonlocal lost, wrong
-        try:
-            out = ex.infer(feeds)
-        except EdgecutError as exc:  # a lost request
-            lost += 1
-            records.append({"phase": phase, "lost": repr(exc)})
-            return
-        for k, v in reference.items():
-            if not np.allclose(out.outputs[k], v, rtol=1e-3, atol=1e-3):
-                wrong += 1
-                break
-        records.append({"phase": phase, "plan": out.decision.plan, "executed": out.executed,
-                        "fallback": out.fallback[:120], "latency_ms": round(out.latency_ms, 1),
-                        "breaker": breaker.state})
-
-    try:
-        for _ in range(before):
-            one("up")
-        say("killing the cloud server")
-        srv.kill()
-        for _ in range(down):
-            one("down")
-        say("restarting the cloud server on the same port")
-        srv = CloudServer(Path(plan_dir) / "repository", port=srv.port).start()
-        t_back = time.monotonic()
-        resumed_after = None
-        for i in range(after):
-            one("back")
-            rec = records[-1]
-            if resumed_after is None and "plan" in rec and rec["plan"] != "local" \
-                    and not rec["fallback"]:
-                resumed_after = i + 1
-            if i == 0:
-                # Let the breaker's pause run out so the half-open trial can happen.
-                time.sleep(max(0.0, breaker_reset_s - (time.monotonic() - t_back)) + 0.05)
-    finally:
-        ex.close()
-        client.close()
-        srv.stop()
-    remote_before = sum(1 for r in records if r["phase"] == "up" and r.get("plan") != "local")
-    return {
-        "requests": len(records), "lost": lost, "wrong_outputs": wrong,
-        "fallbacks": sum(1 for r in records if r.get("fallback")),
-        "remote_before_kill": remote_before,
-        "breaker_transitions": [s for _, s in breaker.transitions],
-        "breaker_recovered": breaker.state == "closed" and "open" in
-        [s for _, s in breaker.transitions],
-        "offload_resumed_after_requests": resumed_after,
-        "records": records,
-    }
-
-
-def scenario_bandwidth_drop(model_path: str | Path, device: DeviceProfile,
-                            plan_dir: str | Path, policy: PolicyConfig, *,
-                            high_bps: float = 50e6, low_bps: float = 1e6,
-                            before: int = 10, after: int = 12, rtt_s: float = 0.02,
-                            log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Drop the emulated link from ``high_bps`` to ``low_bps`` mid-run (through the
-    emulator and a real server) and count the requests until the plan changes."""
-    say = log or (lambda _m: None)
-    plan = prepare_plan(model_path, device, plan_dir, log=say)
-    # The step happens at trace time 1e6 s; the clock is moved there when it is time.
-    trace = Trace.from_steps([(0.0, high_bps), (1e6, low_bps)], 2e6, "drop")
-    records: list[dict[str, Any]] = []
-    with CloudServer(Path(plan_dir) / "repository") as srv:
-        emu = LinkEmulator("127.0.0.1", srv.port, up=trace, delay_s=rtt_s / 2).start()
-        client = OffloadClient(emu.url, timeout_s=30.0)
-        ex = Executor(plan, plan_dir, device, policy=Policy(policy), client=client,
-                      compute_scale=1.0 / device.relative_speed, intra_op_threads=1,
-                      clock=lambda: emu.trace_time())
-        feeds = _feeds_for(ex)
-        ex.warm_up()
-        with OffloadClient(srv.url, timeout_s=60.0) as direct:
-            comps = measure_components(ex, direct, feeds, device.relative_speed)
-        _seed_plan_table(ex, comps, policy, lambda: emu.trace_time())
-        ex.probe_link()
-        try:
-            for i in range(before + after):
-                if i == before:
-                    say(f"dropping the link to {low_bps / 1e6:g} Mbit/s")
-                    emu.restart_clock(1e6)
-                out = ex.infer(feeds)
-                records.append({"i": i, "phase": "high" if i < before else "low",
-                                "rate_mbps": emu.rate_now_bps() / 1e6,
-                                "plan": out.decision.plan, "executed": out.executed,
-                                "latency_ms": round(out.latency_ms, 1),
-                                "link_mbps": round(out.link_bps / 1e6, 3),
-                                "fallback": out.fallback[:100]})
-        finally:
-            ex.close()
-            client.close()
-            emu.stop()
-    high_plans = [r["plan"] for r in records if r["phase"] == "high"]
-    settled = high_plans[-1] if high_plans else ""
-    changed_after = None
-    for r in records[before:]:
-        if r["plan"] != settled:
-            changed_after = r["i"] - before + 1
-            break
-    return {"plan_at_high": settled, "plans_after_drop": [r["plan"] for r in records[before:]],
-            "changed_after_requests": changed_after, "records": records}
+__all__ = [
+    "STRATEGIES",
+    "CloudServer",
+    "Components",
+    "ReplayResult",
+    "measure_components",
+    "plot_replay",
+    "prepare_plan",
+    "replay",
+    "scenario_bandwidth_drop",
+    "scenario_cloud_kill",
+    "summary_table",
+]

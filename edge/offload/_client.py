@@ -435,8 +435,65 @@ class OffloadClient:
         body, headers = encode_infer_request(
             inputs, outputs, binary=True, binary_outputs=True,
             request_id=request_id or uuid.uuid4().hex[:16])
-        headers = {**headers, **self._headers()}
         url = f"/v2/models/{model}/infer"
+
+        def attempt(timeout: float) -> tuple[dict[str, np.ndarray], int, int, float | None]:
+            sent_headers = {**headers, **self._headers()}
+            try:
+                if watch is None:
+                    resp = self._http.post(url, content=body, headers=sent_headers,
+                                           timeout=httpx.Timeout(timeout))
+                else:
+                    resp = self._http.post(url, content=_watched_body(body, watch),
+                                           headers={**sent_headers,
+                                                    "Content-Length": str(len(body))},
+                                           timeout=httpx.Timeout(timeout))
+            except httpx.TimeoutException as exc:
+                raise AttemptFailed(DeadlineExceeded(
+                    f"model '{model}': no answer within {timeout * 1000:.0f} ms ({exc!r})"),
+                    sent=not isinstance(exc, httpx.ConnectTimeout)) from exc
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
+                    httpx.WriteError) as exc:
+                raise AttemptFailed(
+                    CloudUnavailable(f"{self.base_url}: cannot reach the service: {exc}"),
+                    sent=not isinstance(exc, httpx.ConnectError)) from exc
+            except httpx.HTTPError as exc:
+                raise AttemptFailed(
+                    CloudUnavailable(f"{self.base_url}: transport error: {exc}")) from exc
+            if resp.status_code == 200:
+                from cloud import decode_infer_response
+
+                try:
+                    result = decode_infer_response(resp.content, resp.headers)
+                except Exception as exc:  # a server that speaks the protocol wrongly
+                    raise OffloadRejected(f"model '{model}': malformed response: {exc}",
+                                          status=200) from exc
+                return result, len(body), len(resp.content), _server_timing(resp.headers)
+            message = _error_message(resp)
+            if resp.status_code in (401, 403):
+                raise AuthRefused(OffloadRejected(
+                    f"model '{model}': server answered {resp.status_code}: {message}",
+                    status=resp.status_code))
+            if resp.status_code not in _RETRYABLE_STATUS:
+                raise OffloadRejected(
+                    f"model '{model}': server answered {resp.status_code}: {message}",
+                    status=resp.status_code)
+            raise AttemptFailed(CloudUnavailable(
+                f"model '{model}': server answered {resp.status_code}: {message}"))
+
+        return self._with_retries(model, attempt, deadline, idempotent)
+
+    def _with_retries(self, model: str,
+                      attempt: Callable[[float], tuple[dict[str, np.ndarray], int, int, float | None]],
+                      deadline: float | None, idempotent: bool) -> InferResult:
+        """The deadline, retry, re-authentication and breaker rules around ``attempt``
+        (one try with the given timeout), the same for every transport.
+
+        ``attempt`` returns (outputs, bytes up, bytes down, server seconds) or raises:
+        :class:`AttemptFailed` (may be retried), :class:`AuthRefused` (retried once with
+        a fresh token), ``OffloadRejected`` (the service is up, the request is wrong) or
+        ``TransferAbandoned`` (given up by the caller's watch).
+        """
         attempts = 0
         auth_retried = False
         t_start = time.perf_counter()
@@ -451,56 +508,28 @@ class OffloadClient:
                     raise DeadlineExceeded(f"model '{model}': deadline passed before an answer "
                                            f"(after {attempts - 1} attempt(s))")
             t0 = time.perf_counter()
-            sent = True
             try:
-                if watch is None:
-                    resp = self._http.post(url, content=body, headers=headers,
-                                           timeout=httpx.Timeout(timeout))
-                else:
-                    resp = self._http.post(url, content=_watched_body(body, watch),
-                                           headers={**headers, "Content-Length": str(len(body))},
-                                           timeout=httpx.Timeout(timeout))
+                outputs, up, down, server_s = attempt(timeout)
             except TransferAbandoned:
                 self.breaker.release()
                 raise
-            except httpx.TimeoutException as exc:
-                error: OffloadError = DeadlineExceeded(
-                    f"model '{model}': no answer within {timeout * 1000:.0f} ms ({exc!r})")
-                sent = not isinstance(exc, httpx.ConnectTimeout)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                    httpx.WriteError) as exc:
-                error = CloudUnavailable(f"{self.base_url}: cannot reach the service: {exc}")
-                sent = not isinstance(exc, httpx.ConnectError)
-            except httpx.HTTPError as exc:
-                error = CloudUnavailable(f"{self.base_url}: transport error: {exc}")
-            else:
-                if resp.status_code == 200:
-                    from cloud import decode_infer_response
-
-                    try:
-                        result = decode_infer_response(resp.content, resp.headers)
-                    except Exception as exc:  # a server that speaks the protocol wrongly
-                        self.breaker.record_success()
-                        raise OffloadRejected(f"model '{model}': malformed response: {exc}",
-                                              status=200) from exc
-                    self.breaker.record_success()
-                    return InferResult(result, time.perf_counter() - t_start, len(body),
-                                       len(resp.content), _server_timing(resp.headers),
-                                       attempts)
-                message = _error_message(resp)
-                if resp.status_code in (401, 403) and self.token_source and not auth_retried:
+            except AuthRefused as exc:
+                if self.token_source and not auth_retried:
                     # The token may have been rotated under us: mint or read once more.
                     auth_retried = True
                     self.token_source.invalidate()
-                    headers = {**headers, **self._headers()}
                     continue
-                if resp.status_code not in _RETRYABLE_STATUS:
-                    self.breaker.record_success()  # the service is up; the request is wrong
-                    raise OffloadRejected(
-                        f"model '{model}': server answered {resp.status_code}: {message}",
-                        status=resp.status_code)
-                error = CloudUnavailable(
-                    f"model '{model}': server answered {resp.status_code}: {message}")
+                self.breaker.record_success()  # the service is up; the request is refused
+                raise exc.error from None
+            except OffloadRejected:
+                self.breaker.record_success()  # the service is up; the request is wrong
+                raise
+            except AttemptFailed as exc:
+                error, sent = exc.error, exc.sent
+            else:
+                self.breaker.record_success()
+                return InferResult(outputs, time.perf_counter() - t_start, up, down, server_s,
+                                   attempts)
             # Retry only when it is safe and the deadline leaves room for another try.
             spent = time.perf_counter() - t0
             room = (deadline - time.monotonic()) if deadline is not None else self.timeout_s
@@ -515,6 +544,22 @@ class OffloadClient:
                     self.breaker.release()
                 raise error
             time.sleep(min(0.02 * attempts, max(room / 4, 0.0)))
+
+
+class AttemptFailed(Exception):
+    """One try got no answer (``error``); ``sent``: the request may have reached the server."""
+
+    def __init__(self, error: OffloadError, sent: bool = True) -> None:
+        super().__init__(str(error))
+        self.error, self.sent = error, sent
+
+
+class AuthRefused(Exception):
+    """The server refused the token (``error`` is what to raise if a fresh one fails too)."""
+
+    def __init__(self, error: OffloadRejected) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _error_message(resp: httpx.Response) -> str:

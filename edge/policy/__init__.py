@@ -1,7 +1,8 @@
 """Where a request is decided: local, offload or split, from the plan and measured state.
 
-Owns: the pure decision function (``_decide``), the cost table corrected online, the link
-estimator (``_link``) and ``policy.toml`` (``_config``). See ``docs/policy.md``.
+Owns: the pure decision function (``_decide``) over its inputs and outputs (``_state``), the
+cost table corrected online (``_costs``), the link estimator (``_link``) and ``policy.toml``
+(``_config``). See ``docs/policy.md``.
 May import: ``partition`` (plans and cuts), ``devices`` (energy model), the standard
 library; never the network, the runtime or the agent.
 """
@@ -22,19 +23,17 @@ from edge.policy._config import (
     parse_policy_config,
     policy_config_from_text,
 )
-from edge.policy._decide import (
+from edge.policy._costs import CostTable
+from edge.policy._decide import Policy, decide, lookahead_probe
+from edge.policy._link import LinkEstimate, LinkEstimator
+from edge.policy._state import (
     CloudState,
-    CostTable,
     CutEstimate,
     Decision,
     DeviceState,
-    Policy,
     PolicyContext,
     Prediction,
-    decide,
-    lookahead_probe,
 )
-from edge.policy._link import LinkEstimate, LinkEstimator
 
 #: Validate ``policy.toml`` text (an alias kept for the docs and the fleet link).
 load_policy_text = policy_config_from_text

@@ -24,151 +24,41 @@ Order of reasoning in :func:`decide`:
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from devices import EnergyModel
 from edge.policy._config import PolicyConfig
 from edge.policy._link import WATCH_SLICE_BYTES, LinkEstimate
-from partition import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan
-
-
-@dataclass(frozen=True)
-class CutEstimate:
-    """One candidate as the policy sees it now: learnt costs at the reference input size.
-
-    ``device_layers`` are the node and tensor names computed on the device before the
-    cut (privacy rule ``cuts_after``); ``age_s`` is the time since its costs were last
-    measured (``inf`` when never).
-    """
-
-    cut_id: str
-    kind: str
-    head_ms: float
-    tail_ms: float
-    up_bytes: int
-    down_bytes: int
-    sends_raw_input: bool = False
-    device_layers: frozenset[str] = frozenset()
-    age_s: float = math.inf
-    samples: int = 0
-
-
-@dataclass(frozen=True)
-class DeviceState:
-    """The device at decision time; ``battery_pct`` is ``None`` on mains-only boards."""
-
-    power_mode: str = ""
-    battery_pct: float | None = None
-    on_battery: bool = False
-    throttled: bool = False
-    local_queue_ms: float = 0.0
-
-    @staticmethod
-    def from_sysfs(root: str = "/", power_mode: str = "") -> DeviceState:
-        """Battery and thermal state read from ``root``'s sysfs (``/`` on the device)."""
-        from devices import read_battery, read_thermal
-
-        bat = read_battery(root)
-        thermal = read_thermal(root)
-        return DeviceState(
-            power_mode=power_mode,
-            battery_pct=None if bat is None else bat.capacity_pct,
-            on_battery=bool(bat is not None and bat.discharging),
-            throttled=bool(thermal is not None and thermal.throttled),
-        )
-
-
-@dataclass(frozen=True)
-class CloudState:
-    """The cloud as the client sees it: reachable (breaker not open) and its queue time."""
-
-    healthy: bool = True
-    queue_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class PolicyContext:
-    """Everything :func:`decide` may look at."""
-
-    candidates: tuple[CutEstimate, ...]
-    link: LinkEstimate
-    energy: EnergyModel
-    device: DeviceState = DeviceState()
-    cloud: CloudState = CloudState()
-    input_bytes: int = 0
-    reference_input_bytes: int = 0
-    explore_draw: float = 1.0
-    probe_allowance: int = 0
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Predicted cost of one candidate; ``excluded`` says which rule removed it, if any."""
-
-    cut_id: str
-    kind: str
-    latency_ms: float
-    energy_mj: float
-    head_ms: float
-    up_ms: float
-    wait_ms: float
-    down_ms: float
-    up_bytes: int
-    excluded: str = ""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to run for one request, what it should cost, and why."""
-
-    kind: str
-    cut_id: str
-    predicted_ms: float
-    predicted_mj: float
-    reason: str
-    explored: bool = False
-    probe: bool = False
-    objective: str = "latency"
-    deadline_ms: float = 0.0
-    #: Run the request on the device at the same time and take the first answer.
-    race: bool = False
-    predictions: tuple[Prediction, ...] = field(default=(), compare=False)
-
-    @property
-    def plan(self) -> str:
-        """``local``, ``offload`` or ``split@<cut>``."""
-        return f"split@{self.cut_id}" if self.kind == SPLIT else self.kind
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "plan": self.plan, "kind": self.kind, "cut_id": self.cut_id,
-            "predicted_ms": round(self.predicted_ms, 3),
-            "predicted_mj": round(self.predicted_mj, 3), "reason": self.reason,
-            "explored": self.explored, "probe": self.probe, "objective": self.objective,
-            "deadline_ms": self.deadline_ms, "race": self.race,
-        }
+from edge.policy._state import (
+    CutEstimate,
+    Decision,
+    PolicyContext,
+    Prediction,
+)
+from partition import LOCAL, OFFLOAD, SPLIT
 
 
 def _predict(c: CutEstimate, ctx: PolicyContext, cfg: PolicyConfig, bandwidth_bps: float
              ) -> Prediction:
-    scale = 1.0
-    if ctx.input_bytes > 0 and ctx.reference_input_bytes > 0:
-        scale = ctx.input_bytes / ctx.reference_input_bytes
-    head = c.head_ms * scale
+    sized = ctx.sized.get(c.cut_id)
+    if sized is not None:  # the request's dims through the plan's cost curves, exact bytes
+        head_f, tail_f, up_bytes, down_bytes = sized
+    else:  # no size data in the plan: scale by the input's bytes
+        head_f = tail_f = 1.0
+        if ctx.input_bytes > 0 and ctx.reference_input_bytes > 0:
+            head_f = tail_f = ctx.input_bytes / ctx.reference_input_bytes
+        up_bytes, down_bytes = int(c.up_bytes * head_f), int(c.down_bytes * head_f)
+    head = c.head_ms * head_f
     if ctx.device.throttled:
         head *= cfg.device.throttle_slowdown
     if head > 0:
         head += ctx.device.local_queue_ms
-    up_bytes = int(c.up_bytes * scale) if c.kind != LOCAL else 0
     if c.kind == LOCAL:
         return Prediction(c.cut_id, c.kind, head, ctx.energy.plan_mj(head), head, 0.0, 0.0,
                           0.0, 0)
     up_ms = up_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
-    down_ms = c.down_bytes * scale * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
-    wait_ms = ctx.link.rtt_s * 1000.0 + c.tail_ms * scale + ctx.cloud.queue_ms
+    down_ms = down_bytes * 8.0 / max(bandwidth_bps, 1.0) * 1000.0
+    wait_ms = ctx.link.rtt_s * 1000.0 + c.tail_ms * tail_f + ctx.cloud.queue_ms
     latency = head + up_ms + wait_ms + down_ms
     energy = ctx.energy.plan_mj(head, up_ms, down_ms, wait_ms)
     return Prediction(c.cut_id, c.kind, latency, energy, head, up_ms, wait_ms, down_ms, up_bytes)
@@ -286,7 +176,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         preds.append(Prediction(**{**p.__dict__, "excluded": why}) if why else p)
     allowed = [p for p in preds if not p.excluded]
     notes: list[str] = []
-    if cfg.rules.max_power_w > 0:
+    if cfg.rules.max_power_w > 0 and allowed:
         within = [p for p in allowed if _avg_power_w(p) <= cfg.rules.max_power_w]
         if within:
             for p in allowed:
@@ -364,12 +254,13 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     reason = _explain(best, objective, cfg, allowed, preds,
                       meets_slo=at_low.get(best.cut_id, best.latency_ms) <= cfg.slo_ms)
     fastest = min(allowed, key=lambda p: p.latency_ms)
-    if objective == "latency" and fastest is not best and at_low.get(
-            fastest.cut_id, fastest.latency_ms) > cfg.slo_ms > 0:
+    # (A local plan has no pessimistic-edge figure: its own prediction stands for it.)
+    fastest_low = at_low.get(fastest.cut_id, fastest.latency_ms)
+    if objective == "latency" and fastest is not best and fastest_low > cfg.slo_ms > 0:
         reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
                   f"{_plan_name(fastest)} is predicted faster ({fastest.latency_ms:.0f} ms) "
                   f"but would miss the {cfg.slo_ms:g} ms SLO "
-                  f"({at_low[fastest.cut_id]:.0f} ms) with the link "
+                  f"({fastest_low:.0f} ms) with the link "
                   f"{max(risk, cfg.link.latency_slo_risk):.2g} spreads below its estimate")
     elif objective == "latency" and fastest is not best:
         reason = (f"{_plan_name(best)} kept at {best.latency_ms:.0f} ms: "
@@ -517,130 +408,6 @@ def _explain(best: Prediction, objective: str, cfg: PolicyConfig,
                f"{best.energy_mj:.0f} mJ, latency weight {cfg.latency_weight:g})")
     return why + runner + ex
 
-
-# A sample more than this far off the prediction is a spike until the next one agrees.
-_SPIKE = 1.5
-# No sample moves the table by more than this ratio either way.
-_CLIP = 3.0
-
-
-def _clipped(ratio: float) -> float:
-    return min(max(ratio, 1 / _CLIP), _CLIP)
-
-
-class CostTable:
-    """Per-cut head and tail times, corrected online from every measurement.
-
-    A prediction is the plan's profiled figure x a shared speed factor of its side x a
-    per-cut residual. The shared factor moves with every measurement of any cut on that
-    side (thermal throttling, contention or a busy cloud slow every cut alike), so one
-    local run also corrects the heads of the splits not tried lately; the residual
-    corrects what the profile got wrong about one cut. Both are exponentially weighted
-    averages of ratios, each sample clipped to 3x either way; a sample over 1.5x off is
-    held until the next one agrees, so that one stall (a GC pause, a page fault, another
-    process on the core) does not move the table at all.
-    """
-
-    def __init__(self, plan: Plan, *, ewma: float = 0.3,
-                 raw_inputs: Iterable[str] = (),
-                 device_layers: Mapping[str, Iterable[str]] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.plan = plan
-        self.ewma = ewma
-        self._clock = clock
-        raw = frozenset(raw_inputs)
-        layers = {k: frozenset(v) for k, v in (device_layers or {}).items()}
-        self._lock = threading.Lock()
-        self._base: dict[str, CutEstimate] = {}
-        self._head_r: dict[str, float] = {}
-        self._tail_r: dict[str, float] = {}
-        self._seen: dict[str, float] = {}
-        self._samples: dict[str, int] = {}
-        self.device_factor = 1.0
-        self.cloud_factor = 1.0
-        self._held: dict[str, float] = {}  # a far-off sample's ratio awaiting the next, per side
-        for c in plan.candidates:
-            self._base[c.cut_id] = CutEstimate(
-                cut_id=c.cut_id, kind=c.kind, head_ms=c.head_ms, tail_ms=c.tail_ms,
-                up_bytes=c.up_bytes, down_bytes=c.down_bytes,
-                sends_raw_input=c.kind == OFFLOAD or bool(raw.intersection(c.tensors)),
-                device_layers=layers.get(c.cut_id, frozenset()),
-            )
-            self._head_r[c.cut_id] = 1.0
-            self._tail_r[c.cut_id] = 1.0
-            self._samples[c.cut_id] = 0
-
-    def candidate(self, cut_id: str) -> CutCandidate:
-        return self.plan.candidate(cut_id)
-
-    def _update(self, side: str, base: float, factor: float, resid: float, sample: float,
-                a: float) -> tuple[float, float]:
-        if base <= 0:
-            return factor, resid
-        raw = sample / (base * factor * resid)
-        # A sample far off the prediction (over 1.5x either way) is held: it counts only
-        # when the next sample on this side is far off the same way. A lone stall (a GC
-        # pause, another process taking the core for a second) then leaves the table where
-        # it was, while a real change (throttling, a busy cloud) is followed in full from
-        # its second sample on, the held one included.
-        held = self._held.pop(side, None)
-        if raw > _SPIKE or raw < 1 / _SPIKE:
-            if held is None or (held > 1) != (raw > 1):
-                self._held[side] = raw
-                return factor, resid
-            factor *= 1 + a * (_clipped(held) - 1)
-        ratio = _clipped(raw)
-        # The shared factor takes the ratio's move; the residual keeps what the shared
-        # factor does not explain for this cut, learnt far more slowly: the cut measured
-        # most often (local, on most devices) would otherwise take a share of every slow
-        # spell into its residual, and splits whose heads are nearly the whole model
-        # would look cheaper than local by that share.
-        factor *= 1 + a * (ratio - 1)
-        ratio2 = _clipped(sample / (base * factor * resid))
-        resid *= 1 + (a / 8) * (ratio2 - 1)
-        return factor, resid
-
-    def observe(self, cut_id: str, *, head_ms: float | None = None,
-                tail_ms: float | None = None, now: float | None = None) -> None:
-        """Fold in measured device (head) and cloud (tail) times of one request."""
-        now = self._clock() if now is None else now
-        with self._lock:
-            base = self._base.get(cut_id)
-            if base is None:
-                raise KeyError(f"cost table: unknown cut '{cut_id}'")
-            a = self.ewma
-            if head_ms is not None:
-                self.device_factor, self._head_r[cut_id] = self._update(
-                    "device", base.head_ms, self.device_factor, self._head_r[cut_id], head_ms, a)
-            if tail_ms is not None:
-                self.cloud_factor, self._tail_r[cut_id] = self._update(
-                    "cloud", base.tail_ms, self.cloud_factor, self._tail_r[cut_id], tail_ms, a)
-            self._seen[cut_id] = now
-            self._samples[cut_id] += 1
-
-    def observe_local_full(self, full_ms: float, now: float | None = None) -> None:
-        """A whole-model local run also tells us the local candidate's cost."""
-        for cid, base in self._base.items():
-            if base.kind == LOCAL:
-                self.observe(cid, head_ms=full_ms, now=now)
-
-    def snapshot(self, now: float | None = None) -> tuple[CutEstimate, ...]:
-        """The candidates with their current estimates and ages."""
-        now = self._clock() if now is None else now
-        with self._lock:
-            out = []
-            for cid, base in self._base.items():
-                seen = self._seen.get(cid)
-                out.append(CutEstimate(
-                    cut_id=cid, kind=base.kind,
-                    head_ms=base.head_ms * self.device_factor * self._head_r[cid],
-                    tail_ms=base.tail_ms * self.cloud_factor * self._tail_r[cid],
-                    up_bytes=base.up_bytes, down_bytes=base.down_bytes,
-                    sends_raw_input=base.sends_raw_input, device_layers=base.device_layers,
-                    age_s=math.inf if seen is None else max(now - seen, 0.0),
-                    samples=self._samples[cid],
-                ))
-            return tuple(out)
 
 
 class Policy:

@@ -171,6 +171,19 @@ class LinkEstimate:
         return self.bandwidth_bps * math.exp(self.spread + self.headroom
                                              + quiet * _QUIET_HEADROOM)
 
+    def resolving_bytes(self) -> int:
+        """The smallest transfer that can show the link is faster than believed: half a
+        round trip of serialising at the believed rate (see ``observe_transfer``)."""
+        return max(_MIN_BOUND_SAMPLE_BYTES, int(self.bandwidth_bps * 0.5 * self.rtt_s / 8))
+
+    def probe_bytes(self, minimum: int) -> int:
+        """Bytes a probe should carry to be informative: two bandwidth-delay products at
+        the optimistic bandwidth, at least ``minimum``."""
+        # No more than one second of the link at the pessimistic rate, though: a probe
+        # must not hog a slow link.
+        want = int(min(self.high_bps * max(self.rtt_s, 0.005) * 2 / 8, self.low_bps * 1.0 / 8))
+        return max(minimum, want)
+
     def transfer_s(self, nbytes: int, bandwidth_bps: float | None = None) -> float:
         """Seconds to move ``nbytes`` one way at ``bandwidth_bps`` (default: the estimate)."""
         bw = self.bandwidth_bps if bandwidth_bps is None else bandwidth_bps
@@ -220,10 +233,7 @@ class LinkEstimator:
         # that the next measured transfer replaces.
         self._readings = 0
         self._lock = threading.Lock()
-        self.probe_budget_bytes = probe_budget_bytes
-        self.probe_refill_s = probe_refill_s
-        self._probe_tokens = float(probe_budget_bytes)
-        self._probe_stamp = clock()
+        self.probes = ProbeBudget(probe_budget_bytes, probe_refill_s, clock())
         self.total_samples = 0
 
     # -- observations -------------------------------------------------------------------
@@ -460,40 +470,49 @@ class LinkEstimator:
 
     # -- probing ------------------------------------------------------------------------
     def resolving_bytes(self, now: float | None = None) -> int:
-        """The smallest transfer that can show the link is faster than believed: half a
-        round trip of serialising at the believed rate (see ``observe_transfer``)."""
-        e = self.estimate(now)
-        return max(_MIN_BOUND_SAMPLE_BYTES, int(e.bandwidth_bps * 0.5 * e.rtt_s / 8))
+        """See :meth:`LinkEstimate.resolving_bytes` (of the estimate now)."""
+        return self.estimate(now).resolving_bytes()
 
     def probe_size(self, minimum: int, now: float | None = None) -> int:
-        """Bytes a probe should carry to be informative: two bandwidth-delay products at
-        the optimistic bandwidth, at least ``minimum``, at most the budget left."""
-        e = self.estimate(now)
-        # Two bandwidth-delay products at the optimistic rate, but no more than one
-        # second of the link at the pessimistic rate: a probe must not hog a slow link.
-        want = int(min(e.high_bps * max(e.rtt_s, 0.005) * 2 / 8, e.low_bps * 1.0 / 8))
-        want = max(minimum, want)
-        return min(want, self.probe_allowance(now))
+        """Bytes a probe should carry to be informative (:meth:`LinkEstimate.probe_bytes`),
+        at most the budget left."""
+        return min(self.estimate(now).probe_bytes(minimum), self.probe_allowance(now))
 
     def probe_allowance(self, now: float | None = None) -> int:
         """Bytes a probe may spend now (the budget refills fully every ``probe_refill_s``)."""
         now = self._clock() if now is None else now
         with self._lock:
-            self._refill_locked(now)
-            return int(self._probe_tokens)
+            return self.probes.allowance(now)
 
     def spend_probe(self, nbytes: int, now: float | None = None) -> bool:
         """Take ``nbytes`` from the probe budget; False (and nothing taken) if it lacks them."""
         now = self._clock() if now is None else now
         with self._lock:
-            self._refill_locked(now)
-            if nbytes > self._probe_tokens:
-                return False
-            self._probe_tokens -= nbytes
-            return True
+            return self.probes.spend(nbytes, now)
 
-    def _refill_locked(self, now: float) -> None:
-        rate = self.probe_budget_bytes / max(self.probe_refill_s, 1e-6)
-        self._probe_tokens = min(float(self.probe_budget_bytes),
-                                 self._probe_tokens + (now - self._probe_stamp) * rate)
-        self._probe_stamp = now
+
+class ProbeBudget:
+    """The bytes probes may spend: a token bucket of ``budget_bytes`` that refills fully
+    every ``refill_s`` (not thread-safe; the estimator holds its lock around it)."""
+
+    def __init__(self, budget_bytes: int, refill_s: float, now: float) -> None:
+        self.budget_bytes = budget_bytes
+        self.refill_s = refill_s
+        self._tokens = float(budget_bytes)
+        self._stamp = now
+
+    def allowance(self, now: float) -> int:
+        self._refill(now)
+        return int(self._tokens)
+
+    def spend(self, nbytes: int, now: float) -> bool:
+        self._refill(now)
+        if nbytes > self._tokens:
+            return False
+        self._tokens -= nbytes
+        return True
+
+    def _refill(self, now: float) -> None:
+        rate = self.budget_bytes / max(self.refill_s, 1e-6)
+        self._tokens = min(float(self.budget_bytes), self._tokens + (now - self._stamp) * rate)
+        self._stamp = now

@@ -111,6 +111,8 @@ class OrtSession(Session):
     ) -> dict[str, np.ndarray]:
         self._check(feeds)
         names = self._output_names if outputs is None else check_output_names(outputs, self.outputs)
+        if any(v.dtype.kind in "OS" for v in feeds.values()):
+            feeds = {k: _as_text(v) if v.dtype.kind in "OS" else v for k, v in feeds.items()}
         try:
             values = self._session.run(names, feeds)
         except Exception as exc:  # ORT raises its own untyped errors
@@ -120,6 +122,16 @@ class OrtSession(Session):
     def close(self) -> None:
         # InferenceSession has no close(); dropping the reference frees it.
         self._session = None  # type: ignore[assignment]
+
+
+def _as_text(array: np.ndarray) -> np.ndarray:
+    """A string tensor's elements as ``str``: ONNX Runtime turns a ``bytes`` element into
+    its repr (``"b'a'"``), while the protocol's BYTES elements arrive as bytes (UTF-8)."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat_in):
+        flat_out[i] = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+    return out
 
 
 class OrtBackend(Backend):

@@ -3,9 +3,10 @@
 :func:`quantize_model` runs ONNX Runtime's static quantizer in QDQ format with
 per-channel weights, calibrated on real sample inputs, and then compares the INT8 model
 with the FP32 one on a separate evaluation set: latency (interleaved, medians) and
-agreement (top-1 agreement along the output's last axis, cosine similarity per sample).
+agreement by the output's task (top-1 for a classifier, IoU of thresholded maps for a
+dense output, decoded-sequence equality for a CTC recognizer; cosine similarity always).
 
-Steps, each a small function:
+Steps, each a small function (the samples come from ``_samples``):
 
 1. ``quant_pre_process`` (ONNX shape inference and ORT's graph optimizations, so
    BatchNormalization is folded into the convolutions before their weights are quantized).
@@ -42,23 +43,25 @@ import os
 import sys
 import tempfile
 import time
-import typing
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any
 
 import numpy as np
 import onnx
 
 from devices.errors import ConfigError, ModelError
+from edge.runtime._samples import (
+    Calibration,
+    Feeds,
+    _as_samples,
+    _feed_reader,
+    load_samples,
+    random_samples,
+)
 from partition._portable import save_model
-
-# typing's spellings: these aliases are evaluated at import, on Python 3.8 too.
-Feeds = Dict[str, np.ndarray]
-Calibration = Union[str, Path, int,
-                    typing.Sequence[Union[typing.Mapping[str, np.ndarray], np.ndarray]]]
 
 ACTIVATION_TYPES = ("uint8", "int8")
 WEIGHT_TYPES = ("int8", "uint8")
@@ -71,9 +74,22 @@ _INTEGER_COMPUTE_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "Conv
                                   "QLinearAdd", "QLinearMul", "QAttention", "NhwcQLinearConv"})
 
 
+TASKS = ("auto", "classifier", "dense", "ctc", "other")
+
+
 @dataclass(frozen=True)
 class Agreement:
-    """How closely the INT8 model's first output follows the FP32 model's."""
+    """How closely the INT8 model's first output follows the FP32 model's.
+
+    ``task`` says what the output is, and ``metric``/``score`` the agreement that fits it:
+    ``top1`` for a classifier ([N, C] scores), ``iou`` of the maps thresholded at
+    ``threshold`` for a dense output ([N, 1, H, W] probabilities; the IoU pooled over classes
+    of the per-pixel argmax for [N, C, H, W] scores), ``sequence`` (the share of samples
+    whose greedy CTC decoding, repeats merged and blanks dropped, is identical) for a CTC
+    recognizer ([N, T, C] per-step scores), and ``cosine`` for anything else. Cosine is
+    always reported; so is top-1 along the last axis (meaningful for the first and the
+    third only).
+    """
 
     samples: int
     top1_agreement: float
@@ -84,6 +100,13 @@ class Agreement:
     """Mean over batch items of the cosine similarity of the flattened outputs."""
     cosine_min: float
     max_abs_diff: float
+    task: str = "classifier"
+    metric: str = "top1"
+    score: float = float("nan")
+    threshold: float | None = None
+    char_error_rate: float | None = None
+    """CTC only: edit distance between the decoded sequences over the FP32 sequence's
+    length, summed over samples."""
 
 
 @dataclass(frozen=True)
@@ -118,152 +141,6 @@ class QuantizeReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------- samples
-
-
-def _input_specs(model_path: str | Path) -> list[tuple[str, np.dtype, tuple[int | None, ...]]]:
-    from devices import import_onnxruntime
-
-    ort = import_onnxruntime()
-
-    from edge.runtime._ort import _spec
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"model '{model_path}': onnxruntime cannot load it: {exc}") from exc
-    return [(s.name, s.dtype, s.shape) for s in (_spec(a) for a in sess.get_inputs())]
-
-
-def random_samples(model_path: str | Path, count: int, seed: int = 0) -> list[Feeds]:
-    """``count`` random batch-1 samples (standard normal) fitting the model's inputs.
-
-    Only for models whose dims other than the batch are fixed; random weights
-    (the zoo models) make random inputs as good as any.
-    """
-    rng = np.random.default_rng(seed)
-    specs = _input_specs(model_path)
-    for name, dtype, shape in specs:
-        if any(d is None for d in shape[1:]):
-            raise ConfigError(
-                f"model '{model_path}': input '{name}' has dynamic dims "
-                f"{['?' if d is None else d for d in shape]}; give real samples "
-                "(a folder of .npy files) instead of a count"
-            )
-        if dtype.kind != "f":
-            raise ConfigError(
-                f"model '{model_path}': input '{name}' is {dtype}; give real samples "
-                "(a folder of .npy files) instead of a count"
-            )
-    samples = []
-    for _ in range(count):
-        samples.append({
-            name: rng.standard_normal((1, *shape[1:])).astype(dtype) for name, dtype, shape in specs
-        })
-    return samples
-
-
-def _fit_rank(name: str, value: np.ndarray, rank: int, where: str) -> np.ndarray:
-    if value.ndim == rank:
-        return value
-    if value.ndim == rank - 1:  # one sample saved without its batch axis
-        return value[None]
-    raise ConfigError(f"{where}: input '{name}': expected rank {rank} (or {rank - 1} "
-                      f"without the batch axis), got shape {value.shape}")
-
-
-def load_samples(folder: str | Path, model_path: str | Path) -> list[Feeds]:
-    """Samples from a folder: one ``.npy`` per sample (single-input models) or one
-    ``.npz`` per sample holding every input by name; files are taken in name order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"calibration '{folder}': not a folder (nor a sample count)")
-    specs = _input_specs(model_path)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".npy", ".npz"))
-    if not files:
-        raise ConfigError(f"calibration '{folder}': no .npy or .npz files in it")
-    samples: list[Feeds] = []
-    for path in files:
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"calibration file '{path}': not a readable array ({exc})") from exc
-        if path.suffix == ".npy":
-            if len(specs) != 1:
-                raise ConfigError(
-                    f"calibration file '{path}': the model has {len(specs)} inputs "
-                    f"({', '.join(s[0] for s in specs)}); use .npz files with one array per input"
-                )
-            arrays = {specs[0][0]: loaded}
-        else:
-            arrays = dict(loaded.items())
-        feeds: Feeds = {}
-        for name, dtype, shape in specs:
-            if name not in arrays:
-                raise ConfigError(f"calibration file '{path}': no array for input '{name}'")
-            value = _fit_rank(name, np.asarray(arrays[name]), len(shape), f"calibration file '{path}'")
-            if value.dtype != dtype:
-                raise ConfigError(f"calibration file '{path}': input '{name}': expected dtype "
-                                  f"{dtype}, got {value.dtype}")
-            feeds[name] = value
-        samples.append(feeds)
-    return samples
-
-
-def _as_samples(source: Calibration, model_path: str | Path, seed: int) -> tuple[list[Feeds], str]:
-    """Samples and a description of where they came from."""
-    if isinstance(source, bool):
-        raise ConfigError(f"calibration: expected a folder, a count or samples, got {source!r}")
-    if isinstance(source, int):
-        if source < 1:
-            raise ConfigError(f"calibration: expected at least 1 sample, got {source}")
-        return random_samples(model_path, source, seed), f"{source} random normal samples (seed {seed})"
-    if isinstance(source, (str, Path)):
-        text = str(source)
-        if text.isdigit():
-            return _as_samples(int(text), model_path, seed)
-        samples = load_samples(text, model_path)
-        return samples, f"{len(samples)} samples from {text}"
-    specs = _input_specs(model_path)
-    samples = []
-    for i, item in enumerate(source):
-        if isinstance(item, np.ndarray):
-            if len(specs) != 1:
-                raise ConfigError(f"sample {i}: the model has {len(specs)} inputs; give dicts")
-            item = {specs[0][0]: item}
-        samples.append({
-            name: _fit_rank(name, np.asarray(item[name]), len(shape), f"sample {i}")
-            for name, _dtype, shape in specs
-        })
-    if not samples:
-        raise ConfigError("calibration: no samples given")
-    return samples, f"{len(samples)} samples given in memory"
-
-
-def _feed_reader(samples: Sequence[Feeds]) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class _SampleReader(CalibrationDataReader):
-        """Hands the quantizer one sample at a time; rewindable for entropy calibration."""
-
-        def __init__(self) -> None:
-            self._it: Iterator[Feeds] = iter(samples)
-
-        def get_next(self) -> Feeds | None:
-            return next(self._it, None)
-
-        def rewind(self) -> None:
-            self._it = iter(samples)
-
-    return _SampleReader()
-
-
-# ---------------------------------------------------------------------------- graph steps
 
 
 def _sum_to_add(model: onnx.ModelProto) -> int:
@@ -379,20 +256,84 @@ def _drop_trailing_ones(value: np.ndarray) -> np.ndarray:
     return value.reshape(shape)
 
 
-def agreement(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray]) -> Agreement:
-    """Top-1 agreement over the last axis and per-item cosine similarity of output pairs.
+def infer_task(output: np.ndarray) -> str:
+    """What an output is, from its shape and values: ``classifier`` ([N, C] with C >= 2),
+    ``ctc`` ([N, T, C] with T > 1 and C > 2: per-step class scores), ``dense`` ([N, C, H, W]
+    with H and W > 1), or ``other``."""
+    value = _drop_trailing_ones(np.asarray(output))
+    if value.ndim == 2 and value.shape[1] >= 2:
+        return "classifier"
+    if value.ndim == 3 and value.shape[1] > 1 and value.shape[2] > 2:
+        return "ctc"
+    if value.ndim == 4 and value.shape[2] > 1 and value.shape[3] > 1:
+        return "dense"
+    return "other"
+
+
+def ctc_decode(scores: np.ndarray, blank: int = 0) -> list[list[int]]:
+    """Greedy CTC decoding of [N, T, C] scores: argmax per step, repeats merged, blanks
+    dropped; one index sequence per batch item."""
+    best = np.asarray(scores).argmax(axis=-1)
+    out = []
+    for row in best.reshape(best.shape[0], -1):
+        seq, prev = [], -1
+        for k in row.tolist():
+            if k != prev and k != blank:
+                seq.append(k)
+            prev = k
+        out.append(seq)
+    return out
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def _iou(ref: np.ndarray, cand: np.ndarray, threshold: float) -> tuple[int, int]:
+    """(intersection, union) of the thresholded maps, or summed over classes of the
+    per-pixel argmax for multi-channel scores."""
+    if ref.shape[1] == 1:
+        a, b = ref > threshold, cand > threshold
+        return int(np.count_nonzero(a & b)), int(np.count_nonzero(a | b))
+    ra, ca = ref.argmax(axis=1), cand.argmax(axis=1)
+    inter = union = 0
+    for k in range(ref.shape[1]):
+        a, b = ra == k, ca == k
+        inter += int(np.count_nonzero(a & b))
+        union += int(np.count_nonzero(a | b))
+    return inter, union
+
+
+def agreement(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray],
+              task: str = "auto", threshold: float = 0.5, blank: int = 0) -> Agreement:
+    """Agreement of output pairs, by the metric that fits ``task`` (see :class:`Agreement`;
+    ``auto`` decides from the first reference output with :func:`infer_task`).
 
     Each pair is one batch of outputs ([N, ...]); cosine is taken per batch item over the
-    flattened rest.
+    flattened rest. ``threshold`` binarizes dense probability maps (PP-OCR's detector
+    binarizes at 0.3); ``blank`` is the CTC blank class.
     """
+    _choice("task", task, TASKS)
     matches = positions = items = 0
     cosines: list[float] = []
     max_diff = 0.0
-    for ref, cand in zip(reference, candidate):
+    inter = union = 0
+    same_seq = edits = ref_chars = 0
+    kind = task
+    for ref, cand in zip(reference, candidate):  # noqa: B905 - lengths checked below
         ref = _drop_trailing_ones(np.asarray(ref, dtype=np.float64))
         cand = _drop_trailing_ones(np.asarray(cand, dtype=np.float64))
         if ref.shape != cand.shape:
             raise ModelError(f"outputs differ in shape: {ref.shape} vs {cand.shape}")
+        if kind == "auto":
+            kind = infer_task(ref)
         top_ref = ref.argmax(axis=-1)
         matches += int(np.count_nonzero(top_ref == cand.argmax(axis=-1)))
         positions += top_ref.size
@@ -403,27 +344,53 @@ def agreement(reference: Iterable[np.ndarray], candidate: Iterable[np.ndarray]) 
         cosines.extend(float(c) for c in cos)
         items += ref.shape[0]
         max_diff = max(max_diff, float(np.abs(ref - cand).max(initial=0.0)))
+        if kind == "dense":
+            if ref.ndim != 4:
+                raise ModelError(f"task 'dense' needs [N, C, H, W] outputs, got shape {ref.shape}")
+            i, u = _iou(ref, cand, threshold)
+            inter, union = inter + i, union + u
+        elif kind == "ctc":
+            if ref.ndim != 3:
+                raise ModelError(f"task 'ctc' needs [N, T, C] outputs, got shape {ref.shape}")
+            for sa, sb in zip(ctc_decode(ref, blank), ctc_decode(cand, blank)):  # noqa: B905
+                same_seq += sa == sb
+                edits += edit_distance(sa, sb)
+                ref_chars += len(sa)
     if not positions:
         raise ConfigError("agreement: no outputs to compare")
+    top1 = matches / positions
+    cos_mean = float(np.mean(cosines))
+    metric, score, cer = {
+        "classifier": ("top1", top1, None),
+        "dense": ("iou", inter / union if union else 1.0, None),
+        "ctc": ("sequence", same_seq / items, edits / max(ref_chars, 1)),
+    }.get(kind, ("cosine", cos_mean, None))
     return Agreement(
         samples=items,
-        top1_agreement=matches / positions,
+        top1_agreement=top1,
         positions=positions,
-        cosine_mean=float(np.mean(cosines)),
+        cosine_mean=cos_mean,
         cosine_min=float(np.min(cosines)),
         max_abs_diff=max_diff,
+        task=kind,
+        metric=metric,
+        score=float(score),
+        threshold=threshold if kind == "dense" else None,
+        char_error_rate=cer,
     )
 
 
 def compare_agreement(fp32_path: str | Path, int8_path: str | Path, samples: Sequence[Feeds],
-                      *, intra_op_threads: int | None = None, output: str | None = None) -> Agreement:
-    """Run both models on every sample and compare their output ``output`` (default: first)."""
+                      *, intra_op_threads: int | None = None, output: str | None = None,
+                      task: str = "auto", threshold: float = 0.5) -> Agreement:
+    """Run both models on every sample and compare their output ``output`` (default:
+    first) by the metric of ``task`` (see :func:`agreement`)."""
     threads = intra_op_threads or os.cpu_count() or 1
     fp32, int8 = _session(fp32_path, threads), _session(int8_path, threads)
     name = output or fp32.get_outputs()[0].name
     ref = [fp32.run([name], s)[0] for s in samples]
     cand = [int8.run([name], s)[0] for s in samples]
-    return agreement(ref, cand)
+    return agreement(ref, cand, task=task, threshold=threshold)
 
 
 def compare_latency(fp32_path: str | Path, int8_path: str | Path, feeds: Feeds, *,
@@ -483,6 +450,8 @@ def quantize_model(
     seed: int = 0,
     calibration_label: str | None = None,
     evaluation_label: str | None = None,
+    task: str = "auto",
+    threshold: float = 0.5,
 ) -> QuantizeReport:
     """Quantize ``model_path`` to static INT8 (QDQ) at ``out_path`` and report on it.
 
@@ -498,7 +467,8 @@ def quantize_model(
     last matrix product or convolution before each output (the classifier head, with
     its bias and the ops between it and the output) in float: its output is the logits,
     whose 8-bit rounding would decide close calls between classes, and it is a tiny
-    share of the work.
+    share of the work. ``task`` picks the agreement metric (``auto``: from the output's
+    shape; see :class:`Agreement`), ``threshold`` the binarization of dense maps.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -511,6 +481,9 @@ def quantize_model(
     src = Path(model_path)
     if not src.is_file():
         raise ModelError(f"model '{src}': file not found")
+    from partition._graph import reject_tflite
+
+    reject_tflite(src)
     out = Path(out_path)
     qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -518,6 +491,7 @@ def quantize_model(
     act = qtypes[_choice("activation_type", activation_type, ACTIVATION_TYPES)]
     wgt = qtypes[_choice("weight_type", weight_type, WEIGHT_TYPES)]
     method = methods[_choice("calibrate_method", calibrate_method, CALIBRATE_METHODS)]
+    _choice("task", task, TASKS)
     try:
         onnx.checker.check_model(str(src))
     except Exception as exc:
@@ -604,7 +578,8 @@ def quantize_model(
     }
     latency = agreement_ = None
     if eval_samples:
-        agreement_ = compare_agreement(src, out, eval_samples, intra_op_threads=intra_op_threads)
+        agreement_ = compare_agreement(src, out, eval_samples, intra_op_threads=intra_op_threads,
+                                       task=task, threshold=threshold)
         latency = compare_latency(src, out, eval_samples[0], intra_op_threads=intra_op_threads,
                                   runs=timing_runs)
     return QuantizeReport(
@@ -626,6 +601,7 @@ def quantize_model(
 __all__ = [
     "ACTIVATION_TYPES",
     "CALIBRATE_METHODS",
+    "TASKS",
     "WEIGHT_TYPES",
     "Agreement",
     "Latency",
@@ -633,6 +609,9 @@ __all__ = [
     "agreement",
     "compare_agreement",
     "compare_latency",
+    "ctc_decode",
+    "edit_distance",
+    "infer_task",
     "integer_kernels",
     "load_samples",
     "quantize_model",

@@ -9,11 +9,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tritonclient.grpc as tg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from onnx import TensorProto, helper
 
 from cloud import InferenceService, ServerThread, TokenVerifier, create_app
+from cloud._gate import Gate
+from cloud._shm import SharedMemoryRegistry
+from cloud.grpc import GrpcServer
 from tests.conftest import free_port
 from tests.onnx_files import make_model, save_model
 
@@ -136,3 +140,37 @@ def verifier(keys) -> TokenVerifier:
 
 def x_batch(n: int = 1, width: int = 4, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, width)).astype(np.float32)
+
+
+class GrpcStack:
+    """An HTTP and a gRPC server over one service, gate and set of shm regions."""
+
+    def __init__(self, service: InferenceService, **gate_kwargs) -> None:
+        self.service = service
+        self.gate = Gate(**gate_kwargs)
+        self.shm = SharedMemoryRegistry()
+        self.grpc = GrpcServer(service, gate=self.gate, shm=self.shm, port=0)
+        app = create_app(service, gate=self.gate, shared_memory=self.shm)
+        self.http = ServerThread(app, port=free_port(), companions=[self.grpc]).start()
+        self.target = self.grpc.target
+
+    def client(self) -> tg.InferenceServerClient:
+        return tg.InferenceServerClient(self.target)
+
+    def close(self) -> None:
+        self.http.stop()
+        self.service.close()
+
+
+@pytest.fixture
+def stacks():
+    made: list[GrpcStack] = []
+
+    def make(service: InferenceService, **gate_kwargs) -> GrpcStack:
+        stack = GrpcStack(service, **gate_kwargs)
+        made.append(stack)
+        return stack
+
+    yield make
+    for stack in made:
+        stack.close()

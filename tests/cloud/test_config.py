@@ -60,14 +60,13 @@ def test_partitioner_configs_parse_the_same_way():
 
 @pytest.mark.parametrize("text,message", [
     ("max_batch_size: -1", "max_batch_size"),
-    ("max_batch_size: \"8\"", "wrong type"),
+    ("max_batch_size: \"8\"", "1:17: .*Couldn't parse integer"),
     ("version_policy { latest { num_versions: 0 } }", "num_versions"),
-    ("version_policy { newest { } }", "latest, specific or all"),
+    ("version_policy { newest { } }", 'no field named "newest"'),
     ("dynamic_batching { preferred_batch_size: [0] }", "preferred_batch_size"),
-    ("instance_group [ { count: 0 } ]", "count"),
-    ("name: \"a\" {", "field name"),
-    ("dynamic_batching { max_queue_delay_microseconds: 5", "closing"),
-    ("parameters [ { key: \"a\" } ]", "key and value"),
+    ("instance_group [ { count: -1 } ]", "count"),
+    ("name: \"a\" {", "Expected identifier"),
+    ("dynamic_batching { max_queue_delay_microseconds: 5", 'Expected "}"'),
     ("default_model_filename: \"../x.onnx\"", "plain file name"),
 ])
 def test_bad_configs_name_the_field(text, message):
@@ -78,3 +77,104 @@ def test_bad_configs_name_the_field(text, message):
 def test_latest_policy_selects_newest():
     config = config_from_text("version_policy: { latest: { num_versions: 2 } }")
     assert config.version_policy.select([3, 1, 10, 2]) == [3, 10]
+
+
+MISSPELT = """name: "affine"
+max_batch_size: 8
+dynamic_batching {
+  preferred_batch_size: [ 4 ]
+  max_queue_delay_microsecond: 100
+}
+"""
+
+
+@pytest.mark.parametrize("text,where", [
+    ('name: "m"\nmax_batch_sizee: 8\n', 'm/config.pbtxt:2:1: .*no field named "max_batch_sizee"'),
+    (MISSPELT, 'm/config.pbtxt:5:3: .*ModelDynamicBatching.*no field named '
+               '"max_queue_delay_microsecond"'),
+    ('input [ { name: "x" data_typ: TYPE_FP32 dims: [4] } ]', 'm/config.pbtxt:1:21: .*"data_typ"'),
+    ('instance_group [ { kind: KIND_TPU } ]', "m/config.pbtxt:1:26: .*KIND_TPU"),
+])
+def test_misspelt_fields_are_errors_with_file_line_and_field(text, where):
+    with pytest.raises(RepositoryError, match=where):
+        config_from_text(text, "m/config.pbtxt")
+
+
+@pytest.mark.parametrize("text,line,field", [
+    ('name: "s"\n# stateful\nsequence_batching {\n  max_sequence_idle_microseconds: 5000000\n}\n',
+     3, "sequence_batching"),
+    ('name: "e"\nplatform: "ensemble"\nensemble_scheduling { step [ { model_name: "a" '
+     'model_version: -1 } ] }\n', 3, "ensemble_scheduling"),
+    ('name: "t"\nplatform: "tensorrt_plan"\n', 2, "platform"),
+    ('name: "p"\nbackend: "python"\n', 2, "backend"),
+    ('name: "d"\nmodel_transaction_policy { decoupled: true }\n', 2, "decoupled"),
+    ('input [ { name: "x" data_type: TYPE_FP32 dims: [4]\n  reshape: { shape: [2, 2] } } ]\n',
+     2, "reshape"),
+    ('dynamic_batching {\n priority_levels: 2\n}\n', 2, "priority_levels"),
+    ('dynamic_batching { default_queue_policy {\n default_timeout_microseconds: 10 } }\n', 2,
+     "default_timeout_microseconds"),
+    ('model_operations { op_library_filename: "libcustom.so" }\n', 1, "op_library_filename"),
+    ('response_cache { enable: true }\n', 1, "response_cache"),
+])
+def test_unsupported_features_are_refused_at_load_naming_file_line_field(text, line, field):
+    with pytest.raises(RepositoryError) as err:
+        config_from_text(text, "m/config.pbtxt")
+    message = str(err.value)
+    assert message.startswith(f"m/config.pbtxt:{line}: field '{field}': ")
+    assert "not supported" in message
+
+
+def test_speed_hints_are_accepted():
+    config = config_from_text(
+        'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } }\n'
+        'model_warmup [ { name: "w" batch_size: 1 inputs { key: "x" value: { data_type: TYPE_FP32 '
+        'dims: [4] zero_data: true } } } ]\n'
+        'instance_group [ { count: 2 kind: KIND_GPU gpus: [0] } ]\n')
+    assert config.instance_count == 2
+
+
+def test_non_ascii_strings_are_kept(tmp_path):
+    from cloud._config import read_config
+
+    folder = tmp_path / "café"
+    folder.mkdir()
+    (folder / "config.pbtxt").write_text(
+        'name: "café"\nparameters { key: "note" value: { string_value: "naïve \\303\\251" } }\n',
+        encoding="utf-8")
+    config = read_config(folder)
+    assert config.name == "café"
+    assert config.parameters["note"] == "naïve é"  # literal UTF-8 and octal escapes alike
+    assert config.triton.name == "café"
+
+
+def test_a_sequence_model_in_a_repository_fails_to_load_with_the_reason(tmp_path):
+    from cloud import InferenceService
+    from tests.cloud.conftest import write_version
+
+    write_version(tmp_path, "stateful", 1, affine_model(0.0))
+    (tmp_path / "stateful" / "config.pbtxt").write_text(
+        'name: "stateful"\nmax_batch_size: 8\nsequence_batching { }\n')
+    service = InferenceService(tmp_path, intra_op_threads=1)
+    try:
+        assert service.load_all() == []
+        (entry,) = service.index()
+        assert entry["state"] == "UNAVAILABLE"
+        assert "config.pbtxt:3: field 'sequence_batching'" in entry["reason"]
+        assert "not supported" in entry["reason"]
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("options", [
+    TritonOptions(),
+    TritonOptions(instance_count=3, instance_kind="KIND_CPU", max_batch_size=4),
+    TritonOptions(dynamic_batching=False),
+    TritonOptions(max_batch_size=0),
+    TritonOptions(preferred_batch_sizes=(), max_queue_delay_us=0),
+])
+def test_every_config_the_partitioner_writes_loads(options):
+    for model in (affine_model(0.0), affine_model(1.0, batched=False)):
+        text = triton_config("affine.tail.x", model, options)
+        config = config_from_text(text, "affine.tail.x/config.pbtxt")
+        assert config.name == "affine.tail.x"
+        assert config.instance_count == options.instance_count

@@ -250,7 +250,8 @@ def test_install_writes_a_unit_and_a_config_for_the_board(tmp_path: Path) -> Non
     config = tmp_path / "etc" / "agent.toml"
     args = ["install", "--unit-path", str(unit), "--config-path", str(config),
             "--profile", "jetson-orin-nano", "--device-id", "orin-7",
-            "--data-dir", str(tmp_path / "var"), "--exe", "/usr/local/bin/edgecut"]
+            "--data-dir", str(tmp_path / "var"), "--exe", "/usr/local/bin/edgecut",
+            "--no-user-setup"]
     result = CliRunner().invoke(agent_cmd, args)
     assert result.exit_code == 0, result.output
     text = unit.read_text()
@@ -319,7 +320,7 @@ def test_systemd_notify_ready_watchdog_and_stopping(tmp_path: Path) -> None:
 @contextlib.contextmanager
 def _agent_log_to(stream: io.StringIO) -> Iterator[None]:
     """The agent's logging set up to write to ``stream``, taken down again after."""
-    from edge.agent._daemon import setup_logging
+    from edge.agent._logging import setup_logging
 
     setup_logging("info", stream)
     try:
@@ -333,7 +334,7 @@ def _agent_log_to(stream: io.StringIO) -> Iterator[None]:
 
 
 def test_a_long_queue_of_request_records_is_written_whole() -> None:
-    from edge.agent._daemon import log, log_request
+    from edge.agent._logging import log, log_request
 
     stream = io.StringIO()
     with _agent_log_to(stream):
@@ -349,7 +350,7 @@ def test_a_long_queue_of_request_records_is_written_whole() -> None:
 
 
 def test_request_records_are_written_off_the_request_path_in_order() -> None:
-    from edge.agent._daemon import Fields, log, log_request, request_log
+    from edge.agent._logging import Fields, log, log_request, request_log
 
     stream = io.StringIO()
     with _agent_log_to(stream):

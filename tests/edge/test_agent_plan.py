@@ -135,3 +135,120 @@ def test_one_worker_runs_local_decisions_inline_and_remote_ones_on_the_worker(
         agent.close()
         cloud.stop()
         service.close()
+
+
+class _FaultCloud:
+    """A real HTTP server on 127.0.0.1 that fails the way a test asks: health checks
+    answer 200; every inference request is counted, then answered 503 (``mode = "503"``)
+    or held until the test ends (``mode = "hold"``)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.mode = "503"
+        self.posts = 0
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self._answer(200)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.posts += 1
+                if outer.mode == "hold":
+                    outer.release.wait(60)
+                self._answer(503)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_offload_keys_of_policy_toml_work_in_the_agent(
+        tmp_path: Path, squeezenet_plan: Path) -> None:
+    """[offload] max_retries, breaker_failures, breaker_reset_s and timeout_ms govern the
+    agent's cloud calls, and follow a policy pushed over the fleet link."""
+    import time
+
+    fault = _FaultCloud()
+    policy = tmp_path / "policy.toml"
+    # Local is ruled out (3 W) and nothing explores, probes or races: every request makes
+    # exactly the cloud calls the [offload] keys allow, then finishes on the device.
+    base = ("objective = \"latency\"\n[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n"
+            "[rules]\nmax_power_w = 3.0\n[explore]\nrate = 0.0\nprobe_budget_kib = 0.0\n"
+            "lookahead_probe = false\n")
+    policy.write_text(base + "[offload]\nrace = false\nmax_retries = 2\nbreaker_failures = 2\n"
+                      "breaker_reset_s = 600.0\n")
+    cfg = write_agent_config(
+        tmp_path, models={"squeezenet": Path(json.loads(
+            (squeezenet_plan / "plan.json").read_text())["model_path"])},
+        profile="generic-arm", plans={"squeezenet": squeezenet_plan / "plan.json"},
+        extra=f'[cloud]\nurl = "{fault.url}"\n[policy]\nfile = "{policy}"\n')
+    agent = Agent(cfg)
+    try:
+        x = {"data_0": np.random.default_rng(2).standard_normal((1, 3, 224, 224),
+                                                               dtype=np.float32)}
+        expected = agent.slots["squeezenet"].current.session.run(x)
+        name = next(iter(expected))
+
+        def run() -> None:
+            out = agent.infer("squeezenet", x)  # every request still gets its answer
+            np.testing.assert_allclose(out[name], expected[name], rtol=1e-3, atol=1e-5)
+
+        run()
+        assert fault.posts == 3  # one call and max_retries = 2 more
+        run()
+        assert fault.posts == 6  # a second failed call: breaker_failures = 2 opens it
+        run()
+        assert fault.posts == 6  # open for breaker_reset_s: nothing is sent
+        record = agent.telemetry()
+        # Two calls failed and fell back; with the circuit open the third was planned local.
+        assert record["fallbacks"] == 2 and record["decisions"].get("local") == 1
+
+        # The fleet pushes a policy: a short timeout, no retries, the breaker tried again
+        # at once. The next call is cut off at timeout_ms, not at the default 10 s.
+        fault.mode = "hold"
+        agent.apply_config({"id": "p", "version": "short-timeout", "policy": {
+            "objective": "latency", "link": {"prior_bandwidth_mbps": 1000.0,
+                                             "prior_rtt_ms": 1.0},
+            "rules": {"max_power_w": 3.0},
+            "explore": {"rate": 0.0, "probe_budget_kib": 0.0, "lookahead_probe": False},
+            "offload": {"race": False, "max_retries": 0, "breaker_failures": 5,
+                        "breaker_reset_s": 0.0, "timeout_ms": 300.0}}})
+        started = time.monotonic()
+        run()
+        assert fault.posts == 7  # one call, no retry
+        assert time.monotonic() - started < 8.0  # cut at 0.3 s; the old default waits 10 s
+        client = agent.executors["squeezenet"].client
+        assert (client.timeout_s, client.max_retries) == (0.3, 0)
+        assert (client.breaker.failure_threshold, client.breaker.reset_timeout_s) == (5, 0.0)
+    finally:
+        agent.close()
+        fault.close()
+
+
+def test_the_cloud_timeout_is_one_key_in_policy_toml(tmp_path: Path) -> None:
+    from devices.errors import ConfigError
+    from edge.agent._config import parse_agent_config
+
+    with pytest.raises(ConfigError, match=r"\[cloud\]: key 'timeout_s' moved.*\[offload\] "
+                                          "timeout_ms"):
+        parse_agent_config({"agent": {"device_id": "d", "data_dir": str(tmp_path)},
+                            "cloud": {"url": "http://127.0.0.1:1", "timeout_s": 2.0}}, "a.toml")

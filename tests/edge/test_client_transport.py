@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import edge.client as client_mod
+import edge._transport as transport_mod
 from devices.errors import CloudUnavailable
 from edge import Client
 from tests.conftest import serve_connections
@@ -75,9 +75,9 @@ class ScriptedServer:
 @pytest.fixture(params=["httptools", "http.client"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "http.client":
-        monkeypatch.setattr(client_mod, "httptools", None)
+        monkeypatch.setattr(transport_mod, "_httptools_module", None)
     else:
-        assert client_mod.httptools is not None  # the fast extra is part of make test
+        assert transport_mod._httptools() is not None  # the fast extra is part of make test
     return request.param
 
 
@@ -142,7 +142,7 @@ def test_a_malformed_response_is_an_error_and_not_sent_again(transport: str,
 
 def test_a_response_broken_off_is_an_error_and_not_sent_again(serve: Callable) -> None:
     # (http.client takes a response cut off in its headers as one with an empty body.)
-    assert client_mod.httptools is not None
+    assert transport_mod._httptools() is not None
     _bad_response_case(serve, OK[:40])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.policy._decide import CostTable
+from edge.policy._costs import CostTable
 from partition._types import CutCandidate, Plan
 
 PLAN = Plan(

@@ -67,6 +67,44 @@ def test_formats_in_detail(traces_dir: Path, tmp_path: Path) -> None:
     assert car.mean_bps / 1e6 == pytest.approx(97.1, rel=0.05)
 
 
+def test_5gophers_layouts_other_than_the_shared_files(tmp_path: Path) -> None:
+    """Every 5Gophers layout reads: a walking trace with one throughput column and no
+    carrier (it stopped the benchmark with ``ValueError: 'carrier' is not in list``), a
+    panel test whose ping rows have no throughput, and a per-carrier trace."""
+    walk = tmp_path / "walking-trace-1.csv"
+    walk.write_text("protocol,num_tcp_conn,seq_num,throughput_mbps\r\n"
+                    "TCP,8,0,100.0\r\nTCP,8,1,300.0\r\nTCP,8,2,\r\nTCP,8,3,200.0\r\n")
+    w = load_trace(walk)
+    assert list(w.rates_bps) == [100e6, 300e6, 200e6]
+    assert list(w.starts_s) == [0.0, 1.0, 3.0]
+    panel = tmp_path / "data.csv"
+    panel.write_text("protocol,num_tcp_conn,location,radio_type,run_num,seq_num,"
+                     "throughput_mbps,rtt_in_ms\n"
+                     "ICMP,,A,4G,93,1,,129.5\n"
+                     "TCP,1.0,A,4G,1,20,356.5,62.58\nTCP,1.0,A,4G,1,21,367.0,61.8\n"
+                     "TCP,1.0,A,5G,4,20,440.4,54.8\nTCP,1.0,A,5G,4,21,450.9,54.5\n")
+    first = load_trace(panel)
+    assert list(first.rates_bps) == [356.5e6, 367.0e6] and "A/4G/1" in first.name
+    fiveg = load_trace(f"{panel}#radio_type=5G")
+    assert list(fiveg.rates_bps) == [440.4e6, 450.9e6]
+    with pytest.raises(ConfigError, match="unknown selector key 'carrier'"):
+        load_trace(walk, select="carrier=Verizon")
+    with pytest.raises(ConfigError, match=r"data.csv:3: column 'throughput_mbps'"):
+        panel.write_text(panel.read_text().replace("356.5", "fast"))
+        load_trace(panel)
+    short = tmp_path / "short.csv"
+    short.write_text("protocol,seq_num,throughput_mbps\nTCP,0\n")
+    with pytest.raises(ConfigError, match="short.csv:2: expected 3 columns"):
+        load_trace(short)
+    down = tmp_path / "down.json"
+    down.write_text(json.dumps({"uplink": {}, "downlink": {"trace_pattern": [
+        {"time": 1.0, "duration": 1000, "capacity": 1000}]}}))
+    assert load_trace(down).rate_at(0.5) == 8e6
+    bom = tmp_path / "bom.log"
+    bom.write_text("\ufeff0\t1.0\n1\t2.0\n")
+    assert list(load_trace(bom).rates_bps) == [1e6, 2e6]
+
+
 def test_bad_traces_are_named(tmp_path: Path, traces_dir: Path) -> None:
     bad = tmp_path / "bad.log"
     bad.write_text("0.0\t1.0\n1.0\tfast\n")

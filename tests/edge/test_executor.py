@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from devices import DeviceProfile, PowerSensor, load_profile
-from edge.lab._replay import (
-    CloudServer,
-    _feeds_for,
-    prepare_plan,
-    scenario_bandwidth_drop,
-    scenario_cloud_kill,
-)
+from edge.lab._scenarios import _feeds_for, scenario_bandwidth_drop, scenario_cloud_kill
+from edge.lab._server import CloudServer, prepare_plan
 from edge.offload._client import OffloadClient
 from edge.offload._executor import Executor, Outcome
 from edge.policy import Policy, policy_config_from_text
@@ -183,8 +178,8 @@ def test_power_sensor_corrects_the_energy_model(plan_dir: Path,
 def test_a_probe_is_big_enough_to_show_a_faster_link_or_not_sent(
         plan_dir: Path, slow_board: DeviceProfile) -> None:
     plan = Plan.load(plan_dir / "plan.json")
-    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_kb = 16\n"
-                                  "probe_budget_kb = 2048\nprobe_refill_s = 1e9\n")
+    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_kib = 16\n"
+                                  "probe_budget_kib = 2048\nprobe_refill_s = 1e9\n")
     with CloudServer(plan_dir / "repository") as srv, OffloadClient(srv.url) as client:
         ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
                       background_probes=False)
@@ -264,7 +259,7 @@ def test_a_plan_with_the_fp16_wire_format_sends_half_and_answers_alike(
     # The whole model is still served as it was, for clients that send float32.
     assert (half_dir / "repository" / "squeezenet" / "config.pbtxt").is_file()
     assert "TYPE_FP16" in (half_dir / "repository" / "squeezenet.fp16" / "config.pbtxt").read_text()
-    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_budget_kb = 4096\n")
+    cfg = policy_config_from_text("slo_ms = 400\n[explore]\nprobe_budget_kib = 4096\n")
     with CloudServer(half_dir / "repository") as srv, OffloadClient(srv.url) as client:
         ex = Executor(half, half_dir, slow_board, policy=Policy(cfg), client=client,
                       background_probes=False)
@@ -338,18 +333,18 @@ def test_an_upload_that_would_miss_the_slo_is_given_up_in_time(
 
 def test_the_upload_watch_waits_on_a_near_miss_and_gives_up_a_clear_one() -> None:
     import time
-    from types import SimpleNamespace
 
     from edge.offload._client import UploadProgress
+    from edge.offload._watch import abandon_watch
     from edge.policy._decide import Prediction
 
-    fake = SimpleNamespace(policy=Policy(policy_config_from_text("slo_ms = 500\n")))
+    margin_ms = policy_config_from_text("slo_ms = 500\n").offload.deadline_margin_ms
     pred = Prediction("offload", "offload", 0.0, 0.0, 0.0, 0.0, 50.0, 0.0, 0)
 
     def verdict(elapsed_ms: float, mbps: float) -> str:
         # The device needs 200 ms for the request; the upload has run elapsed_ms.
-        watch = Executor._abandon_watch(fake, pred, 0.0, 200.0, 500.0,
-                                        time.perf_counter() - elapsed_ms / 1000.0)
+        watch = abandon_watch(pred, 0.0, 200.0, 500.0,
+                              time.perf_counter() - elapsed_ms / 1000.0, margin_ms)
         return watch(UploadProgress(elapsed_ms / 1000.0, 100_000, 600_000, mbps * 1e6,
                                     50_000))
 

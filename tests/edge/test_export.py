@@ -11,6 +11,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from cloud._config import read_config
 from devices.errors import ConfigError, PartitionError
 from edge.cli import main
 from partition import CutCandidate, Plan
@@ -59,6 +60,9 @@ def test_triton_repository_configs_parse_with_tritons_schema(tmp_path: Path, zoo
         assert config.dynamic_batching.max_queue_delay_microseconds == 500
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
         assert config.output[0].data_type == model_config_pb2.TYPE_FP32
+        # and edgecut serve loads the same file by the same schema
+        served = read_config(repo / name)
+        assert (served.name, served.max_batch_size, served.instance_count) == (name, 16, 2)
     tail_cfg = model_config_pb2.ModelConfig()
     text_format.Parse((repo / "squeezenet.tail.c1" / "config.pbtxt").read_text(), tail_cfg)
     assert tail_cfg.input[0].name == "r9"
@@ -83,6 +87,7 @@ def test_a_plan_for_the_fp16_wire_exports_its_fp16_models(tmp_path: Path, zoo_mo
             continue
         config = model_config_pb2.ModelConfig()
         text_format.Parse((repo / c.cloud_model / "config.pbtxt").read_text(), config)
+        assert read_config(repo / c.cloud_model).name == c.cloud_model
         assert {i.name: i.data_type for i in config.input} == dict.fromkeys(
             c.tensors, model_config_pb2.TYPE_FP16)
 
@@ -131,6 +136,19 @@ def test_plain_kubernetes_manifests(tmp_path: Path, server: str) -> None:
         jsonschema.validate(doc, schema)
     container = docs[0]["spec"]["template"]["spec"]["containers"][0]
     assert ("tritonserver" if server == "triton" else "edgecut") == container["command"][0]
+    # gRPC is on in both (tritonserver's flag names, which edgecut serve takes too)
+    assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"} <= set(container["command"])
+    assert not any(a.startswith("--allow-grpc") for a in container["command"])
+    assert {p["name"] for p in docs[1]["spec"]["ports"]} == {"http", "grpc"}
+    if server == "edgecut":  # the container's command line parses as edgecut serve's
+        from cloud._cli import serve
+
+        (tmp_path / "models").mkdir()
+        (tmp_path / "keys").mkdir()
+        args = [a.replace("/models", str(tmp_path / "models")).replace("/keys", str(tmp_path / "keys"))
+                for a in container["command"][2:]]
+        params = serve.make_context("serve", args).params
+        assert (params["port"], params["grpc_port"], params["metrics_port"]) == (8000, 8001, 8002)
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
 
 

@@ -39,7 +39,7 @@ def test_lazy_names_still_resolve() -> None:
     import edge
 
     assert edge.Executor.__name__ == "Executor"
-    assert edge.load_trace.__module__ == "edge.lab._emulator"
+    assert edge.load_trace.__module__ == "edge.lab._traces"
     try:
         edge.NoSuchThing  # noqa: B018
     except AttributeError as exc:

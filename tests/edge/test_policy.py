@@ -330,6 +330,23 @@ def test_prediction_arithmetic() -> None:
     assert d.to_dict()["plan"] == "local" and d.deadline_ms == 0.0
 
 
+def test_a_request_of_another_size_is_costed_by_the_plans_curves() -> None:
+    """With size data the request's own dims decide (head and tail factors from the plan's
+    cost curves, bytes exact); a tiny input's byte ratio no longer shrinks every cost."""
+    ctx, cfg = build(Case("", 100, "", input_bytes=12))
+    sized = {"local": (4.0, 1.0, 0, 0), "offload": (1.0, 4.0, 2_400_000, 16_000),
+             "a": (4.0, 4.0, 800_000, 16_000), "b": (4.0, 4.0, 32_000, 16_000)}
+    d = decide(dataclasses.replace(ctx, sized=sized), cfg)
+    preds = {p.cut_id: p for p in d.predictions}
+    assert preds["local"].latency_ms == pytest.approx(400.0)
+    # split b at 100 Mbit/s: 320 head + 2.56 up + (20 rtt + 20 tail) + 1.28 down
+    assert preds["b"].latency_ms == pytest.approx(320 + 2.56 + 40 + 1.28)
+    assert preds["offload"].up_bytes == 2_400_000
+    # The same request by the byte ratio alone would have looked 50,000 times cheaper.
+    old = {p.cut_id: p for p in decide(ctx, cfg).predictions}
+    assert old["local"].latency_ms == pytest.approx(100.0 * 12 / 600_000)
+
+
 def test_every_plan_excluded_but_local_is_still_answered() -> None:
     ctx, cfg = build(Case("", 1000, "", cloud=CloudState(healthy=False)))
     d = decide(ctx, cfg)

@@ -30,7 +30,7 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
 
 def test_units_are_converted() -> None:
     cfg = policy_config_from_text(
-        "[link]\nprior_bandwidth_mbps = 2\nprior_rtt_ms = 30\n[explore]\nprobe_kb = 8\n")
+        "[link]\nprior_bandwidth_mbps = 2\nprior_rtt_ms = 30\n[explore]\nprobe_kib = 8\n")
     assert cfg.link.prior_bandwidth_bps == 2e6
     assert cfg.link.prior_rtt_s == pytest.approx(0.03)
     assert cfg.explore.probe_bytes == 8192

@@ -15,7 +15,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from devices.errors import ConfigError, ModelError
 from edge.cli import main
-from edge.runtime.quantize import agreement, integer_kernels, load_samples, quantize_model
+from edge.runtime.quantize import (
+    agreement,
+    ctc_decode,
+    edit_distance,
+    infer_task,
+    integer_kernels,
+    load_samples,
+    quantize_model,
+)
 from tests.onnx_files import make_model, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +135,59 @@ def test_agreement_arithmetic() -> None:
     assert agreement([np.ones((2, 7, 4))], [np.ones((2, 7, 4))]).positions == 14
     with pytest.raises(ModelError, match="outputs differ in shape"):
         agreement([a], [a[:1]])
+    assert result.task == "classifier" and result.metric == "top1" and result.score == 0.5
+
+
+def test_task_is_inferred_from_the_output() -> None:
+    assert infer_task(np.zeros((4, 10))) == "classifier"
+    assert infer_task(np.zeros((4, 10, 1, 1))) == "classifier"
+    assert infer_task(np.zeros((1, 40, 6625))) == "ctc"
+    assert infer_task(np.zeros((1, 1, 64, 64))) == "dense"
+    assert infer_task(np.zeros((3,))) == "other"
+
+
+def test_dense_maps_are_judged_by_iou_of_thresholded_masks() -> None:
+    ref = np.zeros((1, 1, 8, 8))
+    ref[0, 0, :4, :] = 0.9  # 32 text pixels
+    cand = ref.copy()
+    cand[0, 0, 3, :] = 0.2  # 8 lost below 0.3
+    cand[0, 0, 4, :4] = 0.8  # 4 gained
+    r = agreement([ref], [cand], threshold=0.3)
+    assert r.task == "dense" and r.metric == "iou" and r.threshold == 0.3
+    assert r.score == pytest.approx(24 / 36)
+    # A top-1 along the last axis says nothing here; the IoU is the headline.
+    assert r.score != r.top1_agreement
+    # Multi-channel scores: IoU of the per-pixel argmax, pooled over classes.
+    seg = np.zeros((1, 2, 2, 2))
+    seg[0, 0] = [[1, 1], [0, 0]]
+    seg[0, 1] = [[0, 0], [1, 1]]
+    flip = seg.copy()
+    flip[0, :, 0, 0] = [0, 1]
+    assert agreement([seg], [flip], task="dense").score == pytest.approx((1 + 2) / (2 + 3))
+
+
+def test_ctc_outputs_are_judged_by_the_decoded_text() -> None:
+    def scores(path: list[int], classes: int = 5) -> np.ndarray:
+        out = np.zeros((len(path), classes))
+        out[np.arange(len(path)), path] = 1.0
+        return out
+
+    assert ctc_decode(scores([1, 1, 0, 1, 2, 2, 0])[None]) == [[1, 1, 2]]
+    assert edit_distance([1, 2, 3], [1, 3]) == 1 and edit_distance([], [4, 4]) == 2
+    ref = np.stack([scores([1, 1, 0, 2, 3, 0]), scores([4, 0, 4, 0, 0, 0])])
+    cand = ref.copy()
+    cand[0, 1] = scores([0])[0]  # 1, blank: the same text (repeats were merged anyway)
+    cand[1, 2] = scores([3])[0]  # 4 4 -> 4 3: one character differs
+    r = agreement([ref], [cand])
+    assert r.task == "ctc" and r.metric == "sequence"
+    assert r.score == 0.5 and r.char_error_rate == pytest.approx(1 / 5)
+    with pytest.raises(ConfigError, match="task"):
+        agreement([ref], [cand], task="segmenter")
+
+
+def test_quantize_names_tflite(tmp_path: Path, trained_model) -> None:
+    with pytest.raises(ModelError, match="TFLite graphs are not partitioned"):
+        quantize_model(trained_model("face_detection_short_range"), tmp_path / "o.onnx", 4)
 
 
 def test_calibration_folder(tmp_path: Path, residual: Path) -> None:

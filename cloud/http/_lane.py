@@ -63,7 +63,7 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
     needed = ("on_headers_complete", "on_body", "on_message_complete", "on_response_complete")
     if not all(hasattr(HttpToolsProtocol, name) for name in needed):
         return None
-    limit = min(_LANE_MAX_BODY, app.max_body_bytes)
+    limit = min(_LANE_MAX_BODY, app.gate.max_body_bytes)
 
     class LaneProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
         answered = 0  # requests answered in the lane, all connections together
@@ -90,7 +90,7 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
         def _hold(self, size: int) -> None:
             # Lane bodies count against the app's budget for request bodies held at once,
             # as the ordinary route's do (its _hold), from the headers until the answer.
-            app._pending_bytes += size - self._lane_held
+            app.gate.pending_bytes += size - self._lane_held
             self._lane_held = size
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -124,15 +124,17 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
                     return None
             if length is None or not length.isdigit() or int(length) > limit:
                 return None
-            if app._pending_bytes + int(length) > app.max_pending_bytes:
+            if app.gate.pending_bytes + int(length) > app.gate.max_pending_bytes:
                 return None  # the ordinary route answers 503
-            self._hold(int(length))
             return name.decode("ascii", "replace")
 
         def on_body(self, body: bytes) -> None:
             if self._lane is None:
                 super().on_body(body)
             else:
+                # Held as bytes arrive (not as declared: a client that declares a large
+                # body and trickles it holds only what it sent).
+                self._hold(self._lane_held + len(body))
                 self._lane.append(body)
 
         def on_message_complete(self) -> None:
@@ -148,7 +150,8 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
             collecting()
             try:
                 try:
-                    answer = app.serve_now(self._lane_model, headers, body)
+                    answer = app.serve_now(self._lane_model, headers, body,
+                                           getattr(self, "_peer", None))
                 except Exception:  # a bug: answer 500, log it, keep serving (as the app does)
                     log.exception("POST %s failed", self.url.decode("latin-1"))
                     answer = (500, b'{"error":"internal server error"}',

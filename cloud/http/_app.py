@@ -8,6 +8,7 @@ which keeps the added latency in the tens of microseconds. Only this module (and
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
@@ -19,11 +20,12 @@ import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from cloud._auth import Principal, TokenVerifier
+from cloud._auth import TokenVerifier
 from cloud._deferred import after_answer
+from cloud._gate import Gate
+from cloud._peer import Peer, caller_of, shm_view
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
-from cloud._threads import to_thread
 from cloud.errors import (
     CloudError,
     Forbidden,
@@ -32,7 +34,7 @@ from cloud.errors import (
     PayloadTooLarge,
     ProtocolError,
 )
-from cloud.protocol import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from cloud.http._codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
 
 __all__ = ["create_app"]
 
@@ -71,25 +73,20 @@ class _App:
     def __init__(
         self,
         service: InferenceService,
-        verifier: TokenVerifier | None,
-        max_body_bytes: int,
+        gate: Gate,
         metrics_require_auth: bool,
-        max_in_flight: int,
-        max_pending_bytes: int,
-        shared_memory: bool = False,
+        shm: SharedMemoryRegistry | None = None,
+        metrics: bool = True,
+        max_bytes_elements: int = 1 << 20,
     ) -> None:
         self.service = service
+        self.metrics = metrics
+        self.gate = gate
         # The system shared memory extension: on for servers that only local clients reach.
-        self.shm = SharedMemoryRegistry() if shared_memory else None
-        self.max_in_flight = max_in_flight
-        self._in_flight = 0
-        self.max_pending_bytes = max_pending_bytes
-        self._pending_bytes = 0  # request bodies held right now, all requests together
-        self._refused = 0
-        self._refused_logged_at = 0.0
-        self.verifier = verifier
-        self.max_body_bytes = max_body_bytes
+        self.shm = shm
         self.metrics_require_auth = metrics_require_auth
+        self.max_bytes_elements = max_bytes_elements
+        self._profiling = False  # one profile at a time: each takes every core it is given
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}"
 
@@ -115,16 +112,15 @@ class _App:
             headers[key.decode("latin-1").lower()] = value.decode("latin-1")
         request_id = headers.get("x-request-id", "")[:128] or f"{self._id_prefix}-{next(self._ids)}"
         method, path = scope["method"], scope["path"]
-        self._in_flight += 1
+        gate = self.gate
+        gate.in_flight += 1
         held = [0]
         try:
-            if self._in_flight > self.max_in_flight and method == "POST":
+            if method == "POST" and gate.at_limit():
                 # Refused before its body is read: memory stays bounded however many come.
-                raise Overloaded(
-                    f"server is at its limit of {self.max_in_flight} requests in progress; retry later"
-                )
+                raise gate.refuse_busy()
             status, body, extra = await self._route(method, path, headers, receive, request_id,
-                                                    held, scope.get("client"))
+                                                    held, _peer(scope))
         except _Disconnected:
             return  # the client is gone; nothing to answer
         except CloudError as exc:
@@ -133,8 +129,8 @@ class _App:
             log.exception("%s %s failed", method, path, extra={"request_id": request_id})
             status, body, extra = 500, _json({"error": "internal server error"}), _JSON
         finally:
-            self._in_flight -= 1
-            self._pending_bytes -= held[0]
+            gate.in_flight -= 1
+            gate.release(held[0])
         out_headers = self._final_headers(status, body, extra, request_id)
         try:
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
@@ -148,11 +144,11 @@ class _App:
 
     # ------------------------------------------------------------------ the lane
 
-    def serve_now(self, model: str, headers: dict[str, str], body: bytes
+    def serve_now(self, model: str, headers: dict[str, str], body: bytes, peer: Peer | None = None
                   ) -> tuple[int, bytes, list] | Coroutine[Any, Any, tuple[int, bytes, list]] | None:
         """``POST /v2/models/{model}/infer`` with its body read, served without a task.
 
-        For the local API's fast lane (:mod:`cloud._lane`), called on the event loop:
+        For the local API's fast lane (:mod:`cloud.http._lane`), called on the event loop:
         when the model's batcher runs the request inline, the answer is returned ready
         to write (status, body, headers with ``content-length`` and ``x-request-id``);
         when the runtime queued it for its worker, a coroutine to await for that answer.
@@ -164,35 +160,57 @@ class _App:
         path = f"/v2/models/{model}/infer"
         if (headers.get("content-encoding", "identity") != "identity"
                 or (HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES)
-                or self._in_flight >= self.max_in_flight or len(body) > self.max_body_bytes):
+                or self.gate.in_flight >= self.gate.max_in_flight
+                or len(body) > self.gate.max_body_bytes
+                or (len(body) > _OFFLOAD_JSON_BYTES and self.service.takes_bytes(model, None))):
             return None
+        refused: list[CloudError] = []
         try:
-            request = decode_infer_request(body, headers, shared_memory=self.shm)
+            # Who may use the model first: nothing is decoded for a refused caller (the
+            # ordinary route then answers the refusal).
+            principal = self._principal(headers)
+            if principal is not None:
+                principal.require(model)
+            check = self.service.input_check(model, None, self.max_bytes_elements)
+
+            def lane_check(name: str, datatype: str, shape: tuple[int, ...]) -> None:
+                try:
+                    check(name, datatype, shape)  # type: ignore[misc]
+                except CloudError as exc:
+                    refused.append(exc)
+                    raise
+
+            request = decode_infer_request(
+                body, headers, shared_memory=self._shm_view(principal, peer),
+                check=None if check is None else lane_check)
         except CloudError:
+            if refused:  # the model's own refusal: the lane answers it as the route would
+                return self._final(*self._error(refused[0], "POST", path, request_id),
+                                   request_id)
             return None
         if any("shared_memory_region" in o.parameters for o in request.outputs or ()):
             return None
-        self._in_flight += 1
+        gate = self.gate
+        gate.in_flight += 1
         try:
-            self._scoped(headers, model)
             result = self.service.infer_now(model, request)
         except CloudError as exc:
             return self._final(*self._error(exc, "POST", path, request_id), request_id)
         finally:
-            self._in_flight -= 1
+            gate.in_flight -= 1
         if result is None:
             return None
         if isinstance(result, InferResult):
             return self._final(*self._answer(model, request, result), request_id)
 
         async def settle() -> tuple[int, bytes, list]:
-            self._in_flight += 1
+            gate.in_flight += 1
             try:
                 done = await result
             except CloudError as exc:
                 return self._final(*self._error(exc, "POST", path, request_id), request_id)
             finally:
-                self._in_flight -= 1
+                gate.in_flight -= 1
             return self._final(*self._answer(model, request, done), request_id)
 
         return settle()
@@ -241,32 +259,16 @@ class _App:
     def _log_error(self, method: str, path: str, status: int, exc: Exception,
                    request_id: str) -> None:
         if isinstance(exc, Overloaded):
-            # Under overload thousands of 503s a second would flood the log and cost the
-            # CPU the server is short of: one line a second, with how many were refused.
-            now = time.monotonic()
-            self._refused += 1
-            if now - self._refused_logged_at < 1.0:
-                return
-            count, self._refused, self._refused_logged_at = self._refused, 0, now
-            log.warning("%s %s -> 503: %s (%d refused in the last second)", method, path, exc,
-                        count, extra={"request_id": request_id, "status": status, "path": path})
+            self.gate.log_refused(f"{method} {path} -> 503", exc,
+                                  {"request_id": request_id, "status": status, "path": path})
             return
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "%s %s -> %d: %s", method, path, status, exc,
                 extra={"request_id": request_id, "status": status, "path": path})
 
-    def _hold(self, held: list[int], size: int) -> None:
-        """Count ``size`` more body bytes against the server-wide budget, or refuse."""
-        if self._pending_bytes + size > self.max_pending_bytes:
-            raise Overloaded(
-                f"server holds {self._pending_bytes} bytes of requests, its budget is "
-                f"{self.max_pending_bytes}; retry later"
-            )
-        self._pending_bytes += size
-        held[0] += size
-
     async def _body(self, headers: dict[str, str], receive: Receive, held: list[int]) -> bytes:
-        limit = self.max_body_bytes
+        gate = self.gate
+        limit = gate.max_body_bytes
         declared = headers.get("content-length")
         size = None
         if declared is not None:
@@ -274,9 +276,7 @@ class _App:
                 size = int(declared)
             except ValueError:
                 raise ProtocolError(f"Content-Length must be an integer, got {declared!r}") from None
-            if size > limit:
-                raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
-            self._hold(held, size)  # before reading: a refused body is never read
+            gate.check_size(size)
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -288,8 +288,9 @@ class _App:
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                if size is None or total > size:
-                    self._hold(held, len(chunk))  # chunked, or more than declared
+                # Held as it arrives, not as declared: a client that declares 64 MB and
+                # sends one byte holds one byte of the budget.
+                gate.hold(held, len(chunk))
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -307,7 +308,7 @@ class _App:
             raise ProtocolError(f"body is not valid {encoding} data ({exc})") from None
         if len(plain) > limit or inflater.unconsumed_tail:
             raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
-        self._hold(held, len(plain))
+        gate.hold(held, len(plain))
         if not inflater.eof:
             raise ProtocolError(f"{encoding} body is truncated")
         return plain
@@ -325,28 +326,28 @@ class _App:
             raise ProtocolError("the JSON body must be an object")
         return value
 
-    def _principal(self, headers: dict[str, str]) -> Principal | None:
-        if self.verifier is None:
+    def _principal(self, headers: dict[str, str]) -> Any:
+        return self.gate.principal(headers.get("authorization"))
+
+    def _shm_view(self, principal: Any, peer: Peer | None) -> Any:
+        if self.shm is None:
             return None
-        return self.verifier.verify(headers.get("authorization"))
+        return shm_view(self.shm, principal, peer)
 
     def _scoped(self, headers: dict[str, str], model: str) -> None:
-        principal = self._principal(headers)
-        if principal is not None:
-            principal.require(model)
+        self.gate.require_model(headers.get("authorization"), model)
 
     def _visible(self, headers: dict[str, str]) -> Callable[[str], bool]:
-        principal = self._principal(headers)
-        return (lambda _m: True) if principal is None else principal.may_use
+        return self.gate.visible(headers.get("authorization"))
 
     # ------------------------------------------------------------------ routing
 
     async def _route(self, method: str, path: str, headers: dict[str, str], receive: Receive,
                      request_id: str, held: list[int],
-                     client: Any = None) -> tuple[int, bytes, list]:
+                     peer: Peer | None = None) -> tuple[int, bytes, list]:
         parts = path.strip("/").split("/")
         n = len(parts)
-        if parts == ["metrics"]:
+        if parts == ["metrics"] and self.metrics:
             _allow(method, "GET")
             if self.metrics_require_auth:
                 self._principal(headers)
@@ -369,7 +370,7 @@ class _App:
             ready = self.service.ready
             return (200 if ready else 503), _json({"ready": ready}), _JSON
         if section == "systemsharedmemory" and self.shm is not None:
-            return await self._shared_memory(method, path, parts, headers, receive, held, client)
+            return await self._shared_memory(method, path, parts, headers, receive, held, peer)
         if section == "models":
             if n == 3 and parts[2] == "stats":
                 _allow(method, "GET")
@@ -391,8 +392,10 @@ class _App:
                 raise NotFound(f"no endpoint {path!r}")
             if action == "infer":
                 _allow(method, "POST")
-                self._scoped(headers, model)
-                return await self._infer(model, version, headers, receive, held)
+                principal = self._principal(headers)
+                if principal is not None:
+                    principal.require(model)
+                return await self._infer(model, version, headers, receive, held, principal, peer)
             self._scoped(headers, model)
             if action == "":
                 _allow(method, "GET")
@@ -412,6 +415,7 @@ class _App:
                 return 200, _json(self.service.statistics(model, version)), _JSON
             if action == "profile":
                 _allow(method, "POST")
+                self.gate.require_admin(headers.get("authorization"), model)
                 return await self._profile(model, version, headers, receive, held)
             raise NotFound(f"no endpoint {path!r}")
         if section == "repository":
@@ -427,46 +431,51 @@ class _App:
             if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
                 _allow(method, "POST")
                 model = parts[3]
-                principal = self._principal(headers)
-                if principal is not None:
-                    principal.require(model)
-                    principal.require_admin()
+                self.gate.require_admin(headers.get("authorization"), model)
                 body = await self._json_body(headers, receive, held)
                 params = body.get("parameters", {})
                 if not isinstance(params, dict):
                     raise ProtocolError("'parameters' must be an object")
                 if parts[4] == "load":
-                    await to_thread(self.service.load, model, params)
+                    await _off_loop(functools.partial(self.service.load, model, params))
                 else:
                     version = params.get("version")
                     if version is not None and not isinstance(version, str):
                         raise ProtocolError("unload parameter 'version' must be a string")
-                    await to_thread(self.service.unload, model, version)
+                    await _off_loop(functools.partial(self.service.unload, model, version))
                 return 200, b"", _JSON
         raise NotFound(f"no endpoint {path!r}")
 
     async def _infer(self, model: str, version: str | None, headers: dict[str, str],
-                     receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
+                     receive: Receive, held: list[int], principal: Any,
+                     peer: Peer | None) -> tuple[int, bytes, list]:
         self.service.require(model, version)  # 404 before reading a body for nothing
         body = await self._body(headers, receive, held)
-        if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
-            request = await to_thread(decode_infer_request, body, headers,
-                                              shared_memory=self.shm)
+        shm = self._shm_view(principal, peer)
+        # Datatypes, shapes and element counts are checked against the model before any
+        # tensor is decoded, so a request the model cannot take costs nothing to refuse.
+        check = self.service.input_check(model, version, self.max_bytes_elements)
+        # On the loop only what costs O(tensors): binary numeric tensors (a view of the
+        # body). JSON and BYTES bodies of any size go to a thread.
+        if len(body) > _OFFLOAD_JSON_BYTES and (HEADER_LENGTH.lower() not in headers
+                                                or self.service.takes_bytes(model, version)):
+            request = await _off_loop(functools.partial(
+                decode_infer_request, body, headers, shared_memory=shm, check=check))
         else:
-            request = decode_infer_request(body, headers, shared_memory=self.shm)
+            request = decode_infer_request(body, headers, shared_memory=shm, check=check)
         to_shm = {o.name: o.parameters for o in request.outputs or ()
                   if "shared_memory_region" in o.parameters}
         if to_shm:
-            if self.shm is None:
+            if shm is None:
                 raise ProtocolError(f"output {next(iter(to_shm))!r}: names shared_memory_region "
                                     "but this server has the system shared memory extension off")
             for oname, oparams in to_shm.items():
-                self.shm.check_output(oname, oparams)  # before spending the inference
+                shm.check_output(oname, oparams)  # before spending the inference
         result = await self.service.infer(model, version, request)
         placed = {}
         for oname, oparams in to_shm.items():
             if oname in result.outputs:
-                size = self.shm.write(oname, result.outputs[oname], oparams)
+                size = shm.write(oname, result.outputs[oname], oparams)
                 placed[oname] = {"shared_memory_region": oparams["shared_memory_region"],
                                  "shared_memory_byte_size": size}
         binary = [name for name in result.outputs
@@ -476,7 +485,7 @@ class _App:
         kwargs = {"model_version": result.version, "request_id": request.id, "binary": binary,
                   "shared_memory": placed}
         if json_elements > _OFFLOAD_JSON_ELEMENTS:
-            out, out_headers = await to_thread(
+            out, out_headers = await _off_loop(
                 functools.partial(encode_infer_response, model, result.outputs, **kwargs))
         else:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
@@ -484,37 +493,38 @@ class _App:
 
     async def _shared_memory(self, method: str, path: str, parts: list[str],
                              headers: dict[str, str], receive: Receive, held: list[int],
-                             client: Any) -> tuple[int, bytes, list]:
-        """``/v2/systemsharedmemory/...``: register, unregister and status (as Triton)."""
+                             peer: Peer | None) -> tuple[int, bytes, list]:
+        """``/v2/systemsharedmemory/...``: register, unregister and status (as Triton), each
+        on the caller's own regions only."""
         assert self.shm is not None
-        if client is not None and client[0] not in ("127.0.0.1", "::1", "localhost"):
-            # Only a process on this host can share memory with the server; a remote peer
-            # must not map (or have outputs written into) this host's shm objects.
+        # Only a process on this host can share memory with the server; a remote peer
+        # must not map (or have outputs written into) this host's shm objects.
+        caller = caller_of(self._principal(headers), peer)
+        if not caller.local:
             raise Forbidden(
-                f"system shared memory is for clients on this host only, not {client[0]}")
-        self._principal(headers)
+                f"system shared memory is for clients on this host only, not {caller.principal}")
         n = len(parts)
         if n == 3 and parts[2] == "status":
             _allow(method, "GET")
-            return 200, _json(self.shm.status()), _JSON
+            return 200, _json(self.shm.status(None, caller)), _JSON
         if n == 3 and parts[2] == "unregister":
             _allow(method, "POST")
-            self.shm.unregister()
+            self.shm.unregister(None, caller)
             return 200, b"", _JSON
         if n == 5 and parts[2] == "region" and parts[3]:
             name, action = parts[3], parts[4]
             if action == "status":
                 _allow(method, "GET")
-                return 200, _json(self.shm.status(name)), _JSON
+                return 200, _json(self.shm.status(name, caller)), _JSON
             if action == "unregister":
                 _allow(method, "POST")
-                self.shm.unregister(name)
+                self.shm.unregister(name, caller)
                 return 200, b"", _JSON
             if action == "register":
                 _allow(method, "POST")
                 body = await self._json_body(headers, receive, held)
-                # Opening and mapping a file: off the event loop, it may touch the disk.
-                await to_thread(self.shm.register, name, body)
+                # Opening a file: off the event loop, it may touch the disk.
+                await _off_loop(functools.partial(self.shm.register, name, body, caller))
                 return 200, b"", _JSON
         raise NotFound(f"no endpoint {path!r}")
 
@@ -529,12 +539,35 @@ class _App:
                 raise ProtocolError(f"profile '{key}' must be an integer in 1..{top}, got {value!r}")
         if shapes is not None and not (
             isinstance(shapes, dict)
-            and all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v)
+            and all(isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                and d > 0 for d in v)
                     for v in shapes.values())
         ):
             raise ProtocolError("profile 'shapes' must map input names to lists of positive integers")
-        result = await self.service.profile(model, version, runs, batch, shapes)
+        if self._profiling:
+            raise Overloaded("a profile is already running; one runs at a time, retry later")
+        self._profiling = True
+        try:
+            result = await self.service.profile(model, version, runs, batch, shapes)
+        finally:
+            self._profiling = False
         return 200, _json(result), _JSON
+
+
+def _peer(scope: Scope) -> Peer | None:
+    """The connection's peer: from the guarded protocol, else from the ASGI client."""
+    peer = scope.get("edgecut.peer")
+    if peer is not None:
+        return peer
+    client = scope.get("client")
+    if client:
+        return Peer(str(client[0]))
+    return None  # a Unix socket without the guarded protocol: no uid known
+
+
+async def _off_loop(call: Callable[[], Any]) -> Any:
+    # run_in_executor rather than asyncio.to_thread: the agent runs on Python 3.8.
+    return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 def _allow(method: str, allowed: str) -> None:
@@ -550,7 +583,11 @@ def create_app(
     metrics_require_auth: bool = False,
     max_in_flight: int = 512,
     max_pending_bytes: int = 512 * 1024 * 1024,
-    shared_memory: bool = False,
+    shared_memory: bool | SharedMemoryRegistry = False,
+    gate: Gate | None = None,
+    shm_allowed_uids: tuple[int, ...] = (),
+    metrics: bool = True,
+    max_bytes_elements: int = 1 << 20,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
@@ -563,14 +600,24 @@ def create_app(
     (counted from ``Content-Length`` before reading); beyond it a request gets 503.
     ``shared_memory``: serve the system shared memory extension (``/v2/systemsharedmemory``,
     inputs and outputs in ``/dev/shm`` regions); only requests from loopback or Unix-socket
-    peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket.
+    peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket; pass a
+    :class:`~cloud._shm.SharedMemoryRegistry` to share its regions with another transport.
+    ``gate``: the auth and limits shared with another transport of the same server
+    (then ``verifier`` and the three limits are taken from it). A region belongs to who
+    registered it (see :mod:`cloud._shm`); ``shm_allowed_uids``: the owners, besides the
+    server's own uid, whose files TCP loopback clients may register. ``metrics``: serve
+    ``/metrics`` here (off when it has its own port). ``max_bytes_elements``: the most
+    BYTES elements one input may have. Request bodies count against ``max_pending_bytes``
+    as they arrive, not as declared.
     """
-    if verifier is None:
+    if gate is None:
+        gate = Gate(verifier, max_in_flight=max_in_flight, max_pending_bytes=max_pending_bytes,
+                    max_body_bytes=max_body_bytes)
+    if gate.verifier is None:
         log.warning("AUTH IS OFF: every client may use every model and change the repository")
-    if max_body_bytes < 1:
-        raise ValueError("max_body_bytes must be positive")
-    if max_pending_bytes < max_body_bytes:
-        raise ValueError("max_pending_bytes must be at least max_body_bytes")
-    return _App(service, verifier, max_body_bytes, metrics_require_auth, max_in_flight,
-                max_pending_bytes, shared_memory)
+    if isinstance(shared_memory, SharedMemoryRegistry):
+        shm: SharedMemoryRegistry | None = shared_memory
+    else:
+        shm = SharedMemoryRegistry(allowed_uids=shm_allowed_uids) if shared_memory else None
+    return _App(service, gate, metrics_require_auth, shm, metrics, max_bytes_elements)
 

@@ -1,0 +1,153 @@
+"""Dynamic input sizes: bytes and times of every cut at sizes the plan was not made at.
+
+PP-OCRv4's trained detector (``[N,3,H,W]``) and recognizer (``[N,3,48,W]``) are planned
+for this host (``generic-x86``, relative speed 1, one thread) with the cloud here, profiled
+at sizes *other than* the ones checked (detector 512x512, 256x256, 768x768; recognizer
+widths 256, 128, 512). Then at the checked sizes (detector 320x320, 640x640, 960x544;
+recognizer widths 160, 320, 640):
+
+* ``dynamic_bytes_exact``: for every candidate, the crossing bytes and output bytes that
+  ``partition.cost_at`` predicts equal the bytes of the arrays the split head returns and
+  the whole model outputs when run at that size.
+* ``dynamic_time_max_error``: the largest relative error of predicted local, head and tail
+  times against head and tail sessions measured here (one thread, interleaved rounds,
+  medians), over local and the kept splits.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from partition import LOCAL, OFFLOAD, SPLIT, Splitter, build_plan, load_model, zoo
+from partition._profile import make_session
+from partition._sizes import cost_at
+
+CASES = {
+    "ppocr_det": {
+        "profile": [{"H": 512, "W": 512}, {"H": 256, "W": 256}, {"H": 768, "W": 768}],
+        "check": [{"H": 320, "W": 320}, {"H": 640, "W": 640}, {"H": 960, "W": 544}],
+    },
+    "ppocr_rec": {
+        "profile": [{"H": 48, "W": 256}, {"H": 48, "W": 128}, {"H": 48, "W": 512}],
+        "check": [{"H": 48, "W": 160}, {"H": 48, "W": 320}, {"H": 48, "W": 640}],
+    },
+}
+
+
+def _feeds(size: dict[str, int]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((1, 3, size["H"], size["W"])).astype(np.float32)}
+
+
+def _median_ms(fn, rounds: int) -> float:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(out)
+
+
+def run_case(name: str, rounds: int, time_splits: int, log) -> dict[str, Any]:
+    spec = CASES[name]
+    path = zoo.trained_model(name)
+    t0 = time.perf_counter()
+    plan = build_plan(path, "generic-x86", "here", 20e6, 0.02, keep=None, threads=1, runs=6,
+                      measure=4, shapes=spec["profile"], figure=False, log=log)
+    plan_s = time.perf_counter() - t0
+    model = load_model(path)
+    splitter = Splitter(model)
+    full = make_session(model, 1, "all")
+    splits = [c for c in plan.candidates if c.kind == SPLIT]
+    # Time the splits the plan ranks best plus evenly spread ones, so the check is not
+    # only of the cheapest heads.
+    ranked = sorted(splits, key=lambda c: c.head_ms + c.tail_ms)
+    step = max(1, len(splits) // max(1, time_splits))
+    timed_ids = {c.cut_id for c in ranked[:2]} | {c.cut_id for c in splits[::step][:time_splits]}
+    halves = {c.cut_id: splitter.split(c.tensors) for c in splits}
+    sessions = {cid: (make_session(h, 1, "all"), make_session(t, 1, "all"))
+                for cid, (h, t) in halves.items()}
+    bytes_ok, bytes_checked, mismatches = True, 0, []
+    errors: list[dict[str, Any]] = []
+    for size in spec["check"]:
+        feeds = _feeds(size)
+        env = {"N": 1, **size}
+        want = full.run(None, feeds)
+        down = sum(a.nbytes for a in want)
+        mids: dict[str, dict[str, np.ndarray]] = {}
+        for c in plan.candidates:
+            _, _, up, dn = cost_at(c, env)
+            if c.kind == LOCAL:
+                got_up, got_down = 0, 0
+            elif c.kind == OFFLOAD:
+                got_up, got_down = sum(a.nbytes for a in feeds.values()), down
+            else:
+                hs, _ = sessions[c.cut_id]
+                outs = hs.run(None, feeds)
+                mids[c.cut_id] = dict(zip([o.name for o in hs.get_outputs()], outs))  # noqa: B905
+                got_up, got_down = sum(a.nbytes for a in outs), down
+            bytes_checked += 1
+            if (up, dn) != (got_up, got_down):
+                bytes_ok = False
+                mismatches.append({"cut": c.cut_id, "size": size, "predicted": [up, dn],
+                                   "measured": [got_up, got_down]})
+        # Times: interleaved rounds of the whole model and each timed split's halves.
+        samples: dict[str, list[list[float]]] = {"local": [[]]}
+        for cid in timed_ids:
+            samples[cid] = [[], []]
+        tail_feeds = {}
+        for cid in timed_ids:
+            _, ts = sessions[cid]
+            tail_feeds[cid] = {i.name: mids[cid].get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
+        full.run(None, feeds)
+        for r in range(rounds + 1):
+            f_ms = _median_ms(lambda feeds=feeds: full.run(None, feeds), 1)
+            if r:
+                samples["local"][0].append(f_ms)
+            for cid in timed_ids:
+                hs, ts = sessions[cid]
+                h_ms = _median_ms(lambda hs=hs, feeds=feeds: hs.run(None, feeds), 1)
+                t_ms = _median_ms(lambda ts=ts, tf=tail_feeds[cid]: ts.run(None, tf), 1)
+                if r:
+                    samples[cid][0].append(h_ms)
+                    samples[cid][1].append(t_ms)
+        by_id = {c.cut_id: c for c in plan.candidates}
+        pred_local = cost_at(by_id[LOCAL], env)[0]
+        meas_local = statistics.median(samples["local"][0])
+        errors.append({"size": size, "what": "local", "predicted_ms": round(pred_local, 2),
+                       "measured_ms": round(meas_local, 2),
+                       "error": round(abs(pred_local - meas_local) / meas_local, 4)})
+        for cid in sorted(timed_ids):
+            h, t, _, _ = cost_at(by_id[cid], env)
+            mh, mt = (statistics.median(x) for x in samples[cid])
+            for what, p, m in (("head", h, mh), ("tail", t, mt)):
+                # A head or tail under a millisecond is judged on an absolute 0.25 ms: a
+                # relative error of a 0.1 ms timer reading says nothing.
+                err = abs(p - m) / max(m, 1.0)
+                errors.append({"size": size, "what": f"{what}:{cid}", "predicted_ms": round(p, 2),
+                               "measured_ms": round(m, 2), "error": round(err, 4)})
+    return {
+        "plan_s": round(plan_s, 1),
+        "candidates": len(plan.candidates),
+        "profiled": plan.info["sizes"]["profiled"],
+        "shape_method": plan.info["sizes"]["shape_method"],
+        "bytes_checked": bytes_checked,
+        "bytes_exact": bytes_ok,
+        "bytes_mismatches": mismatches[:5],
+        "time_max_error": max(e["error"] for e in errors),
+        "time_median_error": round(statistics.median(e["error"] for e in errors), 4),
+        "times": errors,
+    }
+
+
+def run(rounds: int = 7, time_splits: int = 4, log=None) -> dict[str, Any]:
+    cases = {name: run_case(name, rounds, time_splits, log or (lambda _m: None)) for name in CASES}
+    return {
+        "dynamic_bytes_exact": all(c["bytes_exact"] for c in cases.values()),
+        "dynamic_time_max_error": max(c["time_max_error"] for c in cases.values()),
+        "dynamic": cases,
+    }

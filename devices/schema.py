@@ -1,0 +1,238 @@
+"""One declaration per setting: config files described by frozen dataclasses.
+
+A config file's schema is a tree of frozen dataclasses. Each field is a key declared once
+with :func:`setting` (default, meaning, unit, range, the key's name in the file and its
+scale to the stored unit) or a sub-table declared with :func:`section`. From that one
+declaration follow:
+
+- :func:`parse`: the strict parser (types, ranges, choices, unknown keys refused, a key
+  that was renamed named with its new name), through :class:`devices.config.Table`;
+- the defaults: the dataclass's own;
+- :func:`docs_tables`: the reference tables in the docs (``key | type | default | unit |
+  meaning``);
+- :func:`example_toml`: the example file, every key with its default.
+
+``scripts/config_docs.py`` writes the docs tables and example files from the schemas, and
+the docs test checks that they agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+from collections.abc import Mapping
+from typing import Any
+
+from devices.config import Table
+from devices.errors import ConfigError
+
+_SETTING = "edgecut.setting"
+_SECTION = "edgecut.section"
+_NO_EXAMPLE = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How one key reads, checks and documents itself (see :func:`setting`)."""
+
+    doc: str
+    note: str = ""
+    key: str = ""
+    unit: str = ""
+    scale: float = 1.0
+    kind: Any = None
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    example: Any = _NO_EXAMPLE
+    type_doc: str = ""
+
+
+def setting(default: Any, doc: str, *, note: str = "", key: str = "", unit: str = "",
+            scale: float = 1.0, kind: Any = None, min: float | None = None,
+            max: float | None = None, choices: tuple[Any, ...] | None = None,
+            example: Any = _NO_EXAMPLE, type_doc: str = "") -> Any:
+    """A key of a config table, stored in the dataclass field it is assigned to.
+
+    ``default`` is in the stored unit; the file holds ``stored / scale`` under ``key``
+    (the field's name when empty), of ``kind`` (the default's type when None). ``doc`` is
+    the docs table's meaning, ``note`` the example file's comment (``doc`` when empty),
+    ``example`` a value the example file shows instead of the default.
+    """
+    meta = Setting(doc=doc, note=note, key=key, unit=unit, scale=scale, kind=kind, min=min,
+                   max=max, choices=choices, example=example, type_doc=type_doc)
+    return dataclasses.field(default=default, metadata={_SETTING: meta})
+
+
+def section(cls: type, doc: str = "") -> Any:
+    """A sub-table ``[name]`` read into the dataclass ``cls``."""
+    return dataclasses.field(default_factory=cls, metadata={_SECTION: doc})
+
+
+def _kind(f: dataclasses.Field, s: Setting) -> type:
+    if s.kind is not None:
+        return s.kind
+    value = f.default
+    for t in (bool, int, float, str):
+        if isinstance(value, t):
+            return t
+    raise TypeError(f"setting {f.name}: give kind= for a default of {type(value).__name__}")
+
+
+def _file_value(stored: Any, s: Setting, kind: type) -> Any:
+    if s.scale == 1.0:
+        return stored
+    value = stored / s.scale
+    if kind is int:
+        return int(round(value))
+    return float(value)
+
+
+def _stored_value(value: Any, f: dataclasses.Field, s: Setting) -> Any:
+    if s.scale == 1.0:
+        return value
+    stored = value * s.scale
+    return int(stored) if isinstance(f.default, int) and not isinstance(f.default, bool) else stored
+
+
+def keys_of(cls: type) -> list[tuple[str, dataclasses.Field, Setting]]:
+    """``(file key, field, setting)`` of each key of one table, in declaration order."""
+    out = []
+    for f in dataclasses.fields(cls):
+        s = f.metadata.get(_SETTING)
+        if s is not None:
+            out.append((s.key or f.name, f, s))
+    return out
+
+
+def sections_of(cls: type) -> list[tuple[str, dataclasses.Field]]:
+    """``(table name, field)`` of each sub-table, in declaration order."""
+    return [(f.name, f) for f in dataclasses.fields(cls) if _SECTION in f.metadata]
+
+
+def parse_table(cls: type, table: Table, *, renamed: Mapping[str, str] | None = None,
+                extra: Mapping[str, Any] | None = None) -> Any:
+    """Read one table (and its sub-tables) into ``cls``; unknown keys are errors.
+
+    ``renamed`` maps old key names (``"explore.probe_kb"`` style paths relative to this
+    table, or plain names) to their new names, named in the error. ``extra`` gives fields
+    that are not read from the file (e.g. ``source``)."""
+    for old, new in (renamed or {}).items():
+        if "." not in old and table.has(old):
+            raise ConfigError(f"{table.where}: key '{old}' was renamed to '{new}'")
+    kwargs: dict[str, Any] = dict(extra or {})
+    for key, f, s in keys_of(cls):
+        kind = _kind(f, s)
+        value = table.get(key, kind, _file_value(f.default, s, kind), choices=s.choices,
+                          min=s.min, max=s.max)
+        kwargs[f.name] = _stored_value(value, f, s)
+    for name, f in sections_of(cls):
+        sub_renamed = {k.split(".", 1)[1]: v for k, v in (renamed or {}).items()
+                       if k.startswith(name + ".")}
+        kwargs[name] = parse_table(f.default_factory, table.table(name),  # type: ignore[misc]
+                                   renamed=sub_renamed)
+    table.finish()
+    return cls(**kwargs)
+
+
+def parse(cls: type, data: Mapping[str, Any], where: str, *,
+          renamed: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None
+          ) -> Any:
+    """Read a parsed TOML document into the schema ``cls`` (see :func:`parse_table`);
+    ``renamed`` keys of sub-tables are written ``"table.old_key"``."""
+    return parse_table(cls, Table(data, where), renamed=renamed, extra=extra)
+
+
+# -- documentation --------------------------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _type_doc(kind: type, s: Setting) -> str:
+    if s.type_doc:
+        return s.type_doc
+    name = {bool: "bool", int: "integer", float: "number", str: "string"}[kind]
+    if s.min is not None and s.max is not None:
+        return f"{name} {_num(s.min)}..{_num(s.max)}"
+    if s.min:
+        return f"{name} >= {_num(s.min)}"
+    return name
+
+
+def _default_doc(value: Any) -> str:
+    if isinstance(value, float):
+        return f"`{_num(value)}`"
+    return f"`{_toml(value)}`"
+
+
+def docs_table(cls: type) -> str:
+    """The markdown reference table of one table's keys."""
+    lines = ["| key | type | default | unit | meaning |", "| --- | --- | --- | --- | --- |"]
+    for key, f, s in keys_of(cls):
+        kind = _kind(f, s)
+        unit = f" {s.unit} " if s.unit else " "
+        lines.append(f"| `{key}` | {_type_doc(kind, s)} | "
+                     f"{_default_doc(_file_value(f.default, s, kind))} |{unit}| {s.doc} |")
+    return "\n".join(lines)
+
+
+def docs_tables(cls: type, heading: str = "###") -> str:
+    """Every table of the schema: the top level, then each ``[section]``."""
+    parts = []
+    if keys_of(cls):
+        parts.append(f"{heading} Top level\n\n{docs_table(cls)}")
+    for name, f in sections_of(cls):
+        sub = f.default_factory  # type: ignore[misc]
+        doc = f.metadata[_SECTION]
+        head = f"{heading} `[{name}]`\n\n" + (f"{doc}\n\n" if doc else "")
+        parts.append(head + docs_table(sub))
+    return "\n\n".join(parts) + "\n"
+
+
+def _example_lines(cls: type) -> list[str]:
+    rows = []
+    for key, f, s in keys_of(cls):
+        kind = _kind(f, s)
+        shown = _file_value(f.default, s, kind) if s.example is _NO_EXAMPLE else s.example
+        if kind is float and isinstance(shown, int) and not isinstance(shown, bool):
+            shown = float(shown)
+        note = s.note or s.doc
+        if s.example is not _NO_EXAMPLE:
+            note += "   [example value]"
+        rows.append((f"{key} = {_toml(shown)}", note))
+    width = max((len(a) for a, _ in rows), default=0) + 2
+    out = []
+    for assignment, note in rows:
+        if not note:
+            out.append(assignment)
+            continue
+        # Long notes continue on comment lines under the first, within 100 columns.
+        parts = textwrap.wrap(note, max(100 - width - 2, 30)) or [""]
+        out.append(f"{assignment:<{width}}# {parts[0]}")
+        out += [f"{'':<{width}}# {part}" for part in parts[1:]]
+    return out
+
+
+def example_toml(cls: type, header: str) -> str:
+    """The example file: ``header`` (comment lines), then every key at its default."""
+    out = [header.rstrip("\n"), ""]
+    top = _example_lines(cls)
+    if top:
+        out += top + [""]
+    for name, f in sections_of(cls):
+        out.append(f"[{name}]")
+        out += _example_lines(f.default_factory) + [""]  # type: ignore[misc]
+    return "\n".join(out).rstrip("\n") + "\n"

@@ -1,0 +1,95 @@
+"""What a request's legs leave behind: a cloud leg's answer or failure folded into the
+link estimate and the cost table, the fallback to the device, and the request's outcome
+with its energy.
+
+``_Folding`` is one of the jobs of :class:`~edge.offload._executor.Executor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.errors import DeadlineExceeded, TransferAbandoned
+from edge.offload._outcome import Outcome, _nbytes
+from edge.policy._decide import Decision
+from partition import LOCAL, OFFLOAD, CutCandidate
+
+
+class _Folding:
+    """Measurements folded back, fallbacks run, outcomes costed."""
+
+    def _observe_cloud(self, cand: CutCandidate, result: Any) -> None:
+        """Fold a cloud leg's answer into the link estimate and the cost table."""
+        server_s = result.server_s if result.server_s is not None else cand.tail_ms / 1000.0
+        self.link.observe_transfer(result.up_bytes, result.down_bytes, result.seconds,
+                                   server_s=server_s)
+        if result.server_s is not None:
+            # Learnt at the plan's reference input size: a request of another size is
+            # divided by its tail factor (set per request by the executor).
+            factor = getattr(getattr(self, "_request", None), "tail_factor", 1.0) or 1.0
+            self.costs.observe(cand.cut_id, tail_ms=result.server_s * 1000.0 / factor)
+        else:
+            self.costs.observe(cand.cut_id)
+
+    def _observe_cloud_failure(self, exc: Exception, crossing: Mapping[str, np.ndarray],
+                               seconds: float) -> None:
+        """What a failed cloud leg says of the link: a given-up upload's rate stands in
+        for a bandwidth sample until the next transfer measures the link; a leg that ran
+        out of time is a censored sample (the transfer took at least this long, so the
+        link is at most this fast), which keeps the estimate honest on a collapse."""
+        if isinstance(exc, TransferAbandoned):
+            self.link.observe_rate(exc.rate_bps)
+        elif isinstance(exc, DeadlineExceeded):
+            self.link.observe_censored(_nbytes(crossing), seconds)
+
+    def _tail_feeds(self, tail: Path, feeds: Mapping[str, np.ndarray],
+                    crossing: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The local tail's inputs: the crossing tensors plus any model input it reads."""
+        sess = self._session_for(tail)
+        extra = {s.name: feeds[s.name] for s in sess.inputs if s.name in feeds}
+        return {**crossing, **extra}
+
+    def _local_rest_ms(self, cand: CutCandidate) -> float:
+        snap = {c.cut_id: c for c in self.costs.snapshot()}
+        local = next((c.head_ms for c in snap.values() if c.kind == LOCAL), 0.0)
+        if self._local_tail_path(cand) is not None:
+            return max(local - snap[cand.cut_id].head_ms, 0.0)
+        return local
+
+    def _fallback(self, rid: int, decision: Decision, cand: CutCandidate,
+                  feeds: Mapping[str, np.ndarray], crossing: dict[str, np.ndarray],
+                  head_ms: float, cloud_ms: float, reason: str, slo: float,
+                  started: float) -> Outcome:
+        tail_path = self._local_tail_path(cand)
+        if tail_path is not None and cand.kind != OFFLOAD:
+            outputs, ms = self._run_local(tail_path, self._tail_feeds(tail_path, feeds,
+                                                                      crossing))
+            executed = f"{decision.plan} -> local tail"
+        else:
+            outputs, ms = self._run_local(self.model_path, feeds)
+            self.costs.observe_local_full(ms)
+            executed = "local (fallback)"
+        return self._outcome(rid, decision, executed, reason, outputs, head_ms, cloud_ms, ms,
+                             0, 0, slo, started)
+
+    def _outcome(self, rid: int, decision: Decision, executed: str, fallback: str,
+                 outputs: dict, head_ms: float, cloud_ms: float, local_tail_ms: float,
+                 up: int, down: int, slo: float, started: float) -> Outcome:
+        latency = head_ms + cloud_ms + local_tail_ms
+        if fallback:
+            # What the failed cloud leg sent is unknown: its whole time is charged at the
+            # radio's transmit power, the most it can have cost.
+            up_ms, down_ms, wait_ms = cloud_ms, 0.0, 0.0
+        else:
+            est = self.link.estimate()
+            up_ms = min(est.transfer_s(up) * 1000.0, cloud_ms)
+            down_ms = min(est.transfer_s(down) * 1000.0, max(cloud_ms - up_ms, 0.0))
+            wait_ms = max(cloud_ms - up_ms - down_ms, 0.0)
+        energy = self.energy.plan_mj(head_ms + local_tail_ms, up_ms, down_ms, wait_ms)
+        missed = slo > 0 and latency > slo
+        return Outcome(rid, decision, executed, fallback, latency, head_ms, cloud_ms,
+                       local_tail_ms, up, down, energy, missed, started, outputs=outputs)

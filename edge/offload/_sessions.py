@@ -1,0 +1,71 @@
+"""The executor's ONNX Runtime sessions: the whole model, each head and local tail in the
+plan folder, loaded once and shared by the request threads.
+
+``_Sessions`` is one of the jobs of :class:`~edge.offload._executor.Executor`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from devices.errors import ConfigError
+from edge.runtime import Session
+from partition import LOCAL, CutCandidate
+
+
+class _Sessions:
+    """Loading and caching the plan's models on the device."""
+
+    def _session_for(self, path: Path) -> Session:
+        key = str(path)
+        with self._session_lock:
+            sess = self._sessions.get(key)
+            if sess is None:
+                from edge.runtime import load
+
+                if not path.is_file():
+                    raise ConfigError(f"plan '{self.plan.model}': model file {path} not found")
+                kwargs: dict[str, Any] = {}
+                if self._threads:
+                    kwargs["intra_op_threads"] = self._threads
+                sess = load(path, self.device, **kwargs)
+                self._sessions[key] = sess
+            return sess
+
+    def _head_session(self, cand: CutCandidate) -> Session:
+        return self._session_for(self.plan_dir / cand.head_model)
+
+    def _local_tail_path(self, cand: CutCandidate) -> Path | None:
+        if not cand.tail_model:
+            return None
+        path = self.plan_dir / cand.tail_model
+        return path if path.is_file() else None
+
+    def _device_layers(self) -> dict[str, frozenset[str]]:
+        """Node and tensor names each split's head computes (for the privacy rule)."""
+        import onnx
+
+        out: dict[str, frozenset[str]] = {}
+        for c in self.plan.candidates:
+            if c.kind == LOCAL or not c.head_model:
+                continue
+            path = self.plan_dir / c.head_model
+            if not path.is_file():
+                continue
+            graph = onnx.load(str(path), load_external_data=False).graph
+            names: set[str] = set()
+            for n in graph.node:
+                names.add(n.name)
+                names.update(n.output)
+            out[c.cut_id] = frozenset(names)
+        return out
+
+    def warm_up(self) -> None:
+        """Load every head and local tail session now rather than on first use."""
+        for c in self.plan.candidates:
+            if c.head_model and (self.plan_dir / c.head_model).is_file():
+                self._head_session(c)
+            tail = self._local_tail_path(c)
+            if tail is not None:
+                self._session_for(tail)
