@@ -7,7 +7,10 @@ cloud service or the plotting stack.
 
 from __future__ import annotations
 
+# importlib.util is a submodule: imported by name, or a fresh interpreter lacks it (the
+# arm64 smoke check found `edgecut devices` failing on a clean install).
 import importlib
+import importlib.util
 import sys
 import time
 from typing import Any
