@@ -38,6 +38,7 @@ from devices import (
     PowerSensor,
     active_power_mode,
     compute_for_providers,
+    detect_name,
 )
 from devices.errors import OffloadError
 from edge.offload._client import HALF_OPEN, OPEN, OffloadClient
@@ -136,11 +137,13 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         self.model_path = model_path
         full = self._session_for(self.model_path)
         if energy is None and cfg.device.compute == "auto":
-            # Active power from the providers the session really got: a GPU wheel that
-            # fell back to the CPU (or a CPU-only board) draws the CPU's figure.
+            # Active power from the providers the session really got, on the board itself:
+            # a GPU wheel that fell back to the CPU draws the CPU's figure. Where this host
+            # stands in for another board (replay, benchmarks), the profile's providers.
+            on_board = detect_name() == device.name
             self.energy = EnergyModel.from_profile(
                 device, self.power_mode, cfg.device.radio or None,
-                compute_for_providers(full.providers))
+                compute_for_providers(full.providers if on_board else device.providers))
         self.input_names = tuple(s.name for s in full.inputs)
         self.output_names = tuple(s.name for s in full.outputs)
         self.costs = costs or CostTable(

@@ -46,7 +46,7 @@ def test_units_are_converted() -> None:
     ("[rules]\nbattery_reserve = 20", "unknown key(s) 'battery_reserve'"),
     ("sloms = 100", "unknown key(s) 'sloms'"),
     ("[explore]\nrate = 1.5", "key 'rate': expected a value <= 1.0"),
-    ('[device]\ncompute = "npu"', "key 'compute': expected one of 'gpu', 'cpu'"),
+    ('[device]\ncompute = "npu"', "key 'compute': expected one of 'auto', 'gpu', 'cpu'"),
     ("rules = 3", "key 'rules': expected a table"),
     ("slo_ms = ", "not valid TOML"),
 ])
