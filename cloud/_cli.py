@@ -126,7 +126,14 @@ def serve(repository: str, host: str, port: int, allow_http: bool, grpc_port: in
     EDGECUT_SERVE_<OPTION> (e.g. EDGECUT_SERVE_GRPC_PORT=8001). Exit status: 1 for a
     runtime error (a model that fails to load with --exit-on-error, a busy port), 2 for
     a usage error."""
-    from cloud._serve import ServeOptions, run
+    try:
+        from cloud._serve import ServeOptions, run
+    except ImportError as exc:
+        raise click.ClickException(
+            f"edgecut serve needs the cloud service's packages ({exc}): pip install "
+            "'uvicorn>=0.30' (a plain `pip install edgecut` brings it; an install made with "
+            "--no-deps, as on some Jetson images, does not)"
+        ) from exc
 
     if no_auth and auth_keys:
         raise click.UsageError("--no-auth and --auth-keys exclude each other")

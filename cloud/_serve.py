@@ -9,15 +9,17 @@ loads the repository, applies Triton's start-up rules (``--exit-on-error``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import click
+import uvicorn
 
 log = logging.getLogger("edgecut.cloud")
 
@@ -130,14 +132,6 @@ def metrics_http_server(metrics: Any, host: str, port: int) -> Any:
 
 def run(o: ServeOptions) -> None:
     """Serve until SIGTERM/SIGINT; ``click.ClickException`` for a runtime failure."""
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise click.ClickException(
-            f"edgecut serve needs the ASGI server uvicorn ({exc}); install it with "
-            "pip install 'uvicorn>=0.30' (a plain `pip install edgecut` brings it; an install "
-            "made with --no-deps, as on some Jetson images, does not)"
-        ) from exc
 
     from cloud._gate import Gate
     from cloud._logs import configure_logging
@@ -193,12 +187,30 @@ def run(o: ServeOptions) -> None:
                 max_connections_per_client=o.max_connections_per_client)
             config = uvicorn_config(app, o.host, o.port, limits=limits, log_level=o.log_level)
             config.timeout_graceful_shutdown = o.exit_timeout_s
-            server = uvicorn.Server(config)
+            server = _CleanExitServer(config)
         _run_loop(_serve(server, companions, o.exit_timeout_s))
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
         service.close()
+
+
+class _CleanExitServer(uvicorn.Server):
+    """uvicorn's server without re-raising SIGTERM/SIGINT after its graceful shutdown
+    (which would end the process killed by the signal): a stop asked for by a signal exits
+    0, as tritonserver's does."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def _run_loop(main: Any) -> None:

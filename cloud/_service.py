@@ -29,27 +29,24 @@ import numpy as np
 from cloud._batcher import Batcher, BatcherSettings, BatchRecord
 from cloud._config import ModelConfig
 from cloud._deferred import after_answer
-from cloud._metrics import Metrics, triton_text
+from cloud._metrics import Metrics
 from cloud._models import (
     Model,
     Stats,
     Version,
     check_input,
     check_name,
-    check_profile_shapes,
-    config_json,
     peek_default,
     replace_versions,
-    stats_json,
     validate,
     version_key,
 )
+from cloud._reports import Reports
 from cloud._repository import onnx_instances, read_model_dir, repository_names
-from cloud._runtime import ModelRuntime, OnnxRuntime
+from cloud._runtime import ModelRuntime
 from cloud._tensors import DATATYPES, InferRequest
 from cloud.errors import (
     CloudError,
-    ModelNotReady,
     NotFound,
     ProtocolError,
     RepositoryError,
@@ -59,16 +56,6 @@ from cloud.errors import (
 __all__ = ["InferResult", "InferenceService"]
 
 log = logging.getLogger("edgecut.cloud")
-
-SERVER_NAME = "edgecut"
-SERVER_VERSION = "0.1.0"
-EXTENSIONS = (
-    "binary_tensor_data",
-    "model_repository",
-    "statistics",
-    "edgecut_profile",
-    "edgecut_canary",
-)
 
 
 @dataclass(frozen=True)
@@ -83,7 +70,7 @@ class InferResult:
     batch_size: int
 
 
-class InferenceService:
+class InferenceService(Reports):
     """Hosts model versions and serves inference requests on them.
 
     ``repository``: a Triton-layout directory (optional; runtimes can be added in code).
@@ -397,9 +384,6 @@ class InferenceService:
 
     # ------------------------------------------------------------------ metadata
 
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
-
     def _require(self, name: str) -> Model:
         model = self._models.get(name)
         if model is None:
@@ -449,29 +433,6 @@ class InferenceService:
         versions = model.versions.values() if version is None else [
             v for k, v in model.versions.items() if k == version]
         return any(dtype.kind == "O" for v in versions for _n, dtype, _s in v.signature)
-
-    def model_ready(self, name: str, version: str | None = None) -> bool:
-        try:
-            self._version(name, version)
-        except (NotFound, ModelNotReady):
-            return False
-        return True
-
-    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """The protocol's model metadata (versions, platform, inputs, outputs)."""
-        model = self._require(name)
-        chosen = self._version(name, version)
-        return {
-            "name": name,
-            "versions": sorted(model.versions, key=version_key) if version is None else [version],
-            "platform": chosen.runtime.platform,
-            "inputs": [m.as_json() for m in chosen.runtime.inputs],
-            "outputs": [m.as_json() for m in chosen.runtime.outputs],
-        }
-
-    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Triton's model configuration extension, as JSON (what ``get_model_config`` reads)."""
-        return config_json(self._require(name), self._version(name, version))
 
     # ------------------------------------------------------------------ inference
 
@@ -585,43 +546,6 @@ class InferenceService:
         target.metrics.failure(type(exc).__name__)
 
     # ------------------------------------------------------------------ statistics, profile
-
-    def _triton_metrics(self) -> bytes:
-        """Triton's ``nv_inference_*`` family for every served version (from its stats)."""
-        rows = []
-        for model in sorted(self._models.values(), key=lambda m: m.name):
-            for version in sorted(model.versions, key=version_key):
-                v = model.versions[version]
-                rows.append((model.name, version, v.stats.triton_values(v.batcher.queued)))
-        return triton_text(rows)
-
-    def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
-        """Triton's statistics extension: per model version counts and cumulative times."""
-        if name is None:
-            pairs = [(m, v) for m in self._models.values() for v in m.versions.values()]
-        else:
-            model = self._require(name)
-            if version is None:
-                pairs = [(model, v) for v in model.versions.values()]
-            else:
-                pairs = [(model, self._version(name, version))]
-        return stats_json(sorted(pairs, key=lambda p: (p[0].name, version_key(p[1].version))))
-
-
-    async def profile(self, name: str, version: str | None, runs: int, batch: int,
-                      shapes: dict[str, list[int]] | None = None) -> dict[str, Any]:
-        """edgecut's profile extension: ONNX Runtime's per-node profile of a served model."""
-        target = self._version(name, version)
-        runtime = target.runtime
-        if not isinstance(runtime, OnnxRuntime):
-            raise ProtocolError(f"model {name!r} is not an ONNX model; only ONNX models can be profiled")
-        if batch < 1:
-            raise ProtocolError(f"profile batch must be >= 1, got {batch}")
-        check_profile_shapes(name, runtime, batch, shapes or {}, self.profile_max_elements)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            None, functools.partial(runtime.profile, runs, batch, 2, shapes))
-        return {"model": name, "version": target.version, **result}
 
 
 def _opt_str(value: Any) -> str | None:

@@ -25,7 +25,6 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from cloud._gate import Gate
 from cloud._peer import Peer, caller_of, shm_view
 from cloud._service import InferenceService
-from cloud._threads import to_thread
 from cloud.errors import (
     AuthError,
     CloudError,
@@ -83,6 +82,11 @@ def _peer(context: Any) -> Peer | None:
     if kind == "unix":
         return Peer(None, None)
     return Peer(peer or "unknown")
+
+
+async def _off_loop(call: Callable[[], Any]) -> Any:
+    # run_in_executor rather than asyncio.to_thread: the agent may run on Python 3.8.
+    return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 def _authorization(context: Any) -> str | None:
@@ -199,7 +203,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise RepositoryError(
                 f"repository {request.repository_name!r}: this server has one repository; "
                 "leave repository_name empty")
-        await to_thread(self.service.load, request.model_name, params)
+        await _off_loop(functools.partial(self.service.load, request.model_name, params))
         return service_pb2.RepositoryModelLoadResponse()
 
     @_unary
@@ -213,7 +217,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                   f"{sorted(params)}")
         if version is not None and not isinstance(version, str):
             raise ProtocolError("unload parameter 'version' must be a string")
-        await to_thread(self.service.unload, request.model_name, version)
+        await _off_loop(functools.partial(self.service.unload, request.model_name, version))
         return service_pb2.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------------ system shared memory
@@ -244,7 +248,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         shm, caller = self._local_shm(context)
         body = {"key": request.key, "offset": request.offset, "byte_size": request.byte_size}
-        await to_thread(shm.register, request.name, body, caller)
+        await _off_loop(functools.partial(shm.register, request.name, body, caller))
         return service_pb2.SystemSharedMemoryRegisterResponse()
 
     @_unary

@@ -8,7 +8,6 @@ which keeps the added latency in the tens of microseconds. Only this module (and
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import json
@@ -23,18 +22,23 @@ from typing import Any
 from cloud._auth import TokenVerifier
 from cloud._deferred import after_answer
 from cloud._gate import Gate
-from cloud._peer import Peer, caller_of, shm_view
+from cloud._peer import Peer, shm_view
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
     CloudError,
-    Forbidden,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     ProtocolError,
 )
 from cloud.http._codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from cloud.http._extensions import JSON_HEADERS as _JSON
+from cloud.http._extensions import MethodNotAllowed as _MethodNotAllowed
+from cloud.http._extensions import allow as _allow
+from cloud.http._extensions import json_bytes as _json
+from cloud.http._extensions import off_loop as _off_loop
+from cloud.http._extensions import profile, shared_memory
 
 __all__ = ["create_app"]
 
@@ -46,7 +50,6 @@ Scope = typing.Dict[str, Any]
 Receive = typing.Callable[[], typing.Awaitable[typing.Dict[str, Any]]]
 Send = typing.Callable[[typing.Dict[str, Any]], typing.Awaitable[None]]
 
-_JSON = [(b"content-type", b"application/json")]
 # JSON bodies larger than this are decoded and encoded off the event loop (a 1x3x224x224
 # float tensor as JSON takes ~100 ms to parse, which would stall every other request).
 _OFFLOAD_JSON_BYTES = 64 * 1024
@@ -55,18 +58,6 @@ _OFFLOAD_JSON_ELEMENTS = 16 * 1024
 
 class _Disconnected(Exception):
     pass
-
-
-class _MethodNotAllowed(CloudError):
-    status = 405
-
-    def __init__(self, message: str, allowed: str) -> None:
-        super().__init__(message)
-        self.allowed = allowed
-
-
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
 class _App:
@@ -370,7 +361,7 @@ class _App:
             ready = self.service.ready
             return (200 if ready else 503), _json({"ready": ready}), _JSON
         if section == "systemsharedmemory" and self.shm is not None:
-            return await self._shared_memory(method, path, parts, headers, receive, held, peer)
+            return await shared_memory(self, method, path, parts, headers, receive, held, peer)
         if section == "models":
             if n == 3 and parts[2] == "stats":
                 _allow(method, "GET")
@@ -416,7 +407,7 @@ class _App:
             if action == "profile":
                 _allow(method, "POST")
                 self.gate.require_admin(headers.get("authorization"), model)
-                return await self._profile(model, version, headers, receive, held)
+                return await profile(self, model, version, headers, receive, held)
             raise NotFound(f"no endpoint {path!r}")
         if section == "repository":
             if n == 3 and parts[2] == "index":
@@ -491,68 +482,6 @@ class _App:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
         return 200, out, self._timed(out_headers, result)
 
-    async def _shared_memory(self, method: str, path: str, parts: list[str],
-                             headers: dict[str, str], receive: Receive, held: list[int],
-                             peer: Peer | None) -> tuple[int, bytes, list]:
-        """``/v2/systemsharedmemory/...``: register, unregister and status (as Triton), each
-        on the caller's own regions only."""
-        assert self.shm is not None
-        # Only a process on this host can share memory with the server; a remote peer
-        # must not map (or have outputs written into) this host's shm objects.
-        caller = caller_of(self._principal(headers), peer)
-        if not caller.local:
-            raise Forbidden(
-                f"system shared memory is for clients on this host only, not {caller.principal}")
-        n = len(parts)
-        if n == 3 and parts[2] == "status":
-            _allow(method, "GET")
-            return 200, _json(self.shm.status(None, caller)), _JSON
-        if n == 3 and parts[2] == "unregister":
-            _allow(method, "POST")
-            self.shm.unregister(None, caller)
-            return 200, b"", _JSON
-        if n == 5 and parts[2] == "region" and parts[3]:
-            name, action = parts[3], parts[4]
-            if action == "status":
-                _allow(method, "GET")
-                return 200, _json(self.shm.status(name, caller)), _JSON
-            if action == "unregister":
-                _allow(method, "POST")
-                self.shm.unregister(name, caller)
-                return 200, b"", _JSON
-            if action == "register":
-                _allow(method, "POST")
-                body = await self._json_body(headers, receive, held)
-                # Opening a file: off the event loop, it may touch the disk.
-                await _off_loop(functools.partial(self.shm.register, name, body, caller))
-                return 200, b"", _JSON
-        raise NotFound(f"no endpoint {path!r}")
-
-    async def _profile(self, model: str, version: str | None, headers: dict[str, str],
-                       receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
-        body = await self._json_body(headers, receive, held)
-        runs = body.get("runs", 10)
-        batch = body.get("batch", 1)
-        shapes = body.get("shapes")
-        for key, value, top in (("runs", runs, 1000), ("batch", batch, 1024)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                raise ProtocolError(f"profile '{key}' must be an integer in 1..{top}, got {value!r}")
-        if shapes is not None and not (
-            isinstance(shapes, dict)
-            and all(isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool)
-                                                and d > 0 for d in v)
-                    for v in shapes.values())
-        ):
-            raise ProtocolError("profile 'shapes' must map input names to lists of positive integers")
-        if self._profiling:
-            raise Overloaded("a profile is already running; one runs at a time, retry later")
-        self._profiling = True
-        try:
-            result = await self.service.profile(model, version, runs, batch, shapes)
-        finally:
-            self._profiling = False
-        return 200, _json(result), _JSON
-
 
 def _peer(scope: Scope) -> Peer | None:
     """The connection's peer: from the guarded protocol, else from the ASGI client."""
@@ -563,16 +492,6 @@ def _peer(scope: Scope) -> Peer | None:
     if client:
         return Peer(str(client[0]))
     return None  # a Unix socket without the guarded protocol: no uid known
-
-
-async def _off_loop(call: Callable[[], Any]) -> Any:
-    # run_in_executor rather than asyncio.to_thread: the agent runs on Python 3.8.
-    return await asyncio.get_running_loop().run_in_executor(None, call)
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise _MethodNotAllowed(f"method {method} is not allowed here; use {allowed}", allowed)
 
 
 def create_app(

@@ -97,7 +97,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     when done.
     """
     from cloud import InferenceService, create_app
-    from edge.agent._stream import STREAM_SUFFIX, STREAM_WINDOW, AgentStreams, StreamModelRuntime
+    from edge.agent._stream import STREAM_SUFFIX, AgentStreams, StreamModelRuntime
 
     service = InferenceService(dynamic_batching=False)
     from edge.agent._metrics import AgentCollector
@@ -122,7 +122,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                     service.add_runtime(name + STREAM_SUFFIX, [
                         StreamModelRuntime(instances[0], name, agent.streams,
                                            partial(agent.infer, name))
-                        for _ in range(STREAM_WINDOW)], version="live")
+                        for _ in range(agent.config.stream.window)], version="live")
                     registered.add(name)
             for name in list(registered):
                 if name not in agent.slots:
@@ -142,7 +142,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                 **agent.status(),
                 "fleet": None if fleet is None else {
                     "connected": fleet.connected.is_set(), "connects": fleet.connects,
-                    "telemetry_pending": len(fleet.spool)},
+                    "telemetry_pending": len(fleet.spool), **fleet.health()},
             }).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),

@@ -374,3 +374,38 @@ def test_unavailable_errors_map_to_unavailable():
     assert grpc_code(Unavailable("draining")) == grpc.StatusCode.UNAVAILABLE
     assert grpc_code(ModelNotReady("no version")) == grpc.StatusCode.UNAVAILABLE
     assert grpc_code(KeyError("bug")) == grpc.StatusCode.INTERNAL
+
+
+class DrainingRuntime(ModelRuntime):
+    """Says it cannot serve for now (the core's Unavailable), or fails (a bug)."""
+
+    inputs = (TensorMeta("x", "FP32", (-1, 4)),)
+    outputs = (TensorMeta("y", "FP32", (-1, 4)),)
+    max_batch_size = 0
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def predict(self, inputs):
+        raise self.error
+
+
+def test_error_codes_unavailable_and_internal_live(stacks):
+    service = InferenceService(None)
+    service.add_runtime("draining", DrainingRuntime(Unavailable("model 'draining' is draining")))
+    service.add_runtime("broken", DrainingRuntime(RuntimeError("segfault averted")))
+    healthy = GatedRuntime()
+    service.add_runtime("healthy", healthy)
+    stack = stacks(service)
+    client = stack.client()
+    x = tg.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(x_batch(1))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("draining", [x])
+    assert _code(err) == "StatusCode.UNAVAILABLE" and "draining" in err.value.message()
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("broken", [x])
+    assert _code(err) == "StatusCode.INTERNAL" and "segfault averted" in err.value.message()
+    healthy.release.set()  # the server keeps serving the others
+    assert client.infer("healthy", [x]).as_numpy("y").shape == (1, 4)
+    client.close()
