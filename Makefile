@@ -42,7 +42,7 @@ test-device: $(foreach s,$(DEVICE_SUITES),test-device-$(s))
 .venv-%/.installed: pyproject.toml scripts/device-suite/%.txt
 	rm -rf .venv-$*
 	py=$$(bash scripts/find-python.sh $(subst py3,3.,$*)) && $$py -m venv .venv-$*
-	.venv-$*/bin/python -m pip install -q --no-compile -c scripts/device-suite/$*.txt -e '.[cpu,compress,fast,test]'
+	.venv-$*/bin/python -m pip install -q --no-compile -c scripts/device-suite/$*.txt -e '.[cpu,compress,fast,grpc,test]'
 	touch $@
 
 test-device-%: $(SYS_STAMP)

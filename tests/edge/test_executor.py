@@ -30,6 +30,8 @@ def slow_board(tmp_path_factory: pytest.TempPathFactory) -> DeviceProfile:
     # A slow board with a GPU (the Nano's own profile is CPU only: JetPack 4 has no CUDA 11).
     text = re.sub(r"(?m)^providers = .*$",
                   'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]', text)
+    text = re.sub(r"(?m)^accelerators = .*$", 'accelerators = ["gpu"]', text)
+    text = re.sub(r"(?m)^precisions = .*$", 'precisions = ["fp32", "fp16"]', text)
     text = text.replace('name = "jetson-nano"', 'name = "slow-board"')
     path = tmp_path_factory.mktemp("profile") / "slow-board.toml"
     path.write_text(text)

@@ -87,9 +87,9 @@ class _Load:
         """Until every client has ``n`` more answers than now (requests, not seconds)."""
         want = [len(v) + n for v in self.values]
         deadline = time.monotonic() + timeout
-        while any(len(v) < w for v, w in zip(self.values, want, strict=True)) and time.monotonic() < deadline:
+        while any(len(v) < w for v, w in zip(self.values, want)) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert all(len(v) >= w for v, w in zip(self.values, want, strict=True)), "the load stalled"
+        assert all(len(v) >= w for v, w in zip(self.values, want)), "the load stalled"
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
