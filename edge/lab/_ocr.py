@@ -226,6 +226,11 @@ def _calibration(models: Mapping[str, Path], sizes: Sequence[tuple[int, int]], s
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             out["cls"].append({"x": classify_input(crop)})
             out["rec"].append({"x": recognize_input(crop)})
+    # The histogram calibrators stack their samples: the lines are padded (with the
+    # normalized grey PaddleOCR pads with) to one width.
+    width = max(s["x"].shape[3] for s in out["rec"])
+    out["rec"] = [{"x": np.pad(s["x"], ((0, 0), (0, 0), (0, 0), (0, width - s["x"].shape[3])))}
+                  for s in out["rec"]]
     return out
 
 
