@@ -180,6 +180,23 @@ def _as_is(expr, *_args, **_kwargs):  # noqa: ANN001, ANN202 - stands in for sym
     return expr
 
 
+def _ort_symbolic(ssi, m: onnx.ModelProto) -> onnx.ModelProto | None:  # noqa: ANN001 - a module
+    """ORT's symbolic inference, keeping what it found when it could not finish: its
+    ``infer_shapes`` then writes ``sym_shape_infer_temp.onnx`` into the working folder and
+    raises, losing the rest. Its steps are called directly (they are the same from 1.16
+    on); the public call is the fallback."""
+    try:
+        engine = ssi.SymbolicShapeInference(2**31 - 1, True, False, 0)
+        engine._preprocess(m)
+        while engine.run_:
+            engine._infer_impl()
+        engine._update_output_from_vi()
+        return engine.out_mp_
+    except AttributeError:  # a version without those steps
+        return ssi.SymbolicShapeInference.infer_shapes(m, int_max=2**31 - 1, auto_merge=True,
+                                                       guess_output_rank=False, verbose=0)
+
+
 def _run_inference(m: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     try:
         from onnxruntime.tools import symbolic_shape_infer as ssi
@@ -189,8 +206,7 @@ def _run_inference(m: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         saved = ssi.sympy.simplify
         ssi.sympy.simplify = _as_is
         try:
-            out = ssi.SymbolicShapeInference.infer_shapes(m, int_max=2**31 - 1, auto_merge=True,
-                                                          guess_output_rank=False, verbose=0)
+            out = _ort_symbolic(ssi, m)
         finally:
             ssi.sympy.simplify = saved
         if out is not None:
