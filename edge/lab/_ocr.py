@@ -279,7 +279,6 @@ port = {port}
 
 [cloud]
 url = "{cloud_url}"
-timeout_s = 30.0
 
 [policy]
 file = "{policy}"
@@ -346,7 +345,8 @@ def run_ocr_demo(*, sizes: Sequence[tuple[int, int]], device: str, out_dir: Path
         with tempfile.TemporaryDirectory(prefix="edgecut-ocr-agent-") as tmp:
             policy = Path(tmp) / "policy.toml"
             policy.write_text('objective = "latency"\nslo_ms = 0.0\n[link]\n'
-                              f"prior_bandwidth_mbps = {bandwidth_bps / 1e6:g}\nprior_rtt_ms = 20.0\n")
+                              f"prior_bandwidth_mbps = {bandwidth_bps / 1e6:g}\nprior_rtt_ms = 20.0\n"
+                              "[offload]\ntimeout_ms = 30000.0\n")
             config = Path(tmp) / "agent.toml"
             agent_port = free_port()
             config.write_text(_agent_toml(agent_models, device, Path(tmp) / "data", agent_port,
