@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import onnx
@@ -50,7 +50,7 @@ from partition._profile import (
 from partition._split import Splitter, half_precision_inputs, save_model
 from partition._types import LOCAL, OFFLOAD, SPLIT, WIRE_FORMATS, CutCandidate, Plan
 
-CloudSpec = str | Path | dict | Profile
+CloudSpec = Union[str, Path, dict, Profile]  # noqa: UP007 - a runtime value: X | Y fails on Python 3.8
 HERE = "here"
 
 
