@@ -14,9 +14,17 @@ reported as the median with the min-max spread. Finally an overload phase
 (``--overload-concurrency`` closed-loop clients against a queue of 32) counts 503s, other
 errors and the server's peak RSS, sampled from /proc while it runs.
 
+Then the hostile-client soak (``--soak-duration``, 0 skips it) on the first model, with a
+fresh server at its default connection limits: a well-behaved client at concurrency 4
+runs alone (``--soak-baseline`` s), then for ``--soak-duration`` s beside 500 slow
+connections and a stream of malformed requests (``bench/_soak.py``), then alone again.
+``soak_good_throughput_ratio`` is its throughput under attack over the mean of the two
+baselines; ``soak_good_errors`` its non-200 answers and connection errors under attack;
+``soak_peak_rss_mb`` the server's peak RSS meanwhile.
+
 The load generator is a separate process (asyncio over raw HTTP/1.1 keep-alive
-connections, one per client; for gRPC, grpc.aio over one HTTP/2 channel with every call
-multiplexed on it, as gRPC clients do): each request is encoded once (binary tensors;
+connections, one per client; for gRPC at concurrency 1 blocking calls, above it grpc.aio
+over one HTTP/2 channel with every call multiplexed on it, as gRPC clients do): each request is encoded once (binary tensors;
 a serialized ``ModelInferRequest`` with raw contents) and re-sent, and gRPC answers are
 not parsed, as HTTP answers are only read.
 Prints one JSON object with --json.
@@ -120,8 +128,41 @@ async def _grpc_clients(spec: dict, payload: bytes, start: float, end: float, ou
         await channel.close()
 
 
+def _grpc_blocking(spec: dict, payload: bytes, out: dict) -> None:
+    """One client, blocking calls: gRPC's lowest-latency way from Python (grpc.aio adds
+    an event loop hop per call), as the raw HTTP client is HTTP's."""
+    import grpc
+
+    channel = grpc.insecure_channel(
+        f"{spec['host']}:{spec['port']}",
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    start = time.perf_counter()
+    warm, end = start + spec["warmup"], start + spec["warmup"] + spec["duration"]
+    try:
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            try:
+                call(payload, timeout=60)
+                status = 200
+            except grpc.RpcError as exc:
+                status = 503 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 500
+            t1 = time.perf_counter()
+            if warm <= t1 <= end:
+                out["codes"][status] = out["codes"].get(status, 0) + 1
+                if status == 200:
+                    out["done"] += 1
+            if t0 >= warm and status == 200:
+                out["lat"].append(t1 - t0)
+    finally:
+        channel.close()
+
+
 def _run_phase(runner, spec: dict, payload: bytes) -> dict:
     out = {"codes": {}, "lat": [], "done": 0, "conn_errors": 0}
+    if spec.get("protocol") == "grpc" and spec["concurrency"] == 1:
+        _grpc_blocking(spec, payload, out)
+        return out
 
     async def main() -> None:
         start = time.perf_counter()
@@ -507,6 +548,99 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
     }
 
 
+def soak(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator) -> dict:
+    """The hostile-client soak (see the module docstring)."""
+    from cloud import encode_infer_request
+    from partition import zoo
+    from tests.conftest import free_port
+
+    source = zoo.zoo_model(model)
+    repo = workdir / f"soak-{model}"
+    _write_repo(repo, model, source, args.max_batch, args.delay_us, args.queue)
+    import onnxruntime as ort
+
+    input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]
+                                      ).get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    body, headers = encode_infer_request({input_name: x})
+    port = free_port()
+    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    payload = workdir / f"soak-{model}.http"
+    payload.write_bytes(head + body)
+    spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
+    server = Server(repo, port, args.threads, (spin, *args.server_arg))
+    host = "127.0.0.1"
+    try:
+        gen.run(host, port, str(payload), 4, 2.0, 0.5)  # warm-up
+        cpu0 = _cpu_s(server.proc.pid)
+        before = gen.run(host, port, str(payload), 4, args.soak_baseline, args.warmup)
+        cpu_alone = (_cpu_s(server.proc.pid) - cpu0) / max(1, before["throughput"]
+                                                           * args.soak_baseline)
+        peak = [_rss_mb(server.proc.pid)]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    peak.append(_rss_mb(server.proc.pid))
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        attackers = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "_soak.py"), str(port),
+             str(args.soak_duration + 2.0), model], stdout=subprocess.PIPE, text=True,
+            preexec_fn=(lambda: os.nice(args.soak_attacker_nice)) if args.soak_attacker_nice
+            else None)
+        time.sleep(2.0)  # the slow connections are open before the measurement starts
+        cpu0 = _cpu_s(server.proc.pid)
+        under = gen.run(host, port, str(payload), 4, args.soak_duration - 2.0, 0.0)
+        cpu_under = (_cpu_s(server.proc.pid) - cpu0) / max(
+            1, under["throughput"] * (args.soak_duration - 2.0))
+        attacker_cpu = _cpu_s(attackers.pid)
+        attack_out, _ = attackers.communicate(timeout=120)
+        stop.set()
+        sampler.join()
+        after = gen.run(host, port, str(payload), 4, args.soak_baseline, args.warmup)
+        alive = _http(host, port, "GET", "/v2/health/live")[0] == 200
+    finally:
+        server.stop()
+    baseline = (before["throughput"] + after["throughput"]) / 2
+    attack = json.loads(attack_out)
+    return {
+        "soak_good_throughput_ratio": round(under["throughput"] / baseline, 3),
+        "soak_good_errors": sum(n for c, n in under["codes"].items() if c != 200)
+        + under["conn_errors"],
+        "soak_peak_rss_mb": round(max(peak), 1),
+        # context
+        "soak_model": model,
+        "soak_duration_s": args.soak_duration,
+        "soak_good_throughput": round(under["throughput"], 2),
+        "soak_good_throughput_alone_before_after": [round(before["throughput"], 2),
+                                                   round(after["throughput"], 2)],
+        "soak_good_p50_ms": round(under["p50_ms"], 3) if under["p50_ms"] else None,
+        "soak_good_p50_ms_alone_before": round(before["p50_ms"], 3) if before["p50_ms"] else None,
+        "soak_rss_before_mb": round(peak[0], 1),
+        "soak_slow_connections": 500,
+        "soak_slow_connects": attack["slow_connects"],
+        "soak_slow_answers": attack["slow_answers"],
+        "soak_slow_connect_errors": attack["slow_errors"],
+        "soak_malformed_answers": attack["malformed_answers"],
+        "soak_server_alive_after": alive,
+        # CPU: the server's seconds per good request (all its work, the attack's included)
+        # alone and under attack, and what the attack generator itself used on this host
+        "soak_server_cpu_ms_per_good_request_alone": round(cpu_alone * 1e3, 3),
+        "soak_server_cpu_ms_per_good_request_under_attack": round(cpu_under * 1e3, 3),
+        "soak_attacker_cpu_s": round(attacker_cpu, 2),
+        "soak_attacker_nice": args.soak_attacker_nice,
+        "host_loadavg_1m_after": float(open("/proc/loadavg").read().split()[0]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -527,6 +661,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-duration", type=float, default=5.0)
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for edgecut serve (repeatable)")
+    parser.add_argument("--soak-duration", type=float, default=60.0,
+                        help="seconds of the hostile-client soak (0: skip it)")
+    parser.add_argument("--soak-baseline", type=float, default=15.0,
+                        help="seconds the good client runs alone before and after the soak")
+    parser.add_argument("--soak-attacker-nice", type=int, default=0,
+                        help="niceness of the attack generator (it shares this host's cores "
+                             "with the server; on a network it would use its own)")
+    parser.add_argument("--skip-models", action="store_true",
+                        help="run only the soak (no per-model rounds)")
     parser.add_argument("--_loadgen", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._loadgen:
@@ -561,8 +704,12 @@ def main(argv: list[str] | None = None) -> int:
     gen = LoadGenerator()
     try:
         with tempfile.TemporaryDirectory(prefix="edgecut-bench-") as tmp:
-            for model in args.models.split(","):
-                result[model] = bench_model(model, args, Path(tmp), gen)
+            models = args.models.split(",")
+            if not args.skip_models:
+                for model in models:
+                    result[model] = bench_model(model, args, Path(tmp), gen)
+            if args.soak_duration > 0:
+                result.update(soak(models[0], args, Path(tmp), gen))
     finally:
         gen.close()
     if args.json:

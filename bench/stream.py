@@ -21,12 +21,14 @@ trip), this process as the device (an emulated jetson-nano: every device stage i
 for the time measured here divided by the profile's ``relative_speed``, as the replay
 does). Per model: the plan (``prepare_plan``, cloud = this host); the SLO is a rule,
 twice the least-latency plan's predicted latency; ``sequential_fps`` runs the
-least-latency plan one frame at a time; ``stream_fps`` runs ``choose_stream``'s plan
-through the pipeline (window: the frames one frame's trip past the device covers at the
-predicted bottleneck, plus one; queue 1; ``drop_oldest``; uploads paced at the link's
+least-latency plan one frame at a time (each submitted when the previous is answered); ``stream_fps`` runs ``choose_stream``'s plan
+through the pipeline (window: how many of the slowest stage one frame's trip past the
+device holds (at most 4), both measured on frames of that plan run one at a time first;
+queue 1; ``drop_oldest``; uploads paced at the link's
 rate) fed by a 15 frames/s camera for about 12 s, measured over the answered frames
-after the first four; ``pipeline_bound_fps`` is 1 / the slowest stage measured in that run (median device
-stage, upload and download at the emulated rate, median server compute); ``p95_ms``
+after the first four; ``pipeline_bound_fps`` is 1 / the slowest stage of that plan measured in the same
+run one frame at a time (median device stage as held, upload and download at the
+emulated rate, median server compute); ``p95_ms``
 per-frame latency from submit to result; ``dropped`` / ``lost`` from the pipeline's
 counters (lost = submitted - delivered).
 """
@@ -180,6 +182,37 @@ def _run_stream(pipe, frames: list, rate_fps: float | None = None) -> tuple[list
     return got, fps
 
 
+def _run_one_by_one(pipe, frames: list) -> tuple[list, float]:  # noqa: ANN001
+    """Each frame submitted when the previous one is answered (nothing waits in the
+    queue); returns the results and frames per second over all of them."""
+    got = []
+    t0 = time.perf_counter()
+    for f in frames:
+        r = pipe.result(pipe.submit(f), timeout_s=600)
+        if r is not None:
+            got.append(r)
+    fps = len(got) / (time.perf_counter() - t0)
+    pipe.close()
+    return got, fps
+
+
+def _stages(warm: list, cand, bandwidth_bps: float) -> tuple[float, float, float, float, float]:  # noqa: ANN001
+    """(device, uplink, cloud, downlink, trip) ms of ``cand`` from frames run one at a
+    time: the device stage as held, the link's transfers at its rate, the server's
+    compute (batch 1: nothing else in flight), and a frame's whole trip past the device."""
+    import statistics
+
+    ok = [r for r in warm if r.status == "ok"] or warm
+    dev = statistics.median(r.device_ms for r in ok)
+    if cand.kind == "local":
+        return dev, 0.0, 0.0, 0.0, 0.0
+    up = cand.up_bytes * 8000.0 / bandwidth_bps
+    down = cand.down_bytes * 8000.0 / bandwidth_bps
+    cloud = statistics.median((r.compute_ms if r.compute_ms is not None else r.server_ms or 0.0) for r in ok)
+    trip = statistics.median(r.latency_ms - r.device_ms for r in ok)
+    return dev, up, cloud, down, trip
+
+
 def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                   stream_seconds: float = 12.0) -> dict:
     import statistics
@@ -220,14 +253,18 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                                           cloud_timeout_s=60.0, device_time=device_time,
                                           intra_op_threads=1)
                 # warm both plans' sessions and the server's
-                _run_stream(pipe(lat_pick.candidate, 1), frames[:2])
-                _run_stream(pipe(st_pick.candidate, 1), frames[:2])
+                _run_one_by_one(pipe(lat_pick.candidate, 1), frames[:2])
+                # the stream plan one frame at a time: its stage times (the pipeline's bound)
+                # and the trip that sets how many frames to keep in flight
+                warm, _ = _run_one_by_one(pipe(st_pick.candidate, 1), frames[:5])
+                dev, up, cloud, down, trip = _stages(warm[1:], st_pick.candidate, bandwidth_bps)
                 seq_n = max(6, n_frames // 3)
-                seq_res, seq_fps = _run_stream(pipe(lat_pick.candidate, 1), frames[:seq_n])
-                # frames in flight past the device: enough to cover one frame's trip at
-                # the predicted bottleneck, and one more for jitter
-                depth = 1 + max(1, math.ceil((st_pick.latency_ms - st_pick.stages_ms[0])
-                                             / max(st_pick.stages_ms)))
+                seq_res, seq_fps = _run_one_by_one(pipe(lat_pick.candidate, 1), frames[:seq_n])
+                # frames in flight past the device: as many as one frame's trip past the
+                # device (measured one frame at a time above) holds of the slowest stage;
+                # more would only wait in the server's queue and add to every frame's latency
+                slowest = max(dev, up, cloud, down, 1e-3)
+                depth = min(4, max(1, math.ceil(trip / slowest)))
                 sp = pipe(st_pick.candidate, depth, "drop_oldest")
                 camera = CAMERA_FPS
                 n_cam = int(CAMERA_FPS * stream_seconds)
@@ -237,13 +274,16 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
             emu.stop()
     c = st_pick.candidate
     ok = [r for r in res if r.status in ("ok", "fallback")]
-    dev = statistics.median([r.device_ms for r in ok]) if ok else 0.0
-    servers = [r.server_ms for r in ok if r.server_ms is not None]
-    cloud = statistics.median(servers) if servers else 0.0
-    up = c.up_bytes * 8000.0 / bandwidth_bps if c.kind != "local" else 0.0
-    down = c.down_bytes * 8000.0 / bandwidth_bps if c.kind != "local" else 0.0
     bound = 1000.0 / max(dev, up, cloud, down)
     lat = sorted(r.latency_ms for r in ok)
+    # where a frame's time went (medians): device stage, waiting for the uplink and the
+    # queue, the cloud leg's wall time (upload, round trip, server, download)
+    parts = {
+        "device_ms": statistics.median(r.device_ms for r in ok) if ok else None,
+        "cloud_leg_ms": statistics.median(r.cloud_ms for r in ok) if ok else None,
+        "server_ms": statistics.median(r.server_ms or 0.0 for r in ok) if ok else None,
+        "waiting_ms": statistics.median(r.latency_ms - r.device_ms - r.cloud_ms for r in ok) if ok else None,
+    }
     p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else 0.0
     return {
         "stream_plan": c.cut_id, "latency_plan": lat_pick.candidate.cut_id,
@@ -255,7 +295,7 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
         "sequential_fps": round(seq_fps, 3),
         "fraction_of_bound": round(fps / bound, 3) if bound else None,
         "vs_sequential": round(fps / seq_fps, 3) if seq_fps else None,
-        "p95_ms": round(p95, 1), "within_slo": bool(p95 <= slo),
+        "p95_ms": round(p95, 1), "median_parts_ms": {k: round(v, 1) for k, v in parts.items() if v is not None}, "within_slo": bool(p95 <= slo),
         "frames": len(cam_frames), "window": sp.window, "camera_fps": round(camera, 3), "dropped": sp.stats.dropped, "lost": sp.stats.lost,
         "fallbacks": sp.stats.fallbacks, "errors": sp.stats.errors,
         "sequential_lost": 0 if len(seq_res) == seq_n else seq_n - len(seq_res),

@@ -6,7 +6,10 @@ the token, which shuts out ``alg: none`` and HS256 tokens signed with a public k
 must carry ``exp``, ``aud``, ``iss`` and ``sub``; ``nbf`` is checked when present. The
 ``models`` claim is a list of model names (``fnmatch`` patterns such as
 ``"resnet50*"``; ``"*"`` is every model) and decides which models a device may use;
-``admin: true`` additionally allows the repository's load and unload.
+``admin: true`` (the JSON value ``true``, nothing else) additionally allows the
+repository's load and unload and the profile extension. Numeric claims (``exp``, ``nbf``,
+``iat``) outside what a clock can hold are refused (401), and ``leeway_s`` (default 60 s)
+absorbs clock skew: devices such as Jetson kits often boot without a battery-backed clock.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class TokenVerifier:
         *,
         audience: str,
         issuers: Sequence[str],
-        leeway_s: float = 0.0,
+        leeway_s: float = 60.0,
     ) -> None:
         self._keys = [(kid, key, _algorithm(key, kid)) for kid, key in keys]
         if not self._keys:
@@ -83,7 +86,7 @@ class TokenVerifier:
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, audience: str, issuers: Sequence[str],
-                    leeway_s: float = 0.0) -> TokenVerifier:
+                    leeway_s: float = 60.0) -> TokenVerifier:
         """Every ``*.pem`` public key in ``folder``; the file stem is the key id (``kid``)."""
         path = Path(folder)
         if not path.is_dir():
@@ -131,15 +134,8 @@ class TokenVerifier:
         last: Exception | None = None
         for _kid, key, algorithm in candidates:
             try:
-                claims = jwt.decode(
-                    token,
-                    key,
-                    algorithms=[algorithm],
-                    audience=self.audience,
-                    issuer=self.issuers,
-                    leeway=self.leeway_s,
-                    options={"require": ["exp", "aud", "iss", "sub"]},
-                )
+                claims = _decode_checked(
+                    token, key, algorithm, self.audience, self.issuers, self.leeway_s)
             except jwt.InvalidSignatureError as exc:
                 last = exc
                 continue  # maybe another key signed it
@@ -168,6 +164,32 @@ class TokenVerifier:
         raise AuthError("token signature does not match any configured key")
 
 
+# Numeric claims beyond this are not times (year 2^37); a float cannot even hold 10**400.
+_MAX_TIME = 2.0 ** 42
+
+
+def _decode_checked(token: str, key: Any, algorithm: str, audience: str,
+                    issuers: list[str], leeway_s: float) -> dict[str, Any]:
+    """``jwt.decode`` with the numeric claims checked first (after the signature), so an
+    absurd ``exp`` is a 401 and never an overflow inside the library."""
+    claims = jwt.decode(token, key, algorithms=[algorithm],
+                        options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                                 "verify_aud": False, "verify_iss": False})
+    for name in ("exp", "nbf", "iat"):
+        if name not in claims:
+            continue
+        value = claims[name]
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not -_MAX_TIME <= value <= _MAX_TIME or value != value):
+            raise AuthError(f"token's {name!r} claim is not a time in range: {str(value)[:40]}")
+    try:
+        return jwt.decode(
+            token, key, algorithms=[algorithm], audience=audience, issuer=issuers,
+            leeway=leeway_s, options={"require": ["exp", "aud", "iss", "sub"]})
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise AuthError(f"invalid token claims ({type(exc).__name__})") from None
+
+
 def _principal(claims: dict[str, Any]) -> Principal:
     models = claims.get("models")
     if isinstance(models, str):
@@ -177,7 +199,11 @@ def _principal(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str):
         raise AuthError("token's 'sub' claim must be a string")
-    return Principal(sub, tuple(models), bool(claims.get("admin", False)))
+    admin = claims.get("admin", False)
+    if not isinstance(admin, bool):
+        # Read by truthiness, "false", "yes" and [0] all granted admin.
+        raise AuthError(f"token's 'admin' claim must be true or false, got {str(admin)[:40]!r}")
+    return Principal(sub, tuple(models), admin is True)
 
 
 def mint_token(

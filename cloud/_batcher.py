@@ -9,7 +9,10 @@ saves the two hand-offs. A batch is flushed when it
 reaches the maximum batch size or a preferred size, or when the oldest request has waited
 ``max_queue_delay``; requests are only concatenated when every input has the same dtype and
 non-batch shape. When the queue is full the request is refused at once (``Overloaded``),
-so memory stays bounded under any load.
+so memory stays bounded under any load. When a batch of several requests fails, each is
+run again alone, so that only a request that fails by itself gets the error (one
+client's out-of-range index must not fail the others it was batched with); the record
+counts those reruns.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class BatchRecord:
     compute_s: float
     ok: bool
     error: str | None = None
+    #: requests run again alone after their batch failed, and how many of them failed alone
+    reruns: int = 0
+    failed_alone: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,19 @@ class Batcher:
             raise ExecutionError(
                 f"model {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
 
+    def _fail(self, items: list[_Pending], exc: Exception) -> str:
+        """Set ``exc`` (wrapped when it is not the service's own) on ``items``."""
+        if isinstance(exc, CloudError):
+            for item in items:
+                item.error = exc
+            return str(exc)
+        error = f"{type(exc).__name__}: {exc}"
+        wrapped = ExecutionError(f"model {self.name!r} failed: {error}")
+        wrapped.__cause__ = exc
+        for item in items:
+            item.error = wrapped
+        return error
+
     def close(self, timeout: float | None = None) -> None:
         """Stop taking requests, finish the queued ones, join the workers, close runtimes."""
         with self._cond:
@@ -293,16 +312,22 @@ class Batcher:
                             f"model {self.name!r}: output {name!r} has leading size "
                             f"{np.shape(value)[:1]}, expected the batch size {size}"
                         )
-        except CloudError as exc:
-            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a runtime's failure: report, keep serving
+            error = self._fail(batch, exc)
+        reruns = failed_alone = 0
+        if error is not None and len(batch) > 1:
+            # Isolate the culprit: each request alone, so only one that fails by itself
+            # gets an error.
+            reruns = len(batch)
             for item in batch:
-                item.error = exc
-        except Exception as exc:  # a custom runtime's own failure: report, keep serving
-            error = f"{type(exc).__name__}: {exc}"
-            wrapped = ExecutionError(f"model {self.name!r} failed: {error}")
-            wrapped.__cause__ = exc
-            for item in batch:
-                item.error = wrapped
+                item.error = item.outputs = None
+                try:
+                    item.outputs = (item.call() if item.call is not None
+                                    else runtime.predict(item.inputs))
+                except Exception as exc:  # noqa: BLE001
+                    self._fail([item], exc)
+                    failed_alone += 1
+            error = None if not failed_alone else f"{failed_alone} of {reruns} failed alone"
         end = time.perf_counter()
         queue_times = []
         for item in batch:
@@ -311,7 +336,8 @@ class Batcher:
             item.batch_size = size
             queue_times.append(item.queue_s)
         if self.on_batch is not None:
-            record = BatchRecord(size, len(batch), queue_times, end - start, error is None, error)
+            record = BatchRecord(size, len(batch), queue_times, end - start, error is None, error,
+                                 reruns, failed_alone)
             after_answer(self.on_batch, record)
         if not deliver:
             return

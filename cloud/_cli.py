@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,13 +33,21 @@ _BOOL = click.BOOL
 @click.option("--grpc-address", default=None, help="Address the gRPC server binds.  "
               "[default: --http-address]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Also serve /metrics on this port (as Triton's 8002); /metrics stays on "
-                   "the HTTP port too.")
+              help="Serve /metrics on this port (as Triton's 8002) instead of the HTTP port, "
+                   "so the API port does not list model names and traffic.")
+@click.option("--metrics-address", default=None,
+              help="Address of the --metrics-port server (a scrape network).  "
+                   "[default: --http-address]")
+@click.option("--metrics-auth", type=_BOOL, default=False,
+              help="/metrics on the HTTP port needs a valid token (it names every model "
+                   "and its traffic).")
 @click.option("--allow-metrics", type=_BOOL, default=True,
               help="Serve Prometheus metrics at /metrics.")
-@click.option("--exit-on-error", type=_BOOL, default=True,
-              help="Exit (status 1) when a model fails to load at start-up, as Triton does; "
-                   "false: serve the others and report the failure in the index.")
+@click.option("--exit-on-error", type=_BOOL, default=False,
+              help="true: exit (status 1) when a model fails to load at start-up, as Triton "
+                   "does by default; false (the default): serve the others and report the "
+                   "failure in the repository index, so one bad model cannot take every "
+                   "model down.")
 @click.option("--strict-readiness", type=_BOOL, default=True,
               help="Ready only while every model is serving; false: ready once the server "
                    "is up.")
@@ -60,8 +69,36 @@ _BOOL = click.BOOL
               help="Largest accepted request body; larger gets 413 (gRPC: RESOURCE_EXHAUSTED).")
 @click.option("--max-pending-mb", type=click.FloatRange(0.001, 1 << 20), default=512,
               help="Request bodies all requests in progress may hold together; beyond, 503.")
-@click.option("--max-connections", type=click.IntRange(1, 1000000), default=512,
-              help="Concurrent HTTP connections before the server answers 503.")
+@click.option("--max-connections", type=click.IntRange(1, 1000000), default=1024,
+              help="Open HTTP connections, all clients together; a new one beyond gets 503 "
+                   "and is closed (the open ones keep being served).")
+@click.option("--max-connections-per-client", type=click.IntRange(0, 1000000), default=256,
+              help="Open HTTP connections from one client address (one uid on a Unix "
+                   "socket); 0: no cap.")
+@click.option("--header-timeout", type=click.FloatRange(0, 3600), default=10.0,
+              help="Seconds from a request's first byte to its last header; over it, 408 "
+                   "(0: off).")
+@click.option("--max-header-bytes", type=click.IntRange(0, 1 << 30), default=64 * 1024,
+              help="Request line plus headers; over it, 431 (0: no limit).")
+@click.option("--keep-alive-timeout", type=click.FloatRange(1, 3600), default=30.0,
+              help="Seconds an idle HTTP keep-alive connection stays open.")
+@click.option("--body-timeout", type=click.FloatRange(0, 3600), default=20.0,
+              help="Seconds a request body may take before --body-min-rate applies.")
+@click.option("--body-min-rate", type=click.FloatRange(0, 1e12), default=4096.0,
+              help="Bytes per second a body must keep up after --body-timeout (each byte "
+                   "buys 1/rate s more); a body that trickles gets 408 (0: off).")
+@click.option("--max-bytes-elements", type=click.IntRange(1, 1 << 40), default=1 << 20,
+              help="Most BYTES elements one input tensor may have.")
+@click.option("--profile-max-elements", type=click.IntRange(1, 1 << 40), default=1 << 24,
+              help="Most input elements (all inputs together) one profile request may use.")
+@click.option("--jwt-leeway", type=click.FloatRange(0, 86400), default=60.0,
+              help="Seconds of clock skew allowed on a token's exp and nbf (devices often "
+                   "boot without a battery-backed clock).")
+@click.option("--shm-allow-uid", "shm_allow_uids", type=click.IntRange(0, 1 << 32),
+              multiple=True,
+              help="A uid (besides the server's own) whose /dev/shm files TCP loopback "
+                   "clients may register (repeatable); Unix-socket clients may register "
+                   "only their own files.")
 @click.option("--max-in-flight", type=click.IntRange(1, 1000000), default=512,
               help="Requests in progress before new ones get 503 (before their body is read).")
 @click.option("--ort-spinning/--no-ort-spinning", default=True,
@@ -85,7 +122,7 @@ def serve(repository: str, host: str, port: int, allow_http: bool, grpc_port: in
           max_queue: int, max_body_mb: float, max_pending_mb: float, max_connections: int,
           max_in_flight: int, ort_spinning: bool, no_shared_memory: bool,
           no_dynamic_batching: bool, log_level: str, log_verbose: int,
-          log_format: str) -> None:
+          log_format: str, **hardening: Any) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2): HTTP/REST,
     and gRPC with --grpc-port. Every option may also come from an environment variable,
     EDGECUT_SERVE_<OPTION> (e.g. EDGECUT_SERVE_GRPC_PORT=8001). Exit status: 1 for a
@@ -118,6 +155,7 @@ def serve(repository: str, host: str, port: int, allow_http: bool, grpc_port: in
         max_in_flight=max_in_flight, ort_spinning=ort_spinning,
         shared_memory=not no_shared_memory, dynamic_batching=not no_dynamic_batching,
         log_level="debug" if log_verbose > 0 else log_level, log_format=log_format,
+        **hardening,
     )
     if not auth_keys:
         click.secho(

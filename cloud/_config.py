@@ -148,8 +148,12 @@ def _check_supported(proto: Any, text: str, where: str) -> None:
         raise refuse("batch_input" if proto.batch_input else "batch_output", "ragged batching")
     for kind, tensors in (("input", proto.input), ("output", proto.output)):
         for tensor in tensors:
-            if tensor.HasField("reshape"):
-                raise refuse("reshape", f"{kind} {tensor.name!r}: a reshape")
+            # Triton's spelling of a scalar, dims [1] reshaped to [] (what edgecut's own
+            # partitioner writes), is served as the model's scalar; other reshapes are not.
+            if tensor.HasField("reshape") and not (
+                    list(tensor.dims) == [1] and not tensor.reshape.shape):
+                raise refuse("reshape", f"{kind} {tensor.name!r}: a reshape other than [1] "
+                             "to [] (a scalar)")
             if tensor.is_shape_tensor:
                 raise refuse("is_shape_tensor", f"{kind} {tensor.name!r}: a shape tensor")
             if getattr(tensor, "allow_ragged_batch", False):

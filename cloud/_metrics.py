@@ -115,6 +115,10 @@ class Metrics:
             ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge(
             "edgecut_requests_in_flight", "Inference requests being served", ["model"], registry=r)
+        self.batch_reruns = Counter(
+            "edgecut_batch_reruns", "Requests run again alone after their batch failed (so "
+            "that only a request that fails by itself gets the error)",
+            ["model", "version"], registry=r)
         self.relay = Counter(
             "edgecut_relay_requests", "Requests a chain's middle node forwarded to its next hop "
             "or finished itself when the next hop failed", ["model", "outcome"], registry=r)

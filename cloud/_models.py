@@ -10,6 +10,7 @@ version's signature, so every transport returns the same errors; :func:`config_j
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,10 @@ class Model:
 
 
 def version_key(version: str) -> tuple[int, int | str]:
-    return (0, int(version)) if version.isdigit() else (1, version)
+    return (0, int(version)) if _DIGITS.match(version) else (1, version)
+
+
+_DIGITS = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() also takes '²'
 
 
 def validate(target: Version, request: InferRequest) -> int:
@@ -290,12 +294,79 @@ def peek_default(model: Model) -> Version:
 
 
 def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], batched: bool) -> bool:
-    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+    for i in range(len(expected)):  # lengths compared by the callers (no zip strict on 3.8)
+        e, g = expected[i], got[i]
         if batched and i == 0:
             continue
         if e >= 0 and e != g:
             return False
     return True
+
+
+def check_input(model: str, targets: list[Version], max_bytes_elements: int, tensor: str,
+                datatype: str, shape: tuple[int, ...]) -> None:
+    """One input's datatype and shape against the model (any of ``targets`` may take it)
+    and a cap on BYTES elements: the check the decoder runs before it decodes the data."""
+    dtype = DATATYPES.get(datatype)
+    why = ""
+    for target in targets:
+        for name, expected, dims in target.signature:
+            if name != tensor:
+                continue
+            if expected != dtype:
+                why = (f"input {tensor!r}: expected datatype {_datatype_name(expected)}, "
+                       f"got {datatype}")
+            elif len(dims) != len(shape) or not _dims_match(dims, shape,
+                                                              target.max_batch_size > 0):
+                why = f"input {tensor!r}: expected shape {list(dims)}, got {list(shape)}"
+            else:
+                why = ""
+            break
+        else:
+            why = (f"model {model!r} has no input {tensor!r}; expected "
+                   f"{[n for n, _d, _s in target.signature]}")
+        if not why:
+            break
+    if why:
+        raise _invalid(targets[0], why)  # counted as the service's own checks are
+    if datatype == "BYTES":
+        count = 1
+        for d in shape:
+            count *= d
+        if count > max_bytes_elements:
+            raise _invalid(targets[0],
+                           f"input {tensor!r}: {count} BYTES elements exceed the limit of "
+                           f"{max_bytes_elements}")
+
+
+def check_profile_shapes(name: str, runtime: Any, batch: int, shapes: dict[str, list[int]],
+                         max_elements: int) -> None:
+    """Refuse profile shapes the model cannot take, or inputs too large to allocate."""
+    metas = {m.name: m for m in runtime.inputs}
+    unknown = [k for k in shapes if k not in metas]
+    if unknown:
+        raise ProtocolError(f"profile of {name!r}: no input {unknown[0]!r}; inputs are "
+                            f"{list(metas)}")
+    batched = runtime.max_batch_size > 0
+    total = 0
+    for meta in runtime.inputs:
+        dims = list(meta.shape)
+        if meta.name in shapes:
+            shape = list(shapes[meta.name])
+            if len(shape) != len(dims) or not _dims_match(tuple(dims), tuple(shape), batched):
+                raise ProtocolError(f"profile of {name!r}: input {meta.name!r} takes shape "
+                                    f"{dims} (-1: any), got {shape}")
+        else:
+            if batched and dims:
+                dims[0] = batch
+            shape = [d if d >= 0 else 1 for d in dims]
+        count = 1
+        for d in shape:
+            count *= d
+        total += count
+    if total > max_elements:
+        raise ProtocolError(f"profile of {name!r}: inputs of {total} elements exceed the "
+                            f"limit of {max_elements}")
 
 
 def _datatype_name(dtype: np.dtype) -> str:

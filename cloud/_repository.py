@@ -7,7 +7,9 @@ InferenceService` decides when to load and swaps versions in.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,13 @@ from cloud._config import ModelConfig, read_config
 from cloud._runtime import OnnxRuntime
 from cloud.errors import RepositoryError
 
-__all__ = ["onnx_instances", "read_model_dir", "repository_names"]
+__all__ = ["VERSION_RE", "onnx_instances", "read_model_dir", "repository_names"]
+
+log = logging.getLogger("edgecut.cloud")
+
+#: A version folder's name: ASCII digits only (``str.isdigit`` also takes '²' and '١',
+#: which ``int`` then refuses or reads as another number).
+VERSION_RE = re.compile(r"^[0-9]{1,18}$")
 
 
 def repository_names(repository: Path | None) -> list[str]:
@@ -28,25 +36,35 @@ def repository_names(repository: Path | None) -> list[str]:
     )
 
 
-def read_model_dir(name: str, model_dir: Path) -> tuple[ModelConfig, list[int]]:
-    """The model's config and the versions on disk its version policy selects."""
+def read_model_dir(name: str, model_dir: Path) -> tuple[ModelConfig, list[int], list[str]]:
+    """The model's config, the versions on disk its version policy selects, and why any
+    other folder was skipped (each also logged as a warning)."""
     config = read_config(model_dir)
     if config.name is not None and config.name != name:
         raise RepositoryError(
             f"{model_dir / 'config.pbtxt'}: name {config.name!r} does not match the folder {name!r}"
         )
     filename = config.default_model_filename
-    available = [
-        int(p.name) for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
-    ]
+    available = []
+    skipped = []
+    for p in sorted(model_dir.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        if not VERSION_RE.match(p.name):
+            skipped.append(f"version folder {p.name!r} is not ASCII digits; skipped")
+        elif not (p / filename).is_file():
+            skipped.append(f"version {p.name} has no {filename}; skipped")
+        else:
+            available.append(int(p.name))
+    for why in skipped:
+        log.warning("model %s: %s", name, why, extra={"model": name})
     wanted = config.version_policy.select(available)
     if not wanted:
         raise RepositoryError(
             f"model {name!r}: no version to load (on disk: {sorted(available)}, policy "
             f"{config.version_policy.kind})"
         )
-    return config, wanted
+    return config, wanted, skipped
 
 
 def onnx_instances(name: str, path: Path, config: ModelConfig, defaults: Any

@@ -15,10 +15,11 @@ which is how a hot load or a rollback loses no request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,25 +29,24 @@ import numpy as np
 from cloud._batcher import Batcher, BatcherSettings, BatchRecord
 from cloud._config import ModelConfig
 from cloud._deferred import after_answer
-from cloud._metrics import Metrics, triton_text
+from cloud._metrics import Metrics
 from cloud._models import (
     Model,
     Stats,
     Version,
+    check_input,
     check_name,
-    config_json,
     peek_default,
     replace_versions,
-    stats_json,
     validate,
     version_key,
 )
+from cloud._reports import Reports
 from cloud._repository import onnx_instances, read_model_dir, repository_names
-from cloud._runtime import ModelRuntime, OnnxRuntime
+from cloud._runtime import ModelRuntime
 from cloud._tensors import DATATYPES, InferRequest
 from cloud.errors import (
     CloudError,
-    ModelNotReady,
     NotFound,
     ProtocolError,
     RepositoryError,
@@ -56,16 +56,6 @@ from cloud.errors import (
 __all__ = ["InferResult", "InferenceService"]
 
 log = logging.getLogger("edgecut.cloud")
-
-SERVER_NAME = "edgecut"
-SERVER_VERSION = "0.1.0"
-EXTENSIONS = (
-    "binary_tensor_data",
-    "model_repository",
-    "statistics",
-    "edgecut_profile",
-    "edgecut_canary",
-)
 
 
 @dataclass(frozen=True)
@@ -80,7 +70,7 @@ class InferResult:
     batch_size: int
 
 
-class InferenceService:
+class InferenceService(Reports):
     """Hosts model versions and serves inference requests on them.
 
     ``repository``: a Triton-layout directory (optional; runtimes can be added in code).
@@ -103,7 +93,9 @@ class InferenceService:
         default_max_queue_delay_us: int = 0,
         ort_spinning: bool = True,
         metrics: Metrics | None = None,
+        profile_max_elements: int = 1 << 24,
     ) -> None:
+        self.profile_max_elements = profile_max_elements
         self.repository = Path(repository) if repository is not None else None
         if self.repository is not None and not self.repository.is_dir():
             raise RepositoryError(f"model repository {self.repository} is not a directory")
@@ -117,6 +109,7 @@ class InferenceService:
         self.metrics.text_sources.append(self._triton_metrics)
         self._models: dict[str, Model] = {}
         self._failed: dict[str, str] = {}  # model -> why its last load failed
+        self._skipped: dict[str, list[str]] = {}  # model -> version folders passed over
         self._lock = threading.RLock()  # serializes loads and unloads, not requests
         self._closed = False
         #: Readiness requires every model to be serving (Triton's --strict-readiness).
@@ -133,6 +126,10 @@ class InferenceService:
                 loaded.append(name)
             except CloudError as exc:
                 log.error("model %s failed to load: %s", name, exc, extra={"model": name})
+            except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
+                log.exception("model %s failed to load", name, extra={"model": name})
+                with self._lock:
+                    self._failed[name] = f"{type(exc).__name__}: {exc}"
         return loaded
 
     def close(self) -> None:
@@ -262,6 +259,9 @@ class InferenceService:
             elif not ready_only:
                 reason = self._failed.get(name, "")
                 entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason or "unloaded"})
+            if not ready_only:  # version folders passed over, each with why
+                for why in self._skipped.get(name, ()):
+                    entries.append({"name": name, "state": "UNAVAILABLE", "reason": why})
         return entries
 
     def load(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
@@ -289,11 +289,14 @@ class InferenceService:
                 if not isinstance(exc, NotFound):
                     self._failed[name] = str(exc)
                 raise
+            except (OSError, ValueError) as exc:  # an unreadable folder or file
+                self._failed[name] = f"{type(exc).__name__}: {exc}"
+                raise RepositoryError(f"model {name!r} failed to load: {exc}") from exc
 
     def _load_locked(self, name: str, model_dir: Path, params: dict[str, Any]) -> None:
         if not model_dir.is_dir():
             raise NotFound(f"model {name!r} is not in the repository {self.repository}")
-        config, wanted = read_model_dir(name, model_dir)
+        config, wanted, self._skipped[name] = read_model_dir(name, model_dir)
         filename = config.default_model_filename
         current = self._models.get(name)
         old_versions = current.versions if current else {}
@@ -358,6 +361,11 @@ class InferenceService:
             stats.record_batch(record)
             metrics.batch.observe(record.size)
             metrics.compute.observe(record.compute_s)
+            if record.reruns:
+                self.metrics.batch_reruns.labels(name, version).inc(record.reruns)
+                log.warning("model %s:%s: a batch of %d requests failed; reran each alone, "
+                            "%d failed alone", name, version, record.reruns,
+                            record.failed_alone, extra={"model": name})
 
         batcher = Batcher(runtimes, settings, on_batch, name=f"{name}:{version}")
         signature = tuple(
@@ -375,9 +383,6 @@ class InferenceService:
         self.remove_model(name, version)
 
     # ------------------------------------------------------------------ metadata
-
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
     def _require(self, name: str) -> Model:
         model = self._models.get(name)
@@ -401,28 +406,33 @@ class InferenceService:
         """Raise ``NotFound``/``ModelNotReady`` unless ``name`` (``version``) can serve."""
         self._version(name, version)
 
-    def model_ready(self, name: str, version: str | None = None) -> bool:
-        try:
-            self._version(name, version)
-        except (NotFound, ModelNotReady):
+    def input_check(self, name: str, version: str | None, max_bytes_elements: int
+                    ) -> Callable[[str, str, tuple[int, ...]], None] | None:
+        """A check of one input's ``(name, datatype, shape)`` against the model, for the
+        decoder to call before it decodes the input's data (``None``: an unknown model,
+        which the service refuses later). BYTES inputs may have at most
+        ``max_bytes_elements`` elements."""
+        model = self._models.get(name)
+        if model is None:
+            return None
+        if version is None:
+            targets = list(model.versions.values())  # routing may pick any of them
+        elif version in model.versions:
+            targets = [model.versions[version]]
+        else:
+            return None
+        if not targets:
+            return None
+        return functools.partial(check_input, name, targets, max_bytes_elements)
+
+    def takes_bytes(self, name: str, version: str | None) -> bool:
+        """Whether the model (any loaded version when ``version`` is None) has BYTES inputs."""
+        model = self._models.get(name)
+        if model is None:
             return False
-        return True
-
-    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """The protocol's model metadata (versions, platform, inputs, outputs)."""
-        model = self._require(name)
-        chosen = self._version(name, version)
-        return {
-            "name": name,
-            "versions": sorted(model.versions, key=version_key) if version is None else [version],
-            "platform": chosen.runtime.platform,
-            "inputs": [m.as_json() for m in chosen.runtime.inputs],
-            "outputs": [m.as_json() for m in chosen.runtime.outputs],
-        }
-
-    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Triton's model configuration extension, as JSON (what ``get_model_config`` reads)."""
-        return config_json(self._require(name), self._version(name, version))
+        versions = model.versions.values() if version is None else [
+            v for k, v in model.versions.items() if k == version]
+        return any(dtype.kind == "O" for v in versions for _n, dtype, _s in v.signature)
 
     # ------------------------------------------------------------------ inference
 
@@ -536,40 +546,6 @@ class InferenceService:
         target.metrics.failure(type(exc).__name__)
 
     # ------------------------------------------------------------------ statistics, profile
-
-    def _triton_metrics(self) -> bytes:
-        """Triton's ``nv_inference_*`` family for every served version (from its stats)."""
-        rows = []
-        for model in sorted(self._models.values(), key=lambda m: m.name):
-            for version in sorted(model.versions, key=version_key):
-                v = model.versions[version]
-                rows.append((model.name, version, v.stats.triton_values(v.batcher.queued)))
-        return triton_text(rows)
-
-    def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
-        """Triton's statistics extension: per model version counts and cumulative times."""
-        if name is None:
-            pairs = [(m, v) for m in self._models.values() for v in m.versions.values()]
-        else:
-            model = self._require(name)
-            if version is None:
-                pairs = [(model, v) for v in model.versions.values()]
-            else:
-                pairs = [(model, self._version(name, version))]
-        return stats_json(sorted(pairs, key=lambda p: (p[0].name, version_key(p[1].version))))
-
-
-    async def profile(self, name: str, version: str | None, runs: int, batch: int,
-                      shapes: dict[str, list[int]] | None = None) -> dict[str, Any]:
-        """edgecut's profile extension: ONNX Runtime's per-node profile of a served model."""
-        target = self._version(name, version)
-        runtime = target.runtime
-        if not isinstance(runtime, OnnxRuntime):
-            raise ProtocolError(f"model {name!r} is not an ONNX model; only ONNX models can be profiled")
-        if batch < 1:
-            raise ProtocolError(f"profile batch must be >= 1, got {batch}")
-        result = await asyncio.to_thread(runtime.profile, runs, batch, 2, shapes)
-        return {"model": name, "version": target.version, **result}
 
 
 def _opt_str(value: Any) -> str | None:

@@ -5,28 +5,9 @@ The base layer of edgecut: ``partition`` and ``edge`` build on it; it imports ne
 
 from __future__ import annotations
 
-from devices._detect import detect, detect_name
-from devices._energy import EnergyModel
-from devices._power import (
-    BatteryState,
-    Ina3221Sensor,
-    ModelSensor,
-    PowerSensor,
-    RaplSensor,
-    ThermalState,
-    open_power_sensor,
-    read_battery,
-    read_thermal,
-)
-from devices._profile import (
-    DeviceProfile,
-    PowerMode,
-    Radio,
-    TensorRTOptions,
-    list_profiles,
-    load_profile,
-    parse_profile,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from devices.errors import (
     BackendError,
     CloudUnavailable,
@@ -43,6 +24,56 @@ from devices.errors import (
     TransferAbandoned,
     UnknownProfileError,
 )
+
+# public name -> module that defines it, imported when the name is first read (an
+# application that imports ``edge.Client`` needs the error tree only)
+_LAZY = {
+    **dict.fromkeys(("detect", "detect_name"), "devices._detect"),
+    "EnergyModel": "devices._energy",
+    **dict.fromkeys(("BatteryState", "Ina3221Sensor", "ModelSensor", "PowerSensor",
+                     "RaplSensor", "ThermalState", "open_power_sensor", "read_battery",
+                     "read_thermal"), "devices._power"),
+    **dict.fromkeys(("DeviceProfile", "PowerMode", "Radio", "TensorRTOptions", "list_profiles",
+                     "load_profile", "parse_profile"), "devices._profile"),
+}
+
+if TYPE_CHECKING:
+    from devices._detect import detect, detect_name
+    from devices._energy import EnergyModel
+    from devices._power import (
+        BatteryState,
+        Ina3221Sensor,
+        ModelSensor,
+        PowerSensor,
+        RaplSensor,
+        ThermalState,
+        open_power_sensor,
+        read_battery,
+        read_thermal,
+    )
+    from devices._profile import (
+        DeviceProfile,
+        PowerMode,
+        Radio,
+        TensorRTOptions,
+        list_profiles,
+        load_profile,
+        parse_profile,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'devices' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BatteryState",

@@ -80,7 +80,10 @@ class DeviceProfile:
 
 
 def _profiles_dir() -> Path:
-    return Path(str(resources.files("devices") / "profiles"))
+    files = getattr(resources, "files", None)  # Python 3.9+; JetPack 5 has 3.8
+    if files is None:
+        return Path(__file__).resolve().parent / "profiles"
+    return Path(str(files("devices") / "profiles"))
 
 
 def list_profiles() -> list[str]:

@@ -50,7 +50,7 @@ from partition._profile import (
 from partition._split import Splitter, half_precision_inputs, save_model
 from partition._types import LOCAL, OFFLOAD, SPLIT, WIRE_FORMATS, CutCandidate, Plan
 
-CloudSpec = Union[str, Path, dict, Profile]  # noqa: UP007 - a runtime alias (Python 3.8)
+CloudSpec = Union[str, Path, dict, Profile]  # noqa: UP007 - a runtime value: X | Y fails on Python 3.8
 HERE = "here"
 
 

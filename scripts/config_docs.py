@@ -1,7 +1,7 @@
 """Write the config reference tables in the docs and the example files from the schemas.
 
 Each config file's keys are declared once (``devices.schema``): ``policy.toml`` in
-``edge/policy/_config.py``. This writes, from those declarations, the reference tables
+``edge/policy/_config.py``, ``agent.toml`` in ``edge/agent/_config.py``. This writes, from those declarations, the reference tables
 between the ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->`` markers of
 the docs and the example files. ``--check`` only reports what differs (the docs test runs
 it) and exits 1 when anything does.
@@ -23,13 +23,21 @@ sys.path.insert(0, str(ROOT))
 
 def targets() -> list[tuple[Path, str | None, str]]:
     """``(file, marker name or None for a whole file, generated text)``."""
-    from devices.schema import docs_tables, example_toml
+    from devices.schema import docs_table, docs_tables, example_toml
+    from edge.agent import _config as agent
     from edge.policy._config import EXAMPLE_HEADER, PolicyConfig
 
+    agent_tables = (docs_tables(agent.AgentFile, "####", agent.FLAG_NOTES)
+                    + "\n#### `[[models]]`\n\n" + agent.MODELS_COMMENT + "\n\n"
+                    + docs_table(agent.ModelConfig, agent.FLAG_NOTES, ("signed",)) + "\n")
     return [
         (ROOT / "docs" / "policy.md", "policy.toml", docs_tables(PolicyConfig)),
         (ROOT / "edge" / "data" / "policy.example.toml", None,
          example_toml(PolicyConfig, EXAMPLE_HEADER)),
+        (ROOT / "docs" / "agent.md", "agent.toml", agent_tables),
+        (ROOT / "edge" / "data" / "agent.example.toml", None,
+         example_toml(agent.AgentFile, agent.EXAMPLE_HEADER,
+                      {"models": (agent.ModelConfig, agent.MODELS_COMMENT)})),
     ]
 
 

@@ -1,7 +1,7 @@
 """Every example in README.md and docs/*.md runs here, so the docs cannot rot.
 
 - ```console blocks: each ``$ command`` line (with ``\\`` continuations and here-documents)
-  runs, in order,
+  runs, in order (each fixed port it uses replaced by a free one),
   as one bash script per document in a scratch folder, with ``.venv/bin`` first on PATH.
   A command ending in ``&`` runs in the background and is stopped when the document ends.
   Lines without ``$`` are sample output and are not compared (timings differ per run).
@@ -89,10 +89,35 @@ def test_structured_examples_are_valid(doc: Path) -> None:
         json.loads(block)
 
 
+# A port an example binds or talks to: after --port/--http-port/... or in a loopback URL.
+_PORT = re.compile(r"(?:--[a-z-]*port[= ]|127\.0\.0\.1:|localhost:)(\d{4,5})\b")
+
+
+def _free_ports(commands: list[str]) -> list[str]:
+    """The commands with each fixed port an example uses replaced by a free one (the same
+    replacement throughout the document), so anything else on that port cannot fail it."""
+    from tests.conftest import free_port
+
+    fixed = sorted({p for c in commands for p in _PORT.findall(c)})
+    mapping = {p: str(free_port()) for p in fixed}
+    if not mapping:
+        return commands
+    pattern = re.compile(r"\b(" + "|".join(fixed) + r")\b")
+    return [pattern.sub(lambda m: mapping[m.group(1)], c) for c in commands]
+
+
+def test_examples_get_free_ports() -> None:
+    got = _free_ports(["edgecut agent --port 18800 --x", "edgecut health http://127.0.0.1:18800",
+                       "echo 18800 and 2018800"])
+    port = got[0].split()[3]
+    assert port != "18800" and got[1] == f"edgecut health http://127.0.0.1:{port}"
+    assert got[2] == f"echo {port} and 2018800"  # every use of the port, whole numbers only
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
 def test_console_examples_run(doc: Path, tmp_path: Path) -> None:
-    commands = [c for block in _blocks(doc, "console") for c in _commands(block)]
+    commands = _free_ports([c for block in _blocks(doc, "console") for c in _commands(block)])
     if not commands:
         # Nothing to run in this document: its examples are all checked above.
         assert not _blocks(doc, "console")
@@ -119,8 +144,9 @@ def test_console_examples_run(doc: Path, tmp_path: Path) -> None:
 
 
 def test_config_reference_and_examples_follow_the_schemas() -> None:
-    """docs/policy.md's key tables and edge/data/policy.example.toml are written from the
-    schema in edge/policy/_config.py (run scripts/config_docs.py after changing a key)."""
+    """docs/policy.md's and docs/agent.md's key tables and edge/data/*.example.toml are
+    written from the schemas in edge/policy/_config.py and edge/agent/_config.py (run
+    scripts/config_docs.py after changing a key)."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -127,11 +127,14 @@ def _check_contents_unused(name: str, contents: Any) -> None:
             "raw_input_contents (or a shared memory region); use one per request")
 
 
-def decode_infer_request(message: Any, *, shared_memory: Any = None) -> InferRequest:
+def decode_infer_request(message: Any, *, shared_memory: Any = None,
+                         check: Any = None) -> InferRequest:
     """A ``ModelInferRequest`` as the core's :class:`InferRequest` (validated).
 
     ``shared_memory``: reads inputs whose parameters name a ``shared_memory_region`` (the
     system shared memory extension); without it such inputs are refused.
+    ``check(name, datatype, shape)``: called for every input before its data is decoded
+    (the service's check against the model and its element caps).
     """
     tensors = message.inputs
     raw = message.raw_input_contents
@@ -155,6 +158,8 @@ def decode_infer_request(message: Any, *, shared_memory: Any = None) -> InferReq
                 f"tensor {name!r}: unknown datatype {datatype!r}; expected one of "
                 f"{', '.join(DATATYPES)}")
         shape = check_shape(name, list(tensor.shape))
+        if check is not None:
+            check(name, datatype, shape)
         params = _params(f"tensor {name!r}", tensor.parameters)
         if "shared_memory_region" in params:
             _check_contents_unused(name, tensor.contents)

@@ -33,8 +33,10 @@ class GrpcServer:
     """
 
     def __init__(self, service: InferenceService, *, gate: Gate | None = None, shm: Any = None,
-                 host: str = "127.0.0.1", port: int = 8001, max_streams: int = 1024) -> None:
+                 host: str = "127.0.0.1", port: int = 8001, max_streams: int = 1024,
+                 max_bytes_elements: int = 1 << 20) -> None:
         self.service = service
+        self.max_bytes_elements = max_bytes_elements
         self.gate = gate or Gate()
         self.shm = shm
         self.host = host
@@ -57,7 +59,8 @@ class GrpcServer:
             ("grpc.max_concurrent_streams", self.max_streams),
             ("grpc.so_reuseport", 0),
         ])
-        servicer = InferenceServicer(self.service, self.gate, self.shm)
+        servicer = InferenceServicer(self.service, self.gate, self.shm,
+                                     max_bytes_elements=self.max_bytes_elements)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         try:
             bound = server.add_insecure_port(f"{self._bind_host()}:{self.port}")

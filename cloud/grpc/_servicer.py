@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from cloud._gate import Gate
+from cloud._peer import Peer, caller_of, shm_view
 from cloud._service import InferenceService
 from cloud.errors import (
     AuthError,
@@ -69,6 +70,25 @@ def grpc_code(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _peer(context: Any) -> Peer | None:
+    """gRPC's peer string ('ipv4:127.0.0.1:5000', 'ipv6:[::1]:5000', 'unix:...') as a
+    :class:`Peer` (a Unix-socket peer's uid is not known to gRPC: its shm use is refused)."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return Peer(rest.rsplit(":", 1)[0])
+    if kind == "ipv6":
+        return Peer(rest.rsplit(":", 1)[0].strip("[]"))
+    if kind == "unix":
+        return Peer(None, None)
+    return Peer(peer or "unknown")
+
+
+async def _off_loop(call: Callable[[], Any]) -> Any:
+    # run_in_executor rather than asyncio.to_thread: the agent may run on Python 3.8.
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
 def _authorization(context: Any) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
@@ -96,10 +116,12 @@ def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The v2 gRPC methods of one server; shares ``gate`` and ``shm`` with its HTTP app."""
 
-    def __init__(self, service: InferenceService, gate: Gate, shm: Any = None) -> None:
+    def __init__(self, service: InferenceService, gate: Gate, shm: Any = None, *,
+                 max_bytes_elements: int = 1 << 20) -> None:
         self.service = service
         self.gate = gate
         self.shm = shm
+        self.max_bytes_elements = max_bytes_elements  # BYTES elements one input may have
 
     def log_error(self, method: str, exc: CloudError) -> None:
         if isinstance(exc, Overloaded):
@@ -181,7 +203,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise RepositoryError(
                 f"repository {request.repository_name!r}: this server has one repository; "
                 "leave repository_name empty")
-        await asyncio.to_thread(self.service.load, request.model_name, params)
+        await _off_loop(functools.partial(self.service.load, request.model_name, params))
         return service_pb2.RepositoryModelLoadResponse()
 
     @_unary
@@ -195,25 +217,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                   f"{sorted(params)}")
         if version is not None and not isinstance(version, str):
             raise ProtocolError("unload parameter 'version' must be a string")
-        await asyncio.to_thread(self.service.unload, request.model_name, version)
+        await _off_loop(functools.partial(self.service.unload, request.model_name, version))
         return service_pb2.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------------ system shared memory
 
-    def _local_shm(self, context: Any) -> Any:
+    def _local_shm(self, context: Any) -> tuple[Any, Any]:
+        """The registry and the caller whose regions a request may see (cloud._shm: a
+        region belongs to the token's subject, else to the peer's address)."""
         if self.shm is None:
             raise NotFound("this server has the system shared memory extension off")
         peer = context.peer() or ""
         if not peer.startswith(_LOCAL_PEERS):
             # Only a process on this host can share memory with the server.
             raise Forbidden(f"system shared memory is for clients on this host only, not {peer}")
-        self.gate.principal(_authorization(context))
-        return self.shm
+        caller = caller_of(self.gate.principal(_authorization(context)), _peer(context))
+        return self.shm, caller
 
     @_unary
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        shm = self._local_shm(context)
-        regions = shm.status(request.name or None)
+        shm, caller = self._local_shm(context)
+        regions = shm.status(request.name or None, caller)
         response = service_pb2.SystemSharedMemoryStatusResponse()
         for region in regions:
             response.regions[region["name"]].CopyFrom(
@@ -222,22 +246,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        shm = self._local_shm(context)
+        shm, caller = self._local_shm(context)
         body = {"key": request.key, "offset": request.offset, "byte_size": request.byte_size}
-        await asyncio.to_thread(shm.register, request.name, body)
+        await _off_loop(functools.partial(shm.register, request.name, body, caller))
         return service_pb2.SystemSharedMemoryRegisterResponse()
 
     @_unary
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        shm = self._local_shm(context)
-        shm.unregister(request.name or None)
+        shm, caller = self._local_shm(context)
+        shm.unregister(request.name or None, caller)
         return service_pb2.SystemSharedMemoryUnregisterResponse()
 
     # ------------------------------------------------------------------ inference
 
     @_unary
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        response, result = await self._infer(request, _authorization(context))
+        response, result = await self._infer(request, _authorization(context),
+                                             _peer(context))
         # As the HTTP app's Server-Timing header: the server's share of the round trip,
         # which the edge offload client takes out of its link estimate.
         context.set_trailing_metadata((
@@ -245,7 +270,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
              f"queue;dur={result.queue_ms:.3f}, compute;dur={result.compute_ms:.3f}"),))
         return response
 
-    async def _infer(self, message: Any, authorization: str | None) -> tuple[Any, Any]:
+    async def _infer(self, message: Any, authorization: str | None,
+                     peer: Peer | None = None) -> tuple[Any, Any]:
         gate = self.gate
         gate.in_flight += 1
         held = [0]
@@ -254,24 +280,31 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise gate.refuse_busy()
             gate.hold(held, message.ByteSize())
             model = message.model_name
-            gate.require_model(authorization, model)
+            principal = gate.principal(authorization)
+            if principal is not None:
+                principal.require(model)
             version = message.model_version or None
             self.service.require(model, version)
-            request = decode_infer_request(message, shared_memory=self.shm)
+            # Regions are the caller's own (cloud._shm); inputs are checked against the
+            # model before their data is decoded.
+            shm = None if self.shm is None else shm_view(self.shm, principal, peer)
+            request = decode_infer_request(
+                message, shared_memory=shm,
+                check=self.service.input_check(model, version, self.max_bytes_elements))
             to_shm = {o.name: o.parameters for o in request.outputs or ()
                       if "shared_memory_region" in o.parameters}
             if to_shm:
-                if self.shm is None:
+                if shm is None:
                     raise ProtocolError(
                         f"output {next(iter(to_shm))!r}: names shared_memory_region but this "
                         "server has the system shared memory extension off")
                 for name, params in to_shm.items():
-                    self.shm.check_output(name, params)  # before spending the inference
+                    shm.check_output(name, params)  # before spending the inference
             result = await self.service.infer(model, version, request)
             placed = {}
             for name, params in to_shm.items():
                 if name in result.outputs:
-                    size = self.shm.write(name, result.outputs[name], params)
+                    size = shm.write(name, result.outputs[name], params)
                     placed[name] = {"shared_memory_region": params["shared_memory_region"],
                                     "shared_memory_byte_size": size}
             return encode_infer_response(model, result.version, result.outputs,
@@ -283,11 +316,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any],
                                context: Any) -> AsyncIterator[Any]:
         authorization = _authorization(context)
+        peer = _peer(context)
         window: asyncio.Queue = asyncio.Queue(maxsize=_STREAM_WINDOW)
 
         async def one(message: Any) -> Any:
             try:
-                response, _result = await self._infer(message, authorization)
+                response, _result = await self._infer(message, authorization, peer)
             except CloudError as exc:
                 self.log_error("ModelStreamInfer", exc)
                 return service_pb2.ModelStreamInferResponse(error_message=str(exc))

@@ -8,7 +8,6 @@ which keeps the added latency in the tens of microseconds. Only this module (and
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import json
@@ -22,17 +21,23 @@ from typing import Any
 from cloud._auth import TokenVerifier
 from cloud._deferred import after_answer
 from cloud._gate import Gate
+from cloud._peer import Peer, shm_view
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
     CloudError,
-    Forbidden,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     ProtocolError,
 )
 from cloud.http._codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from cloud.http._extensions import JSON_HEADERS as _JSON
+from cloud.http._extensions import MethodNotAllowed as _MethodNotAllowed
+from cloud.http._extensions import allow as _allow
+from cloud.http._extensions import json_bytes as _json
+from cloud.http._extensions import off_loop as _off_loop
+from cloud.http._extensions import profile, shared_memory
 
 __all__ = ["create_app"]
 
@@ -42,7 +47,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_JSON = [(b"content-type", b"application/json")]
 # JSON bodies larger than this are decoded and encoded off the event loop (a 1x3x224x224
 # float tensor as JSON takes ~100 ms to parse, which would stall every other request).
 _OFFLOAD_JSON_BYTES = 64 * 1024
@@ -53,18 +57,6 @@ class _Disconnected(Exception):
     pass
 
 
-class _MethodNotAllowed(CloudError):
-    status = 405
-
-    def __init__(self, message: str, allowed: str) -> None:
-        super().__init__(message)
-        self.allowed = allowed
-
-
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
 class _App:
     def __init__(
         self,
@@ -73,6 +65,7 @@ class _App:
         metrics_require_auth: bool,
         shm: SharedMemoryRegistry | None = None,
         metrics: bool = True,
+        max_bytes_elements: int = 1 << 20,
     ) -> None:
         self.service = service
         self.metrics = metrics
@@ -80,6 +73,8 @@ class _App:
         # The system shared memory extension: on for servers that only local clients reach.
         self.shm = shm
         self.metrics_require_auth = metrics_require_auth
+        self.max_bytes_elements = max_bytes_elements
+        self._profiling = False  # one profile at a time: each takes every core it is given
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}"
 
@@ -113,7 +108,7 @@ class _App:
                 # Refused before its body is read: memory stays bounded however many come.
                 raise gate.refuse_busy()
             status, body, extra = await self._route(method, path, headers, receive, request_id,
-                                                    held, scope.get("client"))
+                                                    held, _peer(scope))
         except _Disconnected:
             return  # the client is gone; nothing to answer
         except CloudError as exc:
@@ -137,7 +132,7 @@ class _App:
 
     # ------------------------------------------------------------------ the lane
 
-    def serve_now(self, model: str, headers: dict[str, str], body: bytes
+    def serve_now(self, model: str, headers: dict[str, str], body: bytes, peer: Peer | None = None
                   ) -> tuple[int, bytes, list] | Coroutine[Any, Any, tuple[int, bytes, list]] | None:
         """``POST /v2/models/{model}/infer`` with its body read, served without a task.
 
@@ -154,18 +149,38 @@ class _App:
         if (headers.get("content-encoding", "identity") != "identity"
                 or (HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES)
                 or self.gate.in_flight >= self.gate.max_in_flight
-                or len(body) > self.gate.max_body_bytes):
+                or len(body) > self.gate.max_body_bytes
+                or (len(body) > _OFFLOAD_JSON_BYTES and self.service.takes_bytes(model, None))):
             return None
+        refused: list[CloudError] = []
         try:
-            request = decode_infer_request(body, headers, shared_memory=self.shm)
+            # Who may use the model first: nothing is decoded for a refused caller (the
+            # ordinary route then answers the refusal).
+            principal = self._principal(headers)
+            if principal is not None:
+                principal.require(model)
+            check = self.service.input_check(model, None, self.max_bytes_elements)
+
+            def lane_check(name: str, datatype: str, shape: tuple[int, ...]) -> None:
+                try:
+                    check(name, datatype, shape)  # type: ignore[misc]
+                except CloudError as exc:
+                    refused.append(exc)
+                    raise
+
+            request = decode_infer_request(
+                body, headers, shared_memory=self._shm_view(principal, peer),
+                check=None if check is None else lane_check)
         except CloudError:
+            if refused:  # the model's own refusal: the lane answers it as the route would
+                return self._final(*self._error(refused[0], "POST", path, request_id),
+                                   request_id)
             return None
         if any("shared_memory_region" in o.parameters for o in request.outputs or ()):
             return None
         gate = self.gate
         gate.in_flight += 1
         try:
-            gate.require_model(headers.get("authorization"), model)
             result = self.service.infer_now(model, request)
         except CloudError as exc:
             return self._final(*self._error(exc, "POST", path, request_id), request_id)
@@ -250,7 +265,6 @@ class _App:
             except ValueError:
                 raise ProtocolError(f"Content-Length must be an integer, got {declared!r}") from None
             gate.check_size(size)
-            gate.hold(held, size)  # before reading: a refused body is never read
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -262,8 +276,9 @@ class _App:
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                if size is None or total > size:
-                    gate.hold(held, len(chunk))  # chunked, or more than declared
+                # Held as it arrives, not as declared: a client that declares 64 MB and
+                # sends one byte holds one byte of the budget.
+                gate.hold(held, len(chunk))
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -302,6 +317,11 @@ class _App:
     def _principal(self, headers: dict[str, str]) -> Any:
         return self.gate.principal(headers.get("authorization"))
 
+    def _shm_view(self, principal: Any, peer: Peer | None) -> Any:
+        if self.shm is None:
+            return None
+        return shm_view(self.shm, principal, peer)
+
     def _scoped(self, headers: dict[str, str], model: str) -> None:
         self.gate.require_model(headers.get("authorization"), model)
 
@@ -312,7 +332,7 @@ class _App:
 
     async def _route(self, method: str, path: str, headers: dict[str, str], receive: Receive,
                      request_id: str, held: list[int],
-                     client: Any = None) -> tuple[int, bytes, list]:
+                     peer: Peer | None = None) -> tuple[int, bytes, list]:
         parts = path.strip("/").split("/")
         n = len(parts)
         if parts == ["metrics"] and self.metrics:
@@ -338,7 +358,7 @@ class _App:
             ready = self.service.ready
             return (200 if ready else 503), _json({"ready": ready}), _JSON
         if section == "systemsharedmemory" and self.shm is not None:
-            return await self._shared_memory(method, path, parts, headers, receive, held, client)
+            return await shared_memory(self, method, path, parts, headers, receive, held, peer)
         if section == "models":
             if n == 3 and parts[2] == "stats":
                 _allow(method, "GET")
@@ -360,8 +380,10 @@ class _App:
                 raise NotFound(f"no endpoint {path!r}")
             if action == "infer":
                 _allow(method, "POST")
-                self._scoped(headers, model)
-                return await self._infer(model, version, headers, receive, held)
+                principal = self._principal(headers)
+                if principal is not None:
+                    principal.require(model)
+                return await self._infer(model, version, headers, receive, held, principal, peer)
             self._scoped(headers, model)
             if action == "":
                 _allow(method, "GET")
@@ -381,7 +403,8 @@ class _App:
                 return 200, _json(self.service.statistics(model, version)), _JSON
             if action == "profile":
                 _allow(method, "POST")
-                return await self._profile(model, version, headers, receive, held)
+                self.gate.require_admin(headers.get("authorization"), model)
+                return await profile(self, model, version, headers, receive, held)
             raise NotFound(f"no endpoint {path!r}")
         if section == "repository":
             if n == 3 and parts[2] == "index":
@@ -402,37 +425,45 @@ class _App:
                 if not isinstance(params, dict):
                     raise ProtocolError("'parameters' must be an object")
                 if parts[4] == "load":
-                    await asyncio.to_thread(self.service.load, model, params)
+                    await _off_loop(functools.partial(self.service.load, model, params))
                 else:
                     version = params.get("version")
                     if version is not None and not isinstance(version, str):
                         raise ProtocolError("unload parameter 'version' must be a string")
-                    await asyncio.to_thread(self.service.unload, model, version)
+                    await _off_loop(functools.partial(self.service.unload, model, version))
                 return 200, b"", _JSON
         raise NotFound(f"no endpoint {path!r}")
 
     async def _infer(self, model: str, version: str | None, headers: dict[str, str],
-                     receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
+                     receive: Receive, held: list[int], principal: Any,
+                     peer: Peer | None) -> tuple[int, bytes, list]:
         self.service.require(model, version)  # 404 before reading a body for nothing
         body = await self._body(headers, receive, held)
-        if HEADER_LENGTH.lower() not in headers and len(body) > _OFFLOAD_JSON_BYTES:
-            request = await asyncio.to_thread(decode_infer_request, body, headers,
-                                              shared_memory=self.shm)
+        shm = self._shm_view(principal, peer)
+        # Datatypes, shapes and element counts are checked against the model before any
+        # tensor is decoded, so a request the model cannot take costs nothing to refuse.
+        check = self.service.input_check(model, version, self.max_bytes_elements)
+        # On the loop only what costs O(tensors): binary numeric tensors (a view of the
+        # body). JSON and BYTES bodies of any size go to a thread.
+        if len(body) > _OFFLOAD_JSON_BYTES and (HEADER_LENGTH.lower() not in headers
+                                                or self.service.takes_bytes(model, version)):
+            request = await _off_loop(functools.partial(
+                decode_infer_request, body, headers, shared_memory=shm, check=check))
         else:
-            request = decode_infer_request(body, headers, shared_memory=self.shm)
+            request = decode_infer_request(body, headers, shared_memory=shm, check=check)
         to_shm = {o.name: o.parameters for o in request.outputs or ()
                   if "shared_memory_region" in o.parameters}
         if to_shm:
-            if self.shm is None:
+            if shm is None:
                 raise ProtocolError(f"output {next(iter(to_shm))!r}: names shared_memory_region "
                                     "but this server has the system shared memory extension off")
             for oname, oparams in to_shm.items():
-                self.shm.check_output(oname, oparams)  # before spending the inference
+                shm.check_output(oname, oparams)  # before spending the inference
         result = await self.service.infer(model, version, request)
         placed = {}
         for oname, oparams in to_shm.items():
             if oname in result.outputs:
-                size = self.shm.write(oname, result.outputs[oname], oparams)
+                size = shm.write(oname, result.outputs[oname], oparams)
                 placed[oname] = {"shared_memory_region": oparams["shared_memory_region"],
                                  "shared_memory_byte_size": size}
         binary = [name for name in result.outputs
@@ -442,70 +473,22 @@ class _App:
         kwargs = {"model_version": result.version, "request_id": request.id, "binary": binary,
                   "shared_memory": placed}
         if json_elements > _OFFLOAD_JSON_ELEMENTS:
-            out, out_headers = await asyncio.to_thread(
+            out, out_headers = await _off_loop(
                 functools.partial(encode_infer_response, model, result.outputs, **kwargs))
         else:
             out, out_headers = encode_infer_response(model, result.outputs, **kwargs)
         return 200, out, self._timed(out_headers, result)
 
-    async def _shared_memory(self, method: str, path: str, parts: list[str],
-                             headers: dict[str, str], receive: Receive, held: list[int],
-                             client: Any) -> tuple[int, bytes, list]:
-        """``/v2/systemsharedmemory/...``: register, unregister and status (as Triton)."""
-        assert self.shm is not None
-        if client is not None and client[0] not in ("127.0.0.1", "::1", "localhost"):
-            # Only a process on this host can share memory with the server; a remote peer
-            # must not map (or have outputs written into) this host's shm objects.
-            raise Forbidden(
-                f"system shared memory is for clients on this host only, not {client[0]}")
-        self._principal(headers)
-        n = len(parts)
-        if n == 3 and parts[2] == "status":
-            _allow(method, "GET")
-            return 200, _json(self.shm.status()), _JSON
-        if n == 3 and parts[2] == "unregister":
-            _allow(method, "POST")
-            self.shm.unregister()
-            return 200, b"", _JSON
-        if n == 5 and parts[2] == "region" and parts[3]:
-            name, action = parts[3], parts[4]
-            if action == "status":
-                _allow(method, "GET")
-                return 200, _json(self.shm.status(name)), _JSON
-            if action == "unregister":
-                _allow(method, "POST")
-                self.shm.unregister(name)
-                return 200, b"", _JSON
-            if action == "register":
-                _allow(method, "POST")
-                body = await self._json_body(headers, receive, held)
-                # Opening and mapping a file: off the event loop, it may touch the disk.
-                await asyncio.to_thread(self.shm.register, name, body)
-                return 200, b"", _JSON
-        raise NotFound(f"no endpoint {path!r}")
 
-    async def _profile(self, model: str, version: str | None, headers: dict[str, str],
-                       receive: Receive, held: list[int]) -> tuple[int, bytes, list]:
-        body = await self._json_body(headers, receive, held)
-        runs = body.get("runs", 10)
-        batch = body.get("batch", 1)
-        shapes = body.get("shapes")
-        for key, value, top in (("runs", runs, 1000), ("batch", batch, 1024)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                raise ProtocolError(f"profile '{key}' must be an integer in 1..{top}, got {value!r}")
-        if shapes is not None and not (
-            isinstance(shapes, dict)
-            and all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v)
-                    for v in shapes.values())
-        ):
-            raise ProtocolError("profile 'shapes' must map input names to lists of positive integers")
-        result = await self.service.profile(model, version, runs, batch, shapes)
-        return 200, _json(result), _JSON
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise _MethodNotAllowed(f"method {method} is not allowed here; use {allowed}", allowed)
+def _peer(scope: Scope) -> Peer | None:
+    """The connection's peer: from the guarded protocol, else from the ASGI client."""
+    peer = scope.get("edgecut.peer")
+    if peer is not None:
+        return peer
+    client = scope.get("client")
+    if client:
+        return Peer(str(client[0]))
+    return None  # a Unix socket without the guarded protocol: no uid known
 
 
 def create_app(
@@ -518,7 +501,9 @@ def create_app(
     max_pending_bytes: int = 512 * 1024 * 1024,
     shared_memory: bool | SharedMemoryRegistry = False,
     gate: Gate | None = None,
+    shm_allowed_uids: tuple[int, ...] = (),
     metrics: bool = True,
+    max_bytes_elements: int = 1 << 20,
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The ASGI application serving ``service`` over the v2 REST protocol.
 
@@ -534,8 +519,12 @@ def create_app(
     peers may use it. Turn it on for servers bound to 127.0.0.1 or a Unix socket; pass a
     :class:`~cloud._shm.SharedMemoryRegistry` to share its regions with another transport.
     ``gate``: the auth and limits shared with another transport of the same server
-    (then ``verifier`` and the three limits are taken from it). ``metrics``: serve
-    ``/metrics`` (Triton's ``--allow-metrics``).
+    (then ``verifier`` and the three limits are taken from it). A region belongs to who
+    registered it (see :mod:`cloud._shm`); ``shm_allowed_uids``: the owners, besides the
+    server's own uid, whose files TCP loopback clients may register. ``metrics``: serve
+    ``/metrics`` here (off when it has its own port). ``max_bytes_elements``: the most
+    BYTES elements one input may have. Request bodies count against ``max_pending_bytes``
+    as they arrive, not as declared.
     """
     if gate is None:
         gate = Gate(verifier, max_in_flight=max_in_flight, max_pending_bytes=max_pending_bytes,
@@ -545,6 +534,6 @@ def create_app(
     if isinstance(shared_memory, SharedMemoryRegistry):
         shm: SharedMemoryRegistry | None = shared_memory
     else:
-        shm = SharedMemoryRegistry() if shared_memory else None
-    return _App(service, gate, metrics_require_auth, shm, metrics)
+        shm = SharedMemoryRegistry(allowed_uids=shm_allowed_uids) if shared_memory else None
+    return _App(service, gate, metrics_require_auth, shm, metrics, max_bytes_elements)
 

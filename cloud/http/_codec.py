@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +33,11 @@ from cloud._tensors import (
     check_shape,
     datatype_of,
     dtype_of,
-    element_count,
     from_binary,
     is_int,
-    reshape,
 )
 from cloud.errors import ProtocolError
+from cloud.http._json import from_json, to_json_data
 
 __all__ = [
     "DATATYPES",
@@ -55,14 +54,6 @@ __all__ = [
 
 #: Header that carries the JSON part's length in a binary-extension body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-_JSON_KINDS = {  # the NumPy kinds a JSON list may infer to, per datatype kind
-    "b": {"b"},
-    "i": {"i", "u"},
-    "u": {"i", "u"},
-    "f": {"i", "u", "f"},
-}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -125,104 +116,6 @@ def _check_params(where: str, params: Any) -> dict[str, Any]:
 
 
 
-def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    count = element_count(shape)
-    if not isinstance(data, list):
-        data = [data]  # a bare scalar is the usual spelling of a single element
-    if datatype == "BYTES":
-        flat = _flatten_json(name, data)
-        if len(flat) != count:
-            raise ProtocolError(
-                f"tensor {name!r}: shape {list(shape)} needs {count} elements, data has {len(flat)}"
-            )
-        out = np.empty(count, dtype=np.object_)
-        for i, item in enumerate(flat):
-            if not isinstance(item, str):
-                raise ProtocolError(
-                    f"tensor {name!r}: BYTES data in JSON must be strings, got {item!r}"
-                )
-            out[i] = item.encode("utf-8")
-        return reshape(name, out, shape)
-    dtype = DATATYPES[datatype]
-    try:
-        inferred = np.asarray(data)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ProtocolError(f"tensor {name!r}: data is not a regular list of numbers ({exc})") from None
-    if dtype.kind in "iu" and inferred.dtype.kind in "fO":
-        # Mixed huge and small integers (UINT64 range) make NumPy infer float or object.
-        flat = _flatten_json(name, data)
-        if all(is_int(v) for v in flat):
-            inferred = np.array(flat, dtype=object)
-            if flat and (min(flat) < np.iinfo(dtype).min or max(flat) > np.iinfo(dtype).max):
-                raise ProtocolError(
-                    f"tensor {name!r}: values {min(flat)}..{max(flat)} do not fit datatype {datatype}"
-                )
-            inferred = inferred.astype(dtype)
-    if inferred.size == 0:
-        inferred = inferred.astype(dtype)
-    elif inferred.dtype.kind not in _JSON_KINDS[dtype.kind]:
-        raise ProtocolError(
-            f"tensor {name!r}: data of JSON type {_json_kind_name(inferred)} does not fit "
-            f"datatype {datatype}"
-        )
-    if inferred.size != count:
-        raise ProtocolError(
-            f"tensor {name!r}: shape {list(shape)} needs {count} elements, data has {inferred.size}"
-        )
-    if dtype.kind in "iu" and inferred.size:
-        info = np.iinfo(dtype)
-        lo, hi = int(inferred.min()), int(inferred.max())
-        if lo < info.min or hi > info.max:
-            raise ProtocolError(
-                f"tensor {name!r}: values {lo}..{hi} do not fit datatype {datatype}"
-            )
-    with np.errstate(over="ignore"):
-        return reshape(name, inferred.astype(dtype), shape)
-
-
-def _json_kind_name(array: np.ndarray) -> str:
-    return {"b": "boolean", "i": "integer", "u": "integer", "f": "number", "U": "string"}.get(
-        array.dtype.kind, "mixed"
-    )
-
-
-def _flatten_json(name: str, data: list) -> list:
-    flat: list = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-        if len(stack) > 64:
-            raise ProtocolError(f"tensor {name!r}: data is nested too deeply")
-    return flat
-
-
-def _to_json_data(name: str, array: np.ndarray) -> list:
-    if array.dtype.kind in "OSU":
-        out = []
-        for item in array.reshape(-1):
-            if isinstance(item, (bytes, bytearray, memoryview)):
-                try:
-                    item = bytes(item).decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ProtocolError(
-                        f"tensor {name!r}: BYTES element is not UTF-8; send it as binary data"
-                    ) from None
-            elif not isinstance(item, str):
-                raise ProtocolError(
-                    f"tensor {name!r}: BYTES elements must be bytes or str, got {type(item).__name__}"
-                )
-            out.append(item)
-        return out
-    return array.reshape(-1).tolist()
-
-
-
 def _tensors(
     items: Mapping[str, np.ndarray],
     binary: Any,
@@ -240,7 +133,7 @@ def _tensors(
             entry["parameters"] = {"binary_data_size": len(chunk) if isinstance(chunk, bytes) else chunk.nbytes}
             chunks.append(chunk)
         else:
-            entry["data"] = _to_json_data(name, array)
+            entry["data"] = to_json_data(name, array)
         described.append(entry)
     return described, chunks
 
@@ -305,12 +198,17 @@ _REQUEST_PLANS: dict[bytes, tuple] = {}
 
 
 def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *,
-                         shared_memory: Any = None) -> InferRequest:
+                         shared_memory: Any = None,
+                         check: Callable[[str, str, tuple[int, ...]], None] | None = None
+                         ) -> InferRequest:
     """Decode and validate an inference request body (JSON or binary extension).
 
     ``shared_memory``: reads inputs whose parameters name a ``shared_memory_region``
     (``read(name, datatype, shape, params) -> ndarray``, the system shared memory
-    extension); without it such inputs are refused.
+    extension); without it such inputs are refused. ``check(name, datatype, shape)``:
+    called for every input before its data is decoded (the server checks the model's
+    signature and element counts there, so a tensor the model cannot take is refused
+    before any work is spent on it).
     """
     json_part, tail = _parts(body, headers)
     # A client sends the same header again and again (same shapes, the same shared
@@ -321,6 +219,9 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
     if plan is not None:
         steps, size, seen = plan
         if size == len(tail) and (shared_memory is not None or not any(s[0] for s in steps)):
+            if check is not None:
+                for _in_shm, name, datatype, shape, _extra in steps:
+                    check(name, datatype, shape)
             inputs: dict[str, np.ndarray] = {}
             offset = 0
             for in_shm, name, datatype, shape, extra in steps:
@@ -331,7 +232,7 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
                                                 tail[offset : offset + extra])
                     offset += extra
             return dataclasses.replace(seen, inputs=inputs)
-    request, plan = _decode_request(json_part, tail, shared_memory)
+    request, plan = _decode_request(json_part, tail, shared_memory, check)
     if plan is not None and key:
         if len(_REQUEST_PLANS) >= 64:
             _REQUEST_PLANS.clear()
@@ -339,7 +240,8 @@ def decode_infer_request(body: bytes | memoryview, headers: Mapping[str, str], *
     return request
 
 
-def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any
+def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any,
+                    check: Callable[[str, str, tuple[int, ...]], None] | None = None
                     ) -> tuple[InferRequest, tuple | None]:
     """The request, and its plan (see decode_infer_request) unless it has JSON data."""
     message, _ = _split_body(json_part, {})
@@ -373,6 +275,8 @@ def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any
                 f"{', '.join(DATATYPES)}"
             )
         shape = check_shape(name, entry.get("shape"))
+        if check is not None:
+            check(name, datatype, shape)
         params = _check_params(f"tensor {name!r}", entry.get("parameters"))
         size = params.get("binary_data_size")
         if size is not None:
@@ -404,7 +308,7 @@ def _decode_request(json_part: memoryview, tail: memoryview, shared_memory: Any
         else:
             if "data" not in entry:
                 raise ProtocolError(f"tensor {name!r}: needs 'data' or a binary_data_size parameter")
-            inputs[name] = _from_json(name, datatype, shape, entry["data"])
+            inputs[name] = from_json(name, datatype, shape, entry["data"])
             steps = None
         input_parameters[name] = params
     if offset != len(tail):
@@ -586,6 +490,6 @@ def _decode_response(json_part: memoryview, tail: memoryview
         else:
             if "data" not in entry:
                 raise ProtocolError(f"output {name!r}: has neither 'data' nor binary_data_size")
-            result[name] = _from_json(name, datatype, shape, entry["data"])
+            result[name] = from_json(name, datatype, shape, entry["data"])
             layout = None
     return result, (tuple(layout) if layout and offset == len(tail) else None)

@@ -126,13 +126,15 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
                 return None
             if app.gate.pending_bytes + int(length) > app.gate.max_pending_bytes:
                 return None  # the ordinary route answers 503
-            self._hold(int(length))
             return name.decode("ascii", "replace")
 
         def on_body(self, body: bytes) -> None:
             if self._lane is None:
                 super().on_body(body)
             else:
+                # Held as bytes arrive (not as declared: a client that declares a large
+                # body and trickles it holds only what it sent).
+                self._hold(self._lane_held + len(body))
                 self._lane.append(body)
 
         def on_message_complete(self) -> None:
@@ -148,7 +150,8 @@ def lane_protocol(app: Any, timing: str | None = None) -> type | None:
             collecting()
             try:
                 try:
-                    answer = app.serve_now(self._lane_model, headers, body)
+                    answer = app.serve_now(self._lane_model, headers, body,
+                                           getattr(self, "_peer", None))
                 except Exception:  # a bug: answer 500, log it, keep serving (as the app does)
                     log.exception("POST %s failed", self.url.decode("latin-1"))
                     answer = (500, b'{"error":"internal server error"}',

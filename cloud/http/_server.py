@@ -4,6 +4,8 @@ the edge agent); the JSON log layout is ``cloud._logs``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -12,6 +14,9 @@ from typing import Any
 import uvicorn
 
 from cloud._logs import JsonLogFormatter, configure_logging
+from cloud.http._conn import ConnectionLimits, guarded_protocol
+
+log = logging.getLogger("edgecut.cloud.http")
 
 __all__ = ["JsonLogFormatter", "ServerThread", "configure_logging", "serve_with", "uvicorn_config"]
 
@@ -31,28 +36,46 @@ def _raise_body_high_water() -> None:
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
-                   limit_concurrency: int | None = 1024, backlog: int = 2048,
-                   log_level: str = "warning") -> uvicorn.Config:
+                   limits: ConnectionLimits | None = None,
+                   limit_concurrency: int | None = None, backlog: int = 2048,
+                   log_level: str = "warning", base_protocol: type | None = None,
+                   uds: str | None = None) -> uvicorn.Config:
     """uvicorn settings for the service: httptools and uvloop when installed, no access
-    log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and a
-    cap on concurrent connections that answers 503 beyond it (bounded memory)."""
+    log (requests are logged by the app with their request id), HTTP/1.1 keep-alive, and
+    the connection limits of :mod:`cloud.http._conn` (``limits``; ``limit_concurrency``, if
+    given, sets its ``max_connections``).
+
+    ``base_protocol``: a subclass of uvicorn's httptools protocol to guard instead of the
+    plain one (the local API's fast lane). ``uds``: listen on this Unix socket instead.
+    """
+    limits = limits or ConnectionLimits()
+    if limit_concurrency is not None:
+        limits = dataclasses.replace(limits, max_connections=limit_concurrency)
     try:
         import uvloop  # noqa: F401
 
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
+    http: Any
     try:
-        import httptools  # noqa: F401
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        http = "httptools"
         _raise_body_high_water()
+        http = guarded_protocol(base_protocol or HttpToolsProtocol, limits)
     except ImportError:
+        # Without httptools only uvicorn's own limits apply (h11 bounds the head's size).
         http = "h11"
+        log.warning("httptools is not installed: header and body timeouts and the "
+                    "per-client connection cap are off (pip install httptools)")
+    # The connection cap is the guard's (new connections beyond it are refused while the
+    # open ones keep being served), not uvicorn's limit_concurrency (which answered 503 to
+    # every request once idle connections filled it).
     return uvicorn.Config(
-        app, host=host, port=port, loop=loop, http=http, lifespan="on", access_log=False,
-        log_config=None, log_level=log_level, limit_concurrency=limit_concurrency,
-        backlog=backlog, timeout_keep_alive=30,
+        app, host=host, port=port, uds=uds, loop=loop, http=http, lifespan="on", access_log=False,
+        log_config=None, log_level=log_level, limit_concurrency=None,
+        backlog=backlog, timeout_keep_alive=max(1, int(round(limits.keep_alive_timeout_s))),
+        h11_max_incomplete_event_size=limits.max_header_bytes or None,
     )
 
 
@@ -81,7 +104,8 @@ class ServerThread:
         self.config = uvicorn_config(app, host, port, **kwargs)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, name="edgecut-uvicorn", daemon=True)
-        self.url = f"http://{host}:{port}"
+        uds = kwargs.get("uds")
+        self.url = f"unix://{uds}" if uds else f"http://{host}:{port}"
         # Servers of other transports over the same service (e.g. cloud.grpc.GrpcServer):
         # async start()/stop() on this loop, the one the service serves requests on.
         self.companions = list(companions)

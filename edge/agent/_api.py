@@ -97,9 +97,13 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
     when done.
     """
     from cloud import InferenceService, create_app
-    from edge.agent._stream import STREAM_SUFFIX, STREAM_WINDOW, AgentStreams, StreamModelRuntime
+    from edge.agent._stream import STREAM_SUFFIX, AgentStreams, StreamModelRuntime
 
     service = InferenceService(dynamic_batching=False)
+    from edge.agent._metrics import AgentCollector
+
+    # the device's own figures (decisions, fallbacks, link, energy, power) on /metrics
+    service.metrics.registry.register(AgentCollector(agent))
     registered: set[str] = set()
     lock = threading.Lock()
     agent.streams = AgentStreams(agent)
@@ -118,7 +122,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                     service.add_runtime(name + STREAM_SUFFIX, [
                         StreamModelRuntime(instances[0], name, agent.streams,
                                            partial(agent.infer, name))
-                        for _ in range(STREAM_WINDOW)], version="live")
+                        for _ in range(agent.config.stream.window)], version="live")
                     registered.add(name)
             for name in list(registered):
                 if name not in agent.slots:
@@ -128,7 +132,8 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
 
     sync()
     agent.model_listeners.append(sync)
-    inner = create_app(service, shared_memory=agent.config.api.shared_memory)
+    inner = create_app(service, shared_memory=agent.config.api.shared_memory,
+                       shm_allowed_uids=agent.config.api.shm_allow_uids)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/agent/status":
@@ -137,7 +142,7 @@ def build_app(agent: Agent) -> tuple[Any, Any, Any]:
                 **agent.status(),
                 "fleet": None if fleet is None else {
                     "connected": fleet.connected.is_set(), "connects": fleet.connects,
-                    "telemetry_pending": len(fleet.spool)},
+                    "telemetry_pending": len(fleet.spool), **fleet.health()},
             }).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
@@ -215,15 +220,16 @@ class AgentServer:
         self.app, self.service, self.inner_app = build_app(agent)
         inner = self.inner_app
         self.sockets = _sockets(agent.config)
-        config = uvicorn_config(self.app)
         # The fast lane: the same answers, with inline inferences served inside the HTTP
         # protocol (``lane.answered`` counts them); None without httptools or when off.
+        # Either way the protocol is wrapped in the cloud server's connection limits.
         self.lane: Any = None
-        if agent.config.api.fast_lane and config.http == "httptools":
+        if agent.config.api.fast_lane:
             from cloud.http._lane import lane_protocol
 
             self.lane = lane_protocol(inner, timing="agent")
-            config.http = self.lane or config.http
+        config = uvicorn_config(self.app, base_protocol=self.lane,
+                                limits=agent.config.api.connection_limits())
         config.timeout_graceful_shutdown = int(max(1, round(agent.config.shutdown_grace_s)))
         config.lifespan = "off"
         self.config = config

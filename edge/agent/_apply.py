@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,15 @@ from edge.agent._config import (
     merge,
     parse_agent_config,
     restart_only_changes,
+    without_security_keys,
 )
+from edge.agent._durable import check_overlay, log_ignored, read_state, write_state
 from edge.agent._lanes import _Planned
 from edge.agent._logging import log
 from edge.agent._slots import ModelSlot, ModelVersion
+from edge.agent._trust import overlay_patch
 
 _OVERLAY = "config-overlay.json"
-_CONFIG_MSG_KEYS = {"id", "version", "config", "policy"}
 
 
 def _is_policy_config(value: Any) -> bool:
@@ -44,25 +45,29 @@ class _ConfigApply:
     def _overlay_path(self, data_dir: str) -> Path:
         return Path(data_dir) / _OVERLAY
 
-    def _read_overlay(self, data_dir: str) -> dict[str, Any]:
-        try:
-            data = json.loads(self._overlay_path(data_dir).read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+    def _read_overlay(self, data_dir: str, report: bool = False) -> dict[str, Any]:
+        path = self._overlay_path(data_dir)
+        data, notes = read_state(path, check_overlay)
+        if report:
+            log_ignored("overlay_ignored", path, notes)
+        return data
 
     def _read_config(self) -> AgentConfig:
         if self.config_path is None:
             raise ConfigError("the agent was not started from a config file")
         base = load_agent_config(self.config_path)
-        overlay = self._read_overlay(base.data_dir)
-        if overlay.get("config"):
+        overlay = self._read_overlay(base.data_dir, report=True)
+        patch, ignored = overlay_patch(overlay)
+        log_ignored("overlay_ignored", self._overlay_path(base.data_dir), ignored)
+        if patch:
             try:
-                return load_agent_config(self.config_path, overlay["config"],
+                return load_agent_config(self.config_path, patch,
                                          str(overlay.get("version", "overlay")))
             except ConfigError as exc:
                 # A persisted fleet config that no longer fits the file: serve the file.
-                log.error(json.dumps({"event": "overlay_ignored", "error": str(exc)}))
+                log.error(json.dumps({"event": "overlay_ignored",
+                                      "file": str(self._overlay_path(base.data_dir)),
+                                      "error": str(exc)}))
         return base
 
     def _load_policy(self, config: AgentConfig, data: Mapping[str, Any] | None = None) -> Any:
@@ -72,7 +77,13 @@ class _ConfigApply:
         from edge.policy._config import PolicyConfigWatcher, parse_policy_config
 
         if overlay:
-            return parse_policy_config(dict(overlay), "policy (fleet)")
+            try:
+                return parse_policy_config(dict(overlay), "policy (fleet)")
+            except ConfigError as exc:
+                log.error(json.dumps({"event": "overlay_ignored", "part": "policy",
+                                      "error": str(exc)}))
+                if not config.policy_file:
+                    return None
 
         def changed(new: Any) -> None:
             log.info(json.dumps({"event": "policy_reloaded", "file": config.policy_file}))
@@ -162,26 +173,12 @@ class _ConfigApply:
         self._models_changed()
 
     def apply_config(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """``config/set``: validate all of it, then apply it all or nothing."""
-        unknown = sorted(set(msg) - _CONFIG_MSG_KEYS)
-        if unknown:
-            raise ConfigError(f"config/set: unknown field(s) {unknown}; expected "
-                              f"{sorted(_CONFIG_MSG_KEYS)}")
-        version = msg.get("version")
-        if not isinstance(version, str) or not 0 < len(version) <= 64:
-            raise ConfigError(f"config/set: field 'version': expected a string of 1-64 "
-                              f"characters, got {version!r}")
-        patch = msg.get("config", {})
-        policy_data = msg.get("policy")
-        if not isinstance(patch, dict):
-            raise ConfigError(f"config/set: field 'config': expected an object, got {patch!r}")
-        if policy_data is not None and not isinstance(policy_data, dict):
-            raise ConfigError(f"config/set: field 'policy': expected an object, got "
-                              f"{policy_data!r}")
-        if not patch and policy_data is None:
-            raise ConfigError("config/set: nothing to apply (give 'config' and/or 'policy')")
+        """``config/set``: admitted by the trust gate, validated whole, applied all or
+        nothing; a signed change's counter is recorded before it is applied."""
         with self._config_lock:
             current = self.config
+            change = self.gate.admit_config(msg, current.raw, self.policy_config)
+            version, patch, policy_data = change.version, change.patch, change.policy
             overlay = self._read_overlay(current.data_dir)
             new_raw = merge(current.raw, patch)
             changed = restart_only_changes(current.raw, new_raw)
@@ -199,19 +196,25 @@ class _ConfigApply:
             else:
                 policy = self._policy
             # Persist first: if writing fails nothing has changed; if the agent dies right
-            # after, it restarts with what was acknowledged.
-            new_overlay = {"version": version,
-                           "config": merge(overlay.get("config", {}), patch),
+            # after, it restarts with what was acknowledged. A signed patch is kept apart
+            # (and in ``config`` too, so the latest value of every other key wins).
+            plain = merge(overlay.get("config", {}), patch)
+            signed = overlay.get("signed_config", {})
+            if change.signed:
+                signed = merge(signed, patch)
+            else:
+                plain, _ = without_security_keys(plain)
+            new_overlay = {"version": version, "config": plain, "signed_config": signed,
                            "policy": policy_data if policy_data is not None
                            else overlay.get("policy")}
+            self.gate.consume(change)  # a signed document is used once, even if this fails
             path = self._overlay_path(current.data_dir)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(new_overlay, indent=1))
+            write_state(path, new_overlay)
             try:
                 self._apply(new, policy)
             except Exception:
-                tmp.unlink(missing_ok=True)
+                write_state(path, overlay)
                 raise
-            os.replace(tmp, path)
-        log.info(json.dumps({"event": "config_applied", "version": version}))
-        return {"version": version, "applied": True}
+        log.info(json.dumps({"event": "config_applied", "version": version,
+                             "signed": change.signed}))
+        return {"version": version, "applied": True, "signed": change.signed}

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from devices.errors import ConfigError
-from edge.agent._fetch import Deployment
 from edge.agent._lanes import _PolicySource
 from edge.agent._logging import log
 from edge.agent._slots import ModelVersion, sample_inputs, warm_up
@@ -26,7 +25,8 @@ class _FleetHandling:
     """The agent's answers to fleet messages (the fleet link calls these)."""
 
     def deploy(self, msg: dict[str, Any], ack: Callable[..., None]) -> str:
-        dep = Deployment.from_message({k: v for k, v in msg.items() if k != "id"})
+        # Admitted before anything is fetched: names, numbers, source, signed document.
+        dep = self.gate.admit_deploy(msg)
         return self.updater.deploy(dep, ack)
 
     def _models_changed(self) -> None:

@@ -34,12 +34,13 @@ from edge import runtime
 from edge.agent._api import AgentServer, _systemd_watch
 from edge.agent._apply import _ConfigApply
 from edge.agent._commands import _FleetHandling
-from edge.agent._config import AgentConfig
+from edge.agent._config import AgentConfig, security_warnings
 from edge.agent._lanes import _Lanes, _Planned
 from edge.agent._logging import log, setup_logging
 from edge.agent._slots import ModelSlot, ModelVersion, sample_inputs, warm_up
 from edge.agent._stats import _Stats
 from edge.agent._store import ModelStore
+from edge.agent._trust import Gate
 from edge.agent._updates import Updater
 
 
@@ -70,6 +71,8 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
             config = self._read_config()
         self.config = config
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        for warning in security_warnings(config):
+            log.warning(json.dumps({"event": "security_warning", "warning": warning}))
         self.profile = devices.detect() if config.profile == "auto" else devices.load_profile(
             config.profile)
         # A PolicyConfig (pushed over MQTT) or a watcher of policy.toml (hot-reloaded when
@@ -87,10 +90,13 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
         self._local_ms: dict[str, float] = {}  # per model: recent local run time (EWMA)
         for m in config.models:
             self._attach_executor(m.name, m.plan)
+        # What fleet messages may do here: signed documents, sources, security keys.
+        self.gate = Gate(config.data_dir, config.device_id, lambda: self.config.updates)
         self.updater = Updater(self.slots, self.store, self.profile,
                                lambda: self.config.updates, self._warmup_for,
                                on_committed=self._after_update,
-                               on_models_changed=self._models_changed)
+                               on_models_changed=self._models_changed, gate=self.gate,
+                               trusted=self._trusted_path)
         self.fleet: Any = None
         self.reprofile_hooks: list[Callable[[str, ModelVersion], Any]] = []
         # Called after the set of served models changed (the local API registers them).
@@ -114,6 +120,11 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
                 return m.warmup_runs, m.warmup_inputs
         return 2, ""
 
+    def _trusted_path(self, name: str, path: str) -> bool:
+        """A model path read back from state.json: inside the store, or the configured one."""
+        configured = {m.name: m.path for m in self.config.models}
+        return self.store.holds(path) or configured.get(name) == path
+
     def _initial_version(self, m: Any) -> ModelVersion:
         """The committed version from ``state.json`` when it loads, else the configured one."""
         entry = self.store.state().get(m.name)
@@ -125,6 +136,12 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
         candidates.append((m.version, m.path))
         last: Exception | None = None
         for version, path in candidates:
+            if path != m.path and not self._trusted_path(m.name, path):
+                # state.json names only versions the store holds (or the configured one).
+                log.error(json.dumps({"event": "state_ignored", "model": m.name,
+                                      "version": version, "path": path,
+                                      "ignored": "a path outside the model store"}))
+                continue
             try:
                 session = runtime.load(path, self.profile)
                 if m.warmup_runs:

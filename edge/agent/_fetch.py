@@ -1,38 +1,42 @@
 """A deployment and its artifact: the validated ``models/deploy`` message, the download
-(bounded, resumed), the digest and the signature check.
+(bounded, resumed, https only unless http is allowed) and the digest.
+
+Trust decisions (signed documents, allowed sources) are :mod:`edge.agent._trust`'s; this
+module checks that the message is well formed: names are names
+(:mod:`edge.agent._names`), numbers are numbers in range.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devices.errors import ModelUpdateError
+from edge.agent._names import check_name
 
-_VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 _SUFFIXES = (".onnx", ".ort", ".tflite")
-_DEPLOY_FIELDS = {"model", "version", "sha256", "url", "path", "signature", "size",
+_DEPLOY_FIELDS = {"model", "version", "sha256", "url", "path", "size",
                   "allow_interface_change", "probation_s"}
-
+_HEX = set("0123456789abcdef")
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """A validated ``models/deploy`` request."""
+    """A validated ``models/deploy`` request (``document``: its verified signed document)."""
 
     model: str
     version: str
     sha256: str
     url: str = ""
     path: str = ""
-    signature: str = ""
     size: int | None = None
     allow_interface_change: bool = False
     probation_s: float | None = None
+    document: Any = None
 
     @staticmethod
     def from_message(msg: Mapping[str, Any]) -> Deployment:
@@ -45,42 +49,40 @@ class Deployment:
                 return None
             value = msg[key]
             if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-                raise ModelUpdateError(f"deploy: field '{key}' has the wrong type ({value!r})")
+                raise ModelUpdateError(f"deploy: field '{key}' has the wrong type "
+                                       f"({type(value).__name__})")
             return value
 
         unknown = sorted(set(msg) - _DEPLOY_FIELDS)
         if unknown:
             raise ModelUpdateError(
-                f"deploy: unknown field(s) {unknown}; expected {sorted(_DEPLOY_FIELDS)}"
+                f"deploy: unknown field(s) {[str(u)[:32] for u in unknown[:8]]}; expected "
+                f"{sorted(_DEPLOY_FIELDS | {'signed'})}"
             )
-        model = field_("model", str, True)
-        version = field_("version", str, True)
+        model = check_name(field_("model", str, True), "model")
+        version = check_name(field_("version", str, True), "version")
         sha = field_("sha256", str, True).lower()
         url = field_("url", str) or ""
         path = field_("path", str) or ""
-        if not model or len(model) > 64:
-            raise ModelUpdateError(f"deploy: field 'model' is not a model name ({model!r})")
-        if not version or len(version) > 64 or not set(version) <= _VERSION_CHARS:
-            raise ModelUpdateError(
-                f"deploy: field 'version' must be 1-64 of [A-Za-z0-9._+-], got {version!r}"
-            )
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise ModelUpdateError(f"deploy: field 'sha256' must be 64 hex digits, got {sha!r}")
+        if len(sha) != 64 or not set(sha) <= _HEX:
+            raise ModelUpdateError("deploy: field 'sha256' must be 64 hex digits")
         if bool(url) == bool(path):
             raise ModelUpdateError("deploy: give exactly one of 'url' or 'path'")
-        if url and not url.startswith(("http://", "https://", "file://")):
-            raise ModelUpdateError(f"deploy: field 'url' must be http(s):// or file://, got {url!r}")
+        if len(url) > 2048 or len(path) > 4096 or "\x00" in url + path:
+            raise ModelUpdateError("deploy: field 'url' or 'path' is too long or holds NUL")
         size = field_("size", int)
-        if size is not None and size <= 0:
-            raise ModelUpdateError(f"deploy: field 'size' must be positive, got {size}")
+        if size is not None and not 0 < size <= 1 << 62:
+            raise ModelUpdateError(f"deploy: field 'size' must be a positive byte count, "
+                                   f"got {size}")
         probation = field_("probation_s", (int, float))
+        if probation is not None and not math.isfinite(probation):
+            raise ModelUpdateError("deploy: field 'probation_s' must be a finite number")
         return Deployment(
             model=model,
             version=version,
             sha256=sha,
             url=url,
             path=path,
-            signature=field_("signature", str) or "",
             size=size,
             allow_interface_change=bool(field_("allow_interface_change", bool) or False),
             probation_s=None if probation is None else float(probation),
@@ -99,12 +101,21 @@ class _DownloadInterrupted(ModelUpdateError):
     """The transfer broke off; what arrived is kept for a resumed attempt."""
 
 
-def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: int = 3) -> int:
+def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: int = 3,
+             allow_http: bool = False) -> int:
     """Fetch ``url`` into ``dest``, resuming a partial ``dest.part`` with a Range request.
 
-    Stops with :class:`ModelUpdateError` when the body would exceed ``max_bytes``.
+    Stops with :class:`ModelUpdateError` when the body would exceed ``max_bytes``, and
+    when a redirect leads off https (unless ``allow_http``).
     """
     import httpx
+
+    schemes = ("https", "http") if allow_http else ("https",)
+
+    def check_hop(request: Any) -> None:
+        if request.url.scheme not in schemes:
+            raise ModelUpdateError(f"refused: download {url}: a redirect leads to a "
+                                   f"{request.url.scheme}:// URL")
 
     part = dest.with_name(dest.name + ".part")
     last_error = ""
@@ -112,8 +123,9 @@ def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: i
         have = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
-            with httpx.stream("GET", url, headers=headers, timeout=timeout_s,
-                              follow_redirects=True) as resp:
+            with httpx.Client(timeout=timeout_s, follow_redirects=True,
+                              event_hooks={"request": [check_hop]}) as client, \
+                    client.stream("GET", url, headers=headers) as resp:
                 if resp.status_code == 416 and have:
                     # The part file already holds the whole body.
                     part.replace(dest)
@@ -125,8 +137,8 @@ def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: i
                 length = resp.headers.get("content-length")
                 if length is not None and have + int(length) > max_bytes:
                     raise ModelUpdateError(
-                        f"download {url}: {have + int(length)} bytes exceeds the limit of "
-                        f"{max_bytes} (updates.max_download_bytes)"
+                        f"refused: download {url}: larger than the limit of {max_bytes} bytes "
+                        "(updates.max_download_bytes)"
                     )
                 with open(part, "ab" if have else "wb") as fh:
                     total = have
@@ -134,8 +146,8 @@ def download(url: str, dest: Path, max_bytes: int, timeout_s: float, attempts: i
                         total += len(chunk)
                         if total > max_bytes:
                             raise ModelUpdateError(
-                                f"download {url}: more than {max_bytes} bytes "
-                                "(updates.max_download_bytes)"
+                                f"refused: download {url}: larger than the limit of "
+                                f"{max_bytes} bytes (updates.max_download_bytes)"
                             )
                         fh.write(chunk)
             part.replace(dest)
@@ -157,28 +169,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def verify_signature(public_key_file: str, sha256_hex: str, signature_b64: str) -> None:
-    """Check an Ed25519 signature of the file's 32-byte SHA-256 digest.
-
-    Signing the digest (already verified against the file) keeps verification O(1) in
-    memory for models of hundreds of megabytes.
-    """
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    if not signature_b64:
-        raise ModelUpdateError("deploy: a signature is required (updates.public_key_file is set)")
-    try:
-        key = load_pem_public_key(Path(public_key_file).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ModelUpdateError(f"public key '{public_key_file}': unreadable ({exc})") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ModelUpdateError(f"public key '{public_key_file}': expected an Ed25519 key")
-    try:
-        sig = base64.b64decode(signature_b64, validate=True)
-        key.verify(sig, bytes.fromhex(sha256_hex))
-    except (InvalidSignature, ValueError) as exc:
-        raise ModelUpdateError("signature does not match the model's sha256 digest") from exc

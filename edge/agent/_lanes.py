@@ -87,10 +87,10 @@ class _Lanes:
 
         plan = Plan.load(plan_path)
         token = FileToken(cloud.token_file) if cloud.token_file else None
-        # The call's timeout, retries and breaker are policy.toml's [offload] keys.
-        source = _PolicySource(self)
+        # The call's timeout, retries and breaker are policy.toml's [offload] keys, and the
+        # source keeps the client on them as the policy changes.
         client = offload_client(cloud.url, protocol=cloud.protocol, token=token,
-                                settings=source.config.offload)
+                                settings=_PolicySource(self).config.offload)
         source = _PolicySource(self, client)
         try:
             executor = Executor(plan, Path(plan_path).parent, self.profile,

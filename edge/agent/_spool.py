@@ -12,10 +12,10 @@ minute, so the file count stays small.
 
 Faults (the disk is full, a file is damaged) never stop telemetry for good:
 
-- A write that fails (``ENOSPC``, ``EIO``, ...) evicts the oldest record and tries once
-  more; when that fails too the new record is dropped (``dropped`` counts them), ``error``
-  says why and one log line says so; the next write that succeeds clears ``error`` and
-  logs the recovery. Nothing waits for an operator.
+- A write that fails (``ENOSPC``, ``EIO``, ...) sets ``error`` (one log line says so),
+  evicts the oldest record and tries once more; when that fails too, or nothing was
+  spooled, the new record is dropped (``dropped`` counts them). The first write that
+  succeeds at once clears ``error`` and logs the recovery. Nothing waits for an operator.
 - A sequence number is handed out only after ``next_seq`` beyond it is on disk (fsync of
   the file and its folder), so no number that was ever published is used again. A damaged
   ``next_seq`` is replaced by the time in milliseconds (a jump, never a repeat: numbers
@@ -129,6 +129,14 @@ class TelemetrySpool:
         self._write_atomic(self._dir / _SEQ_FILE, str(seq + 1).encode())
         self._write_atomic(self._path(seq), payload)
 
+    def _failed(self, exc: OSError) -> None:
+        if not self.error:
+            log.error(json.dumps({"event": "spool_write_failed", "dir": str(self._dir),
+                                  "error": f"{type(exc).__name__}: {exc}",
+                                  "policy": "the oldest record makes room; when it cannot, "
+                                            "the new record is dropped"}))
+        self.error = f"{type(exc).__name__}: {exc}"
+
     def append(self, record: dict[str, Any]) -> tuple[int, bytes | None]:
         """Give ``record`` the next sequence number (field ``seq``), store it, return both.
 
@@ -139,26 +147,27 @@ class TelemetrySpool:
             self._next_seq += 1  # used even when the write fails: never handed out twice
             payload = json.dumps({**record, "seq": seq}, separators=(",", ":")).encode()
             try:
-                try:
-                    self._store(seq, payload)
-                except OSError:
-                    if not self._sizes:
-                        raise
-                    self._evict_oldest()  # the drop policy: oldest first, then the new one
-                    self._store(seq, payload)
+                self._store(seq, payload)
             except OSError as exc:
-                self.dropped += 1
-                if not self.error:
-                    log.error(json.dumps({"event": "spool_write_failed", "dir": str(self._dir),
-                                          "error": f"{type(exc).__name__}: {exc}",
-                                          "policy": "oldest evicted, then new records "
-                                                    "dropped until a write succeeds"}))
-                self.error = f"{type(exc).__name__}: {exc}"
-                return seq, None
-            if self.error:
-                log.warning(json.dumps({"event": "spool_recovered", "dir": str(self._dir),
-                                        "dropped": self.dropped}))
-                self.error = ""
+                self._failed(exc)
+                stored = False
+                if self._sizes:
+                    # The drop policy: the oldest record makes room, once; when that is
+                    # not enough (or nothing is spooled) the new record is dropped.
+                    self._evict_oldest()
+                    try:
+                        self._store(seq, payload)
+                        stored = True
+                    except OSError as again:
+                        self._failed(again)
+                if not stored:
+                    self.dropped += 1
+                    return seq, None
+            else:
+                if self.error:
+                    log.warning(json.dumps({"event": "spool_recovered", "dir": str(self._dir),
+                                            "dropped": self.dropped, "evicted": self.evicted}))
+                    self.error = ""
             self._sizes[seq] = len(payload)
             self._bytes += len(payload)
             while self._bytes > self._max_bytes and len(self._sizes) > 1:

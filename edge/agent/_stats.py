@@ -18,6 +18,13 @@ class _Stats:
         self._reset()
         self.total_requests = 0
         self.total_errors = 0
+        # Cumulative since start, for /metrics (telemetry takes windows of the above):
+        # (model, plan) -> decisions; model -> fallbacks, errors, answered, energy (mJ).
+        self.decisions_total: Counter[tuple[str, str]] = Counter()
+        self.fallbacks_total: Counter[str] = Counter()
+        self.errors_total: Counter[str] = Counter()
+        self.answered_total: Counter[str] = Counter()
+        self.energy_mj_total: Counter[str] = Counter()
 
     def _reset(self) -> None:
         self.latency: dict[str, list[float]] = defaultdict(list)
@@ -35,11 +42,25 @@ class _Stats:
                 self.latency[model].append(ms)
                 self.plans[plan] += 1
                 self.energy_mj += energy_mj
+                self.decisions_total[(model, plan)] += 1
+                self.answered_total[model] += 1
+                self.energy_mj_total[model] += energy_mj
             else:
                 self.errors[model] += 1
                 self.total_errors += 1
+                self.errors_total[model] += 1
             if fallback:
                 self.fallbacks += 1
+                self.fallbacks_total[model] += 1
+
+    def totals(self) -> dict[str, Any]:
+        """A consistent copy of the cumulative counters."""
+        with self._lock:
+            return {"decisions": dict(self.decisions_total),
+                    "fallbacks": dict(self.fallbacks_total),
+                    "errors": dict(self.errors_total),
+                    "answered": dict(self.answered_total),
+                    "energy_mj": dict(self.energy_mj_total)}
 
     def take(self) -> dict[str, Any]:
         with self._lock:

@@ -6,16 +6,17 @@ by the application with several in flight (``edge.Client.stream`` keeps ``window
 them and hands results back in order). Behind the name, all of a model's frames go
 through one :class:`edge.offload.StreamPipeline` planned for throughput: the device
 computes frame n+1's head while frame n uploads and frame n-1 runs in the cloud. The
-service gives each of the ``STREAM_WINDOW`` runtime instances its own thread, so that
-many frames wait on the pipeline at once.
+service gives each of the ``window`` runtime instances its own thread, so that
+many frames wait on the pipeline at once. ``[stream]`` in agent.toml sets the window, the
+queue, the overload policy and the re-plan period.
 
 Plan: ``partition.choose_stream`` over the model's plan with the executor's current link
 estimate and the policy's SLO (``slo_ms``; none: the highest rate), re-chosen every
-``REPLAN_EVERY`` frames, so a running stream follows the link without losing or
+``replan_every`` frames, so a running stream follows the link without losing or
 reordering frames; a cloud leg that had the link to itself is fed to the link estimate.
-Overload: the service runs at most ``STREAM_WINDOW`` frames of a model at once (one per
-instance) and the pipeline's queue holds that many, so frames are held back, not
-dropped, at the agent; should one still be dropped (``drop_oldest``), its request is
+Overload: the service runs at most ``window`` frames of a model at once (one per
+instance) and by default the pipeline's queue holds that many, so frames are held back,
+not dropped, at the agent; should one still be dropped (``drop_oldest``), its request is
 answered 503 saying so and counted. Dropping for freshness is the application's choice,
 made in ``edge.Client.stream(overload="drop_oldest")``.
 """
@@ -33,12 +34,6 @@ from cloud._runtime import ModelRuntime
 from devices.errors import EdgecutError
 
 STREAM_SUFFIX = ".stream"
-STREAM_WINDOW = 4
-# Frames past the pipeline's window wait in its queue: as deep as the instances that can
-# hand it frames, so one client's window never makes the agent drop; a client that wants
-# the newest frames drops on its side (edge.Client.stream(overload="drop_oldest")).
-STREAM_QUEUE = STREAM_WINDOW
-REPLAN_EVERY = 8
 DROPPED_MESSAGE = "frame dropped by the stream's overload policy (drop_oldest)"
 
 
@@ -85,9 +80,10 @@ class AgentStreams:
             ex.link.observe_transfer(result.up_bytes, result.down_bytes, result.seconds,
                                      server_s=server_s)
 
+        cfg = self._agent.config.stream
         return StreamPipeline(ex.plan_dir, ex.model_path, choose(), device, ex.client,
-                              ex.output_names, window=STREAM_WINDOW, queue_size=STREAM_QUEUE,
-                              overload="drop_oldest", chooser=choose, replan_every=REPLAN_EVERY,
+                              ex.output_names, window=cfg.window, queue_size=cfg.queue_size,
+                              overload=cfg.overload, chooser=choose, replan_every=cfg.replan_every,
                               on_alone_leg=observe,
                               uplink_bps=lambda: ex.link.estimate(time.monotonic()).bandwidth_bps)
 

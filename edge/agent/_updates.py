@@ -41,8 +41,8 @@ from edge.agent._fetch import (
     _DownloadInterrupted,
     download,
     sha256_file,
-    verify_signature,
 )
+from edge.agent._names import is_inside
 from edge.agent._slots import ModelSlot, ModelVersion, check_interface, sample_inputs, warm_up
 from edge.agent._store import ModelStore
 
@@ -68,8 +68,15 @@ class Updater:
         warmup: Callable[[str], tuple[int, str]],
         on_committed: Callable[[str, ModelVersion], dict[str, Any] | None] | None = None,
         on_models_changed: Callable[[], None] | None = None,
+        gate: Any = None,
+        trusted: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.slots = slots
+        # The trust gate (edge.agent._trust.Gate): checks the file against a signed
+        # document and records its counter before the version is used.
+        self._gate = gate
+        # (model, path) -> whether a path read back from state.json may be loaded.
+        self._trusted = trusted or (lambda name, path: self.store.holds(path))
         self.store = store
         self.profile = profile
         self._settings = settings  # returns the current UpdatesConfig (hot-reloadable)
@@ -139,43 +146,36 @@ class Updater:
         staging.mkdir(parents=True, exist_ok=True)
         name = "model" + dep.suffix
         ack("downloading", source=dep.url or dep.path)
+        limit = settings.max_download_bytes
         try:
-            if dep.size is not None and dep.size > settings.max_download_bytes:
-                raise ModelUpdateError(
-                    f"model size {dep.size} exceeds the limit of "
-                    f"{settings.max_download_bytes} bytes"
-                )
-            if dep.url.startswith(("http://", "https://")):
-                size = download(dep.url, staging / name, settings.max_download_bytes,
-                                settings.download_timeout_s)
+            if dep.size is not None and dep.size > limit:
+                raise ModelUpdateError(f"refused: the model is larger than the limit of {limit} "
+                                       "bytes (updates.max_download_bytes)")
+            if dep.url:
+                size = download(dep.url, staging / name, limit, settings.download_timeout_s,
+                                allow_http=settings.allow_http)
             else:
-                src = Path(dep.path or dep.url[len("file://"):])
-                if not src.is_file():
-                    raise ModelUpdateError(f"model file '{src}' not found")
-                if src.stat().st_size > settings.max_download_bytes:
-                    raise ModelUpdateError(
-                        f"model file '{src}' is {src.stat().st_size} bytes, over the limit of "
-                        f"{settings.max_download_bytes}"
-                    )
-                shutil.copyfile(src, staging / name)
+                self._copy_source(Path(dep.path), staging / name, settings)
                 size = (staging / name).stat().st_size
-            ack("downloaded", bytes=size)
+            ack("downloaded")
             digest = sha256_file(staging / name)
             if digest != dep.sha256:
-                raise ModelUpdateError(
-                    f"sha256 mismatch: expected {dep.sha256}, the file has {digest}"
-                )
-            if settings.public_key_file:
-                verify_signature(settings.public_key_file, digest, dep.signature)
+                # Neither digest in the answer: an unsigned deployment must not be a way
+                # to learn what a file on the device or its network holds.
+                raise ModelUpdateError("refused: the file does not match the sha256 given")
+            if self._gate is not None:
+                self._gate.verified(dep, digest, size)
         except _DownloadInterrupted:
             raise  # keep the partial file for the next attempt
         except EdgecutError:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.store.remove(staging)
             raise
-        ack("verified", sha256=digest, signed=bool(settings.public_key_file))
-        shutil.rmtree(final, ignore_errors=True)  # a leftover no state refers to
+        document = dep.document
+        ack("verified", sha256=digest, bytes=size, signed=document is not None,
+            **({"counter": document.freshness.counter} if document is not None else {}))
+        self.store.remove(final)  # a leftover no state refers to
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, final)
+        self.store.move(staging, final)
         dest = final / name
         try:
             try:
@@ -191,9 +191,24 @@ class Updater:
             ack("warmed", warmup_ms=round(ms, 3))
         except EdgecutError:
             # A rejected version must not linger where a rollback could pick it up.
-            shutil.rmtree(final, ignore_errors=True)
+            self.store.remove(final)
             raise
         return ModelVersion(dep.model, dep.version, str(dest), session)
+
+    @staticmethod
+    def _copy_source(src: Path, dest: Path, settings: Any) -> None:
+        """Copy a file source, proven (again, just before reading) to lie under
+        ``updates.source_dir``: a link swapped in after admission is not followed out."""
+        if not settings.source_dir or not is_inside(settings.source_dir, src):
+            raise ModelUpdateError("refused: 'path' must be a file under updates.source_dir")
+        real = Path(os.path.realpath(src))
+        if not real.is_file():
+            raise ModelUpdateError(f"model file '{src}' not found under updates.source_dir")
+        if real.stat().st_size > settings.max_download_bytes:
+            raise ModelUpdateError(
+                f"refused: model file '{src}' is larger than the limit of "
+                f"{settings.max_download_bytes} bytes (updates.max_download_bytes)")
+        shutil.copyfile(real, dest)
 
     # -- probation -----------------------------------------------------------------------
 
@@ -290,6 +305,10 @@ class Updater:
                 entry = self.store.state().get(name, {}).get("previous")
                 if not entry:
                     raise ModelUpdateError(f"rollback: model '{name}' has no previous version")
+                if not self._trusted(name, entry["path"]):
+                    raise ModelUpdateError(
+                        f"rollback: the previous version of '{name}' in state.json lies outside "
+                        "the model store; it is not loaded")
                 try:
                     session = self.load(entry["path"])
                 except EdgecutError as exc:
@@ -348,6 +367,5 @@ __all__ = [
     "download",
     "sample_inputs",
     "sha256_file",
-    "verify_signature",
     "warm_up",
 ]

@@ -30,9 +30,13 @@ import click
               help="Where the plan is built or reused (default: OUT/plan).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
+@click.option("--cloud", "cloud_name", default="host", show_default=True,
+              help="Cloud profile the server's compute is charged at: host (this host as "
+                   "it is), t4, a10, or a speed factor over this host (docs/policy.md, "
+                   "'Judging the policy').")
 def replay(trace: str | None, model: str, device_name: str, policy_path: str | None, requests: int,
            duration_s: float, window_s: float | None, rtt_ms: float, plan_dir: str | None,
-           out_dir: str, seed: int) -> None:
+           out_dir: str, seed: int, cloud_name: str) -> None:
     """Replay a bandwidth trace: real requests through a link emulator to edgecut serve.
 
     Device compute is emulated as the time measured on this host divided by the device
@@ -57,6 +61,13 @@ def replay(trace: str | None, model: str, device_name: str, policy_path: str | N
                 f"unknown model {model!r}: expected an .onnx path or one of "
                 + ", ".join(ZOO_MODELS), param_hint="--model")
         model_path = zoo_model(model)
+    from devices.errors import ConfigError
+    from edge.lab._cloudgpu import cloud_profile
+
+    try:
+        cloud = cloud_profile(cloud_name)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cloud") from exc
     device = load_profile(device_name)
     cfg = load_policy_config(policy_path) if policy_path else PolicyConfig(slo_ms=0.0)
     out = Path(out_dir)
@@ -66,7 +77,7 @@ def replay(trace: str | None, model: str, device_name: str, policy_path: str | N
         trace = str(bundled_trace())
     result = run_replay(trace, model_path, device, cfg, plan_dir=plan_dir or out / "plan",
                         out_dir=out, requests=requests, duration_s=duration_s,
-                        window_s=window_s, rtt_s=rtt_ms / 1000.0, seed=seed,
+                        window_s=window_s, rtt_s=rtt_ms / 1000.0, seed=seed, cloud=cloud,
                         log=lambda m: click.echo(m, err=True))
     for note in result.notes:
         click.echo(f"note: {note}")

@@ -18,12 +18,15 @@ components instead of being run again (two cores cannot afford five runs per tra
   (loopback HTTP plus the server's compute, scaled by the same slowdown), plus the
   emulator's round trip, plus the upload and download of its bytes through the trace
   from the instant that request's transfer would start (the fluid time the token bucket
-  converges to);
+  converges to); the server's own compute in it is charged at the cloud profile's speed
+  (``cloud``, default this host; ``edge.lab._cloudgpu``), as edgecut's own cloud legs are;
 - where edgecut actually ran a plan, that request's measured cost is used for that plan.
 
 Strategies: ``local``, ``cloud`` (offload everything), ``static_split`` (Neurosurgeon:
 the plan's best candidate for the window's mean bandwidth, chosen once), ``edgecut``, and
-``oracle`` (per request, the best candidate given the bandwidth that request met).
+``oracle`` (per request, the best candidate given the bandwidth that request met); and
+``info.fixed``: every candidate used for every request. The per-request costing is the
+pure ``edge.lab._strategies.cost_strategies``, unit-tested by hand.
 
 Beside this module: the server and plan it runs against (``_server``), the costing of the
 fixed strategies from measured components (``_costing``) and the fault scenarios
@@ -33,7 +36,6 @@ fixed strategies from measured components (``_costing``) and the fault scenarios
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -44,28 +46,22 @@ import numpy as np
 
 from devices import DeviceProfile, load_profile
 from devices.errors import ConfigError
+from edge.lab._cloudgpu import CLOUD_PROFILES, CloudProfile
 from edge.lab._costing import (
     Components,
-    _compose,
-    _host_slowdown,
-    _parts,
-    _pick,
     _seed_plan_table,
-    _summarise,
     measure_components,
 )
 from edge.lab._emulator import LinkEmulator, Trace, load_trace
 from edge.lab._scenarios import scenario_bandwidth_drop, scenario_cloud_kill
 from edge.lab._server import CloudServer, prepare_plan
+from edge.lab._strategies import STRATEGIES, cost_strategies, scaled_components
 from edge.offload import offload_client
 from edge.offload._client import OffloadClient
 from edge.offload._executor import Executor, Outcome
 from edge.policy._config import PolicyConfig
 from edge.policy._decide import Policy
-from partition import LOCAL, OFFLOAD, CutCandidate
-
-STRATEGIES = ("local", "cloud", "static_split", "edgecut", "oracle")
-
+from partition import LOCAL, CutCandidate
 
 
 @dataclass
@@ -101,7 +97,8 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
            components: dict[str, Components] | None = None,
            route: Callable[[Executor], Callable[[dict[str, np.ndarray]], Outcome]] | None = None,
            on_request: Callable[[int, float, Outcome], None] | None = None,
-           slo_from_local: tuple[float, float] | None = None) -> ReplayResult:
+           slo_from_local: tuple[float, float] | None = None,
+           cloud: CloudProfile | None = None) -> ReplayResult:
     """Replay one trace (see the module docstring). ``duration_s`` is the wanted wall
     time of the run (sets ``speedup`` from the trace window when ``speedup`` is None).
 
@@ -109,11 +106,16 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
     emulated device's measured local latency (at least ``floor_ms``), once the components
     are measured: the plan's own prediction was made with other threads and host load.
 
+    ``cloud`` is the cloud profile whose speed the server's compute is charged at (default
+    this host's own, ``host``; ``edge.lab._cloudgpu``): the executor charges its cloud legs
+    so, and every strategy is costed so.
+
     ``route`` is given the ready executor and returns the function each request goes
     through (default: the executor itself; the demo sends requests through the agent's
     local API instead). ``on_request(i, trace_time_s, outcome)`` is called after each one.
     """
     say = log or (lambda _m: None)
+    cloud = cloud or CLOUD_PROFILES["host"]
     dev = load_profile(device) if isinstance(device, str) else device
     trace = load_trace(trace_path, select=trace_select)
     if max_rate_bps:
@@ -135,7 +137,9 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         f"device compute emulated: time measured on this host / relative_speed "
         f"{dev.relative_speed:g} of profile {dev.name}",
         f"cloud: edgecut serve on 127.0.0.1 with {server_threads} ONNX Runtime thread(s); "
-        f"device side {device_threads} thread(s); both on this host",
+        f"device side {device_threads} thread(s); both on this host; the server's own "
+        f"compute charged at 1/{cloud.relative_speed:g} of what it took (cloud profile "
+        f"{cloud.name})",
         f"link: user-space shaping proxy, one-way delay {rtt_s / 2 * 1000:g} ms, rate from the "
         f"trace (capped at {max_rate_bps / 1e6:g} Mbit/s), trace clock x{speedup:.3g}; the "
         "trace is used as the uplink and the downlink",
@@ -164,6 +168,7 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         client = offload_client(emu.url, settings=cfg.offload)
         executor = Executor(plan, plan_dir, dev, policy=Policy(cfg), client=client,
                             compute_scale=1.0 / dev.relative_speed,
+                            cloud_compute_scale=cloud.compute_scale,
                             clock=lambda: emu.trace_time(), seed=seed,
                             intra_op_threads=device_threads,
                             log_path=(Path(out_dir) / "decisions.jsonl") if out_dir else None)
@@ -182,7 +187,10 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
             local_ms = next(c.device_head_ms for c in comps.values() if c.kind == LOCAL)
             cfg = replace(cfg, slo_ms=float(round(max(factor * local_ms, floor_ms))))
             executor.policy = Policy(cfg)
-        _seed_plan_table(executor, comps, cfg, lambda: emu.trace_time())
+        _seed_plan_table(executor, scaled_components(comps, cloud.compute_scale), cfg,
+                         lambda: emu.trace_time())
+        executor.server_compute_s.update(
+            {k: c.cloud_compute_ms / 1000.0 for k, c in comps.items() if c.cloud_compute_ms})
         emu.restart_clock(offset_s)
         # As a device does when it starts: one probe, so that the first decision is not
         # made on the prior alone (its time is not charged to any request).
@@ -222,94 +230,19 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
     mean_bw = trace.mean_between(offset_s, offset_s + window)
     import partition
 
-    static_cands = [CutCandidate(c.cut_id, c.kind, c.tensors, comps[c.cut_id].device_head_ms,
-                                 comps[c.cut_id].cloud_direct_ms, comps[c.cut_id].up_bytes,
-                                 comps[c.cut_id].down_bytes) for c in plan.candidates]
+    at_cloud = scaled_components(comps, cloud.compute_scale)
+    static_cands = [CutCandidate(c.cut_id, c.kind, c.tensors, at_cloud[c.cut_id].device_head_ms,
+                                 at_cloud[c.cut_id].cloud_direct_ms, at_cloud[c.cut_id].up_bytes,
+                                 at_cloud[c.cut_id].down_bytes) for c in plan.candidates]
     static = partition.choose(static_cands, mean_bw, rtt_s, dev,
                               "energy" if objective == "energy" else "latency",
                               slo if slo > 0 else None).candidate.cut_id
-    offload_id = next(c.cut_id for c in plan.candidates if c.kind == OFFLOAD)
-    local_id = next(c.cut_id for c in plan.candidates if c.kind == LOCAL)
 
-    # First pass: fluid-model parts of every candidate for every request, and what
-    # edgecut's own plan measured.
-    rows = []
-    ratios = []
-    for t_start, out in outcomes:
-        cid = out.decision.cut_id
-        comp = comps[cid]
-        slowdown = _host_slowdown(out, comps)
-        parts = {k: _parts(c, t_start, slowdown, trace, speedup, rtt_s)
-                 for k, c in comps.items()}
-        # What each plan should cost at that moment: the bandwidth the request met, the
-        # device at its measured median speed (the oracle's knowledge, see below).
-        expected = parts if slowdown == 1.0 else {
-            k: _parts(c, t_start, 1.0, trace, speedup, rtt_s) for k, c in comps.items()}
-        rows.append((t_start, out, parts, expected))
-        # (Not from raced requests: the device's run beside the cloud leg shares this
-        # host with the server, which a real device would not.)
-        if (comp.kind != LOCAL and not out.fallback and not out.raced
-                and out.up_bytes >= 16384):
-            fluid = sum(parts[cid][1:])
-            if fluid > 0:
-                ratios.append(out.cloud_ms / fluid)
-    # The remote leg through the emulator and the server on this host is slower than the
-    # fluid model (proxy CPU, HTTP, queueing); scale every modelled remote leg by the
-    # median slowness edgecut's own sizeable transfers measured in this run.
-    k_remote = min(max(statistics.median(ratios), 1.0), 5.0) if ratios else 1.0
-    per: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in STRATEGIES}
-    records = []
-    hindsight: tuple[list[float], list[float]] = ([], [])
-    for t_start, out, parts, expected in rows:
-        cid = out.decision.cut_id
-        measured_dev = out.head_ms + out.local_tail_ms
-        options = {k: _compose(p, k_remote, energy) for k, p in parts.items()}
-        if out.raced:
-            # Raced: the first of two legs that ran at the same time, as the executor
-            # charged it. The device's whole-model run, when it finished, stands for the
-            # local plan; the cloud leg is not taken for its plan (on this host the
-            # device's run slowed the server's compute beside it), which stays modelled.
-            mine = (out.latency_ms, out.energy_mj)
-            if comp.kind == OFFLOAD and out.local_tail_ms > 0:
-                options[local_id] = (out.local_tail_ms, energy.plan_mj(out.local_tail_ms))
-        elif out.fallback:
-            # the failed leg at transmit power throughout, as the executor charges it
-            mine = (out.latency_ms, energy.plan_mj(measured_dev, out.cloud_ms, 0.0, 0.0))
-        else:
-            _, up_f, _, dn_f = parts[cid]
-            up_ms = min(up_f * k_remote, out.cloud_ms)
-            dn_ms = min(dn_f * k_remote, max(out.cloud_ms - up_ms, 0.0))
-            mine = (out.latency_ms, energy.plan_mj(measured_dev, up_ms, dn_ms,
-                                                   max(out.cloud_ms - up_ms - dn_ms, 0.0)))
-            options[cid] = mine  # measured where the strategy actually ran
-        # The oracle knows the bandwidth each request met (the future, for a device) and
-        # picks the plan that should be best with it; it is charged what that plan cost
-        # this request, with the device and the remote leg as slow as they really were.
-        # It does not also foresee the host's random stalls: the one that does (the
-        # cheapest realised cost per request) is reported beside it as the hindsight bound.
-        best = _pick({k: _compose(p, k_remote, energy) for k, p in expected.items()},
-                     objective, slo, cfg.latency_weight)
-        bound = options[_pick(options, objective, slo, cfg.latency_weight)]
-        hindsight[0].append(bound[0])
-        hindsight[1].append(bound[1])
-        mine = (mine[0], mine[1] + probe_mj_each)
-        chosen = {"local": options[local_id], "cloud": options[offload_id],
-                  "static_split": options[static], "edgecut": mine, "oracle": options[best]}
-        for s, (lat, mj) in chosen.items():
-            per[s][0].append(lat)
-            per[s][1].append(mj)
-        records.append({
-            "t_trace_s": round(t_start, 3),
-            "bandwidth_mbps": round(trace.rate_at(t_start) / 1e6, 3),
-            "met_mbps": round(trace.mean_between(t_start, t_start + max(out.cloud_ms, 1.0) / 1000 * speedup) / 1e6, 3),
-            "plan": out.decision.plan, "executed": out.executed, "fallback": out.fallback,
-            "explored": out.decision.explored, "probe": out.decision.probe, "raced": out.raced,
-            "reason": out.decision.reason, "predicted_ms": round(out.decision.predicted_ms, 2),
-            "oracle_plan": best, "link_estimate_mbps": round(out.link_bps / 1e6, 3),
-            **{f"{s}_ms": round(v[0], 2) for s, v in chosen.items()},
-            **{f"{s}_mj": round(v[1], 2) for s, v in chosen.items()},
-        })
-    summary = {s: _summarise(per[s][0], per[s][1], slo) for s in STRATEGIES}
+    costed = cost_strategies(outcomes, comps, trace, energy=energy, objective=objective,
+                             slo_ms=slo, latency_weight=cfg.latency_weight, speedup=speedup,
+                             rtt_s=rtt_s, static_id=static, probe_mj_each=probe_mj_each,
+                             cloud_scale=cloud.compute_scale)
+    summary, records, k_remote = costed.summary, costed.records, costed.k_remote
     info = {
         "requests": requests, "speedup": speedup, "window_s": window, "offset_s": offset_s,
         "trace_mean_mbps": round(mean_bw / 1e6, 3), "static_split_cut": static,
@@ -324,7 +257,10 @@ def replay(trace_path: str | Path, model_path: str | Path, device: DeviceProfile
         "probe_radio_s": round(probe_s, 3),
         "probe_mj_per_request": round(probe_mj_each, 2),
         "remote_leg_slowness": round(k_remote, 3),
-        "oracle_hindsight": _summarise(hindsight[0], hindsight[1], slo),
+        "oracle_hindsight": costed.hindsight,
+        # every candidate used for every request
+        "fixed": costed.fixed,
+        "cloud": {"name": cloud.name, "relative_speed": cloud.relative_speed},
     }
     result = ReplayResult(str(trace.name), plan.model, dev.name, objective, slo, summary,
                           records, notes, info, comps)

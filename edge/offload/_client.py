@@ -312,6 +312,9 @@ class InferResult:
     down_bytes: int
     server_s: float | None
     attempts: int
+    # The model's own run, without the wait in the server's queue (``edgecut serve``'s
+    # ``compute`` metric), when the server reports it: a pipelined stream's cloud stage.
+    server_compute_s: float | None = None
 
 
 def _server_timing(headers: Mapping[str, str]) -> float | None:
@@ -336,6 +339,20 @@ def _server_timing(headers: Mapping[str, str]) -> float | None:
         if enclosing in durations:
             return durations[enclosing]
     return sum(durations.values())
+
+
+def _server_compute(headers: Mapping[str, str]) -> float | None:
+    """Seconds of the ``compute`` metric of a ``Server-Timing`` header, if there is one."""
+    for metric in (headers.get("server-timing") or "").split(","):
+        name, *params = (p.strip() for p in metric.split(";"))
+        if name == "compute":
+            for param in params:
+                if param.startswith("dur="):
+                    try:
+                        return float(param[4:]) / 1000.0
+                    except ValueError:
+                        return None
+    return None
 
 
 _RETRYABLE_STATUS = (502, 503, 504)
@@ -468,7 +485,8 @@ class OffloadClient:
                 except Exception as exc:  # a server that speaks the protocol wrongly
                     raise OffloadRejected(f"model '{model}': malformed response: {exc}",
                                           status=200) from exc
-                return result, len(body), len(resp.content), _server_timing(resp.headers)
+                return (result, len(body), len(resp.content), _server_timing(resp.headers),
+                        _server_compute(resp.headers))
             message = _error_message(resp)
             if resp.status_code in (401, 403):
                 raise AuthRefused(OffloadRejected(
@@ -484,12 +502,14 @@ class OffloadClient:
         return self._with_retries(model, attempt, deadline, idempotent)
 
     def _with_retries(self, model: str,
-                      attempt: Callable[[float], tuple[dict[str, np.ndarray], int, int, float | None]],
+                      attempt: Callable[[float], tuple[dict[str, np.ndarray], int, int, float | None,
+                                                         float | None]],
                       deadline: float | None, idempotent: bool) -> InferResult:
         """The deadline, retry, re-authentication and breaker rules around ``attempt``
         (one try with the given timeout), the same for every transport.
 
-        ``attempt`` returns (outputs, bytes up, bytes down, server seconds) or raises:
+        ``attempt`` returns (outputs, bytes up, bytes down, server seconds, server compute
+        seconds) or raises:
         :class:`AttemptFailed` (may be retried), :class:`AuthRefused` (retried once with
         a fresh token), ``OffloadRejected`` (the service is up, the request is wrong) or
         ``TransferAbandoned`` (given up by the caller's watch).
@@ -509,7 +529,7 @@ class OffloadClient:
                                            f"(after {attempts - 1} attempt(s))")
             t0 = time.perf_counter()
             try:
-                outputs, up, down, server_s = attempt(timeout)
+                outputs, up, down, server_s, compute_s = attempt(timeout)
             except TransferAbandoned:
                 self.breaker.release()
                 raise
@@ -529,7 +549,7 @@ class OffloadClient:
             else:
                 self.breaker.record_success()
                 return InferResult(outputs, time.perf_counter() - t_start, up, down, server_s,
-                                   attempts)
+                                   attempts, compute_s)
             # Retry only when it is safe and the deadline leaves room for another try.
             spent = time.perf_counter() - t0
             room = (deadline - time.monotonic()) if deadline is not None else self.timeout_s

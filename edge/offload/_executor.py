@@ -62,6 +62,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
                  policy: Policy, client: OffloadClient | None,
                  link: LinkEstimator | None = None, costs: CostTable | None = None,
                  energy: EnergyModel | None = None, compute_scale: float = 1.0,
+                 cloud_compute_scale: float = 1.0,
                  device_state: Callable[[], DeviceState] | None = None,
                  clock: Callable[[], float] = time.monotonic, seed: int = 0,
                  log_path: str | Path | None = None, intra_op_threads: int | None = None,
@@ -82,6 +83,16 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         self.energy = energy or EnergyModel.from_profile(
             device, cfg.device.power_mode or None, cfg.device.radio or None, cfg.device.compute)
         self.compute_scale = compute_scale
+        # The cloud's own compute (its Server-Timing) is charged at this multiple of what
+        # the server took: a replay on one host stands a CPU server in for a GPU-class
+        # cloud (edge.lab._cloudgpu); 1 on a real deployment.
+        self.cloud_compute_scale = cloud_compute_scale
+        # The server's last reported compute per cut (seconds, as it took it).
+        self.server_compute_s: dict[str, float] = {}
+        # The latency objective's energy allowance for racing and probing (mJ; [offload]
+        # race_energy_budget): None until the first decision sets it to one local run.
+        self._race_allowance_mj: float | None = None
+        self._allowance_lock = threading.Lock()
         self._device_state = device_state or (lambda: DeviceState(device.default_power_mode))
         self._clock = clock
         self._rng = random.Random(seed)
@@ -187,7 +198,34 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             energy=self.energy, device=device, cloud=CloudState(healthy=healthy),
             input_bytes=input_bytes, reference_input_bytes=self.reference_input_bytes,
             explore_draw=self._rng.random() if draw else 1.0,
-            probe_allowance=self.link.probe_allowance(now), sized=dict(sized or {}))
+            probe_allowance=self.link.probe_allowance(now), sized=dict(sized or {}),
+            race_allowance_mj=self._race_allowance(local_ms))
+
+    def _race_allowance(self, local_ms: float) -> float:
+        with self._allowance_lock:
+            if self._race_allowance_mj is None:
+                # a start with one local run saved up
+                self._race_allowance_mj = self.energy.plan_mj(local_ms)
+            return self._race_allowance_mj
+
+    def _spend_allowance(self, decision: Decision) -> None:
+        """A request earns ``race_energy_budget`` x its plan's predicted energy; a race
+        spends what it adds. At most one local run is saved up."""
+        budget = self.policy.config.offload.race_energy_budget
+        local = next((p for p in decision.predictions if p.kind == LOCAL), None)
+        cap = local.energy_mj if local is not None else 0.0
+        base = decision.predicted_mj - decision.race_extra_mj
+        with self._allowance_lock:
+            have = self._race_allowance_mj if self._race_allowance_mj is not None else cap
+            self._race_allowance_mj = min(have + budget * base - decision.race_extra_mj,
+                                          max(cap, 0.0))
+
+    def spend_probe_energy(self, radio_s: float) -> None:
+        """A probe's radio time, paid from the racing allowance (probing and racing
+        share one energy budget under the latency objective)."""
+        with self._allowance_lock:
+            if self._race_allowance_mj is not None:
+                self._race_allowance_mj -= self.energy.plan_mj(0.0, radio_s * 1000.0)
 
     # -- running ------------------------------------------------------------------------
     def _run_local(self, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
@@ -227,6 +265,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         ctx = self.context(_nbytes(feeds), sized=self.sized(feeds))
         if force is None:
             decision = self.policy.decide(ctx)
+            self._spend_allowance(decision)
         else:
             cand = self.plan.candidate(force)
             decision = Decision(cand.kind, cand.cut_id, 0.0, 0.0, f"forced {force}",
@@ -312,7 +351,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             self._observe_cloud_failure(exc, crossing, cloud_ms / 1000.0)
             return self._fallback(rid, decision, cand, feeds, crossing, head_ms, cloud_ms,
                                   reason, slo, started)
-        cloud_ms = result.seconds * 1000.0
+        cloud_ms = self._cloud_seconds(result) * 1000.0
         self._observe_cloud(cand, result)
         outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
         out = self._outcome(rid, decision, decision.plan, "", outputs, head_ms, cloud_ms, 0.0,

@@ -22,16 +22,29 @@ from partition import LOCAL, OFFLOAD, CutCandidate
 class _Folding:
     """Measurements folded back, fallbacks run, outcomes costed."""
 
+    def _cloud_seconds(self, result: Any) -> float:
+        """The cloud leg's time with the server's own compute at ``cloud_compute_scale``
+        x what it took (1 on a real deployment: the time as measured)."""
+        k = self.cloud_compute_scale
+        if result.server_s is None or k == 1.0:
+            return float(result.seconds)
+        return max(float(result.seconds) - result.server_s * (1.0 - k), 0.0)
+
     def _observe_cloud(self, cand: CutCandidate, result: Any) -> None:
         """Fold a cloud leg's answer into the link estimate and the cost table."""
-        server_s = result.server_s if result.server_s is not None else cand.tail_ms / 1000.0
-        self.link.observe_transfer(result.up_bytes, result.down_bytes, result.seconds,
-                                   server_s=server_s)
+        k = self.cloud_compute_scale
+        if result.server_s is not None:
+            self.server_compute_s[cand.cut_id] = result.server_s
+            server_s = result.server_s * k
+        else:
+            server_s = cand.tail_ms / 1000.0
+        self.link.observe_transfer(result.up_bytes, result.down_bytes,
+                                   self._cloud_seconds(result), server_s=server_s)
         if result.server_s is not None:
             # Learnt at the plan's reference input size: a request of another size is
             # divided by its tail factor (set per request by the executor).
             factor = getattr(getattr(self, "_request", None), "tail_factor", 1.0) or 1.0
-            self.costs.observe(cand.cut_id, tail_ms=result.server_s * 1000.0 / factor)
+            self.costs.observe(cand.cut_id, tail_ms=server_s * 1000.0 / factor)
         else:
             self.costs.observe(cand.cut_id)
 

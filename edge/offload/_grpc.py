@@ -39,6 +39,7 @@ from edge.offload._client import (
     OffloadClient,
     TokenSource,
     UploadProgress,
+    _server_compute,
     _server_timing,
 )
 
@@ -147,7 +148,8 @@ class GrpcOffloadClient(OffloadClient):
         up = request.ByteSize()
         grpc = self._grpc
 
-        def attempt(timeout: float) -> tuple[dict[str, np.ndarray], int, int, float | None]:
+        def attempt(timeout: float
+                    ) -> tuple[dict[str, np.ndarray], int, int, float | None, float | None]:
             try:
                 response, call = self._stub.ModelInfer.with_call(
                     request, timeout=timeout, metadata=self._metadata())
@@ -160,7 +162,8 @@ class GrpcOffloadClient(OffloadClient):
                                       status=200) from exc
             trailing = {k: v for k, v in (call.trailing_metadata() or ())
                         if isinstance(v, str)}
-            return result, up, response.ByteSize(), _server_timing(trailing)
+            return (result, up, response.ByteSize(), _server_timing(trailing),
+                    _server_compute(trailing))
 
         return self._with_retries(model, attempt, deadline, idempotent)
 

@@ -137,6 +137,7 @@ class _Probing:
 
         def run() -> None:
             started = time.monotonic()
+            saved_s = 0.0
             try:
                 assert self.client is not None
                 self.link.observe_rtt(self.client.ping())
@@ -145,10 +146,14 @@ class _Probing:
                                       deadline=t0 + self.policy.config.offload.timeout_ms / 1000)
                 server_s = r.server_s if r.server_s is not None else cand.tail_ms * batch / 1000
                 self.link.observe_transfer(r.up_bytes, r.down_bytes, r.seconds, server_s=server_s)
+                # (the radio waits out the cloud's compute at the cloud's speed)
+                saved_s = (r.server_s or 0.0) * (1.0 - self.cloud_compute_scale)
             except EdgecutError:
                 pass
             finally:
-                self.probe_radio_s += time.monotonic() - started
+                spent = max(time.monotonic() - started - saved_s, 0.0)
+                self.probe_radio_s += spent
+                self.spend_probe_energy(spent)
 
         return run
 

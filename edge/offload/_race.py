@@ -19,11 +19,6 @@ from edge.offload._outcome import Outcome
 from edge.policy._decide import Decision
 from partition import OFFLOAD, CutCandidate
 
-# A raced request's cloud leg is given up this many times the device's expected time
-# after it started, if neither it nor the device has answered by then.
-_RACE_CLOUD_SPAN = 1.25
-
-
 
 class _Racing:
     """A raced request's two legs and which answered first."""
@@ -48,7 +43,7 @@ class _Racing:
         """Run the cloud leg and the device's own run of the rest of the request at the
         same time; the first answer is the request's. Once the device has answered, the
         cloud leg's upload is given up at its next held-back write, and the leg is cut
-        off at ``_RACE_CLOUD_SPAN`` x the device's expected time in any case (what it
+        off at ``[offload] race_cloud_span`` x the device's expected time in any case (what it
         showed of the link is kept); the device's run is left to finish when the cloud
         answers first (its time still counts as a measurement). On an emulated board the
         device answers when its scaled time is up.
@@ -60,6 +55,10 @@ class _Racing:
         state: dict[str, Any] = {}
         cloud_won = threading.Event()
         t0 = time.perf_counter()
+        # Where the cloud's compute is charged at a faster cloud's speed than the server
+        # took (a replay's GPU-class cloud), the device is given the time that cloud
+        # would have saved, so that the first answer is the one that would have come first.
+        saving_s = self.server_compute_s.get(cand.cut_id, 0.0) * (1.0 - self.cloud_compute_scale)
 
         def run_device() -> None:
             try:
@@ -69,7 +68,7 @@ class _Racing:
                 with done:
                     state["device_ms"] = ms
                 # A board slower than this host answers when its own time is up.
-                cloud_won.wait(max(ms / 1000.0 - (time.perf_counter() - t0), 0.0))
+                cloud_won.wait(max(ms / 1000.0 + saving_s - (time.perf_counter() - t0), 0.0))
                 with done:
                     state.setdefault("winner", "device")  # unless the cloud was first
                     state["device"] = outputs
@@ -88,7 +87,8 @@ class _Racing:
         # bound on the link ("at most this fast"); left to run on, a small upload that the
         # path's buffers swallowed whole would wait out a slow link behind the next
         # requests, and the estimate would hear nothing of it meanwhile.
-        budget_ms = max(_RACE_CLOUD_SPAN * device_ms_expected, 50.0)
+        span = self.policy.config.offload.race_cloud_span
+        budget_ms = max(span * device_ms_expected, 50.0) + saving_s * 1000.0
 
         def run_cloud() -> None:
             t_cloud = time.perf_counter()
@@ -125,7 +125,7 @@ class _Racing:
             cloud_error = state.get("cloud_error")
         if winner == "cloud":
             result = state["cloud"]
-            cloud_ms = result.seconds * 1000.0
+            cloud_ms = self._cloud_seconds(result) * 1000.0
             outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
             # The device computed until the answer came; the radio carried the transfers.
             est = self.link.estimate()

@@ -68,6 +68,7 @@ class StreamResult:
     cloud_ms: float = 0.0
     server_ms: float | None = None
     error: str = ""
+    compute_ms: float | None = None
 
 
 @dataclass
@@ -343,8 +344,10 @@ class StreamPipeline:
                     except Exception:  # noqa: BLE001 - an observer must not cost the frame
                         pass
                 server = result.server_s * 1000.0 if result.server_s is not None else None
+                compute = getattr(result, "server_compute_s", None)
                 res = StreamResult(seq, "ok", cand.cut_id, self._outputs(result.outputs),
-                                   (time.perf_counter() - t_in) * 1000.0, dev_ms, cloud_ms, server)
+                                   (time.perf_counter() - t_in) * 1000.0, dev_ms, cloud_ms, server,
+                                   compute_ms=compute * 1000.0 if compute is not None else None)
             except OffloadError as exc:
                 cloud_ms = (time.perf_counter() - t0) * 1000.0
                 res = self._fall_back(seq, feeds, crossing, t_in, cand, dev_ms, cloud_ms, exc)

@@ -212,6 +212,33 @@ class OffloadSettings:
         0.05, "a remote plan is raced when its chance to answer first is at least this and, if "
         "it is the chosen plan, at most 1 minus this (surer bets go without the local run)",
         note="raced when its chance to answer first is in [this, 1 - this]", min=0.0, max=0.5)
+    # Latency objective: racing and probing may add at most this fraction to the energy
+    # of the plans the device runs, over time (an allowance that each request earns as
+    # this share of its plan's predicted energy, and that a race's extra energy and a
+    # probe's radio time spend; it saves up at most one local run's worth). An
+    # operator's price for latency, not a fitted figure: 0 races never, a large value
+    # races whenever the chance says so (the behaviour before issue 25).
+    race_energy_budget: float = setting(
+        0.2, "latency objective: racing and probing may add at most this fraction to the "
+        "energy of the plans run, over time: each request earns this share of its plan's "
+        "predicted energy, a race spends what it is predicted to add (a local run beside a "
+        "remote plan, or the radio beside a local one) and a probe its radio time; a race is "
+        "run only when the allowance covers it, and the allowance saves up at most one local "
+        "run. 0 = never race. Never spent on battery below `battery_reserve_pct` (the "
+        "objective is `energy` then, which does not race)",
+        note="latency objective: racing and probing add at most this share to the energy of "
+        "the plans run (0 = never race)", unit="fraction", min=0.0)
+    # A raced request's cloud leg is given up this many times the device's expected time
+    # after it started, if neither has answered (set on the bandwidth-drop scenario: a
+    # small upload the path swallowed would otherwise wait out a collapsed link).
+    race_cloud_span: float = setting(
+        1.25, "a raced request's cloud leg is given up this many times the device's expected "
+        "time after it started, if neither has answered (what it showed of the link is kept "
+        "as a bound); the policy prices a race beside a local run at the radio's time until "
+        "then. Set on the bandwidth-drop scenario: left to run on, a small upload the path's "
+        "buffers swallowed waited out a collapsed link behind the next requests",
+        note="a raced cloud leg is cut off at this x the device's time", unit="x",
+        min=1.0, max=10.0)
     max_retries: int = setting(
         1, "retries of a failed cloud call, only while the deadline leaves room",
         note="retries of a failed cloud call, only within the deadline", min=0, max=10)

@@ -311,6 +311,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # first answer is taken), so that the bet costs no latency when it loses. Of the
     # remote plans, the one likeliest to answer first; the price is the device's energy.
     race = False
+    race_extra_mj = race_predicted_mj = 0.0
     if (objective == "latency" and cfg.offload.race and not explored and local is not None
             and ctx.cloud.healthy):
         odds = {p.cut_id: _slo_chance(ctx.link, _bandwidth_within(p, risk_bw, local.latency_ms))
@@ -321,8 +322,25 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                 key=lambda p: (-odds[p.cut_id], p.latency_ms))
             win = odds[pick.cut_id]
             lo = cfg.offload.race_min_chance
-            if (win <= 1.0 - lo) if chosen.kind != LOCAL else (win >= lo):
+            # The race's price over what the plan chosen alone would cost: beside a local
+            # run, the radio until the transfers end or the leg is cut off (at
+            # race_cloud_span x the local run); beside a remote plan, the device's run.
+            if chosen.kind == LOCAL:
+                radio_ms = min(pick.up_ms + pick.down_ms,
+                               cfg.offload.race_cloud_span * local.latency_ms)
+                race_mj = local.energy_mj + ctx.energy.plan_mj(0.0, radio_ms)
+            else:
+                race_mj = ctx.energy.plan_mj(local.latency_ms, pick.up_ms, pick.down_ms)
+            extra_mj = max(race_mj - chosen.energy_mj, 0.0)
+            close = (win <= 1.0 - lo) if chosen.kind != LOCAL else (win >= lo)
+            if close and extra_mj > ctx.race_allowance_mj:
+                reason += (f"; not racing {_plan_name(pick)}: it would add {extra_mj:.0f} mJ, "
+                           f"over the {max(ctx.race_allowance_mj, 0.0):.0f} mJ left of "
+                           f"race_energy_budget")
+            elif close:
                 race = True
+                race_extra_mj = extra_mj
+                race_predicted_mj = race_mj
                 chosen = pick
                 reason = (f"racing {_plan_name(pick)} against a local run: it answers first "
                           f"with chance {win:.0%} ({pick.latency_ms:.0f} ms predicted, local "
@@ -353,11 +371,12 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         # At most the local run's time; the device computes throughout and the radio
         # carries the transfers.
         predicted_ms = min(chosen.latency_ms, local.latency_ms)
-        predicted_mj = ctx.energy.plan_mj(local.latency_ms, chosen.up_ms, chosen.down_ms)
+        predicted_mj = race_predicted_mj
     return Decision(
         kind=chosen.kind, cut_id=chosen.cut_id, predicted_ms=predicted_ms,
         predicted_mj=predicted_mj, reason=reason, explored=explored, probe=probe,
-        objective=objective, deadline_ms=cfg.slo_ms, race=race, predictions=tuple(preds),
+        objective=objective, deadline_ms=cfg.slo_ms, race=race, race_extra_mj=race_extra_mj,
+        predictions=tuple(preds),
     )
 
 

@@ -85,6 +85,9 @@ class PolicyContext:
     #: the factors relative to the plan's reference size (``partition.cost_at``). A cut
     #: listed here is costed by these instead of the input-bytes ratio.
     sized: Mapping[str, tuple[float, float, int, int]] = field(default_factory=dict)
+    #: Energy the latency objective may still spend on racing (mJ; see ``[offload]
+    #: race_energy_budget``): the executor's running allowance. Unbounded when unknown.
+    race_allowance_mj: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class Decision:
     deadline_ms: float = 0.0
     #: Run the request on the device at the same time and take the first answer.
     race: bool = False
+    #: What the race adds to the energy of the plan that would run without it (mJ).
+    race_extra_mj: float = 0.0
     predictions: tuple[Prediction, ...] = field(default=(), compare=False)
 
     @property

@@ -124,6 +124,19 @@ def test_unsupported_features_are_refused_at_load_naming_file_line_field(text, l
     assert "not supported" in message
 
 
+def test_a_scalar_reshape_as_the_partitioner_writes_it_loads():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])
+    model = helper.make_model(helper.make_graph([helper.make_node("Neg", ["x"], ["y"])],
+                                                "scalar", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    text = triton_config("scalar", model, TritonOptions())
+    assert "reshape: { shape: [ ] }" in text
+    assert config_from_text(text, "scalar/config.pbtxt").max_batch_size == 32
+
+
 def test_speed_hints_are_accepted():
     config = config_from_text(
         'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } }\n'

@@ -136,14 +136,21 @@ def test_infer_typed_contents_and_output_selection(stack):
     assert [o.name for o in response.outputs] == ["z"]
     z = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(2, 4)
     np.testing.assert_allclose(z, -x)
-    # INT8 values beyond its range in the 32-bit contents field are refused by name
+    # INT8 values beyond its range in the 32-bit contents field are refused by name (to a
+    # model with an INT8 input: to affine the datatype itself is refused before decoding)
+    bad = service_pb2.ModelInferRequest(model_name="typed")
+    bad.inputs.add(name="i8", datatype="INT8", shape=[2, 3]).contents.int_contents.extend(
+        [1, 2, 3, 4, 5, 300])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(bad, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tensor 'i8': values 1..300 do not fit datatype INT8" in err.value.details()
     bad = service_pb2.ModelInferRequest(model_name="affine")
     bad.inputs.add(name="x", datatype="INT8", shape=[1, 4]).contents.int_contents.extend(
         [1, 2, 3, 300])
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(bad, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "tensor 'x': values 1..300 do not fit datatype INT8" in err.value.details()
+    assert "input 'x': expected datatype FP32, got INT8" in err.value.details()
     channel.close()
 
 
@@ -367,3 +374,38 @@ def test_unavailable_errors_map_to_unavailable():
     assert grpc_code(Unavailable("draining")) == grpc.StatusCode.UNAVAILABLE
     assert grpc_code(ModelNotReady("no version")) == grpc.StatusCode.UNAVAILABLE
     assert grpc_code(KeyError("bug")) == grpc.StatusCode.INTERNAL
+
+
+class DrainingRuntime(ModelRuntime):
+    """Says it cannot serve for now (the core's Unavailable), or fails (a bug)."""
+
+    inputs = (TensorMeta("x", "FP32", (-1, 4)),)
+    outputs = (TensorMeta("y", "FP32", (-1, 4)),)
+    max_batch_size = 0
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def predict(self, inputs):
+        raise self.error
+
+
+def test_error_codes_unavailable_and_internal_live(stacks):
+    service = InferenceService(None)
+    service.add_runtime("draining", DrainingRuntime(Unavailable("model 'draining' is draining")))
+    service.add_runtime("broken", DrainingRuntime(RuntimeError("segfault averted")))
+    healthy = GatedRuntime()
+    service.add_runtime("healthy", healthy)
+    stack = stacks(service)
+    client = stack.client()
+    x = tg.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(x_batch(1))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("draining", [x])
+    assert _code(err) == "StatusCode.UNAVAILABLE" and "draining" in err.value.message()
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("broken", [x])
+    assert _code(err) == "StatusCode.INTERNAL" and "segfault averted" in err.value.message()
+    healthy.release.set()  # the server keeps serving the others
+    assert client.infer("healthy", [x]).as_numpy("y").shape == (1, 4)
+    client.close()

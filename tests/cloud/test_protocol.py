@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -188,12 +189,14 @@ def test_repeated_headers_reuse_their_checks_but_read_each_body():
 
 
 def test_repeated_shared_memory_headers_check_the_region_each_time(tmp_path):
-    from cloud._shm import SharedMemoryRegistry
+    from cloud._shm import Caller, SharedMemoryRegistry
 
-    registry = SharedMemoryRegistry(root=str(tmp_path))
+    shm = SharedMemoryRegistry(root=str(tmp_path))
+    caller = Caller("uid:test", uid=os.geteuid())
+    registry = shm.for_caller(caller)
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     (tmp_path / "r1").write_bytes(a.tobytes())
-    registry.register("r1", {"key": "/r1", "offset": 0, "byte_size": a.nbytes})
+    shm.register("r1", {"key": "/r1", "offset": 0, "byte_size": a.nbytes}, caller)
     message = json.dumps({"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32",
                                       "parameters": {"shared_memory_region": "r1",
                                                      "shared_memory_byte_size": a.nbytes}}]})
@@ -203,6 +206,6 @@ def test_repeated_shared_memory_headers_check_the_region_each_time(tmp_path):
         np.testing.assert_array_equal(got.inputs["x"], a + i)
     with pytest.raises(ProtocolError, match="shared memory extension off"):
         decode_infer_request(message.encode(), {})
-    registry.unregister("r1")
+    shm.unregister("r1", caller)
     with pytest.raises(ProtocolError, match="r1"):
         decode_infer_request(message.encode(), {}, shared_memory=registry)

@@ -81,13 +81,14 @@ def test_triton_flags_and_env_vars_serve_http_and_grpc(repo):
         assert line in scrape and "edgecut_inference_requests_total" in scrape
     finally:
         err = _stop(proc)
+    assert proc.returncode == 0, err  # SIGTERM: a clean stop, gRPC stopped after HTTP
     levels = {json.loads(line)["level"] for line in err.splitlines() if line.startswith("{")}
     assert "debug" in levels  # --log-verbose 1
 
 
 def test_exit_on_error_is_status_1_naming_the_model(repo):
     proc = _start(["--model-repository", str(_broken(repo)), "--http-port", str(free_port()),
-                   "--no-auth", "--intra-op-threads", "1"])
+                   "--no-auth", "--intra-op-threads", "1", "--exit-on-error=true"])
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "1 model(s) failed to load (broken:" in err and "--exit-on-error=false" in err
@@ -142,3 +143,30 @@ def test_busy_port_is_status_1(repo):
     assert proc.returncode == 1, err
     assert f"cannot serve: cannot bind the gRPC port 127.0.0.1:{port}" in err
     assert "Traceback" not in err
+
+
+def test_grpc_only_server_stops_cleanly(repo):
+    grpc_port = free_port()
+    proc = _start(["--model-repository", str(repo), "--no-auth", "--intra-op-threads", "1",
+                   "--allow-http=false", "--grpc-port", str(grpc_port)])
+    try:
+        client = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+        x = tg.InferInput("x", [1, 4], "FP32")
+        data = x_batch(1)
+        x.set_data_from_numpy(data)
+        np.testing.assert_allclose(client.infer("affine", [x]).as_numpy("y"), 2 * data + 2.0)
+        client.close()
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err  # SIGTERM: a clean stop

@@ -104,23 +104,29 @@ def test_hot_load_and_rollback_under_load_lose_no_request(repo, serve):
                 except Exception as exc:  # noqa: BLE001 - every failure is a lost request
                     results.append(repr(exc))
 
+    def wait_until(condition, what: str) -> None:
+        # Requests are counted, not seconds: a busy host only makes this take longer.
+        deadline = time.monotonic() + 60
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert condition(), what
+
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)
+        wait_until(lambda: len(results) >= 20, "traffic on version 2")
         with httpx.Client(timeout=60) as admin:
             write_version(repo, "affine", 3, affine_model(3.0))
             assert admin.post(server.url + "/v2/repository/models/affine/load").status_code == 200
             mark = len(results)
-            time.sleep(0.3)
-            assert 3.0 in results[mark:]
+            wait_until(lambda: 3.0 in results[mark:], "traffic on version 3")
             # rollback: unload the newest version, traffic returns to version 2
             r = admin.post(server.url + "/v2/repository/models/affine/unload",
                            json={"parameters": {"version": "3"}})
             assert r.status_code == 200, r.text
             mark = len(results)
-            time.sleep(0.3)
+            wait_until(lambda: len(results) >= mark + 30, "traffic after the rollback")
     finally:
         stop.set()
         for t in threads:

@@ -247,6 +247,9 @@ def write_agent_config(directory: Path, *, models: dict[str, Path], mqtt_port: i
         "[updates]",
         updates or "probation_s = 1.0\nhealth_interval_s = 0.2\nmin_probation_requests = 10",
     ]
+    if "source_dir" not in (updates or ""):
+        # Deployments in these tests name files in the test's folder.
+        lines.append(f'source_dir = "{directory}"')
     text = "\n".join(lines) + "\n" + extra + "\n"
     for name, path in models.items():
         text += f'[[models]]\nname = "{name}"\npath = "{path}"\nversion = "1"\nwarmup_runs = 1\n'

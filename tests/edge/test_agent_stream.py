@@ -101,3 +101,53 @@ def test_a_model_without_a_plan_streams_frame_by_frame(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="overload"):
             list(client.stream("tiny", xs, overload="newest"))
     agent.close()
+
+
+def test_grpc_model_stream_infer_runs_the_pipeline(tmp_path: Path, squeezenet_plan: Path) -> None:
+    """Triton's ModelStreamInfer (tritonclient.grpc, unmodified) to ``<model>.stream`` on
+    the agent: frames go through the stream pipeline and come back in order."""
+    import queue
+
+    import tritonclient.grpc as tg
+
+    service = InferenceService(squeezenet_plan / "repository", intra_op_threads=1)
+    service.load_all()
+    port = free_port()
+    cloud = ServerThread(create_app(service), port=port).start()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('objective = "latency"\nslo_ms = 5000.0\n'
+                      "[link]\nprior_bandwidth_mbps = 1000.0\nprior_rtt_ms = 1.0\n")
+    model_path = Path(json.loads((squeezenet_plan / "plan.json").read_text())["model_path"])
+    cfg = write_agent_config(
+        tmp_path, workers=1, models={"squeezenet": model_path}, profile="generic-arm",
+        plans={"squeezenet": squeezenet_plan / "plan.json"}, api_port=free_port(),
+        extra=f'[cloud]\nurl = "http://127.0.0.1:{port}"\n[policy]\nfile = "{policy}"\n')
+    cfg.write_text(cfg.read_text().replace("[api]\n", f"[api]\ngrpc_port = {free_port()}\n"))
+    agent = Agent(cfg)
+    rng = np.random.default_rng(1)
+    frames = [rng.standard_normal((1, 3, 224, 224), dtype=np.float32) for _ in range(6)]
+    expected = [agent.slots["squeezenet"].current.session.run({"data_0": f}) for f in frames]
+    answers: queue.Queue = queue.Queue()
+    try:
+        with AgentServer(agent) as server:
+            client = tg.InferenceServerClient(server.grpc_target)
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            try:
+                for i, f in enumerate(frames):
+                    item = tg.InferInput("data_0", list(f.shape), "FP32")
+                    item.set_data_from_numpy(f)
+                    client.async_stream_infer("squeezenet.stream", [item], request_id=str(i))
+                got = [answers.get(timeout=120) for _ in frames]
+            finally:
+                client.stop_stream()
+                client.close()
+        assert [e for _r, e in got if e is not None] == []
+        assert [r.get_response().id for r, _e in got] == [str(i) for i in range(6)]
+        for (result, _e), want in zip(got, expected, strict=True):
+            name = next(iter(want))
+            np.testing.assert_allclose(result.as_numpy(name), want[name], rtol=1e-3, atol=1e-5)
+        assert agent.telemetry()["streams"]["squeezenet"]["submitted"] == 6
+    finally:
+        cloud.stop()
+        agent.close()
+        service.close()

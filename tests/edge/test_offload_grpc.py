@@ -59,6 +59,7 @@ def test_infer_measures_bytes_and_server_time(server: CloudServer, keys) -> None
         assert r.attempts == 1 and r.up_bytes >= X.nbytes and r.down_bytes >= X.nbytes
         # the server's queue + compute time, from its server-timing trailing metadata
         assert r.server_s is not None and 0 < r.server_s < r.seconds
+        assert r.server_compute_s is not None and 0 < r.server_compute_s <= r.server_s
         wide = np.ones((1, 100_000), np.float32)
         big = client.infer("double_wide", {"x": wide}, outputs=["y"])
         assert big.up_bytes > 400_000 and big.down_bytes > 400_000

@@ -460,3 +460,32 @@ def test_lookahead_probe_table(case: Ahead) -> None:
     assert lookahead_probe(ctx, cfg) is case.expect
     # It never explores on the request's behalf: the same answer whatever the draw.
     assert lookahead_probe(dataclasses.replace(ctx, explore_draw=0.0), cfg) is case.expect
+
+
+def test_racing_spends_the_energy_allowance() -> None:
+    """A race is run only while the allowance (``[offload] race_energy_budget``) covers
+    what it adds: here the radio beside a local run (split@a may answer first)."""
+    ctx, cfg = build(Case("", 30, "", spread=1.0, cfg=RACE))
+    free = decide(ctx, cfg)
+    assert free.race and free.plan == "split@a"
+    local = next(p for p in free.predictions if p.cut_id == "local")
+    # what the race adds: split@a's transfers on the radio beside the local run
+    assert free.race_extra_mj == pytest.approx(free.predicted_mj - local.energy_mj)
+    assert 0 < free.race_extra_mj < local.energy_mj
+    just = decide(dataclasses.replace(ctx, race_allowance_mj=free.race_extra_mj), cfg)
+    assert just.race
+    short = decide(dataclasses.replace(ctx, race_allowance_mj=free.race_extra_mj * 0.99), cfg)
+    assert not short.race and short.plan == "local"
+    assert "not racing split@a" in short.reason and "race_energy_budget" in short.reason
+    assert short.race_extra_mj == 0.0
+
+
+def test_no_race_on_battery_below_the_reserve() -> None:
+    ctx, cfg = build(Case("", 30, "", spread=1.0, cfg={**RACE, "slo_ms": 150.0},
+                          rules={"battery_reserve_pct": 20.0},
+                          device=DeviceState(battery_pct=10.0, on_battery=True)))
+    d = decide(ctx, cfg)
+    assert not d.race and "below reserve" in d.reason
+    on_mains = decide(dataclasses.replace(
+        ctx, device=DeviceState(battery_pct=10.0, on_battery=False)), cfg)
+    assert on_mains.race

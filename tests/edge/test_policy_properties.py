@@ -92,6 +92,7 @@ def contexts(draw: st.DrawFn) -> PolicyContext:
         cloud=cloud, input_bytes=draw(st.integers(0, 10_000_000)),
         reference_input_bytes=draw(st.integers(0, 10_000_000)),
         explore_draw=draw(_pos(0.0, 1.0)), probe_allowance=draw(st.integers(0, 4 << 20)),
+        race_allowance_mj=draw(st.one_of(st.just(math.inf), _pos(-100.0, 1e4))),
     )
 
 
@@ -143,6 +144,7 @@ def test_decide_never_raises_returns_an_allowed_plan_and_is_deterministic(
     if d.race:
         assert d.kind != "local"
         assert ctx.cloud.healthy
+        assert 0.0 <= d.race_extra_mj <= ctx.race_allowance_mj
     assert not math.isnan(d.predicted_ms) and d.predicted_ms >= 0
     assert not math.isnan(d.predicted_mj) and d.predicted_mj >= 0
     assert isinstance(d.reason, str) and d.reason

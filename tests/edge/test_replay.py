@@ -90,7 +90,7 @@ def _outcome(cut: str, kind: str, *, head_ms: float = 0.0, local_tail_ms: float 
 
 
 def test_host_slowdown_is_read_from_what_the_request_computed() -> None:
-    from edge.lab._replay import Components, _host_slowdown
+    from edge.lab._costing import Components, _host_slowdown
 
     comps = {
         "local": Components("local", "local", 50.0, 100.0, 0.0, 0, 0),
@@ -121,8 +121,8 @@ def test_host_slowdown_is_read_from_what_the_request_computed() -> None:
 
 
 def test_a_slow_spell_slows_the_modelled_cloud_compute_too() -> None:
+    from edge.lab._costing import Components, _parts
     from edge.lab._emulator import Trace
-    from edge.lab._replay import Components, _parts
 
     trace = Trace.from_steps([(0.0, 8e6)], 100.0)  # 1 MB/s
     comp = Components("offload", "offload", 0.0, 0.0, 60.0, 100_000, 1_000)

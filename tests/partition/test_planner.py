@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import onnx
 import pytest
@@ -112,19 +111,6 @@ def test_min_cut_agrees_with_complete_enumeration(zoo_model, name: str) -> None:
                 splits_won += best.candidate.kind == SPLIT
     if name != "resnet50":  # ResNet's activations outweigh its input until the very end
         assert splits_won > 0  # the random costs exercise real splits, not only extremes
-
-
-def test_densenet_min_cut_is_fast(zoo_model) -> None:
-    g = LayerGraph.from_model(onnx.load(zoo_model("densenet121")))
-    cloud = {n: g.nodes[n].flops / 1e9 + 0.01 for n in g.order}
-    dev = {n: v * 3 for n, v in cloud.items()}
-    times = []
-    for bw in (1e6, 5e6, 20e6, 100e6, 1e9):
-        t0 = time.perf_counter()
-        min_cut(g, dev, cloud, bw, 0.02, NANO)
-        times.append(time.perf_counter() - t0)
-    # 50 ms is the target on an idle core; allow for a shared, loaded test host.
-    assert sorted(times)[len(times) // 2] < 0.25
 
 
 def test_fp16_wire_halves_float_transfers_and_moves_the_optimum() -> None:

@@ -167,6 +167,10 @@ def start_device(tmp_path: Path, port: int, make_observer: Any, *, protocol: str
     (decoy / "inner" / "model.onnx").write_bytes(b"not a model")
     sources = root / "sources"
     sources.mkdir(exist_ok=True)
+    # The files the tests deploy, made before any snapshot (model_file writes the same
+    # bytes again).
+    tiny_model(sources / "v2.onnx", factor=3.0)
+    tiny_model(sources / "v3.onnx", factor=5.0)
     key = make_key(root / "fleet.pub")
     lines = [updates or "probation_s = 0.3\nhealth_interval_s = 0.1\nmin_probation_requests = 10",
              f'source_dir = "{sources}"']

@@ -83,13 +83,13 @@ def test_an_oversized_payload_is_never_queued(device_factory) -> None:
 
 def test_a_flood_is_bounded_by_queued_bytes_and_answered_busy(device_factory) -> None:
     dev = device_factory(signed=False, mqtt_extra="max_queued_bytes = 200000",
-                         updates="probation_s = 3.0\nhealth_interval_s = 0.1\n"
+                         updates="probation_s = 6.0\nhealth_interval_s = 0.1\n"
                                  "min_probation_requests = 10")
     v2 = model_file(dev, "v2.onnx")
     import hashlib
 
     digest = hashlib.sha256(v2.read_bytes()).hexdigest()
-    # The deploy worker is busy with a probation of 3 s ...
+    # The deploy worker is busy with a probation of 6 s ...
     dev.obs.publish("t/dev1/models/deploy", {"id": "hold", "model": "tiny", "version": "2",
                                              "sha256": digest, "path": str(v2)})
     dev.obs.wait_json("t/dev1/models/ack", lambda m: m.get("id") == "hold"
@@ -98,11 +98,13 @@ def test_a_flood_is_bounded_by_queued_bytes_and_answered_busy(device_factory) ->
     for i in range(12):
         dev.obs.publish("t/dev1/models/deploy",
                         json.dumps({"id": f"flood-{i}", "pad": "x" * 60_000}).encode())
-    busy = dev.obs.wait_for(
-        lambda: [m for m in dev.obs.json_on("t/dev1/models/ack")
-                 if str(m.get("id", "")).startswith("flood-") and "busy" in m.get("error", "")],
-        30, "busy acks")
-    assert len(busy) >= 8 and "max_queued_bytes" in busy[0]["error"]
+    def busy() -> list[dict]:
+        return [m for m in dev.obs.json_on("t/dev1/models/ack")
+                if str(m.get("id", "")).startswith("flood-") and "busy" in m.get("error", "")]
+
+    # Three fit in 200 KB (60 KB each); the other nine are answered at once.
+    dev.obs.wait_for(lambda: len(busy()) >= 9, 30, "nine busy acks")
+    assert len(busy()) == 9 and "max_queued_bytes" in busy()[0]["error"]
     dev.obs.wait_json("t/dev1/models/ack", lambda m: m.get("id") == "hold"
                       and m.get("step") == "committed", 30)
     dev.alive()
