@@ -574,7 +574,10 @@ def soak(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator
     host = "127.0.0.1"
     try:
         gen.run(host, port, str(payload), 4, 2.0, 0.5)  # warm-up
+        cpu0 = _cpu_s(server.proc.pid)
         before = gen.run(host, port, str(payload), 4, args.soak_baseline, args.warmup)
+        cpu_alone = (_cpu_s(server.proc.pid) - cpu0) / max(1, before["throughput"]
+                                                           * args.soak_baseline)
         peak = [_rss_mb(server.proc.pid)]
         stop = threading.Event()
 
@@ -590,9 +593,15 @@ def soak(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator
         sampler.start()
         attackers = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "_soak.py"), str(port),
-             str(args.soak_duration + 2.0), model], stdout=subprocess.PIPE, text=True)
+             str(args.soak_duration + 2.0), model], stdout=subprocess.PIPE, text=True,
+            preexec_fn=(lambda: os.nice(args.soak_attacker_nice)) if args.soak_attacker_nice
+            else None)
         time.sleep(2.0)  # the slow connections are open before the measurement starts
+        cpu0 = _cpu_s(server.proc.pid)
         under = gen.run(host, port, str(payload), 4, args.soak_duration - 2.0, 0.0)
+        cpu_under = (_cpu_s(server.proc.pid) - cpu0) / max(
+            1, under["throughput"] * (args.soak_duration - 2.0))
+        attacker_cpu = _cpu_s(attackers.pid)
         attack_out, _ = attackers.communicate(timeout=120)
         stop.set()
         sampler.join()
@@ -622,6 +631,13 @@ def soak(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator
         "soak_slow_connect_errors": attack["slow_errors"],
         "soak_malformed_answers": attack["malformed_answers"],
         "soak_server_alive_after": alive,
+        # CPU: the server's seconds per good request (all its work, the attack's included)
+        # alone and under attack, and what the attack generator itself used on this host
+        "soak_server_cpu_ms_per_good_request_alone": round(cpu_alone * 1e3, 3),
+        "soak_server_cpu_ms_per_good_request_under_attack": round(cpu_under * 1e3, 3),
+        "soak_attacker_cpu_s": round(attacker_cpu, 2),
+        "soak_attacker_nice": args.soak_attacker_nice,
+        "host_loadavg_1m_after": float(open("/proc/loadavg").read().split()[0]),
     }
 
 
@@ -649,6 +665,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of the hostile-client soak (0: skip it)")
     parser.add_argument("--soak-baseline", type=float, default=15.0,
                         help="seconds the good client runs alone before and after the soak")
+    parser.add_argument("--soak-attacker-nice", type=int, default=0,
+                        help="niceness of the attack generator (it shares this host's cores "
+                             "with the server; on a network it would use its own)")
     parser.add_argument("--skip-models", action="store_true",
                         help="run only the soak (no per-model rounds)")
     parser.add_argument("--_loadgen", action="store_true", help=argparse.SUPPRESS)

@@ -215,6 +215,7 @@ def _stages(warm: list, cand, bandwidth_bps: float) -> tuple[float, float, float
 
 def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                   stream_seconds: float = 12.0) -> dict:
+    import statistics
     import tempfile
 
     import numpy as np
@@ -275,6 +276,14 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
     ok = [r for r in res if r.status in ("ok", "fallback")]
     bound = 1000.0 / max(dev, up, cloud, down)
     lat = sorted(r.latency_ms for r in ok)
+    # where a frame's time went (medians): device stage, waiting for the uplink and the
+    # queue, the cloud leg's wall time (upload, round trip, server, download)
+    parts = {
+        "device_ms": statistics.median(r.device_ms for r in ok) if ok else None,
+        "cloud_leg_ms": statistics.median(r.cloud_ms for r in ok) if ok else None,
+        "server_ms": statistics.median(r.server_ms or 0.0 for r in ok) if ok else None,
+        "waiting_ms": statistics.median(r.latency_ms - r.device_ms - r.cloud_ms for r in ok) if ok else None,
+    }
     p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else 0.0
     return {
         "stream_plan": c.cut_id, "latency_plan": lat_pick.candidate.cut_id,
@@ -286,7 +295,7 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
         "sequential_fps": round(seq_fps, 3),
         "fraction_of_bound": round(fps / bound, 3) if bound else None,
         "vs_sequential": round(fps / seq_fps, 3) if seq_fps else None,
-        "p95_ms": round(p95, 1), "within_slo": bool(p95 <= slo),
+        "p95_ms": round(p95, 1), "median_parts_ms": {k: round(v, 1) for k, v in parts.items() if v is not None}, "within_slo": bool(p95 <= slo),
         "frames": len(cam_frames), "window": sp.window, "camera_fps": round(camera, 3), "dropped": sp.stats.dropped, "lost": sp.stats.lost,
         "fallbacks": sp.stats.fallbacks, "errors": sp.stats.errors,
         "sequential_lost": 0 if len(seq_res) == seq_n else seq_n - len(seq_res),

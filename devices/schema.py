@@ -29,6 +29,7 @@ from devices.errors import ConfigError
 
 _SETTING = "edgecut.setting"
 _SECTION = "edgecut.section"
+_FLAGS = "edgecut.flags"
 _NO_EXAMPLE = object()
 
 
@@ -50,13 +51,14 @@ class Setting:
     path: bool = False
     required: bool = False
     item: Any = None
+    flags: tuple[str, ...] = ()
 
 
 def setting(default: Any, doc: str, *, note: str = "", key: str = "", unit: str = "",
             scale: float = 1.0, kind: Any = None, min: float | None = None,
             max: float | None = None, choices: tuple[Any, ...] | None = None,
             example: Any = _NO_EXAMPLE, type_doc: str = "", path: bool = False,
-            required: bool = False, item: Any = None) -> Any:
+            required: bool = False, item: Any = None, flags: tuple[str, ...] = ()) -> Any:
     """A key of a config table, stored in the dataclass field it is assigned to.
 
     ``default`` is in the stored unit; the file holds ``stored / scale`` under ``key``
@@ -64,17 +66,34 @@ def setting(default: Any, doc: str, *, note: str = "", key: str = "", unit: str 
     the docs table's meaning, ``note`` the example file's comment (``doc`` when empty),
     ``example`` a value the example file shows instead of the default. ``path``: a file
     path, resolved against the config file's folder; ``required``: the file must give it;
-    ``item``: a list (stored as a tuple) of this type.
+    ``item``: a list (stored as a tuple) of this type. ``flags`` mark it for the file's own
+    rules (e.g. ``restart``: takes effect on restart); see :func:`flagged`.
     """
     meta = Setting(doc=doc, note=note, key=key, unit=unit, scale=scale, kind=kind, min=min,
                    max=max, choices=choices, example=example, type_doc=type_doc, path=path,
-                   required=required, item=item)
+                   required=required, item=item, flags=flags)
     return dataclasses.field(default=default, metadata={_SETTING: meta})
 
 
-def section(cls: type, doc: str = "") -> Any:
-    """A sub-table ``[name]`` read into the dataclass ``cls``."""
-    return dataclasses.field(default_factory=cls, metadata={_SECTION: doc})
+def section(cls: type, doc: str = "", flags: tuple[str, ...] = ()) -> Any:
+    """A sub-table ``[name]`` read into the dataclass ``cls``; ``flags`` mark the whole
+    table (see :func:`flagged`)."""
+    return dataclasses.field(default_factory=cls, metadata={_SECTION: doc, _FLAGS: flags})
+
+
+def flagged(cls: type, flag: str, prefix: tuple[str, ...] = ()) -> tuple[tuple[str, ...], ...]:
+    """The key paths (``("mqtt", "host")``; a flagged table as its own path) marked
+    ``flag``, in declaration order."""
+    out: list[tuple[str, ...]] = []
+    for key, _f, s in keys_of(cls):
+        if flag in s.flags:
+            out.append(prefix + (key,))
+    for name, f in sections_of(cls):
+        if flag in f.metadata.get(_FLAGS, ()):
+            out.append(prefix + (name,))
+        else:
+            out += flagged(f.default_factory, flag, prefix + (name,))  # type: ignore[misc]
+    return tuple(out)
 
 
 def _kind_of(value: Any) -> type:
@@ -211,35 +230,42 @@ def _default_doc(value: Any) -> str:
     return f"`{_toml(value)}`"
 
 
-def docs_table(cls: type) -> str:
-    """The markdown reference table of one table's keys."""
+def docs_table(cls: type, flag_notes: Mapping[str, str] | None = None,
+               table_flags: tuple[str, ...] = ()) -> str:
+    """The markdown reference table of one table's keys; ``flag_notes`` says in the
+    meaning what each flag of a key (or of the whole table, ``table_flags``) means."""
     lines = ["| key | type | default | unit | meaning |", "| --- | --- | --- | --- | --- |"]
     for key, f, s in keys_of(cls):
         kind = _kind(f, s)
         unit = f" {s.unit} " if s.unit else " "
         default = "required" if s.required else _default_doc(_file_value(f.default, s, kind))
-        lines.append(f"| `{key}` | {_type_doc(kind, s)} | {default} |{unit}| {s.doc} |")
+        notes = [flag_notes[x] for x in (*table_flags, *s.flags) if x in (flag_notes or {})]
+        doc = s.doc + (f" ({'; '.join(notes)})" if notes else "")
+        lines.append(f"| `{key}` | {_type_doc(kind, s)} | {default} |{unit}| {doc} |")
     return "\n".join(lines)
 
 
-def docs_tables(cls: type, heading: str = "###") -> str:
+def docs_tables(cls: type, heading: str = "###",
+                flag_notes: Mapping[str, str] | None = None) -> str:
     """Every table of the schema: the top level, then each ``[section]``."""
     parts = []
     if keys_of(cls):
-        parts.append(f"{heading} Top level\n\n{docs_table(cls)}")
-    parts += _docs_sections(cls, heading, "")
+        parts.append(f"{heading} Top level\n\n{docs_table(cls, flag_notes)}")
+    parts += _docs_sections(cls, heading, "", flag_notes, ())
     return "\n\n".join(parts) + "\n"
 
 
-def _docs_sections(cls: type, heading: str, prefix: str) -> list[str]:
+def _docs_sections(cls: type, heading: str, prefix: str, flag_notes: Mapping[str, str] | None,
+                   inherited: tuple[str, ...]) -> list[str]:
     parts = []
     for name, f in sections_of(cls):
         sub = f.default_factory  # type: ignore[misc]
         doc = f.metadata[_SECTION]
+        flags = inherited + tuple(f.metadata.get(_FLAGS, ()))
         head = f"{heading} `[{prefix}{name}]`\n\n" + (f"{doc}\n\n" if doc else "")
         if keys_of(sub):
-            parts.append(head + docs_table(sub))
-        parts += _docs_sections(sub, heading, f"{prefix}{name}.")
+            parts.append(head + docs_table(sub, flag_notes, flags))
+        parts += _docs_sections(sub, heading, f"{prefix}{name}.", flag_notes, flags)
     return parts
 
 

@@ -27,8 +27,9 @@ def targets() -> list[tuple[Path, str | None, str]]:
     from edge.agent import _config as agent
     from edge.policy._config import EXAMPLE_HEADER, PolicyConfig
 
-    agent_tables = (docs_tables(agent.AgentFile, "####") + "\n#### `[[models]]`\n\n"
-                    + agent.MODELS_COMMENT + "\n\n" + docs_table(agent.ModelConfig) + "\n")
+    agent_tables = (docs_tables(agent.AgentFile, "####", agent.FLAG_NOTES)
+                    + "\n#### `[[models]]`\n\n" + agent.MODELS_COMMENT + "\n\n"
+                    + docs_table(agent.ModelConfig, agent.FLAG_NOTES, ("signed",)) + "\n")
     return [
         (ROOT / "docs" / "policy.md", "policy.toml", docs_tables(PolicyConfig)),
         (ROOT / "edge" / "data" / "policy.example.toml", None,

@@ -184,6 +184,12 @@ def guarded_protocol(base: type, limits: ConnectionLimits) -> type:
             self._head_timer = None
             if self._phase in (_IDLE, _HEAD):
                 totals["timed_out"] += 1
+                if self._phase == _IDLE and not self._head_bytes:
+                    # Not a byte of a request yet: hang up without an answer, which a client
+                    # that sends its first request just then would take for that request's.
+                    self._cancel_timers()
+                    self.transport.close()
+                    return
                 self._refuse(408, "Request Timeout",
                              f"request headers took longer than {limits.header_timeout_s} s")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from devices.config import Table, read_toml
 from devices.errors import ConfigError
-from devices.schema import parse, parse_table, section, setting
+from devices.schema import flagged, parse, parse_table, section, setting
 from edge.agent._names import NAME_PATTERN, is_name
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -36,19 +36,22 @@ class AgentSettings:
 
     device_id: str = setting("", "1-64 of `[A-Za-z0-9_.-]`; names the MQTT topics",
                              note="1-64 of [A-Za-z0-9_.-]; names the MQTT topics",
-                             required=True, example="jetson-0001")
+                             required=True, example="jetson-0001",
+        flags=("restart", "signed"))
     profile: str = setting("auto", "device profile name or `.toml` path; `auto` detects the board",
                            note="device profile name or .toml path; \"auto\" detects the board")
     data_dir: str = setting("/var/lib/edgecut", "model versions, telemetry spool, fleet state",
-                            path=True)
+                            path=True,
+        flags=("restart", "signed"))
     log_level: str = setting("info", "`debug`, `info`, `warning` or `error`",
                              note="debug | info | warning | error",
                              choices=("debug", "info", "warning", "error"))
     log_requests: bool = setting(True, "one log line per request (decision and costs)")
     log_format: str = setting(
         "json", "`json` (one object per line, as `edgecut serve` writes) or `text` (for a "
-        "terminal); restart only", note="json (one object per line, as edgecut serve) | text "
-        "(for a terminal)", choices=("json", "text"))
+        "terminal)", note="json (one object per line, as edgecut serve) | text "
+        "(for a terminal)", choices=("json", "text"),
+        flags=("restart",))
     shutdown_grace_s: float = setting(10.0, "SIGTERM: in-flight requests get this long to finish",
                                       unit="s", min=0.0, max=600.0)
 
@@ -59,7 +62,8 @@ class PolicyFileSettings:
 
     file: str = setting("", "`policy.toml` (docs/policy.md); empty: run everything locally",
                         note="policy.toml (docs/policy.md); empty: run everything locally",
-                        path=True)
+                        path=True,
+        flags=("signed",))
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,11 @@ class CloudConfig:
     ``[offload]`` keys)."""
 
     url: str = setting("", "the offload service; empty: local only",
-                       note="example: \"https://gpu.example.com:8000\"; empty: local only")
+                       note="example: \"https://gpu.example.com:8000\"; empty: local only",
+        flags=("signed",))
     token_file: str = setting("", "a JWT for the service (`Authorization: Bearer`)",
-                              note="a JWT for the service (Authorization: Bearer)", path=True)
+                              note="a JWT for the service (Authorization: Bearer)", path=True,
+        flags=("signed",))
     # How the offload client speaks to the cloud: "http" (KServe v2 REST) or "grpc"
     # (KServe v2 gRPC: edgecut serve --grpc-port, or any Triton).
     protocol: str = setting(
@@ -182,25 +188,36 @@ class TlsConfig:
 class MqttConfig:
     """The fleet link (docs/mqtt.md)."""
 
-    enabled: bool = setting(False, "connect to the fleet's broker")
-    host: str = setting("127.0.0.1", "the broker")
+    enabled: bool = setting(False, "connect to the fleet's broker",
+        flags=("restart", "signed"))
+    host: str = setting("127.0.0.1", "the broker",
+        flags=("restart", "signed"))
     port: int = setting(1883, "the broker's port; 8883 when TLS is on and this is not given",
-                        note="8883 when TLS is on", min=1, max=65535)
+                        note="8883 when TLS is on", min=1, max=65535,
+        flags=("restart", "signed"))
     protocol: str = setting("5", "`5` or `3.1.1`", note="\"5\" or \"3.1.1\"",
-                            choices=("3.1.1", "5"))
+                            choices=("3.1.1", "5"),
+        flags=("restart",))
     prefix: str = setting("edgecut", "topics are `<prefix>/<device_id>/...`",
-                          note="topics are <prefix>/<device_id>/...")
+                          note="topics are <prefix>/<device_id>/...",
+        flags=("restart", "signed"))
     groups: tuple[str, ...] = setting(
         (), "also listens on `<prefix>/group/<g>/...` for each group",
         note="example: [\"lab\", \"line-3\"]: also listens on <prefix>/group/<g>/...",
-        item=str)
+        item=str,
+        flags=("restart",))
     client_id: str = setting("", "MQTT client id; empty: `edgecut-<device_id>`",
-                             note="default: edgecut-<device_id>")
-    keepalive_s: int = setting(30, "MQTT keep-alive", unit="s", min=5, max=3600)
-    username: str = setting("", "broker user name")
+                             note="default: edgecut-<device_id>",
+        flags=("restart", "signed"))
+    keepalive_s: int = setting(30, "MQTT keep-alive", unit="s", min=5, max=3600,
+        flags=("restart",))
+    username: str = setting("", "broker user name",
+        flags=("restart", "signed"))
     password: str = setting("", "broker password (prefer `password_file`)",
-                            note="prefer password_file")
-    password_file: str = setting("", "a file holding the broker password", path=True)
+                            note="prefer password_file",
+        flags=("restart", "signed"))
+    password_file: str = setting("", "a file holding the broker password", path=True,
+        flags=("restart", "signed"))
     reconnect_min_s: float = setting(1.0, "reconnect backoff doubles from this ...", unit="s",
                                      min=0.05, max=600.0)
     reconnect_max_s: float = setting(30.0, "... to this", unit="s", min=0.05, max=3600.0)
@@ -208,19 +225,22 @@ class MqttConfig:
                                           min=0.05, max=86400.0)
     spool_max_bytes: int = setting(
         10_000_000, "telemetry kept on disk while offline; the oldest evicted first",
-        unit="bytes", min=1024, max=10 ** 10)
+        unit="bytes", min=1024, max=10 ** 10,
+        flags=("signed",))
     # MQTT's own ceiling on a packet is 256 MiB.
     max_payload_bytes: int = setting(
         1_000_000, "larger command payloads are refused (MQTT 5: the broker is told at connect)",
-        unit="bytes", min=1024, max=MAX_MQTT_PACKET)
+        unit="bytes", min=1024, max=MAX_MQTT_PACKET,
+        flags=("signed",))
     # Commands and deployments waiting to run, counted in payload bytes: a flood beyond
     # this is answered "busy" instead of growing the process.
     max_queued_bytes: int = setting(
         8_000_000, "commands waiting to run, in payload bytes; more: \"busy\"", unit="bytes",
-        min=1024, max=1 << 30)
+        min=1024, max=1 << 30,
+        flags=("signed",))
     inflight_window: int = setting(20, "telemetry records awaiting PUBACK at once", min=1,
                                    max=1000)
-    tls: TlsConfig = section(TlsConfig)
+    tls: TlsConfig = section(TlsConfig, flags=("restart", "signed"))
 
 
 @dataclass(frozen=True)
@@ -229,16 +249,20 @@ class UpdatesConfig:
 
     public_key_file: str = setting(
         "", "Ed25519 public key (PEM); when set, deployments and security keys must be signed",
-        path=True)
+        path=True,
+        flags=("signed",))
     # Deploy sources: https:// always, http:// only with allow_http, and files only under
     # source_dir (empty: no file sources).
-    allow_http: bool = setting(False, "deploy URLs: https:// only, unless this is true")
+    allow_http: bool = setting(False, "deploy URLs: https:// only, unless this is true",
+        flags=("signed",))
     source_dir: str = setting(
         "", "deploy `path` sources must lie under this folder; empty: none allowed",
         note="deploy \"path\" sources must lie under this folder; empty: none allowed",
-        path=True)
+        path=True,
+        flags=("signed",))
     max_download_bytes: int = setting(1_000_000_000, "the largest model download", unit="bytes",
-                                      min=1, max=1 << 40)
+                                      min=1, max=1 << 40,
+        flags=("signed",))
     download_timeout_s: float = setting(600.0, "a download's time limit", unit="s", min=0.1,
                                         max=86400.0)
     probation_s: float = setting(60.0, "after a swap, watch the new version this long",
@@ -279,13 +303,14 @@ class AgentFile:
     schema the parser reads and the docs and example file are written from."""
 
     agent: AgentSettings = section(AgentSettings)
-    api: ApiConfig = section(ApiConfig, "The local Open Inference Protocol endpoint.")
+    api: ApiConfig = section(ApiConfig, "The local Open Inference Protocol endpoint.",
+                             flags=("restart", "signed"))
     policy: PolicyFileSettings = section(PolicyFileSettings)
     cloud: CloudConfig = section(CloudConfig, "Where offloaded work goes; the call's timeout, "
                                  "retries and breaker are `policy.toml`'s `[offload]` keys.")
     mqtt: MqttConfig = section(MqttConfig, "The fleet link (docs/mqtt.md).")
     updates: UpdatesConfig = section(UpdatesConfig)
-    stream: StreamConfig = section(StreamConfig)
+    stream: StreamConfig = section(StreamConfig, flags=("restart",))
 
 
 #: The example file's header (``edge/data/agent.example.toml`` is written from the schema).
@@ -293,6 +318,8 @@ EXAMPLE_HEADER = """\
 # edgecut agent configuration (every key, with its default unless marked "example").
 # Relative paths are relative to this file. docs/agent.md explains each section.
 # (Written from edge/agent/_config.py by scripts/config_docs.py.)"""
+#: What the reference tables say of a flagged key.
+FLAG_NOTES = {"restart": "restart only", "signed": "signed"}
 MODELS_COMMENT = ("One table per model. path/version are what the agent starts with; a version "
                   "deployed over MQTT and committed takes over (recorded in "
                   "<data_dir>/models/state.json).")
@@ -328,55 +355,16 @@ class AgentConfig:
         raise ConfigError(f"no model named '{name}' in the agent config (it has {known})")
 
 
-# Keys that only take effect when the agent restarts: a change pushed over MQTT is
-# rejected with this reason rather than silently half-applied.
-RESTART_ONLY = (
-    ("agent", "device_id"),
-    ("agent", "data_dir"),
-    ("agent", "log_format"),
-    ("api",),
-    ("stream",),
-    ("mqtt", "enabled"),
-    ("mqtt", "host"),
-    ("mqtt", "port"),
-    ("mqtt", "protocol"),
-    ("mqtt", "prefix"),
-    ("mqtt", "client_id"),
-    ("mqtt", "groups"),
-    ("mqtt", "username"),
-    ("mqtt", "password"),
-    ("mqtt", "password_file"),
-    ("mqtt", "tls"),
-    ("mqtt", "keepalive_s"),
-)
+# Keys that only take effect when the agent restarts (``flags=("restart",)`` in the schema):
+# a change pushed over MQTT is rejected with this reason rather than silently half-applied.
+RESTART_ONLY = flagged(AgentFile, "restart")
 
 
-# Keys that decide what the device trusts or where its data goes: a fleet message may
-# change them only when it is signed with the update key (``edgecut sign config``); the
-# file on the device may always. A path names the key and everything under it.
-SECURITY_KEYS = (
-    ("agent", "device_id"),
-    ("agent", "data_dir"),
-    ("policy", "file"),
-    ("api",),
-    ("cloud", "url"),
-    ("cloud", "token_file"),
-    ("mqtt", "enabled"),
-    ("mqtt", "host"),
-    ("mqtt", "port"),
-    ("mqtt", "prefix"),
-    ("mqtt", "client_id"),
-    ("mqtt", "username"),
-    ("mqtt", "password"),
-    ("mqtt", "password_file"),
-    ("mqtt", "tls"),
-    ("mqtt", "max_payload_bytes"),
-    ("mqtt", "max_queued_bytes"),
-    ("mqtt", "spool_max_bytes"),
-    ("updates", "public_key_file"),
-    ("updates", "allow_http"),
-    ("updates", "source_dir"),
-    ("updates", "max_download_bytes"),
+# Keys that decide what the device trusts or where its data goes (``flags=("signed",)`` in
+# the schema): a fleet message may change them only when it is signed with the update key
+# (``edgecut sign config``); the file on the device may always. A path names the key and
+# everything under it.
+SECURITY_KEYS = flagged(AgentFile, "signed") + (
     # Each model's path, plan and warm-up inputs are files the agent loads.
     ("models",),
 )

@@ -74,3 +74,32 @@ def test_the_policy_example_holds_every_default() -> None:
     cfg = dataclasses.replace(cfg, slo_ms=0.0, source="",
                               rules=dataclasses.replace(cfg.rules, battery_reserve_pct=0.0))
     assert cfg == PolicyConfig()
+
+
+def test_flags_name_keys_and_whole_tables_in_declaration_order() -> None:
+    from devices.schema import flagged
+
+    @dataclass(frozen=True)
+    class Sub:
+        a: int = setting(1, "a", flags=("restart",))
+
+    @dataclass(frozen=True)
+    class Root:
+        top: bool = setting(False, "top", flags=("restart", "signed"))
+        sub: Sub = section(Sub)
+        locked: Sub = section(Sub, flags=("signed",))
+
+    assert flagged(Root, "restart") == (("top",), ("sub", "a"), ("locked", "a"))
+    assert flagged(Root, "signed") == (("top",), ("locked",))
+    tables = docs_tables(Root, flag_notes={"restart": "restart only", "signed": "signed"})
+    assert "| top (restart only; signed) |" in tables
+    assert "### `[locked]`" in tables and "| a (signed; restart only) |" in tables
+
+
+def test_the_agents_restart_and_signed_keys_come_from_its_schema() -> None:
+    from edge.agent._config import RESTART_ONLY, SECURITY_KEYS
+
+    assert ("api",) in RESTART_ONLY and ("mqtt", "tls") in RESTART_ONLY
+    assert ("agent", "log_format") in RESTART_ONLY and ("cloud", "url") not in RESTART_ONLY
+    assert ("cloud", "url") in SECURITY_KEYS and ("models",) in SECURITY_KEYS
+    assert ("mqtt", "telemetry_interval_s") not in SECURITY_KEYS

@@ -74,6 +74,7 @@ def test_judge_and_summarise_a_run() -> None:
     s = summarise(runs)
     assert s["nontrivial_runs"] == 1 and s["nontrivial_families"] == ["f"]
     assert s["worst_ratio_to_oracle"] == 1.05  # the trivial run's 9.0 is not in it
+    assert s["all_runs_worst"]["ratio_to_oracle"] == 9.0  # ... but is reported beside it
     assert s["bars"]["latency_mean_to_oracle"]["met"]
     assert not s["bars"]["latency_energy_to_oracle"]["met"]  # 1.31 > 1.25
     assert s["bars"]["nontrivial_runs"] == {"value": 1, "bar": 12, "met": False}
