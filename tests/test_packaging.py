@@ -62,6 +62,7 @@ def _stand_in_wheel(folder: Path) -> Path:
 
 def _tree_copy(dst: Path, version: str) -> Path:
     """The distribution's files from this checkout, with ``version`` in pyproject.toml."""
+    dst.mkdir(parents=True)
     for item in ("README.md", "edge", "cloud", "partition", "devices"):
         src = ROOT / item
         if src.is_dir():
@@ -89,8 +90,9 @@ def _which_onnxruntime(venv: Path) -> dict:
             "print(json.dumps({'stand_in': getattr(onnxruntime, 'STAND_IN', False), "
             "'version': onnxruntime.__version__, 'dists': names, "
             "'edgecut': m.version('edgecut')}))")
+    # Run outside the checkout: its edgecut.egg-info would answer for the installed one.
     out = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+                         text=True, timeout=120, check=True, cwd=venv.parent).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -114,6 +116,6 @@ def test_install_and_upgrade_keep_the_gpu_wheel(tmp_path: Path) -> None:
 
     # The installed edgecut finds the GPU wheel's providers through the stand-in module.
     doctor = subprocess.run([str(venv / "bin/edgecut"), "doctor"], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, cwd=tmp_path)
     assert doctor.returncode == 0, doctor.stderr
     assert "onnxruntime  1.99.0 (from onnxruntime-gpu)" in doctor.stdout
