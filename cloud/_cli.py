@@ -43,9 +43,11 @@ _BOOL = click.BOOL
                    "and its traffic).")
 @click.option("--allow-metrics", type=_BOOL, default=True,
               help="Serve Prometheus metrics at /metrics.")
-@click.option("--exit-on-error", type=_BOOL, default=True,
-              help="Exit (status 1) when a model fails to load at start-up, as Triton does; "
-                   "false: serve the others and report the failure in the index.")
+@click.option("--exit-on-error", type=_BOOL, default=False,
+              help="true: exit (status 1) when a model fails to load at start-up, as Triton "
+                   "does by default; false (the default): serve the others and report the "
+                   "failure in the repository index, so one bad model cannot take every "
+                   "model down.")
 @click.option("--strict-readiness", type=_BOOL, default=True,
               help="Ready only while every model is serving; false: ready once the server "
                    "is up.")

@@ -226,6 +226,11 @@ def _calibration(models: Mapping[str, Path], sizes: Sequence[tuple[int, int]], s
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             out["cls"].append({"x": classify_input(crop)})
             out["rec"].append({"x": recognize_input(crop)})
+    # The histogram calibrators stack their samples: the lines are padded (with the
+    # normalized grey PaddleOCR pads with) to one width.
+    width = max(s["x"].shape[3] for s in out["rec"])
+    out["rec"] = [{"x": np.pad(s["x"], ((0, 0), (0, 0), (0, 0), (0, width - s["x"].shape[3])))}
+                  for s in out["rec"]]
     return out
 
 
@@ -274,7 +279,6 @@ port = {port}
 
 [cloud]
 url = "{cloud_url}"
-timeout_s = 30.0
 
 [policy]
 file = "{policy}"
@@ -341,7 +345,8 @@ def run_ocr_demo(*, sizes: Sequence[tuple[int, int]], device: str, out_dir: Path
         with tempfile.TemporaryDirectory(prefix="edgecut-ocr-agent-") as tmp:
             policy = Path(tmp) / "policy.toml"
             policy.write_text('objective = "latency"\nslo_ms = 0.0\n[link]\n'
-                              f"prior_bandwidth_mbps = {bandwidth_bps / 1e6:g}\nprior_rtt_ms = 20.0\n")
+                              f"prior_bandwidth_mbps = {bandwidth_bps / 1e6:g}\nprior_rtt_ms = 20.0\n"
+                              "[offload]\ntimeout_ms = 30000.0\n")
             config = Path(tmp) / "agent.toml"
             agent_port = free_port()
             config.write_text(_agent_toml(agent_models, device, Path(tmp) / "data", agent_port,
