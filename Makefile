@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYS_STAMP := $(VENV)/.system
 
-.PHONY: demo test lint bench setup system clean
+.PHONY: demo test test-main test-device lint bench setup system clean
 
 setup: $(STAMP) $(SYS_STAMP)
 
@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[plot,compress,fast,dev]'
+	$(BIN)/python -m pip install -q -e '.[cpu,plot,compress,fast,dev]'
 	touch $(STAMP)
 
 # System packages the tests and the demo need (mosquitto for the fleet link).
@@ -25,12 +25,35 @@ $(SYS_STAMP): $(BIN)/python
 demo: setup
 	$(BIN)/edgecut demo
 
-test: setup
-	$(BIN)/ruff check edge cloud partition devices tests bench
+test: test-main test-device
+
+test-main: setup
+	$(BIN)/ruff check edge cloud partition devices tests bench scripts
 	$(BIN)/python -m pytest -q tests
+
+# The device side on the oldest and the JetPack 6 stacks it supports, each in its own
+# virtualenv built from a pyenv interpreter (scripts/find-python.sh says where it looked
+# when one is missing) with the versions pinned in scripts/device-suite/<venv>.txt.
+DEVICE_SUITES := py38 py310
+DEVICE_TESTS := $(shell cat scripts/device-suite/tests.txt)
+
+test-device: $(foreach s,$(DEVICE_SUITES),test-device-$(s))
+
+.venv-%/.installed: pyproject.toml scripts/device-suite/%.txt
+	rm -rf .venv-$*
+	py=$$(bash scripts/find-python.sh $(subst py3,3.,$*)) && $$py -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --no-compile -c scripts/device-suite/$*.txt -e '.[cpu,compress,fast,grpc,test]'
+	touch $@
+
+test-device-%: $(SYS_STAMP)
+	@start=$$(date +%s); $(MAKE) --no-print-directory .venv-$*/.installed || exit 1; \
+	  echo "device suite $*: virtualenv ready in $$(( $$(date +%s) - start )) s"
+	@.venv-$*/bin/python -c 'import sys, numpy, onnxruntime; print("device suite $*: Python", sys.version.split()[0], "NumPy", numpy.__version__, "ONNX Runtime", onnxruntime.__version__)'
+	@start=$$(date +%s); .venv-$*/bin/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS); \
+	  rc=$$?; echo "device suite $*: tests took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 bench: setup
 	$(BIN)/python bench/runtime.py --json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-py38 .venv-py310 build *.egg-info .pytest_cache .ruff_cache

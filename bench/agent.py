@@ -68,17 +68,20 @@ def _perturbed_copy(src: Path, dst: Path) -> None:
     import onnx
     from onnx import numpy_helper
 
+    from partition import save_model
+
     model = onnx.load(str(src))
     init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
     arr = numpy_helper.to_array(init) * np.float32(1.01)
     init.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), init.name))
-    onnx.save(model, str(dst))
+    save_model(model, dst)
 
 
 def _tiny_model(path: Path) -> None:
     """y = 2x on float32[N, 4]: a model that costs nothing, to show the fixed overhead."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from partition import save_model
 
     graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "k"], ["y"])], "tiny",
@@ -86,8 +89,7 @@ def _tiny_model(path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
         [numpy_helper.from_array(np.array(2.0, dtype=np.float32), "k")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    save_model(model, path)
 
 
 def _summary(rounds: list[float]) -> dict[str, float]:

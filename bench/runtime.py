@@ -97,6 +97,8 @@ def interleaved(a: Callable[[], Any], b: Callable[[], Any], runs: int, warmup: i
 def _tiny_model() -> bytes:
     from onnx import TensorProto, helper
 
+    from partition import portable_model
+
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])
     bias = helper.make_tensor("bias", TensorProto.FLOAT, [16], [0.5] * 16)
@@ -107,7 +109,7 @@ def _tiny_model() -> bytes:
     ]
     graph = helper.make_graph(nodes, "tiny", [x], [y], [bias])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return model.SerializeToString()
+    return portable_model(model).SerializeToString()
 
 
 def overhead(model: str | bytes, feeds: dict[str, np.ndarray], threads: int, runs: int,

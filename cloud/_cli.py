@@ -43,9 +43,11 @@ _BOOL = click.BOOL
                    "and its traffic).")
 @click.option("--allow-metrics", type=_BOOL, default=True,
               help="Serve Prometheus metrics at /metrics.")
-@click.option("--exit-on-error", type=_BOOL, default=True,
-              help="Exit (status 1) when a model fails to load at start-up, as Triton does; "
-                   "false: serve the others and report the failure in the index.")
+@click.option("--exit-on-error", type=_BOOL, default=False,
+              help="true: exit (status 1) when a model fails to load at start-up, as Triton "
+                   "does by default; false (the default): serve the others and report the "
+                   "failure in the repository index, so one bad model cannot take every "
+                   "model down.")
 @click.option("--strict-readiness", type=_BOOL, default=True,
               help="Ready only while every model is serving; false: ready once the server "
                    "is up.")
@@ -126,7 +128,14 @@ def serve(repository: str, host: str, port: int, allow_http: bool, grpc_port: in
     EDGECUT_SERVE_<OPTION> (e.g. EDGECUT_SERVE_GRPC_PORT=8001). Exit status: 1 for a
     runtime error (a model that fails to load with --exit-on-error, a busy port), 2 for
     a usage error."""
-    from cloud._serve import ServeOptions, run
+    try:
+        from cloud._serve import ServeOptions, run
+    except ImportError as exc:
+        raise click.ClickException(
+            f"edgecut serve needs the cloud service's packages ({exc}): pip install "
+            "'uvicorn>=0.30' (a plain `pip install edgecut` brings it; an install made with "
+            "--no-deps, as on some Jetson images, does not)"
+        ) from exc
 
     if no_auth and auth_keys:
         raise click.UsageError("--no-auth and --auth-keys exclude each other")

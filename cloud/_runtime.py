@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,10 +117,23 @@ class ModelRuntime(abc.ABC):
         """Release resources; called once when the version is unloaded."""
 
 
+def _onnxruntime() -> Any:
+    """The ``onnxruntime`` module from whichever wheel provides it (edgecut depends on none,
+    so that a GPU wheel is never replaced by the CPU one)."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RepositoryError(
+            f"ONNX Runtime is not installed ({exc}): pip install 'edgecut[gpu]' on a CUDA "
+            "host, or 'edgecut[cpu]'"
+        ) from exc
+    return onnxruntime
+
+
 def ort_providers(requested: Sequence[str] | None = None) -> list[str]:
     """Execution providers to use: ``requested`` filtered to those available, or the best
     available (TensorRT only when asked for, since it compiles engines on first load)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     available = ort.get_available_providers()
     if requested:
@@ -163,7 +177,7 @@ class OnnxRuntime(ModelRuntime):
         intra_op_threads: int = 1,
         spinning: bool = True,
     ) -> None:
-        import onnxruntime as ort
+        ort = _onnxruntime()
 
         self.path = Path(path)
         self.providers = ort_providers(providers)
@@ -208,7 +222,7 @@ class OnnxRuntime(ModelRuntime):
             values = self.session.run(self._output_names, inputs)
         except Exception as exc:  # translate at the boundary, keep the cause
             raise ExecutionError(f"{self.path.name}: ONNX Runtime failed: {exc}") from exc
-        return dict(zip(self._output_names, values, strict=True))
+        return dict(zip(self._output_names, values))
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
@@ -216,7 +230,7 @@ class OnnxRuntime(ModelRuntime):
     def profile(self, runs: int, batch: int, warmup: int = 2,
                 shapes: dict[str, list[int]] | None = None) -> dict:
         """Run ONNX Runtime's profiler on random inputs; per-node median milliseconds."""
-        import onnxruntime as ort
+        ort = _onnxruntime()
 
         feeds = _random_feeds(self.inputs, batch if self.max_batch_size > 0 else None, shapes or {})
         with tempfile.TemporaryDirectory(prefix="edgecut-profile-") as tmp:

@@ -38,7 +38,7 @@ class ServeOptions:
     grpc_address: str = "127.0.0.1"
     metrics_port: int | None = None
     allow_metrics: bool = True
-    exit_on_error: bool = True
+    exit_on_error: bool = False
     strict_readiness: bool = True
     exit_timeout_s: int = 30
     auth_keys: str | None = None

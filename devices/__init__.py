@@ -21,6 +21,7 @@ from devices.errors import (
     OffloadError,
     OffloadRejected,
     PartitionError,
+    SensorUnreadable,
     TransferAbandoned,
     UnknownProfileError,
 )
@@ -28,6 +29,9 @@ from devices.errors import (
 # public name -> module that defines it, imported when the name is first read (an
 # application that imports ``edge.Client`` needs the error tree only)
 _LAZY = {
+    **dict.fromkeys(("JetsonRelease", "NvpModel", "active_power_mode", "compute_for_providers",
+                     "import_onnxruntime", "litert_flavour", "onnxruntime_advice", "read_l4t",
+                     "read_nvpmodel"), "devices._board"),
     **dict.fromkeys(("detect", "detect_name"), "devices._detect"),
     "EnergyModel": "devices._energy",
     **dict.fromkeys(("BatteryState", "Ina3221Sensor", "ModelSensor", "PowerSensor",
@@ -38,6 +42,17 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from devices._board import (
+        JetsonRelease,
+        NvpModel,
+        active_power_mode,
+        compute_for_providers,
+        import_onnxruntime,
+        litert_flavour,
+        onnxruntime_advice,
+        read_l4t,
+        read_nvpmodel,
+    )
     from devices._detect import detect, detect_name
     from devices._energy import EnergyModel
     from devices._power import (
@@ -76,6 +91,16 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "JetsonRelease",
+    "NvpModel",
+    "SensorUnreadable",
+    "active_power_mode",
+    "compute_for_providers",
+    "import_onnxruntime",
+    "litert_flavour",
+    "onnxruntime_advice",
+    "read_l4t",
+    "read_nvpmodel",
     "BatteryState",
     "EnergyModel",
     "Ina3221Sensor",

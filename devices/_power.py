@@ -9,19 +9,26 @@ implementations picked by :func:`open_power_sensor` from a config string:
 - ``rapl``: Intel RAPL package energy counters under ``/sys/class/powercap``;
 - ``model``: the device profile's figures (idle or active), for boards without sensors.
 
+A sensor that exists but cannot be read (RAPL's counters are root-only since Linux 5.10;
+rails behind a driver that refuses reads) is not opened: ``auto`` then falls back to the
+profile's figures and logs a warning saying why, rather than reporting nothing forever.
+
 Every reader takes a ``root`` so that tests can point it at a recorded sysfs tree.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from devices._profile import DeviceProfile
-from devices.errors import ConfigError
+from devices.errors import ConfigError, SensorUnreadable
+
+log = logging.getLogger("edgecut.devices")
 
 
 def _read_text(path: Path) -> str | None:
@@ -103,6 +110,11 @@ class Ina3221Sensor(PowerSensor):
         self.rails = _find_ina3221_rails(self.root)
         if not self.rails:
             raise ConfigError(f"{self.root}: no INA3221 rails under sys/bus/i2c/drivers/ina3221*")
+        if not self.read_rails_w():
+            raise SensorUnreadable(
+                f"{self.root}: the INA3221 rails ({', '.join(r.label for r in self.rails)}) "
+                "cannot be read by this user"
+            )
 
     def read_rails_w(self) -> dict[str, float]:
         """Power per rail label, in watts (rails that could not be read are left out)."""
@@ -139,6 +151,12 @@ class RaplSensor(PowerSensor):
             raise ConfigError(f"{self.root}: no RAPL package zones under sys/class/powercap")
         self._clock = clock
         self._last: tuple[float, list[float]] | None = None
+        if self._energy_uj() is None:
+            zone = self.zones[0] / "energy_uj"
+            raise SensorUnreadable(
+                f"{zone} cannot be read by this user (RAPL energy counters are readable by "
+                "root only since Linux 5.10)"
+            )
 
     def _energy_uj(self) -> list[float] | None:
         values = [_read_number(z / "energy_uj") for z in self.zones]
@@ -155,7 +173,7 @@ class RaplSensor(PowerSensor):
         if last is None or now <= last[0]:
             return None
         total_uj = 0.0
-        for zone, before, after in zip(self.zones, last[1], energy, strict=True):
+        for zone, before, after in zip(self.zones, last[1], energy):
             delta = after - before
             if delta < 0:  # the counter wrapped
                 delta += _read_number(zone / "max_energy_range_uj") or 0.0
@@ -192,26 +210,39 @@ def open_power_sensor(kind: str = "auto", *, root: str | Path = "/",
                       profile: DeviceProfile | None = None) -> PowerSensor:
     """Open a power sensor by config string: ``auto``, ``ina3221``, ``rapl`` or ``model``.
 
-    ``auto`` tries the INA3221 rails, then RAPL, then the profile's figures.
+    ``auto`` tries the INA3221 rails, then RAPL, then the profile's figures; a sensor
+    that is present but unreadable is logged as a warning on the way to the next.
     """
     if kind not in ("auto", "ina3221", "rapl", "model"):
         raise ConfigError(
             f"power sensor {kind!r}: expected one of 'auto', 'ina3221', 'rapl', 'model'"
         )
+    unreadable: list[str] = []
     if kind in ("auto", "ina3221"):
         try:
             return Ina3221Sensor(root)
+        except SensorUnreadable as exc:
+            if kind == "ina3221":
+                raise
+            unreadable.append(str(exc))
         except ConfigError:
             if kind == "ina3221":
                 raise
     if kind in ("auto", "rapl"):
         try:
             return RaplSensor(root)
+        except SensorUnreadable as exc:
+            if kind == "rapl":
+                raise
+            unreadable.append(str(exc))
         except ConfigError:
             if kind == "rapl":
                 raise
     if profile is None:
         raise ConfigError(f"power sensor {kind!r}: no sensor found under {root} and no profile given")
+    for why in unreadable:
+        log.warning("power sensor: %s; using device profile '%s' figures instead", why,
+                    profile.name)
     return ModelSensor(profile)
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from devices.config import Table, read_toml
@@ -20,6 +19,8 @@ class PowerMode:
     idle_w: float
     cpu_active_w: float
     gpu_active_w: float
+    #: The names nvpmodel gives this mode across JetPack releases (``MODE_15W``, ``15W``).
+    nvpmodel: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,19 @@ class DeviceProfile:
         """The default radio."""
         return self.radios[self.default_radio]
 
+    def mode_for_nvpmodel(self, nvpmodel_name: str) -> str | None:
+        """The power mode whose name or ``nvpmodel`` names include ``nvpmodel_name``."""
+        wanted = nvpmodel_name.strip().upper()
+        for key, mode in self.power_modes.items():
+            if key.upper() == wanted or wanted in (n.upper() for n in mode.nvpmodel):
+                return key
+        return None
+
 
 def _profiles_dir() -> Path:
-    files = getattr(resources, "files", None)  # Python 3.9+; JetPack 5 has 3.8
-    if files is None:
-        return Path(__file__).resolve().parent / "profiles"
-    return Path(str(files("devices") / "profiles"))
+    # Beside this module (importlib.resources.files needs Python 3.9; the package is
+    # always installed as files, never zipped).
+    return Path(__file__).resolve().parent / "profiles"
 
 
 def list_profiles() -> list[str]:
@@ -155,6 +163,7 @@ def parse_profile(data: dict, source: str) -> DeviceProfile:
             idle_w=m.get("idle_w", float, min=0.0),
             cpu_active_w=m.get("cpu_active_w", float, min=0.0),
             gpu_active_w=m.get("gpu_active_w", float, min=0.0),
+            nvpmodel=tuple(m.get_list("nvpmodel", str, [])),
         )
         m.finish()
     modes_t.finish()

@@ -5,7 +5,8 @@ the leaves they raise. ``cloud`` stands alone and has its own tree in ``cloud.er
 
     EdgecutError
     ├── ConfigError            a config file, profile or CLI value is invalid
-    │   └── UnknownProfileError    no device profile by that name
+    │   ├── UnknownProfileError    no device profile by that name
+    │   └── SensorUnreadable       a power sensor is present but this user cannot read it
     ├── ModelError             a model file cannot be read or is not a valid model
     ├── ModelInputError        a tensor given to a session is missing, unknown or malformed
     ├── BackendError           a runtime backend failed to load or run a model
@@ -36,6 +37,10 @@ class ConfigError(EdgecutError):
 
 class UnknownProfileError(ConfigError):
     """No device profile has the requested name."""
+
+
+class SensorUnreadable(ConfigError):
+    """A power sensor exists on this board but cannot be read (permissions, driver)."""
 
 
 class ModelError(EdgecutError):

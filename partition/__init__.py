@@ -66,6 +66,10 @@ device_factor, cloud_factor)``
     Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
     ``fp32``, each optionally ``+zstd`` or ``+lz4``.
 
+``portable_model(model)`` / ``save_model(model, path)``
+    A model stamped with an IR version (<= 9) the oldest supported ONNX Runtime (1.16)
+    reads; every ONNX file edgecut writes goes through ``save_model``.
+
 ``choose_stream(candidates, bandwidth_bps, rtt_s, device, slo_ms)`` / ``stream_stages``
     A stream's plan: the highest pipeline rate (1 / slowest of device head, uplink,
     cloud tail, downlink) whose per-frame latency meets the SLO, exact over the candidates.
@@ -123,6 +127,7 @@ from partition._planner import (
     predict,
     side_times,
 )
+from partition._portable import MAX_IR_VERSION, MAX_OPSETS, portable_model, save_model
 from partition._profile import Profile, fetch_cloud_profile, profile_model
 from partition._sizes import bind as bind_sizes
 from partition._sizes import cost_at, parse_shapes
@@ -135,6 +140,8 @@ from partition.zoo import ZOO_MODELS, build_zoo, materialize, trained_model, zoo
 __all__ = [
     "CHAIN_OBJECTIVES",
     "LOCAL",
+    "MAX_IR_VERSION",
+    "MAX_OPSETS",
     "OFFLOAD",
     "SPLIT",
     "ZOO_MODELS",
@@ -175,6 +182,8 @@ __all__ = [
     "MinCut",
     "parse_bandwidth",
     "parse_duration",
+    "portable_model",
+
     "parse_shapes",
     "Plan",
     "plan_chain",
@@ -182,6 +191,8 @@ __all__ = [
     "Profile",
     "profile_model",
     "rescale",
+    "save_model",
+
     "segment_models",
     "resolve_cloud",
     "side_times",

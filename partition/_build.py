@@ -39,6 +39,7 @@ from partition._planner import (
     side_times,
     with_times,
 )
+from partition._portable import save_model
 from partition._profile import (
     Profile,
     fetch_cloud_profile,
@@ -47,7 +48,7 @@ from partition._profile import (
     random_feeds,
     threads_for,
 )
-from partition._split import Splitter, half_precision_inputs, save_model
+from partition._split import Splitter, half_precision_inputs
 from partition._types import LOCAL, OFFLOAD, SPLIT, WIRE_FORMATS, CutCandidate, Plan
 
 CloudSpec = Union[str, Path, dict, Profile]  # noqa: UP007 - a runtime value: X | Y fails on Python 3.8
@@ -141,10 +142,10 @@ def measure_candidates(
         for c in chunk:
             head, tail = splitter.split(c.tensors)
             hs, ts = make_session(head, threads, level), make_session(tail, threads, level)
-            mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds), strict=True))
+            mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds)))
             tf = {i.name: mids.get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
             got = ts.run(None, tf)
-            for a, b in zip(got, want, strict=True):
+            for a, b in zip(got, want):
                 max_diff = max(max_diff, float(np.max(np.abs(a - b))))
             runners.append((c.cut_id, hs, ts, tf))
         samples: dict[str, tuple[list[float], list[float]]] = {r[0]: ([], []) for r in runners}
@@ -227,7 +228,7 @@ def _correct(pred: list[float], meas: list[float]) -> tuple[float, float]:
         a, b = np.polyfit(pred, meas, 1)
         if a > 0 and b >= 0:
             return float(a), float(b)
-    ratios = [m / p for p, m in zip(pred, meas, strict=True) if p > 0]
+    ratios = [m / p for p, m in zip(pred, meas) if p > 0]
     return (float(statistics.median(ratios)) if ratios else 1.0), 0.0
 
 
@@ -340,8 +341,20 @@ def build_plan(
             measure_head=can_head, measure_tail=can_tail, sizes=ref_env,
         ).times
     candidates = _apply_measurements(candidates, measured, can_head, can_tail, measured_mode)
+    measure_at = None
+    if measured:
+        picked = [c for c in candidates if c.cut_id in measured]
+
+        def measure_at(env: dict[str, int]) -> dict[str, tuple[float, float]]:
+            say(f"measuring {len(picked)} candidates at {env}")
+            return measure_candidates(
+                splitter, picked, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
+                measure_head=can_head, measure_tail=can_tail, sizes=env,
+            ).times
+
     size_info = _by_size(graph, candidates, points, dprof, cprof, dev, cloud, name,
-                         runs, n_threads, device_profile is None, wire, say)
+                         runs, n_threads, device_profile is None, wire, say, measure_at,
+                         (can_head, can_tail))
     candidates = size_info.pop("candidates")
 
     best = choose(candidates, bandwidth_bps, rtt_s, dev, objective, slo_ms)
@@ -431,9 +444,14 @@ def _size_points(graph: LayerGraph, given: list[dict[str, int]]) -> list[dict[st
 def _by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict[str, int]],
              dprof: Profile, cprof: Profile,
              dev: DeviceProfile, cloud: CloudSpec, name: str, runs: int, threads: int,
-             profile_device: bool, wire: str, say: Callable[[str], None]) -> dict[str, Any]:
+             profile_device: bool, wire: str, say: Callable[[str], None],
+             measure_at: Callable[[dict[str, int]], dict[str, tuple[float, float]]] | None = None,
+             sides: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
     """Every candidate's byte expressions and its times at each profiled size (the
-    reference's from the plan's own candidates, the others profiled here)."""
+    reference's from the plan's own candidates, the others profiled here). Where the plan
+    measured candidates at the reference, ``measure_at`` measures the same ones at each
+    size, and a line per side through them corrects every candidate there, as at the
+    reference; otherwise each candidate's reference correction carries as a ratio."""
     from partition._sizes import size_rows
 
     size_expr = " + ".join(
@@ -451,10 +469,10 @@ def _by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dic
         env = graph.env(p, 1)
         say(f"profiling {name} at {p}")
         try:
-            dp = profile_model(graph.model, dev, runs=max(3, runs // 2), model_name=name,
+            dp = profile_model(graph.model, dev, runs=runs, model_name=name,
                                threads=threads, sizes=env)
             if cloud_here:
-                cp = resolve_cloud(HERE, graph.model, name, max(3, runs // 2), threads, env)
+                cp = resolve_cloud(HERE, graph.model, name, runs, threads, env)
             else:
                 cp = None
         except Exception as exc:  # noqa: BLE001 - a size the model rejects is skipped, said
@@ -469,19 +487,41 @@ def _by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dic
             cms = {n: ref_cloud[n] * (dms[n] / ref_dev[n] if ref_dev[n] > 0 else 1.0) for n in graph.order}
             notes.append(f"cloud times at {p} scaled from the reference by the device's per-node ratio")
         total_dev, total_cloud = sum(dms.values()), sum(cms.values())
+        pred: dict[str, tuple[float, float]] = {}
         for c in candidates:
             if c.kind == LOCAL:
-                h, t = total_dev, 0.0
+                pred[c.cut_id] = (total_dev, 0.0)
             elif c.kind == OFFLOAD:
-                h, t = 0.0, total_cloud
+                pred[c.cut_id] = (0.0, total_cloud)
             else:
                 s = graph.device_side(c.tensors)
-                h = sum(dms[n] for n in s)
-                t = max(0.0, total_cloud - sum(cms[n] for n in s))
-            # The reference's correction of this candidate (profile -> session times, as a
-            # ratio) carries to every size; an intercept fitted at one size would not.
-            h *= _ratio(c.head_ms, c.extra.get("predicted_head_ms"))
-            t *= _ratio(c.tail_ms, c.extra.get("predicted_tail_ms"))
+                pred[c.cut_id] = (sum(dms[n] for n in s),
+                                  max(0.0, total_cloud - sum(cms[n] for n in s)))
+        lines = None
+        if measure_at is not None:
+            try:
+                meas = measure_at(env)
+            except Exception as exc:  # noqa: BLE001 - fall back to the ratio carry, said
+                notes.append(f"candidates not measured at {p}: {exc}"[:300])
+            else:
+                kinds = {c.cut_id: c.kind for c in candidates}
+                hp = [(pred[k][0], m[0]) for k, m in meas.items() if sides[0] and kinds[k] != OFFLOAD]
+                tp = [(pred[k][1], m[1]) for k, m in meas.items() if sides[1] and kinds[k] != LOCAL]
+                # One ratio per side (the median of measured / predicted), not a line: an
+                # intercept fitted through a few noisy points at one size gave a 0.4 ms
+                # head 5 ms.
+                lines = ((_median_ratio(hp), 0.0), (_median_ratio(tp), 0.0))
+        for c in candidates:
+            h, t = pred[c.cut_id]
+            if lines is not None:
+                (ha, hb), (ta, tb) = lines
+                h = max(0.0, ha * h + hb) if c.kind != OFFLOAD else h
+                t = max(0.0, ta * t + tb) if c.kind != LOCAL else t
+            else:
+                # The reference's correction of this candidate (profile -> session times,
+                # as a ratio) carries to this size; an intercept fitted at one size would not.
+                h *= _ratio(c.head_ms, c.extra.get("predicted_head_ms"))
+                t *= _ratio(c.tail_ms, c.extra.get("predicted_tail_ms"))
             heads[c.cut_id].append(h)
             tails[c.cut_id].append(t)
         measured_points.append(p)
@@ -506,6 +546,11 @@ def _by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dic
         "approximate_tensors": list(graph.approximate),
         "notes": notes,
     }
+
+
+def _median_ratio(pairs: list[tuple[float, float]]) -> float:
+    ratios = [m / p for p, m in pairs if p > 0 and m > 0]
+    return float(statistics.median(ratios)) if ratios else 1.0
 
 
 def _ratio(corrected: float, predicted: float | None) -> float:

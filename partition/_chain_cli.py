@@ -9,7 +9,7 @@ model is profiled once on this host and each node's times are divided by its pro
 ``relative_speed`` (this host stands in for every node). The command prints where each
 layer runs, what each hop carries and the predicted cost, beside the best plan on each
 single remote node, and writes the segments and a Triton repository per node
-(``partition.write_chain``); ``--relay-url edge=http://host:port`` writes a middle
+(``partition.write_chain``) and ``chain.png`` (where each layer runs); ``--relay-url edge=http://host:port`` writes a middle
 node's relay parameters (the URL of the node after it).
 """
 
@@ -59,7 +59,8 @@ def parse_links(text: str, nodes: list[tuple[str, str]]) -> list[Any]:
 
 
 def run_chain(model_path: Path, chain: str, links: str, objective: str, slo_ms: float | None,
-              out_dir: str, runs: int, relay_urls: tuple[str, ...], console: Any) -> None:
+              out_dir: str, runs: int, relay_urls: tuple[str, ...], console: Any,
+              figure: bool = True) -> None:
     from rich.table import Table
 
     from devices import load_profile
@@ -116,4 +117,10 @@ def run_chain(model_path: Path, chain: str, links: str, objective: str, slo_ms: 
     folders = write_chain(graph.model, graph, plan, model_path.stem, [n for n, _ in nodes], out_dir,
                           next_urls=urls, info={"profiles": [p for _, p in nodes],
                                                 "hops": [[h.bandwidth_bps, h.rtt_s] for h in hops]})
-    console.print("wrote " + ", ".join(str(f) for f in folders.values()))
+    written = [str(f) for f in folders.values()]
+    if figure:
+        from partition._figure import plot_chain
+
+        written.append(str(plot_chain(graph, node_ms, dict(plan.labels), [n for n, _ in nodes],
+                                      title, Path(out_dir) / "chain.png")))
+    console.print("wrote " + ", ".join(written))

@@ -33,7 +33,8 @@ import onnx
 from devices.errors import PartitionError
 from partition._chain import ChainPlan
 from partition._graph import LayerGraph
-from partition._split import Splitter, save_model
+from partition._portable import save_model
+from partition._split import Splitter
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate
 
 

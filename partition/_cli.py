@@ -146,7 +146,7 @@ def partition_cmd(model: str, device_name: str, cloud: str, bandwidth: str, rtt:
         if not links:
             raise ConfigError("--chain needs --links (the link into each later node)")
         run_chain(_model_path(model), chain, links, objective, slo_ms, out_dir, runs, relay_urls,
-                  _console())
+                  _console(), figure=not no_figure)
         return
     missing = [f"--{k}" for k, v in (("device", device_name), ("cloud", cloud),
                                       ("bandwidth", bandwidth), ("rtt", rtt)) if v is None]

@@ -95,7 +95,7 @@ def evaluate_compression(splitter: Any, tensors: Sequence[str], codecs: Sequence
     hs = make_session(head, threads)
     ts = make_session(tail, threads)
     feeds = random_feeds(hs, seed=seed)
-    mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds), strict=True))
+    mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds)))
     tail_in = [i.name for i in ts.get_inputs()]
     ref = ts.run(None, {n: mids.get(n, feeds.get(n)) for n in tail_in})
     raw = sum(int(mids[t].nbytes) for t in tensors if t in mids)
@@ -107,10 +107,10 @@ def evaluate_compression(splitter: Any, tensors: Sequence[str], codecs: Sequence
         decoded = {t: decode(b, codec, mids[t].shape, mids[t].dtype) for t, b in blobs.items()}
         t2 = time.perf_counter()
         got = ts.run(None, {n: decoded.get(n, feeds.get(n)) for n in tail_in})
-        diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(got, ref, strict=True))
+        diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(got, ref))
         top1 = all(
             np.array_equal(np.argmax(a.reshape(a.shape[0], -1), axis=1), np.argmax(b.reshape(b.shape[0], -1), axis=1))
-            for a, b in zip(got, ref, strict=True) if a.ndim >= 2
+            for a, b in zip(got, ref) if a.ndim >= 2
         )
         sent = sum(len(b) for b in blobs.values())
         out[codec] = {

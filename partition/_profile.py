@@ -118,7 +118,9 @@ def threads_for(device: DeviceProfile) -> int:
 
 
 def session_options(threads: int, level: str = "all", profile_prefix: str | None = None) -> Any:
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -138,7 +140,9 @@ def session_options(threads: int, level: str = "all", profile_prefix: str | None
 
 def make_session(model: onnx.ModelProto | bytes | str, threads: int, level: str = "all") -> Any:
     """A CPU ONNX Runtime session with fixed threads (what the planner measures with)."""
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     try:
@@ -199,7 +203,9 @@ def profile_model(
     model = _named_copy(model)
     n_threads = threads or threads_for(device)
     data = model.SerializeToString()
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     with tempfile.TemporaryDirectory(prefix="edgecut-prof-") as tmp:
         opts = session_options(n_threads, "extended", os.path.join(tmp, "p"))

@@ -180,6 +180,23 @@ def _as_is(expr, *_args, **_kwargs):  # noqa: ANN001, ANN202 - stands in for sym
     return expr
 
 
+def _ort_symbolic(ssi, m: onnx.ModelProto) -> onnx.ModelProto | None:  # noqa: ANN001 - a module
+    """ORT's symbolic inference, keeping what it found when it could not finish: its
+    ``infer_shapes`` then writes ``sym_shape_infer_temp.onnx`` into the working folder and
+    raises, losing the rest. Its steps are called directly (they are the same from 1.16
+    on); the public call is the fallback."""
+    try:
+        engine = ssi.SymbolicShapeInference(2**31 - 1, True, False, 0)
+        engine._preprocess(m)
+        while engine.run_:
+            engine._infer_impl()
+        engine._update_output_from_vi()
+        return engine.out_mp_
+    except AttributeError:  # a version without those steps
+        return ssi.SymbolicShapeInference.infer_shapes(m, int_max=2**31 - 1, auto_merge=True,
+                                                       guess_output_rank=False, verbose=0)
+
+
 def _run_inference(m: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     try:
         from onnxruntime.tools import symbolic_shape_infer as ssi
@@ -189,8 +206,7 @@ def _run_inference(m: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         saved = ssi.sympy.simplify
         ssi.sympy.simplify = _as_is
         try:
-            out = ssi.SymbolicShapeInference.infer_shapes(m, int_max=2**31 - 1, auto_merge=True,
-                                                          guess_output_rank=False, verbose=0)
+            out = _ort_symbolic(ssi, m)
         finally:
             ssi.sympy.simplify = saved
         if out is not None:
@@ -322,11 +338,13 @@ def _feeds(model: onnx.ModelProto, env: Mapping[str, int]) -> dict[str, np.ndarr
     return feeds
 
 
-def observe(model: onnx.ModelProto, names: Sequence[str], envs: Sequence[Mapping[str, int]]
-            ) -> list[dict[str, tuple[tuple[int, ...], np.dtype]]]:
+def observe(model: onnx.ModelProto, names: Sequence[str], envs: Sequence[Mapping[str, int]],
+            skip_failures: bool = False) -> list[dict[str, tuple[tuple[int, ...], np.dtype]] | None]:
     """Run ``model`` (inputs named by symbol) at each size and return every named
     tensor's concrete shape."""
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -336,19 +354,22 @@ def observe(model: onnx.ModelProto, names: Sequence[str], envs: Sequence[Mapping
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a size the model rejects is expected while probing
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"model '{model.graph.name}': cannot determine tensor shapes: {exc}") from exc
     results = []
-    for env in envs:
+    for i, env in enumerate(envs):
         try:
             arrays = sess.run(list(names), _feeds(model, env))
         except Exception as exc:
-            raise ModelError(
-                f"model '{model.graph.name}': probing shapes at {dict(env)} failed: {exc}"
-            ) from exc
+            if i == 0 or not skip_failures:
+                raise ModelError(
+                    f"model '{model.graph.name}': probing shapes at {dict(env)} failed: {exc}"
+                ) from exc
+            results.append(None)  # the model does not take this size (a fixed height)
+            continue
         results.append({n: (tuple(int(x) for x in a.shape), a.dtype) for n, a in zip(names, arrays)})  # noqa: B905 (Python 3.8)
     return results
 
@@ -385,8 +406,16 @@ def _probe(model: onnx.ModelProto, names: list[str], symbols: list[str], batch: 
                 e[s] = x
                 envs.append(e)
         varied.append((s, xs))
-    seen = observe(model, names, envs)
+    seen = observe(model, names, envs, skip_failures=True)
     at_base = seen[0]
+    assert at_base is not None
+    # A symbol the model takes at its base size only (PP-OCR's recognizer: height 48) is
+    # not varied: its dims are taken as they are at the base.
+    failed = {s for s, xs in varied for x in xs if x != base[s] and any(
+        got is None and env[s] == x for env, got in zip(envs, seen))}  # noqa: B905 (Python 3.8)
+    varied = [(s, xs) for s, xs in varied if s not in failed]
+    envs, seen = ([e for e, g in zip(envs, seen) if g is not None],  # noqa: B905 (Python 3.8)
+                  [g for g in seen if g is not None])
 
     def lookup(sym: str, x: int) -> dict:
         if x == base[sym]:

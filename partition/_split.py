@@ -9,7 +9,6 @@ side that uses them, so no weight ever crosses a cut.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import onnx
 from onnx import helper
@@ -224,14 +223,6 @@ def split_model(
     :class:`Splitter` once and call :meth:`Splitter.split`.
     """
     return Splitter(model).split(cut_tensors)
-
-
-def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write a ModelProto, creating the folder."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(p))
-    return p
 
 
 def half_precision_inputs(model: onnx.ModelProto, names: Sequence[str]

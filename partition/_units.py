@@ -16,7 +16,7 @@ _NUM = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
 def parse_bandwidth(text: str | float | int) -> float:
     """Bit/s from ``20Mbit``, ``1Gbit``, ``500kbit``, ``20mbps`` (or a plain number of
     bit/s). Bytes are not accepted, to avoid a silent 8x error."""
-    if isinstance(text, int | float):
+    if isinstance(text, (int, float)):
         value = float(text)
     else:
         m = re.fullmatch(_NUM + r"([A-Za-z/]*)\s*", str(text))
@@ -35,7 +35,7 @@ def parse_bandwidth(text: str | float | int) -> float:
 
 def parse_duration(text: str | float | int) -> float:
     """Seconds from ``40ms``, ``0.04s``, ``500us`` (a plain number means seconds)."""
-    if isinstance(text, int | float):
+    if isinstance(text, (int, float)):
         value = float(text)
     else:
         m = re.fullmatch(_NUM + r"([A-Za-z]*)\s*", str(text))

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from devices.errors import PartitionError
+from partition._portable import save_model
 
 # ONNX tensor element types to Triton's ``DataType`` enum names.
 _TRITON_TYPES = {
@@ -125,7 +126,7 @@ def write_repository_entry(
     options: TritonOptions | None = None,
 ) -> Path:
     """Write ``repo/<name>/<version>/model.onnx`` and ``repo/<name>/config.pbtxt``."""
-    if isinstance(model, str | Path):
+    if isinstance(model, (str, Path)):
         source = Path(model)
         if not source.is_file():
             raise PartitionError(f"model '{source}': file not found")
@@ -139,6 +140,6 @@ def write_repository_entry(
     if source is not None:
         shutil.copyfile(source, target)
     else:
-        onnx.save(proto, str(target))
+        save_model(proto, target)
     (folder / "config.pbtxt").write_text(triton_config(name, proto, options))
     return folder

@@ -150,3 +150,41 @@ def test_config_reference_and_examples_follow_the_schemas() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ```text blocks of docs/jetson.md that start with "$ edgecut doctor": the output shown is
+# what the command prints, run from the repository root (the recorded boards under
+# tests/devices/data, and this host). Lines about this interpreter's packages are compared
+# with their version numbers masked, so an upgrade does not make the page wrong.
+_DOCTOR_DOC = ROOT / "docs" / "jetson.md"
+_ENV_LABELS = ("python", "onnxruntime", "litert")
+_VERSION = re.compile(r"\d+(\.\d+)+")
+
+
+def _doctor_examples() -> list[tuple[str, list[str]]]:
+    examples = []
+    for block in _blocks(_DOCTOR_DOC, "text"):
+        lines = block.rstrip("\n").splitlines()
+        if lines and lines[0].startswith("$ edgecut doctor"):
+            examples.append((lines[0][2:], lines[1:]))
+    return examples
+
+
+def _masked(lines: list[str]) -> list[str]:
+    return [_VERSION.sub("N", line) if line.split(" ", 1)[0] in _ENV_LABELS else line
+            for line in lines]
+
+
+def test_doctor_output_in_the_jetson_guide_is_what_doctor_prints() -> None:
+    examples = _doctor_examples()
+    roots = sorted(c.split("--root ", 1)[1] for c, _ in examples if "--root " in c)
+    assert roots == ["tests/devices/data/jetson-nano", "tests/devices/data/jetson-orin-nano",
+                     "tests/devices/data/jetson-xavier-nx"]
+    assert any("--root" not in c for c, _ in examples), "no example for this host"
+    for command, shown in examples:
+        proc = subprocess.run([str(Path(sys.executable).parent / "edgecut"),
+                               *shlex.split(command)[1:]],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert _masked(proc.stdout.rstrip("\n").splitlines()) == _masked(shown), (
+            f"docs/jetson.md: `{command}` prints:\n{proc.stdout}")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import typing
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -43,9 +44,11 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("edgecut.cloud.http")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# typing's spellings: these aliases are evaluated at import, and Python 3.8 cannot
+# subscript dict or collections.abc.Callable at run time.
+Scope = typing.Dict[str, Any]
+Receive = typing.Callable[[], typing.Awaitable[typing.Dict[str, Any]]]
+Send = typing.Callable[[typing.Dict[str, Any]], typing.Awaitable[None]]
 
 # JSON bodies larger than this are decoded and encoded off the event loop (a 1x3x224x224
 # float tensor as JSON takes ~100 ms to parse, which would stall every other request).

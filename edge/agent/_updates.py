@@ -29,6 +29,7 @@ import os
 import shutil
 import threading
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ from edge.agent._store import ModelStore
 
 log = logging.getLogger("edgecut.updates")
 
-AckFn = Callable[..., None]
+# typing's Callable: the alias is evaluated at import, on Python 3.8 too.
+AckFn = typing.Callable[..., None]
 
 
 class Updater:

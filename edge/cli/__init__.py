@@ -7,7 +7,10 @@ cloud service or the plotting stack.
 
 from __future__ import annotations
 
+# importlib.util is a submodule: imported by name, or a fresh interpreter lacks it (the
+# arm64 smoke check found `edgecut devices` failing on a clean install).
 import importlib
+import importlib.util
 import sys
 import time
 from typing import Any
@@ -30,6 +33,7 @@ _LAZY_COMMANDS = {
     "export": "edge.cli._export:export",
     "devices": "edge.cli._devices:devices_cmd",
     "health": "edge.cli._health:health",
+    "doctor": "edge.cli._doctor:doctor",
     "sign": "edge.cli._sign:sign",
 }
 

@@ -27,13 +27,15 @@ import json
 import math
 import tempfile
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-Infer = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+# typing's spellings: the alias is evaluated at import, on Python 3.8 too.
+Infer = typing.Callable[[str, typing.Mapping[str, np.ndarray]], typing.Mapping[str, np.ndarray]]
 
 _WORDS = (
     "edge cloud split offload tensor latency energy link device model layer input output "
@@ -197,7 +199,9 @@ def read_page(rgb: np.ndarray, infer: Infer, names: Mapping[str, str],
 
 def ort_infer(paths: Mapping[str, str | Path], threads: int = 1) -> Infer:
     """Plain ONNX Runtime sessions by model name (the reference the agent is judged by)."""
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -226,6 +230,11 @@ def _calibration(models: Mapping[str, Path], sizes: Sequence[tuple[int, int]], s
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             out["cls"].append({"x": classify_input(crop)})
             out["rec"].append({"x": recognize_input(crop)})
+    # The histogram calibrators stack their samples: the lines are padded (with the
+    # normalized grey PaddleOCR pads with) to one width.
+    width = max(s["x"].shape[3] for s in out["rec"])
+    out["rec"] = [{"x": np.pad(s["x"], ((0, 0), (0, 0), (0, 0), (0, width - s["x"].shape[3])))}
+                  for s in out["rec"]]
     return out
 
 
@@ -274,7 +283,6 @@ port = {port}
 
 [cloud]
 url = "{cloud_url}"
-timeout_s = 30.0
 
 [policy]
 file = "{policy}"
@@ -341,7 +349,8 @@ def run_ocr_demo(*, sizes: Sequence[tuple[int, int]], device: str, out_dir: Path
         with tempfile.TemporaryDirectory(prefix="edgecut-ocr-agent-") as tmp:
             policy = Path(tmp) / "policy.toml"
             policy.write_text('objective = "latency"\nslo_ms = 0.0\n[link]\n'
-                              f"prior_bandwidth_mbps = {bandwidth_bps / 1e6:g}\nprior_rtt_ms = 20.0\n")
+                              f"prior_bandwidth_mbps = {bandwidth_bps / 1e6:g}\nprior_rtt_ms = 20.0\n"
+                              "[offload]\ntimeout_ms = 30000.0\n")
             config = Path(tmp) / "agent.toml"
             agent_port = free_port()
             config.write_text(_agent_toml(agent_models, device, Path(tmp) / "data", agent_port,

@@ -297,9 +297,8 @@ def _read_5gophers(path: Path, rows: list[list[str]], select: dict[str, str]) ->
 
 def bundled_trace() -> Path:
     """The small FCC trace shipped with edgecut (US FCC open data; see its README)."""
-    from importlib import resources
-
-    return Path(str(resources.files("edge") / "data" / "traces" / "fcc_27175_amazon_360.txt"))
+    # Beside the package (importlib.resources.files needs Python 3.9).
+    return Path(__file__).resolve().parents[1] / "data" / "traces" / "fcc_27175_amazon_360.txt"
 
 
 def load_trace(path: str | Path, *, select: str | Mapping[str, str] | None = None,

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from devices import DeviceProfile, EnergyModel, PowerSensor
+from devices import (
+    DeviceProfile,
+    EnergyModel,
+    PowerSensor,
+    active_power_mode,
+    compute_for_providers,
+    detect_name,
+)
 from devices.errors import OffloadError
 from edge.offload._client import HALF_OPEN, OPEN, OffloadClient
 from edge.offload._fold import _Folding
@@ -80,8 +87,13 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             probe_budget_bytes=cfg.explore.probe_budget_bytes,
             probe_refill_s=cfg.explore.probe_refill_s, grace_s=cfg.explore.stale_after_s,
             clock=clock)
+        # The power mode the board is in: set in policy.toml, else nvpmodel's active mode
+        # (on a Jetson), else the profile's default.
+        self.power_mode = (cfg.device.power_mode or active_power_mode(device)
+                           or device.default_power_mode)
         self.energy = energy or EnergyModel.from_profile(
-            device, cfg.device.power_mode or None, cfg.device.radio or None, cfg.device.compute)
+            device, self.power_mode, cfg.device.radio or None,
+            "gpu" if cfg.device.compute == "auto" else cfg.device.compute)
         self.compute_scale = compute_scale
         # The cloud's own compute (its Server-Timing) is charged at this multiple of what
         # the server took: a replay on one host stands a CPU server in for a GPU-class
@@ -93,7 +105,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         # race_energy_budget): None until the first decision sets it to one local run.
         self._race_allowance_mj: float | None = None
         self._allowance_lock = threading.Lock()
-        self._device_state = device_state or (lambda: DeviceState(device.default_power_mode))
+        self._device_state = device_state or (lambda: DeviceState(self.power_mode))
         self._clock = clock
         self._rng = random.Random(seed)
         self._threads = intra_op_threads
@@ -135,6 +147,14 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             model_path = self.plan_dir / model_path
         self.model_path = model_path
         full = self._session_for(self.model_path)
+        if energy is None and cfg.device.compute == "auto":
+            # Active power from the providers the session really got, on the board itself:
+            # a GPU wheel that fell back to the CPU draws the CPU's figure. Where this host
+            # stands in for another board (replay, benchmarks), the profile's providers.
+            on_board = detect_name() == device.name
+            self.energy = EnergyModel.from_profile(
+                device, self.power_mode, cfg.device.radio or None,
+                compute_for_providers(full.providers if on_board else device.providers))
         self.input_names = tuple(s.name for s in full.inputs)
         self.output_names = tuple(s.name for s in full.outputs)
         self.costs = costs or CostTable(

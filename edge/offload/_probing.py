@@ -42,7 +42,7 @@ class _Probing:
             times = list(self._arrivals)
             if len(times) <= _MIN_LOOKAHEAD_GAPS or times[-1] != started:
                 return  # too few gaps known, or a later request is under way
-            gap = statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+            gap = statistics.median(b - a for a, b in zip(times, times[1:]))
             due = started + _LOOKAHEAD_AT * gap
             if gap <= 0 or self._clock() >= due:
                 return

@@ -256,13 +256,16 @@ class DeviceSettings:
     """What the energy model and the throttling correction assume of the device."""
 
     power_mode: str = setting(
-        "", "power mode for the energy model; `\"\"` = the profile's default",
-        note="nvpmodel mode for the energy model; \"\" = the profile's default")
+        "", "power mode for the energy model; `\"\"` = the active nvpmodel mode on a Jetson "
+        "(`nvpmodel -q`), else the profile's default",
+        note="power mode for the energy model; \"\" = nvpmodel's active one, else the profile's default")
     radio: str = setting("", "radio for the energy model; `\"\"` = the profile's default",
                          note="radio for the energy model; \"\" = the profile's default")
-    compute: str = setting("gpu", "`gpu` or `cpu`: which active power the device draws",
-                           note="\"gpu\" | \"cpu\": which active power the device uses",
-                           choices=("gpu", "cpu"))
+    compute: str = setting(
+        "auto", "`gpu` or `cpu`: which active power the device draws; `auto` = `gpu` when the "
+        "model's session got the CUDA or TensorRT provider, else `cpu`",
+        note="\"auto\" | \"gpu\" | \"cpu\": which active power; auto = from the session's providers",
+        choices=("auto", "gpu", "cpu"))
     throttle_slowdown: float = setting(
         2.0, "device compute is this much slower while thermally throttled", unit="x", min=1.0)
 

@@ -404,7 +404,7 @@ class LinkEstimator:
             return self._prior_bw
         # A (weighted) harmonic mean.
         w = self._weights_locked()
-        return sum(w) / sum(wi / max(b, 1.0) for wi, (b, _) in zip(w, self._bw, strict=True))
+        return sum(w) / sum(wi / max(b, 1.0) for wi, (b, _) in zip(w, self._bw))
 
     def _rtt_locked(self) -> float:
         # The median: samples inferred from transfers carry errors both ways, so the
@@ -440,8 +440,8 @@ class LinkEstimator:
             elif n > 1:  # too few misses measured yet: the scatter of the samples
                 logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
                 w = self._weights_locked()
-                mean = sum(wi * x for wi, x in zip(w, logs, strict=True)) / sum(w)
-                sd = math.sqrt(sum(wi * (x - mean) ** 2 for wi, x in zip(w, logs, strict=True))
+                mean = sum(wi * x for wi, x in zip(w, logs)) / sum(w)
+                sd = math.sqrt(sum(wi * (x - mean) ** 2 for wi, x in zip(w, logs))
                                / sum(w))
             else:
                 sd = 0.5

@@ -209,7 +209,7 @@ def load(
     """
     if backend is not None:
         chosen = get_backend(backend)
-    elif isinstance(model, bytes | bytearray):
+    elif isinstance(model, (bytes, bytearray)):
         chosen = get_backend("onnxruntime")
     else:
         path = Path(model)

@@ -91,7 +91,7 @@ class LiteRTBackend(Backend):
             raise BackendError(f"litert backend: unknown option(s) {sorted(options)}")
         interpreter_cls = _interpreter_class()
         kwargs: dict[str, Any] = {"num_threads": threads or os.cpu_count() or 1}
-        if isinstance(model, bytes | bytearray):
+        if isinstance(model, (bytes, bytearray)):
             kwargs["model_content"] = bytes(model)
         else:
             if not Path(model).is_file():

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from devices import DeviceProfile
+from devices import DeviceProfile, import_onnxruntime
 from devices.errors import BackendError, ModelError
 from edge.runtime._contract import Backend, Session, TensorSpec, _InputCheck, check_output_names
+
+# Whichever wheel provides the module (CPU, CUDA, Jetson); without one, the error names the
+# wheel that fits this board.
+ort = import_onnxruntime()
 
 # ONNX Runtime's type strings to NumPy dtypes; the inverse is derived, not written twice.
 _ORT_TYPES: dict[str, np.dtype] = {
@@ -114,7 +117,7 @@ class OrtSession(Session):
             values = self._session.run(names, feeds)
         except Exception as exc:  # ORT raises its own untyped errors
             raise BackendError(f"onnxruntime failed to run the model: {exc}") from exc
-        return dict(zip(names, values, strict=True))
+        return dict(zip(names, values))
 
     def close(self) -> None:
         # InferenceSession has no close(); dropping the reference frees it.
@@ -165,7 +168,7 @@ class OrtBackend(Backend):
         providers = provider_list(device, options.pop("providers", None))
         if options:
             raise BackendError(f"onnxruntime backend: unknown option(s) {sorted(options)}")
-        source = bytes(model) if isinstance(model, bytes | bytearray) else str(model)
+        source = bytes(model) if isinstance(model, (bytes, bytearray)) else str(model)
         if isinstance(source, str) and not Path(source).is_file():
             raise ModelError(f"model '{source}': file not found")
         try:

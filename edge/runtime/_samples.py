@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import typing
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,16 @@ import numpy as np
 
 from devices.errors import ConfigError, ModelError
 
-Feeds = dict[str, np.ndarray]
-Calibration = str | Path | int | Sequence[Mapping[str, np.ndarray] | np.ndarray]
+# typing's spellings: these aliases are evaluated at import, on Python 3.8 too.
+Feeds = typing.Dict[str, np.ndarray]
+Calibration = typing.Union[str, Path, int,
+                           typing.Sequence[typing.Union[typing.Mapping[str, np.ndarray], np.ndarray]]]
 
 
 def _input_specs(model_path: str | Path) -> list[tuple[str, np.dtype, tuple[int | None, ...]]]:
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     from edge.runtime._ort import _spec
 
@@ -113,7 +118,7 @@ def _as_samples(source: Calibration, model_path: str | Path, seed: int) -> tuple
         if source < 1:
             raise ConfigError(f"calibration: expected at least 1 sample, got {source}")
         return random_samples(model_path, source, seed), f"{source} random normal samples (seed {seed})"
-    if isinstance(source, str | Path):
+    if isinstance(source, (str, Path)):
         text = str(source)
         if text.isdigit():
             return _as_samples(int(text), model_path, seed)

@@ -61,6 +61,7 @@ from edge.runtime._samples import (
     load_samples,
     random_samples,
 )
+from partition._portable import save_model
 
 ACTIVATION_TYPES = ("uint8", "int8")
 WEIGHT_TYPES = ("int8", "uint8")
@@ -218,7 +219,9 @@ def _preprocess(src: Path, dst: Path, optimize: bool) -> None:
 
 def integer_kernels(model_path: str | Path) -> Counter[str]:
     """Op types of the graph ONNX Runtime actually runs (after its optimizations) on CPU."""
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     with tempfile.TemporaryDirectory(prefix="edgecut-opt-") as tmp:
         out = Path(tmp) / "optimized.onnx"
@@ -234,7 +237,9 @@ def integer_kernels(model_path: str | Path) -> Counter[str]:
 
 
 def _session(path: str | Path, threads: int) -> Any:
-    import onnxruntime as ort
+    from devices import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -399,7 +404,7 @@ def compare_latency(fp32_path: str | Path, int8_path: str | Path, feeds: Feeds, 
             sess.run(None, feeds)
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        for sess, bucket in zip(sessions, times, strict=True):
+        for sess, bucket in zip(sessions, times):
             start = time.perf_counter()
             sess.run(None, feeds)
             bucket.append((time.perf_counter() - start) * 1000)
@@ -506,7 +511,7 @@ def quantize_model(
         staged = Path(tmp) / "fp32.onnx"
         model = _upgrade_opset(onnx.load(str(src)))
         sums = _sum_to_add(model)
-        onnx.save(model, str(staged))
+        save_model(model, staged)
         prepared = staged
         preprocessed: bool | str = False
         if preprocess:
@@ -551,6 +556,9 @@ def quantize_model(
                 )
         except Exception as exc:
             raise ModelError(f"model '{src}': static quantization failed: {exc}") from exc
+    # The quantizer stamps its output with the onnx package's IR version; restamp it so
+    # the oldest supported runtime (ONNX Runtime 1.16) loads it too.
+    save_model(onnx.load(str(out)), out)
     quantize_s = time.perf_counter() - started
 
     kernels = integer_kernels(out)

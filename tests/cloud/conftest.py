@@ -19,6 +19,7 @@ from cloud._gate import Gate
 from cloud._shm import SharedMemoryRegistry
 from cloud.grpc import GrpcServer
 from tests.conftest import free_port
+from tests.onnx_files import make_model, save_model
 
 
 def affine_model(bias: float, width: int = 4, batched: bool = True) -> onnx.ModelProto:
@@ -35,8 +36,7 @@ def affine_model(bias: float, width: int = 4, batched: bool = True) -> onnx.Mode
          helper.make_node("Neg", ["x"], ["z"], name="negate")],
         "affine", [x], [y, z], [two, b],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(graph)
     onnx.checker.check_model(model)
     return model
 
@@ -48,9 +48,7 @@ def typed_model() -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(n, t, [2, 3]) for n, t in specs]
     outputs = [helper.make_tensor_value_info(f"{n}_out", t, [2, 3]) for n, t in specs]
     nodes = [helper.make_node("Identity", [n], [f"{n}_out"]) for n, _ in specs]
-    model = helper.make_model(helper.make_graph(nodes, "typed", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(helper.make_graph(nodes, "typed", inputs, outputs))
     return model
 
 
@@ -59,7 +57,7 @@ def write_version(repo: Path, name: str, version: int, model: onnx.ModelProto) -
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     tmp = folder / "model.onnx.tmp"
-    onnx.save(model, str(tmp))
+    save_model(model, tmp)
     os.replace(tmp, path)  # atomic, so a concurrent load never reads half a file
     return path
 

@@ -88,7 +88,7 @@ def test_triton_flags_and_env_vars_serve_http_and_grpc(repo):
 
 def test_exit_on_error_is_status_1_naming_the_model(repo):
     proc = _start(["--model-repository", str(_broken(repo)), "--http-port", str(free_port()),
-                   "--no-auth", "--intra-op-threads", "1"])
+                   "--no-auth", "--intra-op-threads", "1", "--exit-on-error=true"])
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "1 model(s) failed to load (broken:" in err and "--exit-on-error=false" in err

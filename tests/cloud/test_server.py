@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from cloud import HEADER_LENGTH, InferenceService, decode_infer_response, encode_infer_request
 from tests.cloud.conftest import x_batch
+from tests.onnx_files import make_model
 
 
 @pytest.fixture
@@ -205,10 +206,7 @@ def test_bytes_tensors_for_a_string_model(tmp_path, serve):
 
     s_in = helper.make_tensor_value_info("s", TensorProto.STRING, ["N"])
     s_out = helper.make_tensor_value_info("echo", TensorProto.STRING, ["N"])
-    model = helper.make_model(
-        helper.make_graph([helper.make_node("Identity", ["s"], ["echo"])], "strings", [s_in], [s_out]),
-        opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(helper.make_graph([helper.make_node("Identity", ["s"], ["echo"])], "strings", [s_in], [s_out]))
     write_version(tmp_path, "strings", 1, model)
     service = InferenceService(tmp_path, intra_op_threads=1)
     service.load_all()

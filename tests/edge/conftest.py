@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import free_port
+from tests.onnx_files import make_model, save_model
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 # Started as root, mosquitto drops to the 'mosquitto' user, which cannot read or write
@@ -209,11 +210,10 @@ def tiny_model(path: Path, kind: str = "scale", factor: float = 2.0) -> Path:
     else:
         raise ValueError(kind)
     graph = helper.make_graph(nodes, f"tiny_{kind}", [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(graph)
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    save_model(model, path)
     return path
 
 
@@ -264,7 +264,6 @@ def slow_model(path: Path, size: int = 512, layers: int = 160) -> Path:
     """Input ``x`` float32[N, size] -> ``y``: ``layers`` MatMuls by the identity (slow for
     N = size, so a request stays in flight long enough to signal the agent meanwhile)."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size])
@@ -273,9 +272,8 @@ def slow_model(path: Path, size: int = 512, layers: int = 160) -> Path:
     names = ["x"] + [f"h{i}" for i in range(layers - 1)] + ["y"]
     nodes = [helper.make_node("MatMul", [names[i], "w"], [names[i + 1]]) for i in range(layers)]
     graph = helper.make_graph(nodes, "slow", [x], [y], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    model = make_model(graph)
+    save_model(model, path)
     return path
 
 

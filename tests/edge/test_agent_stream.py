@@ -51,7 +51,7 @@ def test_client_stream_through_the_agent_in_order_with_the_local_answer(
             assert [g.seq for g in got] == list(range(8))
             # the agent holds frames back rather than dropping them: every answer is right
             assert [g.status for g in got] == ["ok"] * 8, [g.error for g in got]
-            for g, want in zip(got, expected, strict=True):
+            for g, want in zip(got, expected):
                 name = next(iter(want))
                 np.testing.assert_allclose(g.outputs[name], want[name], rtol=1e-3, atol=1e-5)
             stats = agent.telemetry()["streams"]["squeezenet"]
@@ -60,7 +60,7 @@ def test_client_stream_through_the_agent_in_order_with_the_local_answer(
             cloud.stop()
             later = list(client.stream("squeezenet", iter(frames[:4]), window=2))
             assert [g.status for g in later] == ["ok"] * 4
-            for g, want in zip(later, expected[:4], strict=True):
+            for g, want in zip(later, expected[:4]):
                 name = next(iter(want))
                 np.testing.assert_allclose(g.outputs[name], want[name], rtol=1e-3, atol=1e-5)
     finally:
@@ -77,7 +77,7 @@ def test_a_model_without_a_plan_streams_frame_by_frame(tmp_path: Path) -> None:
     with AgentServer(agent) as server, Client(server.url) as client:
         got = list(client.stream("tiny", xs, window=2))
         assert [g.seq for g in got] == list(range(5))
-        for g, x in zip(got, xs, strict=True):
+        for g, x in zip(got, xs):
             assert g.status == "ok"
             np.testing.assert_array_equal(g.outputs["y"], x["x"] * 2)
         with pytest.raises(ValueError, match="window"):
@@ -143,7 +143,7 @@ def test_grpc_model_stream_infer_runs_the_pipeline(tmp_path: Path, squeezenet_pl
                 client.close()
         assert [e for _r, e in got if e is not None] == []
         assert [r.get_response().id for r, _e in got] == [str(i) for i in range(6)]
-        for (result, _e), want in zip(got, expected, strict=True):
+        for (result, _e), want in zip(got, expected):
             name = next(iter(want))
             np.testing.assert_allclose(result.as_numpy(name), want[name], rtol=1e-3, atol=1e-5)
         assert agent.telemetry()["streams"]["squeezenet"]["submitted"] == 6

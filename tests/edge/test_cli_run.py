@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from edge.cli import main
+from tests.onnx_files import make_model, save_model
 
 EDGECUT = Path(sys.executable).with_name("edgecut")
 
@@ -23,9 +23,9 @@ def small_model(tmp_path_factory) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(graph)
     path = tmp_path_factory.mktemp("models") / "relu.onnx"
-    onnx.save(model, str(path))
+    save_model(model, path)
     return path
 
 
@@ -35,9 +35,9 @@ def two_input_model(tmp_path_factory) -> Path:
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])
     s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [2])
     graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["s"])], "add", [a, b], [s])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(graph)
     path = tmp_path_factory.mktemp("models") / "add.onnx"
-    onnx.save(model, str(path))
+    save_model(model, path)
     return path
 
 

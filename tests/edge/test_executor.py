@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -25,7 +26,12 @@ def slow_board(tmp_path_factory: pytest.TempPathFactory) -> DeviceProfile:
     """A board 30x slower than this host, so that offloading squeezenet pays on a fast
     link and does not on a slow one (the real Jetson profiles run it locally in ~10 ms)."""
     text = (ROOT / "devices/profiles/jetson-nano.toml").read_text()
-    text = text.replace("relative_speed = 0.32", "relative_speed = 0.03")
+    text = re.sub(r"(?m)^relative_speed = .*$", "relative_speed = 0.03", text)
+    # A slow board with a GPU (the Nano's own profile is CPU only: JetPack 4 has no CUDA 11).
+    text = re.sub(r"(?m)^providers = .*$",
+                  'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]', text)
+    text = re.sub(r"(?m)^accelerators = .*$", 'accelerators = ["gpu"]', text)
+    text = re.sub(r"(?m)^precisions = .*$", 'precisions = ["fp32", "fp16"]', text)
     text = text.replace('name = "jetson-nano"', 'name = "slow-board"')
     path = tmp_path_factory.mktemp("profile") / "slow-board.toml"
     path.write_text(text)

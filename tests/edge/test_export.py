@@ -15,6 +15,7 @@ from cloud._config import read_config
 from devices.errors import ConfigError, PartitionError
 from edge.cli import main
 from partition import CutCandidate, Plan
+from tests.onnx_files import save_model
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "schemas"
 
@@ -23,7 +24,7 @@ def _plan_with_one_split(tmp_path: Path, model_path: Path) -> Path:
     model = onnx.load(str(model_path))
     cut = "r9"  # the output of squeezenet's first fire module (a Concat)
     tail = onnx.utils.Extractor(model).extract_model([cut], [o.name for o in model.graph.output])
-    onnx.save(tail, str(tmp_path / "tail.c1.onnx"))
+    save_model(tail, tmp_path / "tail.c1.onnx")
     plan = Plan(
         model="squeezenet",
         model_path=str(model_path),

@@ -42,3 +42,10 @@ def test_pages_are_read_like_the_rendered_text(trained_model) -> None:
     # Rendered words, read by the trained models: a few characters may differ (spaces).
     assert char_error_rate("\n".join(truth), read) < 0.1
     assert char_error_rate("abc", "abc") == 0.0 and char_error_rate("abcd", "abd") == 0.25
+
+
+def test_demo_ocr_names_a_bad_page_size(capsys) -> None:
+    from edge.cli import main
+
+    assert main(["demo", "ocr", "--sizes", "300x320"]) != 0
+    assert "multiples of 32" in capsys.readouterr().err

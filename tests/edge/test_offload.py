@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,6 +34,7 @@ from edge.offload._client import (
     UploadProgress,
     _server_timing,
 )
+from tests.onnx_files import make_model, save_model
 
 
 def _write_model(repo: Path, name: str, width: int = 4) -> None:
@@ -43,10 +43,9 @@ def _write_model(repo: Path, name: str, width: int = 4) -> None:
     two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
     graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], name, [x], [y],
                               initializer=[two])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(graph)
     (repo / name / "1").mkdir(parents=True)
-    onnx.save(model, str(repo / name / "1" / "model.onnx"))
+    save_model(model, repo / name / "1" / "model.onnx")
 
 
 @pytest.fixture(scope="module")

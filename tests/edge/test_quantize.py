@@ -24,6 +24,7 @@ from edge.runtime.quantize import (
     load_samples,
     quantize_model,
 )
+from tests.onnx_files import make_model, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,9 +55,9 @@ def _residual_net(path: Path, seed: int = 0) -> Path:
         helper.make_node("Softmax", ["logits"], ["prob"], axis=-1),
     ]
     graph = helper.make_graph(nodes, "residual", [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = make_model(graph, opset=13)
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_model(model, path)
     return path
 
 

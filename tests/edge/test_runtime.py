@@ -15,6 +15,7 @@ import devices
 from devices.errors import BackendError, ModelError, ModelInputError
 from edge import runtime
 from edge.runtime._ort import provider_list, tensorrt_options
+from tests.onnx_files import make_model
 
 TRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -33,7 +34,7 @@ def _two_input_model() -> bytes:
     ]
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
     graph = helper.make_graph(nodes, "two_inputs", [image, scale], [out, total], [axes])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(graph)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

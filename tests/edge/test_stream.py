@@ -71,7 +71,7 @@ def test_every_plan_streams_in_order_with_the_local_answer(plan_dir: Path, board
             reader.join(60)
             assert [r.seq for r in got] == list(range(len(frames)))
             assert all(r.status == "ok" for r in got), [r.error for r in got]
-            for r, want in zip(got, ref, strict=True):
+            for r, want in zip(got, ref):
                 np.testing.assert_allclose(r.outputs["softmaxout_1"], want, rtol=1e-3, atol=1e-4)
             assert pipe.stats.lost == 0 and pipe.stats.dropped == 0
 
@@ -123,7 +123,7 @@ def test_dead_cloud_falls_back_on_the_device_for_every_frame(plan_dir: Path, boa
             got = list(pipe.results(timeout_s=5))
             assert [r.status for r in got] == ["fallback"] * 4
             assert all("CloudUnavailable" in r.error or "Offload" in r.error for r in got)
-            for r, want in zip(got, ref, strict=True):
+            for r, want in zip(got, ref):
                 np.testing.assert_allclose(r.outputs["softmaxout_1"], want, rtol=1e-3, atol=1e-4)
             assert pipe.stats.fallbacks == 4 and pipe.stats.lost == 0
 
@@ -143,7 +143,7 @@ def test_replan_mid_stream_loses_and_reorders_nothing(plan_dir: Path, board: Dev
     assert [r.seq for r in got] == list(range(10))
     assert [r.plan for r in got][:4] == ["offload"] * 4 and got[-1].plan == "local"
     assert pipe.stats.replans == 1 and pipe.stats.lost == 0
-    for r, want in zip(got, ref, strict=True):
+    for r, want in zip(got, ref):
         np.testing.assert_allclose(r.outputs["softmaxout_1"], want, rtol=1e-3, atol=1e-4)
 
 

@@ -17,6 +17,7 @@ from edge import Client
 from edge.agent._daemon import Agent, AgentServer
 from tests.conftest import free_port
 from tests.edge.conftest import tiny_model, write_agent_config
+from tests.onnx_files import make_model, save_model
 
 FINAL = ("committed", "rejected", "rolled_back", "superseded")
 
@@ -86,9 +87,9 @@ class _Load:
         """Until every client has ``n`` more answers than now (requests, not seconds)."""
         want = [len(v) + n for v in self.values]
         deadline = time.monotonic() + timeout
-        while any(len(v) < w for v, w in zip(self.values, want, strict=True)) and time.monotonic() < deadline:
+        while any(len(v) < w for v, w in zip(self.values, want)) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert all(len(v) >= w for v, w in zip(self.values, want, strict=True)), "the load stalled"
+        assert all(len(v) >= w for v, w in zip(self.values, want)), "the load stalled"
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -153,15 +154,13 @@ def test_corrupt_download_and_failing_warm_up_are_rejected(make_env, tmp_path: P
 
 
 def _rank3_model(path: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r3", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    model = make_model(graph)
+    save_model(model, path)
 
 
 def test_error_rate_above_the_threshold_rolls_back(make_env, tmp_path: Path) -> None:

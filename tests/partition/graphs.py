@@ -6,11 +6,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.onnx_files import make_model
+
 
 def _model(nodes, inputs, outputs, inits, name: str) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(graph)
     onnx.checker.check_model(model)
     return onnx.shape_inference.infer_shapes(model)
 

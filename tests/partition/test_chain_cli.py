@@ -24,6 +24,7 @@ def test_chain_partition_prints_the_plan_and_writes_every_node(tmp_path, zoo_mod
     text = capsys.readouterr().out
     assert "device -> edge -> cloud" in text and "frames/s" in text
     assert "best with device + edge only" in text and "best with device + cloud only" in text
+    assert (out_dir / "chain.png").stat().st_size > 5000  # where each layer runs
     doc = json.loads((out_dir / "device" / "chain.json").read_text())
     assert doc["nodes"] == ["device", "edge", "cloud"] and doc["objective"] == "throughput"
     assert set(doc["labels"].values()) <= {0, 1, 2}

@@ -248,8 +248,9 @@ def test_plan_costs_every_cut_at_any_size(tmp_path: Path) -> None:
     path = tmp_path / "convnet.onnx"
     onnx.save(_conv_model(True), str(path))
     shapes = parse_shapes("H=64,W=64;H=32,W=32;128x96")
-    plan = build_plan(path, "generic-x86", "here", 20e6, 0.02, keep=None, runs=3, measure=0,
-                      threads=1, figure=False, shapes=shapes, out_dir=tmp_path / "plan")
+    plan = build_plan(path, "generic-x86", "here", 20e6, 0.02, keep=None, runs=3, measure=2,
+                      measure_runs=3, threads=1, figure=False, shapes=shapes,
+                      out_dir=tmp_path / "plan")
     info = plan.info["sizes"]
     assert info["symbols"] == ["N", "H", "W"] and info["batch_symbols"] == ["N"]
     assert info["profiled"] == [{"H": 64, "W": 64}, {"H": 32, "W": 32}, {"H": 128, "W": 96}]
@@ -274,3 +275,5 @@ def test_plan_costs_every_cut_at_any_size(tmp_path: Path) -> None:
     small, big = cost_at(local, {"N": 1, "H": 32, "W": 32}), cost_at(local, {"N": 1, "H": 256, "W": 256})
     assert big[0] > small[0]
     assert plan.candidate("offload").up_bytes == 3 * 64 * 64 * 4
+    # The candidates measured at the reference were measured at every size too.
+    assert plan.info["measured"] and not plan.info["sizes"]["notes"]

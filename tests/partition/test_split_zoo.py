@@ -44,11 +44,11 @@ def test_every_candidate_head_then_tail_equals_full_model(zoo_model, name: str) 
         assert tail.graph.input[0].type.tensor_type.shape.dim[0].dim_param
         mids = _session(head).run(None, feeds)
         assert [o.name for o in head.graph.output] == list(cut)
-        tail_feeds = dict(zip(cut, mids, strict=True))
+        tail_feeds = dict(zip(cut, mids))
         for i in tail.graph.input:
             tail_feeds.setdefault(i.name, feeds.get(i.name))
         got = _session(tail).run(None, tail_feeds)
-        for a, b in zip(got, expected, strict=True):
+        for a, b in zip(got, expected):
             assert a.shape == b.shape
             worst = max(worst, float(np.max(np.abs(a - b))))
         assert worst <= 1e-4, f"{name} cut {cut}: max abs diff {worst}"
@@ -64,7 +64,7 @@ def test_split_keeps_dynamic_batch(zoo_model) -> None:
     feeds = {graph.inputs[0]: x}
     mids = _session(head).run(None, feeds)
     assert mids[0].shape[0] == 3
-    got = _session(tail).run(None, dict(zip(cut, mids, strict=True)))[0]
+    got = _session(tail).run(None, dict(zip(cut, mids)))[0]
     want = _session(graph.model).run(None, feeds)[0]
     assert got.shape == want.shape and got.shape[:2] == (3, 1000)
     np.testing.assert_allclose(got, want, atol=1e-4)

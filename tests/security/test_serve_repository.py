@@ -1,8 +1,8 @@
 """A repository with bad folders: version folders named with non-ASCII digits and a model
 that does not load. Bad version folders are skipped with a warning and shown in the
 repository index, never taking the server down; a model that fails to load stops it at
-start-up only with --exit-on-error (Triton's default, true), and with
---exit-on-error=false the rest is served."""
+start-up only with --exit-on-error=true (Triton's strict behaviour, opt-in), and by
+default the rest is served."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _repo(tmp_path: Path) -> Path:
 
 
 def test_bad_folders_and_models_are_skipped_and_reported(serve_process, tmp_path):
-    server = serve_process(_repo(tmp_path), "--no-auth", "--exit-on-error=false")
+    server = serve_process(_repo(tmp_path), "--no-auth")  # the default: serve the rest
     body, headers = encode_infer_request({"x": np.ones((1, 4), np.float32)})
     for model in ("affine", "other"):
         r = httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, headers=headers,
@@ -58,10 +58,10 @@ def test_bad_folders_and_models_are_skipped_and_reported(serve_process, tmp_path
 
 
 def test_odd_version_folders_alone_do_not_stop_the_server(serve_process, tmp_path):
-    """With the default --exit-on-error=true: '²' made `edgecut serve` exit at start."""
+    """Even with --exit-on-error=true: '²' made `edgecut serve` exit at start."""
     root = _repo(tmp_path)
     shutil.rmtree(root / "broken")
-    server = serve_process(root, "--no-auth")
+    server = serve_process(root, "--no-auth", "--exit-on-error=true")
     body, headers = encode_infer_request({"x": np.ones((1, 4), np.float32)})
     r = httpx.post(f"{server.url}/v2/models/affine/infer", content=body, headers=headers,
                    timeout=10)
