@@ -42,6 +42,9 @@ test-device: $(foreach s,$(DEVICE_SUITES),test-device-$(s))
 .venv-%/.installed: pyproject.toml scripts/device-suite/%.txt
 	rm -rf .venv-$*
 	py=$$(bash scripts/find-python.sh $(subst py3,3.,$*)) && $$py -m venv .venv-$*
+	# A current pip (25.0 on 3.8): the one a 3.8 venv starts with backtracked for most of
+	# an hour over these pins; --no-compile leaves bytecode to the first import.
+	.venv-$*/bin/python -m pip install -q --upgrade pip
 	.venv-$*/bin/python -m pip install -q --no-compile -c scripts/device-suite/$*.txt -e '.[cpu,compress,fast,grpc,test]'
 	touch $@
 
