@@ -412,7 +412,7 @@ def run_chain_measured(models: list[str], n_frames: int, runs: int) -> dict:
     lan, wan = Hop(*LAN), Hop(*WAN)
     for m in models:
         graph, host = host_times(m, runs)
-        dev = {v: t / 0.32 for v, t in host.items()}
+        dev = {v: t / _nano().relative_speed for v, t in host.items()}
         big = {v: 1e12 for v in host}
         three = plan_chain(graph, [dev, dict(host), dict(host)], [lan, wan], _nano(), "latency")
         de = plan_chain(graph, [dev, dict(host)], [lan], _nano(), "latency")

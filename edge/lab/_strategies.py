@@ -132,7 +132,10 @@ def cost_strategies(outcomes: Sequence[tuple[float, Outcome]],
             options[cid] = mine
         best = _pick({k: _compose(p, k_remote, energy) for k, p in expected.items()},
                      objective, slo_ms, latency_weight)
-        bound = options[_pick(options, objective, slo_ms, latency_weight)]
+        # The bound is the cheapest realised cost, so a raced or fallen-back request's own
+        # realised cost (which no single plan's row holds) is one of its options too.
+        realised = {**options, "(edgecut as run)": mine}
+        bound = realised[_pick(realised, objective, slo_ms, latency_weight)]
         hindsight[0].append(bound[0])
         hindsight[1].append(bound[1])
         mine = (mine[0], mine[1] + probe_mj_each)

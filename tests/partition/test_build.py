@@ -56,8 +56,10 @@ def test_profile_covers_every_node_and_says_it_was_emulated(zoo_model, squeezene
     assert dev.total_ms > 0
     cloud = Profile.load(cloud_file)
     assert not cloud.emulated and cloud.scale == 1.0
-    # The device is 1/0.32 times slower than this host: the profiles should say so.
-    assert 1.5 < dev.total_ms / cloud.total_ms < 8
+    # The device is 1/relative_speed times slower than this host: the profiles should say so
+    # (within a factor of about 2 either way: node times are measured on a shared host).
+    slower = 1 / NANO.relative_speed
+    assert 0.48 * slower < dev.total_ms / cloud.total_ms < 2.56 * slower
     cm = CostModel.fit(graph, dev.nodes, "jetson-nano")
     assert cm.samples >= 30 and 0 <= cm.median_abs_pct_error < 100
     assert "Conv" in cm.per_op
