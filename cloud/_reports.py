@@ -8,6 +8,7 @@ routing table (``_models``) and lookups (``_require``, ``_version``) only.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 from typing import Any
@@ -37,17 +38,21 @@ EXTENSIONS = (
 )
 
 
-class Reports:
-    """Metadata, configuration, statistics, metrics and profiles of the served models."""
+class Reports(abc.ABC):
+    """Metadata, configuration, statistics, metrics and profiles of the served models.
+
+    The service that inherits this supplies the routing table and the two lookups."""
 
     _models: dict[str, Model]
     profile_max_elements: int
 
+    @abc.abstractmethod
     def _require(self, name: str) -> Model:
-        raise NotImplementedError
+        """The model called ``name`` (``NotFound`` when there is none)."""
 
+    @abc.abstractmethod
     def _version(self, name: str, version: str | None) -> Version:
-        raise NotImplementedError
+        """The version asked for, or the one serving by default (``ModelNotReady``)."""
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
