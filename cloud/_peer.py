@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud._shm import Caller, SharedMemoryRegistry
-from cloud.errors import Forbidden
+from cloud.errors import Forbidden, ProtocolError
 
-__all__ = ["Peer", "caller_of", "shm_view"]
+__all__ = ["Peer", "caller_of", "infer_into_shm", "shm_view"]
 
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 
@@ -82,3 +82,27 @@ class _LazyView:
 
     def write(self, *args: Any) -> int:
         return self._get().write(*args)
+
+
+async def infer_into_shm(service: Any, model: str, version: str | None, request: Any,
+                         shm: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Run ``request`` and write the outputs that name a shared memory region into it.
+
+    Every such output is checked against its region before the inference is spent. Returns
+    the service's result and, per placed output, the parameters its response carries."""
+    to_shm = {o.name: o.parameters for o in request.outputs or ()
+              if "shared_memory_region" in o.parameters}
+    if to_shm:
+        if shm is None:
+            raise ProtocolError(f"output {next(iter(to_shm))!r}: names shared_memory_region "
+                                "but this server has the system shared memory extension off")
+        for name, params in to_shm.items():
+            shm.check_output(name, params)
+    result = await service.infer(model, version, request)
+    placed = {}
+    for name, params in to_shm.items():
+        if name in result.outputs:
+            size = shm.write(name, result.outputs[name], params)
+            placed[name] = {"shared_memory_region": params["shared_memory_region"],
+                            "shared_memory_byte_size": size}
+    return result, placed

@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from cloud._gate import Gate
-from cloud._peer import Peer, caller_of, shm_view
+from cloud._peer import Peer, caller_of, infer_into_shm, shm_view
 from cloud._service import InferenceService
 from cloud.errors import (
     AuthError,
@@ -291,22 +291,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             request = decode_infer_request(
                 message, shared_memory=shm,
                 check=self.service.input_check(model, version, self.max_bytes_elements))
-            to_shm = {o.name: o.parameters for o in request.outputs or ()
-                      if "shared_memory_region" in o.parameters}
-            if to_shm:
-                if shm is None:
-                    raise ProtocolError(
-                        f"output {next(iter(to_shm))!r}: names shared_memory_region but this "
-                        "server has the system shared memory extension off")
-                for name, params in to_shm.items():
-                    shm.check_output(name, params)  # before spending the inference
-            result = await self.service.infer(model, version, request)
-            placed = {}
-            for name, params in to_shm.items():
-                if name in result.outputs:
-                    size = shm.write(name, result.outputs[name], params)
-                    placed[name] = {"shared_memory_region": params["shared_memory_region"],
-                                    "shared_memory_byte_size": size}
+            result, placed = await infer_into_shm(self.service, model, version, request, shm)
             return encode_infer_response(model, result.version, result.outputs,
                                          request_id=request.id, shared_memory=placed), result
         finally:

@@ -22,7 +22,7 @@ from typing import Any
 from cloud._auth import TokenVerifier
 from cloud._deferred import after_answer
 from cloud._gate import Gate
-from cloud._peer import Peer, shm_view
+from cloud._peer import Peer, infer_into_shm, shm_view
 from cloud._service import InferenceService, InferResult
 from cloud._shm import SharedMemoryRegistry
 from cloud.errors import (
@@ -454,21 +454,7 @@ class _App:
                 decode_infer_request, body, headers, shared_memory=shm, check=check))
         else:
             request = decode_infer_request(body, headers, shared_memory=shm, check=check)
-        to_shm = {o.name: o.parameters for o in request.outputs or ()
-                  if "shared_memory_region" in o.parameters}
-        if to_shm:
-            if shm is None:
-                raise ProtocolError(f"output {next(iter(to_shm))!r}: names shared_memory_region "
-                                    "but this server has the system shared memory extension off")
-            for oname, oparams in to_shm.items():
-                shm.check_output(oname, oparams)  # before spending the inference
-        result = await self.service.infer(model, version, request)
-        placed = {}
-        for oname, oparams in to_shm.items():
-            if oname in result.outputs:
-                size = shm.write(oname, result.outputs[oname], oparams)
-                placed[oname] = {"shared_memory_region": oparams["shared_memory_region"],
-                                 "shared_memory_byte_size": size}
+        result, placed = await infer_into_shm(self.service, model, version, request, shm)
         binary = [name for name in result.outputs
                   if name not in placed and request.wants_binary(name)]
         json_elements = sum(a.size for n, a in result.outputs.items()
