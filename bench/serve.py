@@ -36,12 +36,10 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -237,89 +235,15 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(sorted_values), q))
 
 
-# ----------------------------------------------------------------------------- server side
-
-
-def _http(host: str, port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-    import http.client
-
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    try:
-        conn.request(method, path, body=body or None)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
-
-
-def _rss_mb(pid: int, field: str = "VmRSS") -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    """User plus system CPU seconds a process has used (all its threads)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _batch_histogram(host: str, port: int, model: str) -> dict[int, int]:
-    status, body = _http(host, port, "GET", f"/v2/models/{model}/stats")
-    if status != 200:
-        raise RuntimeError(f"stats of {model}: HTTP {status} {body[:200]!r}")
-    hist: dict[int, int] = {}
-    for entry in json.loads(body)["model_stats"]:
-        for b in entry["batch_stats"]:
-            hist[b["batch_size"]] = hist.get(b["batch_size"], 0) + b["compute_infer"]["count"]
-    return hist
-
-
-def _write_repo(root: Path, model: str, source: Path, max_batch: int, delay_us: int,
-                queue: int) -> None:
-    folder = root / model / "1"
-    folder.mkdir(parents=True)
-    shutil.copyfile(source, folder / "model.onnx")
-    (root / model / "config.pbtxt").write_text(
-        f'name: "{model}"\nmax_batch_size: {max_batch}\n'
-        "instance_group [ { count: 1 } ]\n"
-        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us}\n"
-        f"  default_queue_policy {{ max_queue_size: {queue} }} }}\n")
-
-
-class Server:
-    def __init__(self, repo: Path, port: int, threads: int, extra: tuple[str, ...] = (),
-                 grpc_port: int | None = None) -> None:
-        self.port = port
-        grpc = ("--grpc-port", str(grpc_port)) if grpc_port else ()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "serve", "--repository", str(repo),
-             "--port", str(port), *grpc, "--no-auth", "--intra-op-threads", str(threads),
-             "--log-level", "warning", "--max-in-flight", "4096", *extra],
-            cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("edgecut serve exited during start-up")
-            try:
-                if _http("127.0.0.1", port, "GET", "/v2/health/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("edgecut serve did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
+from bench._serve_soak import soak  # noqa: E402
+from bench._serving import (  # noqa: E402
+    PeakRss,
+    Server,
+    _batch_histogram,
+    _cpu_s,
+    _http,
+    _write_repo,
+)
 
 # ----------------------------------------------------------------------------- bare ORT
 
@@ -447,24 +371,9 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
             ghist = {b: n for b, n in ghist.items() if n > 0}
             rounds["grpc_hist"].append(ghist)
             rounds["grpc_bare_same"].append(bare_same_batches(session, x, ghist, window)[0])
-        rss_before = _rss_mb(server.proc.pid)
-        peak = [rss_before]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                try:
-                    peak.append(_rss_mb(server.proc.pid))
-                except OSError:
-                    return
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        overload = gen.run(host, port, str(payload), args.overload_concurrency,
-                           args.overload_duration, 0.5)
-        stop.set()
-        sampler.join()
+        with PeakRss(server.proc.pid, 0.05) as rss:
+            overload = gen.run(host, port, str(payload), args.overload_concurrency,
+                               args.overload_duration, 0.5)
         alive = _http(host, port, "GET", "/v2/health/live")[0] == 200
     finally:
         server.stop()
@@ -499,7 +408,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
         "overload_503_count": codes.get(503, 0),
         "overload_other_errors": sum(n for c, n in codes.items() if c not in (200, 503))
         + overload["conn_errors"],
-        "overload_peak_rss_mb": round(max(peak), 1),
+        "overload_peak_rss_mb": round(rss.peak_mb, 1),
         # the same server over gRPC (KServe v2 / Triton GRPCInferenceService)
         "grpc_throughput_c16": round(statistics.median(
             [r["throughput"] for r in rounds["grpc_c16"]]), 2),
@@ -543,101 +452,8 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
         "errors_c1_c4_c16": sum(n for r in rounds["c1"] + rounds["c4"] + rounds["c16"]
                                 for c, n in r["codes"].items() if c != 200),
         "overload_ok_count": codes.get(200, 0),
-        "overload_rss_before_mb": round(rss_before, 1),
+        "overload_rss_before_mb": round(rss.samples[0], 1),
         "overload_server_alive_after": alive,
-    }
-
-
-def soak(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator) -> dict:
-    """The hostile-client soak (see the module docstring)."""
-    from cloud import encode_infer_request
-    from partition import zoo
-    from tests.conftest import free_port
-
-    source = zoo.zoo_model(model)
-    repo = workdir / f"soak-{model}"
-    _write_repo(repo, model, source, args.max_batch, args.delay_us, args.queue)
-    import onnxruntime as ort
-
-    input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]
-                                      ).get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    body, headers = encode_infer_request({input_name: x})
-    port = free_port()
-    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + f"Content-Length: {len(body)}\r\n\r\n").encode()
-    payload = workdir / f"soak-{model}.http"
-    payload.write_bytes(head + body)
-    spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
-    server = Server(repo, port, args.threads, (spin, *args.server_arg))
-    host = "127.0.0.1"
-    try:
-        gen.run(host, port, str(payload), 4, 2.0, 0.5)  # warm-up
-        cpu0 = _cpu_s(server.proc.pid)
-        before = gen.run(host, port, str(payload), 4, args.soak_baseline, args.warmup)
-        cpu_alone = (_cpu_s(server.proc.pid) - cpu0) / max(1, before["throughput"]
-                                                           * args.soak_baseline)
-        peak = [_rss_mb(server.proc.pid)]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                try:
-                    peak.append(_rss_mb(server.proc.pid))
-                except OSError:
-                    return
-                time.sleep(0.1)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        attackers = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "_soak.py"), str(port),
-             str(args.soak_duration + 2.0), model], stdout=subprocess.PIPE, text=True,
-            preexec_fn=(lambda: os.nice(args.soak_attacker_nice)) if args.soak_attacker_nice
-            else None)
-        time.sleep(2.0)  # the slow connections are open before the measurement starts
-        cpu0 = _cpu_s(server.proc.pid)
-        under = gen.run(host, port, str(payload), 4, args.soak_duration - 2.0, 0.0)
-        cpu_under = (_cpu_s(server.proc.pid) - cpu0) / max(
-            1, under["throughput"] * (args.soak_duration - 2.0))
-        attacker_cpu = _cpu_s(attackers.pid)
-        attack_out, _ = attackers.communicate(timeout=120)
-        stop.set()
-        sampler.join()
-        after = gen.run(host, port, str(payload), 4, args.soak_baseline, args.warmup)
-        alive = _http(host, port, "GET", "/v2/health/live")[0] == 200
-    finally:
-        server.stop()
-    baseline = (before["throughput"] + after["throughput"]) / 2
-    attack = json.loads(attack_out)
-    return {
-        "soak_good_throughput_ratio": round(under["throughput"] / baseline, 3),
-        "soak_good_errors": sum(n for c, n in under["codes"].items() if c != 200)
-        + under["conn_errors"],
-        "soak_peak_rss_mb": round(max(peak), 1),
-        # context
-        "soak_model": model,
-        "soak_duration_s": args.soak_duration,
-        "soak_good_throughput": round(under["throughput"], 2),
-        "soak_good_throughput_alone_before_after": [round(before["throughput"], 2),
-                                                   round(after["throughput"], 2)],
-        "soak_good_p50_ms": round(under["p50_ms"], 3) if under["p50_ms"] else None,
-        "soak_good_p50_ms_alone_before": round(before["p50_ms"], 3) if before["p50_ms"] else None,
-        "soak_rss_before_mb": round(peak[0], 1),
-        "soak_slow_connections": 500,
-        "soak_slow_connects": attack["slow_connects"],
-        "soak_slow_answers": attack["slow_answers"],
-        "soak_slow_connect_errors": attack["slow_errors"],
-        "soak_malformed_answers": attack["malformed_answers"],
-        "soak_server_alive_after": alive,
-        # CPU: the server's seconds per good request (all its work, the attack's included)
-        # alone and under attack, and what the attack generator itself used on this host
-        "soak_server_cpu_ms_per_good_request_alone": round(cpu_alone * 1e3, 3),
-        "soak_server_cpu_ms_per_good_request_under_attack": round(cpu_under * 1e3, 3),
-        "soak_attacker_cpu_s": round(attacker_cpu, 2),
-        "soak_attacker_nice": args.soak_attacker_nice,
-        "host_loadavg_1m_after": float(open("/proc/loadavg").read().split()[0]),
     }
 
 
