@@ -115,7 +115,8 @@ from partition._chain_export import (
 )
 from partition._compress import decode, encode, evaluate_compression
 from partition._costmodel import CostModel
-from partition._graph import LayerGraph, LayerNode, TensorInfo, load_model
+from partition._graph import LayerGraph, LayerNode, TensorInfo
+from partition._onnx import load_model
 from partition._planner import (
     Choice,
     MinCut,

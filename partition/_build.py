@@ -28,7 +28,8 @@ import onnx
 from devices import DeviceProfile, load_profile
 from devices.errors import PartitionError
 from partition._costmodel import CostModel
-from partition._graph import LayerGraph, load_model
+from partition._graph import LayerGraph
+from partition._onnx import load_model
 from partition._planner import (
     OBJECTIVES,
     candidate_cuts,

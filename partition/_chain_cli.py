@@ -66,7 +66,8 @@ def run_chain(model_path: Path, chain: str, links: str, objective: str, slo_ms: 
     from devices import load_profile
     from partition._chain import plan_chain
     from partition._chain_export import chain_segments, write_chain
-    from partition._graph import LayerGraph, load_model
+    from partition._graph import LayerGraph
+    from partition._onnx import load_model
     from partition._planner import side_times
     from partition._profile import profile_model
 

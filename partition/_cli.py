@@ -53,7 +53,8 @@ def profile(model: str, device_name: str, out_path: str, runs: int, threads: int
 
     from devices import load_profile
     from partition._costmodel import CostModel
-    from partition._graph import LayerGraph, load_model
+    from partition._graph import LayerGraph
+    from partition._onnx import load_model
     from partition._planner import side_times
     from partition._profile import profile_model
 

@@ -155,7 +155,7 @@ def random_feeds(session: Any, batch: int = 1, seed: int = 0,
                  sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """Seeded random inputs for every input of an ORT session: a named dynamic dim takes
     its size from ``sizes`` (by the model's dim name), any other dynamic dim ``batch``."""
-    from partition._graph import _ort_dtype
+    from partition._onnx import _ort_dtype
 
     rng = np.random.default_rng(seed)
     sizes = sizes or {}
@@ -196,7 +196,7 @@ def profile_model(
     """Profile every node of ``model`` here with ORT's profiler (median of ``runs``
     after ``warmup``), on behalf of ``device``: times are divided by its
     ``relative_speed`` when ``emulate`` (this host stands in for the device)."""
-    from partition._graph import _named_copy
+    from partition._onnx import _named_copy
 
     if runs < 1:
         raise PartitionError(f"runs must be >= 1, got {runs}")

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from devices.errors import PartitionError
-from partition._graph import _named_copy, outer_names
+from partition._onnx import _named_copy, outer_names
 
 
 class Splitter:

@@ -15,7 +15,7 @@ def _resolve_model(model: str) -> Path:
     """A model path, or the name of a zoo or trained model (fetched on first use)."""
     path = Path(model)
     if path.is_file():
-        from partition._graph import reject_tflite
+        from partition._onnx import reject_tflite
 
         reject_tflite(path)
         return path

@@ -249,7 +249,7 @@ def quantize_model(
     src = Path(model_path)
     if not src.is_file():
         raise ModelError(f"model '{src}': file not found")
-    from partition._graph import reject_tflite
+    from partition._onnx import reject_tflite
 
     reject_tflite(src)
     out = Path(out_path)
