@@ -92,7 +92,6 @@ from partition._build import (
     build_plan,
     measure_candidates,
     rescale,
-    resolve_cloud,
     write_plan_dir,
 )
 from partition._chain import (
@@ -132,6 +131,7 @@ from partition._portable import MAX_IR_VERSION, MAX_OPSETS, portable_model, save
 from partition._profile import Profile, fetch_cloud_profile, profile_model
 from partition._sizes import bind as bind_sizes
 from partition._sizes import cost_at, parse_shapes
+from partition._sources import resolve_cloud
 from partition._split import Splitter, half_precision_inputs, split_model
 from partition._stream import StreamChoice, bound_fps, choose_stream, stream_stages
 from partition._types import LOCAL, OFFLOAD, SPLIT, CutCandidate, Plan

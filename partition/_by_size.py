@@ -1,0 +1,164 @@
+"""A plan at several input sizes: which sizes of a model's dynamic dims to profile, and
+every candidate's byte expressions and head and tail times at each of them (the policy
+interpolates between them; :mod:`partition._sizes`)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from devices import DeviceProfile
+from devices.errors import PartitionError
+from partition._graph import LayerGraph
+from partition._planner import side_times
+from partition._profile import Profile, profile_model
+from partition._sources import HERE, CloudSpec, _measured_here, resolve_cloud
+from partition._types import LOCAL, OFFLOAD, CutCandidate
+
+__all__ = ["by_size", "size_points"]
+
+
+def size_points(graph: LayerGraph, given: list[dict[str, int]]) -> list[dict[str, int]]:
+    """Sizes of the non-batch symbols to profile at, the reference first."""
+    from partition._sizes import default_points
+
+    free = [s for s in graph.symbols if s not in graph.batch_symbols]
+    if not free:
+        return [{}]
+    ref = {k: graph.sizes[k] for k in free}
+    if not given:
+        return default_points(ref)
+    points = []
+    for p in given:
+        env = dict(ref)
+        for k, v in p.items():
+            sym = graph.renamed.get(k, k)
+            if sym not in graph.symbols:
+                raise PartitionError(
+                    f"shapes: '{k}' is not a dynamic dim of the model; its dims are "
+                    f"{', '.join(graph.symbols)}"
+                )
+            if sym in free:
+                env[sym] = int(v)
+        if env not in points:
+            points.append(env)
+    return points
+
+
+def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict[str, int]],
+             dprof: Profile, cprof: Profile,
+             dev: DeviceProfile, cloud: CloudSpec, name: str, runs: int, threads: int,
+             profile_device: bool, wire: str, say: Callable[[str], None],
+             measure_at: Callable[[dict[str, int]], dict[str, tuple[float, float]]] | None = None,
+             sides: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
+    """Every candidate's byte expressions and its times at each profiled size (the
+    reference's from the plan's own candidates, the others profiled here). Where the plan
+    measured candidates at the reference, ``measure_at`` measures the same ones at each
+    size, and a line per side through them corrects every candidate there, as at the
+    reference; otherwise each candidate's reference correction carries as a ratio."""
+    from partition._sizes import size_rows
+
+    size_expr = " + ".join(
+        f"{graph.tensors[t].bytes_expr()}/{graph.tensors[t].dtype.itemsize}" for t in graph.inputs)
+    down_expr = graph.cut_bytes_expr(graph.outputs)
+    heads: dict[str, list[float]] = {c.cut_id: [c.head_ms] for c in candidates}
+    tails: dict[str, list[float]] = {c.cut_id: [c.tail_ms] for c in candidates}
+    measured_points = [points[0]]
+    cloud_here = str(cloud) == HERE or _measured_here(cprof)
+    notes = []
+    for p in points[1:]:
+        if not profile_device:
+            notes.append("device profile given: other sizes not profiled")
+            break
+        env = graph.env(p, 1)
+        say(f"profiling {name} at {p}")
+        try:
+            dp = profile_model(graph.model, dev, runs=runs, model_name=name,
+                               threads=threads, sizes=env)
+            if cloud_here:
+                cp = resolve_cloud(HERE, graph.model, name, runs, threads, env)
+            else:
+                cp = None
+        except Exception as exc:  # noqa: BLE001 - a size the model rejects is skipped, said
+            notes.append(f"size {p} not profiled: {exc}"[:300])
+            continue
+        dms = side_times(graph, dp.nodes, dp.total_ms)
+        if cp is not None:
+            cms = side_times(graph, cp.nodes, cp.total_ms)
+        else:  # a remote cloud profiled at the reference only: scale it as the device's work
+            ref_dev = side_times(graph, dprof.nodes, dprof.total_ms)
+            ref_cloud = side_times(graph, cprof.nodes, cprof.total_ms)
+            cms = {n: ref_cloud[n] * (dms[n] / ref_dev[n] if ref_dev[n] > 0 else 1.0) for n in graph.order}
+            notes.append(f"cloud times at {p} scaled from the reference by the device's per-node ratio")
+        total_dev, total_cloud = sum(dms.values()), sum(cms.values())
+        pred: dict[str, tuple[float, float]] = {}
+        for c in candidates:
+            if c.kind == LOCAL:
+                pred[c.cut_id] = (total_dev, 0.0)
+            elif c.kind == OFFLOAD:
+                pred[c.cut_id] = (0.0, total_cloud)
+            else:
+                s = graph.device_side(c.tensors)
+                pred[c.cut_id] = (sum(dms[n] for n in s),
+                                  max(0.0, total_cloud - sum(cms[n] for n in s)))
+        ratios = None
+        if measure_at is not None:
+            try:
+                meas = measure_at(env)
+            except Exception as exc:  # noqa: BLE001 - fall back to the ratio carry, said
+                notes.append(f"candidates not measured at {p}: {exc}"[:300])
+            else:
+                kinds = {c.cut_id: c.kind for c in candidates}
+                hp = [(pred[k][0], m[0]) for k, m in meas.items() if sides[0] and kinds[k] != OFFLOAD]
+                tp = [(pred[k][1], m[1]) for k, m in meas.items() if sides[1] and kinds[k] != LOCAL]
+                # One ratio per side (the median of measured / predicted), not a line: an
+                # intercept fitted through a few noisy points at one size gave a 0.4 ms
+                # head 5 ms.
+                ratios = (_median_ratio(hp), _median_ratio(tp))
+        for c in candidates:
+            h, t = pred[c.cut_id]
+            if ratios is not None:
+                h = h * ratios[0] if c.kind != OFFLOAD else h
+                t = t * ratios[1] if c.kind != LOCAL else t
+            else:
+                # The reference's correction of this candidate (profile -> session times,
+                # as a ratio) carries to this size; an intercept fitted at one size would not.
+                h *= _ratio(c.head_ms, c.extra.get("predicted_head_ms"))
+                t *= _ratio(c.tail_ms, c.extra.get("predicted_tail_ms"))
+            heads[c.cut_id].append(h)
+            tails[c.cut_id].append(t)
+        measured_points.append(p)
+    out = []
+    for c in candidates:
+        e = dict(c.extra)
+        e["up_bytes_expr"] = graph.cut_bytes_expr(c.tensors, wire) if c.kind != LOCAL else "0"
+        e["down_bytes_expr"] = down_expr if c.kind != LOCAL else "0"
+        e["size_expr"] = size_expr
+        e["by_size"] = size_rows([graph.env(p, 1) for p in measured_points], size_expr,
+                                 heads[c.cut_id], tails[c.cut_id])
+        out.append(replace(c, extra=e))
+    return {
+        "candidates": out,
+        "symbols": list(graph.symbols),
+        "batch_symbols": list(graph.batch_symbols),
+        "reference": dict(points[0]),
+        "profiled": [dict(p) for p in measured_points],
+        "assumed": list(graph.assumed_sizes),
+        "shape_method": graph.shape_method,
+        "probed_tensors": len(graph.probed),
+        "approximate_tensors": list(graph.approximate),
+        "notes": notes,
+    }
+
+
+def _median_ratio(pairs: list[tuple[float, float]]) -> float:
+    ratios = [m / p for p, m in pairs if p > 0 and m > 0]
+    return float(statistics.median(ratios)) if ratios else 1.0
+
+
+def _ratio(corrected: float, predicted: float | None) -> float:
+    if not predicted or predicted <= 0 or corrected <= 0:
+        return 1.0
+    return min(2.0, max(0.5, corrected / predicted))
