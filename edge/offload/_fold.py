@@ -21,9 +21,11 @@ from partition import LOCAL, OFFLOAD, CutCandidate
 
 
 def fold_cloud_failure(link: LinkEstimator, exc: BaseException, nbytes: int,
-                       seconds: float) -> str:
+                       seconds: float, rest_s: float | None = None) -> str:
     """Fold what a failed cloud leg of ``nbytes`` up, which ran ``seconds``, says of the
     link into ``link``; returns what it was taken as ("rate", "bound", "doubt" or "").
+    ``rest_s``: the leg's expected time beyond its transfers (round trip, the server's
+    usual time), when known.
 
     - A given-up upload (``TransferAbandoned``): the rate its writes progressed at while
       the path held them back stands in for a bandwidth sample.
@@ -37,8 +39,10 @@ def fold_cloud_failure(link: LinkEstimator, exc: BaseException, nbytes: int,
       such timeout behind a loaded server dragged a 212 Mbit/s estimate to 3 on a 5G
       trace (issue 25). The estimate is put in doubt instead, so that the policy probes
       the link before it bets on it again; a real drop then shows in the probe's
-      measured transfer. So also when the client cannot say what was sent (a deadline
-      that passed between attempts, the gRPC transport).
+      measured transfer, or, when another leg times out so before anything was
+      measured, in a bound on the time ``rest_s`` leaves (``observe_timeout``). So also
+      when the client cannot say what was sent (a deadline that passed between
+      attempts, the gRPC transport).
     - Anything else (the service unreachable, the request refused): nothing here; the
       breaker and the cloud's health deal with it.
     """
@@ -56,8 +60,11 @@ def fold_cloud_failure(link: LinkEstimator, exc: BaseException, nbytes: int,
         # (the body's bytes: the tensors and a small header; the tensors' count at most)
         if link.observe_censored(min(sent, nbytes), spent):
             return "bound"
-    link.doubt()
-    return "doubt"
+        if sent < nbytes:  # (too little sent, or too soon, to say anything)
+            link.doubt()
+            return "doubt"
+    spent = exc.seconds if exc.seconds is not None else seconds
+    return link.observe_timeout(nbytes, spent, rest_s)
 
 
 class _Folding:
@@ -90,9 +97,21 @@ class _Folding:
             self.costs.observe(cand.cut_id)
 
     def _observe_cloud_failure(self, exc: Exception, crossing: Mapping[str, np.ndarray],
-                               seconds: float) -> None:
+                               seconds: float, cand: CutCandidate | None = None) -> None:
         """What a failed cloud leg says of the link (see :func:`fold_cloud_failure`)."""
-        fold_cloud_failure(self.link, exc, _nbytes(crossing), seconds)
+        rest_s = self._expected_rest_s(cand) if cand is not None else None
+        fold_cloud_failure(self.link, exc, _nbytes(crossing), seconds, rest_s)
+
+    def _expected_rest_s(self, cand: CutCandidate) -> float:
+        """Wall seconds ``cand``'s cloud leg is expected to spend beyond its transfers:
+        the round trip and the server's usual time for it (the cost table's tail, learnt
+        from its Server-Timing at ``cloud_compute_scale``, back at the server's own
+        speed, and at this request's size)."""
+        tail_ms = next((c.tail_ms for c in self.costs.snapshot() if c.cut_id == cand.cut_id),
+                       cand.tail_ms)
+        factor = getattr(getattr(self, "_request", None), "tail_factor", 1.0) or 1.0
+        k = self.cloud_compute_scale or 1.0
+        return self.link.estimate().rtt_s + tail_ms * factor / k / 1000.0
 
     def _tail_feeds(self, tail: Path, feeds: Mapping[str, np.ndarray],
                     crossing: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

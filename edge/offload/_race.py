@@ -99,7 +99,8 @@ class _Racing:
                                       deadline=time.monotonic() + budget_ms / 1000.0,
                                       request_id=f"{rid}", watch=watch)
             except Exception as exc:  # noqa: BLE001 - any failure leaves it to the device
-                self._observe_cloud_failure(exc, crossing, time.perf_counter() - t_cloud)
+                self._observe_cloud_failure(exc, crossing, time.perf_counter() - t_cloud,
+                                            cand)
                 with done:
                     state["cloud_error"] = exc
                     done.notify_all()

@@ -396,14 +396,41 @@ class LinkEstimator:
             self._add_reading_locked(nbytes * 8.0 / (seconds - rtt), now)
             return True
 
+    def observe_timeout(self, nbytes: int, seconds: float, rest_s: float | None = None,
+                        now: float | None = None) -> str:
+        """A cloud leg ran out of time after ``seconds`` though its whole upload of
+        ``nbytes`` had been handed over (or the transport cannot say what was): the rest
+        of the wait may be the link's (bytes still in its buffers, the answer) or the
+        server's (its queue, its compute). Returns what it was taken as.
+
+        - The first such timeout since the last measured transfer: a "doubt". No
+          bandwidth follows from it (a timeout behind a loaded server, taken as transfer
+          time, once dragged a 212 Mbit/s estimate to 3, issue 25); the estimate is
+          ``provisional`` until the next measured transfer, so that the policy checks
+          the link (a probe) before it bets on it again.
+        - Another one before any transfer measured the link (the probe did not settle
+          it either): the leg as a whole is slow, and a small upload swallowed whole by
+          the path's buffers would otherwise never show a collapsed link. Given
+          ``rest_s``, the server's expected part of the leg (its usual time and the
+          round trip), the bytes had at most the time left: a "bound" of ``nbytes``
+          over ``seconds - rest_s``, folded in as a censored sample is (a stand-in the
+          next measured transfer replaces). Without ``rest_s``, or no time left over,
+          still a doubt. (A server that stays slow is thereby planned as a slow link
+          would be: either way the cloud leg is slow.)"""
+        now = self._clock() if now is None else now
+        with self._lock:
+            again, self._doubted = self._doubted, True
+            if (not again or rest_s is None or seconds - rest_s <= 0
+                    or nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES):
+                return "doubt"
+            if self._bw and nbytes * 8.0 / (seconds - rest_s) >= self._bw_locked():
+                return "doubt"
+            self._add_reading_locked(nbytes * 8.0 / (seconds - rest_s), now)
+            return "bound"
+
     def doubt(self) -> None:
-        """A cloud leg ran out of time and cannot say why: its whole upload had been
-        handed over (the rest of the wait may be the server's queue or compute as well as
-        the link's), or the transport does not tell. No bandwidth follows from it (a
-        timeout behind a loaded server, taken as transfer time, once dragged a 212
-        Mbit/s estimate to 3, issue 25), but the estimate is ``provisional`` until the
-        next measured transfer, so that the policy checks the link (a probe) before it
-        keeps betting on it."""
+        """Put the estimate in question (``provisional``) without moving it, until the
+        next measured transfer (see ``observe_timeout``)."""
         with self._lock:
             self._doubted = True
 
@@ -505,11 +532,13 @@ class LinkEstimator:
                                 provisional)
 
     def _measured_bw_locked(self) -> float:
-        """The weighted harmonic mean of the samples that are not stand-ins."""
+        """The weighted harmonic mean of the samples that are not stand-ins (0 when they
+        weigh nothing next to the newest: so long before it that their weights vanish)."""
         keep = len(self._bw) - self._readings
         w = self._weights_locked()[:keep]
         samples = list(self._bw)[:keep]
-        return sum(w) / sum(wi / max(b, 1.0) for wi, (b, _) in zip(w, samples))
+        inverse = sum(wi / max(b, 1.0) for wi, (b, _) in zip(w, samples))
+        return sum(w) / inverse if inverse > 0 else 0.0
 
     def _rebound_locked(self, bw: float, level: float | None) -> tuple[float, float, float]:
         """The rebound forecast (see the module's notes) at estimate ``bw`` below the

@@ -98,6 +98,9 @@ def test_a_timeout_behind_a_slow_server_leaves_a_fast_links_estimate(
     assert after == dataclasses.replace(before, provisional=True)
     # ... but puts the estimate in question until a measured transfer settles it.
     assert after.provisional
+    # (Were a second leg to time out so before anything measured the link, the leg as a
+    # whole is slow: with the server's expected part known, a stand-in bound; see
+    # test_link.py::test_a_timeout_after_the_whole_upload_doubts_first_and_bounds_...)
     with LinkEmulator("127.0.0.1", server.port, up=fast, down=fast, delay_s=0.005) as emu, \
             OffloadClient(emu.url) as client:
         _measure(est, client, 1)
