@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,17 +176,11 @@ def validate(target: Version, request: InferRequest) -> int:
         array = inputs.get(tensor)
         if array is None:
             raise _invalid(target, f"model {name!r}: input {tensor!r} is missing")
-        if array.dtype != dtype:
-            raise _invalid(
-                target,
-                f"input {tensor!r}: expected datatype {_datatype_name(dtype)}, got "
-                f"{_datatype_name(array.dtype)}",
-            )
+        why = _mismatch(tensor, dtype, shape, batched, array.dtype, _datatype_name(array.dtype),
+                        array.shape)
+        if why:
+            raise _invalid(target, why)
         got = array.shape
-        if len(got) != len(shape) or not _dims_match(shape, got, batched):
-            raise _invalid(
-                target, f"input {tensor!r}: expected shape {list(shape)}, got {list(got)}"
-            )
         if batched:
             b = got[0]
             if index == 0:
@@ -303,6 +298,18 @@ def _dims_match(expected: tuple[int, ...], got: tuple[int, ...], batched: bool) 
     return True
 
 
+def _mismatch(tensor: str, expected: Any, dims: Sequence[int], batched: bool, got_dtype: Any,
+              got_datatype: str, got_shape: Sequence[int]) -> str:
+    """Why an input of ``got_dtype`` and ``got_shape`` does not fit the model's input
+    (``expected`` dtype, ``dims``), or "" when it does: one wording for the check before
+    decoding and the one after."""
+    if got_dtype != expected:
+        return f"input {tensor!r}: expected datatype {_datatype_name(expected)}, got {got_datatype}"
+    if len(dims) != len(got_shape) or not _dims_match(dims, got_shape, batched):
+        return f"input {tensor!r}: expected shape {list(dims)}, got {list(got_shape)}"
+    return ""
+
+
 def check_input(model: str, targets: list[Version], max_bytes_elements: int, tensor: str,
                 datatype: str, shape: tuple[int, ...]) -> None:
     """One input's datatype and shape against the model (any of ``targets`` may take it)
@@ -313,14 +320,8 @@ def check_input(model: str, targets: list[Version], max_bytes_elements: int, ten
         for name, expected, dims in target.signature:
             if name != tensor:
                 continue
-            if expected != dtype:
-                why = (f"input {tensor!r}: expected datatype {_datatype_name(expected)}, "
-                       f"got {datatype}")
-            elif len(dims) != len(shape) or not _dims_match(dims, shape,
-                                                              target.max_batch_size > 0):
-                why = f"input {tensor!r}: expected shape {list(dims)}, got {list(shape)}"
-            else:
-                why = ""
+            why = _mismatch(tensor, expected, dims, target.max_batch_size > 0, dtype, datatype,
+                            shape)
             break
         else:
             why = (f"model {model!r} has no input {tensor!r}; expected "

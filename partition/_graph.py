@@ -149,118 +149,7 @@ class LayerGraph:
         the reference size of each symbol (by its name in the file or as renamed), the
         batch symbols take ``batch``, and a symbol given no size takes
         ``partition._shapes.DEFAULT_SIZE`` (listed in ``assumed_sizes``)."""
-        if not isinstance(model, onnx.ModelProto):
-            raise ModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
-        if batch < 1:
-            raise PartitionError(f"batch must be >= 1, got {batch}")
-        model = _named_copy(model)
-        graph = model.graph
-        inits = {t.name for t in graph.initializer}
-        inputs = tuple(i.name for i in graph.input if i.name not in inits)
-        outputs = tuple(o.name for o in graph.output)
-        if not inputs:
-            raise ModelError(f"model '{graph.name}': no data inputs")
-        reads = {n.name: _reads(n) for n in graph.node}
-
-        weight: set[str] = set(inits) | {""}
-        folded: list[str] = []
-        compute: list[onnx.NodeProto] = []
-        for node in graph.node:
-            if all(i in weight for i in reads[node.name]):
-                weight.update(node.output)
-                folded.append(node.name)
-            else:
-                compute.append(node)
-
-        # Keep only nodes that lead to an output: dead ends never run in a split. A
-        # subgraph's reads from the outer scope count as inputs of its node.
-        producer_of = {o: n for n in compute for o in n.output}
-        live: set[str] = set()
-        stack = [o for o in outputs if o in producer_of]
-        missing = [o for o in outputs if o not in producer_of and o not in inputs]
-        if missing:
-            raise ModelError(
-                f"model '{graph.name}': output(s) {missing} are not computed from the inputs"
-            )
-        while stack:
-            t = stack.pop()
-            n = producer_of.get(t)
-            if n is None or n.name in live:
-                continue
-            live.add(n.name)
-            stack.extend(i for i in reads[n.name] if i not in weight)
-        compute = [n for n in compute if n.name in live]
-
-        acts = ({i for n in compute for i in reads[n.name]} | {o for n in compute for o in n.output}
-                | set(inputs)) - weight
-        table = infer_symbolic(model, sorted(acts), sizes)
-        weight_shapes = {w: (tuple(int(d) for d in table.shapes[w][0]), table.shapes[w][1])
-                         for w in weight - set(inits) - {""}
-                         if w in table.shapes and all(isinstance(d, int) for d in table.shapes[w][0])}
-        env = reference_sizes(table.symbols, table.batch_symbols, sizes, table.renamed, batch)
-        ref = tuple(sorted((k, v) for k, v in env.items() if k not in table.batch_symbols))
-        assumed = tuple(s for s in table.symbols if s not in table.batch_symbols
-                        and s not in (sizes or {}) and not any(
-                            table.renamed.get(k) == s for k in (sizes or {})))
-        env1 = dict(env)
-        env1.update({b: 1 for b in table.batch_symbols})
-
-        # Constant-only subgraphs feeding a node add to its weight bytes.
-        const_bytes = {t.name: _tensor_bytes(t) for t in graph.initializer}
-        init_dims = {t.name: tuple(t.dims) for t in graph.initializer}
-        for w, (dims, dtype) in weight_shapes.items():
-            init_dims.setdefault(w, dims)
-            const_bytes.setdefault(w, int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize)
-        for node in graph.node:
-            if node.name in folded and node.op_type == "Constant":
-                for a in node.attribute:
-                    if a.name == "value":
-                        const_bytes[node.output[0]] = _tensor_bytes(a.t)
-
-        consumers: dict[str, list[str]] = {}
-        for n in compute:
-            for i in dict.fromkeys(reads[n.name]):
-                if i not in weight:
-                    consumers.setdefault(i, []).append(n.name)
-
-        def info(name: str, producer: str, is_input: bool = False) -> TensorInfo:
-            dims, dtype = table.shapes[name]
-            shape = tuple(d if isinstance(d, int) else None for d in dims)
-            return TensorInfo(name, np.dtype(dtype), shape, producer, tuple(consumers.get(name, ())),
-                              is_input=is_input, is_output=name in outputs, dims=tuple(dims),
-                              sizes=ref, batch_symbols=table.batch_symbols)
-
-        tensors: dict[str, TensorInfo] = {}
-        for name in inputs:
-            tensors[name] = info(name, "", is_input=True)
-        nodes: dict[str, LayerNode] = {}
-        for idx, n in enumerate(compute):
-            acts_in = tuple(i for i in dict.fromkeys(reads[n.name]) if i not in weight)
-            acts_out = tuple(o for o in n.output if o)
-            for o in acts_out:
-                tensors[o] = info(o, n.name)
-            pbytes = sum(const_bytes.get(i, 0) for i in n.input if i in weight)
-            nodes[n.name] = LayerNode(
-                n.name, n.op_type, acts_in, acts_out,
-                _flops(n, tensors, init_dims, env1), pbytes, idx,
-            )
-        preds: dict[str, tuple[str, ...]] = {}
-        succs: dict[str, list[str]] = {n: [] for n in nodes}
-        for n in nodes.values():
-            ps = tuple(dict.fromkeys(tensors[i].producer for i in n.inputs if tensors[i].producer))
-            preds[n.name] = ps
-            for p in ps:
-                succs[p].append(n.name)
-        order = _topological(nodes, preds)
-        return LayerGraph(
-            model=table.model, nodes=nodes, tensors=tensors, inputs=inputs, outputs=outputs,
-            order=order, batch=batch, folded=tuple(folded), preds=preds,
-            succs={k: tuple(v) for k, v in succs.items()},
-            symbols=table.symbols, batch_symbols=table.batch_symbols, sizes=dict(ref),
-            assumed_sizes=assumed, shape_method=table.method, probed=table.probed,
-            approximate=table.approximate, renamed=dict(table.renamed),
-            init_dims=init_dims,
-        )
+        return _analyse(model, batch, sizes)
 
     @staticmethod
     def from_path(path: str | Path, batch: int = 1,
@@ -466,6 +355,124 @@ class LayerGraph:
         if not ok:
             return None
         return [s for s in result if s]
+
+
+def _analyse(model: onnx.ModelProto, batch: int,
+             sizes: Mapping[str, int] | None) -> LayerGraph:
+    """The work of :meth:`LayerGraph.from_model`: fold the weights, keep the nodes that
+    lead to an output, find every activation's symbolic shape, and index the DAG."""
+    if not isinstance(model, onnx.ModelProto):
+        raise ModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
+    if batch < 1:
+        raise PartitionError(f"batch must be >= 1, got {batch}")
+    model = _named_copy(model)
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    inputs = tuple(i.name for i in graph.input if i.name not in inits)
+    outputs = tuple(o.name for o in graph.output)
+    if not inputs:
+        raise ModelError(f"model '{graph.name}': no data inputs")
+    reads = {n.name: _reads(n) for n in graph.node}
+
+    weight: set[str] = set(inits) | {""}
+    folded: list[str] = []
+    compute: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if all(i in weight for i in reads[node.name]):
+            weight.update(node.output)
+            folded.append(node.name)
+        else:
+            compute.append(node)
+
+    # Keep only nodes that lead to an output: dead ends never run in a split. A
+    # subgraph's reads from the outer scope count as inputs of its node.
+    producer_of = {o: n for n in compute for o in n.output}
+    live: set[str] = set()
+    stack = [o for o in outputs if o in producer_of]
+    missing = [o for o in outputs if o not in producer_of and o not in inputs]
+    if missing:
+        raise ModelError(
+            f"model '{graph.name}': output(s) {missing} are not computed from the inputs"
+        )
+    while stack:
+        t = stack.pop()
+        n = producer_of.get(t)
+        if n is None or n.name in live:
+            continue
+        live.add(n.name)
+        stack.extend(i for i in reads[n.name] if i not in weight)
+    compute = [n for n in compute if n.name in live]
+
+    acts = ({i for n in compute for i in reads[n.name]} | {o for n in compute for o in n.output}
+            | set(inputs)) - weight
+    table = infer_symbolic(model, sorted(acts), sizes)
+    weight_shapes = {w: (tuple(int(d) for d in table.shapes[w][0]), table.shapes[w][1])
+                     for w in weight - set(inits) - {""}
+                     if w in table.shapes and all(isinstance(d, int) for d in table.shapes[w][0])}
+    env = reference_sizes(table.symbols, table.batch_symbols, sizes, table.renamed, batch)
+    ref = tuple(sorted((k, v) for k, v in env.items() if k not in table.batch_symbols))
+    assumed = tuple(s for s in table.symbols if s not in table.batch_symbols
+                    and s not in (sizes or {}) and not any(
+                        table.renamed.get(k) == s for k in (sizes or {})))
+    env1 = dict(env)
+    env1.update({b: 1 for b in table.batch_symbols})
+
+    # Constant-only subgraphs feeding a node add to its weight bytes.
+    const_bytes = {t.name: _tensor_bytes(t) for t in graph.initializer}
+    init_dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    for w, (dims, dtype) in weight_shapes.items():
+        init_dims.setdefault(w, dims)
+        const_bytes.setdefault(w, int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    for node in graph.node:
+        if node.name in folded and node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    const_bytes[node.output[0]] = _tensor_bytes(a.t)
+
+    consumers: dict[str, list[str]] = {}
+    for n in compute:
+        for i in dict.fromkeys(reads[n.name]):
+            if i not in weight:
+                consumers.setdefault(i, []).append(n.name)
+
+    def info(name: str, producer: str, is_input: bool = False) -> TensorInfo:
+        dims, dtype = table.shapes[name]
+        shape = tuple(d if isinstance(d, int) else None for d in dims)
+        return TensorInfo(name, np.dtype(dtype), shape, producer, tuple(consumers.get(name, ())),
+                          is_input=is_input, is_output=name in outputs, dims=tuple(dims),
+                          sizes=ref, batch_symbols=table.batch_symbols)
+
+    tensors: dict[str, TensorInfo] = {}
+    for name in inputs:
+        tensors[name] = info(name, "", is_input=True)
+    nodes: dict[str, LayerNode] = {}
+    for idx, n in enumerate(compute):
+        acts_in = tuple(i for i in dict.fromkeys(reads[n.name]) if i not in weight)
+        acts_out = tuple(o for o in n.output if o)
+        for o in acts_out:
+            tensors[o] = info(o, n.name)
+        pbytes = sum(const_bytes.get(i, 0) for i in n.input if i in weight)
+        nodes[n.name] = LayerNode(
+            n.name, n.op_type, acts_in, acts_out,
+            _flops(n, tensors, init_dims, env1), pbytes, idx,
+        )
+    preds: dict[str, tuple[str, ...]] = {}
+    succs: dict[str, list[str]] = {n: [] for n in nodes}
+    for n in nodes.values():
+        ps = tuple(dict.fromkeys(tensors[i].producer for i in n.inputs if tensors[i].producer))
+        preds[n.name] = ps
+        for p in ps:
+            succs[p].append(n.name)
+    order = _topological(nodes, preds)
+    return LayerGraph(
+        model=table.model, nodes=nodes, tensors=tensors, inputs=inputs, outputs=outputs,
+        order=order, batch=batch, folded=tuple(folded), preds=preds,
+        succs={k: tuple(v) for k, v in succs.items()},
+        symbols=table.symbols, batch_symbols=table.batch_symbols, sizes=dict(ref),
+        assumed_sizes=assumed, shape_method=table.method, probed=table.probed,
+        approximate=table.approximate, renamed=dict(table.renamed),
+        init_dims=init_dims,
+    )
 
 
 def _flops(node: onnx.NodeProto, tensors: Mapping[str, TensorInfo],

@@ -14,10 +14,11 @@ decision would otherwise be planned on (``Policy.lookahead_probe``).
 ``compute_scale`` converts device compute measured here into the device's time (trace
 replay emulates a slower or faster board: ``1 / relative_speed``); on a real device it is 1.
 
-This module holds the request path (decide, run, execute); the executor's other jobs are
-beside it: sessions (``_sessions``), folding measurements back and falling back
-(``_fold``), racing (``_race``), probing and the look-ahead (``_probing``), the upload
-watch (``_watch``) and what a request produced (``_outcome``).
+This module holds the request path (decide, execute); the executor's other jobs are
+beside it: sessions and local runs (``_sessions``), folding measurements back and falling
+back (``_fold``), racing (``_race``) and its energy allowance (``_allowance``), costing a
+request at its own input sizes (``_sizing``), probing and the look-ahead (``_probing``),
+the upload watch (``_watch``) and what a request produced (``_outcome``).
 """
 from __future__ import annotations
 
@@ -41,19 +42,21 @@ from devices import (
     detect_name,
 )
 from devices.errors import OffloadError
+from edge.offload._allowance import _EnergyAllowance
 from edge.offload._client import HALF_OPEN, OPEN, OffloadClient
 from edge.offload._fold import _Folding
 from edge.offload._outcome import Decided, Outcome, _nbytes, _reference_bytes
 from edge.offload._probing import _LOOKAHEAD_GAPS, _Probing
 from edge.offload._race import _Racing
-from edge.offload._sessions import _Sessions
+from edge.offload._sessions import _Sessions, _whole_model
+from edge.offload._sizing import _InputSizing
 from edge.offload._watch import abandon_watch
 from edge.policy._costs import CostTable
 from edge.policy._decide import Policy
 from edge.policy._link import LinkEstimator
 from edge.policy._state import CloudState, Decision, DeviceState, PolicyContext
 from edge.runtime import Session
-from partition import LOCAL, OFFLOAD, CutCandidate, Plan, bind_sizes, cost_at
+from partition import LOCAL, OFFLOAD, CutCandidate, Plan
 
 
 class Executor(_Sessions, _Folding, _Racing, _Probing):
@@ -101,10 +104,8 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         self.cloud_compute_scale = cloud_compute_scale
         # The server's last reported compute per cut (seconds, as it took it).
         self.server_compute_s: dict[str, float] = {}
-        # The latency objective's energy allowance for racing and probing (mJ; [offload]
-        # race_energy_budget): None until the first decision sets it to one local run.
-        self._race_allowance_mj: float | None = None
-        self._allowance_lock = threading.Lock()
+        # The latency objective's energy allowance for racing and probing (_allowance).
+        self._allowance = _EnergyAllowance()
         self._device_state = device_state or (lambda: DeviceState(self.power_mode))
         self._clock = clock
         self._rng = random.Random(seed)
@@ -138,14 +139,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         self.lookahead_probes = 0
         # The legs of raced requests (the losing one may run on after the answer).
         self._race_threads: list[threading.Thread] = []
-        # The whole model: the local candidate's file in the plan folder, else model_path.
-        local = next((c for c in plan.candidates if c.kind == LOCAL and c.head_model), None)
-        model_path = Path(plan.model_path)
-        if local is not None and (self.plan_dir / local.head_model).is_file():
-            model_path = self.plan_dir / local.head_model
-        elif not model_path.is_absolute():
-            model_path = self.plan_dir / model_path
-        self.model_path = model_path
+        self.model_path = _whole_model(plan, self.plan_dir)
         full = self._session_for(self.model_path)
         if energy is None and cfg.device.compute == "auto":
             # Active power from the providers the session really got, on the board itself:
@@ -161,10 +155,10 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             plan, ewma=cfg.learning.ewma, raw_inputs=self.input_names,
             device_layers=self._device_layers(), clock=clock)
         self.reference_input_bytes = _reference_bytes(full)
-        # A plan with costs by input size (partition._sizes): each candidate's times at
-        # the plan's reference size, against which a request's own size is costed; the
-        # cost table learns at the reference (observations are divided by the factors).
-        self._size_ref = _size_reference(plan)
+        # A plan with costs by input size (partition._sizes): a request's own size is
+        # costed against the plan's reference size, at which the cost table learns
+        # (observations are divided by the factors).
+        self._sizing = _InputSizing(plan)
         self._request = threading.local()
 
     def close(self) -> None:
@@ -185,21 +179,9 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
     # -- decision -----------------------------------------------------------------------
     def sized(self, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float, int, int]]:
         """Per cut id, (head factor, tail factor, up bytes, down bytes) at the sizes of
-        ``feeds``' dynamic dims (see ``PolicyContext.sized``); empty for a plan without
-        size data or inputs that bind no dim."""
-        if not self._size_ref:
-            return {}
-        env_ref, ref = self._size_ref
-        sizes = bind_sizes(self.plan.inputs, {k: np.shape(v) for k, v in feeds.items()})
-        if not sizes:
-            return {}
-        env = {**env_ref, **sizes}
-        out = {}
-        for c in self.plan.candidates:
-            head, tail, up, down = cost_at(c, env)
-            h0, t0 = ref[c.cut_id]
-            out[c.cut_id] = (head / h0 if h0 > 0 else 1.0, tail / t0 if t0 > 0 else 1.0, up, down)
-        return out
+        ``feeds``' dynamic dims (see ``PolicyContext.sized`` and ``_sizing``); empty for a
+        plan without size data or inputs that bind no dim."""
+        return self._sizing.sized(feeds)
 
     def context(self, input_bytes: int, *, draw: bool = True,
                 sized: Mapping[str, tuple[float, float, int, int]] | None = None) -> PolicyContext:
@@ -219,52 +201,19 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             input_bytes=input_bytes, reference_input_bytes=self.reference_input_bytes,
             explore_draw=self._rng.random() if draw else 1.0,
             probe_allowance=self.link.probe_allowance(now), sized=dict(sized or {}),
-            race_allowance_mj=self._race_allowance(local_ms))
-
-    def _race_allowance(self, local_ms: float) -> float:
-        with self._allowance_lock:
-            if self._race_allowance_mj is None:
-                # a start with one local run saved up
-                self._race_allowance_mj = self.energy.plan_mj(local_ms)
-            return self._race_allowance_mj
+            race_allowance_mj=self._allowance.level(self.energy, local_ms))
 
     def _spend_allowance(self, decision: Decision) -> None:
         """A request earns ``race_energy_budget`` x its plan's predicted energy; a race
-        spends what it adds. At most one local run is saved up."""
-        budget = self.policy.config.offload.race_energy_budget
-        local = next((p for p in decision.predictions if p.kind == LOCAL), None)
-        cap = local.energy_mj if local is not None else 0.0
-        base = decision.predicted_mj - decision.race_extra_mj
-        with self._allowance_lock:
-            have = self._race_allowance_mj if self._race_allowance_mj is not None else cap
-            self._race_allowance_mj = min(have + budget * base - decision.race_extra_mj,
-                                          max(cap, 0.0))
+        spends what it adds (``_allowance``)."""
+        self._allowance.earn_and_spend(decision, self.policy.config.offload.race_energy_budget)
 
     def spend_probe_energy(self, radio_s: float) -> None:
         """A probe's radio time, paid from the racing allowance (probing and racing
         share one energy budget under the latency objective)."""
-        with self._allowance_lock:
-            if self._race_allowance_mj is not None:
-                self._race_allowance_mj -= self.energy.plan_mj(0.0, radio_s * 1000.0)
+        self._allowance.spend_radio(self.energy, radio_s)
 
     # -- running ------------------------------------------------------------------------
-    def _run_local(self, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
-        with self._inflight_lock:
-            self._local_inflight += 1
-        try:
-            sess = self._session_for(path)
-            t0 = time.perf_counter()
-            out = sess.run(dict(feeds))
-            ms = (time.perf_counter() - t0) * 1000.0 * self.compute_scale
-            if self.power_sensor is not None:
-                watts = self.power_sensor.read_w()
-                if watts is not None and watts > 0:
-                    self.energy = self.energy.corrected(watts)
-            return out, ms
-        finally:
-            with self._inflight_lock:
-                self._local_inflight -= 1
-
     def decide(self, feeds: Mapping[str, np.ndarray], *, force: str | None = None) -> Decided:
         """The plan for ``feeds`` at this moment, without running anything (microseconds).
 
@@ -394,16 +343,3 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _size_reference(plan: Plan) -> tuple[dict[str, int], dict[str, tuple[float, float]]] | None:
-    """The plan's reference sizes and each candidate's (head, tail) ms there, when every
-    candidate carries times by size."""
-    rows = [c.extra.get("by_size") for c in plan.candidates]
-    if not rows or not all(r and isinstance(r, list) for r in rows):
-        return None
-    env = {str(k): int(v) for k, v in rows[0][0].get("sizes", {}).items()}
-    ref = {}
-    for c in plan.candidates:
-        head, tail, _, _ = cost_at(c, env)
-        ref[c.cut_id] = (head, tail)
-    return env, ref

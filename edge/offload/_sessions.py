@@ -1,21 +1,55 @@
 """The executor's ONNX Runtime sessions: the whole model, each head and local tail in the
-plan folder, loaded once and shared by the request threads.
+plan folder, loaded once and shared by the request threads, and a local run on them (its
+time in the device's terms, the power sensor's correction, the local queue's count).
 
 ``_Sessions`` is one of the jobs of :class:`~edge.offload._executor.Executor`.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from devices.errors import ConfigError
 from edge.runtime import Session
-from partition import LOCAL, CutCandidate
+from partition import LOCAL, CutCandidate, Plan
+
+
+def _whole_model(plan: Plan, plan_dir: Path) -> Path:
+    """The whole model: the local candidate's file in the plan folder, else the plan's
+    ``model_path`` (relative to the plan folder unless absolute)."""
+    local = next((c for c in plan.candidates if c.kind == LOCAL and c.head_model), None)
+    model_path = Path(plan.model_path)
+    if local is not None and (plan_dir / local.head_model).is_file():
+        return plan_dir / local.head_model
+    if not model_path.is_absolute():
+        return plan_dir / model_path
+    return model_path
 
 
 class _Sessions:
-    """Loading and caching the plan's models on the device."""
+    """Loading and caching the plan's models on the device, and running them there."""
+
+    def _run_local(self, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
+        with self._inflight_lock:
+            self._local_inflight += 1
+        try:
+            sess = self._session_for(path)
+            t0 = time.perf_counter()
+            out = sess.run(dict(feeds))
+            ms = (time.perf_counter() - t0) * 1000.0 * self.compute_scale
+            if self.power_sensor is not None:
+                watts = self.power_sensor.read_w()
+                if watts is not None and watts > 0:
+                    self.energy = self.energy.corrected(watts)
+            return out, ms
+        finally:
+            with self._inflight_lock:
+                self._local_inflight -= 1
 
     def _session_for(self, path: Path) -> Session:
         key = str(path)

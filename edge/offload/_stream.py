@@ -116,18 +116,12 @@ class StreamPipeline:
         self.queue_size = queue_size
         self.overload = overload
         self.cloud_timeout_s = cloud_timeout_s
-        self._device_time = device_time or (lambda _kind, ms: ms)
         self._chooser = chooser
         self._replan_every = replan_every
-        self._threads = intra_op_threads
         self._on_alone_leg = on_alone_leg
-        self._uplink_bps = uplink_bps
-        self._pace_lock = threading.Lock()
-        self._next_up = 0.0
+        self._device_stage = _DeviceStage(device, device_time, intra_op_threads)
+        self._pacer = _UplinkPacer(uplink_bps)
         self._cand = candidate
-        self._sessions: dict[str, Any] = {}
-        self._session_lock = threading.Lock()
-        self._device_lock = threading.Lock()
         self._cv = threading.Condition()
         self._queue: deque[tuple[int, dict[str, np.ndarray], float]] = deque()
         self._done: dict[int, StreamResult] = {}
@@ -220,9 +214,7 @@ class StreamPipeline:
                 self._cv.wait(0.1)
         self._device_thread.join(timeout_s)
         self._pool.shutdown(wait=True)
-        for s in self._sessions.values():
-            s.close()
-        self._sessions.clear()
+        self._device_stage.close()
 
     def __enter__(self) -> StreamPipeline:
         return self
@@ -245,36 +237,6 @@ class StreamPipeline:
     def _finish(self, res: StreamResult) -> None:
         with self._cv:
             self._finish_locked(res)
-
-    def _session(self, path: Path) -> Any:
-        key = str(path)
-        with self._session_lock:
-            s = self._sessions.get(key)
-            if s is None:
-                from edge.runtime import load
-
-                if not path.is_file():
-                    raise ConfigError(f"stream: model file {path} not found")
-                kw: dict[str, Any] = {}
-                if self._threads:
-                    kw["intra_op_threads"] = self._threads
-                s = load(path, self.device, **kw)
-                self._sessions[key] = s
-            return s
-
-    def _on_device(self, kind: str, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
-        """Run a model on the device, holding the device for its emulated time."""
-        with self._device_lock:
-            t0 = time.perf_counter()
-            sess = self._session(path)
-            names = {s.name for s in sess.inputs}
-            out = sess.run({k: v for k, v in feeds.items() if k in names})
-            ms = (time.perf_counter() - t0) * 1000.0
-            hold = self._device_time(kind, ms)
-            rest = hold / 1000.0 - (time.perf_counter() - t0)
-            if rest > 0:
-                time.sleep(rest)
-            return out, max(hold, ms)
 
     def _device_loop(self) -> None:
         started = 0
@@ -306,7 +268,7 @@ class StreamPipeline:
 
     def _start(self, seq: int, feeds: dict[str, np.ndarray], t_in: float, cand: CutCandidate) -> None:
         if cand.kind == LOCAL:
-            out, ms = self._on_device("local", self.whole_model, feeds)
+            out, ms = self._device_stage.run("local", self.whole_model, feeds)
             self._slots.release()
             self._finish(StreamResult(seq, "ok", cand.cut_id, self._outputs(out),
                                       (time.perf_counter() - t_in) * 1000.0, ms))
@@ -314,14 +276,14 @@ class StreamPipeline:
         if cand.kind == OFFLOAD:
             crossing, dev_ms = {k: v for k, v in feeds.items() if k in cand.tensors or not cand.tensors}, 0.0
         else:
-            out, dev_ms = self._on_device("head", self.plan_dir / cand.head_model, feeds)
+            out, dev_ms = self._device_stage.run("head", self.plan_dir / cand.head_model, feeds)
             # a cut may carry a model input on (a chain's device sends what later nodes read)
             crossing = {k: out[k] if k in out else feeds[k] for k in cand.tensors}
         self._pool.submit(self._remote, seq, feeds, crossing, t_in, cand, dev_ms)
 
     def _remote(self, seq: int, feeds: dict[str, np.ndarray], crossing: dict[str, np.ndarray],
                 t_in: float, cand: CutCandidate, dev_ms: float) -> None:
-        self._pace(cand)
+        self._pacer.wait_turn(cand.up_bytes)
         t0 = time.perf_counter()
         with self._cv:
             self._inflight += 1
@@ -360,32 +322,93 @@ class StreamPipeline:
             self._slots.release()
         self._finish(res)
 
-    def _pace(self, cand: CutCandidate) -> None:
-        """Start uploads one after another at the link's rate: overlapping uploads share
-        the link, so each would take longer and every frame would wait for the slowest."""
-        if self._uplink_bps is None or not cand.up_bytes:
-            return
-        rate = self._uplink_bps()
-        if not rate or rate <= 0:
-            return
-        with self._pace_lock:
-            now = time.perf_counter()
-            start = max(now, self._next_up)
-            self._next_up = start + cand.up_bytes * 8.0 / rate
-        if start > now:
-            time.sleep(start - now)
-
     def _fall_back(self, seq: int, feeds: dict[str, np.ndarray], crossing: dict[str, np.ndarray],
                    t_in: float, cand: CutCandidate, dev_ms: float, cloud_ms: float,
                    exc: Exception) -> StreamResult:
         tail = self.plan_dir / cand.tail_model if cand.tail_model else None
         if cand.kind != OFFLOAD and tail is not None and tail.is_file():
-            out, ms = self._on_device("tail", tail, {**feeds, **crossing})
+            out, ms = self._device_stage.run("tail", tail, {**feeds, **crossing})
         else:
-            out, ms = self._on_device("local", self.whole_model, feeds)
+            out, ms = self._device_stage.run("local", self.whole_model, feeds)
         return StreamResult(seq, "fallback", cand.cut_id, self._outputs(out),
                             (time.perf_counter() - t_in) * 1000.0, dev_ms + ms, cloud_ms,
                             error=f"{type(exc).__name__}: {exc}")
 
     def _outputs(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v for k, v in out.items() if k in self.output_names}
+
+
+class _DeviceStage:
+    """The device as one resource: the stream's models, loaded once, run one at a time,
+    each held for its emulated time (``device_time(kind, measured_ms)``)."""
+
+    def __init__(self, device: DeviceProfile,
+                 device_time: Callable[[str, float], float] | None,
+                 intra_op_threads: int | None) -> None:
+        self.device = device
+        self._device_time = device_time or (lambda _kind, ms: ms)
+        self._threads = intra_op_threads
+        self._sessions: dict[str, Any] = {}
+        self._session_lock = threading.Lock()
+        self._device_lock = threading.Lock()
+
+    def _session(self, path: Path) -> Any:
+        key = str(path)
+        with self._session_lock:
+            s = self._sessions.get(key)
+            if s is None:
+                from edge.runtime import load
+
+                if not path.is_file():
+                    raise ConfigError(f"stream: model file {path} not found")
+                kw: dict[str, Any] = {}
+                if self._threads:
+                    kw["intra_op_threads"] = self._threads
+                s = load(path, self.device, **kw)
+                self._sessions[key] = s
+            return s
+
+    def run(self, kind: str, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
+        """Run a model on the device, holding the device for its emulated time; returns
+        the outputs and the time held (ms)."""
+        with self._device_lock:
+            t0 = time.perf_counter()
+            sess = self._session(path)
+            names = {s.name for s in sess.inputs}
+            out = sess.run({k: v for k, v in feeds.items() if k in names})
+            ms = (time.perf_counter() - t0) * 1000.0
+            hold = self._device_time(kind, ms)
+            rest = hold / 1000.0 - (time.perf_counter() - t0)
+            if rest > 0:
+                time.sleep(rest)
+            return out, max(hold, ms)
+
+    def close(self) -> None:
+        for s in self._sessions.values():
+            s.close()
+        self._sessions.clear()
+
+
+class _UplinkPacer:
+    """Starts uploads one after another at the link's rate (``uplink_bps()``; ``None``:
+    all at once): overlapping uploads share the link, so each would take longer and every
+    frame would wait for the slowest."""
+
+    def __init__(self, uplink_bps: Callable[[], float] | None) -> None:
+        self._uplink_bps = uplink_bps
+        self._lock = threading.Lock()
+        self._next_up = 0.0
+
+    def wait_turn(self, up_bytes: int) -> None:
+        """Return when an upload of ``up_bytes`` may start."""
+        if self._uplink_bps is None or not up_bytes:
+            return
+        rate = self._uplink_bps()
+        if not rate or rate <= 0:
+            return
+        with self._lock:
+            now = time.perf_counter()
+            start = max(now, self._next_up)
+            self._next_up = start + up_bytes * 8.0 / rate
+        if start > now:
+            time.sleep(start - now)
