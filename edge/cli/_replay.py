@@ -43,6 +43,9 @@ import click
               help="Cloud profile the server's compute is charged at: host (this host as "
                    "it is), t4, a10, or a speed factor over this host (docs/policy.md, "
                    "'Judging the policy').")
+@click.option("--kill", "kill", default=None, metavar="NODE@K",
+              help="With --chain: kill NODE's edgecut serve after K requests of the chain "
+                   "strategy (a node lost mid-run; the rest must fall back, none be lost).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the result (summary, per-request records, notes) as one JSON "
                    "document instead of tables; progress still goes to stderr.")
@@ -50,7 +53,7 @@ import click
 def replay(ctx: click.Context, traces: tuple[str, ...], chain: str | None, links: str | None,
            model: str, device_name: str | None, policy_path: str | None, requests: int,
            duration_s: float, window_s: float | None, rtt_ms: float, plan_dir: str | None,
-           out_dir: str, seed: int, cloud_name: str, as_json: bool) -> None:
+           out_dir: str, seed: int, cloud_name: str, kill: str | None, as_json: bool) -> None:
     """Replay a bandwidth trace: real requests through a link emulator to edgecut serve.
 
     Device compute is emulated as the time measured on this host divided by the device
@@ -79,8 +82,10 @@ def replay(ctx: click.Context, traces: tuple[str, ...], chain: str | None, links
                     f"{opt} does not apply with --chain (the chain names each node's profile, "
                     "--links each hop's RTT)", param_hint=opt)
         _replay_chain(model, chain, links, traces, requests, duration_s, window_s, out_dir,
-                      seed, as_json)
+                      seed, kill, as_json)
         return
+    if kill is not None:
+        raise click.BadParameter("--kill needs --chain", param_hint="--kill")
     if links is not None:
         raise click.BadParameter("--links needs --chain", param_hint="--links")
     if device_name is None:
@@ -139,7 +144,7 @@ def _model_path(model: str) -> Path:
 
 def _replay_chain(model: str, chain: str, links: str | None, traces: tuple[str, ...],
                   requests: int, duration_s: float, window_s: float | None, out_dir: str,
-                  seed: int, as_json: bool) -> None:
+                  seed: int, kill: str | None, as_json: bool) -> None:
     from devices import load_profile
     from devices.errors import ConfigError
     from edge.lab._chain_replay import (
@@ -174,9 +179,18 @@ def _replay_chain(model: str, chain: str, links: str | None, traces: tuple[str, 
         if not Path(path).is_file():
             raise click.BadParameter(f"trace for the hop into {name!r}: {path}: no such file",
                                      param_hint="--trace")
+    kill_at = None
+    if kill is not None:
+        node, _, k = kill.partition("@")
+        if node not in [n for n, _ in nodes[1:]] or not k.isdigit() or int(k) >= requests:
+            raise click.BadParameter(
+                f"expected NODE@K with NODE a chain node after the device "
+                f"{[n for n, _ in nodes[1:]]} and 0 <= K < --requests ({requests}), got {kill!r}",
+                param_hint="--kill")
+        kill_at = (node, int(k))
     model_path = _model_path(model)
     result = chain_replay(model_path, nodes, hops, hop_traces, out_dir=out_dir, requests=requests,
-                          duration_s=duration_s, window_s=window_s, seed=seed,
+                          duration_s=duration_s, window_s=window_s, seed=seed, kill=kill_at,
                           log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps({"out": str(out_dir), **result.to_dict(with_requests=True)}))

@@ -9,6 +9,8 @@
    demo's 5G driving trace when the shared data is there, else the FCC trace shipped in
    the package); a plan that runs layers in the cloud reaches it through the edge node,
    which relays;
+   (with ``--kill-edge-after K``, the edge node's server is killed after K requests of
+   the chain strategy: the requests after it finish on the device, none is lost);
 4. run the requests of each strategy (the device alone, device + one node, the chain
    plan re-chosen per request from per-hop estimates) and show, live, where each
    request's layers ran; then what each server counted (requests answered, relayed,
@@ -40,8 +42,10 @@ def _label(strategy: str) -> str:
 
 def run_chain_demo(*, model: str, device: str, lan: str, wan: str, trace: str | None,
                    requests: int, duration_s: float, out_dir: Path, seed: int,
-                   console: Any) -> dict[str, Any]:
-    """Run the chain demo (module docstring); returns what it wrote to demo_chain.json."""
+                   console: Any, kill_edge_after: int | None = None) -> dict[str, Any]:
+    """Run the chain demo (module docstring); returns what it wrote to demo_chain.json.
+    ``kill_edge_after=k`` kills the edge node's server after k requests of the chain
+    strategy (the last one run), to show the requests after it finishing on the device."""
     from rich.table import Table
 
     from devices import load_profile
@@ -82,7 +86,8 @@ def run_chain_demo(*, model: str, device: str, lan: str, wan: str, trace: str | 
 
     result = chain_replay(model_path, nodes, hops, {"cloud": trace_spec}, out_dir=out_dir,
                           requests=requests, duration_s=duration_s, seed=seed, log=log,
-                          on_request=on_request)
+                          on_request=on_request,
+                          kill=None if kill_edge_after is None else ("edge", kill_edge_after))
 
     plans = Table(title="plans: how many layers run on each node")
     for col in ("plan", "device", "edge", "cloud", "predicted ms", "chosen for"):
@@ -97,9 +102,14 @@ def run_chain_demo(*, model: str, device: str, lan: str, wan: str, trace: str | 
     for col in ("strategy", "edge answered", "edge relayed to cloud", "edge finished itself",
                 "cloud answered"):
         served.add_column(col, justify="left" if col == "strategy" else "right")
+    killed = result.info["killed"]
     for strat, per_node in result.info["served"].items():
         e = per_node.get("edge", {})
         c = per_node.get("cloud", {})
+        if strat == "chain" and killed and killed["done"]:
+            dead = f"killed after {killed['after_chain_requests']}"
+            served.add_row(_label(strat), dead, dead, dead, f"{c.get('answered', 0):.0f}")
+            continue
         served.add_row(_label(strat), f"{e.get('answered', 0):.0f}", f"{e.get('forwarded', 0):.0f}",
                        f"{e.get('finished_here', 0):.0f}", f"{c.get('answered', 0):.0f}")
     console.print(served)

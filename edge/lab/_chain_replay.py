@@ -148,8 +148,17 @@ class _Deployment:
         return f"http://127.0.0.1:{self.emu_ports[self.names[1]]}"
 
     def counts(self) -> dict[str, dict[str, float]]:
-        """Per node with a server: requests answered and relay outcomes so far."""
-        return {n: server_counts(s.url) for n, s in self.servers.items()}
+        """Per node with a live server: requests answered and relay outcomes so far."""
+        return {n: server_counts(s.url) for n, s in self.servers.items()
+                if s.proc is not None and s.proc.poll() is None}
+
+    def kill(self, node: str) -> str | None:
+        """Kill ``node``'s server abruptly (a node lost); None when it has none."""
+        server = self.servers.get(node)
+        if server is None:
+            return None
+        server.kill()
+        return node
 
     def restart_clocks(self, offset_s: float) -> None:
         for e in self.emulators:
@@ -195,13 +204,18 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
                  estimate_window_s: float = 5.0, max_plans: int = 6, max_rate_bps: float = 1e9,
                  objective: str = "latency", runs: int = 5, seed: int = 0, server_threads: int = 1,
                  plot: bool = True, log: Callable[[str], None] | None = None,
-                 on_request: Callable[[dict[str, Any]], None] | None = None) -> ChainReplayResult:
+                 on_request: Callable[[dict[str, Any]], None] | None = None,
+                 kill: tuple[str, int] | None = None) -> ChainReplayResult:
     """Replay per-hop traces through a chain of real processes (module docstring).
 
     ``nodes``: [(name, profile)], the device first. ``hops``: one ``partition.Hop`` per
     node after the device (its RTT, and its rate when the hop has no trace).
     ``hop_traces``: node -> trace file (``FILE#key=value`` selects a series).
     ``on_request(record)`` is called after each request (the demo prints it live).
+    ``kill=(node, k)``: kill that node's ``edgecut serve`` after ``k`` requests of the
+    chain strategy (which runs last): a node lost mid-run. The requests after it fall back
+    (a dead middle node: the device finishes from its cut; a dead last node behind a
+    relay: the relay finishes the model itself) and none may be lost.
     ``info["served"][strategy][node]``: what that node's server counted during the
     strategy (``answered``, relay ``forwarded`` / ``finished_here``), from its metrics.
     """
@@ -217,6 +231,9 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
         raise ConfigError(f"chain replay: {len(nodes)} nodes need {len(nodes) - 1} hops, got {len(hops)}")
     if requests < 1:
         raise ConfigError(f"chain replay: requests must be >= 1, got {requests}")
+    if kill is not None and (kill[0] not in [n for n, _ in nodes[1:]] or not 0 <= kill[1] < requests):
+        raise ConfigError(f"chain replay: kill expects (a node after the device, 0 <= k < {requests} "
+                          f"requests), got {kill!r}")
     if objective not in ("latency", "energy"):
         raise ConfigError(f"chain replay: objective must be latency or energy, got {objective!r}")
     names = [n for n, _ in nodes]
@@ -330,6 +347,7 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
     ]
     records: list[dict[str, Any]] = []
     served: dict[str, dict[str, dict[str, float]]] = {}
+    killed: str | None = None
     energy_model = (active_power_w(device), device.radio.tx_w, device.radio.rx_w, device.power.idle_w)
     try:
         url = dep.start(say)
@@ -355,17 +373,23 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
                         if ahead <= 0:
                             break
                         time.sleep(min(ahead / speedup, 0.05))
+                    if strat == CHAIN and kill is not None and i == kill[1]:
+                        say(f"killing {kill[0]}'s edgecut serve after {i} chain requests")
+                        killed = dep.kill(kill[0])
                     t0 = dep.trace_time()
                     pid = ids[i]
                     pipe = pipes[pid]
                     r = pipe.result(pipe.submit(feeds), timeout_s=120)
                     rec = _record(strat, i, t0, pid, r, reference, pipe.candidate, traces[0],
                                   energy_model, estimates[i] if strat == CHAIN else None)
-                    rec["placement"] = dict(meta[pid]["layers"])
+                    # a request that fell back ran every layer on the device from its cut
+                    rec["placement"] = (dict(meta[pid]["layers"]) if rec["status"] == "ok" else
+                                        {names[0]: len(order)} if rec["status"] == "fallback" else {})
                     records.append(rec)
                     if on_request is not None:
                         on_request(rec)
                 after = dep.counts()
+                # a node killed in this strategy has no counts to read afterwards
                 served[strat] = {n: {k: v - before.get(n, {}).get(k, 0.0) for k, v in c.items()}
                                  for n, c in after.items()}
                 before = after
@@ -382,6 +406,9 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
         "chain_plans_used": sorted(set(chain_ids)),
         # what each later node's edgecut serve counted per strategy (its /metrics)
         "served": served,
+        # (node, after k chain requests) whose server was killed; None when none was
+        "killed": None if kill is None else {"node": kill[0], "after_chain_requests": kill[1],
+                                             "done": killed is not None},
         "fallbacks": sum(1 for r in records if r["status"] == "fallback"),
         "lost": sum(1 for r in records if r["status"] not in ("ok", "fallback")),
         "max_abs_diff": max((r["max_abs_diff"] for r in records if r["max_abs_diff"] is not None),
@@ -499,6 +526,9 @@ def served_table(result: ChainReplayResult) -> str:
             if c.get("forwarded") or c.get("finished_here"):
                 relay = f", forwarded {c['forwarded']:.0f}, finished itself {c['finished_here']:.0f}"
             parts.append(f"{n}: answered {c['answered']:.0f}{relay}")
+        k = result.info.get("killed")
+        if strat == CHAIN and k and k["done"]:
+            parts.append(f"{k['node']}: killed after {k['after_chain_requests']} requests")
         lines.append(f"{strat:<18}" + ("; ".join(parts) or "no server"))
     return "\n".join(lines)
 

@@ -356,8 +356,11 @@ def demo_ocr(sizes: str, device: str, bandwidth: str, int8: bool, out_dir: str, 
 @click.option("--out", "out_dir", default="edgecut-demo-chain", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
+@click.option("--kill-edge-after", default=None, type=click.IntRange(0, None), metavar="K",
+              help="Kill the edge node's edgecut serve after K requests of the chain strategy "
+                   "(the last one run): the rest finish on the device, none is lost.")
 def demo_chain(model: str, device: str, lan: str, wan: str, trace: str | None, requests: int,
-               duration_s: float, out_dir: str, seed: int) -> None:
+               duration_s: float, out_dir: str, seed: int, kill_edge_after: int | None) -> None:
     """A chain device -> nearby edge node -> cloud: two real edgecut serve processes behind
     emulated links (the WAN following a real trace), a chain plan per request, and where
     each request's layers ran."""
@@ -382,8 +385,11 @@ def demo_chain(model: str, device: str, lan: str, wan: str, trace: str | None, r
         except ConfigError as exc:
             raise click.BadParameter(f"expected rate/RTT (e.g. 20Mbit/40ms), got {value!r}: {exc}",
                                      param_hint=opt) from exc
+    if kill_edge_after is not None and kill_edge_after >= requests:
+        raise click.BadParameter(f"expected fewer than --requests ({requests}), got {kill_edge_after}",
+                                 param_hint="--kill-edge-after")
     if trace is not None and not Path(trace.split("#")[0]).is_file():
         raise click.BadParameter(f"{trace.split('#')[0]}: no such file", param_hint="--trace")
     run_chain_demo(model=model, device=device, lan=lan, wan=wan, trace=trace, requests=requests,
                    duration_s=duration_s, out_dir=Path(out_dir), seed=seed,
-                   console=Console(width=140))
+                   console=Console(width=140), kill_edge_after=kill_edge_after)

@@ -108,6 +108,29 @@ def test_replay_two_node_chain_as_json(tmp_path: Path, traces_dir: Path) -> None
         result["summary"][s]["mean_ms"] for s in ("device", "device+cloud", "chain")) + 1e-6
 
 
+@pytest.mark.slow
+def test_replay_chain_edge_node_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, [
+        "replay", "--model", "squeezenet", "--chain", CHAIN, "--links", LINKS, "--requests", "4",
+        "--duration", "2", "--window", "20", "--kill", "edge@2", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert "killing edge's edgecut serve after 2 chain requests" in r.stderr
+    chain = [x for x in result["requests"] if x["strategy"] == "chain"]
+    layers = sum(result["plans"]["p0"]["layers"].values())
+    # precondition: a Nano-speed device with a 1 Gbit/s LAN sends its work to the edge node
+    assert all("edge" in result["plans"][x["plan"]]["nodes_used"] for x in chain), result["plans"]
+    assert [x["status"] for x in chain] == ["ok", "ok", "fallback", "fallback"]
+    # the requests after the kill ran every layer on the device, with the right answer
+    assert [x["placement"] for x in chain[2:]] == [{"device": layers}] * 2
+    assert all(x["max_abs_diff"] <= 1e-4 for x in chain)
+    assert result["info"]["lost"] == 0 and result["info"]["fallbacks"] == 2
+    assert result["info"]["killed"] == {"node": "edge", "after_chain_requests": 2, "done": True}
+    assert "edge" not in result["info"]["served"]["chain"]  # dead: nothing to read
+    assert result["summary"]["chain"]["answered"] == 4 and result["summary"]["chain"]["fallbacks"] == 2
+
+
 @pytest.mark.parametrize("args, hint, words", [
     (["--chain", "device", "--links", LINKS], "--chain", "expected name=profile"),
     (["--chain", "device=jetson-nano", "--links", LINKS], "--chain", "at least two nodes"),
@@ -128,6 +151,10 @@ def test_replay_two_node_chain_as_json(tmp_path: Path, traces_dir: Path) -> None
     (["--chain", CHAIN, "--links", LINKS, "--device", "jetson-nano"], "--device", "does not apply"),
     (["--chain", CHAIN, "--links", LINKS, "--rtt-ms", "10"], "--rtt-ms", "does not apply"),
     (["--links", LINKS, "--device", "jetson-nano"], "--links", "--links needs --chain"),
+    (["--kill", "edge@1", "--device", "jetson-nano"], "--kill", "--kill needs --chain"),
+    (["--chain", CHAIN, "--links", LINKS, "--kill", "device@1"], "--kill", "expected NODE@K"),
+    (["--chain", CHAIN, "--links", LINKS, "--kill", "edge"], "--kill", "expected NODE@K"),
+    (["--chain", CHAIN, "--links", LINKS, "--kill", "edge@40"], "--kill", "0 <= K < --requests (40)"),
 ])
 def test_replay_chain_rejects_bad_input(tmp_path: Path, traces_dir: Path, args: list[str], hint: str,
                                         words: str) -> None:

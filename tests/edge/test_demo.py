@@ -81,7 +81,8 @@ def test_demo_chain_rejects_bad_settings(tmp_path: Path) -> None:
 
     for args, hint in ((["--lan", "fast"], "--lan"), (["--wan", "20Mbit"], "--wan"),
                        (["--device", "nosuchboard"], "--device"), (["--model", "nosuchnet"], "--model"),
-                       (["--trace", str(tmp_path / "none.csv")], "--trace")):
+                       (["--trace", str(tmp_path / "none.csv")], "--trace"),
+                       (["--requests", "3", "--kill-edge-after", "3"], "--kill-edge-after")):
         r = CliRunner().invoke(cli, ["demo", "chain", "--out", str(tmp_path / "o"), *args])
         assert r.exit_code == 2 and hint in r.output, (args, r.output)
         assert not (tmp_path / "o").exists()
