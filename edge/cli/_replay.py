@@ -147,13 +147,8 @@ def _replay_chain(model: str, chain: str, links: str | None, traces: tuple[str, 
                   seed: int, kill: str | None, as_json: bool) -> None:
     from devices import load_profile
     from devices.errors import ConfigError
-    from edge.lab._chain_replay import (
-        chain_replay,
-        parse_hop_traces,
-        requests_table,
-        served_table,
-        summary_table,
-    )
+    from edge.lab._chain_replay import chain_replay, parse_hop_traces
+    from edge.lab._chain_report import requests_table, served_table, summary_table
     from partition._chain_cli import parse_chain, parse_links
 
     try:

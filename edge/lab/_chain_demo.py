@@ -49,7 +49,8 @@ def run_chain_demo(*, model: str, device: str, lan: str, wan: str, trace: str | 
     from rich.table import Table
 
     from devices import load_profile
-    from edge.lab._chain_replay import chain_replay, placement_text
+    from edge.lab._chain_replay import chain_replay
+    from edge.lab._chain_report import placement_text
     from edge.lab._demo import default_trace
     from edge.lab._emulator import bundled_trace
     from partition import zoo_model
