@@ -5,7 +5,9 @@ transport sits beside them and may import the core, never another transport::
 
     errors.py       the error tree (each leaf carries its HTTP status)
     _tensors.py     datatypes, the raw tensor byte layout, InferRequest (every transport)
-    _service.py     InferenceService: routing, validation, inference, repository, metadata
+    _service.py     InferenceService, the core's face over: _table.py (the routing table,
+                    versions and canary), _loader.py (loading and unloading),
+                    _dispatch.py (serving a request), _reports.py (metadata, statistics)
     _models.py      served versions, request checks, config and statistics rendering
     _batcher.py     dynamic batching and the worker threads; _runtime.py: model runtimes
     _config.py      config.pbtxt; _auth.py: JWT; _gate.py: auth and admission limits

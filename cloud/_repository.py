@@ -1,8 +1,8 @@
 """Reading a Triton-layout model repository: what is on disk and how to instantiate it.
 
 ``<repository>/<model>/config.pbtxt`` (optional) and ``<model>/<version>/model.onnx``.
-Pure functions of the files and the service's defaults; :class:`cloud._service.
-InferenceService` decides when to load and swaps versions in.
+Pure functions of the files and the service's defaults; :class:`cloud._loader.Loader`
+decides when to load and swaps versions in.
 """
 
 from __future__ import annotations

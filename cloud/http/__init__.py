@@ -2,13 +2,14 @@
 
 What it owns: the REST message codec (``_codec``: JSON and the binary tensor data
 extension), the ASGI app that maps exactly the v2 paths onto an
-:class:`~cloud.InferenceService` (``_app``), the local API's fast lane inside uvicorn's
+:class:`~cloud.InferenceService` (``_app``, with its route families in ``_routes``,
+``_infer`` and ``_extensions``), the local API's fast lane inside uvicorn's
 protocol (``_lane``) and running the app with uvicorn in the foreground or a thread
 (``_server``). Only this package (and :mod:`cloud.errors`' status table) knows HTTP.
 
 It may import the core (:mod:`cloud._service`, ``_tensors``, ``_gate``, ``_shm``,
-``_deferred``, ``errors``), never another transport. The codec needs NumPy only; the app
-and the server load uvicorn and the service on first use.
+``_peer``, ``_metrics``, ``_deferred``, ``errors``), never another transport. The codec
+needs NumPy only; the app and the server load uvicorn and the service on first use.
 """
 
 from __future__ import annotations

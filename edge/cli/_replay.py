@@ -9,13 +9,22 @@ import click
 
 
 @click.command()
-@click.option("--trace", "trace", default=None,
+@click.option("--trace", "traces", multiple=True,
               help="Bandwidth trace file (FCC/HSDPA, Mahimahi, Ghent JSON, NYU CSV, 5Gophers "
                    "CSV); FILE#key=value,... selects a series in multi-series files "
-                   "(default: the bundled FCC trace).")
+                   "(default: the bundled FCC trace). With --chain: NODE=FILE, once per hop "
+                   "that follows a trace (the hop into NODE).")
+@click.option("--chain", default=None,
+              help="Replay a chain of nodes instead: name=profile,... in order, the device "
+                   "first (e.g. device=jetson-nano,edge=here,cloud=here).")
+@click.option("--links", default=None,
+              help="With --chain: the hop into each node after the first, NODE=rate/RTT "
+                   "(e.g. edge=1000Mbit/2ms,cloud=20Mbit/40ms); a hop with a --trace takes "
+                   "its rate from the trace and its RTT from here.")
 @click.option("--model", required=True,
               help="Zoo model name (resnet50, inception_v1, ...) or an .onnx path.")
-@click.option("--device", "device_name", required=True, help="Device profile name or .toml path.")
+@click.option("--device", "device_name", default=None,
+              help="Device profile name or .toml path (required without --chain).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
               default=None, help="policy.toml (default: the built-in defaults).")
 @click.option("--requests", default=40, show_default=True, type=click.IntRange(1, 100000))
@@ -34,36 +43,64 @@ import click
               help="Cloud profile the server's compute is charged at: host (this host as "
                    "it is), t4, a10, or a speed factor over this host (docs/policy.md, "
                    "'Judging the policy').")
-def replay(trace: str | None, model: str, device_name: str, policy_path: str | None, requests: int,
+@click.option("--kill", "kill", default=None, metavar="NODE@K",
+              help="With --chain: kill NODE's edgecut serve after K requests of the chain "
+                   "strategy (a node lost mid-run; the rest must fall back, none be lost).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result (summary, per-request records, notes) as one JSON "
+                   "document instead of tables; progress still goes to stderr.")
+@click.pass_context
+def replay(ctx: click.Context, traces: tuple[str, ...], chain: str | None, links: str | None,
+           model: str, device_name: str | None, policy_path: str | None, requests: int,
            duration_s: float, window_s: float | None, rtt_ms: float, plan_dir: str | None,
-           out_dir: str, seed: int, cloud_name: str) -> None:
+           out_dir: str, seed: int, cloud_name: str, kill: str | None, as_json: bool) -> None:
     """Replay a bandwidth trace: real requests through a link emulator to edgecut serve.
 
     Device compute is emulated as the time measured on this host divided by the device
     profile's relative_speed. Compares local, cloud, the best static split (Neurosurgeon),
     edgecut's adaptive policy and the per-request oracle; writes replay.json,
     requests.jsonl, decisions.jsonl and replay.png to OUT.
+
+    With --chain and --links: every node after the device is an edgecut serve behind its
+    own link emulator (a middle node relays to the next); compares the device alone, the
+    best plan on the device and each single node, the chain plan re-chosen per request
+    from per-hop estimates, and the oracle; prints where each request's layers ran and
+    what each node's server counted; writes replay_chain.json, requests.jsonl,
+    replay_chain.png and chain-<plan>.png (where each layer ran) to OUT, e.g.
+
+    edgecut replay --model squeezenet --chain device=jetson-nano,edge=here,cloud=here
+    --links edge=1000Mbit/2ms,cloud=20Mbit/40ms --trace cloud=TRACE --out OUT
     """
+    from devices.errors import ConfigError
+
+    if chain is not None:
+        # Options of the two-node replay that a chain does not use are refused, not ignored.
+        for opt, name in (("--device", "device_name"), ("--policy", "policy_path"),
+                          ("--plan-dir", "plan_dir"), ("--rtt-ms", "rtt_ms"), ("--cloud", "cloud_name")):
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT):
+                raise click.BadParameter(
+                    f"{opt} does not apply with --chain (the chain names each node's profile, "
+                    "--links each hop's RTT)", param_hint=opt)
+        _replay_chain(model, chain, links, traces, requests, duration_s, window_s, out_dir,
+                      seed, kill, as_json)
+        return
+    if kill is not None:
+        raise click.BadParameter("--kill needs --chain", param_hint="--kill")
+    if links is not None:
+        raise click.BadParameter("--links needs --chain", param_hint="--links")
+    if device_name is None:
+        raise click.BadParameter("give a device profile (or --chain)", param_hint="--device")
+    if len(traces) > 1:
+        raise click.BadParameter("one trace without --chain (NODE=FILE per hop with --chain)",
+                                 param_hint="--trace")
     from devices import load_profile
+    from edge.lab._cloudgpu import cloud_profile
     from edge.lab._replay import replay as run_replay
     from edge.lab._replay import summary_table
     from edge.policy._config import PolicyConfig, load_policy_config
 
-    if model.endswith(".onnx"):
-        model_path = Path(model)
-        if not model_path.is_file():
-            raise click.BadParameter(f"{model}: no such file", param_hint="--model")
-    else:
-        from partition import ZOO_MODELS, zoo_model
-
-        if model not in ZOO_MODELS:
-            raise click.BadParameter(
-                f"unknown model {model!r}: expected an .onnx path or one of "
-                + ", ".join(ZOO_MODELS), param_hint="--model")
-        model_path = zoo_model(model)
-    from devices.errors import ConfigError
-    from edge.lab._cloudgpu import cloud_profile
-
+    model_path = _model_path(model)
+    trace = traces[0] if traces else None
     try:
         cloud = cloud_profile(cloud_name)
     except ConfigError as exc:
@@ -79,8 +116,91 @@ def replay(trace: str | None, model: str, device_name: str, policy_path: str | N
                         out_dir=out, requests=requests, duration_s=duration_s,
                         window_s=window_s, rtt_s=rtt_ms / 1000.0, seed=seed, cloud=cloud,
                         log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps({"out": str(out), **result.to_dict(), "requests": result.requests}))
+        return
     for note in result.notes:
         click.echo(f"note: {note}")
     click.echo(summary_table(result))
     click.echo(json.dumps({"out": str(out), "fallbacks": result.info["fallbacks"],
                            "static_split_cut": result.info["static_split_cut"]}))
+
+
+def _model_path(model: str) -> Path:
+    """A zoo model's name (built on first use) or an .onnx path, checked."""
+    if model.endswith(".onnx"):
+        model_path = Path(model)
+        if not model_path.is_file():
+            raise click.BadParameter(f"{model}: no such file", param_hint="--model")
+        return model_path
+    from partition import ZOO_MODELS, zoo_model
+
+    if model not in ZOO_MODELS:
+        raise click.BadParameter(
+            f"unknown model {model!r}: expected an .onnx path or one of "
+            + ", ".join(ZOO_MODELS), param_hint="--model")
+    return zoo_model(model)
+
+
+def _replay_chain(model: str, chain: str, links: str | None, traces: tuple[str, ...],
+                  requests: int, duration_s: float, window_s: float | None, out_dir: str,
+                  seed: int, kill: str | None, as_json: bool) -> None:
+    from devices import load_profile
+    from devices.errors import ConfigError
+    from edge.lab._chain_replay import chain_replay, parse_hop_traces
+    from edge.lab._chain_report import requests_table, served_table, summary_table
+    from partition._chain_cli import parse_chain, parse_links
+
+    try:
+        nodes = parse_chain(chain)
+        for _, profile in nodes:
+            if profile != "here":
+                load_profile(profile)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--chain") from exc
+    if links is None:
+        raise click.BadParameter("--chain needs --links (NODE=rate/RTT for each hop, e.g. "
+                                 "edge=1000Mbit/2ms,cloud=20Mbit/40ms)", param_hint="--links")
+    try:
+        hops = parse_links(links, nodes)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--links") from exc
+    try:
+        hop_traces = parse_hop_traces(traces, nodes)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trace") from exc
+    for name, spec in hop_traces.items():
+        path = spec.partition("#")[0]
+        if not Path(path).is_file():
+            raise click.BadParameter(f"trace for the hop into {name!r}: {path}: no such file",
+                                     param_hint="--trace")
+    kill_at = None
+    if kill is not None:
+        node, _, k = kill.partition("@")
+        if node not in [n for n, _ in nodes[1:]] or not k.isdigit() or int(k) >= requests:
+            raise click.BadParameter(
+                f"expected NODE@K with NODE a chain node after the device "
+                f"{[n for n, _ in nodes[1:]]} and 0 <= K < --requests ({requests}), got {kill!r}",
+                param_hint="--kill")
+        kill_at = (node, int(k))
+    model_path = _model_path(model)
+    result = chain_replay(model_path, nodes, hops, hop_traces, out_dir=out_dir, requests=requests,
+                          duration_s=duration_s, window_s=window_s, seed=seed, kill=kill_at,
+                          log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps({"out": str(out_dir), **result.to_dict(with_requests=True)}))
+        return
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    click.echo("plans deployed:")
+    for pid, meta in result.plans.items():
+        click.echo(f"  {pid}: " + " + ".join(f"{n} {k}" for n, k in meta["layers"].items())
+                   + f" layers; predicted {meta['predicted_ms_at_mean']:g} ms at the mean rates")
+    click.echo("chain strategy, per request:")
+    click.echo(requests_table(result))
+    click.echo("what each node's server counted, per strategy:")
+    click.echo(served_table(result))
+    click.echo(summary_table(result))
+    click.echo(json.dumps({"out": str(out_dir), "chain_plans_used": result.info["chain_plans_used"],
+                           "fallbacks": result.info["fallbacks"], "lost": result.info["lost"],
+                           "max_abs_diff": result.info["max_abs_diff"]}))

@@ -338,3 +338,58 @@ def demo_ocr(sizes: str, device: str, bandwidth: str, int8: bool, out_dir: str, 
                       f"{r['all_same_as_ort']} (largest CER vs ORT {r['max_cer_vs_ort']:.2%}); "
                       f"mean CER vs the rendered text {r['mean_cer_vs_truth']:.2%}")
     console.print(f"wrote {Path(out_dir) / 'ocr.json'} in {result['elapsed_s']:.0f} s")
+
+
+@demo.command("chain")
+@click.option("--model", default="squeezenet", show_default=True, help="Zoo model name.")
+@click.option("--device", default="jetson-nano", show_default=True, help="Device profile.")
+@click.option("--lan", default="1000Mbit/2ms", show_default=True,
+              help="The hop into the nearby edge node, rate/RTT (constant).")
+@click.option("--wan", default="20Mbit/40ms", show_default=True,
+              help="The hop into the cloud, rate/RTT; its rate follows --trace, the RTT is this.")
+@click.option("--trace", default=None,
+              help="Bandwidth trace of the WAN hop (default: as `edgecut demo`).")
+@click.option("--requests", default=6, show_default=True, type=click.IntRange(1, 1000),
+              help="Requests per strategy.")
+@click.option("--duration", "duration_s", default=3.0, show_default=True,
+              type=click.FloatRange(1.0, 3600.0), help="Wall time of each strategy's run, seconds.")
+@click.option("--out", "out_dir", default="edgecut-demo-chain", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--kill-edge-after", default=None, type=click.IntRange(0, None), metavar="K",
+              help="Kill the edge node's edgecut serve after K requests of the chain strategy "
+                   "(the last one run): the rest finish on the device, none is lost.")
+def demo_chain(model: str, device: str, lan: str, wan: str, trace: str | None, requests: int,
+               duration_s: float, out_dir: str, seed: int, kill_edge_after: int | None) -> None:
+    """A chain device -> nearby edge node -> cloud: two real edgecut serve processes behind
+    emulated links (the WAN following a real trace), a chain plan per request, and where
+    each request's layers ran."""
+    from rich.console import Console
+
+    from devices import load_profile
+    from devices.errors import ConfigError
+    from edge.lab._chain_demo import run_chain_demo
+    from partition import ZOO_MODELS
+    from partition._chain_cli import parse_chain, parse_links
+
+    if model not in ZOO_MODELS:
+        raise click.BadParameter(f"unknown model {model!r}: expected one of " + ", ".join(ZOO_MODELS),
+                                 param_hint="--model")
+    try:
+        load_profile(device)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
+    for opt, name, value in (("--lan", "edge", lan), ("--wan", "cloud", wan)):
+        try:
+            parse_links(f"{name}={value}", parse_chain(f"device=here,{name}=here"))
+        except ConfigError as exc:
+            raise click.BadParameter(f"expected rate/RTT (e.g. 20Mbit/40ms), got {value!r}: {exc}",
+                                     param_hint=opt) from exc
+    if kill_edge_after is not None and kill_edge_after >= requests:
+        raise click.BadParameter(f"expected fewer than --requests ({requests}), got {kill_edge_after}",
+                                 param_hint="--kill-edge-after")
+    if trace is not None and not Path(trace.split("#")[0]).is_file():
+        raise click.BadParameter(f"{trace.split('#')[0]}: no such file", param_hint="--trace")
+    run_chain_demo(model=model, device=device, lan=lan, wan=wan, trace=trace, requests=requests,
+                   duration_s=duration_s, out_dir=Path(out_dir), seed=seed,
+                   console=Console(width=140), kill_edge_after=kill_edge_after)
