@@ -107,21 +107,22 @@ class _Folding:
         self.costs.observe_local_full(ms / scale.local())
 
     def _observe_cloud_failure(self, exc: Exception, crossing: Mapping[str, np.ndarray],
-                               seconds: float, cand: CutCandidate | None = None) -> None:
+                               seconds: float, cand: CutCandidate | None = None,
+                               scale: RequestScale = UNSCALED) -> None:
         """What a failed cloud leg says of the link (see :func:`fold_cloud_failure`)."""
-        rest_s = self._expected_rest_s(cand) if cand is not None else None
+        rest_s = self._expected_rest_s(cand, scale) if cand is not None else None
         fold_cloud_failure(self.link, exc, _nbytes(crossing), seconds, rest_s)
 
-    def _expected_rest_s(self, cand: CutCandidate) -> float:
+    def _expected_rest_s(self, cand: CutCandidate, scale: RequestScale = UNSCALED) -> float:
         """Wall seconds ``cand``'s cloud leg is expected to spend beyond its transfers:
         the round trip and the server's usual time for it (the cost table's tail, learnt
         from its Server-Timing at ``cloud_compute_scale``, back at the server's own
         speed, and at this request's size)."""
         tail_ms = next((c.tail_ms for c in self.costs.snapshot() if c.cut_id == cand.cut_id),
                        cand.tail_ms)
-        factor = getattr(getattr(self, "_request", None), "tail_factor", 1.0) or 1.0
         k = self.cloud_compute_scale or 1.0
-        return self.link.estimate().rtt_s + tail_ms * factor / k / 1000.0
+        return (self.link.estimate().rtt_s
+                + tail_ms * scale.tail(cand.cut_id) / k / 1000.0)
 
     def _tail_feeds(self, tail: Path, feeds: Mapping[str, np.ndarray],
                     crossing: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

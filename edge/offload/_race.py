@@ -101,7 +101,7 @@ class _Racing:
                                       request_id=f"{rid}", watch=watch)
             except Exception as exc:  # noqa: BLE001 - any failure leaves it to the device
                 self._observe_cloud_failure(exc, crossing, time.perf_counter() - t_cloud,
-                                            cand)
+                                            cand, scale)
                 with done:
                     state["cloud_error"] = exc
                     done.notify_all()
