@@ -60,7 +60,9 @@ device_factor, cloud_factor)``
     A candidate's (head ms, tail ms, up bytes, down bytes) at any sizes of the model's
     dynamic dims: bytes exact from expressions, times interpolated between the sizes the
     plan was profiled at (``build_plan(shapes=...)``, ``--shapes``); the sizes a
-    request's input shapes give; ``"H=640,W=640"`` parsed.
+    request's input shapes give; ``"H=640,W=640"`` parsed. ``input_dims(model)``: each
+    input's dims named as the plan names them (symbols where dynamic) and the batch
+    symbols, from the inputs alone.
 
 ``encode(array, codec)`` / ``decode(data, codec, shape, dtype)``
     Optional compression of crossing tensors: ``fp16``, ``int8`` (per-tensor affine),
@@ -129,6 +131,7 @@ from partition._planner import (
 )
 from partition._portable import MAX_IR_VERSION, MAX_OPSETS, portable_model, save_model
 from partition._profile import Profile, fetch_cloud_profile, profile_model
+from partition._shapes import input_dims
 from partition._sizes import bind as bind_sizes
 from partition._sizes import cost_at, parse_shapes
 from partition._sources import resolve_cloud
@@ -159,6 +162,7 @@ __all__ = [
     "choose_stream",
     "CostModel",
     "cost_at",
+    "input_dims",
     "cut_id_for",
     "CutCandidate",
     "decode",
@@ -171,6 +175,7 @@ __all__ = [
     "half_precision_inputs",
     "Hop",
     "ideal_sets",
+    "input_dims",
     "LayerGraph",
     "LayerNode",
     "load_model",

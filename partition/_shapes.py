@@ -81,22 +81,24 @@ def _positional(name: str, axis: int, rank: int, k: int) -> str:
     return sym if k == 0 or axis >= len(base) else f"{_ident(name)}_{sym}"
 
 
-def _normalized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str], list[str], list[str]]:
-    """A copy with input dims as identifier symbols, no intermediate shapes and output
-    shapes left to inference."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
+def _name_dims(g: onnx.GraphProto) -> tuple[list[tuple[onnx.ValueInfoProto, list[str | None]]],
+                                            dict[str, str], list[str], list[str]]:
+    """Per data input of ``g``, the symbol of each dynamic axis (None for a fixed one),
+    the file's names -> symbols, the symbols in order and the batch symbols (a dynamic
+    first axis). One rule for the graph and for :func:`input_dims`."""
     inits = {t.name for t in g.initializer}
     renamed: dict[str, str] = {}
     symbols: list[str] = []
     batch: list[str] = []
+    named = []
     data_inputs = [i for i in g.input if i.name not in inits and i.type.HasField("tensor_type")
                    and i.type.tensor_type.HasField("shape")]
     for k, inp in enumerate(data_inputs):
         dims = inp.type.tensor_type.shape.dim
+        per: list[str | None] = []
         for axis, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
+                per.append(None)
                 continue
             param = d.dim_param if d.HasField("dim_param") else ""
             key = param if _meaningful(param) else f"{inp.name}:{axis}"
@@ -109,10 +111,38 @@ def _normalized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]
                 if param:
                     renamed.setdefault(param, sym)
                 symbols.append(sym)
-            d.Clear()
-            d.dim_param = sym
+            per.append(sym)
             if axis == 0 and sym not in batch:
                 batch.append(sym)
+        named.append((inp, per))
+    return named, renamed, symbols, batch
+
+
+def input_dims(model: onnx.ModelProto) -> tuple[dict[str, list[int | str]], list[str]]:
+    """Each data input's dims as the layer graph names them (an int where fixed, the
+    symbol where dynamic) and the batch symbols, read from the inputs alone (no
+    inference): ``({"x": ["N", 3, "H", "W"]}, ["N"])``. A plan's ``inputs[x]["dims"]``
+    carry the same names."""
+    named, _, _, batch = _name_dims(model.graph)
+    out: dict[str, list[int | str]] = {}
+    for inp, per in named:
+        dims = inp.type.tensor_type.shape.dim
+        out[inp.name] = [int(d.dim_value) if s is None else s for d, s in zip(dims, per)]  # noqa: B905
+    return out, batch
+
+
+def _normalized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str], list[str], list[str]]:
+    """A copy with input dims as identifier symbols, no intermediate shapes and output
+    shapes left to inference."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    named, renamed, symbols, batch = _name_dims(g)
+    for inp, per in named:
+        for d, sym in zip(inp.type.tensor_type.shape.dim, per):  # noqa: B905 (Python 3.8)
+            if sym is not None:
+                d.Clear()
+                d.dim_param = sym
     del g.value_info[:]
     for out in g.output:
         if out.type.HasField("tensor_type"):

@@ -108,8 +108,10 @@ class _FleetHandling:
         objective = "energy" if (self.policy_config and
                                  self.policy_config.objective == "energy") else "latency"
         out_dir = Path(self.config.data_dir) / "plans" / name / version.version
+        shapes = self._profiling_sizes(name, version)
         plan = build_plan(version.path, self.profile, self.config.cloud.url, bandwidth, rtt,
-                          objective=objective, out_dir=out_dir, figure=False)
+                          objective=objective, out_dir=out_dir, figure=False,
+                          shapes=shapes or None)
         plan_path = str(out_dir / "plan.json")
         from edge.offload import offload_client
 
@@ -119,9 +121,22 @@ class _FleetHandling:
             missing = sorted({cand.cloud_model for cand in plan.candidates
                               if cand.cloud_model and not c.ready(cand.cloud_model)})
         result: dict[str, Any] = {"plan": plan_path, "chosen": plan.chosen,
-                                  "cloud_missing": missing}
+                                  "cloud_missing": missing, "profiled_sizes": shapes}
         if not missing:
             self._attach_executor(name, plan_path)
         log.info(json.dumps({"event": "repartitioned", "model": name,
                              "version": version.version, **result}))
         return result
+
+    def _profiling_sizes(self, name: str, version: ModelVersion) -> list[dict[str, int]]:
+        """The sizes of ``version``'s dynamic dims that its plan is profiled at: those its
+        requests ran at most (``_seen.profiling_points``); empty (the planner's default
+        points) for a model without dynamic dims or before any request."""
+        from edge.agent._seen import CAPACITY, profiling_points
+        from partition import input_dims, load_model
+
+        hist = self.seen_sizes.get(name)
+        if hist is None or not len(hist):
+            return []
+        dims, batch = input_dims(load_model(version.path))
+        return profiling_points([shapes for shapes, _ in hist.top(CAPACITY)], dims, batch)

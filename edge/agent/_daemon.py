@@ -37,6 +37,7 @@ from edge.agent._commands import _FleetHandling
 from edge.agent._config import AgentConfig, security_warnings
 from edge.agent._lanes import _Lanes, _Planned
 from edge.agent._logging import log, setup_logging
+from edge.agent._seen import SizeHistogram
 from edge.agent._slots import ModelSlot, ModelVersion, sample_inputs, warm_up
 from edge.agent._stats import _Stats
 from edge.agent._store import ModelStore
@@ -88,6 +89,10 @@ class Agent(_ConfigApply, _Lanes, _FleetHandling):
         # the others (and any version the plan was not built for) run locally.
         self.executors: dict[str, _Planned] = {}
         self._local_ms: dict[str, float] = {}  # per model: recent local run time (EWMA)
+        # Per model: the input sizes its requests ran at (_seen); the most counted are
+        # the sizes a new version's plan is profiled at (_commands._repartition).
+        self.seen_sizes: dict[str, SizeHistogram] = {m.name: SizeHistogram()
+                                                     for m in config.models}
         for m in config.models:
             self._attach_executor(m.name, m.plan)
         # What fleet messages may do here: signed documents, sources, security keys.

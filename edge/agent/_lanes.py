@@ -149,11 +149,23 @@ class _Lanes:
             raise
         ms = (time.perf_counter() - start) * 1000.0
         # Counted and logged once the answer is on its way (the API's fast lane).
-        after_answer(self._count_local, name, version, planned, ms)
+        after_answer(self._count_local, name, version, planned, ms, _shapes(feeds))
         return out
 
+    def _see_sizes(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Count the input sizes a request for ``name`` ran at (only requests that ran:
+        their sizes are ones this device can run, and profile, the model at)."""
+        from edge.agent._seen import SizeHistogram
+
+        hist = self.seen_sizes.get(name)
+        if hist is None:
+            hist = self.seen_sizes.setdefault(name, SizeHistogram())
+        hist.record(shapes)
+
     def _count_local(self, name: str, version: ModelVersion, planned: _Planned | None,
-                     ms: float) -> None:
+                     ms: float, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        if shapes is not None:
+            self._see_sizes(name, shapes)
         seen = self._local_ms.get(name)
         self._local_ms[name] = ms if seen is None else 0.8 * seen + 0.2 * ms
         energy = ms * self._active_w  # W * ms = mJ, above idle
@@ -188,6 +200,7 @@ class _Lanes:
             raise
         ms = (time.perf_counter() - start) * 1000.0
         version.record(True)
+        self._see_sizes(name, _shapes(feeds))
         decision = outcome.decision
         self.stats.add(name, decision.plan, ms, outcome.energy_mj, ok=True,
                        fallback=bool(outcome.fallback))
@@ -203,3 +216,8 @@ class _Lanes:
                 "predicted_ms": round(decision.predicted_ms, 3),
                 "deadline_missed": outcome.deadline_missed})
         return outcome.outputs
+
+
+def _shapes(feeds: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """A request's input shapes (what the size histogram counts)."""
+    return {k: tuple(np.shape(v)) for k, v in feeds.items()}

@@ -159,7 +159,6 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         # costed against the plan's reference size, at which the cost table learns
         # (observations are divided by the factors).
         self._sizing = _InputSizing(plan)
-        self._request = threading.local()
 
     def close(self) -> None:
         self._lookahead_off.set()
@@ -266,11 +265,12 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
     def _execute(self, rid: int, decision: Decision, cand: CutCandidate,
                  feeds: Mapping[str, np.ndarray], slo: float, started: float) -> Outcome:
         cfg = self.policy.config
-        head_f, tail_f = self.sized(feeds).get(cand.cut_id, (1.0, 1.0, 0, 0))[:2]
-        self._request.tail_factor = tail_f  # for the cloud leg's observation (_fold)
+        # Every measurement of this request is folded in at the plan's reference size
+        # through ``scale`` (_fold's _observe_*), whichever path or thread takes it.
+        scale = self._sizing.scale(feeds)
         if cand.kind == LOCAL:
             outputs, ms = self._run_local(self.model_path, feeds)
-            self.costs.observe_local_full(ms / head_f)
+            self._observe_whole(ms, scale)
             return self._outcome(rid, decision, "local", "", outputs, ms, 0.0, 0.0, 0, 0,
                                  slo, started)
 
@@ -281,7 +281,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         else:
             crossing, head_ms = self._run_local(self.plan_dir / cand.head_model, feeds)
             crossing = {k: crossing[k] for k in cand.tensors}
-            self.costs.observe(cand.cut_id, head_ms=head_ms / head_f)
+            self._observe_head(cand, head_ms, scale)
         # As the cloud model takes them (half precision under a plan's fp16 wire format;
         # the tail kept here for the fallback takes them alike).
         crossing = cand.for_wire(crossing)
@@ -302,7 +302,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             leg = self._race_leg(cand, feeds, crossing)
             if leg is not None:
                 return self._race(rid, decision, cand, crossing, leg, head_ms, slo, started,
-                                  local_rest_ms)
+                                  local_rest_ms, scale)
         reason = ""
         t0 = time.perf_counter()
         watch = None
@@ -319,9 +319,9 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             reason = f"{type(exc).__name__}: {exc}"
             self._observe_cloud_failure(exc, crossing, cloud_ms / 1000.0)
             return self._fallback(rid, decision, cand, feeds, crossing, head_ms, cloud_ms,
-                                  reason, slo, started)
+                                  reason, slo, started, scale)
         cloud_ms = self._cloud_seconds(result) * 1000.0
-        self._observe_cloud(cand, result)
+        self._observe_cloud(cand, result, scale)
         outputs = {k: v for k, v in result.outputs.items() if k in self.output_names}
         out = self._outcome(rid, decision, decision.plan, "", outputs, head_ms, cloud_ms, 0.0,
                             result.up_bytes, result.down_bytes, slo, started)

@@ -15,6 +15,7 @@ import numpy as np
 
 from devices.errors import DeadlineExceeded, TransferAbandoned
 from edge.offload._outcome import Outcome, _nbytes
+from edge.offload._sizing import UNSCALED, RequestScale
 from edge.policy._decide import Decision
 from partition import LOCAL, OFFLOAD, CutCandidate
 
@@ -30,8 +31,10 @@ class _Folding:
             return float(result.seconds)
         return max(float(result.seconds) - result.server_s * (1.0 - k), 0.0)
 
-    def _observe_cloud(self, cand: CutCandidate, result: Any) -> None:
-        """Fold a cloud leg's answer into the link estimate and the cost table."""
+    def _observe_cloud(self, cand: CutCandidate, result: Any,
+                       scale: RequestScale = UNSCALED) -> None:
+        """Fold a cloud leg's answer into the link estimate and the cost table (its
+        server time at the plan's reference size: divided by ``scale``'s tail factor)."""
         k = self.cloud_compute_scale
         if result.server_s is not None:
             self.server_compute_s[cand.cut_id] = result.server_s
@@ -41,12 +44,19 @@ class _Folding:
         self.link.observe_transfer(result.up_bytes, result.down_bytes,
                                    self._cloud_seconds(result), server_s=server_s)
         if result.server_s is not None:
-            # Learnt at the plan's reference input size: a request of another size is
-            # divided by its tail factor (set per request by the executor).
-            factor = getattr(getattr(self, "_request", None), "tail_factor", 1.0) or 1.0
-            self.costs.observe(cand.cut_id, tail_ms=server_s * 1000.0 / factor)
+            self.costs.observe(cand.cut_id,
+                               tail_ms=server_s * 1000.0 / scale.tail(cand.cut_id))
         else:
             self.costs.observe(cand.cut_id)
+
+    def _observe_head(self, cand: CutCandidate, ms: float,
+                      scale: RequestScale = UNSCALED) -> None:
+        """Fold a head's device time into the cost table, at the reference size."""
+        self.costs.observe(cand.cut_id, head_ms=ms / scale.head(cand.cut_id))
+
+    def _observe_whole(self, ms: float, scale: RequestScale = UNSCALED) -> None:
+        """Fold a whole-model device run into the cost table, at the reference size."""
+        self.costs.observe_local_full(ms / scale.local())
 
     def _observe_cloud_failure(self, exc: Exception, crossing: Mapping[str, np.ndarray],
                                seconds: float) -> None:
@@ -76,7 +86,7 @@ class _Folding:
     def _fallback(self, rid: int, decision: Decision, cand: CutCandidate,
                   feeds: Mapping[str, np.ndarray], crossing: dict[str, np.ndarray],
                   head_ms: float, cloud_ms: float, reason: str, slo: float,
-                  started: float) -> Outcome:
+                  started: float, scale: RequestScale = UNSCALED) -> Outcome:
         tail_path = self._local_tail_path(cand)
         if tail_path is not None and cand.kind != OFFLOAD:
             outputs, ms = self._run_local(tail_path, self._tail_feeds(tail_path, feeds,
@@ -84,7 +94,7 @@ class _Folding:
             executed = f"{decision.plan} -> local tail"
         else:
             outputs, ms = self._run_local(self.model_path, feeds)
-            self.costs.observe_local_full(ms)
+            self._observe_whole(ms, scale)
             executed = "local (fallback)"
         return self._outcome(rid, decision, executed, reason, outputs, head_ms, cloud_ms, ms,
                              0, 0, slo, started)

@@ -16,6 +16,7 @@ import numpy as np
 
 from edge.offload._client import UploadProgress
 from edge.offload._outcome import Outcome
+from edge.offload._sizing import UNSCALED, RequestScale
 from edge.policy._decide import Decision
 from partition import OFFLOAD, CutCandidate
 
@@ -38,8 +39,8 @@ class _Racing:
 
     def _race(self, rid: int, decision: Decision, cand: CutCandidate,
               crossing: dict[str, np.ndarray], leg: tuple[Path, dict[str, np.ndarray]],
-              head_ms: float, slo: float, started: float, device_ms_expected: float
-              ) -> Outcome:
+              head_ms: float, slo: float, started: float, device_ms_expected: float,
+              scale: RequestScale = UNSCALED) -> Outcome:
         """Run the cloud leg and the device's own run of the rest of the request at the
         same time; the first answer is the request's. Once the device has answered, the
         cloud leg's upload is given up at its next held-back write, and the leg is cut
@@ -64,7 +65,7 @@ class _Racing:
             try:
                 outputs, ms = self._run_local(leg_path, leg_feeds)
                 if leg_path == self.model_path:
-                    self.costs.observe_local_full(ms)
+                    self._observe_whole(ms, scale)
                 with done:
                     state["device_ms"] = ms
                 # A board slower than this host answers when its own time is up.
@@ -102,7 +103,7 @@ class _Racing:
                     state["cloud_error"] = exc
                     done.notify_all()
                 return
-            self._observe_cloud(cand, result)
+            self._observe_cloud(cand, result, scale)
             with done:
                 state["cloud"] = result
                 if state.setdefault("winner", "cloud") == "cloud":
