@@ -297,7 +297,15 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             # already lost, falling back early would only add the local rest on top.
             expected = (pred.up_ms + pred.wait_ms + pred.down_ms) if pred else 0.0
             budget_ms = max(budget_ms, 2.0 * expected, local_rest_ms, 20.0)
-            deadline = time.monotonic() + budget_ms / 1000.0
+            # The budget is in the leg's charged time; a cloud faster than the server
+            # that plays it (cloud_compute_scale < 1) is charged less than the wall
+            # time the server takes, so the wall-clock deadline allows for the
+            # difference, as a raced leg's does (0 on a real deployment). Without it the
+            # leg was cut off while its charged time was well within the budget: the
+            # server's real compute ran the deadline out on every offload (issue 25).
+            saving_s = (self.server_compute_s.get(cand.cut_id, 0.0)
+                        * (1.0 - self.cloud_compute_scale))
+            deadline = time.monotonic() + budget_ms / 1000.0 + max(saving_s, 0.0)
         if decision.race and self.client is not None:
             leg = self._race_leg(cand, feeds, crossing)
             if leg is not None:
