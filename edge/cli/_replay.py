@@ -26,7 +26,9 @@ import click
 @click.option("--device", "device_name", default=None,
               help="Device profile name or .toml path (required without --chain).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
-              default=None, help="policy.toml (default: the built-in defaults).")
+              default=None, help="policy.toml (default: the built-in defaults). With --chain "
+              "only its [offload] breaker_failures and breaker_reset_s apply: the circuit "
+              "breaker on the device's first hop (reset counted in trace seconds).")
 @click.option("--requests", default=40, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--duration", "duration_s", default=30.0, show_default=True,
               type=click.FloatRange(1.0, 86400.0),
@@ -46,6 +48,13 @@ import click
 @click.option("--kill", "kill", default=None, metavar="NODE@K",
               help="With --chain: kill NODE's edgecut serve after K requests of the chain "
                    "strategy (a node lost mid-run; the rest must fall back, none be lost).")
+@click.option("--revive", "revive", default=None, metavar="NODE@K",
+              help="With --chain and --kill NODE@J: start NODE's edgecut serve again after K "
+                   "(> J) requests of the chain strategy (a node back: used again once its "
+                   "breaker's trial succeeds).")
+@click.option("--objective", type=click.Choice(["latency", "energy"]), default=None,
+              help="With --chain: what the chain planner minimises per request "
+                   "[default: latency].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the result (summary, per-request records, notes) as one JSON "
                    "document instead of tables; progress still goes to stderr.")
@@ -53,7 +62,8 @@ import click
 def replay(ctx: click.Context, traces: tuple[str, ...], chain: str | None, links: str | None,
            model: str, device_name: str | None, policy_path: str | None, requests: int,
            duration_s: float, window_s: float | None, rtt_ms: float, plan_dir: str | None,
-           out_dir: str, seed: int, cloud_name: str, kill: str | None, as_json: bool) -> None:
+           out_dir: str, seed: int, cloud_name: str, kill: str | None, revive: str | None,
+           objective: str | None, as_json: bool) -> None:
     """Replay a bandwidth trace: real requests through a link emulator to edgecut serve.
 
     Device compute is emulated as the time measured on this host divided by the device
@@ -75,17 +85,18 @@ def replay(ctx: click.Context, traces: tuple[str, ...], chain: str | None, links
 
     if chain is not None:
         # Options of the two-node replay that a chain does not use are refused, not ignored.
-        for opt, name in (("--device", "device_name"), ("--policy", "policy_path"),
-                          ("--plan-dir", "plan_dir"), ("--rtt-ms", "rtt_ms"), ("--cloud", "cloud_name")):
+        for opt, name in (("--device", "device_name"), ("--plan-dir", "plan_dir"),
+                          ("--rtt-ms", "rtt_ms"), ("--cloud", "cloud_name")):
             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT):
                 raise click.BadParameter(
                     f"{opt} does not apply with --chain (the chain names each node's profile, "
                     "--links each hop's RTT)", param_hint=opt)
         _replay_chain(model, chain, links, traces, requests, duration_s, window_s, out_dir,
-                      seed, kill, as_json)
+                      seed, kill, revive, objective or "latency", policy_path, as_json)
         return
-    if kill is not None:
-        raise click.BadParameter("--kill needs --chain", param_hint="--kill")
+    for opt, value in (("--kill", kill), ("--revive", revive), ("--objective", objective)):
+        if value is not None:
+            raise click.BadParameter(f"{opt} needs --chain", param_hint=opt)
     if links is not None:
         raise click.BadParameter("--links needs --chain", param_hint="--links")
     if device_name is None:
@@ -144,7 +155,8 @@ def _model_path(model: str) -> Path:
 
 def _replay_chain(model: str, chain: str, links: str | None, traces: tuple[str, ...],
                   requests: int, duration_s: float, window_s: float | None, out_dir: str,
-                  seed: int, kill: str | None, as_json: bool) -> None:
+                  seed: int, kill: str | None, revive: str | None, objective: str,
+                  policy_path: str | None, as_json: bool) -> None:
     from devices import load_profile
     from devices.errors import ConfigError
     from edge.lab._chain_replay import chain_replay, parse_hop_traces
@@ -183,9 +195,26 @@ def _replay_chain(model: str, chain: str, links: str | None, traces: tuple[str, 
                 f"{[n for n, _ in nodes[1:]]} and 0 <= K < --requests ({requests}), got {kill!r}",
                 param_hint="--kill")
         kill_at = (node, int(k))
+    revive_at = None
+    if revive is not None:
+        node, _, k = revive.partition("@")
+        if kill_at is None or node != kill_at[0] or not k.isdigit() or not kill_at[1] < int(k) < requests:
+            raise click.BadParameter(
+                f"expected NODE@K with NODE the node of --kill and --kill's K < K < --requests "
+                f"({requests}), got {revive!r} (--kill {kill!r})", param_hint="--revive")
+        revive_at = (node, int(k))
+    offload = None
+    if policy_path is not None:
+        from edge.policy._config import load_policy_config
+
+        try:
+            offload = load_policy_config(policy_path).offload
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policy") from exc
     model_path = _model_path(model)
     result = chain_replay(model_path, nodes, hops, hop_traces, out_dir=out_dir, requests=requests,
                           duration_s=duration_s, window_s=window_s, seed=seed, kill=kill_at,
+                          revive=revive_at, objective=objective, offload=offload,
                           log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps({"out": str(out_dir), **result.to_dict(with_requests=True)}))
@@ -203,4 +232,5 @@ def _replay_chain(model: str, chain: str, links: str | None, traces: tuple[str, 
     click.echo(summary_table(result))
     click.echo(json.dumps({"out": str(out_dir), "chain_plans_used": result.info["chain_plans_used"],
                            "fallbacks": result.info["fallbacks"], "lost": result.info["lost"],
+                           "routed_around": result.info["routed_around"],
                            "max_abs_diff": result.info["max_abs_diff"]}))

@@ -78,6 +78,9 @@ def run_chain_demo(*, model: str, device: str, lan: str, wan: str, trace: str | 
         est = ""
         if rec.get("estimate_mbps"):
             est = f" (planned at {'/'.join(f'{e:g}' for e in rec['estimate_mbps'])} Mbit/s)"
+        if rec.get("hop_down"):
+            # the hop's breaker is open: the plan through it was not even tried
+            est += f" [dim]{rec['hop_down']} down (breaker open): not tried[/]"
         console.print(f"  {_label(rec['strategy']):<26} #{rec['i'] + 1:<3} "
                       f"{placement_text(rec['placement']):<28} {rec['latency_ms']:>8.1f} ms  "
                       f"{status}{est}", highlight=False)

@@ -24,6 +24,16 @@ restarted at the window's start for each), one request at a time:
 - ``oracle``: per request, the best of the strategies above as measured for that request
   (hindsight over the strategies run; not over every labelling).
 
+A dead hop is remembered as a single-hop offload remembers a dead cloud: the device's
+client to the first hop has the circuit breaker of ``policy.toml``'s ``[offload]``
+(``breaker_failures``, ``breaker_reset_s``), and the chain strategy routes through
+``edge.offload.ChainRouter``: while the breaker is open, the plans that need the hop are
+excluded and the device's own plan runs (no failed attempt paid); after the reset the
+wanted plan goes again as the trial. The breaker's clock is the replay's: each request
+happens at its scheduled trace time, so ``breaker_reset_s`` is counted in trace seconds
+(the same for every run, however long this host takes). ``kill=(node, k)`` and
+``revive=(node, k)`` take a node's server down and bring it back mid-run.
+
 Nodes after the device are served on this host: the planner is told this host's speed
 for them (``edgecut serve`` does not emulate a slower or faster machine), so predictions
 and measurements describe the same machines; their profiles are recorded only.
@@ -52,6 +62,7 @@ from devices import DeviceProfile, load_profile
 from devices.errors import ConfigError
 from edge.lab._emulator import LinkEmulator, Trace, load_trace
 from edge.lab._server import _free_port
+from edge.offload._client import CircuitBreaker
 
 CHAIN = "chain"
 ORACLE = "oracle"
@@ -177,6 +188,15 @@ class _Deployment:
         server.kill()
         return node
 
+    def revive(self, node: str) -> str | None:
+        """Start ``node``'s server again on its port (a node back); returns once it is
+        ready. None when it has none."""
+        server = self.servers.get(node)
+        if server is None:
+            return None
+        server.start()
+        return node
+
     def restart_clocks(self, offset_s: float) -> None:
         for e in self.emulators:
             e.restart_clock(offset_s)
@@ -192,15 +212,18 @@ class _Deployment:
 
 
 def _reached(records: Sequence[Mapping[str, Any]], strategy: str,
-             meta: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> dict[str, int]:
+             meta: Mapping[str, Mapping[str, Any]], names: Sequence[str],
+             since: Mapping[str, int] | None = None) -> dict[str, int]:
     """Per later node, how many of ``strategy``'s requests answered ``ok`` passed through
-    it: every node up to the deepest one its plan uses."""
+    it: every node up to the deepest one its plan uses (for a node in ``since``, only
+    requests from that index on: a restarted server counts from zero)."""
     out = {n: 0 for n in names[1:]}
     for r in records:
         if r["strategy"] == strategy and r["status"] == "ok":
             deepest = max(names.index(n) for n in meta[r["plan"]]["nodes_used"])
             for j in range(1, deepest + 1):
-                out[names[j]] += 1
+                if r["i"] >= (since or {}).get(names[j], 0):
+                    out[names[j]] += 1
     return out
 
 
@@ -235,7 +258,8 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
                  objective: str = "latency", runs: int = 5, seed: int = 0, server_threads: int = 1,
                  plot: bool = True, log: Callable[[str], None] | None = None,
                  on_request: Callable[[dict[str, Any]], None] | None = None,
-                 kill: tuple[str, int] | None = None) -> ChainReplayResult:
+                 kill: tuple[str, int] | None = None, revive: tuple[str, int] | None = None,
+                 offload: Any = None) -> ChainReplayResult:
     """Replay per-hop traces through a chain of real processes (module docstring).
 
     ``nodes``: [(name, profile)], the device first. ``hops``: one ``partition.Hop`` per
@@ -246,12 +270,18 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
     chain strategy (which runs last): a node lost mid-run. The requests after it fall back
     (a dead middle node: the device finishes from its cut; a dead last node behind a
     relay: the relay finishes the model itself) and none may be lost.
+    ``revive=(node, k)``: start the killed node's server again after ``k`` chain
+    requests (``k`` after the kill's). ``offload``: ``policy.toml``'s ``[offload]`` (an
+    ``OffloadSettings``; default: the built-in one) -- its ``breaker_failures`` and
+    ``breaker_reset_s`` (trace seconds here) set the first hop's breaker.
     ``info["served"][strategy][node]``: what that node's server counted during the
-    strategy (``answered``, relay ``forwarded`` / ``finished_here``), from its metrics.
+    strategy (``answered``, relay ``forwarded`` / ``finished_here``), from its metrics
+    (a revived server's counts start again from zero).
     """
     import onnxruntime as ort
 
-    from edge.offload import OffloadClient, StreamPipeline
+    from edge.offload import ChainRouter, OffloadClient, StreamPipeline
+    from edge.policy._config import OffloadSettings
     from partition import LayerGraph, device_candidate, evaluate_labels, plan_chain, profile_model
     from partition._chain import Hop
     from partition._planner import active_power_w, side_times
@@ -264,6 +294,11 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
     if kill is not None and (kill[0] not in [n for n, _ in nodes[1:]] or not 0 <= kill[1] < requests):
         raise ConfigError(f"chain replay: kill expects (a node after the device, 0 <= k < {requests} "
                           f"requests), got {kill!r}")
+    if revive is not None and (kill is None or revive[0] != kill[0]
+                               or not kill[1] < revive[1] < requests):
+        raise ConfigError(f"chain replay: revive expects the killed node and kill's k < k < "
+                          f"{requests} requests, got revive={revive!r}, kill={kill!r}")
+    settings = offload if offload is not None else OffloadSettings()
     if objective not in ("latency", "energy"):
         raise ConfigError(f"chain replay: objective must be latency or energy, got {objective!r}")
     names = [n for n, _ in nodes]
@@ -306,10 +341,11 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
             pid = f"p{len(plans)}"
             plans[key] = (pid, plan)
             used = sorted(set(key))
+            at_mean = evaluate_labels(graph, node_ms, hops_at(mean_rates), device, plan.labels)
             meta[pid] = {"nodes_used": [names[u] for u in used],
                          "layers": {names[u]: key.count(u) for u in used},
-                         "predicted_ms_at_mean": round(evaluate_labels(
-                             graph, node_ms, hops_at(mean_rates), device, plan.labels).latency_ms, 2),
+                         "predicted_ms_at_mean": round(at_mean.latency_ms, 2),
+                         "predicted_mj_at_mean": round(at_mean.energy_mj, 2),
                          "chosen_for": []}
         pid = plans[key][0]
         meta[pid]["chosen_for"].append(why)
@@ -329,14 +365,15 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
     estimates = [[_estimate(t, i * step, estimate_window_s) for t in traces] for i in range(requests)]
     wanted = [plan_chain(graph, node_ms, hops_at(est), device, objective) for est in estimates]
     chain_ids: list[str] = []
+    metric = "latency_ms" if objective == "latency" else "energy_mj"
     for i, p in enumerate(wanted):
         key = _labels_key(p.labels, order)
         if key in plans or len(plans) < max_plans:
             chain_ids.append(keep(p, f"chain@{i}"))
             continue
-        # over the cap: the deployed plan cheapest at this request's estimate
-        best = min(plans.values(), key=lambda kp: evaluate_labels(
-            graph, node_ms, hops_at(estimates[i]), device, kp[1].labels).latency_ms)
+        # over the cap: the deployed plan cheapest (by the objective) at this request's estimate
+        best = min(plans.values(), key=lambda kp: getattr(evaluate_labels(
+            graph, node_ms, hops_at(estimates[i]), device, kp[1].labels), metric))
         chain_ids.append(best[0])
     strategies[CHAIN] = chain_ids
     by_id = {pid: p for pid, p in plans.values()}
@@ -369,15 +406,21 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
         "links: one user-space shaping proxy per hop, rate from its trace (or --links), "
         f"one-way delay RTT/2, trace clock x{speedup:.3g}; each strategy replays the same "
         "window from its start",
-        f"chain: re-planned per request (min cut) from per-hop estimates = each hop's trace "
+        f"chain: re-planned per request (min cut, objective {objective}) from per-hop estimates = each hop's trace "
         f"mean over the previous {estimate_window_s:g} s of trace time; {len(by_id)} distinct "
         f"plan(s) deployed (cap {max_plans})",
         "oracle: per request the best strategy measured for it (hindsight over the "
         "strategies run, not over every labelling)",
+        f"first hop's circuit breaker: opens after {settings.breaker_failures} failure(s) in a "
+        f"row, half-open after {settings.breaker_reset_s:g} s of trace time; while open the "
+        "chain strategy runs the device's own plan instead of a plan through the hop",
     ]
     records: list[dict[str, Any]] = []
     served: dict[str, dict[str, dict[str, float]]] = {}
     killed: str | None = None
+    revived: str | None = None
+    # the breaker's clock: the scheduled trace time of the request being made
+    clock = [0.0]
     energy_model = (active_power_w(device), device.radio.tx_w, device.radio.rx_w, device.power.idle_w)
     try:
         url = dep.start(say)
@@ -393,8 +436,14 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
             for pipe in pipes.values():
                 pipe.result(pipe.submit(feeds), timeout_s=120)
             before = dep.counts()
+            since: dict[str, int] = {}
             for strat, ids in strategies.items():
                 say(f"replaying {requests} requests over {window:.0f} s of trace: {strat}")
+                # each strategy starts with the hop's breaker closed, on the replay's clock
+                client.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s,
+                                                clock=lambda: clock[0])
+                router = ChainRouter(names, {k: v["nodes_used"] for k, v in meta.items()},
+                                     strategies[DEVICE][0], client.breaker)
                 dep.restart_clocks(0.0)
                 for i in range(requests):
                     t_i = i * step
@@ -406,19 +455,30 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
                     if strat == CHAIN and kill is not None and i == kill[1]:
                         say(f"killing {kill[0]}'s edgecut serve after {i} chain requests")
                         killed = dep.kill(kill[0])
+                    if strat == CHAIN and revive is not None and i == revive[1]:
+                        say(f"starting {revive[0]}'s edgecut serve again after {i} chain requests")
+                        revived = dep.revive(revive[0])
+                        before[revive[0]] = {}
+                        since[revive[0]] = i
                     t0 = dep.trace_time()
-                    pid = ids[i]
+                    clock[0] = t_i
+                    route = router.route(ids[i]) if strat == CHAIN else None
+                    pid = route.plan if route is not None else ids[i]
                     pipe = pipes[pid]
                     r = pipe.result(pipe.submit(feeds), timeout_s=120)
                     rec = _record(strat, i, t0, pid, r, reference, pipe.candidate, traces[0],
                                   energy_model, estimates[i] if strat == CHAIN else None)
+                    if route is not None:
+                        # what the planner wanted, and the hop whose open breaker excluded it
+                        rec.update(wanted=route.wanted, hop_down=route.hop_down, breaker=route.breaker)
                     # a request that fell back ran every layer on the device from its cut
                     rec["placement"] = (dict(meta[pid]["layers"]) if rec["status"] == "ok" else
                                         {names[0]: len(order)} if rec["status"] == "fallback" else {})
                     records.append(rec)
                     if on_request is not None:
                         on_request(rec)
-                after = dep.settled_counts(before, _reached(records, strat, meta, names))
+                after = dep.settled_counts(before, _reached(records, strat, meta, names,
+                                                            since if strat == CHAIN else None))
                 # a node killed in this strategy has no counts to read afterwards
                 served[strat] = {n: {k: v - before.get(n, {}).get(k, 0.0) for k, v in c.items()}
                                  for n, c in after.items()}
@@ -430,7 +490,7 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
 
     summary = _summarise(records, list(strategies), requests)
     info = {
-        "requests": requests, "window_s": window, "speedup": speedup,
+        "requests": requests, "window_s": window, "speedup": speedup, "objective": objective,
         "hops": [{"into": n, "trace": t.name, "rtt_ms": h.rtt_s * 1000.0,
                   "mean_mbps": round(m / 1e6, 3)} for n, t, h, m in zip(names[1:], traces, hops, mean_rates)],
         "chain_plans_used": sorted(set(chain_ids)),
@@ -439,6 +499,11 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
         # (node, after k chain requests) whose server was killed; None when none was
         "killed": None if kill is None else {"node": kill[0], "after_chain_requests": kill[1],
                                              "done": killed is not None},
+        "revived": None if revive is None else {"node": revive[0], "after_chain_requests": revive[1],
+                                                "done": revived is not None},
+        # chain requests whose wanted plan needed a hop with an open breaker: run on the device
+        "routed_around": sum(1 for r in records if r.get("hop_down")),
+        "breaker": {"failures": settings.breaker_failures, "reset_s": settings.breaker_reset_s},
         "fallbacks": sum(1 for r in records if r["status"] == "fallback"),
         "lost": sum(1 for r in records if r["status"] not in ("ok", "fallback")),
         "max_abs_diff": max((r["max_abs_diff"] for r in records if r["max_abs_diff"] is not None),

@@ -29,17 +29,22 @@ def placement_text(layers: Mapping[str, int]) -> str:
 
 def requests_table(result: ChainReplayResult, strategy: str = CHAIN) -> str:
     """One line per request of ``strategy``: trace time, the per-hop estimates it was
-    planned at (chain only), the plan, how many layers ran on each node, status, latency."""
+    planned at (chain only), the plan, how many layers ran on each node, status, latency,
+    and, when the wanted plan was excluded because its hop's breaker was open, which hop
+    (the device's own plan ran instead)."""
     names = [n for n, _ in result.nodes]
     hops = "/".join(names[1:])
     lines = [f"{'#':>3} {'t s':>7} {'est Mbit/s ' + hops:>24}  {'plan':<5}{'layers per node':<32}"
-             f"{'status':<9}{'ms':>9}"]
+             f"{'status':<9}{'ms':>9}  note"]
     for r in result.requests:
         if r["strategy"] != strategy:
             continue
         est = "/".join(f"{e:g}" for e in r.get("estimate_mbps", [])) or "-"
+        note = (f"{r['hop_down']} down (breaker open): wanted {r['wanted']}" if r.get("hop_down")
+                else f"breaker {r['breaker']}: trial" if r.get("breaker") == "half-open" else "")
         lines.append(f"{r['i'] + 1:>3} {r['t_trace_s']:>7.1f} {est:>24}  {r['plan']:<5}"
-                     f"{placement_text(r['placement']):<32}{r['status']:<9}{r['latency_ms']:>9.1f}")
+                     f"{placement_text(r['placement']):<32}{r['status']:<9}{r['latency_ms']:>9.1f}"
+                     f"  {note}".rstrip())
     return "\n".join(lines)
 
 
@@ -56,6 +61,10 @@ def served_table(result: ChainReplayResult) -> str:
         k = result.info.get("killed")
         if strat == CHAIN and k and k["done"]:
             parts.append(f"{k['node']}: killed after {k['after_chain_requests']} requests")
+        b = result.info.get("revived")
+        if strat == CHAIN and b and b["done"]:
+            parts.append(f"{b['node']}: started again after {b['after_chain_requests']} requests "
+                         "(its counts are since then)")
         lines.append(f"{strat:<18}" + ("; ".join(parts) or "no server"))
     return "\n".join(lines)
 

@@ -2,9 +2,10 @@
 
 Owns: the Open Inference Protocol client (tokens, retries, circuit breaker, upload
 progress), the executor that runs a decided plan (the head on the device, the crossing
-tensors to the cloud, the tail there, and every fallback to local execution), and the
+tensors to the cloud, the tail there, and every fallback to local execution), the
 stream pipeline (frames overlapped across device, link and cloud, in order, with drops
-counted).
+counted), and the chain router (a chain's plans routed around a first hop whose breaker
+is open).
 May import: ``edge.runtime``, ``edge.policy``, ``partition`` (plans), ``devices``, httpx,
 and (for the gRPC client, on first use) grpcio with Triton's stubs and ``cloud.grpc``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.offload._chain import ChainRoute, ChainRouter
 from edge.offload._client import (
     CircuitBreaker,
     FileToken,
@@ -31,6 +33,8 @@ __all__ = [
     "OVERLOAD_POLICIES",
     "PROTOCOLS",
     "offload_client",
+    "ChainRoute",
+    "ChainRouter",
     "CircuitBreaker",
     "Decided",
     "Executor",

@@ -131,6 +131,68 @@ def test_replay_chain_edge_node_killed_mid_run_loses_nothing(tmp_path: Path) -> 
     assert result["summary"]["chain"]["answered"] == 4 and result["summary"]["chain"]["fallbacks"] == 2
 
 
+@pytest.mark.slow
+def test_replay_chain_remembers_a_dead_hop_until_its_breaker_resets(tmp_path: Path) -> None:
+    """The edge node killed after 2 chain requests and started again after 6, requests
+    2 trace seconds apart, the first hop's breaker opening after 1 failure for 5 trace
+    seconds (policy.toml [offload]): after the first fallback, the requests do not try the
+    dead hop (the device's own plan runs, no fallback) until the reset; the trial after
+    it fails while the node is still down (open again), and the trial after the node is
+    back succeeds, so the chain uses it again."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[offload]\nbreaker_failures = 1\nbreaker_reset_s = 5.0\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, [
+        "replay", "--model", "squeezenet", "--chain", CHAIN, "--links", LINKS, "--requests", "10",
+        "--duration", "2", "--window", "20", "--kill", "edge@2", "--revive", "edge@6",
+        "--policy", str(policy), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert "starting edge's edgecut serve again after 6 chain requests" in r.stderr
+    chain = [x for x in result["requests"] if x["strategy"] == "chain"]
+    assert [x["t_trace_s"] >= 2.0 * x["i"] for x in chain] == [True] * 10
+    # precondition: every request's wanted plan runs layers on the edge node
+    assert all("edge" in result["plans"][x["wanted"]]["nodes_used"] for x in chain), result["plans"]
+    device_plan = next(p for p, m in result["plans"].items() if m["nodes_used"] == ["device"])
+    assert [x["status"] for x in chain] == ["ok", "ok", "fallback", "ok", "ok", "fallback", "ok", "ok",
+                                            "ok", "ok"]
+    assert [x["breaker"] for x in chain] == ["closed", "closed", "closed", "open", "open", "half-open",
+                                             "open", "open", "half-open", "closed"]
+    routed = [x["i"] for x in chain if x["hop_down"] is not None]
+    assert routed == [3, 4, 6, 7]
+    for x in chain:
+        if x["i"] in routed:  # not tried: the device's own plan ran, every layer on the device
+            assert x["hop_down"] == "edge" and x["plan"] == device_plan
+            assert x["placement"] == {"device": sum(result["plans"][device_plan]["layers"].values())}
+        else:  # tried: the wanted plan (its trial included)
+            assert x["plan"] == x["wanted"]
+        assert x["max_abs_diff"] <= 1e-4
+    assert result["info"]["routed_around"] == 4 and result["info"]["lost"] == 0
+    assert result["info"]["breaker"] == {"failures": 1, "reset_s": 5.0}
+    assert result["info"]["revived"] == {"node": "edge", "after_chain_requests": 6, "done": True}
+    # the revived edge node answered the two requests sent to it after it came back
+    assert result["info"]["served"]["chain"]["edge"]["answered"] == 2
+
+
+@pytest.mark.slow
+def test_replay_chain_objective_energy_plans_for_device_energy(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, [
+        "replay", "--model", "squeezenet", "--chain", "device=jetson-nano,cloud=here",
+        "--links", "cloud=20Mbit/40ms", "--requests", "2", "--duration", "1", "--window", "4",
+        "--objective", "energy", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["info"]["objective"] == "energy"
+    assert any("objective energy" in n for n in result["notes"])
+    # constant links: every request is planned at the mean rates, for the least device
+    # energy over every labelling, so no deployed plan predicts less energy there
+    chain = {x["plan"] for x in result["requests"] if x["strategy"] == "chain"}
+    least = min(m["predicted_mj_at_mean"] for m in result["plans"].values())
+    assert all(result["plans"][p]["predicted_mj_at_mean"] <= least + 1e-6 for p in chain), result["plans"]
+    assert all(x["status"] == "ok" for x in result["requests"])
+
+
 @pytest.mark.parametrize("args, hint, words", [
     (["--chain", "device", "--links", LINKS], "--chain", "expected name=profile"),
     (["--chain", "device=jetson-nano", "--links", LINKS], "--chain", "at least two nodes"),
@@ -155,6 +217,14 @@ def test_replay_chain_edge_node_killed_mid_run_loses_nothing(tmp_path: Path) -> 
     (["--chain", CHAIN, "--links", LINKS, "--kill", "device@1"], "--kill", "expected NODE@K"),
     (["--chain", CHAIN, "--links", LINKS, "--kill", "edge"], "--kill", "expected NODE@K"),
     (["--chain", CHAIN, "--links", LINKS, "--kill", "edge@40"], "--kill", "0 <= K < --requests (40)"),
+    (["--revive", "edge@3", "--device", "jetson-nano"], "--revive", "--revive needs --chain"),
+    (["--objective", "energy", "--device", "jetson-nano"], "--objective", "--objective needs --chain"),
+    (["--chain", CHAIN, "--links", LINKS, "--revive", "edge@3"], "--revive", "the node of --kill"),
+    (["--chain", CHAIN, "--links", LINKS, "--kill", "edge@3", "--revive", "cloud@5"], "--revive",
+     "the node of --kill"),
+    (["--chain", CHAIN, "--links", LINKS, "--kill", "edge@3", "--revive", "edge@3"], "--revive",
+     "--kill's K < K < --requests"),
+    (["--chain", CHAIN, "--links", LINKS, "--objective", "throughput"], "--objective", "throughput"),
 ])
 def test_replay_chain_rejects_bad_input(tmp_path: Path, traces_dir: Path, args: list[str], hint: str,
                                         words: str) -> None:
