@@ -10,9 +10,12 @@ recognizer widths 160, 320, 640):
   ``partition.cost_at`` predicts equal the bytes of the arrays the split head returns and
   the whole model outputs when run at that size.
 * ``dynamic_time_max_error``: the largest relative error of predicted local, head and tail
-  times against head and tail sessions measured here (one thread, interleaved rounds,
-  medians), over local and six splits (the two the plan ranks fastest and four spread
-  along the model); errors are relative to max(measured, 1 ms).
+  times against head and tail sessions measured here (one thread, interleaved rounds:
+  local is the whole model's median; a head or tail is its median ratio to the whole
+  model run right before it, times that median, so load from other processes weighs on
+  both alike; the plain medians are kept as ``measured_raw_ms``), over local and six
+  splits (the two the plan ranks fastest and four spread along the model); errors are
+  relative to max(measured, 1 ms).
 """
 
 from __future__ import annotations
@@ -114,17 +117,22 @@ def run_case(name: str, rounds: int, time_splits: int, log) -> dict[str, Any]:
                                for i in ts.get_inputs()}
             sessions[cid] = (hs, ts)
         full.run(None, feeds)
+        ratios: dict[str, list[list[float]]] = {cid: [[], []] for cid in timed_ids}
         for r in range(rounds + 1):
-            f_ms = _median_ms(lambda feeds=feeds: full.run(None, feeds), 1)
-            if r:
-                samples["local"][0].append(f_ms)
             for cid in timed_ids:
+                # The whole model right before each split's halves: each half is also
+                # kept as a ratio to that run (load that comes and goes on a shared host
+                # weighs on both alike), times the whole model's median: "measured".
+                f_ms = _median_ms(lambda feeds=feeds: full.run(None, feeds), 1)
                 hs, ts = sessions[cid]
                 h_ms = _median_ms(lambda hs=hs, feeds=feeds: hs.run(None, feeds), 1)
                 t_ms = _median_ms(lambda ts=ts, tf=tail_feeds[cid]: ts.run(None, tf), 1)
                 if r:
+                    samples["local"][0].append(f_ms)
                     samples[cid][0].append(h_ms)
                     samples[cid][1].append(t_ms)
+                    ratios[cid][0].append(h_ms / f_ms)
+                    ratios[cid][1].append(t_ms / f_ms)
         del sessions, tail_feeds
         hs = ts = mids = None  # the last pair too, before the next size's sessions
         pred_local = cost_at(by_id[LOCAL], env)[0]
@@ -134,13 +142,15 @@ def run_case(name: str, rounds: int, time_splits: int, log) -> dict[str, Any]:
                        "error": round(abs(pred_local - meas_local) / meas_local, 4)})
         for cid in sorted(timed_ids):
             h, t, _, _ = cost_at(by_id[cid], env)
-            mh, mt = (statistics.median(x) for x in samples[cid])
-            for what, p, m in (("head", h, mh), ("tail", t, mt)):
+            mh, mt = (statistics.median(x) * meas_local for x in ratios[cid])
+            rh, rt = (statistics.median(x) for x in samples[cid])
+            for what, p, m, raw in (("head", h, mh, rh), ("tail", t, mt, rt)):
                 # Relative to max(measured, 1 ms): a head under a millisecond may be off
                 # by 0.25 ms (a relative error of a 0.1 ms timer reading says nothing).
                 err = abs(p - m) / max(m, 1.0)
                 errors.append({"size": size, "what": f"{what}:{cid}", "predicted_ms": round(p, 2),
-                               "measured_ms": round(m, 2), "error": round(err, 4)})
+                               "measured_ms": round(m, 2), "error": round(err, 4),
+                               "measured_raw_ms": round(raw, 2)})
     return {
         "plan_s": round(plan_s, 1),
         "candidates": len(plan.candidates),

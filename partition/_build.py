@@ -26,7 +26,7 @@ import onnx
 
 from devices import DeviceProfile
 from devices.errors import PartitionError
-from partition._by_size import by_size, size_points
+from partition._by_size import by_size, size_points, whole_model_times
 from partition._costmodel import CostModel
 from partition._graph import LayerGraph
 from partition._memory import MEASURE_BLOCK_BYTES, rss_bytes
@@ -324,6 +324,7 @@ def build_plan(
 
     splitter = Splitter(graph.model)
     measured: dict[str, tuple[float, float]] = {}
+    anchors: dict[tuple, float] = {}
     can_head = _measured_here(dprof)
     can_tail = _measured_here(cprof)
     if measure > 0 and (can_head or can_tail):
@@ -335,10 +336,17 @@ def build_plan(
                 break
             if c not in pick:
                 pick.append(c)
+        if len(points) > 1:
+            # One scale for every size's measurements (see whole_model_times).
+            envs = [graph.env(p, 1) for p in points]
+            say(f"timing the whole model at {len(envs)} sizes in turn")
+            anchors = dict(zip(map(_key, envs), whole_model_times(  # noqa: B905
+                splitter.model, envs, n_threads, dev.graph_optimization, measure_runs)))
         say(f"measuring {len(pick)} candidates (head then tail sessions, {measure_runs} runs)")
         measured = measure_candidates(
             splitter, pick, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
             measure_head=can_head, measure_tail=can_tail, sizes=ref_env,
+            anchor_ms=anchors.get(_key(ref_env)),
         ).times
     candidates = _apply_measurements(candidates, measured, can_head, can_tail, measured_mode)
     measure_at = None
@@ -350,6 +358,7 @@ def build_plan(
             return measure_candidates(
                 splitter, picked, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
                 measure_head=can_head, measure_tail=can_tail, sizes=env,
+                anchor_ms=anchors.get(_key(env)),
             ).times
 
     size_info = by_size(graph, candidates, points, dprof, cprof, dev, cloud, name,
@@ -412,6 +421,10 @@ def build_plan(
         plan = write_plan_dir(plan, splitter, Path(out_dir), dprof, cprof, graph, dev_ms, figure,
                               wire)
     return plan
+
+
+def _key(env: Mapping[str, int]) -> tuple:
+    return tuple(sorted(env.items()))
 
 
 def _optimum_ids(candidates: Sequence[CutCandidate], optima: dict) -> list[str]:

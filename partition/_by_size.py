@@ -17,7 +17,7 @@ from partition._profile import Profile, profile_model
 from partition._sources import HERE, CloudSpec, _measured_here, resolve_cloud
 from partition._types import LOCAL, OFFLOAD, CutCandidate
 
-__all__ = ["by_size", "size_points"]
+__all__ = ["by_size", "size_points", "whole_model_times"]
 
 
 def size_points(graph: LayerGraph, given: list[dict[str, int]]) -> list[dict[str, int]]:
@@ -172,6 +172,30 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
         "approximate_tensors": list(graph.approximate),
         "notes": notes,
     }
+
+
+def whole_model_times(model: Any, envs: list[dict[str, int]], threads: int, level: str,
+                      rounds: int) -> list[float]:
+    """The whole model's median time here (ms) at each of ``envs``, the sizes run in turn
+    round by round in one session. Candidates are measured at each size as ratios to
+    the whole model run beside them; these times put every size on one scale, so load
+    that came and went between one size's measurement and the next's does not bend the
+    curve the policy interpolates along."""
+    import time
+
+    from partition._profile import make_session, random_feeds
+
+    sess = make_session(model, threads, level)
+    feeds = [random_feeds(sess, sizes=e) for e in envs]
+    for f in feeds:  # warm-up (the arena grows to the largest size once)
+        sess.run(None, f)
+    samples: list[list[float]] = [[] for _ in envs]
+    for _ in range(max(1, rounds)):
+        for i, f in enumerate(feeds):
+            t0 = time.perf_counter()
+            sess.run(None, f)
+            samples[i].append((time.perf_counter() - t0) * 1000.0)
+    return [float(statistics.median(x)) for x in samples]
 
 
 def _median_ratio(pairs: list[tuple[float, float]]) -> float:

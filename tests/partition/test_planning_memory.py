@@ -100,3 +100,25 @@ def test_times_at_every_profiled_size_follow_one_rule(tmp_path: Path) -> None:
     assert len(heads) > 3 and len(tails) > 3
     assert max(heads) == pytest.approx(min(heads), rel=1e-9)
     assert max(tails) == pytest.approx(min(tails), rel=1e-9)
+
+
+def test_every_size_is_measured_on_the_scale_of_one_interleaved_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole model's times at the profiled sizes come from one pass over the sizes
+    in turn; each size's measured candidates are scaled to it (here: times handed in, so
+    the plan's measured whole-model time at the reference is exactly the pass's)."""
+    passes: list[list[dict[str, int]]] = []
+
+    def fixed(model, envs, threads, level, rounds):  # noqa: ANN001, ANN202
+        passes.append([dict(e) for e in envs])
+        return [100.0, 50.0, 400.0][:len(envs)]
+
+    monkeypatch.setattr(build, "whole_model_times", fixed)
+    plan = build_plan(zoo.trained_model("ppocr_cls"), "generic-x86", "here", 20e6, 0.02,
+                      keep=2, runs=2, measure=2, measure_runs=2, threads=1, figure=False,
+                      shapes=[SIZES, {"H": 48, "W": 96}, {"H": 48, "W": 384}])
+    assert passes == [[{"N": 1, **SIZES}, {"N": 1, "H": 48, "W": 96},
+                       {"N": 1, "H": 48, "W": 384}]]
+    local = plan.candidate("local")
+    assert local.extra["measured_head_ms"] == pytest.approx(100.0)  # relative_speed 1
+    assert plan.candidate("offload").extra["measured_tail_ms"] == pytest.approx(100.0)
