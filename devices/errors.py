@@ -76,7 +76,21 @@ class OffloadRejected(OffloadError):
 
 
 class DeadlineExceeded(OffloadError):
-    """The cloud leg would finish after the request's deadline."""
+    """The cloud leg would finish after the request's deadline.
+
+    What the client saw of the upload, when it knows (``None`` when it does not, e.g. a
+    deadline that passed between attempts): ``sent_bytes``, the request body handed to
+    the network before the time ran out; ``upload_s``, the seconds the whole body took to
+    be handed over when all of it was (``None`` while some was still unsent); ``seconds``,
+    how long the attempt that ran out ran. A leg that timed out after its whole upload
+    was waiting on the server or the answer: its time is no measure of the uplink."""
+
+    def __init__(self, message: str, *, sent_bytes: int | None = None,
+                 upload_s: float | None = None, seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.sent_bytes = sent_bytes
+        self.upload_s = upload_s
+        self.seconds = seconds
 
 
 class TransferAbandoned(DeadlineExceeded):
@@ -86,10 +100,8 @@ class TransferAbandoned(DeadlineExceeded):
 
     def __init__(self, message: str, *, rate_bps: float = 0.0, sent_bytes: int = 0,
                  seconds: float = 0.0) -> None:
-        super().__init__(message)
+        super().__init__(message, sent_bytes=sent_bytes, seconds=seconds)
         self.rate_bps = rate_bps
-        self.sent_bytes = sent_bytes
-        self.seconds = seconds
 
 
 class ModelUpdateError(EdgecutError):

@@ -270,20 +270,36 @@ _MIN_RATE_SPAN_S = 0.015
 _NOTSENT_LOWAT = 16 * 1024
 
 
-def _watched_body(body: bytes, watch: Callable[[UploadProgress], str]) -> Iterator[bytes]:
-    """Yield ``body`` in slices; after each write the path held back, ask ``watch``
-    whether to go on (it returns a reason to give up, or "").
+class _BodyProgress:
+    """How much of a request body the network has taken (bytes whose write returned) and
+    when the last of it was handed over (``perf_counter``; None until it all was): what a
+    leg that runs out of time can say of the uplink."""
+
+    __slots__ = ("sent", "done_at")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.done_at: float | None = None
+
+
+def _watched_body(body: bytes, watch: Callable[[UploadProgress], str] | None,
+                  progress: _BodyProgress | None = None) -> Iterator[bytes]:
+    """Yield ``body`` in slices, noting in ``progress`` what was handed over; after each
+    write the path held back, ask ``watch`` (if any) whether to go on (it returns a reason
+    to give up, or "").
 
     The path takes data in bursts as its buffers drain, so the rate is the average since
     the first write it held back, read just after such a write (a burst's end would
     show the rate of the socket, not the path's)."""
     total = len(body)
+    progress = progress if progress is not None else _BodyProgress()
     t0 = last = time.perf_counter()
     first: tuple[float, int] | None = None  # (time, bytes) when the path first held a write
     for sent in range(0, total, WATCH_SLICE_BYTES):
         if sent:
+            progress.sent = sent  # the slices before this one were written
             now = time.perf_counter()
-            if now - last > _BLOCKED_S:
+            if watch is not None and now - last > _BLOCKED_S:
                 if first is None:
                     # What went before is in the path's buffers; this wait also held the
                     # path's one-way delay, so the rate is measured from here on.
@@ -296,6 +312,8 @@ def _watched_body(body: bytes, watch: Callable[[UploadProgress], str]) -> Iterat
                                                 seconds=now - t0)
             last = now
         yield body[sent:sent + WATCH_SLICE_BYTES]
+    progress.sent = total
+    progress.done_at = time.perf_counter()
 
 
 @dataclass(frozen=True)
@@ -456,19 +474,24 @@ class OffloadClient:
 
         def attempt(timeout: float) -> tuple[dict[str, np.ndarray], int, int, float | None]:
             sent_headers = {**headers, **self._headers()}
+            # Always in slices, watched or not: a leg that runs out of time must tell a
+            # link that could not take the upload from a server slow to answer it.
+            progress = _BodyProgress()
+            t_attempt = time.perf_counter()
             try:
-                if watch is None:
-                    resp = self._http.post(url, content=body, headers=sent_headers,
-                                           timeout=httpx.Timeout(timeout))
-                else:
-                    resp = self._http.post(url, content=_watched_body(body, watch),
-                                           headers={**sent_headers,
-                                                    "Content-Length": str(len(body))},
-                                           timeout=httpx.Timeout(timeout))
+                resp = self._http.post(url, content=_watched_body(body, watch, progress),
+                                       headers={**sent_headers,
+                                                "Content-Length": str(len(body))},
+                                       timeout=httpx.Timeout(timeout))
             except httpx.TimeoutException as exc:
+                connected = not isinstance(exc, httpx.ConnectTimeout)
                 raise AttemptFailed(DeadlineExceeded(
-                    f"model '{model}': no answer within {timeout * 1000:.0f} ms ({exc!r})"),
-                    sent=not isinstance(exc, httpx.ConnectTimeout)) from exc
+                    f"model '{model}': no answer within {timeout * 1000:.0f} ms ({exc!r})",
+                    sent_bytes=progress.sent if connected else 0,
+                    upload_s=(progress.done_at - t_attempt
+                              if progress.done_at is not None else None),
+                    seconds=time.perf_counter() - t_attempt),
+                    sent=connected) from exc
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
                     httpx.WriteError) as exc:
                 raise AttemptFailed(

@@ -317,7 +317,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         except OffloadError as exc:
             cloud_ms = (time.perf_counter() - t0) * 1000.0
             reason = f"{type(exc).__name__}: {exc}"
-            self._observe_cloud_failure(exc, crossing, cloud_ms / 1000.0)
+            self._observe_cloud_failure(exc, crossing, cloud_ms / 1000.0, cand, scale)
             return self._fallback(rid, decision, cand, feeds, crossing, head_ms, cloud_ms,
                                   reason, slo, started, scale)
         cloud_ms = self._cloud_seconds(result) * 1000.0

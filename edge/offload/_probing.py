@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from devices.errors import EdgecutError
+from edge.offload._fold import fold_cloud_failure
 from edge.offload._outcome import _nbytes
 from partition import LOCAL, OFFLOAD, CutCandidate
 
@@ -136,7 +137,7 @@ class _Probing:
         self.probes_sent += 1
 
         def run() -> None:
-            started = time.monotonic()
+            started = t0 = time.monotonic()
             saved_s = 0.0
             try:
                 assert self.client is not None
@@ -148,8 +149,10 @@ class _Probing:
                 self.link.observe_transfer(r.up_bytes, r.down_bytes, r.seconds, server_s=server_s)
                 # (the radio waits out the cloud's compute at the cloud's speed)
                 saved_s = (r.server_s or 0.0) * (1.0 - self.cloud_compute_scale)
-            except EdgecutError:
-                pass
+            except EdgecutError as exc:
+                # A probe cut off by its deadline is evidence like any cloud leg's: on a
+                # collapsed link it may be the first (see fold_cloud_failure).
+                fold_cloud_failure(self.link, exc, nbytes, time.monotonic() - t0)
             finally:
                 spent = max(time.monotonic() - started - saved_s, 0.0)
                 self.probe_radio_s += spent

@@ -85,9 +85,11 @@ class _Racing:
         # An answer from the cloud after the device's is of no use but as a measure of the
         # link: the cloud leg may run until a little after the device is expected to
         # answer (a slow spell of the device is given its time). Cut then, it leaves a
-        # bound on the link ("at most this fast"); left to run on, a small upload that the
-        # path's buffers swallowed whole would wait out a slow link behind the next
-        # requests, and the estimate would hear nothing of it meanwhile.
+        # bound on the link ("at most this fast") if its upload was still going, or puts
+        # the estimate in doubt (a probe checks it) if the path's buffers had swallowed
+        # it whole (see fold_cloud_failure); left to run on, such a small upload would
+        # wait out a slow link behind the next requests, and the estimate would hear
+        # nothing of it meanwhile.
         span = self.policy.config.offload.race_cloud_span
         budget_ms = max(span * device_ms_expected, 50.0) + saving_s * 1000.0
 
@@ -98,7 +100,8 @@ class _Racing:
                                       deadline=time.monotonic() + budget_ms / 1000.0,
                                       request_id=f"{rid}", watch=watch)
             except Exception as exc:  # noqa: BLE001 - any failure leaves it to the device
-                self._observe_cloud_failure(exc, crossing, time.perf_counter() - t_cloud)
+                self._observe_cloud_failure(exc, crossing, time.perf_counter() - t_cloud,
+                                            cand, scale)
                 with done:
                     state["cloud_error"] = exc
                     done.notify_all()

@@ -357,11 +357,26 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     # And while the best plan is local, nothing else will measure the link: after one
     # slow transfer the device would stay local until the estimate went stale.
     idle_link = cfg.explore.probe_while_local and best.kind == LOCAL
-    probe = ((link_stale or doubtful or idle_link) and not explored and can_probe
-             and any(p.kind != LOCAL and p.up_bytes > best.up_bytes for p in could_win))
+    # And while the estimate is provisional (it rests on a stand-in: a given-up upload's
+    # rate, a timed-out upload's bound; or a leg timed out after its whole upload went,
+    # which cannot tell a slow link from a slow server), a plan small enough to live
+    # with a stand-in would never replace it (its transfers cannot show a faster link),
+    # and the plan that timed out may time out again without measuring anything. One
+    # probe settles it, paid from the same energy allowance as racing (its radio time
+    # at the estimate, the pessimistic side).
+    probe_mj = ctx.energy.plan_mj(0.0, (ctx.link.transfer_s(cfg.explore.probe_bytes)
+                                        + ctx.link.rtt_s) * 1000.0)
+    unsettled = ctx.link.provisional and ctx.race_allowance_mj >= probe_mj
+    bigger = any(p.kind != LOCAL and p.up_bytes > best.up_bytes for p in could_win)
+    probe = (not explored and can_probe
+             and (((link_stale or doubtful or idle_link or unsettled) and bigger)
+                  or (unsettled and best.kind != LOCAL)))
     if probe:
         reason += ("; link estimate is stale and a remote plan could win: probing"
                    if link_stale else
+                   "; the link estimate is in question (a given-up or timed-out upload) "
+                   "and a remote plan could win: probing"
+                   if unsettled and not (doubtful or idle_link) else
                    "; a plan that saves energy is held back only by the link's "
                    "uncertainty: probing" if doubtful else
                    "; running locally leaves the link unmeasured and a remote plan could "

@@ -137,6 +137,13 @@ class LinkEstimate:
     #: The link's usual level: the median of the recent samples (0 until
     #: ``_MIN_LEVELS`` are known). Below it, the link is in a dip.
     level_bps: float = 0.0
+    #: The estimate is in question and no measured transfer has settled it since: its
+    #: newest samples include a stand-in (a rate reading or a censored bound, see
+    #: ``LinkEstimator.observe_rate``), or a cloud leg ran out of time without saying
+    #: whether the link or the server was slow (``LinkEstimator.doubt``). The policy
+    #: should check it (a probe) rather than plan on it for long. Under a stand-in
+    #: ``headroom`` reaches at least the measured samples' level.
+    provisional: bool = False
 
     def chance_at_least(self, bps: float) -> float:
         """The chance that the link carries at least ``bps`` for the next transfer: its
@@ -232,6 +239,9 @@ class LinkEstimator:
         # How many of the newest samples are rate readings (see observe_rate): stand-ins
         # that the next measured transfer replaces.
         self._readings = 0
+        # A cloud leg ran out of time since the last measured transfer, and nothing it
+        # showed could tell a slow link from a slow server (see doubt).
+        self._doubted = False
         self._lock = threading.Lock()
         self.probes = ProbeBudget(probe_budget_bytes, probe_refill_s, clock())
         self.total_samples = 0
@@ -322,6 +332,7 @@ class LinkEstimator:
 
     def _add_sample_locked(self, bps: float, now: float) -> None:
         self._drop_readings_locked()
+        self._doubted = False
         self._record_miss_locked(bps)
         self._bounded = False
         self._bw.append((bps, now))
@@ -343,33 +354,85 @@ class LinkEstimator:
         if bps <= 0 or not math.isfinite(bps):
             return
         with self._lock:
-            self._last_traffic = now
-            if self._bw and bps >= self._bw_locked():
-                return
-            if self._bw:
-                # As a forecast error, at most _READING_ERROR below the estimate.
-                self._record_miss_locked(max(bps, self._bw_locked()
-                                             * math.exp(-_READING_ERROR)))
-            self._bw.append((bps, now))
-            self._readings += 1
-            self._bounded = False
-            self.total_samples += 1
+            self._add_reading_locked(bps, now)
 
-    def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> None:
-        """A transfer that had not finished after ``seconds`` (we gave up): the link is at
-        most ``nbytes`` over the time spent serialising. Lowers the estimate, never raises it."""
+    def _add_reading_locked(self, bps: float, now: float) -> None:
+        """A reading or a bound (``observe_rate``, ``observe_censored``): below the
+        estimate, a stand-in sample; at or above it, only a sign of traffic."""
+        self._last_traffic = now
+        if self._bw and bps >= self._bw_locked():
+            return
+        if self._bw:
+            # As a forecast error, at most _READING_ERROR below the estimate.
+            self._record_miss_locked(max(bps, self._bw_locked()
+                                         * math.exp(-_READING_ERROR)))
+        self._bw.append((bps, now))
+        self._readings += 1
+        self._bounded = False
+        self.total_samples += 1
+
+    def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> bool:
+        """An upload still going after ``seconds`` (we gave up) when only ``nbytes`` had
+        been handed to the network: in that time, less the round trip, the link carried
+        at most those bytes (the ones written and not yet delivered included, so the
+        bound errs on the fast side). Lowers the estimate, never raises it. ``nbytes``
+        must be what the sender knows it handed over, never what it meant to send:
+        bytes that had not left say nothing of the link (a leg that waited on a slow
+        server after its whole upload went is :meth:`doubt`, not this).
+
+        It is a bound, not a measurement (the link may have been far slower, or the
+        sender itself slow to hand bytes over), so it is folded in as a rate reading is
+        (see ``observe_rate``): it stands in until the next measured transfer replaces
+        it, counts as a forecast error of at most ``_READING_ERROR``, and while it stands
+        the estimate is ``provisional`` and its optimistic edge still reaches the
+        measured samples' level, so that the policy can probe its way back. Returns
+        whether it was taken (too few bytes, or no time beyond the round trip, say
+        nothing)."""
         now = self._clock() if now is None else now
         with self._lock:
             rtt = self._rtt_locked()
             if nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES or seconds <= rtt:
-                return
-            bound = nbytes * 8.0 / (seconds - rtt)
-            if bound < self._bw_locked():
-                self._drop_readings_locked()
-                self._record_miss_locked(bound)
-                self._bw.append((bound, now))
-                self.total_samples += 1
-            self._last_traffic = now
+                return False
+            self._add_reading_locked(nbytes * 8.0 / (seconds - rtt), now)
+            return True
+
+    def observe_timeout(self, nbytes: int, seconds: float, rest_s: float | None = None,
+                        now: float | None = None) -> str:
+        """A cloud leg ran out of time after ``seconds`` though its whole upload of
+        ``nbytes`` had been handed over (or the transport cannot say what was): the rest
+        of the wait may be the link's (bytes still in its buffers, the answer) or the
+        server's (its queue, its compute). Returns what it was taken as.
+
+        - The first such timeout since the last measured transfer: a "doubt". No
+          bandwidth follows from it (a timeout behind a loaded server, taken as transfer
+          time, once dragged a 212 Mbit/s estimate to 3, issue 25); the estimate is
+          ``provisional`` until the next measured transfer, so that the policy checks
+          the link (a probe) before it bets on it again.
+        - Another one before any transfer measured the link (the probe did not settle
+          it either): the leg as a whole is slow, and a small upload swallowed whole by
+          the path's buffers would otherwise never show a collapsed link. Given
+          ``rest_s``, the server's expected part of the leg (its usual time and the
+          round trip), the bytes had at most the time left: a "bound" of ``nbytes``
+          over ``seconds - rest_s``, folded in as a censored sample is (a stand-in the
+          next measured transfer replaces). Without ``rest_s``, or no time left over,
+          still a doubt. (A server that stays slow is thereby planned as a slow link
+          would be: either way the cloud leg is slow.)"""
+        now = self._clock() if now is None else now
+        with self._lock:
+            again, self._doubted = self._doubted, True
+            if (not again or rest_s is None or seconds - rest_s <= 0
+                    or nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES):
+                return "doubt"
+            if self._bw and nbytes * 8.0 / (seconds - rest_s) >= self._bw_locked():
+                return "doubt"
+            self._add_reading_locked(nbytes * 8.0 / (seconds - rest_s), now)
+            return "bound"
+
+    def doubt(self) -> None:
+        """Put the estimate in question (``provisional``) without moving it, until the
+        next measured transfer (see ``observe_timeout``)."""
+        with self._lock:
+            self._doubted = True
 
     def observe_rtt(self, seconds: float, now: float | None = None) -> None:
         """Record a round trip of a tiny request (a health probe)."""
@@ -390,6 +453,7 @@ class LinkEstimator:
             self._last_traffic = None
             self._bounded = False
             self._readings = 0
+            self._doubted = False
 
     # -- estimate -----------------------------------------------------------------------
     def _weights_locked(self) -> list[float]:
@@ -451,13 +515,30 @@ class LinkEstimator:
             # After a bound, the optimistic edge allows four times the estimate: enough
             # for exploration to try a plan that only a fast link would favour.
             headroom = math.log(4.0) if self._bounded else 0.0
+            provisional = self._readings > 0 or self._doubted
+            if 0 < self._readings < n:
+                # A stand-in says the link may be this slow, not that it cannot be what
+                # the transfers measured: the optimistic edge keeps their level, or a
+                # plan small enough to live with the stand-in would never measure the
+                # link again (its transfers cannot show a faster one).
+                headroom = max(headroom, math.log(max(self._measured_bw_locked() / bw, 1.0)))
             # The link's usual level (log bit/s), None until enough samples are known.
             level = self._level_locked() if len(self._levels) >= _MIN_LEVELS else None
             rebound, down, up = self._rebound_locked(bw, level)
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
                                 min(max(bias, 0.5), 10.0), spread_up, rebound,
                                 down + widen if down else 0.0, up + widen if up else 0.0,
-                                math.exp(level) if level is not None else 0.0)
+                                math.exp(level) if level is not None else 0.0,
+                                provisional)
+
+    def _measured_bw_locked(self) -> float:
+        """The weighted harmonic mean of the samples that are not stand-ins (0 when they
+        weigh nothing next to the newest: so long before it that their weights vanish)."""
+        keep = len(self._bw) - self._readings
+        w = self._weights_locked()[:keep]
+        samples = list(self._bw)[:keep]
+        inverse = sum(wi / max(b, 1.0) for wi, (b, _) in zip(w, samples))
+        return sum(w) / inverse if inverse > 0 else 0.0
 
     def _rebound_locked(self, bw: float, level: float | None) -> tuple[float, float, float]:
         """The rebound forecast (see the module's notes) at estimate ``bw`` below the

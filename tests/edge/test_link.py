@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -275,6 +276,101 @@ def test_a_rate_reading_stands_in_until_a_transfer_measures_the_link() -> None:
     clock.t = 7.0
     est.observe_transfer(5_000_000, 0, 1.0)
     assert est.estimate().bandwidth_bps == pytest.approx(40e6, rel=0.01)
+
+
+def test_a_censored_bound_stands_in_and_keeps_the_measured_level_in_reach() -> None:
+    """A timed-out upload's bound (issue 25) is folded in as a rate reading is: taken at
+    once, a forecast error of a factor of e at most, replaced by the next measured
+    transfer; and while it stands the estimate is provisional and its optimistic edge
+    still reaches what the transfers measured, so a probe or a bigger plan can show the
+    link back."""
+    clock = Clock()
+    est = LinkEstimator(window=6, prior_rtt_s=0.0, clock=clock)
+    for _ in range(6):  # (at one instant: equal weights)
+        est.observe_transfer(25_000_000, 0, 1.0)  # 200 Mbit/s
+    assert not est.estimate().provisional
+    # 125 kB handed over in the 0.5 s before the deadline: at most 2 Mbit/s.
+    assert est.observe_censored(125_000, 0.5)
+    low = est.estimate()
+    assert low.bandwidth_bps == pytest.approx(6 / (5 / 200e6 + 1 / 2e6), rel=1e-6)
+    assert low.provisional
+    assert list(est._err)[-1] == pytest.approx(-1.0)  # not log(2 / 200) = -4.6
+    assert low.inverse_bias == pytest.approx((5 + math.e) / 6, rel=1e-6)  # errors 0 x5, -1
+    assert low.high_bps >= 200e6 * 0.99
+    # Too few bytes, or no time past the round trip, say nothing.
+    assert not est.observe_censored(1_000, 0.5)
+    assert est.estimate() == low
+    # The next measured transfer replaces the bound and settles the estimate.
+    clock.t = 7.0
+    est.observe_transfer(25_000_000, 0, 1.0)
+    settled = est.estimate()
+    assert settled.bandwidth_bps == pytest.approx(200e6, rel=1e-6)
+    assert not settled.provisional and settled.headroom == 0.0
+
+
+def test_a_doubt_moves_nothing_until_a_transfer_settles_it() -> None:
+    """A leg that timed out after its whole upload went cannot tell a slow link from a
+    slow server: the estimate stays what the transfers measured, only provisional."""
+    clock = Clock()
+    est = LinkEstimator(window=6, prior_rtt_s=0.01, clock=clock)
+    for i in range(6):
+        clock.t = float(i)
+        est.observe_transfer(25_000_000, 0, 1.01)  # 200 Mbit/s
+    before = est.estimate()
+    est.doubt()
+    assert est.estimate() == dataclasses.replace(before, provisional=True)
+    assert est.total_samples == 6
+    clock.t = 6.0
+    est.observe_transfer(2_500_000, 0, 1.01)  # the link did drop: 20 Mbit/s, measured
+    after = est.estimate()
+    assert not after.provisional and after.bandwidth_bps < before.bandwidth_bps
+    est.doubt()
+    est.reset()
+    assert not est.estimate().provisional
+
+
+def test_a_timeout_after_the_whole_upload_doubts_first_and_bounds_when_it_recurs() -> None:
+    """``observe_timeout``: one leg that waited past its deadline after its whole upload
+    went may have waited on the server: a doubt, nothing moved. Another before any
+    transfer measured the link: the bytes had at most the time the server's expected
+    part (``rest_s``) leaves, a stand-in bound."""
+    clock = Clock()
+    est = LinkEstimator(window=6, prior_rtt_s=0.01, clock=clock)
+    for _ in range(6):
+        est.observe_transfer(25_000_000, 0, 1.01)  # 200 Mbit/s
+    before = est.estimate()
+    assert est.observe_timeout(100_000, 0.5, rest_s=0.1) == "doubt"
+    assert est.estimate() == dataclasses.replace(before, provisional=True)
+    # Again, unsettled: 100 kB in the 0.4 s the server's part leaves: at most 2 Mbit/s.
+    assert est.observe_timeout(100_000, 0.5, rest_s=0.1) == "bound"
+    low = est.estimate()
+    assert low.bandwidth_bps == pytest.approx(6 / (5 / 200e6 + 1 / 2e6), rel=1e-6)
+    assert low.provisional and list(est._err)[-1] == pytest.approx(-1.0)
+    # A measured transfer settles it; the next timeout is a first one again.
+    est.observe_transfer(25_000_000, 0, 1.01)
+    assert not est.estimate().provisional
+    settled = est.estimate()
+    assert est.observe_timeout(100_000, 0.5, rest_s=0.1) == "doubt"
+    assert est.estimate().bandwidth_bps == settled.bandwidth_bps
+    # Without the server's expected part, or with no time left beyond it, or a bound the
+    # estimate already meets: a doubt still.
+    assert est.observe_timeout(100_000, 0.5) == "doubt"
+    assert est.observe_timeout(100_000, 0.5, rest_s=0.6) == "doubt"
+    assert est.observe_timeout(100_000_000, 0.5, rest_s=0.1) == "doubt"
+    assert est.estimate().bandwidth_bps == settled.bandwidth_bps
+
+
+def test_a_stand_in_long_after_the_measured_samples_needs_no_level_to_reach() -> None:
+    """The measured samples' weights vanish next to a stand-in that came very long after
+    them (a replay's clock jumps): the estimate is the stand-in's, with no extra room."""
+    clock = Clock()
+    est = LinkEstimator(window=6, half_life_s=10.0, prior_rtt_s=0.0, clock=clock)
+    for _ in range(3):
+        est.observe_transfer(25_000_000, 0, 1.0)  # 200 Mbit/s
+    clock.t = 1e6
+    assert est.observe_censored(125_000, 0.5)  # at most 2 Mbit/s
+    e = est.estimate()
+    assert e.bandwidth_bps == pytest.approx(2e6) and e.provisional and e.headroom == 0.0
 
 
 def test_the_optimistic_edge_widens_once_the_link_is_quiet_for_long() -> None:

@@ -489,3 +489,22 @@ def test_no_race_on_battery_below_the_reserve() -> None:
     on_mains = decide(dataclasses.replace(
         ctx, device=DeviceState(battery_pct=10.0, on_battery=False)), cfg)
     assert on_mains.race
+
+
+def test_a_provisional_estimate_is_probed_even_while_the_plan_is_remote() -> None:
+    """After a leg timed out without saying whether the link or the server was slow (or
+    while the estimate rests on a stand-in), the policy checks the link with a probe,
+    paid from the energy allowance; also when its plan is the biggest remote one, whose
+    next transfer could time out again without measuring anything (issue 25)."""
+    for mbps, plan in ((1000, "offload"), (100, "split@a")):
+        ctx, cfg = build(Case("", mbps, plan))
+        settled = decide(ctx, cfg)
+        assert settled.plan == plan and not settled.probe
+        doubted = dataclasses.replace(ctx, link=dataclasses.replace(ctx.link,
+                                                                    provisional=True))
+        d = decide(doubted, cfg)
+        assert d.plan == plan and d.probe, d.reason
+        assert "link estimate is in question" in d.reason
+        # Not when the allowance cannot pay for the probe's radio time.
+        broke = decide(dataclasses.replace(doubted, race_allowance_mj=0.0), cfg)
+        assert broke.plan == plan and not broke.probe
