@@ -17,6 +17,7 @@ recognizer widths 160, 320, 640):
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from typing import Any
@@ -69,22 +70,19 @@ def run_case(name: str, rounds: int, time_splits: int, log) -> dict[str, Any]:
     ranked = sorted(splits, key=lambda c: c.head_ms + c.tail_ms)
     step = max(1, len(splits) // max(1, time_splits))
     timed_ids = {c.cut_id for c in ranked[:2]} | {c.cut_id for c in splits[::step][:time_splits]}
-    # Sessions for every split would not fit in memory (the recognizer has ~200 cuts):
-    # each head is built, checked at every size and dropped; only the timed ones stay.
-    sessions: dict[str, tuple[Any, Any]] = {}
+    # One head session at a time for the bytes (built, run at every size, dropped), and
+    # the timed splits' sessions for one size at a time: each session's arena grows to
+    # the largest input it ran, and a dozen of them held over the three sizes came to
+    # ~1.9 GB for the detector.
     bytes_ok, bytes_checked, mismatches = True, 0, []
     errors: list[dict[str, Any]] = []
     feeds_by = [_feeds(size) for size in spec["check"]]
     envs = [{"N": 1, **size} for size in spec["check"]]
     downs = [sum(a.nbytes for a in full.run(None, f)) for f in feeds_by]
-    mids: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in spec["check"]]
     for c in plan.candidates:
         hs = None
         if c.kind == SPLIT:
-            head, tail = splitter.split(c.tensors)
-            hs = make_session(head, 1, "all")
-            if c.cut_id in timed_ids:
-                sessions[c.cut_id] = (hs, make_session(tail, 1, "all"))
+            hs = make_session(splitter.split(c.tensors)[0], 1, "all")
         for k, (size, feeds, env) in enumerate(zip(spec["check"], feeds_by, envs)):  # noqa: B905
             _, _, up, dn = cost_at(c, env)
             if c.kind == LOCAL:
@@ -92,27 +90,29 @@ def run_case(name: str, rounds: int, time_splits: int, log) -> dict[str, Any]:
             elif c.kind == OFFLOAD:
                 got_up, got_down = sum(a.nbytes for a in feeds.values()), downs[k]
             else:
-                outs = hs.run(None, feeds)
-                if c.cut_id in timed_ids:
-                    mids[k][c.cut_id] = dict(zip([o.name for o in hs.get_outputs()], outs))  # noqa: B905
-                got_up, got_down = sum(a.nbytes for a in outs), downs[k]
+                got_up, got_down = sum(a.nbytes for a in hs.run(None, feeds)), downs[k]
             bytes_checked += 1
             if (up, dn) != (got_up, got_down):
                 bytes_ok = False
                 mismatches.append({"cut": c.cut_id, "size": size, "predicted": [up, dn],
                                    "measured": [got_up, got_down]})
         del hs
+    by_id = {c.cut_id: c for c in plan.candidates}
     for k, size in enumerate(spec["check"]):
         feeds, env = feeds_by[k], envs[k]
+        log(f"timing at {size}")
         # Times: interleaved rounds of the whole model and each timed split's halves.
         samples: dict[str, list[list[float]]] = {"local": [[]]}
-        for cid in timed_ids:
-            samples[cid] = [[], []]
+        sessions: dict[str, tuple[Any, Any]] = {}
         tail_feeds = {}
-        for cid in timed_ids:
-            _, ts = sessions[cid]
-            tail_feeds[cid] = {i.name: mids[k][cid].get(i.name, feeds.get(i.name))
+        for cid in sorted(timed_ids):
+            samples[cid] = [[], []]
+            head, tail = splitter.split(by_id[cid].tensors)
+            hs, ts = make_session(head, 1, "all"), make_session(tail, 1, "all")
+            mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds)))  # noqa: B905
+            tail_feeds[cid] = {i.name: mids.get(i.name, feeds.get(i.name))
                                for i in ts.get_inputs()}
+            sessions[cid] = (hs, ts)
         full.run(None, feeds)
         for r in range(rounds + 1):
             f_ms = _median_ms(lambda feeds=feeds: full.run(None, feeds), 1)
@@ -125,7 +125,8 @@ def run_case(name: str, rounds: int, time_splits: int, log) -> dict[str, Any]:
                 if r:
                     samples[cid][0].append(h_ms)
                     samples[cid][1].append(t_ms)
-        by_id = {c.cut_id: c for c in plan.candidates}
+        del sessions, tail_feeds
+        hs = ts = mids = None  # the last pair too, before the next size's sessions
         pred_local = cost_at(by_id[LOCAL], env)[0]
         meas_local = statistics.median(samples["local"][0])
         errors.append({"size": size, "what": "local", "predicted_ms": round(pred_local, 2),
@@ -149,6 +150,8 @@ def run_case(name: str, rounds: int, time_splits: int, log) -> dict[str, Any]:
         "bytes_exact": bytes_ok,
         "bytes_mismatches": mismatches[:5],
         "time_max_error": max(e["error"] for e in errors),
+        # The process's largest resident size so far (this case and any before it).
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "time_median_error": round(statistics.median(e["error"] for e in errors), 4),
         "times": errors,
     }

@@ -52,7 +52,8 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
              dev: DeviceProfile, cloud: CloudSpec, name: str, runs: int, threads: int,
              profile_device: bool, wire: str, say: Callable[[str], None],
              measure_at: Callable[[dict[str, int]], dict[str, tuple[float, float]]] | None = None,
-             sides: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
+             sides: tuple[bool, bool] = (False, False),
+             measured: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
     """Every candidate's byte expressions and its times at each profiled size (the
     reference's from the plan's own candidates, the others profiled here). Where the plan
     measured candidates at the reference, ``measure_at`` measures the same ones at each
@@ -65,6 +66,26 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
     down_expr = graph.cut_bytes_expr(graph.outputs)
     heads: dict[str, list[float]] = {c.cut_id: [c.head_ms] for c in candidates}
     tails: dict[str, list[float]] = {c.cut_id: [c.tail_ms] for c in candidates}
+    if measured and measure_at is not None and len(points) > 1:
+        # The times at every size, the reference's included, come from one rule (the
+        # profile's prediction at that size times the median measured / predicted ratio
+        # per side): the times between sizes are interpolated, and a reference corrected
+        # otherwise (the plan's line, ``measured = a * predicted + b``) gave every head
+        # the line's intercept at the reference only (a 0.8 ms head predicted 19 ms
+        # between the reference and the next size).
+        kinds = {c.cut_id: c.kind for c in candidates}
+        pred0 = {c.cut_id: (float(c.extra.get("predicted_head_ms", c.head_ms)),
+                            float(c.extra.get("predicted_tail_ms", c.tail_ms))) for c in candidates}
+        hp = [(pred0[k][0], m[0]) for k, m in measured.items()
+              if sides[0] and k in kinds and kinds[k] != OFFLOAD]
+        tp = [(pred0[k][1], m[1]) for k, m in measured.items()
+              if sides[1] and k in kinds and kinds[k] != LOCAL]
+        rh, rt = _median_ratio(hp), _median_ratio(tp)
+        for c in candidates:
+            if sides[0] and c.kind != OFFLOAD:
+                heads[c.cut_id] = [pred0[c.cut_id][0] * rh]
+            if sides[1] and c.kind != LOCAL:
+                tails[c.cut_id] = [pred0[c.cut_id][1] * rt]
     measured_points = [points[0]]
     cloud_here = str(cloud) == HERE or _measured_here(cprof)
     notes = []
