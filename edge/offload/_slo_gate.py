@@ -22,8 +22,9 @@ queue, so the overload policy applies to it: ``drop_oldest`` replaces it by a ne
 one, counted). With nothing in flight a frame that still cannot make it (it waited too
 long) is ``late``: the pipeline drops it in favour of a fresher frame under the drop
 policies, and runs it under ``block`` (which never drops). When even a frame alone
-takes longer than the SLO, no frame can meet it: frames then run one at a time, none is
-dropped for it, and re-planning is the policy's business.
+takes longer than the SLO, no frame can meet it: the gate then stands aside (every frame
+starts as the window allows, none is dropped for the SLO), as ``choose_stream`` picks
+the fastest plan when none meets the SLO; re-planning is the policy's business.
 
 The gate has no clock of its own: times are given (seconds, any monotonic clock), so its
 rule is tested with numbers.
@@ -80,11 +81,9 @@ class SloGate:
         finish = self.predict(now)
         if finish is None or finish <= submitted + self.slo_s:
             return START
-        if self._flight:
-            return WAIT
         if self.alone_s is not None and self.alone_s > self.slo_s:
-            return START  # no frame can meet the SLO: run it, one at a time
-        return LATE
+            return START  # no frame can meet the SLO: stand aside, for throughput
+        return WAIT if self._flight else LATE
 
     def started(self, seq: int, now: float) -> None:
         finish = self.predict(now)
