@@ -24,7 +24,9 @@ twice the least-latency plan's predicted latency; ``sequential_fps`` runs the
 least-latency plan one frame at a time (each submitted when the previous is answered); ``stream_fps`` runs ``choose_stream``'s plan
 through the pipeline (window: how many of the slowest stage one frame's trip past the
 device holds (at most 4), both measured on frames of that plan run one at a time first;
-queue 1; ``drop_oldest``; uploads paced at the link's
+the SLO given to the pipeline, which starts a frame only when it is predicted to finish
+within it behind the frames in flight and drops one that waited too long (``late``, part
+of ``dropped``); queue 1; ``drop_oldest``; uploads paced at the link's
 rate) fed by a 15 frames/s camera for about 12 s, measured over the answered frames
 after the first four; ``pipeline_bound_fps`` is 1 / the slowest stage of that plan measured in the same
 run one frame at a time (median device stage as held, upload and download at the
@@ -247,9 +249,9 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
         emu = LinkEmulator("127.0.0.1", srv.port, up=trace, delay_s=rtt_s / 2).start()
         try:
             with OffloadClient(emu.url, timeout_s=60.0) as client:
-                def pipe(cand, window: int, overload: str = "block"):  # noqa: ANN001, ANN202
+                def pipe(cand, window: int, overload: str = "block", slo_ms=None):  # noqa: ANN001, ANN202
                     return StreamPipeline(work, plan.model_path, cand, nano, client, names,
-                                          window=window, queue_size=1, overload=overload,
+                                          window=window, queue_size=1, overload=overload, slo_ms=slo_ms,
                                           cloud_timeout_s=60.0, device_time=device_time,
                                           intra_op_threads=1)
                 # warm both plans' sessions and the server's
@@ -265,7 +267,10 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                 # more would only wait in the server's queue and add to every frame's latency
                 slowest = max(dev, up, cloud, down, 1e-3)
                 depth = min(4, max(1, math.ceil(trip / slowest)))
-                sp = pipe(st_pick.candidate, depth, "drop_oldest")
+                # the SLO bounds each frame in the pipeline too: a frame starts only when it
+                # is predicted to finish within it behind the frames in flight (a stage that
+                # slows down under load shrinks the window instead of queueing frames)
+                sp = pipe(st_pick.candidate, depth, "drop_oldest", slo_ms=slo)
                 camera = CAMERA_FPS
                 n_cam = int(CAMERA_FPS * stream_seconds)
                 cam_frames = [frames[i % len(frames)] for i in range(n_cam)]
@@ -296,7 +301,7 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
         "fraction_of_bound": round(fps / bound, 3) if bound else None,
         "vs_sequential": round(fps / seq_fps, 3) if seq_fps else None,
         "p95_ms": round(p95, 1), "median_parts_ms": {k: round(v, 1) for k, v in parts.items() if v is not None}, "within_slo": bool(p95 <= slo),
-        "frames": len(cam_frames), "window": sp.window, "camera_fps": round(camera, 3), "dropped": sp.stats.dropped, "lost": sp.stats.lost,
+        "frames": len(cam_frames), "window": sp.window, "camera_fps": round(camera, 3), "dropped": sp.stats.dropped, "late": sp.stats.late, "lost": sp.stats.lost,
         "fallbacks": sp.stats.fallbacks, "errors": sp.stats.errors,
         "sequential_lost": 0 if len(seq_res) == seq_n else seq_n - len(seq_res),
     }

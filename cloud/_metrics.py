@@ -121,7 +121,8 @@ class Metrics:
             ["model", "version"], registry=r)
         self.relay = Counter(
             "edgecut_relay_requests", "Requests a chain's middle node forwarded to its next hop "
-            "or finished itself when the next hop failed", ["model", "outcome"], registry=r)
+            "(forwarded), finished itself when the next hop failed (finished_here), or without "
+            "trying it while its breaker was open (next_hop_down)", ["model", "outcome"], registry=r)
         self.http = Counter(
             "edgecut_http_responses", "HTTP responses by status code", ["code"], registry=r)
         self.text_sources: list[Callable[[], bytes]] = []

@@ -26,9 +26,10 @@ import onnx
 
 from devices import DeviceProfile
 from devices.errors import PartitionError
-from partition._by_size import by_size, size_points
+from partition._by_size import by_size, size_points, whole_model_times
 from partition._costmodel import CostModel
 from partition._graph import LayerGraph
+from partition._memory import MEASURE_BLOCK_BYTES, rss_bytes
 from partition._onnx import load_model
 from partition._planner import (
     OBJECTIVES,
@@ -84,7 +85,8 @@ def measure_candidates(
 ) -> Measurement:
     """Run each candidate's head then tail session here (batch 1, fixed threads).
 
-    Candidates are measured in blocks whose sessions are all open at once, round by
+    Candidates are measured in blocks whose sessions are all open at once (at most
+    ``block``, fewer once they hold ``partition._memory.MEASURE_BLOCK_BYTES``), round by
     round; the whole model runs right before each candidate, and a candidate's time is
     its median ratio to that run times the whole model's median time, so load that
     comes and goes on a shared host cancels out. Head times are multiplied by ``device_scale`` (1 / relative_speed when
@@ -98,39 +100,16 @@ def measure_candidates(
     ratios: dict[str, tuple[float, float]] = {}
     full_samples: list[float] = []
     max_diff = 0.0
-    splits = [c for c in candidates if c.kind == SPLIT]
-    blocks = [splits[i:i + block] for i in range(0, len(splits), block)] or [[]]
-    for chunk in blocks:
-        runners = []
-        for c in chunk:
-            head, tail = splitter.split(c.tensors)
-            hs, ts = make_session(head, threads, level), make_session(tail, threads, level)
-            mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds)))
-            tf = {i.name: mids.get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
-            got = ts.run(None, tf)
-            for a, b in zip(got, want):
-                max_diff = max(max_diff, float(np.max(np.abs(a - b))))
-            runners.append((c.cut_id, hs, ts, tf))
-        samples: dict[str, tuple[list[float], list[float]]] = {r[0]: ([], []) for r in runners}
-        for r in range(runs + 1):
-            for cid, hs, ts, tf in runners:
-                # The whole model runs right before each candidate: times are kept as
-                # ratios to it, so load that comes and goes on a shared host cancels.
-                t0 = time.perf_counter()
-                full.run(None, feeds)
-                t1 = time.perf_counter()
-                if measure_head:
-                    hs.run(None, feeds)
-                t2 = time.perf_counter()
-                if measure_tail:
-                    ts.run(None, tf)
-                t3 = time.perf_counter()
-                if r > 0:  # round 0 warms up
-                    f_ms = (t1 - t0) * 1000.0
-                    full_samples.append(f_ms)
-                    samples[cid][0].append((t2 - t1) * 1000.0 / f_ms)
-                    samples[cid][1].append((t3 - t2) * 1000.0 / f_ms)
-        ratios.update({cid: (statistics.median(h), statistics.median(t)) for cid, (h, t) in samples.items()})
+    pending = [c for c in candidates if c.kind == SPLIT]
+    while pending:
+        # A block's sessions stay open together (interleaved rounds), each with its
+        # arena at this size's working memory, so a block also ends once the process
+        # has grown by ``MEASURE_BLOCK_BYTES`` (at least one candidate per block).
+        runners, diff = _open_block(splitter, pending, block, threads, level, feeds, want)
+        max_diff = max(max_diff, diff)
+        ratios.update(_time_block(runners, full, feeds, runs, measure_head, measure_tail,
+                                  full_samples))
+        del runners  # the block's sessions and their arenas go before the next opens
     if not full_samples:
         for _ in range(2):
             full.run(None, feeds)
@@ -152,6 +131,64 @@ def measure_candidates(
         elif c.kind == OFFLOAD:
             times[c.cut_id] = (0.0, full_ms)
     return Measurement(times, max_diff, full_ms)
+
+
+def _open_block(splitter: Splitter, pending: list[CutCandidate], block: int, threads: int,
+                level: str, feeds: dict[str, np.ndarray], want: list[np.ndarray]
+                ) -> tuple[list[tuple[str, Any, Any, dict[str, np.ndarray]]], float]:
+    """Head and tail sessions for the next candidates of ``pending`` (taken from it), each
+    checked once against the whole model: up to ``block`` of them, fewer once the
+    process has grown by ``MEASURE_BLOCK_BYTES``."""
+    start = rss_bytes()
+    runners = []
+    max_diff = 0.0
+    while pending and len(runners) < block:
+        c = pending.pop(0)
+        head, tail = splitter.split(c.tensors)
+        hs, ts = make_session(head, threads, level), make_session(tail, threads, level)
+        mids = dict(zip([o.name for o in hs.get_outputs()], hs.run(None, feeds)))
+        tf = {i.name: mids.get(i.name, feeds.get(i.name)) for i in ts.get_inputs()}
+        got = ts.run(None, tf)
+        for a, b in zip(got, want):
+            max_diff = max(max_diff, float(np.max(np.abs(a - b))))
+        # ONNX Runtime allocates its memory-pattern block on a session's second run
+        # (the arena then holds about twice the first run's): run both once more, so
+        # the process's size below is what the pair holds while it is timed.
+        hs.run(None, feeds)
+        ts.run(None, tf)
+        runners.append((c.cut_id, hs, ts, tf))
+        now = rss_bytes()
+        if start is not None and now is not None and now - start > MEASURE_BLOCK_BYTES:
+            break
+    return runners, max_diff
+
+
+def _time_block(runners: list[tuple[str, Any, Any, dict[str, np.ndarray]]], full: Any,
+                feeds: dict[str, np.ndarray], runs: int, measure_head: bool,
+                measure_tail: bool, full_samples: list[float]
+                ) -> dict[str, tuple[float, float]]:
+    """Median head and tail times of a block as ratios to the whole model's run right
+    before each (``full_samples`` gets those runs)."""
+    samples: dict[str, tuple[list[float], list[float]]] = {r[0]: ([], []) for r in runners}
+    for r in range(runs + 1):
+        for cid, hs, ts, tf in runners:
+            # The whole model runs right before each candidate: times are kept as
+            # ratios to it, so load that comes and goes on a shared host cancels.
+            t0 = time.perf_counter()
+            full.run(None, feeds)
+            t1 = time.perf_counter()
+            if measure_head:
+                hs.run(None, feeds)
+            t2 = time.perf_counter()
+            if measure_tail:
+                ts.run(None, tf)
+            t3 = time.perf_counter()
+            if r > 0:  # round 0 warms up
+                f_ms = (t1 - t0) * 1000.0
+                full_samples.append(f_ms)
+                samples[cid][0].append((t2 - t1) * 1000.0 / f_ms)
+                samples[cid][1].append((t3 - t2) * 1000.0 / f_ms)
+    return {cid: (statistics.median(h), statistics.median(t)) for cid, (h, t) in samples.items()}
 
 
 def rescale(candidates: Sequence[CutCandidate], device_factor: float,
@@ -287,6 +324,7 @@ def build_plan(
 
     splitter = Splitter(graph.model)
     measured: dict[str, tuple[float, float]] = {}
+    anchors: dict[tuple, float] = {}
     can_head = _measured_here(dprof)
     can_tail = _measured_here(cprof)
     if measure > 0 and (can_head or can_tail):
@@ -298,10 +336,17 @@ def build_plan(
                 break
             if c not in pick:
                 pick.append(c)
+        if len(points) > 1:
+            # One scale for every size's measurements (see whole_model_times).
+            envs = [graph.env(p, 1) for p in points]
+            say(f"timing the whole model at {len(envs)} sizes in turn")
+            anchors = dict(zip(map(_key, envs), whole_model_times(  # noqa: B905
+                splitter.model, envs, n_threads, dev.graph_optimization, measure_runs)))
         say(f"measuring {len(pick)} candidates (head then tail sessions, {measure_runs} runs)")
         measured = measure_candidates(
             splitter, pick, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
             measure_head=can_head, measure_tail=can_tail, sizes=ref_env,
+            anchor_ms=anchors.get(_key(ref_env)),
         ).times
     candidates = _apply_measurements(candidates, measured, can_head, can_tail, measured_mode)
     measure_at = None
@@ -313,11 +358,12 @@ def build_plan(
             return measure_candidates(
                 splitter, picked, dprof.scale, n_threads, measure_runs, dev.graph_optimization,
                 measure_head=can_head, measure_tail=can_tail, sizes=env,
+                anchor_ms=anchors.get(_key(env)),
             ).times
 
     size_info = by_size(graph, candidates, points, dprof, cprof, dev, cloud, name,
                          runs, n_threads, device_profile is None, wire, say, measure_at,
-                         (can_head, can_tail))
+                         (can_head, can_tail), measured)
     candidates = size_info.pop("candidates")
 
     best = choose(candidates, bandwidth_bps, rtt_s, dev, objective, slo_ms)
@@ -375,6 +421,10 @@ def build_plan(
         plan = write_plan_dir(plan, splitter, Path(out_dir), dprof, cprof, graph, dev_ms, figure,
                               wire)
     return plan
+
+
+def _key(env: Mapping[str, int]) -> tuple:
+    return tuple(sorted(env.items()))
 
 
 def _optimum_ids(candidates: Sequence[CutCandidate], optima: dict) -> list[str]:

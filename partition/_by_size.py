@@ -17,7 +17,7 @@ from partition._profile import Profile, profile_model
 from partition._sources import HERE, CloudSpec, _measured_here, resolve_cloud
 from partition._types import LOCAL, OFFLOAD, CutCandidate
 
-__all__ = ["by_size", "size_points"]
+__all__ = ["by_size", "size_points", "whole_model_times"]
 
 
 def size_points(graph: LayerGraph, given: list[dict[str, int]]) -> list[dict[str, int]]:
@@ -52,7 +52,8 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
              dev: DeviceProfile, cloud: CloudSpec, name: str, runs: int, threads: int,
              profile_device: bool, wire: str, say: Callable[[str], None],
              measure_at: Callable[[dict[str, int]], dict[str, tuple[float, float]]] | None = None,
-             sides: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
+             sides: tuple[bool, bool] = (False, False),
+             measured: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
     """Every candidate's byte expressions and its times at each profiled size (the
     reference's from the plan's own candidates, the others profiled here). Where the plan
     measured candidates at the reference, ``measure_at`` measures the same ones at each
@@ -65,6 +66,26 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
     down_expr = graph.cut_bytes_expr(graph.outputs)
     heads: dict[str, list[float]] = {c.cut_id: [c.head_ms] for c in candidates}
     tails: dict[str, list[float]] = {c.cut_id: [c.tail_ms] for c in candidates}
+    if measured and measure_at is not None and len(points) > 1:
+        # The times at every size, the reference's included, come from one rule (the
+        # profile's prediction at that size times one measured / predicted ratio per
+        # side, _pooled_ratio): the times between sizes are interpolated, and a reference corrected
+        # otherwise (the plan's line, ``measured = a * predicted + b``) gave every head
+        # the line's intercept at the reference only (a 0.8 ms head predicted 19 ms
+        # between the reference and the next size).
+        kinds = {c.cut_id: c.kind for c in candidates}
+        pred0 = {c.cut_id: (float(c.extra.get("predicted_head_ms", c.head_ms)),
+                            float(c.extra.get("predicted_tail_ms", c.tail_ms))) for c in candidates}
+        hp = [(pred0[k][0], m[0]) for k, m in measured.items()
+              if sides[0] and k in kinds and kinds[k] != OFFLOAD]
+        tp = [(pred0[k][1], m[1]) for k, m in measured.items()
+              if sides[1] and k in kinds and kinds[k] != LOCAL]
+        rh, rt = _pooled_ratio(hp), _pooled_ratio(tp)
+        for c in candidates:
+            if sides[0] and c.kind != OFFLOAD:
+                heads[c.cut_id] = [pred0[c.cut_id][0] * rh]
+            if sides[1] and c.kind != LOCAL:
+                tails[c.cut_id] = [pred0[c.cut_id][1] * rt]
     measured_points = [points[0]]
     cloud_here = str(cloud) == HERE or _measured_here(cprof)
     notes = []
@@ -113,10 +134,10 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
                 kinds = {c.cut_id: c.kind for c in candidates}
                 hp = [(pred[k][0], m[0]) for k, m in meas.items() if sides[0] and kinds[k] != OFFLOAD]
                 tp = [(pred[k][1], m[1]) for k, m in meas.items() if sides[1] and kinds[k] != LOCAL]
-                # One ratio per side (the median of measured / predicted), not a line: an
+                # One ratio per side (measured over predicted, pooled), not a line: an
                 # intercept fitted through a few noisy points at one size gave a 0.4 ms
                 # head 5 ms.
-                ratios = (_median_ratio(hp), _median_ratio(tp))
+                ratios = (_pooled_ratio(hp), _pooled_ratio(tp))
         for c in candidates:
             h, t = pred[c.cut_id]
             if ratios is not None:
@@ -153,9 +174,40 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
     }
 
 
-def _median_ratio(pairs: list[tuple[float, float]]) -> float:
-    ratios = [m / p for p, m in pairs if p > 0 and m > 0]
-    return float(statistics.median(ratios)) if ratios else 1.0
+def whole_model_times(model: Any, envs: list[dict[str, int]], threads: int, level: str,
+                      rounds: int) -> list[float]:
+    """The whole model's median time here (ms) at each of ``envs``, the sizes run in turn
+    round by round in one session. Candidates are measured at each size as ratios to
+    the whole model run beside them; these times put every size on one scale, so load
+    that came and went between one size's measurement and the next's does not bend the
+    curve the policy interpolates along."""
+    import time
+
+    from partition._profile import make_session, random_feeds
+
+    sess = make_session(model, threads, level)
+    feeds = [random_feeds(sess, sizes=e) for e in envs]
+    for f in feeds:  # warm-up (the arena grows to the largest size once)
+        sess.run(None, f)
+    samples: list[list[float]] = [[] for _ in envs]
+    for _ in range(max(1, rounds)):
+        for i, f in enumerate(feeds):
+            t0 = time.perf_counter()
+            sess.run(None, f)
+            samples[i].append((time.perf_counter() - t0) * 1000.0)
+    return [float(statistics.median(x)) for x in samples]
+
+
+def _pooled_ratio(pairs: list[tuple[float, float]]) -> float:
+    """Measured over predicted, summed over the measured candidates of one side: a
+    ratio the large parts decide. The median of per-candidate ratios let the small ones
+    decide: a tail predicted at 0.3 ms costs ~1.3 ms as a session of its own (the
+    session's fixed overhead), and three such tails among six measured made every
+    tail of PP-OCR's recognizer 4x its measured time."""
+    kept = [(p, m) for p, m in pairs if p > 0 and m > 0]
+    if not kept:
+        return 1.0
+    return sum(m for _, m in kept) / sum(p for p, _ in kept)
 
 
 def _ratio(corrected: float, predicted: float | None) -> float:

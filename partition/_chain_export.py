@@ -110,10 +110,12 @@ def _parameters_block(params: Mapping[str, str]) -> str:
 def write_chain(model: onnx.ModelProto, graph: LayerGraph, plan: ChainPlan, model_name: str,
                 node_names: Sequence[str], out_dir: str | Path, *,
                 next_urls: Mapping[str, str] | None = None, relay_timeout_s: float = 10.0,
+                relay_breaker_failures: int = 3, relay_breaker_reset_s: float = 5.0,
                 info: Mapping[str, object] | None = None) -> dict[str, Path]:
     """Write every node's files (see the module docstring); returns node -> folder.
     ``next_urls`` maps a middle node's name to the URL of the node after it (its relay
-    parameters are written only then)."""
+    parameters are written only then); ``relay_breaker_*``: the relay's circuit breaker
+    on its next hop (defaults as ``policy.toml``'s ``[offload]`` breaker keys)."""
     from partition.triton import triton_config
 
     if len(node_names) != len(plan.boundaries) + 1:
@@ -152,6 +154,8 @@ def write_chain(model: onnx.ModelProto, graph: LayerGraph, plan: ChainPlan, mode
                 "relay_next_model": f"{model_name}.seg{j + 1}",
                 "relay_forward": ",".join(segs[j].sends),
                 "relay_timeout_s": f"{relay_timeout_s:g}",
+                "relay_breaker_failures": str(int(relay_breaker_failures)),
+                "relay_breaker_reset_s": f"{relay_breaker_reset_s:g}",
             })
         (folder / "repository" / served / "config.pbtxt").write_text(text)
     doc = {

@@ -421,31 +421,92 @@ def _expr(sym: str, a: Fraction, b: Fraction) -> Dim:
     return lin if den == 1 else f"floor(({lin})/{den})"
 
 
-def _probe(model: onnx.ModelProto, names: list[str], symbols: list[str], batch: list[str],
-           base: dict[str, int]) -> tuple[dict[str, tuple[tuple[Dim, ...], np.dtype]], tuple[str, ...]]:
-    """Fit each dim of ``names`` from runs at the base sizes and at 2x and 3x one symbol
-    at a time (batch symbols at 1, 2, 3)."""
+# The largest input (elements) probing runs the model at, where the reference sizes let
+# it: the model's working memory grows with its input, and probing at 3x a large
+# reference size (PP-OCR's detector at 1024x1024: 1.3 GB) is what the planner's memory
+# would otherwise scale with.
+PROBE_MAX_ELEMENTS = 1 << 22
+_MAX_HALVINGS = 5
+_STRIDE = 32  # vision backbones' usual total stride (partition._sizes.ROUND_TO too)
+
+
+def _input_elements(model: onnx.ModelProto, env: Mapping[str, int]) -> int:
+    inits = {t.name for t in model.graph.initializer}
+    total = 0
+    for inp in model.graph.input:
+        if inp.name in inits or not inp.type.HasField("tensor_type"):
+            continue
+        n = 1
+        for d in inp.type.tensor_type.shape.dim:
+            n *= d.dim_value if d.HasField("dim_value") else int(env.get(d.dim_param, 1))
+        total += n
+    return total
+
+
+def _lattice(model: onnx.ModelProto, symbols: list[str], batch: list[str],
+             base: dict[str, int], halvings: int) -> tuple[dict[str, int], list[dict[str, int]],
+                                                           list[tuple[str, list[int]]]]:
+    """The probe base (the non-batch sizes halved ``halvings`` times, where they divide
+    evenly), the sizes to run at (the reference first, then the probe base, then each
+    symbol at 2x and 3x the probe base, batch symbols at 1, 2, 3) and each symbol's
+    points."""
+    f = 1 << halvings
+    # Only sizes that stay multiples of ``_STRIDE`` are halved: dims like floor(H/16)
+    # are linear on multiples of 32, not on multiples of 24 (a fit there is no fit).
+    pbase = {s: base[s] // f if s not in batch and base[s] % (f * _STRIDE) == 0 else base[s]
+             for s in symbols}
     envs = [dict(base)]
+    if pbase != base:
+        envs.append(dict(pbase))
     varied: list[tuple[str, list[int]]] = []
     for s in symbols:
-        b = base[s]
+        b = pbase[s]
         xs = [1, 2, 3] if s in batch else [b, 2 * b, 3 * b]
         for x in xs:
             if x != b:
-                e = dict(base)
+                e = dict(pbase)
                 e[s] = x
-                envs.append(e)
+                if e not in envs:
+                    envs.append(e)
         varied.append((s, xs))
-    seen = observe(model, names, envs, skip_failures=True)
-    at_base = seen[0]
+    return pbase, envs, varied
+
+
+def _probe(model: onnx.ModelProto, names: list[str], symbols: list[str], batch: list[str],
+           base: dict[str, int]) -> tuple[dict[str, tuple[tuple[Dim, ...], np.dtype]], tuple[str, ...]]:
+    """Fit each dim of ``names`` from runs at a probe base and at 2x and 3x one symbol
+    at a time (batch symbols at 1, 2, 3), checked at the reference ``base`` too.
+
+    The probe base is the reference, halved (non-batch sizes that stay multiples of 32)
+    until the largest probe input holds at most ``PROBE_MAX_ELEMENTS`` (at most 32x):
+    fits are then exact on multiples of the halved sizes, the reference among them. Where the
+    model does not run at the halved sizes, probing falls back to the reference and its
+    multiples (the original lattice, whatever its memory)."""
+    halvings = 0
+    while halvings < _MAX_HALVINGS:
+        _, envs, _ = _lattice(model, symbols, batch, base, halvings)
+        if max(_input_elements(model, e) for e in envs) <= PROBE_MAX_ELEMENTS:
+            break
+        halvings += 1
+    while True:
+        pbase, envs, varied = _lattice(model, symbols, batch, base, halvings)
+        seen = observe(model, names, envs, skip_failures=True)
+        failed = {s for s, xs in varied for x in xs if x != pbase[s] and any(
+            got is None and env[s] == x and all(env[o] == pbase[o] for o in symbols if o != s)
+            for env, got in zip(envs, seen))}  # noqa: B905 (Python 3.8)
+        if halvings == 0 or (not failed and all(g is not None for g in seen)):
+            break
+        halvings = 0  # the model rejects a halved size: probe as at first
+    at_ref = seen[0]
+    assert at_ref is not None
+    at_base = seen[envs.index(pbase)]
     assert at_base is not None
     # A symbol the model takes at its base size only (PP-OCR's recognizer: height 48) is
     # not varied: its dims are taken as they are at the base.
-    failed = {s for s, xs in varied for x in xs if x != base[s] and any(
-        got is None and env[s] == x for env, got in zip(envs, seen))}  # noqa: B905 (Python 3.8)
     varied = [(s, xs) for s, xs in varied if s not in failed]
     envs, seen = ([e for e, g in zip(envs, seen) if g is not None],  # noqa: B905 (Python 3.8)
                   [g for g in seen if g is not None])
+    base = pbase
 
     def lookup(sym: str, x: int) -> dict:
         if x == base[sym]:
@@ -458,7 +519,7 @@ def _probe(model: onnx.ModelProto, names: list[str], symbols: list[str], batch: 
     out: dict[str, tuple[tuple[Dim, ...], np.dtype]] = {}
     approx: list[str] = []
     for n in names:
-        shape0, dtype = at_base[n]
+        shape0, dtype = at_ref[n]
         dims: list[Dim] = []
         exact = True
         for axis, d0 in enumerate(shape0):

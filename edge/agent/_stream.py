@@ -19,6 +19,11 @@ instance) and by default the pipeline's queue holds that many, so frames are hel
 not dropped, at the agent; should one still be dropped (``drop_oldest``), its request is
 answered 503 saying so and counted. Dropping for freshness is the application's choice,
 made in ``edge.Client.stream(overload="drop_oldest")``.
+
+The policy's SLO also bounds each frame's latency in the pipeline (``slo_ms`` of
+``StreamPipeline``): a frame starts only when, behind the frames in flight, it is
+predicted to finish within the SLO, so frames are not queued behind a slow stage past
+it; under ``drop_oldest`` a frame that waited too long is dropped (503, saying so).
 """
 
 from __future__ import annotations
@@ -84,13 +89,14 @@ class AgentStreams:
         return StreamPipeline(ex.plan_dir, ex.model_path, choose(), device, ex.client,
                               ex.output_names, window=cfg.window, queue_size=cfg.queue_size,
                               overload=cfg.overload, chooser=choose, replan_every=cfg.replan_every,
-                              on_alone_leg=observe,
+                              on_alone_leg=observe, slo_ms=slo,
                               uplink_bps=lambda: ex.link.estimate(time.monotonic()).bandwidth_bps)
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._lock:
             pipes = dict(self._pipes)
         return {name: {"submitted": p.stats.submitted, "dropped": p.stats.dropped,
+                       "late": p.stats.late,
                        "fallbacks": p.stats.fallbacks, "errors": p.stats.errors,
                        "replans": p.stats.replans, "plan": p.candidate.cut_id}  # type: ignore[dict-item]
                 for name, (_ex, p) in pipes.items()}
@@ -135,7 +141,7 @@ class StreamModelRuntime(ModelRuntime):
         seq = pipe.submit(inputs)
         res = pipe.result(seq)
         if res is None or res.status == "dropped":
-            raise Overloaded(f"{self.name}{STREAM_SUFFIX}: {DROPPED_MESSAGE}")
+            raise Overloaded(f"{self.name}{STREAM_SUFFIX}: {res.error if res and res.error else DROPPED_MESSAGE}")
         if res.status == "error":
             raise ExecutionError(f"{self.name}{STREAM_SUFFIX}: {res.error}")
         return res.outputs

@@ -116,7 +116,7 @@ class _Deployment:
     servers and the emulators (the last node first, so relays find their next hop)."""
 
     def __init__(self, work: Path, names: list[str], traces: list[Trace], rtts: list[float],
-                 speedup: float, threads: int) -> None:
+                 speedup: float, threads: int, breaker: tuple[int, float] = (3, 5.0)) -> None:
         self.work = work
         self.names = names
         self.ports = {n: _free_port() for n in names[1:]}
@@ -128,6 +128,7 @@ class _Deployment:
         self.servers: dict[str, Any] = {}
         self.emulators: list[LinkEmulator] = []
         self.device_dirs: dict[str, Path] = {}
+        self.breaker = breaker
 
     def relay_urls(self) -> dict[str, str]:
         n = self.names
@@ -137,7 +138,9 @@ class _Deployment:
         from partition import write_chain
 
         folders = write_chain(graph.model, graph, plan, f"{model_name}_{plan_id}", self.names,
-                              self.work / "plans" / plan_id, next_urls=self.relay_urls())
+                              self.work / "plans" / plan_id, next_urls=self.relay_urls(),
+                              relay_breaker_failures=self.breaker[0],
+                              relay_breaker_reset_s=self.breaker[1])
         self.device_dirs[plan_id] = folders[self.names[0]]
         for n in self.names[1:]:
             repo = folders[n] / "repository"
@@ -229,12 +232,12 @@ def _reached(records: Sequence[Mapping[str, Any]], strategy: str,
 
 def server_counts(url: str) -> dict[str, float]:
     """An ``edgecut serve``'s totals from its /metrics: requests ``answered`` (every
-    model) and the relay's ``forwarded`` / ``finished_here``."""
+    model) and the relay's ``forwarded`` / ``finished_here`` / ``next_hop_down``."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(url + "/metrics", timeout=10.0).text
-    out = {"answered": 0.0, "forwarded": 0.0, "finished_here": 0.0}
+    out = {"answered": 0.0, "forwarded": 0.0, "finished_here": 0.0, "next_hop_down": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "edgecut_inference_requests_total":
@@ -386,7 +389,8 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
     whole = work / "whole.onnx"
     whole.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, whole)
-    dep = _Deployment(work, names, traces, [h.rtt_s for h in hops], speedup, server_threads)
+    dep = _Deployment(work, names, traces, [h.rtt_s for h in hops], speedup, server_threads,
+                      (settings.breaker_failures, settings.breaker_reset_s))
     for pid, p in by_id.items():
         dep.add_plan(pid, graph, p, model_name)
 
@@ -413,7 +417,8 @@ def chain_replay(model_path: str | Path, nodes: Sequence[tuple[str, str]], hops:
         "strategies run, not over every labelling)",
         f"first hop's circuit breaker: opens after {settings.breaker_failures} failure(s) in a "
         f"row, half-open after {settings.breaker_reset_s:g} s of trace time; while open the "
-        "chain strategy runs the device's own plan instead of a plan through the hop",
+        "chain strategy runs the device's own plan instead of a plan through the hop; a middle "
+        "node's relay has the same breaker on its next hop (its own clock: wall time)",
     ]
     records: list[dict[str, Any]] = []
     served: dict[str, dict[str, dict[str, float]]] = {}

@@ -55,8 +55,10 @@ def served_table(result: ChainReplayResult) -> str:
         parts = []
         for n, c in per_node.items():
             relay = ""
-            if c.get("forwarded") or c.get("finished_here"):
+            if c.get("forwarded") or c.get("finished_here") or c.get("next_hop_down"):
                 relay = f", forwarded {c['forwarded']:.0f}, finished itself {c['finished_here']:.0f}"
+                if c.get("next_hop_down"):
+                    relay += f" (+{c['next_hop_down']:.0f} without trying: next hop down)"
             parts.append(f"{n}: answered {c['answered']:.0f}{relay}")
         k = result.info.get("killed")
         if strat == CHAIN and k and k["done"]:

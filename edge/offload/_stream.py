@@ -24,6 +24,14 @@ and are delivered in order, so a re-plan loses and reorders nothing.
 With ``uplink_bps`` (the link's rate), cloud legs start their uploads one after another
 at that rate instead of all at once: uploads sharing the link would each take longer.
 
+With ``slo_ms`` (the per-frame latency SLO), frames are admitted by their predicted
+finish (``_slo_gate.SloGate``): the device starts a frame only when, behind the frames
+already in flight, it is expected to finish within the SLO; otherwise it waits for a
+frame in flight to finish (the window in force shrinks; waiting frames are subject to
+the overload policy), and a frame that waited too long to make it even alone is dropped
+(``status="dropped"``, counted in ``stats.dropped`` and ``stats.late``) under the drop
+policies, run under ``block``.
+
 The device is one resource: the head stage and any local fallback hold the same lock.
 ``device_time(kind, measured_ms)`` maps the time measured here to the emulated device's
 (the stage is held that long), for running an emulated board on a faster host.
@@ -44,6 +52,7 @@ import numpy as np
 
 from devices import DeviceProfile
 from devices.errors import ConfigError, EdgecutError, OffloadError
+from edge.offload._slo_gate import LATE, START, SloGate
 from partition import LOCAL, OFFLOAD, CutCandidate
 
 OVERLOAD_POLICIES = ("block", "drop_oldest", "drop_newest")
@@ -79,6 +88,7 @@ class StreamStats:
     fallbacks: int = 0
     errors: int = 0
     replans: int = 0
+    late: int = 0  # of the dropped: would have finished after the SLO
 
     @property
     def lost(self) -> int:
@@ -101,12 +111,15 @@ class StreamPipeline:
                  chooser: Callable[[], CutCandidate] | None = None, replan_every: int = 0,
                  intra_op_threads: int | None = None,
                  on_alone_leg: Callable[[Any], None] | None = None,
-                 uplink_bps: Callable[[], float] | None = None) -> None:
+                 uplink_bps: Callable[[], float] | None = None, slo_ms: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if overload not in OVERLOAD_POLICIES:
             raise ConfigError(f"stream overload policy must be one of {', '.join(OVERLOAD_POLICIES)}, "
                               f"got {overload!r}")
         if window < 1 or queue_size < 1:
             raise ConfigError(f"stream window and queue_size must be >= 1, got {window} and {queue_size}")
+        if slo_ms is not None and not slo_ms > 0:
+            raise ConfigError(f"stream slo_ms must be > 0 (or None: no SLO), got {slo_ms}")
         self.plan_dir = Path(plan_dir)
         self.whole_model = Path(whole_model)
         self.device = device
@@ -122,6 +135,9 @@ class StreamPipeline:
         self._device_stage = _DeviceStage(device, device_time, intra_op_threads)
         self._pacer = _UplinkPacer(uplink_bps)
         self._cand = candidate
+        # latencies and the SLO gate's times (seconds); injectable so tests set the times
+        self._clock = clock
+        self._gate = SloGate(slo_ms) if slo_ms is not None else None
         self._cv = threading.Condition()
         self._queue: deque[tuple[int, dict[str, np.ndarray], float]] = deque()
         self._done: dict[int, StreamResult] = {}
@@ -151,7 +167,7 @@ class StreamPipeline:
 
     def submit(self, feeds: Mapping[str, np.ndarray]) -> int:
         """Queue a frame; returns its sequence number (see ``overload``)."""
-        now = time.perf_counter()
+        now = self._clock()
         with self._cv:
             if self._closing:
                 raise ConfigError("stream is closed; no more frames accepted")
@@ -226,6 +242,12 @@ class StreamPipeline:
     def _finish_locked(self, res: StreamResult) -> None:
         self._done[res.seq] = res
         self._finished += 1
+        if self._gate is not None:
+            if res.status in ("ok", "fallback"):
+                stage = max(res.device_ms, res.compute_ms or 0.0) / 1000.0
+                self._gate.finished(res.seq, self._clock(), stage)
+            else:
+                self._gate.forget(res.seq)
         if res.status == "dropped":
             self.stats.dropped += 1
         elif res.status == "fallback":
@@ -245,12 +267,12 @@ class StreamPipeline:
             # newest frame there is when it can start one, not one it held while waiting.
             self._slots.acquire()
             with self._cv:
-                while not self._queue and not self._closing:
-                    self._cv.wait()
-                if not self._queue:
+                if not self._admit_locked():
                     self._slots.release()
                     return
                 seq, feeds, t_in = self._queue.popleft()
+                if self._gate is not None:
+                    self._gate.started(seq, self._clock())
                 self._cv.notify_all()
             if self._chooser is not None and self._replan_every and started % self._replan_every == 0:
                 try:
@@ -264,14 +286,40 @@ class StreamPipeline:
             except BaseException as exc:  # a frame must end with a result, whatever happened
                 self._slots.release()
                 self._finish(StreamResult(seq, "error", cand.cut_id, error=f"{type(exc).__name__}: {exc}",
-                                          latency_ms=(time.perf_counter() - t_in) * 1000.0))
+                                          latency_ms=(self._clock() - t_in) * 1000.0))
+
+    def _admit_locked(self) -> bool:
+        """Wait until the frame at the head of the queue may start (False: closing and
+        nothing left). With an SLO: a frame predicted to finish late waits while frames
+        are in flight; one late even alone is dropped (not under ``block``)."""
+        while True:
+            while not self._queue and not self._closing:
+                self._cv.wait()
+            if not self._queue:
+                return False
+            if self._gate is None:
+                return True
+            seq, _, t_in = self._queue[0]
+            verdict = self._gate.decide(self._clock(), t_in)
+            if verdict == START or (verdict == LATE and self.overload == "block"):
+                return True
+            if verdict == LATE:
+                self._queue.popleft()
+                self.stats.late += 1
+                self._finish_locked(StreamResult(
+                    seq, "dropped", self._cand.cut_id,
+                    latency_ms=(self._clock() - t_in) * 1000.0,
+                    error=f"late: would finish after the {self._gate.slo_s * 1000.0:.0f} ms SLO"))
+                continue
+            # a frame in flight must finish first (or a newer frame replaces this one)
+            self._cv.wait()
 
     def _start(self, seq: int, feeds: dict[str, np.ndarray], t_in: float, cand: CutCandidate) -> None:
         if cand.kind == LOCAL:
             out, ms = self._device_stage.run("local", self.whole_model, feeds)
             self._slots.release()
             self._finish(StreamResult(seq, "ok", cand.cut_id, self._outputs(out),
-                                      (time.perf_counter() - t_in) * 1000.0, ms))
+                                      (self._clock() - t_in) * 1000.0, ms))
             return
         if cand.kind == OFFLOAD:
             crossing, dev_ms = {k: v for k, v in feeds.items() if k in cand.tensors or not cand.tensors}, 0.0
@@ -308,14 +356,14 @@ class StreamPipeline:
                 server = result.server_s * 1000.0 if result.server_s is not None else None
                 compute = getattr(result, "server_compute_s", None)
                 res = StreamResult(seq, "ok", cand.cut_id, self._outputs(result.outputs),
-                                   (time.perf_counter() - t_in) * 1000.0, dev_ms, cloud_ms, server,
+                                   (self._clock() - t_in) * 1000.0, dev_ms, cloud_ms, server,
                                    compute_ms=compute * 1000.0 if compute is not None else None)
             except OffloadError as exc:
                 cloud_ms = (time.perf_counter() - t0) * 1000.0
                 res = self._fall_back(seq, feeds, crossing, t_in, cand, dev_ms, cloud_ms, exc)
         except BaseException as exc:  # noqa: BLE001 - the frame ends with a result
             res = StreamResult(seq, "error", cand.cut_id, error=f"{type(exc).__name__}: {exc}",
-                               latency_ms=(time.perf_counter() - t_in) * 1000.0)
+                               latency_ms=(self._clock() - t_in) * 1000.0)
         finally:
             with self._cv:
                 self._inflight -= 1
@@ -331,7 +379,7 @@ class StreamPipeline:
         else:
             out, ms = self._device_stage.run("local", self.whole_model, feeds)
         return StreamResult(seq, "fallback", cand.cut_id, self._outputs(out),
-                            (time.perf_counter() - t_in) * 1000.0, dev_ms + ms, cloud_ms,
+                            (self._clock() - t_in) * 1000.0, dev_ms + ms, cloud_ms,
                             error=f"{type(exc).__name__}: {exc}")
 
     def _outputs(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -155,3 +155,83 @@ def test_three_node_chain_of_real_servers_with_a_relay(tmp_path, zoo_model) -> N
             assert pipe.stats.lost == 0
     finally:
         cloud.stop()
+
+
+def test_relay_remembers_a_dead_next_hop_until_its_breaker_resets(tmp_path, zoo_model) -> None:  # noqa: ANN001
+    """Edge node (relaying) and cloud as real edgecut serve processes, the relay's breaker
+    opening after 1 failure for 5 s: the cloud killed, the first request tries it and the
+    edge finishes itself; the requests after it, until the reset, do not try it
+    (``next_hop_down``); the cloud started again, a request after the reset forwards again.
+    Every answer equals the whole model's. (Times here are only lower bounds: a request
+    that tried the cloud after the failure must have ended at least the reset later.)"""
+    import time
+
+    import httpx
+
+    from edge.lab._replay import CloudServer
+    from edge.offload import OffloadClient
+    from tests.conftest import free_port
+
+    path = zoo_model("squeezenet")
+    model = onnx.load(str(path))
+    g = LayerGraph.from_model(model)
+    n = len(g.order)
+    labels = {v: (0 if i < n // 3 else 1 if i < 2 * n // 3 else 2) for i, v in enumerate(g.order)}
+    plan = _plan(g, labels, 3)
+    cloud_port, reset_s = free_port(), 5.0
+    folders = write_chain(g.model, g, plan, "sq", ["device", "edge", "cloud"], tmp_path,
+                          next_urls={"edge": f"http://127.0.0.1:{cloud_port}"},
+                          relay_breaker_failures=1, relay_breaker_reset_s=reset_s)
+    config = (folders["edge"] / "repository/sq.seg1/config.pbtxt").read_text()
+    assert 'key: "relay_breaker_failures" value: { string_value: "1" }' in config
+    rng = np.random.default_rng(0)
+    feeds = {"data_0": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    want = _session(model).run(None, feeds)[0]
+    head = ort.InferenceSession(str(folders["device"] / "head.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in head.get_outputs()]
+    crossing = dict(zip(names, head.run(names, feeds)))
+    send = {t: crossing.get(t, feeds.get(t)) for t in chain_segments(g, plan)[0].sends}
+    cloud = CloudServer(folders["cloud"] / "repository", port=cloud_port).start()
+    try:
+        with CloudServer(folders["edge"] / "repository") as edge, OffloadClient(edge.url) as client:
+            seen = {"forwarded": 0.0, "finished_here": 0.0, "next_hop_down": 0.0}
+
+            def outcome() -> str:
+                """Ask the edge for one answer; which relay outcome it counted."""
+                res = client.infer("sq.seg1", send, ["softmaxout_1"])
+                np.testing.assert_allclose(res.outputs["softmaxout_1"], want, rtol=1e-4, atol=1e-4)
+                text = httpx.get(f"{edge.url}/metrics").text
+                now = {k: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                              if line.startswith("edgecut_relay_requests_total{")
+                              and f'outcome="{k}"' in line) for k in seen}
+                moved = [k for k in seen if now[k] != seen[k]]
+                assert len(moved) == 1 and now[moved[0]] == seen[moved[0]] + 1, (seen, now)
+                seen.update(now)
+                return moved[0]
+
+            assert outcome() == "forwarded"
+            cloud.kill()
+            t_fail = time.monotonic()
+            assert outcome() == "finished_here"  # tried, failed: the breaker opens
+            dead = [(outcome(), time.monotonic() - t_fail) for _ in range(2)]
+            # the cloud back: poll until a request forwards again (after the reset)
+            cloud.start()
+            back = []
+            deadline = time.monotonic() + 60.0
+            while time.monotonic() < deadline:
+                back.append((outcome(), time.monotonic() - t_fail))
+                if back[-1][0] == "forwarded":
+                    break
+            assert back[-1][0] == "forwarded", back
+            # a request that ended within the reset of the failure cannot have tried the
+            # cloud: it was finished on the edge without a try (next_hop_down) ...
+            for got, ended in dead + back:
+                if ended < reset_s:
+                    assert got == "next_hop_down", (dead, back)
+            # ... a try while the cloud was still dead fails (finished_here), one once it is
+            # back forwards, and the first forward came no sooner than the reset
+            assert all(got in ("next_hop_down", "finished_here") for got, _ in dead), dead
+            assert all(got == "next_hop_down" for got, _ in back[:-1]), back
+            assert back[-1][1] >= reset_s, back
+    finally:
+        cloud.stop()

@@ -1,0 +1,124 @@
+"""What planning holds in memory at large input sizes, and one rule for times at every size.
+
+Each ONNX Runtime session keeps an arena as large as its working memory at the largest
+input it ran, so the planner bounds what it opens at once (``partition._memory``): the
+sessions measured together, and the sizes the model is probed at to fit its shapes.
+PP-OCR's trained direction classifier (``[N, 3, 48, W]``) is the model throughout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import partition._build as build
+import partition._shapes as shapes
+from partition import SPLIT, LayerGraph, Splitter, build_plan, load_model, zoo
+from partition._planner import candidate_cuts, make_candidates
+
+SIZES = {"H": 48, "W": 192}
+
+
+@pytest.fixture(scope="module")
+def cls_graph() -> LayerGraph:
+    return LayerGraph.from_model(load_model(zoo.trained_model("ppocr_cls")), sizes=SIZES)
+
+
+def test_measuring_opens_fewer_sessions_at_once_when_they_hold_the_budget(
+        cls_graph: LayerGraph, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no memory to spare, each candidate's sessions are measured and dropped before
+    the next ones open; every candidate is still measured, and its halves still give
+    the whole model's outputs."""
+    g = cls_graph
+    zero = {n: 1.0 for n in g.order}
+    splits = [c for c in make_candidates(g, list(candidate_cuts(g)), zero, zero, "fp32")
+              if c.kind == SPLIT][:5]
+    opened: list[int] = []
+    real_open = build._open_block
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - wraps the real one
+        runners, diff = real_open(*args, **kwargs)
+        opened.append(len(runners))
+        return runners, diff
+
+    monkeypatch.setattr(build, "_open_block", counting)
+    env = g.env(SIZES, 1)
+    full = build.measure_candidates(Splitter(g.model), splits, 1.0, 1, runs=1, sizes=env)
+    assert opened == [5]  # the usual block: all five open together
+    opened.clear()
+    monkeypatch.setattr(build, "MEASURE_BLOCK_BYTES", -1)
+    lean = build.measure_candidates(Splitter(g.model), splits, 1.0, 1, runs=1, sizes=env)
+    assert opened == [1, 1, 1, 1, 1]
+    assert set(lean.times) == set(full.times) == {c.cut_id for c in splits}
+    assert all(h > 0 and t > 0 for h, t in lean.times.values())
+    assert lean.max_abs_diff < 1e-3
+
+
+def test_probing_a_large_reference_runs_at_halved_sizes_and_fits_the_same_shapes(
+        cls_graph: LayerGraph, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where probing at 3x the reference would run the model on more than
+    ``PROBE_MAX_ELEMENTS``, the probes run at half the width (still a multiple of 32; the
+    height 48 is not halved: 24 is not), and every tensor's dims come out as the full-size
+    probes fit them, none less exact."""
+    model = load_model(zoo.trained_model("ppocr_cls"))
+    seen: list[int] = []
+    real_observe = shapes.observe
+
+    def recording(m, names, envs, skip_failures=False):  # noqa: ANN001, ANN202
+        seen.extend(shapes._input_elements(m, e) for e in envs)
+        return real_observe(m, names, envs, skip_failures)
+
+    monkeypatch.setattr(shapes, "observe", recording)
+    cap = 3 * 48 * 192 * 2  # under the 3x-width probe (3 * 48 * 576), over 3 * 48 * 288
+    monkeypatch.setattr(shapes, "PROBE_MAX_ELEMENTS", cap)
+    g = LayerGraph.from_model(model, sizes=SIZES)
+    assert g.probed and g.shape_method.endswith("+probed")
+    # Every probe within the cap (at the full width, 3 x 48 x 576 and 3 x 144 x 192 are not).
+    assert max(seen) <= cap
+    assert set(g.approximate) == set(cls_graph.approximate)
+    for t, info in cls_graph.tensors.items():
+        assert g.tensors[t].dims == info.dims, t
+
+
+def test_times_at_every_profiled_size_follow_one_rule(tmp_path: Path) -> None:
+    """With candidates measured at every size, each size's times (the reference's too)
+    are the profile's predictions times one measured/predicted ratio per side: no
+    candidate carries an intercept fitted at the reference only."""
+    plan = build_plan(zoo.trained_model("ppocr_cls"), "generic-x86", "here", 20e6, 0.02,
+                      keep=None, runs=2, measure=3, measure_runs=3, threads=1, figure=False,
+                      shapes=[SIZES, {"H": 48, "W": 96}, {"H": 48, "W": 384}])
+    assert plan.info["measured"]
+    heads, tails = [], []
+    for c in plan.candidates:
+        ref = c.extra["by_size"][0]
+        assert ref["sizes"] == {"N": 1, **SIZES}
+        if c.kind == SPLIT and c.extra["predicted_head_ms"] > 0:
+            heads.append(ref["head_ms"] / c.extra["predicted_head_ms"])
+        if c.kind == SPLIT and c.extra["predicted_tail_ms"] > 0:
+            tails.append(ref["tail_ms"] / c.extra["predicted_tail_ms"])
+    assert len(heads) > 3 and len(tails) > 3
+    assert max(heads) == pytest.approx(min(heads), rel=1e-9)
+    assert max(tails) == pytest.approx(min(tails), rel=1e-9)
+
+
+def test_every_size_is_measured_on_the_scale_of_one_interleaved_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole model's times at the profiled sizes come from one pass over the sizes
+    in turn; each size's measured candidates are scaled to it (here: times handed in, so
+    the plan's measured whole-model time at the reference is exactly the pass's)."""
+    passes: list[list[dict[str, int]]] = []
+
+    def fixed(model, envs, threads, level, rounds):  # noqa: ANN001, ANN202
+        passes.append([dict(e) for e in envs])
+        return [100.0, 50.0, 400.0][:len(envs)]
+
+    monkeypatch.setattr(build, "whole_model_times", fixed)
+    plan = build_plan(zoo.trained_model("ppocr_cls"), "generic-x86", "here", 20e6, 0.02,
+                      keep=2, runs=2, measure=2, measure_runs=2, threads=1, figure=False,
+                      shapes=[SIZES, {"H": 48, "W": 96}, {"H": 48, "W": 384}])
+    assert passes == [[{"N": 1, **SIZES}, {"N": 1, "H": 48, "W": 96},
+                       {"N": 1, "H": 48, "W": 384}]]
+    local = plan.candidate("local")
+    assert local.extra["measured_head_ms"] == pytest.approx(100.0)  # relative_speed 1
+    assert plan.candidate("offload").extra["measured_tail_ms"] == pytest.approx(100.0)
