@@ -5,23 +5,12 @@ players do: one lucky burst cannot inflate it, and a slow sample pulls it down q
 each weighted by how recent it is relative to the newest, so that after a quiet spell a
 fresh sample is not outvoted by a window of old ones;
 the round-trip time is a windowed minimum of the small transfers and probes. The spread
-of the belief is how far below the estimate the next sample has come lately (the lower
-one-sigma quantile, about the 16th percentile, of its recent forecast errors: what a
-decision about the next transfer risks), not how widely the samples scatter; a quantile
-rather than a standard deviation, so that one outage does not make every plan that
-relies on the link look hopeless for the next dozen requests. Confidence decays with the
+of the belief, and the rebound after a dip, come from the estimate's own recent misses
+(:mod:`edge.policy._misses`). Confidence decays with the
 time since traffic last flowed beyond a grace period (the usual gap between requests, which
 the forecast error already covers), so a quiet link is treated as unknown rather than as
 what it was minutes ago. Probes are allowed only when the estimate is stale and within a
 byte budget that refills over time.
-
-The harmonic mean is cautious on purpose, and after a dip it sits well below the link's
-usual level (the median of the last ``_LEVEL_WINDOW`` samples) while the link, on every
-trace family here, mostly comes back. How much of that gap the next sample closes is
-learnt online: a robust line (median of pairwise slopes) through the recent forecast
-errors against the gap each was made at, refitted when a sample arrives (the ``rebound`` of an estimate; 0 on a link whose dips last). It
-serves decisions that can be undone cheaply (an upload that is given up in time), not
-the estimate itself.
 """
 
 from __future__ import annotations
@@ -33,28 +22,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Below this many bytes a transfer's time is all round trip: it refreshes the RTT only.
-_MIN_BANDWIDTH_SAMPLE_BYTES = 4096
+from edge.policy._misses import Misses
+from edge.policy._stand_ins import MIN_BANDWIDTH_SAMPLE_BYTES, StandIns
+
 # A transfer that went much faster than believed says the link is faster only if it is
 # big enough not to have slipped through in a burst (a link's buffer, a shaper's bucket),
 # and would have taken at least half a round trip at the believed rate.
 _MIN_BOUND_SAMPLE_BYTES = 64 * 1024
-# Forecast errors: how many describe the link, how many before they are trusted, the
-# quantile taken as one sigma below (a normal's 15.9 %), and the least spread believed.
-_ERROR_WINDOW = 16
-_MIN_ERRORS = 4
-_LOW_QUANTILE = 0.159
-_MIN_SPREAD = 0.05
-# The link's usual level: the median of this many recent samples (log bit/s); and how
-# many (gap, error) pairs before the rebound is learnt from them.
-_LEVEL_WINDOW = 16
-_MIN_LEVELS = 4
-_MIN_REBOUND_PAIRS = 8
-# Before the link has shown how it comes back: half the gap, as if from this many pairs.
-# (Fitted to the requests' bandwidths, one every two seconds, the line's slope is
-# 0.64-0.95 on every trace family in shared/data/traces; half is the cautious side.)
-_PRIOR_REBOUND = 0.5
-_PRIOR_PAIRS = 4
 # The optimistic edge's extra room, in log units, once the link has been quiet for
 # very long (16 times, on top of the belief's own widening): none for _QUIET_AFTER_S,
 # then half of it every _QUIET_AFTER_S more. A link not heard from for minutes may be
@@ -63,41 +37,10 @@ _PRIOR_PAIRS = 4
 # confidence's decay instead cost 4-9 % more energy than the oracle).
 _QUIET_HEADROOM = math.log(16.0)
 _QUIET_AFTER_S = 30.0
-# The largest forecast error (log units) a rate reading counts as (see observe_rate):
-# a factor of e. Leaving readings out of the errors altogether let the energy objective
-# retry a 6 % upload on almost every request on the NYU trace (54 given up); taking
-# them whole made a 1.8 Mbit/s reading on 5G weigh on every transfer for sixteen.
-_READING_ERROR = 1.0
 
 # The offload client sends a watched upload in slices this big; the policy reckons with
 # one slice in flight when it works out how soon a slow upload can be given up.
 WATCH_SLICE_BYTES = 16 * 1024
-
-
-def _median(ordered: list[float]) -> float:
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
-
-
-def _fit_rebound(pairs: list[tuple[float, float]]) -> tuple[float, float, float, float]:
-    """A line ``error = a + b * gap`` through ``pairs``, fitted robustly (the median of
-    the pairwise slopes, then the median intercept: one outage must not tilt it) with
-    ``b`` kept in [0, 1] (a gap is never expected to widen, nor to be overshot). Until
-    the link has shown its own, it leans on a prior (``_PRIOR_REBOUND`` worth
-    ``_PRIOR_PAIRS`` pairs). Returns (a, b, spread below, spread above), the spreads
-    the residuals' one-sigma quantiles, or 0 while fewer than ``_MIN_REBOUND_PAIRS``."""
-    n = len(pairs)
-    slopes = sorted((e2 - e1) / (g2 - g1)
-                    for i, (g1, e1) in enumerate(pairs) for g2, e2 in pairs[i + 1:]
-                    if abs(g2 - g1) > 1e-3)
-    fitted = min(max(_median(slopes), 0.0), 1.0) if slopes else _PRIOR_REBOUND
-    slope = (n * fitted + _PRIOR_PAIRS * _PRIOR_REBOUND) / (n + _PRIOR_PAIRS)
-    base = _median(sorted(e - slope * g for g, e in pairs)) * n / (n + _PRIOR_PAIRS)
-    if n < _MIN_REBOUND_PAIRS:
-        return base, slope, 0.0, 0.0
-    resid = sorted(e - base - slope * g for g, e in pairs)
-    k = int(len(resid) * _LOW_QUANTILE)
-    return base, slope, max(-resid[k], _MIN_SPREAD), max(resid[-1 - k], _MIN_SPREAD)
 
 
 @dataclass(frozen=True)
@@ -197,7 +140,7 @@ class LinkEstimate:
         return nbytes * 8.0 / max(bw, 1.0)
 
 
-class LinkEstimator:
+class LinkEstimator(StandIns):
     """Online bandwidth and RTT estimate, fed by every offload and probe.
 
     Thread-safe: the executor records from request threads while the policy reads.
@@ -222,16 +165,8 @@ class LinkEstimator:
         self.grace_s = grace_s
         self._clock = clock
         self._bw: deque[tuple[float, float]] = deque(maxlen=window)  # (bit/s, when)
-        # log(sample / estimate just before it): how far the estimate missed. Longer than
-        # the sample window: it describes the kind of link, which changes more slowly.
-        self._err: deque[float] = deque(maxlen=max(3 * window, _ERROR_WINDOW))
         self._rtt: deque[float] = deque(maxlen=window * 2)
-        self._levels: deque[float] = deque(maxlen=_LEVEL_WINDOW)  # log bit/s
-        # (log(level / estimate), the error that followed) for the rebound's line.
-        self._pairs: deque[tuple[float, float]] = deque(maxlen=self._err.maxlen)
-        # The line through them, refitted as each pair arrives: (a, b, spread below,
-        # spread above); the spreads are 0 until _MIN_REBOUND_PAIRS are known.
-        self._fit = (0.0, _PRIOR_REBOUND, 0.0, 0.0)
+        self._misses = Misses(window)
         self._prior_bw = prior_bandwidth_bps
         self._prior_rtt = prior_rtt_s
         self._last_traffic: float | None = None
@@ -273,7 +208,7 @@ class LinkEstimator:
         with self._lock:
             rtt = self._rtt_locked()
             bw = self._bw_locked()
-            if nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES:
+            if nbytes < MIN_BANDWIDTH_SAMPLE_BYTES:
                 # A tiny transfer is all round trip.
                 self._rtt.append(max(net_s, 1e-4))
                 return
@@ -311,19 +246,8 @@ class LinkEstimator:
                 self._add_sample_locked(nbytes * 8.0 / max(payload_s, 0.1 * net_s), now)
 
     def _record_miss_locked(self, bps: float) -> None:
-        """Note how far the estimate missed ``bps`` (and at what gap below the level),
-        before the sample joins the window."""
-        if self._bw:
-            est = math.log(self._bw_locked())
-            err = math.log(max(bps, 1.0)) - est
-            self._err.append(err)
-            if len(self._levels) >= _MIN_LEVELS:
-                self._pairs.append((self._level_locked() - est, err))
-                self._fit = _fit_rebound(list(self._pairs))
-        self._levels.append(math.log(max(bps, 1.0)))
-
-    def _level_locked(self) -> float:
-        return _median(sorted(self._levels))
+        """Note how far the estimate missed ``bps``, before the sample joins the window."""
+        self._misses.record(bps, self._bw_locked() if self._bw else None)
 
     def _drop_readings_locked(self) -> None:
         for _ in range(min(self._readings, len(self._bw))):
@@ -339,101 +263,6 @@ class LinkEstimator:
         self._last_traffic = now
         self.total_samples += 1
 
-    def observe_rate(self, bps: float, now: float | None = None) -> None:
-        """A rate measured directly: an upload's writes progressing while the path held
-        them back (one given up part-way, see ``OffloadClient.infer``). Read early in a
-        transfer it includes what the path's buffers took in at once, so it can overstate
-        the link; read over a few tens of milliseconds it is the link of that instant,
-        which a whole transfer averages out, so it can understate it many times over.
-        Below the estimate it stands in as a sample until the next measured transfer
-        replaces it, and counts as a forecast error of at most ``_READING_ERROR`` (a
-        reading of a thirtieth of the estimate, taken whole, would weigh on the expected
-        transfer time for the next sixteen requests). Above the estimate it is only a
-        sign that the link is no slower than believed."""
-        now = self._clock() if now is None else now
-        if bps <= 0 or not math.isfinite(bps):
-            return
-        with self._lock:
-            self._add_reading_locked(bps, now)
-
-    def _add_reading_locked(self, bps: float, now: float) -> None:
-        """A reading or a bound (``observe_rate``, ``observe_censored``): below the
-        estimate, a stand-in sample; at or above it, only a sign of traffic."""
-        self._last_traffic = now
-        if self._bw and bps >= self._bw_locked():
-            return
-        if self._bw:
-            # As a forecast error, at most _READING_ERROR below the estimate.
-            self._record_miss_locked(max(bps, self._bw_locked()
-                                         * math.exp(-_READING_ERROR)))
-        self._bw.append((bps, now))
-        self._readings += 1
-        self._bounded = False
-        self.total_samples += 1
-
-    def observe_censored(self, nbytes: int, seconds: float, now: float | None = None) -> bool:
-        """An upload still going after ``seconds`` (we gave up) when only ``nbytes`` had
-        been handed to the network: in that time, less the round trip, the link carried
-        at most those bytes (the ones written and not yet delivered included, so the
-        bound errs on the fast side). Lowers the estimate, never raises it. ``nbytes``
-        must be what the sender knows it handed over, never what it meant to send:
-        bytes that had not left say nothing of the link (a leg that waited on a slow
-        server after its whole upload went is :meth:`doubt`, not this).
-
-        It is a bound, not a measurement (the link may have been far slower, or the
-        sender itself slow to hand bytes over), so it is folded in as a rate reading is
-        (see ``observe_rate``): it stands in until the next measured transfer replaces
-        it, counts as a forecast error of at most ``_READING_ERROR``, and while it stands
-        the estimate is ``provisional`` and its optimistic edge still reaches the
-        measured samples' level, so that the policy can probe its way back. Returns
-        whether it was taken (too few bytes, or no time beyond the round trip, say
-        nothing)."""
-        now = self._clock() if now is None else now
-        with self._lock:
-            rtt = self._rtt_locked()
-            if nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES or seconds <= rtt:
-                return False
-            self._add_reading_locked(nbytes * 8.0 / (seconds - rtt), now)
-            return True
-
-    def observe_timeout(self, nbytes: int, seconds: float, rest_s: float | None = None,
-                        now: float | None = None) -> str:
-        """A cloud leg ran out of time after ``seconds`` though its whole upload of
-        ``nbytes`` had been handed over (or the transport cannot say what was): the rest
-        of the wait may be the link's (bytes still in its buffers, the answer) or the
-        server's (its queue, its compute). Returns what it was taken as.
-
-        - The first such timeout since the last measured transfer: a "doubt". No
-          bandwidth follows from it (a timeout behind a loaded server, taken as transfer
-          time, once dragged a 212 Mbit/s estimate to 3, issue 25); the estimate is
-          ``provisional`` until the next measured transfer, so that the policy checks
-          the link (a probe) before it bets on it again.
-        - Another one before any transfer measured the link (the probe did not settle
-          it either): the leg as a whole is slow, and a small upload swallowed whole by
-          the path's buffers would otherwise never show a collapsed link. Given
-          ``rest_s``, the server's expected part of the leg (its usual time and the
-          round trip), the bytes had at most the time left: a "bound" of ``nbytes``
-          over ``seconds - rest_s``, folded in as a censored sample is (a stand-in the
-          next measured transfer replaces). Without ``rest_s``, or no time left over,
-          still a doubt. (A server that stays slow is thereby planned as a slow link
-          would be: either way the cloud leg is slow.)"""
-        now = self._clock() if now is None else now
-        with self._lock:
-            again, self._doubted = self._doubted, True
-            if (not again or rest_s is None or seconds - rest_s <= 0
-                    or nbytes < _MIN_BANDWIDTH_SAMPLE_BYTES):
-                return "doubt"
-            if self._bw and nbytes * 8.0 / (seconds - rest_s) >= self._bw_locked():
-                return "doubt"
-            self._add_reading_locked(nbytes * 8.0 / (seconds - rest_s), now)
-            return "bound"
-
-    def doubt(self) -> None:
-        """Put the estimate in question (``provisional``) without moving it, until the
-        next measured transfer (see ``observe_timeout``)."""
-        with self._lock:
-            self._doubted = True
-
     def observe_rtt(self, seconds: float, now: float | None = None) -> None:
         """Record a round trip of a tiny request (a health probe)."""
         now = self._clock() if now is None else now
@@ -445,11 +274,8 @@ class LinkEstimator:
         """Forget every sample (the link changed: a new network, a reconnect)."""
         with self._lock:
             self._bw.clear()
-            self._err.clear()
             self._rtt.clear()
-            self._levels.clear()
-            self._pairs.clear()
-            self._fit = (0.0, _PRIOR_REBOUND, 0.0, 0.0)
+            self._misses.clear()
             self._last_traffic = None
             self._bounded = False
             self._readings = 0
@@ -493,14 +319,9 @@ class LinkEstimator:
             confidence = fill * 0.5 ** (max(age - self.grace_s, 0.0) / self.half_life_s)
             bias = 1.0
             sd_up = None
-            if len(self._err) >= _MIN_ERRORS:
-                # How far below (and above) the estimate the next sample came, at one
-                # sigma; and the mean of estimate / sample, which sets the expected
-                # transfer time.
-                ordered = sorted(self._err)
-                sd = max(-ordered[int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
-                sd_up = max(ordered[-1 - int(len(ordered) * _LOW_QUANTILE)], _MIN_SPREAD)
-                bias = sum(math.exp(-e) for e in self._err) / len(self._err)
+            spreads = self._misses.spreads()
+            if spreads is not None:
+                sd, sd_up, bias = spreads
             elif n > 1:  # too few misses measured yet: the scatter of the samples
                 logs = [math.log(max(b, 1.0)) for b, _ in self._bw]
                 w = self._weights_locked()
@@ -522,9 +343,8 @@ class LinkEstimator:
                 # plan small enough to live with the stand-in would never measure the
                 # link again (its transfers cannot show a faster one).
                 headroom = max(headroom, math.log(max(self._measured_bw_locked() / bw, 1.0)))
-            # The link's usual level (log bit/s), None until enough samples are known.
-            level = self._level_locked() if len(self._levels) >= _MIN_LEVELS else None
-            rebound, down, up = self._rebound_locked(bw, level)
+            level = self._misses.level()
+            rebound, down, up = self._misses.rebound(bw)
             return LinkEstimate(bw, rtt, confidence, spread, age, n, headroom,
                                 min(max(bias, 0.5), 10.0), spread_up, rebound,
                                 down + widen if down else 0.0, up + widen if up else 0.0,
@@ -539,15 +359,6 @@ class LinkEstimator:
         samples = list(self._bw)[:keep]
         inverse = sum(wi / max(b, 1.0) for wi, (b, _) in zip(w, samples))
         return sum(w) / inverse if inverse > 0 else 0.0
-
-    def _rebound_locked(self, bw: float, level: float | None) -> tuple[float, float, float]:
-        """The rebound forecast (see the module's notes) at estimate ``bw`` below the
-        link's ``level`` (log bit/s) and its spreads below and above (0: the belief's own);
-        (0, 0, 0) until the level is known."""
-        if level is None:
-            return 0.0, 0.0, 0.0
-        base, slope, down, up = self._fit
-        return base + slope * (level - math.log(bw)), down, up
 
     # -- probing ------------------------------------------------------------------------
     def resolving_bytes(self, now: float | None = None) -> int:

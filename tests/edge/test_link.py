@@ -270,7 +270,7 @@ def test_a_rate_reading_stands_in_until_a_transfer_measures_the_link() -> None:
     assert low.bandwidth_bps < 15e6  # the estimate takes them at once
     # ... but as forecast errors each counts a factor of e at most (taken whole, 2 Mbit/s
     # against 40 would make the expected transfer time of the next sixteen about 3x)
-    assert list(est._err)[-2:] == pytest.approx([-1.0, -1.0])
+    assert list(est._misses.errors)[-2:] == pytest.approx([-1.0, -1.0])
     assert low.inverse_bias == pytest.approx((5 + 2 * math.e) / 7, rel=0.01)
     # The next measured transfer replaces both readings in the window.
     clock.t = 7.0
@@ -294,7 +294,7 @@ def test_a_censored_bound_stands_in_and_keeps_the_measured_level_in_reach() -> N
     low = est.estimate()
     assert low.bandwidth_bps == pytest.approx(6 / (5 / 200e6 + 1 / 2e6), rel=1e-6)
     assert low.provisional
-    assert list(est._err)[-1] == pytest.approx(-1.0)  # not log(2 / 200) = -4.6
+    assert list(est._misses.errors)[-1] == pytest.approx(-1.0)  # not log(2 / 200) = -4.6
     assert low.inverse_bias == pytest.approx((5 + math.e) / 6, rel=1e-6)  # errors 0 x5, -1
     assert low.high_bps >= 200e6 * 0.99
     # Too few bytes, or no time past the round trip, say nothing.
@@ -345,7 +345,7 @@ def test_a_timeout_after_the_whole_upload_doubts_first_and_bounds_when_it_recurs
     assert est.observe_timeout(100_000, 0.5, rest_s=0.1) == "bound"
     low = est.estimate()
     assert low.bandwidth_bps == pytest.approx(6 / (5 / 200e6 + 1 / 2e6), rel=1e-6)
-    assert low.provisional and list(est._err)[-1] == pytest.approx(-1.0)
+    assert low.provisional and list(est._misses.errors)[-1] == pytest.approx(-1.0)
     # A measured transfer settles it; the next timeout is a first one again.
     est.observe_transfer(25_000_000, 0, 1.01)
     assert not est.estimate().provisional
