@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -217,8 +218,21 @@ def _stages(warm: list, cand, bandwidth_bps: float) -> tuple[float, float, float
 
 def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
                   stream_seconds: float = 12.0) -> dict:
-    import statistics
     import tempfile
+
+    # profiled afresh in every run: a plan kept from an earlier run carries that moment's
+    # host speed (one profiled under load predicted the cloud stage at several times what
+    # it took on a quiet host, and the stream plan was picked on it)
+    work = Path(tempfile.mkdtemp(prefix=f"edgecut-bench-stream-{m}-"))
+    try:
+        return _stream_in(work, m, n_frames, bandwidth_bps, rtt_s, stream_seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _stream_in(work: Path, m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
+               stream_seconds: float) -> dict:
+    import statistics
 
     import numpy as np
 
@@ -229,8 +243,6 @@ def _stream_model(m: str, n_frames: int, bandwidth_bps: float, rtt_s: float,
     from partition import choose, choose_stream, zoo_model
 
     nano = load_profile("jetson-nano")
-    # the plan is kept between runs (prepare_plan reuses one for the same model and device)
-    work = Path(tempfile.gettempdir()) / f"edgecut-bench-stream-{m}"
     plan = prepare_plan(zoo_model(m), nano, work, bandwidth_bps=bandwidth_bps, rtt_s=rtt_s, keep=6)
     lat_pick = choose(plan.candidates, bandwidth_bps, rtt_s, nano)
     slo = 2.0 * lat_pick.latency_ms
