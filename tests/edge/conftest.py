@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -17,9 +18,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from devices import DeviceProfile, load_profile
 from tests.conftest import free_port
 from tests.onnx_files import make_model, save_model
 
+_PROFILES = Path(__file__).resolve().parents[2] / "devices" / "profiles"
 MOSQUITTO = "/usr/sbin/mosquitto"
 # Started as root, mosquitto drops to the 'mosquitto' user, which cannot read or write
 # the test's private temporary folders; keep the user it was started as.
@@ -304,3 +307,16 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None,
                 return
             time.sleep(0.1)
     raise TimeoutError(f"the agent at {url} was not ready after {timeout} s")
+
+
+def profile_variant(folder: Path, base: str, name: str, **keys: str) -> DeviceProfile:
+    """A shipped device profile ``base`` renamed ``name`` with top-level ``keys`` set to
+    the given TOML values (e.g. ``relative_speed="0.03"``), written in ``folder``."""
+    text = (_PROFILES / f"{base}.toml").read_text()
+    for key, value in keys.items():
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert n == 1, f"profile {base}: key {key!r} not found once"
+    text = text.replace(f'name = "{base}"', f'name = "{name}"')
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return load_profile(path)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from devices import DeviceProfile, PowerSensor, load_profile
+from devices import DeviceProfile, PowerSensor
 from edge.lab._scenarios import _feeds_for, scenario_bandwidth_drop, scenario_cloud_kill
 from edge.lab._server import CloudServer, prepare_plan
 from edge.offload._client import OffloadClient
@@ -17,6 +16,7 @@ from edge.offload._executor import Executor, Outcome
 from edge.offload._outcome import _nbytes
 from edge.policy import Policy, policy_config_from_text
 from partition import Plan
+from tests.edge.conftest import profile_variant
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,17 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def slow_board(tmp_path_factory: pytest.TempPathFactory) -> DeviceProfile:
     """A board 30x slower than this host, so that offloading squeezenet pays on a fast
     link and does not on a slow one (the real Jetson profiles run it locally in ~10 ms)."""
-    text = (ROOT / "devices/profiles/jetson-nano.toml").read_text()
-    text = re.sub(r"(?m)^relative_speed = .*$", "relative_speed = 0.03", text)
     # A slow board with a GPU (the Nano's own profile is CPU only: JetPack 4 has no CUDA 11).
-    text = re.sub(r"(?m)^providers = .*$",
-                  'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]', text)
-    text = re.sub(r"(?m)^accelerators = .*$", 'accelerators = ["gpu"]', text)
-    text = re.sub(r"(?m)^precisions = .*$", 'precisions = ["fp32", "fp16"]', text)
-    text = text.replace('name = "jetson-nano"', 'name = "slow-board"')
-    path = tmp_path_factory.mktemp("profile") / "slow-board.toml"
-    path.write_text(text)
-    return load_profile(path)
+    return profile_variant(tmp_path_factory.mktemp("profile"), "jetson-nano", "slow-board",
+                           relative_speed="0.03",
+                           providers='["CUDAExecutionProvider", "CPUExecutionProvider"]',
+                           accelerators='["gpu"]', precisions='["fp32", "fp16"]')
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ rapidocr wheel), run by ONNX Runtime, its tails served by a real cloud on 127.0.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from devices import DeviceProfile, load_profile
+from devices import DeviceProfile
 from devices.errors import EdgecutError
 from edge.agent._daemon import Agent
 from edge.agent._seen import MAX_POINTS, SizeHistogram, profiling_points, shape_key
@@ -33,7 +32,7 @@ from edge.offload._sizing import UNSCALED, RequestScale
 from edge.policy import CostTable, Policy, policy_config_from_text
 from partition import LOCAL, OFFLOAD, SPLIT, Plan, build_plan, input_dims, load_model, zoo
 from tests.conftest import free_port
-from tests.edge.conftest import write_agent_config
+from tests.edge.conftest import profile_variant, write_agent_config
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = {"H": 48, "W": 192}
@@ -56,12 +55,8 @@ def slow_board(tmp_path_factory: pytest.TempPathFactory) -> DeviceProfile:
     """This host 1,000x slower (the slowest a profile may say): a raced request's device
     leg answers long after the cloud on 127.0.0.1 has (it waits for its emulated time,
     and a cloud answer ends the wait), so the cloud wins the race."""
-    text = (ROOT / "devices/profiles/generic-x86.toml").read_text()
-    text = re.sub(r"(?m)^relative_speed = .*$", "relative_speed = 0.001", text)
-    text = text.replace('name = "generic-x86"', 'name = "slow-x86"')
-    path = tmp_path_factory.mktemp("profile") / "slow-x86.toml"
-    path.write_text(text)
-    return load_profile(path)
+    return profile_variant(tmp_path_factory.mktemp("profile"), "generic-x86", "slow-x86",
+                           relative_speed="0.001")
 
 
 @pytest.fixture(scope="module")

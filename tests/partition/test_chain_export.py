@@ -96,6 +96,15 @@ def _run_chain_until(model, g, plan, feeds, j):  # noqa: ANN001, ANN202
     return carried
 
 
+def _squeezenet_in_thirds(zoo_model):  # noqa: ANN001, ANN202
+    """squeezenet's layers in topological order, a third on each of three nodes."""
+    model = onnx.load(str(zoo_model("squeezenet")))
+    g = LayerGraph.from_model(model)
+    n = len(g.order)
+    labels = {v: (0 if i < n // 3 else 1 if i < 2 * n // 3 else 2) for i, v in enumerate(g.order)}
+    return model, g, _plan(g, labels, 3)
+
+
 def test_three_node_chain_of_real_servers_with_a_relay(tmp_path, zoo_model) -> None:  # noqa: ANN001
     """Device head -> edge node (segment, relays) -> cloud (the rest); the cloud killed:
     the edge node finishes the model itself; the answers equal the whole model's."""
@@ -103,12 +112,7 @@ def test_three_node_chain_of_real_servers_with_a_relay(tmp_path, zoo_model) -> N
     from edge.offload import OffloadClient
     from tests.conftest import free_port
 
-    path = zoo_model("squeezenet")
-    model = onnx.load(str(path))
-    g = LayerGraph.from_model(model)
-    n = len(g.order)
-    labels = {v: (0 if i < n // 3 else 1 if i < 2 * n // 3 else 2) for i, v in enumerate(g.order)}
-    plan = _plan(g, labels, 3)
+    model, g, plan = _squeezenet_in_thirds(zoo_model)
     cloud_port = free_port()
     folders = write_chain(g.model, g, plan, "sq", ["device", "edge", "cloud"], tmp_path,
                           next_urls={"edge": f"http://127.0.0.1:{cloud_port}"})
@@ -172,12 +176,7 @@ def test_relay_remembers_a_dead_next_hop_until_its_breaker_resets(tmp_path, zoo_
     from edge.offload import OffloadClient
     from tests.conftest import free_port
 
-    path = zoo_model("squeezenet")
-    model = onnx.load(str(path))
-    g = LayerGraph.from_model(model)
-    n = len(g.order)
-    labels = {v: (0 if i < n // 3 else 1 if i < 2 * n // 3 else 2) for i, v in enumerate(g.order)}
-    plan = _plan(g, labels, 3)
+    model, g, plan = _squeezenet_in_thirds(zoo_model)
     cloud_port, reset_s = free_port(), 5.0
     folders = write_chain(g.model, g, plan, "sq", ["device", "edge", "cloud"], tmp_path,
                           next_urls={"edge": f"http://127.0.0.1:{cloud_port}"},
