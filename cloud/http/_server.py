@@ -66,8 +66,9 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     except ImportError:
         # Without httptools only uvicorn's own limits apply (h11 bounds the head's size).
         http = "h11"
-        log.warning("httptools is not installed: header and body timeouts and the "
-                    "per-client connection cap are off (pip install httptools)")
+        log.warning("httptools (an edgecut dependency) is missing: header and body "
+                    "timeouts and the per-client connection cap are off "
+                    "(pip install httptools)")
     # The connection cap is the guard's (new connections beyond it are refused while the
     # open ones keep being served), not uvicorn's limit_concurrency (which answered 503 to
     # every request once idle connections filled it).
