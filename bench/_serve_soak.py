@@ -15,12 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from bench._serving import ROOT, PeakRss, Server, _cpu_s, _http, _write_repo
+from bench._serving import (
+    ROOT,
+    PeakRss,
+    Server,
+    _cpu_s,
+    _http,
+    _write_http_request,
+    _write_repo,
+)
 
 
 def soak(model: str, args: argparse.Namespace, workdir: Path, gen: Any) -> dict:
     """The hostile-client soak (see the module docstring)."""
-    from cloud import encode_infer_request
     from partition import zoo
     from tests.conftest import free_port
 
@@ -32,13 +39,9 @@ def soak(model: str, args: argparse.Namespace, workdir: Path, gen: Any) -> dict:
     input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]
                                       ).get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    body, headers = encode_infer_request({input_name: x})
     port = free_port()
-    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + f"Content-Length: {len(body)}\r\n\r\n").encode()
     payload = workdir / f"soak-{model}.http"
-    payload.write_bytes(head + body)
+    _write_http_request(payload, model, {input_name: x}, port)
     spin = "--ort-spinning" if args.spinning else "--no-ort-spinning"
     server = Server(repo, port, args.threads, (spin, *args.server_arg))
     host = "127.0.0.1"

@@ -65,6 +65,18 @@ def _write_repo(root: Path, model: str, source: Path, max_batch: int, delay_us: 
         f"  default_queue_policy {{ max_queue_size: {queue} }} }}\n")
 
 
+def _write_http_request(path: Path, model: str, inputs: dict, port: int) -> None:
+    """One v2 infer request for ``model`` as the raw HTTP/1.1 bytes (head and binary
+    body) the load generator re-sends, written to ``path``."""
+    from cloud import encode_infer_request
+
+    body, headers = encode_infer_request(inputs)
+    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    path.write_bytes(head + body)
+
+
 class Server:
     def __init__(self, repo: Path, port: int, threads: int, extra: tuple[str, ...] = (),
                  grpc_port: int | None = None) -> None:

@@ -242,6 +242,7 @@ from bench._serving import (  # noqa: E402
     _batch_histogram,
     _cpu_s,
     _http,
+    _write_http_request,
     _write_repo,
 )
 
@@ -308,7 +309,6 @@ def _median_spread(values: list[float]) -> tuple[float, list[float]]:
 
 
 def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGenerator) -> dict:
-    from cloud import encode_infer_request
     from partition import zoo
     from tests.conftest import free_port
 
@@ -318,13 +318,9 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path, gen: LoadGe
     session = _bare_session(source, args.threads, args.spinning)
     input_name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    body, headers = encode_infer_request({input_name: x})
     port = free_port()
-    head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + f"Content-Length: {len(body)}\r\n\r\n").encode()
     payload = workdir / f"{model}.http"
-    payload.write_bytes(head + body)
+    _write_http_request(payload, model, {input_name: x}, port)
     from cloud.grpc import encode_infer_request as encode_grpc
 
     grpc_payload = workdir / f"{model}.grpc"
