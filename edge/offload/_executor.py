@@ -48,14 +48,13 @@ from edge.offload._fold import _Folding
 from edge.offload._outcome import Decided, Outcome, _nbytes, _reference_bytes
 from edge.offload._probing import _LOOKAHEAD_GAPS, _Probing
 from edge.offload._race import _Racing
-from edge.offload._sessions import _Sessions, _whole_model
+from edge.offload._sessions import SessionCache, _Sessions, _whole_model
 from edge.offload._sizing import _InputSizing
 from edge.offload._watch import abandon_watch
 from edge.policy._costs import CostTable
 from edge.policy._decide import Policy
 from edge.policy._link import LinkEstimator
 from edge.policy._state import CloudState, Decision, DeviceState, PolicyContext
-from edge.runtime import Session
 from partition import LOCAL, OFFLOAD, CutCandidate, Plan
 
 
@@ -109,9 +108,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         self._device_state = device_state or (lambda: DeviceState(self.power_mode))
         self._clock = clock
         self._rng = random.Random(seed)
-        self._threads = intra_op_threads
-        self._sessions: dict[str, Session] = {}
-        self._session_lock = threading.Lock()
+        self._sessions = SessionCache(device, intra_op_threads, f"plan '{plan.model}'")
         self._local_inflight = 0
         self._inflight_lock = threading.Lock()
         self._next_id = 0
@@ -168,9 +165,7 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             self._probe_thread.join(10)
         for t in self._race_threads:
             t.join(10)
-        for s in self._sessions.values():
-            s.close()
-        self._sessions.clear()
+        self._sessions.close()
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -7,6 +7,7 @@ time in the device's terms, the power sensor's correction, the local queue's cou
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,40 @@ import numpy as np
 from devices.errors import ConfigError
 from edge.runtime import Session
 from partition import LOCAL, CutCandidate, Plan
+
+
+class SessionCache:
+    """Device sessions by model file, each loaded on first use and shared by the threads
+    that run it; ``owner`` names the model files in the error when one is missing."""
+
+    def __init__(self, device: Any, intra_op_threads: int | None, owner: str) -> None:
+        self.device = device
+        self.threads = intra_op_threads
+        self.owner = owner
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Session:
+        key = str(path)
+        with self._lock:
+            sess = self._sessions.get(key)
+            if sess is None:
+                from edge.runtime import load
+
+                if not path.is_file():
+                    raise ConfigError(f"{self.owner}: model file {path} not found")
+                kwargs: dict[str, Any] = {}
+                if self.threads:
+                    kwargs["intra_op_threads"] = self.threads
+                sess = load(path, self.device, **kwargs)
+                self._sessions[key] = sess
+            return sess
+
+    def close(self) -> None:
+        with self._lock:
+            for sess in self._sessions.values():
+                sess.close()
+            self._sessions.clear()
 
 
 def _whole_model(plan: Plan, plan_dir: Path) -> Path:
@@ -52,20 +87,7 @@ class _Sessions:
                 self._local_inflight -= 1
 
     def _session_for(self, path: Path) -> Session:
-        key = str(path)
-        with self._session_lock:
-            sess = self._sessions.get(key)
-            if sess is None:
-                from edge.runtime import load
-
-                if not path.is_file():
-                    raise ConfigError(f"plan '{self.plan.model}': model file {path} not found")
-                kwargs: dict[str, Any] = {}
-                if self._threads:
-                    kwargs["intra_op_threads"] = self._threads
-                sess = load(path, self.device, **kwargs)
-                self._sessions[key] = sess
-            return sess
+        return self._sessions.get(path)
 
     def _head_session(self, cand: CutCandidate) -> Session:
         return self._session_for(self.plan_dir / cand.head_model)

@@ -52,6 +52,7 @@ import numpy as np
 
 from devices import DeviceProfile
 from devices.errors import ConfigError, EdgecutError, OffloadError
+from edge.offload._sessions import SessionCache
 from edge.offload._slo_gate import LATE, START, SloGate
 from partition import LOCAL, OFFLOAD, CutCandidate
 
@@ -395,26 +396,11 @@ class _DeviceStage:
                  intra_op_threads: int | None) -> None:
         self.device = device
         self._device_time = device_time or (lambda _kind, ms: ms)
-        self._threads = intra_op_threads
-        self._sessions: dict[str, Any] = {}
-        self._session_lock = threading.Lock()
+        self._sessions = SessionCache(device, intra_op_threads, "stream")
         self._device_lock = threading.Lock()
 
     def _session(self, path: Path) -> Any:
-        key = str(path)
-        with self._session_lock:
-            s = self._sessions.get(key)
-            if s is None:
-                from edge.runtime import load
-
-                if not path.is_file():
-                    raise ConfigError(f"stream: model file {path} not found")
-                kw: dict[str, Any] = {}
-                if self._threads:
-                    kw["intra_op_threads"] = self._threads
-                s = load(path, self.device, **kw)
-                self._sessions[key] = s
-            return s
+        return self._sessions.get(path)
 
     def run(self, kind: str, path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict, float]:
         """Run a model on the device, holding the device for its emulated time; returns
@@ -432,9 +418,7 @@ class _DeviceStage:
             return out, max(hold, ms)
 
     def close(self) -> None:
-        for s in self._sessions.values():
-            s.close()
-        self._sessions.clear()
+        self._sessions.close()
 
 
 class _UplinkPacer:
