@@ -298,9 +298,8 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             # difference, as a raced leg's does (0 on a real deployment). Without it the
             # leg was cut off while its charged time was well within the budget: the
             # server's real compute ran the deadline out on every offload (issue 25).
-            saving_s = (self.server_compute_s.get(cand.cut_id, 0.0)
-                        * (1.0 - self.cloud_compute_scale))
-            deadline = time.monotonic() + budget_ms / 1000.0 + max(saving_s, 0.0)
+            deadline = (time.monotonic() + budget_ms / 1000.0
+                        + max(self._uncharged_s(cand.cut_id), 0.0))
         if decision.race and self.client is not None:
             leg = self._race_leg(cand, feeds, crossing)
             if leg is not None:

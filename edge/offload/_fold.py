@@ -79,6 +79,12 @@ class _Folding:
             return float(result.seconds)
         return max(float(result.seconds) - result.server_s * (1.0 - k), 0.0)
 
+    def _uncharged_s(self, cut_id: str) -> float:
+        """Seconds of the server's last measured compute for ``cut_id`` that a cloud
+        accounted faster than the server playing it (``cloud_compute_scale`` < 1) is not
+        charged: the wall-clock allowance a leg gets for it (0 on a real deployment)."""
+        return self.server_compute_s.get(cut_id, 0.0) * (1.0 - self.cloud_compute_scale)
+
     def _observe_cloud(self, cand: CutCandidate, result: Any,
                        scale: RequestScale = UNSCALED) -> None:
         """Fold a cloud leg's answer into the link estimate and the cost table (its

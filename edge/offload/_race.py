@@ -59,7 +59,7 @@ class _Racing:
         # Where the cloud's compute is charged at a faster cloud's speed than the server
         # took (a replay's GPU-class cloud), the device is given the time that cloud
         # would have saved, so that the first answer is the one that would have come first.
-        saving_s = self.server_compute_s.get(cand.cut_id, 0.0) * (1.0 - self.cloud_compute_scale)
+        saving_s = self._uncharged_s(cand.cut_id)
 
         def run_device() -> None:
             try:
