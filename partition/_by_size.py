@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from devices import DeviceProfile
 from devices.errors import PartitionError
 from partition._graph import LayerGraph
@@ -68,8 +70,8 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
     tails: dict[str, list[float]] = {c.cut_id: [c.tail_ms] for c in candidates}
     if measured and measure_at is not None and len(points) > 1:
         # The times at every size, the reference's included, come from one rule (the
-        # profile's prediction at that size times one measured / predicted ratio per
-        # side, _pooled_ratio): the times between sizes are interpolated, and a reference corrected
+        # profile's prediction at that size put through one map per side, _calibration):
+        # the times between sizes are interpolated, and a reference corrected
         # otherwise (the plan's line, ``measured = a * predicted + b``) gave every head
         # the line's intercept at the reference only (a 0.8 ms head predicted 19 ms
         # between the reference and the next size).
@@ -80,12 +82,12 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
               if sides[0] and k in kinds and kinds[k] != OFFLOAD]
         tp = [(pred0[k][1], m[1]) for k, m in measured.items()
               if sides[1] and k in kinds and kinds[k] != LOCAL]
-        rh, rt = _pooled_ratio(hp), _pooled_ratio(tp)
+        rh, rt = _calibration(hp), _calibration(tp)
         for c in candidates:
             if sides[0] and c.kind != OFFLOAD:
-                heads[c.cut_id] = [pred0[c.cut_id][0] * rh]
+                heads[c.cut_id] = [rh(pred0[c.cut_id][0])]
             if sides[1] and c.kind != LOCAL:
-                tails[c.cut_id] = [pred0[c.cut_id][1] * rt]
+                tails[c.cut_id] = [rt(pred0[c.cut_id][1])]
     measured_points = [points[0]]
     cloud_here = str(cloud) == HERE or _measured_here(cprof)
     notes = []
@@ -134,15 +136,15 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
                 kinds = {c.cut_id: c.kind for c in candidates}
                 hp = [(pred[k][0], m[0]) for k, m in meas.items() if sides[0] and kinds[k] != OFFLOAD]
                 tp = [(pred[k][1], m[1]) for k, m in meas.items() if sides[1] and kinds[k] != LOCAL]
-                # One ratio per side (measured over predicted, pooled), not a line: an
-                # intercept fitted through a few noisy points at one size gave a 0.4 ms
-                # head 5 ms.
-                ratios = (_pooled_ratio(hp), _pooled_ratio(tp))
+                # One monotone map per side through the measured candidates, not a
+                # line: an intercept fitted through a few noisy points at one size gave
+                # a 0.4 ms head 5 ms.
+                ratios = (_calibration(hp), _calibration(tp))
         for c in candidates:
             h, t = pred[c.cut_id]
             if ratios is not None:
-                h = h * ratios[0] if c.kind != OFFLOAD else h
-                t = t * ratios[1] if c.kind != LOCAL else t
+                h = ratios[0](h) if c.kind != OFFLOAD else h
+                t = ratios[1](t) if c.kind != LOCAL else t
             else:
                 # The reference's correction of this candidate (profile -> session times,
                 # as a ratio) carries to this size; an intercept fitted at one size would not.
@@ -198,16 +200,41 @@ def whole_model_times(model: Any, envs: list[dict[str, int]], threads: int, leve
     return [float(statistics.median(x)) for x in samples]
 
 
-def _pooled_ratio(pairs: list[tuple[float, float]]) -> float:
-    """Measured over predicted, summed over the measured candidates of one side: a
-    ratio the large parts decide. The median of per-candidate ratios let the small ones
-    decide: a tail predicted at 0.3 ms costs ~1.3 ms as a session of its own (the
-    session's fixed overhead), and three such tails among six measured made every
+def _calibration(pairs: list[tuple[float, float]]) -> Callable[[float], float]:
+    """One side's map from profiled time to session time at one size: piecewise linear
+    through (0, 0) and the measured candidates ordered by their predicted time (the
+    whole model among them), made non-decreasing by pooling adjacent points that are out
+    of order (isotonic regression); above the largest, its ratio.
+
+    The profile is taken at ONNX Runtime's ``extended`` level (it keeps node names);
+    sessions run at ``all``, whose NCHWc layouts speed the early, high-resolution layers
+    up more than the late ones, so one ratio per side gave PP-OCR's detector heads that
+    end early 10-40% too much time while the whole model was right. Each candidate
+    is now corrected by the measured candidates of about its own size: a tail predicted at
+    0.3 ms that costs ~1.3 ms as a session of its own (the session's fixed overhead)
+    bends only the map below it, where a median of per-candidate ratios once made every
     tail of PP-OCR's recognizer 4x its measured time."""
-    kept = [(p, m) for p, m in pairs if p > 0 and m > 0]
+    kept = sorted((p, m) for p, m in pairs if p > 0 and m > 0)
     if not kept:
-        return 1.0
-    return sum(m for _, m in kept) / sum(p for p, _ in kept)
+        return lambda x: x
+    blocks: list[list[float]] = []  # pooled points: [sum of predicted, sum of measured, count]
+    for p, m in kept:
+        blocks.append([p, m, 1.0])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] > blocks[-1][1] / blocks[-1][2]:
+            last = blocks.pop()
+            blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]  # noqa: B905
+    xs = [0.0] + [b[0] / b[2] for b in blocks]
+    ys = [0.0] + [b[1] / b[2] for b in blocks]
+    top = ys[-1] / xs[-1]
+
+    def corrected(x: float) -> float:
+        if x <= 0:
+            return 0.0
+        if x >= xs[-1]:
+            return x * top
+        return float(np.interp(x, xs, ys))
+
+    return corrected
 
 
 def _ratio(corrected: float, predicted: float | None) -> float:

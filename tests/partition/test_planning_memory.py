@@ -83,8 +83,9 @@ def test_probing_a_large_reference_runs_at_halved_sizes_and_fits_the_same_shapes
 
 def test_times_at_every_profiled_size_follow_one_rule(tmp_path: Path) -> None:
     """With candidates measured at every size, each size's times (the reference's too)
-    are the profile's predictions times one measured/predicted ratio per side: no
-    candidate carries an intercept fitted at the reference only."""
+    are the profile's predictions put through one non-decreasing map per side that starts
+    at (0, 0): no candidate carries an intercept fitted at the reference only, and a
+    candidate predicted to take longer is never given less time."""
     plan = build_plan(zoo.trained_model("ppocr_cls"), "generic-x86", "here", 20e6, 0.02,
                       keep=None, runs=2, measure=3, measure_runs=3, threads=1, figure=False,
                       shapes=[SIZES, {"H": 48, "W": 96}, {"H": 48, "W": 384}])
@@ -93,13 +94,41 @@ def test_times_at_every_profiled_size_follow_one_rule(tmp_path: Path) -> None:
     for c in plan.candidates:
         ref = c.extra["by_size"][0]
         assert ref["sizes"] == {"N": 1, **SIZES}
-        if c.kind == SPLIT and c.extra["predicted_head_ms"] > 0:
-            heads.append(ref["head_ms"] / c.extra["predicted_head_ms"])
-        if c.kind == SPLIT and c.extra["predicted_tail_ms"] > 0:
-            tails.append(ref["tail_ms"] / c.extra["predicted_tail_ms"])
+        if c.kind == SPLIT:
+            heads.append((c.extra["predicted_head_ms"], ref["head_ms"]))
+            tails.append((c.extra["predicted_tail_ms"], ref["tail_ms"]))
     assert len(heads) > 3 and len(tails) > 3
-    assert max(heads) == pytest.approx(min(heads), rel=1e-9)
-    assert max(tails) == pytest.approx(min(tails), rel=1e-9)
+    for side in (heads, tails):
+        side.sort()
+        for (p0, r0), (p1, r1) in zip(side, side[1:]):  # noqa: B905
+            assert r1 >= r0 - 1e-9 * max(1.0, r0), (p0, r0, p1, r1)
+            if p1 == p0:
+                assert r1 == pytest.approx(r0, rel=1e-9)
+        # below the smallest measured point the map is a line through (0, 0)
+        assert all(r >= 0 for _, r in side)
+
+
+def test_the_map_from_profile_to_session_times_bends_only_near_its_points() -> None:
+    """Hand-computed: the map passes through the measured points, pools points out of
+    order, is proportional above the largest, and a tiny tail's session overhead does
+    not scale the large ones."""
+    from partition._by_size import _calibration
+
+    f = _calibration([(0.3, 1.3), (10.0, 8.0), (20.0, 15.0), (100.0, 90.0)])
+    assert f(0.0) == 0.0
+    assert f(0.15) == pytest.approx(0.65)
+    assert f(0.3) == pytest.approx(1.3)
+    assert f(5.0) == pytest.approx(1.3 + 6.7 * 4.7 / 9.7)
+    assert f(20.0) == pytest.approx(15.0)
+    assert f(60.0) == pytest.approx(15.0 + 75.0 * 40.0 / 80.0)
+    assert f(200.0) == pytest.approx(180.0)
+    # two points out of order are pooled into their mean
+    g = _calibration([(10.0, 12.0), (11.0, 9.0), (50.0, 40.0), (0.0, 3.0), (5.0, float("nan"))])
+    assert g(10.5) == pytest.approx(10.5)
+    assert g(10.0) <= g(11.0)
+    assert g(50.0) == pytest.approx(40.0)
+    # nothing measured: the profile as it is
+    assert _calibration([])(7.0) == 7.0
 
 
 def test_every_size_is_measured_on_the_scale_of_one_interleaved_pass(
