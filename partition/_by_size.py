@@ -23,15 +23,17 @@ __all__ = ["by_size", "size_points", "whole_model_times"]
 
 
 def size_points(graph: LayerGraph, given: list[dict[str, int]]) -> list[dict[str, int]]:
-    """Sizes of the non-batch symbols to profile at, the reference first."""
-    from partition._sizes import default_points
+    """Sizes of the non-batch symbols to profile at, the reference first: the ones
+    given (or the defaults), then midpoints where two are more than ``MAX_STEP`` apart
+    (:func:`partition._sizes.fill_gaps`)."""
+    from partition._sizes import default_points, fill_gaps
 
     free = [s for s in graph.symbols if s not in graph.batch_symbols]
     if not free:
         return [{}]
     ref = {k: graph.sizes[k] for k in free}
     if not given:
-        return default_points(ref)
+        return fill_gaps(default_points(ref))
     points = []
     for p in given:
         env = dict(ref)
@@ -46,7 +48,7 @@ def size_points(graph: LayerGraph, given: list[dict[str, int]]) -> list[dict[str
                 env[sym] = int(v)
         if env not in points:
             points.append(env)
-    return points
+    return fill_gaps(points)
 
 
 def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict[str, int]],

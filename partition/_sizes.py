@@ -1,7 +1,8 @@
 """Costs as functions of the input size.
 
 A plan is profiled at a few representative sizes of the model's dynamic dims (``--shapes``,
-or by default the reference size, half of it and twice it). Each candidate then carries:
+or by default the reference size, half of it and twice it), and between any two of them
+more than ``MAX_STEP`` apart in elements (:func:`fill_gaps`). Each candidate then carries:
 
 * ``extra["up_bytes_expr"]`` / ``extra["down_bytes_expr"]``: its crossing bytes and the
   outputs' bytes as expressions over the symbols (exact at any size; see
@@ -19,6 +20,7 @@ the device's policy can call it per request.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +30,14 @@ from partition._expr import evaluate
 from partition._types import LOCAL, OFFLOAD, CutCandidate
 
 ROUND_TO = 32  # default profiled sizes are rounded to this (vision models' usual stride)
+# Neighbouring profiled sizes are at most this far apart in input elements: where the
+# sizes asked for are further apart, their geometric midpoint is profiled too. A model's
+# time per element is not constant (PP-OCR's detector here: flat up to about 448x448,
+# then 17-32% higher as its activations leave the cache), and a straight line between
+# sizes 4x apart puts such a bend's error on every size between them. A round number,
+# not fitted: each halving of the gap halves how far a knee can throw the line.
+MAX_STEP = 2.0
+MAX_POINTS = 8  # profiling costs time: at most this many sizes, asked for and added
 
 
 def parse_shapes(texts: Sequence[str] | str) -> list[dict[str, int]]:
@@ -74,6 +84,44 @@ def default_points(reference: Mapping[str, int]) -> list[dict[str, int]]:
         if p not in points:
             points.append(p)
     return points
+
+
+def elements(point: Mapping[str, int]) -> int:
+    """The product of a point's dims: the input's size up to the dims it does not name."""
+    n = 1
+    for v in point.values():
+        n *= int(v)
+    return n
+
+
+def fill_gaps(points: Sequence[Mapping[str, int]], step: float = MAX_STEP,
+              limit: int = MAX_POINTS) -> list[dict[str, int]]:
+    """``points`` (in their order, the reference first), then sizes inside every gap
+    between neighbours (by element count) that is more than ``step`` wide: the fewest
+    geometrically even ones that cut it into parts at most ``step`` wide, each dim
+    rounded down to ``ROUND_TO`` (at least ``ROUND_TO``; a dim equal at both ends
+    stays). The widest gaps are filled first, until there are ``limit`` points (a gap
+    the limit leaves too few for gets fewer even parts); a size that rounds onto one
+    already there is not added."""
+    out = [dict(p) for p in points]
+    ranked = sorted(out, key=elements)
+    gaps = sorted(((elements(b) / max(1, elements(a)), a, b)
+                   for a, b in zip(ranked, ranked[1:])),  # noqa: B905 - one shorter by design
+                  key=lambda g: -g[0])
+    for ratio, lo, hi in gaps:
+        if ratio <= step:
+            break
+        # Fewer, still even, parts where the limit leaves too few sizes for the gap.
+        parts = min(math.ceil(math.log(ratio) / math.log(step) - 1e-9), limit - len(out) + 1)
+        for j in range(1, parts):
+            mid = {}
+            for k, a in lo.items():
+                b = hi.get(k, a)
+                f = (b / a) ** (j / parts) if a > 0 else 1.0
+                mid[k] = a if a == b else max(ROUND_TO, int(a * f) // ROUND_TO * ROUND_TO)
+            if elements(lo) < elements(mid) < elements(hi) and mid not in out:
+                out.append(mid)
+    return out
 
 
 def _interp(points: Sequence[tuple[float, float]], x: float) -> float:
@@ -156,4 +204,5 @@ def size_rows(points: Sequence[Mapping[str, int]], size_expr: str, heads: Sequen
     return rows
 
 
-__all__ = ["bind", "cost_at", "default_points", "evaluate_bytes", "parse_shapes", "size_rows"]
+__all__ = ["bind", "cost_at", "default_points", "elements", "evaluate_bytes", "fill_gaps", "parse_shapes",
+           "size_rows"]

@@ -277,3 +277,32 @@ def test_plan_costs_every_cut_at_any_size(tmp_path: Path) -> None:
     assert plan.candidate("offload").up_bytes == 3 * 64 * 64 * 4
     # The candidates measured at the reference were measured at every size too.
     assert plan.info["measured"] and not plan.info["sizes"]["notes"]
+
+
+def test_sizes_further_apart_than_twice_the_elements_get_the_sizes_between() -> None:
+    """Profiled sizes: the ones asked for, in their order, then the fewest geometrically
+    even sizes that leave no two neighbours more than 2x apart in elements, each dim
+    rounded down to the stride of 32 (worked by hand below)."""
+    from partition._sizes import MAX_POINTS, elements, fill_gaps
+
+    # 256x256 -> 512x512 is 4x: one size between, sqrt(256*512) = 362 -> 352.
+    # 512x512 -> 768x768 is 2.25x: 627 -> 608.
+    asked = [{"H": 512, "W": 512}, {"H": 256, "W": 256}, {"H": 768, "W": 768}]
+    assert fill_gaps(asked) == asked + [{"H": 352, "W": 352}, {"H": 608, "W": 608}]
+    # 2x apart (a dim equal at both ends stays): nothing added.
+    widths = [{"H": 48, "W": 256}, {"H": 48, "W": 128}, {"H": 48, "W": 512}]
+    assert fill_gaps(widths) == widths
+    # 48x96 -> 48x320 is 3.3x: 96 * 3.33**0.5 = 175 -> 160; 320 -> 800 is 2.5x: 505 -> 480,
+    # already asked for, so not added twice.
+    seen = [{"H": 48, "W": 320}, {"H": 48, "W": 96}, {"H": 48, "W": 800}, {"H": 48, "W": 480}]
+    assert fill_gaps(seen) == seen + [{"H": 48, "W": 160}]
+    # A midpoint that rounds onto an end is left out: 32x32 -> 64x64 is 4x, 45 -> 32.
+    assert fill_gaps([{"H": 64, "W": 64}, {"H": 32, "W": 32}]) == [{"H": 64, "W": 64},
+                                                                   {"H": 32, "W": 32}]
+    # 16 -> 4096 (256x) would take 8 parts, 7 sizes between; MAX_POINTS (8) leaves room
+    # for 6, so the gap is cut into 7 even parts of 256**(1/7) = 2.208x instead:
+    # 16 * 2.208**j = 35, 78, 172, 380, 840, 1854 -> 32, 64, 160, 352, 832, 1824.
+    long = fill_gaps([{"L": 16}, {"L": 4096}])
+    assert len(long) == MAX_POINTS and long[:2] == [{"L": 16}, {"L": 4096}]
+    assert sorted(elements(p) for p in long) == [16, 32, 64, 160, 352, 832, 1824, 4096]
+    assert fill_gaps([{}]) == [{}]
