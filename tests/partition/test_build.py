@@ -126,7 +126,11 @@ def test_cloud_profile_from_the_service(squeezenet_profiles, tmp_path) -> None:
         assert prof.total_ms > 0 and prof.nodes and prof.source.endswith("/v2/models/squeezenet/profile")
         plan = build_plan(path, NANO, server.url, 100e6, 0.01, keep=1, device_profile=dev_file, measure=0)
         assert plan.info["cloud_profile"]["source"] == prof.source
-        assert plan.candidate("offload").tail_ms == pytest.approx(prof.total_ms, rel=0.8)
+        # The offload's time is the service's own profile, the one the plan fetched (a
+        # second fetch times the model again, so its total is not compared: on a loaded
+        # host two fetches were 11 and 22 ms apart).
+        assert plan.candidate("offload").tail_ms == pytest.approx(
+            plan.info["cloud_profile"]["total_ms"], rel=1e-9)
     finally:
         server.stop()
         service.close()
