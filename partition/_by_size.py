@@ -69,6 +69,7 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
         f"{graph.tensors[t].bytes_expr()}/{graph.tensors[t].dtype.itemsize}" for t in graph.inputs)
     down_expr = graph.cut_bytes_expr(graph.outputs)
     heads: dict[str, list[float]] = {c.cut_id: [c.head_ms] for c in candidates}
+    kinds = {c.cut_id: c.kind for c in candidates}
     tails: dict[str, list[float]] = {c.cut_id: [c.tail_ms] for c in candidates}
     if measured and measure_at is not None and len(points) > 1:
         # The times at every size, the reference's included, come from one rule (the
@@ -77,14 +78,9 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
         # otherwise (the plan's line, ``measured = a * predicted + b``) gave every head
         # the line's intercept at the reference only (a 0.8 ms head predicted 19 ms
         # between the reference and the next size).
-        kinds = {c.cut_id: c.kind for c in candidates}
         pred0 = {c.cut_id: (float(c.extra.get("predicted_head_ms", c.head_ms)),
                             float(c.extra.get("predicted_tail_ms", c.tail_ms))) for c in candidates}
-        hp = [(pred0[k][0], m[0]) for k, m in measured.items()
-              if sides[0] and k in kinds and kinds[k] != OFFLOAD]
-        tp = [(pred0[k][1], m[1]) for k, m in measured.items()
-              if sides[1] and k in kinds and kinds[k] != LOCAL]
-        rh, rt = _calibration(hp), _calibration(tp)
+        rh, rt = _side_maps(pred0, measured, kinds, sides)
         for c in candidates:
             if sides[0] and c.kind != OFFLOAD:
                 heads[c.cut_id] = [rh(pred0[c.cut_id][0])]
@@ -135,13 +131,10 @@ def by_size(graph: LayerGraph, candidates: list[CutCandidate], points: list[dict
             except Exception as exc:  # noqa: BLE001 - fall back to the ratio carry, said
                 notes.append(f"candidates not measured at {p}: {exc}"[:300])
             else:
-                kinds = {c.cut_id: c.kind for c in candidates}
-                hp = [(pred[k][0], m[0]) for k, m in meas.items() if sides[0] and kinds[k] != OFFLOAD]
-                tp = [(pred[k][1], m[1]) for k, m in meas.items() if sides[1] and kinds[k] != LOCAL]
                 # One monotone map per side through the measured candidates, not a
                 # line: an intercept fitted through a few noisy points at one size gave
                 # a 0.4 ms head 5 ms.
-                ratios = (_calibration(hp), _calibration(tp))
+                ratios = _side_maps(pred, meas, kinds, sides)
         for c in candidates:
             h, t = pred[c.cut_id]
             if ratios is not None:
@@ -200,6 +193,18 @@ def whole_model_times(model: Any, envs: list[dict[str, int]], threads: int, leve
             sess.run(None, f)
             samples[i].append((time.perf_counter() - t0) * 1000.0)
     return [float(statistics.median(x)) for x in samples]
+
+
+def _side_maps(pred: dict[str, tuple[float, float]], measured: dict[str, tuple[float, float]],
+               kinds: dict[str, str], sides: tuple[bool, bool]
+               ) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """The head and tail maps (:func:`_calibration`) through the measured candidates'
+    (predicted, measured) times at one size; a side not measured here is left as is."""
+    hp = [(pred[k][0], m[0]) for k, m in measured.items()
+          if sides[0] and k in kinds and kinds[k] != OFFLOAD]
+    tp = [(pred[k][1], m[1]) for k, m in measured.items()
+          if sides[1] and k in kinds and kinds[k] != LOCAL]
+    return _calibration(hp), _calibration(tp)
 
 
 def _calibration(pairs: list[tuple[float, float]]) -> Callable[[float], float]:

@@ -88,10 +88,7 @@ def default_points(reference: Mapping[str, int]) -> list[dict[str, int]]:
 
 def elements(point: Mapping[str, int]) -> int:
     """The product of a point's dims: the input's size up to the dims it does not name."""
-    n = 1
-    for v in point.values():
-        n *= int(v)
-    return n
+    return math.prod(int(v) for v in point.values())
 
 
 def fill_gaps(points: Sequence[Mapping[str, int]], step: float = MAX_STEP,
