@@ -243,12 +243,12 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             decided = self.decide(feeds, force=force)
         decision = decided.decision
         slo = decision.deadline_ms if deadline_ms is None else deadline_ms
-        if self.client is not None and (decision.probe
-                                        or self.client.breaker.state == HALF_OPEN):
+        cand = self.plan.candidate(decision.cut_id)
+        if self.client is not None and not self._measures_link(cand) and (
+                decision.probe or self.client.breaker.state == HALF_OPEN):
             # A half-open breaker wants one trial request: a probe is the cheapest one,
             # and its success closes the circuit even while the policy plans locally.
             self._probe()
-        cand = self.plan.candidate(decision.cut_id)
         out = self._execute(decided.rid, decision, cand, feeds, slo, decided.started)
         out = replace(out, link_bps=decided.link_bps)
         self._arm_lookahead(decided.started)

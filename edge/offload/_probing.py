@@ -80,6 +80,17 @@ class _Probing:
             self.background_probes = background
         return self.probes_sent > sent
 
+    def _measures_link(self, cand: CutCandidate) -> bool:
+        """Whether running ``cand`` measures the link by itself: it uploads at least what
+        can show a faster link than believed (``resolving_bytes``). A request's probe is
+        then left out, and so is a half-open breaker's (the request is its trial): the
+        probe would share the link with the request's own upload, and each would see
+        about half the rate. In the replays of issue 25 the upload's watch read half the
+        link's rate and gave the upload up when it would have met its SLO, and the
+        reading and the probe's slow transfer dragged the estimate down, which put the
+        estimate in question again, which asked for another probe."""
+        return cand.kind != LOCAL and cand.up_bytes >= self.link.resolving_bytes()
+
     def _probe(self) -> bool:
         """Send a light, valid request to refresh a stale link estimate (within budget);
         whether one went out. Request threads and the look-ahead may ask at once: one

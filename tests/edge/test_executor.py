@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,36 @@ def test_a_probe_is_big_enough_to_show_a_faster_link_or_not_sent(
         assert ex.link.spend_probe(ex.link.probe_allowance() - resolving // 2)
         sent = ex.probes_sent
         assert not ex.probe_link(probes=1) and ex.probes_sent == sent
+        ex.close()
+
+
+def test_a_request_whose_upload_measures_the_link_sends_no_probe_beside_it(
+        plan_dir: Path, slow_board: DeviceProfile) -> None:
+    plan = Plan.load(plan_dir / "plan.json")
+    cfg = policy_config_from_text("[explore]\nprobe_budget_kib = 8192\nprobe_refill_s = 1e9\n")
+    with CloudServer(plan_dir / "repository") as srv, OffloadClient(srv.url) as client:
+        ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
+                      background_probes=False)
+        feeds = _feeds_for(ex)
+        ex.link.observe_rtt(0.01)
+        ex.link.observe_transfer(2_000_000, 0, 0.01 + 0.4)  # 40 Mbit/s
+        offload = plan.candidate("offload")
+        assert offload.up_bytes >= ex.link.resolving_bytes()
+
+        def asked_to_probe(force: str):
+            d = ex.decide(feeds, force=force)
+            return d._replace(decision=replace(d.decision, probe=True))
+
+        # The offload's own upload measures the link: a probe would only share the link
+        # with it (each seeing about half the rate), so none goes out.
+        sent = ex.probes_sent
+        out = ex.infer(feeds, decided=asked_to_probe("offload"))
+        assert out.executed == "offload" and not out.fallback
+        assert ex.probes_sent == sent
+        # A local run leaves the link unmeasured: the probe it was asked for goes out.
+        out = ex.infer(feeds, decided=asked_to_probe("local"))
+        assert out.executed == "local"
+        assert ex.probes_sent == sent + 1
         ex.close()
 
 
