@@ -210,39 +210,24 @@ _NOTSENT_LOWAT = 16 * 1024
 class _BodyProgress:
     """How much of a request body the network has taken (bytes whose write returned) and
     when the last of it was handed over (``perf_counter``; None until it all was): what a
-    leg that runs out of time can say of the uplink. ``clear_at``: when a body given up
-    part-way will have left the path (``perf_counter``; 0 unless one was)."""
+    leg that runs out of time can say of the uplink."""
 
-    __slots__ = ("sent", "done_at", "clear_at")
+    __slots__ = ("sent", "done_at")
 
     def __init__(self) -> None:
         self.sent = 0
         self.done_at: float | None = None
-        self.clear_at = 0.0
-
-
-# Two uploads sharing the path (a given-up one's leftovers and the next) each get about
-# half of it: the leftovers take twice as long to drain as alone.
-_SHARED_BY = 2.0
 
 
 def _watched_body(body: bytes, watch: Callable[[UploadProgress], str] | None,
-                  progress: _BodyProgress | None = None,
-                  clear_at: float = 0.0) -> Iterator[bytes]:
+                  progress: _BodyProgress | None = None) -> Iterator[bytes]:
     """Yield ``body`` in slices, noting in ``progress`` what was handed over; after each
     write the path held back, ask ``watch`` (if any) whether to go on (it returns a reason
     to give up, or "").
 
     The path takes data in bursts as its buffers drain, so the rate is the average since
     the first write it held back, read just after such a write (a burst's end would
-    show the rate of the socket, not the path's). Not from before ``clear_at``
-    (``perf_counter``): until then the path still carries what an upload given up
-    before this one left in it (see ``OffloadClient.path_clear_at``), and this one's
-    writes show only their share of the link.
-
-    Given up, the body leaves in the path what was handed over before its writes were
-    first held back (the path's buffers were full from then on); ``progress.clear_at``
-    says when that will have drained at the rate read, shared with the next upload."""
+    show the rate of the socket, not the path's)."""
     total = len(body)
     progress = progress if progress is not None else _BodyProgress()
     t0 = last = time.perf_counter()
@@ -255,13 +240,11 @@ def _watched_body(body: bytes, watch: Callable[[UploadProgress], str] | None,
                 if first is None:
                     # What went before is in the path's buffers; this wait also held the
                     # path's one-way delay, so the rate is measured from here on.
-                    if now >= clear_at:
-                        first = (now, sent)
+                    first = (now, sent)
                 elif now - first[0] >= _MIN_RATE_SPAN_S:
                     rate = (sent - first[1]) * 8.0 / (now - first[0])
                     why = watch(UploadProgress(now - t0, sent, total, rate, first[1]))
                     if why:
-                        progress.clear_at = now + _SHARED_BY * first[1] * 8.0 / rate
                         raise TransferAbandoned(why, rate_bps=rate, sent_bytes=sent,
                                                 seconds=now - t0)
             last = now
@@ -337,11 +320,6 @@ class OffloadClient:
     :class:`OffloadError` leaves. ``transport`` may be any ``httpx.BaseTransport`` (for
     fault injection in tests).
     """
-
-    #: When the path will have carried off what the last upload given up part-way left
-    #: in it (``perf_counter``): a watched upload's writes show only their share of the
-    #: link until then, and its watch does not read them (``_watched_body``).
-    path_clear_at = 0.0
 
     def __init__(self, base_url: str, *, token: TokenSource | None = None,
                  timeout_s: float = 10.0, max_retries: int = 1,
@@ -438,14 +416,10 @@ class OffloadClient:
             progress = _BodyProgress()
             t_attempt = time.perf_counter()
             try:
-                resp = self._http.post(url, content=_watched_body(body, watch, progress,
-                                                                  self.path_clear_at),
+                resp = self._http.post(url, content=_watched_body(body, watch, progress),
                                        headers={**sent_headers,
                                                 "Content-Length": str(len(body))},
                                        timeout=httpx.Timeout(timeout))
-            except TransferAbandoned:
-                self.path_clear_at = max(self.path_clear_at, progress.clear_at)
-                raise
             except httpx.TimeoutException as exc:
                 connected = not isinstance(exc, httpx.ConnectTimeout)
                 raise AttemptFailed(DeadlineExceeded(

@@ -148,13 +148,10 @@ class _Probing:
         self.probes_sent += 1
 
         def run() -> None:
-            assert self.client is not None
-            # Sent while an upload given up just before still drains from the path, it
-            # would measure its share of the link, not the link.
-            time.sleep(max(self.client.path_clear_at - time.perf_counter(), 0.0))
             started = t0 = time.monotonic()
             saved_s = 0.0
             try:
+                assert self.client is not None
                 self.link.observe_rtt(self.client.ping())
                 t0 = time.monotonic()
                 r = self.client.infer(cand.cloud_model, feeds, None,
