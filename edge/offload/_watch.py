@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 from edge.offload._client import UploadProgress
 from edge.policy._decide import LOCAL_SLACK, Prediction
+from edge.policy._link import WATCH_SLICE_BYTES
 
-# A watched upload is read about this often (each write the path holds back): the last
-# reading that can still give it up in time comes this long before the last moment.
+# A watched upload is read at each write the path holds back: about this often on a fast
+# link, once a slice (WATCH_SLICE_BYTES) has gone on a slow one. The last reading that can
+# still give it up in time comes that long before the last moment.
 _RECHECK_MS = 20.0
 # An upload projected to answer this far past the SLO is given up at once: through the
 # emulator at a steady rate the projection came within 6 % of the answer, and waiting for
@@ -50,7 +52,10 @@ def abandon_watch(pred: Prediction | None, head_ms: float, local_rest_ms: float,
         # Late at this rate. Give up now if clearly late, or if the next reading may
         # come too late; else wait and see: a link can come back within a transfer,
         # and a wrong give-up costs a whole local run.
-        if finish_ms <= slo * _CLEARLY_LATE and now_ms + _RECHECK_MS <= latest_ms:
+        # (At 1.9 Mbit/s a slice takes 69 ms: waiting 20 ms for a reading that came 69 ms
+        # later let near misses run past the last moment and miss the SLO.)
+        next_ms = max(_RECHECK_MS, WATCH_SLICE_BYTES * 8.0 / p.rate_bps * 1000.0)
+        if finish_ms <= slo * _CLEARLY_LATE and now_ms + next_ms <= latest_ms:
             return ""
         return (f"upload progressing at {p.rate_bps / 1e6:.1f} Mbit/s would answer at "
                 f"{finish_ms:.0f} ms, past the {slo:.0f} ms SLO: finished on the device")

@@ -444,6 +444,11 @@ def test_the_upload_watch_waits_on_a_near_miss_and_gives_up_a_clear_one() -> Non
     assert verdict(280, 10.0) == ""
     # ... but an upload that would answer far later than the device is still given up.
     assert "would answer at 850 ms, later than the device would (500 ms)" in verdict(280, 6.0)
+    # On a slow link the next reading comes a slice later: 60 kB at 1 Mbit/s answers at
+    # 530 ms, a near miss, and at 200 ms the next reading would come at 331 ms, past the
+    # last moment (275 ms): given up now, not left to run on and miss.
+    slow = abandon_watch(pred, 0.0, 200.0, 500.0, time.perf_counter() - 0.2, margin_ms)
+    assert "would answer at 530 ms" in slow(UploadProgress(0.2, 30_000, 60_000, 1e6, 20_000))
 
 
 def test_a_raced_request_takes_the_first_answer_of_device_and_cloud(
