@@ -54,7 +54,8 @@ def abandon_watch(pred: Prediction | None, head_ms: float, local_rest_ms: float,
         # and a wrong give-up costs a whole local run.
         # (At 1.9 Mbit/s a slice takes 69 ms: waiting 20 ms for a reading that came 69 ms
         # later let near misses run past the last moment and miss the SLO.)
-        next_ms = max(_RECHECK_MS, WATCH_SLICE_BYTES * 8.0 / p.rate_bps * 1000.0)
+        next_ms = max(_RECHECK_MS, WATCH_SLICE_BYTES * 8.0 / p.rate_bps * 1000.0
+                      if p.rate_bps > 0 else _RECHECK_MS)
         if finish_ms <= slo * _CLEARLY_LATE and now_ms + next_ms <= latest_ms:
             return ""
         return (f"upload progressing at {p.rate_bps / 1e6:.1f} Mbit/s would answer at "
