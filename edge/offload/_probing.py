@@ -53,6 +53,10 @@ class _Probing:
             while self._clock() < due:
                 if off.wait(0.005):
                     return
+            # (A request decided just before the moment calls the probe off even when this
+            # thread, held up on a busy host, next reads the clock past the moment.)
+            if off.is_set():
+                return
             if (self.policy.lookahead_probe(self.context(self.reference_input_bytes,
                                                          draw=False))
                     and self._probe()):
