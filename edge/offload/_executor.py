@@ -244,8 +244,9 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
         decision = decided.decision
         slo = decision.deadline_ms if deadline_ms is None else deadline_ms
         cand = self.plan.candidate(decision.cut_id)
-        if self.client is not None and not self._measures_link(cand) and (
-                decision.probe or self.client.breaker.state == HALF_OPEN):
+        if self.client is not None and (
+                decision.probe or self.client.breaker.state == HALF_OPEN) \
+                and not self._measures_link(cand):
             # A half-open breaker wants one trial request: a probe is the cheapest one,
             # and its success closes the circuit even while the policy plans locally.
             self._probe()
