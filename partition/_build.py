@@ -220,6 +220,58 @@ def sweep_top(candidates: Sequence[CutCandidate], device: DeviceProfile, rtt_s: 
     return list(picked.values())
 
 
+# Fractions of the whole model's time on a side (head: local, tail: offload) that the
+# measured splits should reach, for the per-side maps to have a point at every scale.
+COVER_FRACTIONS = (0.5, 0.25, 0.125)
+
+
+def coverage_picks(candidates: Sequence[CutCandidate], picked: Sequence[CutCandidate],
+                   head: bool, tail: bool) -> list[CutCandidate]:
+    """Splits to measure besides ``picked`` so that each measured side's map
+    (``partition._by_size._calibration``) has a measured point near every scale of the
+    candidates' times: for each fraction in ``COVER_FRACTIONS`` of the whole model's
+    predicted time on that side, when no picked candidate lies within a factor of
+    sqrt(2) of it, the split nearest to it (by ratio), if one lies within that factor.
+
+    The splits picked for decisions (:func:`sweep_top`) bunch where links choose, often
+    mid-model and near the end; a head that ends early was then corrected by the ratio of
+    a head four times its size, though ONNX Runtime speeds early, high-resolution layers
+    up more than late ones (PP-OCR's detector: such heads 26-34% high at 960x544 while the
+    whole model was within 8%). The fractions halve down to an eighth; the split with the
+    least time on the side is measured too (a session's fixed overhead: PP-OCR's
+    detector's first convolution, 1.4 ms as a head, was predicted at 0.9 ms)."""
+    out: list[CutCandidate] = []
+    splits = [c for c in candidates if c.kind == SPLIT]
+    whole = {c.kind: c for c in candidates if c.kind in (LOCAL, OFFLOAD)}
+    near_enough = math.log(math.sqrt(2.0))
+    for on, kind, side in ((head, LOCAL, "head_ms"), (tail, OFFLOAD, "tail_ms")):
+        if not on or kind not in whole:
+            continue
+        times = {c.cut_id: float(getattr(c, side)) for c in (*candidates, *picked)}
+        total = times[whole[kind].cut_id]
+        for f in COVER_FRACTIONS:
+            if total <= 0:
+                break
+            have = [c for c in (*picked, *out) if c.kind == SPLIT]
+            if any(_log_off(times[c.cut_id], f * total) <= near_enough for c in have):
+                continue
+            near = min(splits, key=lambda c: _log_off(times[c.cut_id], f * total), default=None)
+            if near is not None and _log_off(times[near.cut_id], f * total) <= near_enough:
+                out.append(near)
+        # and the split with the least time there: below the smallest measured point
+        # the map is a line through (0, 0), which misses a session's fixed overhead
+        smallest = min((c for c in splits if times[c.cut_id] > 0),
+                       key=lambda c: times[c.cut_id], default=None)
+        if smallest is not None and smallest not in (*picked, *out):
+            out.append(smallest)
+    return out
+
+
+def _log_off(t: float, target: float) -> float:
+    """How far ``t`` is from ``target``, as the absolute log of their ratio."""
+    return abs(math.log(t / target)) if t > 0 and target > 0 else math.inf
+
+
 def _correct(pred: list[float], meas: list[float]) -> tuple[float, float]:
     """Least-squares ``measured = a * predicted + b`` (a ratio when too few points)."""
     if not pred:
@@ -264,7 +316,8 @@ def build_plan(
     ``device_profile`` gives a recorded profile. Candidates: ``local``, ``offload``, the
     block-boundary cuts and cheaper in-branch cuts, and the exact min-cut optimum for the
     link under both objectives. Up to ``measure`` of the splits that could win at some
-    bandwidth are run for real (head then tail); a line fitted per side through their
+    bandwidth are run for real (head then tail), and the splits that give each side's
+    correction a measured point at every scale (:func:`coverage_picks`); a line fitted per side through their
     measured times corrects every candidate's prediction (``measured_mode="fit"``), or
     the measured times replace the predictions where there are any (``"raw"``).
     The plan keeps ``local``, ``offload``, the chosen cut and the ``keep`` best splits
@@ -336,6 +389,7 @@ def build_plan(
                 break
             if c not in pick:
                 pick.append(c)
+        pick += coverage_picks(candidates, pick, can_head, can_tail)
         if len(points) > 1:
             # One scale for every size's measurements (see whole_model_times).
             envs = [graph.env(p, 1) for p in points]

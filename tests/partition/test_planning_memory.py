@@ -131,6 +131,37 @@ def test_the_map_from_profile_to_session_times_bends_only_near_its_points() -> N
     assert _calibration([])(7.0) == 7.0
 
 
+def test_measured_splits_reach_every_scale_of_the_candidates_times() -> None:
+    """Hand-worked: besides the splits picked for decisions (mid-model and near the end),
+    the splits nearest a half, a quarter and an eighth of the whole model's time on each
+    measured side are measured, where none picked is within a factor sqrt(2) of it, and
+    the split with the least time on each side."""
+    from partition import LOCAL, OFFLOAD, CutCandidate
+    from partition._build import coverage_picks
+
+    local = CutCandidate(LOCAL, LOCAL, (), 100.0, 0.0, 0, 0)
+    offload = CutCandidate(OFFLOAD, OFFLOAD, ("x",), 0.0, 50.0, 1000, 10)
+    s1 = CutCandidate("s1", SPLIT, ("a",), 12.0, 45.0, 100, 10)   # near an eighth of 100
+    s2 = CutCandidate("s2", SPLIT, ("b",), 26.0, 38.0, 100, 10)   # near a quarter
+    s3 = CutCandidate("s3", SPLIT, ("c",), 48.0, 26.0, 100, 10)   # picked: half / half
+    s4 = CutCandidate("s4", SPLIT, ("d",), 90.0, 3.0, 100, 10)    # picked
+    s5 = CutCandidate("s5", SPLIT, ("e",), 95.0, 1.0, 100, 10)    # picked
+    s6 = CutCandidate("s6", SPLIT, ("f",), 93.0, 6.5, 100, 10)    # tail near 50/8 = 6.25
+    everything = [local, offload, s1, s2, s3, s4, s5, s6]
+    picked = [local, offload, s3, s4, s5]
+    # heads: 50 has s3 (48); 25 gets s2; 12.5 gets s1. Tails: 25 has s3 (26); 12.5 has
+    # nothing within sqrt(2) (26 and 6.5 are ~2x off); 6.25 gets s6.
+    assert coverage_picks(everything, picked, True, True) == [s2, s1, s6]
+    assert coverage_picks(everything, picked, False, True) == [s6]
+    assert coverage_picks(everything, picked, True, False) == [s2, s1]
+    assert coverage_picks(everything, [*picked, s1, s2, s6], True, True) == []
+    # no split near a target: nothing added for it, but the least head is measured
+    assert coverage_picks([local, offload, s4, s5], [local, offload, s5], True, False) == [s4]
+    # the split with the least time on a side, below the eighth, is measured too
+    s0 = CutCandidate("s0", SPLIT, ("g",), 0.9, 49.5, 100, 10)
+    assert coverage_picks([*everything, s0], picked, True, True) == [s2, s1, s0, s6]
+
+
 def test_every_size_is_measured_on_the_scale_of_one_interleaved_pass(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole model's times at the profiled sizes come from one pass over the sizes
