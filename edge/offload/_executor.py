@@ -252,6 +252,10 @@ class Executor(_Sessions, _Folding, _Racing, _Probing):
             self._probe()
         out = self._execute(decided.rid, decision, cand, feeds, slo, decided.started)
         out = replace(out, link_bps=decided.link_bps)
+        if decision.bet_chance is not None and cand.kind != LOCAL:
+            # A bet is won when the remote plan answered within the deadline itself.
+            self.link.bets.record(decision.bet_chance,
+                                  not out.fallback and not out.deadline_missed)
         self._arm_lookahead(decided.started)
         self._write_log(out)
         for listener in self.listeners:

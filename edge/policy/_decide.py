@@ -208,6 +208,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
     at_low: dict[str, float] = {}
     expected_mj: dict[str, float] = {}
     chances: dict[str, float] = {}
+    forecasts: dict[str, float] = {}  # the chances before the bets' calibration
     by_cut = {c.cut_id: c for c in ctx.candidates}
     local = next((q for q in allowed if q.kind == LOCAL), None)
     if objective == "energy-no-slo":
@@ -241,8 +242,11 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
                 if local is None or not _can_abandon(p, local, cfg, ctx.link):
                     continue
                 needed = _bandwidth_within(p, risk_bw, cfg.slo_ms)
-                chance = _slo_chance(ctx.link, needed)
+                # (The forecast's chance, put right by how the recent bets came out.)
+                forecast = _slo_chance(ctx.link, needed)
+                chance = ctx.link.calibrated(forecast)
                 if chance >= cfg.offload.abandon_min_chance:
+                    forecasts[p.cut_id] = forecast
                     # A failed upload is given up as soon as it shows it is clearly late,
                     # but one only a little slower than needed is watched until the last
                     # moment: its radio time is charged up to then. (Charged at the
@@ -261,8 +265,10 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         score = _score_fn(objective, cfg, allowed, at_low, expected_mj)
     best = min(allowed, key=score)
     if best.cut_id in chances:
+        odds = (f" (forecast {forecasts[best.cut_id]:.0%}, odds x{ctx.link.bet_odds:.2g} "
+                f"from how the recent bets came out)" if ctx.link.bet_odds != 1.0 else "")
         notes.append(f"{_plan_name(best)} meets the SLO with chance "
-                     f"{chances[best.cut_id]:.0%} and is given up in time otherwise "
+                     f"{chances[best.cut_id]:.0%}{odds} and is given up in time otherwise "
                      f"(expected {expected_mj[best.cut_id]:.0f} mJ)")
     reason = _explain(best, objective, cfg, allowed, preds,
                       meets_slo=at_low.get(best.cut_id, best.latency_ms) <= cfg.slo_ms)
@@ -405,6 +411,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         predicted_mj=predicted_mj, reason=reason, explored=explored, probe=probe,
         objective=objective, deadline_ms=cfg.slo_ms, race=race, race_extra_mj=race_extra_mj,
         predictions=tuple(preds),
+        bet_chance=forecasts.get(chosen.cut_id) if not race else None,
     )
 
 

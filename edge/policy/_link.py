@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge.policy._bets import BetRecord, calibrate
 from edge.policy._misses import Misses
 from edge.policy._stand_ins import MIN_BANDWIDTH_SAMPLE_BYTES, StandIns
 
@@ -87,6 +88,14 @@ class LinkEstimate:
     #: should check it (a probe) rather than plan on it for long. Under a stand-in
     #: ``headroom`` reaches at least the measured samples' level.
     provisional: bool = False
+    #: How the recent bets on this link (remote plans tried on a chance, see
+    #: ``edge.policy._bets``) came out: their odds over the odds they were given (1 until
+    #: any are known). ``calibrated`` puts a chance from ``chance_at_least`` through it.
+    bet_odds: float = 1.0
+
+    def calibrated(self, chance: float) -> float:
+        """``chance`` with its odds scaled by how the recent bets came out."""
+        return calibrate(chance, self.bet_odds)
 
     def chance_at_least(self, bps: float) -> float:
         """The chance that the link carries at least ``bps`` for the next transfer: its
@@ -180,6 +189,8 @@ class LinkEstimator(StandIns):
         self._lock = threading.Lock()
         self.probes = ProbeBudget(probe_budget_bytes, probe_refill_s, clock())
         self.total_samples = 0
+        #: The outcomes of the policy's bets on this link (the executor records them).
+        self.bets = BetRecord()
 
     # -- observations -------------------------------------------------------------------
     def observe_transfer(self, up_bytes: int, down_bytes: int, seconds: float,
@@ -280,6 +291,7 @@ class LinkEstimator(StandIns):
             self._bounded = False
             self._readings = 0
             self._doubted = False
+        self.bets.clear()
 
     # -- estimate -----------------------------------------------------------------------
     def _weights_locked(self) -> list[float]:
@@ -313,7 +325,8 @@ class LinkEstimator(StandIns):
             n = len(self._bw)
             if self._last_traffic is None or n == 0:
                 age = math.inf if self._last_traffic is None else now - self._last_traffic
-                return LinkEstimate(bw, rtt, 0.0, math.log(8.0), age, n)
+                return LinkEstimate(bw, rtt, 0.0, math.log(8.0), age, n,
+                                    bet_odds=self.bets.odds_factor())
             age = max(now - self._last_traffic, 0.0)
             fill = min(1.0, n / min(self.window, 2))
             confidence = fill * 0.5 ** (max(age - self.grace_s, 0.0) / self.half_life_s)
@@ -349,7 +362,7 @@ class LinkEstimator(StandIns):
                                 min(max(bias, 0.5), 10.0), spread_up, rebound,
                                 down + widen if down else 0.0, up + widen if up else 0.0,
                                 math.exp(level) if level is not None else 0.0,
-                                provisional)
+                                provisional, self.bets.odds_factor())
 
     def _measured_bw_locked(self) -> float:
         """The weighted harmonic mean of the samples that are not stand-ins (0 when they

@@ -124,6 +124,10 @@ class Decision:
     #: What the race adds to the energy of the plan that would run without it (mJ).
     race_extra_mj: float = 0.0
     predictions: tuple[Prediction, ...] = field(default=(), compare=False)
+    #: The plan is a bet (under the energy objective, tried on a chance to meet the SLO
+    #: and given up in time otherwise): the link forecast's chance, before the recent
+    #: bets' calibration. The executor records how it came out (``LinkEstimator.bets``).
+    bet_chance: float | None = None
 
     @property
     def plan(self) -> str:
@@ -137,4 +141,5 @@ class Decision:
             "predicted_mj": round(self.predicted_mj, 3), "reason": self.reason,
             "explored": self.explored, "probe": self.probe, "objective": self.objective,
             "deadline_ms": self.deadline_ms, "race": self.race,
+            "bet_chance": None if self.bet_chance is None else round(self.bet_chance, 4),
         }

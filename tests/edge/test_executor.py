@@ -383,7 +383,10 @@ def test_an_upload_that_would_miss_the_slo_is_given_up_in_time(
                 OffloadClient(emu.url) as client:
             ex = Executor(plan, plan_dir, slow_board, policy=Policy(cfg), client=client,
                           background_probes=False)
-            out = ex.infer(feeds, force="offload")
+            # taken as a bet given a 40 % chance, as the energy objective would
+            decided = ex.decide(feeds, force="offload")
+            decided = decided._replace(decision=replace(decided.decision, bet_chance=0.4))
+            out = ex.infer(feeds, decided=decided)
             ex.close()
         return ex, out
 
@@ -407,9 +410,13 @@ def test_an_upload_that_would_miss_the_slo_is_given_up_in_time(
         # The given-up attempt is charged at the radio's transmit power.
         assert out.energy_mj == pytest.approx(
             ex.energy.plan_mj(out.local_tail_ms, out.cloud_ms), rel=1e-6)
-        # A fast upload goes on.
-        _, out = forced_offload(srv, 200.0)
+        # The bet is recorded as lost: odds (0+1)/(1+1) against (0.4+1)/(0.6+1) given.
+        assert len(ex.link.bets) == 1
+        assert ex.link.estimate().bet_odds == pytest.approx(0.5 / (1.4 / 1.6))
+        # A fast upload goes on, and its bet is recorded as won.
+        ex, out = forced_offload(srv, 200.0)
         assert out.executed == "offload" and out.fallback == ""
+        assert ex.link.bets.odds_factor() == pytest.approx(2.0 / (1.4 / 1.6))
 
 
 def test_the_upload_watch_waits_on_a_near_miss_and_gives_up_a_clear_one() -> None:

@@ -467,3 +467,45 @@ def test_the_level_is_the_median_of_the_recent_samples_once_known() -> None:
     # A slow sample pulls the harmonic mean well down; the median moves one sample.
     assert e.bandwidth_bps < 15e6
     assert e.level_bps == pytest.approx(30e6, rel=0.01)
+
+
+def test_bets_put_the_forecasts_chances_right_by_how_they_came_out() -> None:
+    """Hand-computed: the odds the bets came out at over the odds they were given, one
+    pseudo-bet each way on both sides; a chance's odds are scaled by it, 0 and 1 stay."""
+    from edge.policy._bets import BetRecord, calibrate
+
+    rec = BetRecord(window=4)
+    assert rec.odds_factor() == 1.0
+    for _ in range(4):  # four bets given 30 %, all lost: (0+1)/(4+1) over (1.2+1)/(2.8+1)
+        rec.record(0.3, False)
+    assert rec.odds_factor() == pytest.approx(0.2 / (2.2 / 3.8))
+    # the window keeps the last four: two wins at 50 % push two of the losses out
+    rec.record(0.5, True)
+    rec.record(0.5, True)
+    assert len(rec) == 4
+    assert rec.odds_factor() == pytest.approx((3 / 3) / (2.6 / 3.4))
+    # bets that came out as stated leave the odds alone
+    fair = BetRecord(window=4)
+    for won in (True, False, True, False):
+        fair.record(0.5, won)
+    assert fair.odds_factor() == pytest.approx(1.0)
+    assert calibrate(0.5, 0.25) == pytest.approx(0.2)  # odds 1 -> 0.25
+    assert calibrate(0.8, 2.0) == pytest.approx(8 / 9)  # odds 4 -> 8
+    assert calibrate(0.0, 5.0) == 0.0 and calibrate(1.0, 0.01) == 1.0
+    with pytest.raises(ValueError, match="chance must be within 0..1"):
+        rec.record(1.5, True)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        BetRecord(window=0)
+
+
+def test_the_link_estimate_carries_its_bets_and_a_reset_forgets_them() -> None:
+    est = LinkEstimator(clock=lambda: 0.0)
+    assert est.estimate().bet_odds == 1.0  # no samples yet, no bets
+    est.bets.record(0.6, False)
+    assert est.estimate().bet_odds == pytest.approx(0.5 / (1.6 / 1.4))
+    est.observe_transfer(500_000, 0, 0.5, now=0.0)
+    e = est.estimate()
+    assert e.bet_odds == pytest.approx(0.5 / (1.6 / 1.4))
+    assert e.calibrated(0.6) == pytest.approx(1.5 * e.bet_odds / (1 + 1.5 * e.bet_odds))
+    est.reset()
+    assert len(est.bets) == 0 and est.estimate().bet_odds == 1.0

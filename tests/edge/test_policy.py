@@ -67,6 +67,8 @@ class Case:
     #: whether the decision races its remote plan against a local run (the rows above
     #: the race rows run with ``offload.race`` off, to show each rule on its own)
     race: bool = False
+    #: how the link's recent bets came out: their odds over the odds they were given
+    bet_odds: float = 1.0
 
 
 RACE = {"offload": {"race": True}}
@@ -205,6 +207,16 @@ CASES = [
          cfg={"objective": "energy", "slo_ms": 180.0}),
     Case("energy, a slow link with time to show its rate: tried", 4, "offload", "chance",
          spread=0.5, rebound=math.log(40 / 4), cfg={"objective": "energy", "slo_ms": 260.0}),
+    # The same bet on a link whose recent bets came out at a tenth of the odds given: the
+    # 69 % becomes 18 % (odds 2.2 -> 0.22), and a failure's radio time and local run
+    # make it dearer than split@b.
+    Case("energy, bets that came out worse than their chances make the same one dearer", 12,
+         "split@b", "least energy", spread=0.5, rebound=math.log(40 / 12),
+         cfg={"objective": "energy", "slo_ms": 180.0}, bet_odds=0.1),
+    # ... and on one whose bets came out better: the chance is put up and said.
+    Case("energy, bets that came out better than their chances", 12, "offload",
+         "chance 87% (forecast 69%, odds x3", spread=0.5, rebound=math.log(40 / 12),
+         cfg={"objective": "energy", "slo_ms": 180.0}, bet_odds=3.0),
     Case("energy, after a dip with no rebound learnt the device stays off the link", 12,
          "split@b", "least energy", spread=0.5, cfg={"objective": "energy", "slo_ms": 180.0}),
     Case("energy, abandon off: the pessimistic edge holds", 100, "split@a", "least energy",
@@ -296,7 +308,7 @@ def build(case: Case) -> tuple[PolicyContext, PolicyConfig]:
             link(case.mbps, spread=case.spread, age=case.link_age,
                  confidence=case.confidence, inverse_bias=case.inverse_bias),
             rebound=case.rebound, rebound_down=0.3 if case.rebound else 0.0,
-            rebound_up=0.3 if case.rebound else 0.0),
+            rebound_up=0.3 if case.rebound else 0.0, bet_odds=case.bet_odds),
         energy=ENERGY, device=case.device, cloud=case.cloud, input_bytes=case.input_bytes,
         reference_input_bytes=600_000, explore_draw=case.draw,
         probe_allowance=case.probe_allowance)
@@ -313,6 +325,8 @@ def test_decision_table(case: Case) -> None:
     assert d.probe is case.probe
     assert d.race is case.race
     assert d.to_dict()["race"] is case.race
+    # a bet (tried on a chance, given up in time otherwise) carries the forecast's chance
+    assert (d.bet_chance is not None) is ("chance" in d.reason and "meets the SLO" in d.reason)
     if case.predicted_ms is not None:
         assert d.predicted_ms == pytest.approx(case.predicted_ms)
     assert decide(ctx, cfg) == d  # pure: the same inputs give the same decision
