@@ -247,16 +247,18 @@ def coverage_picks(candidates: Sequence[CutCandidate], picked: Sequence[CutCandi
     for on, kind, side in ((head, LOCAL, "head_ms"), (tail, OFFLOAD, "tail_ms")):
         if not on or kind not in whole:
             continue
-        times = {c.cut_id: float(getattr(c, side)) for c in (*candidates, *picked)}
+        times = {c.cut_id: float(getattr(c, side)) for c in candidates}
         total = times[whole[kind].cut_id]
+        if total <= 0:
+            continue
         for f in COVER_FRACTIONS:
-            if total <= 0:
-                break
+            target = f * total
             have = [c for c in (*picked, *out) if c.kind == SPLIT]
-            if any(_log_off(times[c.cut_id], f * total) <= near_enough for c in have):
+            if any(_log_off(times[c.cut_id], target) <= near_enough for c in have):
                 continue
-            near = min(splits, key=lambda c: _log_off(times[c.cut_id], f * total), default=None)
-            if near is not None and _log_off(times[near.cut_id], f * total) <= near_enough:
+            off, near = min(((_log_off(times[c.cut_id], target), c) for c in splits),
+                            key=lambda pair: pair[0], default=(math.inf, None))
+            if near is not None and off <= near_enough:
                 out.append(near)
         # and the split with the least time there: below the smallest measured point
         # the map is a line through (0, 0), which misses a session's fixed overhead
@@ -317,8 +319,8 @@ def build_plan(
     block-boundary cuts and cheaper in-branch cuts, and the exact min-cut optimum for the
     link under both objectives. Up to ``measure`` of the splits that could win at some
     bandwidth are run for real (head then tail), and the splits that give each side's
-    correction a measured point at every scale (:func:`coverage_picks`); a line fitted per side through their
-    measured times corrects every candidate's prediction (``measured_mode="fit"``), or
+    correction a measured point at every scale (:func:`coverage_picks`); a line fitted
+    per side through their measured times corrects every candidate's prediction (``measured_mode="fit"``), or
     the measured times replace the predictions where there are any (``"raw"``).
     The plan keeps ``local``, ``offload``, the chosen cut and the ``keep`` best splits
     (all of them when ``keep`` is None); with ``out_dir`` their models are written.

@@ -411,7 +411,7 @@ def decide(ctx: PolicyContext, cfg: PolicyConfig) -> Decision:
         predicted_mj=predicted_mj, reason=reason, explored=explored, probe=probe,
         objective=objective, deadline_ms=cfg.slo_ms, race=race, race_extra_mj=race_extra_mj,
         predictions=tuple(preds),
-        bet_chance=forecasts.get(chosen.cut_id) if not race else None,
+        bet_chance=forecasts.get(chosen.cut_id),
     )
 
 

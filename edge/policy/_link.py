@@ -319,14 +319,14 @@ class LinkEstimator(StandIns):
     def estimate(self, now: float | None = None) -> LinkEstimate:
         """The current belief, with its confidence and spread."""
         now = self._clock() if now is None else now
+        bet_odds = self.bets.odds_factor()  # under its own lock, not the estimator's
         with self._lock:
             bw = self._bw_locked()
             rtt = self._rtt_locked()
             n = len(self._bw)
             if self._last_traffic is None or n == 0:
                 age = math.inf if self._last_traffic is None else now - self._last_traffic
-                return LinkEstimate(bw, rtt, 0.0, math.log(8.0), age, n,
-                                    bet_odds=self.bets.odds_factor())
+                return LinkEstimate(bw, rtt, 0.0, math.log(8.0), age, n, bet_odds=bet_odds)
             age = max(now - self._last_traffic, 0.0)
             fill = min(1.0, n / min(self.window, 2))
             confidence = fill * 0.5 ** (max(age - self.grace_s, 0.0) / self.half_life_s)
@@ -362,7 +362,7 @@ class LinkEstimator(StandIns):
                                 min(max(bias, 0.5), 10.0), spread_up, rebound,
                                 down + widen if down else 0.0, up + widen if up else 0.0,
                                 math.exp(level) if level is not None else 0.0,
-                                provisional, self.bets.odds_factor())
+                                provisional, bet_odds)
 
     def _measured_bw_locked(self) -> float:
         """The weighted harmonic mean of the samples that are not stand-ins (0 when they
